@@ -1,0 +1,109 @@
+# nmprune — one Makefile for the tool, the library, the tests and the benchmarks.
+# `make help` lists the targets.
+
+CC      ?= cc
+NVCC    ?= nvcc
+PYTHON  ?= python3
+PREFIX  ?= /usr/local
+CUDA    ?= auto
+BUILD   ?= build
+
+WARN     := -Wall -Wextra -Werror
+CSTD     := -std=c11 -D_GNU_SOURCE
+OPT      ?= -O2 -g
+CPPFLAGS += -Isrc -Ipasses -Ikernels -I$(BUILD)/gen
+CFLAGS   += $(OPT) $(CSTD) -pthread -fno-strict-aliasing
+LDLIBS   += -lprotobuf-c -ljansson -lpthread -lm
+
+# CUDA: auto builds kernels/ when nvcc is on the PATH; 0 never; 1 always.
+ifeq ($(CUDA),auto)
+  HAVE_NVCC := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1 || echo 0)
+else
+  HAVE_NVCC := $(CUDA)
+endif
+
+GEN_C   := $(BUILD)/gen/onnx.pb-c.c
+GEN_H   := $(BUILD)/gen/onnx.pb-c.h
+GEN_O   := $(BUILD)/gen/onnx.pb-c.o
+
+LIB_SRC := $(filter-out src/main.c src/cli.c,$(wildcard src/*.c)) $(wildcard passes/*.c)
+LIB_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRC)) $(GEN_O)
+CLI_OBJ := $(BUILD)/obj/src/main.o $(BUILD)/obj/src/cli.o
+
+ifeq ($(HAVE_NVCC)$(if $(wildcard kernels/*.cu),,-none),1)
+  CU_SRC   := $(wildcard kernels/*.cu)
+  CU_OBJ   := $(patsubst %.cu,$(BUILD)/obj/%.o,$(CU_SRC))
+  LIB_OBJ  += $(CU_OBJ)
+  CPPFLAGS += -DNMP_WITH_CUDA=1
+  CUDA_HOME ?= /usr/local/cuda
+  LDLIBS   += -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
+  NVCCFLAGS ?= -O3 -std=c++17 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+               -gencode arch=compute_90,code=compute_90
+endif
+
+TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+
+.PHONY: all help deps test test-unit test-e2e bench bench-large asan install clean
+.DEFAULT_GOAL := all
+
+all: $(BUILD)/nmprune $(BUILD)/libnmprune.a ## build the tool and the library
+
+help: ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+# ---- generated protobuf-c code (not our code: exempt from -Werror) ----------
+$(GEN_C) $(GEN_H) &: onnx_proto/onnx.proto
+	@mkdir -p $(BUILD)/gen
+	protoc-c --c_out=$(BUILD)/gen -Ionnx_proto onnx_proto/onnx.proto
+
+$(GEN_O): $(GEN_C) $(GEN_H)
+	$(CC) $(OPT) -fPIC -I$(BUILD)/gen -c $< -o $@
+
+# ---- our code ----------------------------------------------------------------
+$(BUILD)/obj/%.o: %.c $(GEN_H) $(wildcard src/*.h passes/*.h kernels/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -fPIC -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cu $(wildcard kernels/*.h src/*.h)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -Isrc -Ikernels -Xcompiler -fPIC -c $< -o $@
+
+$(BUILD)/libnmprune.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/nmprune: $(CLI_OBJ) $(BUILD)/libnmprune.a
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libnmprune.a $(LDLIBS)
+
+# ---- tests ---------------------------------------------------------------------
+# One CMocka binary per module; each links the library (the module under test
+# and what it needs) and nothing else.
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libnmprune.a tests/testutil.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) $(WARN) $(TEST_WRAP_$*) -o $@ $< $(BUILD)/libnmprune.a $(LDLIBS) -lcmocka
+
+deps: ## install what the build and the tests need (apt-get, pip)
+	./tools/deps.sh
+
+test: all $(TESTS) test-unit test-e2e ## run every test
+
+test-unit: all $(TESTS) ## run the CMocka unit tests
+	@set -e; for t in $(TESTS); do echo "== $$t"; $$t; done
+
+test-e2e: all ## run the end-to-end tests of the command line
+	NMPRUNE=$(BUILD)/nmprune $(PYTHON) -m pytest -q tests/e2e
+
+bench: all ## benchmarks: ratios against cp and the reference tools, same run
+	NMPRUNE=$(BUILD)/nmprune $(PYTHON) bench/bench.py
+
+asan: ## build with AddressSanitizer and UBSan into build-asan/
+	$(MAKE) BUILD=build-asan CUDA=0 OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
+		LDFLAGS="-fsanitize=address,undefined" all
+
+install: all ## install binary, header, library and pkg-config file under PREFIX
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include
+	install -m 755 $(BUILD)/nmprune $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(BUILD)/libnmprune.a $(DESTDIR)$(PREFIX)/lib/
+
+clean: ## remove build outputs
+	rm -rf build build-asan

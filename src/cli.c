@@ -1,0 +1,266 @@
+#include "cli.h"
+
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage_main[] =
+	"usage: nmprune <command> IN.onnx [options]\n"
+	"\n"
+	"Prune the weights of an ONNX model to N:M structured sparsity.\n"
+	"\n"
+	"commands:\n"
+	"  prune   IN.onnx -o OUT.onnx [options]   write the pruned model\n"
+	"  check   IN.onnx [--pattern P] [options] does the model comply? exit 0 yes, 1 no\n"
+	"  inspect IN.onnx [options]               list candidate weights, axis, eligibility\n"
+	"\n"
+	"  nmprune <command> --help   options of one command\n"
+	"  nmprune --version\n"
+	"\n"
+	"exit codes: 0 ok, 1 check found violations, 2 usage error, 3 bad or unsupported\n"
+	"model, 4 I/O error, 5 device error under --device cuda\n";
+
+#define SHARED_OPTIONS                                                                         \
+	"  --pattern P          N:M, N:M@vV, N:M@bRxC, N:M@t, P%%, P%%@vV, P%%@bRxC (default 2:4)\n" \
+	"  --align A            asp | cusparselt | none (default asp)\n"                          \
+	"  --ops LIST           consumer ops: Conv,Gemm,MatMul[,ConvTranspose]\n"                \
+	"  --include REGEX      only weights whose initializer or node name matches (repeatable)\n" \
+	"  --exclude REGEX      never weights whose name matches (repeatable, wins)\n"            \
+	"  --dense-first F      keep the first fraction F of eligible layers dense\n"             \
+	"  --rules FILE.json    ordered per-layer rules: name regex -> pattern or dense\n"        \
+	"  --device D           auto | cpu | cuda (default auto)\n"                               \
+	"  --threads N          CPU threads (default: all cores)\n"                               \
+	"  --report FILE.json   write the report as JSON\n"                                       \
+	"  --json               machine-readable stdout\n"                                        \
+	"  -q, --quiet          only errors\n"                                                     \
+	"  -v, --verbose        more detail\n"                                                     \
+	"  -h, --help           this help\n"
+
+static const char usage_prune[] =
+	"usage: nmprune prune IN.onnx -o OUT.onnx [options]\n"
+	"\n"
+	"Write IN.onnx with its eligible weights pruned to the pattern.\n"
+	"\n"
+	"  -o, --output FILE    output model (written atomically)\n"
+	"  --in-place           replace IN.onnx atomically instead of -o\n"
+	"  --dry-run            compute and report, write nothing\n"
+	"  --external-data FILE move tensors of 1 KiB and more into FILE beside the output\n"
+	"  --method M           exact | greedy, for transposable patterns (default exact)\n"
+	"  --permute            permute input channels to keep more magnitude\n"
+	"  --report-html FILE   write a self-contained HTML report\n"
+	"  --save-masks FILE    write the masks as safetensors\n" SHARED_OPTIONS;
+
+static const char usage_check[] =
+	"usage: nmprune check IN.onnx [--pattern P] [options]\n"
+	"\n"
+	"Check that every eligible weight complies with the pattern: exit 0 if all do,\n"
+	"1 if any does not.\n"
+	"\n" SHARED_OPTIONS;
+
+static const char usage_inspect[] =
+	"usage: nmprune inspect IN.onnx [options]\n"
+	"\n"
+	"List every candidate weight: consumers, dtype, shape, group axis, pattern,\n"
+	"eligibility and the reason when not eligible.\n"
+	"\n" SHARED_OPTIONS;
+
+const char *nmp_cli_usage(nmp_command cmd)
+{
+	switch (cmd) {
+	case NMP_CMD_PRUNE: return usage_prune;
+	case NMP_CMD_CHECK: return usage_check;
+	case NMP_CMD_INSPECT: return usage_inspect;
+	default: return usage_main;
+	}
+}
+
+enum {
+	OPT_PATTERN = 256, OPT_ALIGN, OPT_OPS, OPT_INCLUDE, OPT_EXCLUDE, OPT_DENSE_FIRST,
+	OPT_RULES, OPT_DEVICE, OPT_THREADS, OPT_REPORT, OPT_JSON, OPT_DRY_RUN, OPT_IN_PLACE,
+	OPT_EXTERNAL_DATA, OPT_METHOD, OPT_PERMUTE, OPT_REPORT_HTML, OPT_SAVE_MASKS,
+	OPT_GENERAL_PATH,
+};
+
+static const struct option long_options[] = {
+	{ "output", required_argument, NULL, 'o' },
+	{ "pattern", required_argument, NULL, OPT_PATTERN },
+	{ "align", required_argument, NULL, OPT_ALIGN },
+	{ "ops", required_argument, NULL, OPT_OPS },
+	{ "include", required_argument, NULL, OPT_INCLUDE },
+	{ "exclude", required_argument, NULL, OPT_EXCLUDE },
+	{ "dense-first", required_argument, NULL, OPT_DENSE_FIRST },
+	{ "rules", required_argument, NULL, OPT_RULES },
+	{ "device", required_argument, NULL, OPT_DEVICE },
+	{ "threads", required_argument, NULL, OPT_THREADS },
+	{ "report", required_argument, NULL, OPT_REPORT },
+	{ "json", no_argument, NULL, OPT_JSON },
+	{ "quiet", no_argument, NULL, 'q' },
+	{ "verbose", no_argument, NULL, 'v' },
+	{ "help", no_argument, NULL, 'h' },
+	{ "dry-run", no_argument, NULL, OPT_DRY_RUN },
+	{ "in-place", no_argument, NULL, OPT_IN_PLACE },
+	{ "external-data", required_argument, NULL, OPT_EXTERNAL_DATA },
+	{ "method", required_argument, NULL, OPT_METHOD },
+	{ "permute", no_argument, NULL, OPT_PERMUTE },
+	{ "report-html", required_argument, NULL, OPT_REPORT_HTML },
+	{ "save-masks", required_argument, NULL, OPT_SAVE_MASKS },
+	{ "general-path", no_argument, NULL, OPT_GENERAL_PATH },
+	{ NULL, 0, NULL, 0 },
+};
+
+static nmp_status usage(nmp_error *err, const char *fmt, const char *arg)
+{
+	return nmp_error_set(err, NMP_ERR_USAGE, fmt, arg);
+}
+
+static int one_of(const char *v, const char *const *set)
+{
+	for (; *set; set++)
+		if (strcmp(v, *set) == 0)
+			return 1;
+	return 0;
+}
+
+static const char *prune_only_name(int opt)
+{
+	switch (opt) {
+	case 'o': return "--output";
+	case OPT_DRY_RUN: return "--dry-run";
+	case OPT_IN_PLACE: return "--in-place";
+	case OPT_EXTERNAL_DATA: return "--external-data";
+	case OPT_METHOD: return "--method";
+	case OPT_PERMUTE: return "--permute";
+	case OPT_REPORT_HTML: return "--report-html";
+	case OPT_SAVE_MASKS: return "--save-masks";
+	case OPT_GENERAL_PATH: return "--general-path";
+	default: return NULL;
+	}
+}
+
+nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
+{
+	static const char *const aligns[] = { "asp", "cusparselt", "none", NULL };
+	static const char *const devices[] = { "auto", "cpu", "cuda", NULL };
+	static const char *const methods[] = { "exact", "greedy", NULL };
+
+	memset(cli, 0, sizeof *cli);
+	cli->pattern = "2:4";
+	cli->align = "asp";
+	cli->ops = "Conv,Gemm,MatMul";
+	cli->device = "auto";
+	cli->method = "exact";
+
+	if (argc < 2)
+		return usage(err, "%s", "no command given (prune, check or inspect)");
+	const char *c = argv[1];
+	if (strcmp(c, "--help") == 0 || strcmp(c, "-h") == 0 || strcmp(c, "help") == 0) {
+		cli->cmd = NMP_CMD_HELP;
+		return NMP_OK;
+	}
+	if (strcmp(c, "--version") == 0 || strcmp(c, "-V") == 0) {
+		cli->cmd = NMP_CMD_VERSION;
+		return NMP_OK;
+	}
+	if (strcmp(c, "prune") == 0)
+		cli->cmd = NMP_CMD_PRUNE;
+	else if (strcmp(c, "check") == 0)
+		cli->cmd = NMP_CMD_CHECK;
+	else if (strcmp(c, "inspect") == 0)
+		cli->cmd = NMP_CMD_INSPECT;
+	else
+		return usage(err, "unknown command '%s' (prune, check or inspect)", c);
+
+	optind = 1;
+	opterr = 0;
+	int opt;
+	char **av = argv + 1;
+	int ac = argc - 1;
+	while ((opt = getopt_long(ac, av, ":o:qvh", long_options, NULL)) != -1) {
+		const char *name = prune_only_name(opt);
+		if (name && cli->cmd != NMP_CMD_PRUNE)
+			return usage(err, "%s is an option of prune only", name);
+		char *end;
+		switch (opt) {
+		case 'o': cli->output = optarg; break;
+		case 'q': cli->verbosity = -1; break;
+		case 'v': cli->verbosity = 1; break;
+		case 'h':
+			cli->help_for = cli->cmd;
+			cli->cmd = NMP_CMD_HELP;
+			return NMP_OK;
+		case OPT_PATTERN: cli->pattern = optarg; break;
+		case OPT_ALIGN:
+			if (!one_of(optarg, aligns))
+				return usage(err, "--align '%s': expected asp, cusparselt or none", optarg);
+			cli->align = optarg;
+			break;
+		case OPT_OPS: cli->ops = optarg; break;
+		case OPT_INCLUDE:
+			if (cli->n_include == NMP_CLI_MAX_REGEX)
+				return usage(err, "%s", "too many --include options");
+			cli->include[cli->n_include++] = optarg;
+			break;
+		case OPT_EXCLUDE:
+			if (cli->n_exclude == NMP_CLI_MAX_REGEX)
+				return usage(err, "%s", "too many --exclude options");
+			cli->exclude[cli->n_exclude++] = optarg;
+			break;
+		case OPT_DENSE_FIRST:
+			cli->dense_first = strtod(optarg, &end);
+			if (end == optarg || *end || !(cli->dense_first >= 0.0 && cli->dense_first <= 1.0))
+				return usage(err, "--dense-first '%s': expected a fraction between 0 and 1", optarg);
+			break;
+		case OPT_RULES: cli->rules = optarg; break;
+		case OPT_DEVICE:
+			if (!one_of(optarg, devices))
+				return usage(err, "--device '%s': expected auto, cpu or cuda", optarg);
+			cli->device = optarg;
+			break;
+		case OPT_THREADS: {
+			long n = strtol(optarg, &end, 10);
+			if (end == optarg || *end || n < 1 || n > 1024)
+				return usage(err, "--threads '%s': expected a number from 1 to 1024", optarg);
+			cli->threads = (int)n;
+			break;
+		}
+		case OPT_REPORT: cli->report = optarg; break;
+		case OPT_JSON: cli->json = true; break;
+		case OPT_DRY_RUN: cli->dry_run = true; break;
+		case OPT_IN_PLACE: cli->in_place = true; break;
+		case OPT_EXTERNAL_DATA:
+			if (!optarg[0])
+				return usage(err, "%s", "--external-data needs a file name");
+			cli->external_data = optarg;
+			break;
+		case OPT_METHOD:
+			if (!one_of(optarg, methods))
+				return usage(err, "--method '%s': expected exact or greedy", optarg);
+			cli->method = optarg;
+			break;
+		case OPT_PERMUTE: cli->permute = true; break;
+		case OPT_REPORT_HTML: cli->report_html = optarg; break;
+		case OPT_SAVE_MASKS: cli->save_masks = optarg; break;
+		case OPT_GENERAL_PATH: cli->general_path = true; break;
+		case ':':
+			return usage(err, "option '%s' needs a value", av[optind - 1]);
+		default:
+			return usage(err, "unknown option '%s'", av[optind - 1]);
+		}
+	}
+	for (int i = optind; i < ac; i++) {
+		if (cli->input)
+			return usage(err, "unexpected argument '%s' (one input model)", av[i]);
+		cli->input = av[i];
+	}
+	if (!cli->input)
+		return usage(err, "%s", "no input model given");
+	if (cli->cmd == NMP_CMD_PRUNE) {
+		if (cli->in_place && cli->output)
+			return usage(err, "%s", "--in-place and -o are exclusive");
+		if (cli->in_place)
+			cli->output = cli->input;
+		if (!cli->output && !cli->dry_run)
+			return usage(err, "%s", "prune needs -o OUT.onnx, --in-place or --dry-run");
+	}
+	return NMP_OK;
+}

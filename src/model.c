@@ -1,0 +1,701 @@
+#include "model.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "wire.h"
+
+/* ---- TensorProto -> tensor index ------------------------------------- */
+
+typedef struct tensor_index {
+	const Onnx__TensorProto **keys;
+	size_t *vals;
+	size_t cap; /* power of two */
+} tensor_index;
+
+static size_t ptr_hash(const void *p, size_t cap)
+{
+	uint64_t x = (uint64_t)(uintptr_t)p;
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdull;
+	x ^= x >> 33;
+	return (size_t)x & (cap - 1);
+}
+
+static int index_build(nmp_model *m)
+{
+	tensor_index *ix = calloc(1, sizeof *ix);
+	if (!ix)
+		return 0;
+	ix->cap = 16;
+	while (ix->cap < 2 * m->n_tensors)
+		ix->cap *= 2;
+	ix->keys = calloc(ix->cap, sizeof *ix->keys);
+	ix->vals = calloc(ix->cap, sizeof *ix->vals);
+	m->index = ix;
+	if (!ix->keys || !ix->vals)
+		return 0;
+	for (size_t i = 0; i < m->n_tensors; i++) {
+		size_t h = ptr_hash(m->tensors[i].proto, ix->cap);
+		while (ix->keys[h])
+			h = (h + 1) & (ix->cap - 1);
+		ix->keys[h] = m->tensors[i].proto;
+		ix->vals[h] = i;
+	}
+	return 1;
+}
+
+static void index_free(void *p)
+{
+	tensor_index *ix = p;
+	if (!ix)
+		return;
+	free(ix->keys);
+	free(ix->vals);
+	free(ix);
+}
+
+const nmp_tensor *nmp_model_tensor_of(const nmp_model *m, const Onnx__TensorProto *t)
+{
+	const tensor_index *ix = m->index;
+	if (!ix || !t)
+		return NULL;
+	for (size_t h = ptr_hash(t, ix->cap); ix->keys[h]; h = (h + 1) & (ix->cap - 1))
+		if (ix->keys[h] == t)
+			return &m->tensors[ix->vals[h]];
+	return NULL;
+}
+
+/* ---- loading ---------------------------------------------------------- */
+
+typedef struct load_ctx {
+	nmp_model *m;
+	nmp_skeleton skel;
+	size_t cap_tensors;
+	nmp_error *err;
+} load_ctx;
+
+static nmp_status nomem(load_ctx *c)
+{
+	return nmp_error_set(c->err, NMP_ERR_NOMEM, "%s: out of memory", c->m->path);
+}
+
+/* Every TensorProto anywhere in the model, found through the descriptors. */
+static nmp_status collect_tensors(load_ctx *c, ProtobufCMessage *msg)
+{
+	const ProtobufCMessageDescriptor *d = msg->descriptor;
+	nmp_model *m = c->m;
+
+	if (d == &onnx__tensor_proto__descriptor) {
+		if (m->n_tensors == c->cap_tensors) {
+			size_t n = c->cap_tensors ? 2 * c->cap_tensors : 64;
+			nmp_tensor *t = realloc(m->tensors, n * sizeof *t);
+			if (!t)
+				return nomem(c);
+			m->tensors = t;
+			c->cap_tensors = n;
+		}
+		m->tensors[m->n_tensors++] = (nmp_tensor){ .proto = (Onnx__TensorProto *)msg };
+		return NMP_OK;
+	}
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const ProtobufCFieldDescriptor *f = &d->fields[i];
+		if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+			continue;
+		char *member = (char *)msg + f->offset;
+		if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+			size_t n = *(size_t *)((char *)msg + f->quantifier_offset);
+			ProtobufCMessage **arr = *(ProtobufCMessage ***)member;
+			for (size_t j = 0; j < n; j++)
+				NMP_TRY(collect_tensors(c, arr[j]));
+		} else {
+			ProtobufCMessage *sub = *(ProtobufCMessage **)member;
+			if (sub)
+				NMP_TRY(collect_tensors(c, sub));
+		}
+	}
+	return NMP_OK;
+}
+
+static const char *tname(const nmp_tensor *t)
+{
+	return t->name[0] ? t->name : "(unnamed)";
+}
+
+static nmp_status bad_tensor(load_ctx *c, const nmp_tensor *t, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static nmp_status bad_tensor(load_ctx *c, const nmp_tensor *t, const char *fmt, ...)
+{
+	char why[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof why, fmt, ap);
+	va_end(ap);
+	return nmp_error_set(c->err, NMP_ERR_MODEL, "%s: tensor '%s': %s", c->m->path, tname(t), why);
+}
+
+static int parse_u64(const char *s, uint64_t *v)
+{
+	uint64_t r = 0;
+	if (!*s)
+		return 0;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9')
+			return 0;
+		if (__builtin_mul_overflow(r, 10, &r) || __builtin_add_overflow(r, (uint64_t)(*s - '0'), &r))
+			return 0;
+	}
+	*v = r;
+	return 1;
+}
+
+/* A location may only name a file below the model's directory. */
+static nmp_status location_ok(load_ctx *c, const nmp_tensor *t, const char *loc)
+{
+	if (!loc[0])
+		return bad_tensor(c, t, "external data location is empty");
+	if (loc[0] == '/')
+		return bad_tensor(c, t, "external data location '%s' is an absolute path", loc);
+	for (const char *p = loc; *p;) {
+		const char *q = strchr(p, '/');
+		size_t n = q ? (size_t)(q - p) : strlen(p);
+		if (n == 2 && p[0] == '.' && p[1] == '.')
+			return bad_tensor(c, t, "external data location '%s' leaves the model directory", loc);
+		p += n + (q != NULL);
+	}
+	return NMP_OK;
+}
+
+static nmp_status open_external(load_ctx *c, const nmp_tensor *t, const char *loc, unsigned *file)
+{
+	nmp_model *m = c->m;
+	char joined[PATH_MAX], real[PATH_MAX], realdir[PATH_MAX];
+
+	NMP_TRY(location_ok(c, t, loc));
+	if ((size_t)snprintf(joined, sizeof joined, "%s/%s", m->dir, loc) >= sizeof joined)
+		return bad_tensor(c, t, "external data location is too long");
+	if (!realpath(m->dir, realdir))
+		return nmp_error_errno(c->err, errno, "cannot resolve the model directory", m->dir);
+	if (!realpath(joined, real))
+		return nmp_error_set(c->err, NMP_ERR_IO,
+				     "%s: tensor '%s': cannot open external data file '%s': %s",
+				     m->path, tname(t), loc, strerror(errno));
+	size_t dl = strlen(realdir);
+	if (strncmp(real, realdir, dl) != 0 || (real[dl] != '/' && !(dl == 1 && realdir[0] == '/')))
+		return bad_tensor(c, t, "external data location '%s' resolves outside the model directory", loc);
+
+	int fd = open(real, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return nmp_error_set(c->err, NMP_ERR_IO, "%s: tensor '%s': cannot open external data file '%s': %s",
+				     m->path, tname(t), loc, strerror(errno));
+	struct stat st;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return bad_tensor(c, t, "external data '%s' is not a regular file", loc);
+	}
+	for (size_t i = 1; i < m->n_files; i++) {
+		if (m->files[i].dev == st.st_dev && m->files[i].ino == st.st_ino) {
+			close(fd);
+			*file = (unsigned)i;
+			return NMP_OK;
+		}
+	}
+	nmp_data_file *nf = realloc(m->files, (m->n_files + 1) * sizeof *nf);
+	if (!nf) {
+		close(fd);
+		return nomem(c);
+	}
+	m->files = nf;
+	nmp_data_file *df = &m->files[m->n_files];
+	*df = (nmp_data_file){ .fd = fd, .size = (uint64_t)st.st_size, .dev = st.st_dev, .ino = st.st_ino };
+	df->path = strdup(joined);
+	if (!df->path) {
+		close(fd);
+		return nomem(c);
+	}
+	if (df->size > 0) {
+		void *p = mmap(NULL, df->size, PROT_READ, MAP_SHARED, fd, 0);
+		if (p == MAP_FAILED) {
+			free(df->path);
+			close(fd);
+			return nmp_error_errno(c->err, errno, "cannot map external data", joined);
+		}
+		df->map = p;
+	}
+	*file = (unsigned)m->n_files++;
+	return NMP_OK;
+}
+
+static nmp_status resolve_external(load_ctx *c, nmp_tensor *t)
+{
+	const Onnx__TensorProto *p = t->proto;
+	const char *loc = NULL;
+	uint64_t off = 0, len = 0;
+	int has_len = 0;
+
+	for (size_t i = 0; i < p->n_external_data; i++) {
+		const Onnx__StringStringEntryProto *e = p->external_data[i];
+		const char *k = e->key ? e->key : "", *v = e->value ? e->value : "";
+		if (strcmp(k, "location") == 0) {
+			loc = v;
+		} else if (strcmp(k, "offset") == 0) {
+			if (!parse_u64(v, &off))
+				return bad_tensor(c, t, "external data offset '%s' is not a non-negative integer", v);
+		} else if (strcmp(k, "length") == 0) {
+			if (!parse_u64(v, &len))
+				return bad_tensor(c, t, "external data length '%s' is not a non-negative integer", v);
+			has_len = 1;
+		}
+	}
+	if (!loc)
+		return bad_tensor(c, t, "external data has no location");
+	unsigned file;
+	NMP_TRY(open_external(c, t, loc, &file));
+	const nmp_data_file *df = &c->m->files[file];
+	if (off > df->size)
+		return bad_tensor(c, t, "external data offset %llu is beyond the end of '%s' (%llu bytes)",
+				  (unsigned long long)off, loc, (unsigned long long)df->size);
+	if (!has_len)
+		len = df->size - off;
+	if (len > df->size - off)
+		return bad_tensor(c, t, "external data offset %llu + length %llu is beyond the end of '%s' (%llu bytes)",
+				  (unsigned long long)off, (unsigned long long)len, loc,
+				  (unsigned long long)df->size);
+	if (t->nbytes && len != t->nbytes)
+		return bad_tensor(c, t, "external data has %llu bytes, dims and type say %llu",
+				  (unsigned long long)len, (unsigned long long)t->nbytes);
+	t->storage = NMP_STORE_EXTERNAL;
+	t->field = NMP_FIELD_RAW_DATA;
+	t->file = file;
+	t->offset = off;
+	t->length = len;
+	return NMP_OK;
+}
+
+/* Takes the span markers out of a tensor's unknown fields into `raw`/`fl`/`db` counts. */
+static nmp_status take_markers(load_ctx *c, nmp_tensor *t, const nmp_span **raw,
+			       const nmp_span **first_packed, size_t *n_float, size_t *n_double)
+{
+	ProtobufCMessage *msg = &t->proto->base;
+	unsigned keep = 0;
+	*raw = NULL;
+	*first_packed = NULL;
+	*n_float = *n_double = 0;
+	for (unsigned i = 0; i < msg->n_unknown_fields; i++) {
+		ProtobufCMessageUnknownField *u = &msg->unknown_fields[i];
+		if (u->tag != NMP_WIRE_MARKER_FIELD) {
+			msg->unknown_fields[keep++] = *u;
+			continue;
+		}
+		uint64_t idx;
+		if (nmp_varint_get(u->data, u->data + u->len, &idx) == 0 || idx >= c->skel.n_spans)
+			return bad_tensor(c, t, "corrupt payload marker");
+		const nmp_span *s = &c->skel.spans[idx];
+		if (s->field == NMP_FIELD_RAW_DATA) {
+			*raw = s; /* a repeated singular field: the last one wins */
+		} else {
+			if (!*first_packed)
+				*first_packed = s;
+			if (s->field == NMP_FIELD_FLOAT_DATA)
+				(*n_float)++;
+			else
+				(*n_double)++;
+		}
+		free(u->data);
+	}
+	msg->n_unknown_fields = keep;
+	if (keep == 0) {
+		free(msg->unknown_fields);
+		msg->unknown_fields = NULL;
+	}
+	return NMP_OK;
+}
+
+/*
+ * A packed field may legally be split over several records.  Writers of ONNX
+ * never do this for tensors; it is refused rather than joined on the heap.
+ */
+static nmp_status split_packed(load_ctx *c, nmp_tensor *t)
+{
+	return bad_tensor(c, t, "packed %s split over several fields is not supported",
+			  t->field == NMP_FIELD_FLOAT_DATA ? "float_data" : "double_data");
+}
+
+static nmp_status resolve_tensor(load_ctx *c, nmp_tensor *t)
+{
+	Onnx__TensorProto *p = t->proto;
+	const nmp_span *raw, *packed;
+	size_t n_float, n_double;
+
+	t->name = p->name ? p->name : "";
+	t->dtype = p->has_data_type ? p->data_type : NMP_DT_UNDEFINED;
+	NMP_TRY(take_markers(c, t, &raw, &packed, &n_float, &n_double));
+
+	uint64_t numel = 1;
+	for (size_t i = 0; i < p->n_dims; i++) {
+		if (p->dims[i] < 0)
+			return bad_tensor(c, t, "dimension %zu is negative (%lld)", i, (long long)p->dims[i]);
+		if (__builtin_mul_overflow(numel, (uint64_t)p->dims[i], &numel) || numel > (UINT64_MAX >> 8))
+			return bad_tensor(c, t, "the product of its dims overflows");
+	}
+	t->numel = numel;
+	unsigned bits = nmp_dtype_bits(t->dtype);
+	t->nbytes = (numel * bits + 7) / 8;
+
+	if (p->has_data_location && p->data_location == ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL) {
+		if (raw || packed || p->n_float_data || p->n_int32_data || p->n_int64_data ||
+		    p->n_double_data || p->n_uint64_data || p->n_string_data)
+			return bad_tensor(c, t, "external tensor also has inline data");
+		return resolve_external(c, t);
+	}
+
+	/* Which field holds the payload: exactly one may. */
+	struct {
+		enum nmp_field field;
+		uint64_t count;
+		int present;
+	} f[] = {
+		{ NMP_FIELD_RAW_DATA, raw ? raw->length : 0, raw != NULL },
+		{ NMP_FIELD_FLOAT_DATA, p->n_float_data, p->n_float_data || n_float },
+		{ NMP_FIELD_DOUBLE_DATA, p->n_double_data, p->n_double_data || n_double },
+		{ NMP_FIELD_INT32_DATA, p->n_int32_data, p->n_int32_data > 0 },
+		{ NMP_FIELD_INT64_DATA, p->n_int64_data, p->n_int64_data > 0 },
+		{ NMP_FIELD_UINT64_DATA, p->n_uint64_data, p->n_uint64_data > 0 },
+		{ NMP_FIELD_STRING_DATA, p->n_string_data, p->n_string_data > 0 },
+	};
+	int which = -1;
+	for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+		if (!f[i].present)
+			continue;
+		if (which >= 0 && f[i].count + f[which].count > 0)
+			return bad_tensor(c, t, "payload stored in two fields (%d and %d)", f[which].field, f[i].field);
+		if (which < 0 || f[i].count > 0)
+			which = (int)i;
+	}
+	if (which < 0) {
+		if (numel > 0 && t->dtype != NMP_DT_UNDEFINED)
+			return bad_tensor(c, t, "has no data but dims say %llu elements", (unsigned long long)numel);
+		t->storage = NMP_STORE_NONE;
+		return NMP_OK;
+	}
+	t->field = f[which].field;
+
+	if (t->field == NMP_FIELD_RAW_DATA) {
+		if (bits == 0)
+			return bad_tensor(c, t, "raw_data is not allowed for data type %s", nmp_dtype_name(t->dtype));
+		if (raw->length != t->nbytes)
+			return bad_tensor(c, t, "raw_data has %llu bytes, dims and type say %llu",
+					  (unsigned long long)raw->length, (unsigned long long)t->nbytes);
+		t->storage = NMP_STORE_FILE;
+		t->offset = raw->offset;
+		t->length = raw->length;
+		return NMP_OK;
+	}
+
+	uint64_t want;
+	if (!nmp_dtype_field_count(t->dtype, t->field, numel, &want))
+		return bad_tensor(c, t, "field %d cannot hold data type %s", t->field, nmp_dtype_name(t->dtype));
+
+	if (t->field == NMP_FIELD_FLOAT_DATA || t->field == NMP_FIELD_DOUBLE_DATA) {
+		size_t n_spans = t->field == NMP_FIELD_FLOAT_DATA ? n_float : n_double;
+		size_t esz = t->field == NMP_FIELD_FLOAT_DATA ? 4 : 8;
+		size_t in_msg = t->field == NMP_FIELD_FLOAT_DATA ? p->n_float_data : p->n_double_data;
+		if (n_spans > 1 || (n_spans == 1 && in_msg > 0))
+			return split_packed(c, t);
+		if (n_spans == 1) {
+			if (packed->length % esz != 0)
+				return bad_tensor(c, t, "packed data length %llu is not a multiple of %zu",
+						  (unsigned long long)packed->length, esz);
+			if (packed->length / esz != want)
+				return bad_tensor(c, t, "has %llu values, dims say %llu",
+						  (unsigned long long)(packed->length / esz), (unsigned long long)want);
+			t->storage = NMP_STORE_FILE;
+			t->offset = packed->offset;
+			t->length = packed->length;
+			return NMP_OK;
+		}
+	}
+	if (f[which].count != want)
+		return bad_tensor(c, t, "has %llu values, dims say %llu",
+				  (unsigned long long)f[which].count, (unsigned long long)want);
+	t->storage = t->field == NMP_FIELD_STRING_DATA ? NMP_STORE_NONE : NMP_STORE_HEAP;
+	return NMP_OK;
+}
+
+static nmp_status check_model_header(load_ctx *c)
+{
+	const Onnx__ModelProto *p = c->m->proto;
+	if (!p->has_ir_version || !p->graph)
+		return nmp_error_set(c->err, NMP_ERR_MODEL, "%s: not an ONNX model (no %s)", c->m->path,
+				     !p->has_ir_version ? "ir_version" : "graph");
+	for (size_t i = 0; i < p->n_metadata_props; i++) {
+		const char *k = p->metadata_props[i]->key;
+		if (k && strncmp(k, "nmprune.", 8) == 0)
+			c->m->has_own_metadata = true;
+	}
+	return NMP_OK;
+}
+
+static char *dir_of(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	if (!slash)
+		return strdup(".");
+	if (slash == path)
+		return strdup("/");
+	return strndup(path, (size_t)(slash - path));
+}
+
+nmp_status nmp_model_load(const char *path, nmp_model **out, nmp_error *err)
+{
+	load_ctx c = { .err = err };
+	nmp_status s = NMP_OK;
+	nmp_model *m = calloc(1, sizeof *m);
+
+	*out = NULL;
+	if (!m)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", path);
+	c.m = m;
+	m->path = strdup(path);
+	m->dir = dir_of(path);
+	m->files = calloc(1, sizeof *m->files);
+	if (!m->path || !m->dir || !m->files) {
+		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", path);
+		goto fail;
+	}
+	m->n_files = 1;
+	m->files[0].fd = -1;
+	m->files[0].path = strdup(path);
+
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		s = nmp_error_errno(err, errno, "cannot open", path);
+		goto fail;
+	}
+	m->files[0].fd = fd;
+	struct stat st;
+	if (fstat(fd, &st) != 0) {
+		s = nmp_error_errno(err, errno, "cannot stat", path);
+		goto fail;
+	}
+	if (S_ISDIR(st.st_mode)) {
+		s = nmp_error_set(err, NMP_ERR_IO, "%s: is a directory, not a model file", path);
+		goto fail;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		s = nmp_error_set(err, NMP_ERR_IO, "%s: not a regular file", path);
+		goto fail;
+	}
+	if (st.st_size == 0) {
+		s = nmp_error_set(err, NMP_ERR_MODEL, "%s: empty file, not an ONNX model", path);
+		goto fail;
+	}
+	m->files[0].size = (uint64_t)st.st_size;
+	m->files[0].dev = st.st_dev;
+	m->files[0].ino = st.st_ino;
+	void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	if (map == MAP_FAILED) {
+		s = nmp_error_errno(err, errno, "cannot map", path);
+		goto fail;
+	}
+	m->files[0].map = map;
+
+	s = nmp_wire_skeleton(map, (size_t)st.st_size, &onnx__model_proto__descriptor,
+			      &onnx__tensor_proto__descriptor, path, &c.skel, err);
+	if (s != NMP_OK)
+		goto fail;
+	m->proto = onnx__model_proto__unpack(NULL, c.skel.len, c.skel.data);
+	free(c.skel.data);
+	c.skel.data = NULL;
+	if (!m->proto) {
+		s = nmp_error_set(err, NMP_ERR_MODEL, "%s: not a valid ONNX model (protobuf parse failed)", path);
+		goto fail;
+	}
+	s = check_model_header(&c);
+	if (s != NMP_OK)
+		goto fail;
+	s = collect_tensors(&c, &m->proto->base);
+	if (s != NMP_OK)
+		goto fail;
+	for (size_t i = 0; i < m->n_tensors && s == NMP_OK; i++)
+		s = resolve_tensor(&c, &m->tensors[i]);
+	if (s != NMP_OK)
+		goto fail;
+	if (!index_build(m)) {
+		s = nomem(&c);
+		goto fail;
+	}
+	nmp_skeleton_free(&c.skel);
+	*out = m;
+	return NMP_OK;
+fail:
+	nmp_skeleton_free(&c.skel);
+	nmp_model_free(&m);
+	return s;
+}
+
+void nmp_model_free(nmp_model **pm)
+{
+	nmp_model *m = *pm;
+	if (!m)
+		return;
+	if (m->proto)
+		onnx__model_proto__free_unpacked(m->proto, NULL);
+	for (size_t i = 0; i < m->n_files; i++) {
+		nmp_data_file *f = &m->files[i];
+		if (f->map)
+			munmap((void *)f->map, f->size);
+		if (f->fd >= 0)
+			close(f->fd);
+		free(f->path);
+	}
+	free(m->files);
+	free(m->tensors);
+	index_free(m->index);
+	free(m->path);
+	free(m->dir);
+	free(m);
+	*pm = NULL;
+}
+
+/* ---- payload views ---------------------------------------------------- */
+
+static int int32_signed(int32_t dtype)
+{
+	return dtype == NMP_DT_INT8 || dtype == NMP_DT_INT16 || dtype == NMP_DT_INT32;
+}
+
+bool nmp_heap_to_raw(const nmp_tensor *t, void *dst)
+{
+	const Onnx__TensorProto *p = t->proto;
+	unsigned bits = nmp_dtype_bits(t->dtype);
+	switch (t->field) {
+	case NMP_FIELD_FLOAT_DATA:
+		memcpy(dst, p->float_data, p->n_float_data * sizeof(float));
+		return true;
+	case NMP_FIELD_DOUBLE_DATA:
+		memcpy(dst, p->double_data, p->n_double_data * sizeof(double));
+		return true;
+	case NMP_FIELD_INT64_DATA:
+		memcpy(dst, p->int64_data, p->n_int64_data * sizeof(int64_t));
+		return true;
+	case NMP_FIELD_UINT64_DATA:
+		if (t->dtype == NMP_DT_UINT64) {
+			memcpy(dst, p->uint64_data, p->n_uint64_data * sizeof(uint64_t));
+		} else {
+			for (size_t i = 0; i < p->n_uint64_data; i++) {
+				uint32_t v = (uint32_t)p->uint64_data[i];
+				memcpy((uint8_t *)dst + 4 * i, &v, 4);
+			}
+		}
+		return true;
+	case NMP_FIELD_INT32_DATA:
+		for (size_t i = 0; i < p->n_int32_data; i++) {
+			uint32_t v = (uint32_t)p->int32_data[i];
+			if (bits == 32) {
+				memcpy((uint8_t *)dst + 4 * i, &v, 4);
+			} else if (bits == 16) {
+				uint16_t h = (uint16_t)v;
+				memcpy((uint8_t *)dst + 2 * i, &h, 2);
+			} else if (bits == 8 || bits == 4 || bits == 2) {
+				((uint8_t *)dst)[i] = (uint8_t)v;
+			} else {
+				return false;
+			}
+		}
+		return true;
+	default:
+		return false;
+	}
+}
+
+void nmp_raw_to_heap(const nmp_tensor *t, const void *src)
+{
+	Onnx__TensorProto *p = t->proto;
+	unsigned bits = nmp_dtype_bits(t->dtype);
+	int sign = int32_signed(t->dtype);
+	switch (t->field) {
+	case NMP_FIELD_FLOAT_DATA:
+		memcpy(p->float_data, src, p->n_float_data * sizeof(float));
+		return;
+	case NMP_FIELD_DOUBLE_DATA:
+		memcpy(p->double_data, src, p->n_double_data * sizeof(double));
+		return;
+	case NMP_FIELD_INT64_DATA:
+		memcpy(p->int64_data, src, p->n_int64_data * sizeof(int64_t));
+		return;
+	case NMP_FIELD_INT32_DATA:
+		/* Only changed entries are rewritten, so untouched ones keep their encoding. */
+		for (size_t i = 0; i < p->n_int32_data; i++) {
+			int32_t v;
+			if (bits == 32) {
+				memcpy(&v, (const uint8_t *)src + 4 * i, 4);
+			} else if (bits == 16) {
+				uint16_t h;
+				memcpy(&h, (const uint8_t *)src + 2 * i, 2);
+				if (h == (uint16_t)p->int32_data[i])
+					continue;
+				v = sign ? (int32_t)(int16_t)h : (int32_t)h;
+			} else {
+				uint8_t b = ((const uint8_t *)src)[i];
+				if (b == (uint8_t)p->int32_data[i])
+					continue;
+				v = sign ? (int32_t)(int8_t)b : (int32_t)b;
+			}
+			p->int32_data[i] = v;
+		}
+		return;
+	default:
+		return;
+	}
+}
+
+nmp_status nmp_model_view(const nmp_model *m, const nmp_tensor *t, nmp_view *v, nmp_error *err)
+{
+	memset(v, 0, sizeof *v);
+	switch (t->storage) {
+	case NMP_STORE_NONE:
+		return NMP_OK;
+	case NMP_STORE_FILE:
+	case NMP_STORE_EXTERNAL:
+		v->data = m->files[t->file].map + t->offset;
+		v->length = t->length;
+		return NMP_OK;
+	case NMP_STORE_HEAP:
+		v->owned = malloc(t->nbytes ? t->nbytes : 1);
+		if (!v->owned)
+			return nmp_error_set(err, NMP_ERR_NOMEM, "%s: tensor '%s': out of memory", m->path, t->name);
+		if (!nmp_heap_to_raw(t, v->owned)) {
+			free(v->owned);
+			v->owned = NULL;
+			return nmp_error_set(err, NMP_ERR_MODEL, "%s: tensor '%s': data type %s has no raw view",
+					     m->path, t->name, nmp_dtype_name(t->dtype));
+		}
+		v->data = v->owned;
+		v->length = t->nbytes;
+		return NMP_OK;
+	}
+	return NMP_OK;
+}
+
+void nmp_view_release(nmp_view *v)
+{
+	if (v->owned) {
+		free(v->owned);
+	} else if (v->data && v->length >= (1u << 20)) {
+		/* Drop the pages from this process so memory tracks one tensor at a time. */
+		long pg = sysconf(_SC_PAGESIZE);
+		uintptr_t a = ((uintptr_t)v->data + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
+		uintptr_t b = ((uintptr_t)v->data + v->length) & ~((uintptr_t)pg - 1);
+		if (b > a)
+			madvise((void *)a, b - a, MADV_DONTNEED);
+	}
+	memset(v, 0, sizeof *v);
+}

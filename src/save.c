@@ -1,0 +1,708 @@
+/*
+ * save.c — writing a model: atomically, faithfully, and copying bulk bytes once.
+ *
+ * Two paths produce the output:
+ *  - the copy path: the model file is copied in the kernel
+ *    (copy_file_range), payloads are masked in place through windows mapped on
+ *    the copy, and the metadata entries are appended to the end of the file
+ *    (a repeated field may be appended to a protobuf message);
+ *  - the general path, when the bytes must move (external data, a changed
+ *    encoding, metadata to replace): protobuf-c packs the model into a
+ *    streaming sink, with each payload pointing at its bytes in the input
+ *    mapping, so those bytes go from the input to the output file once.
+ * Either way every file is written under a temporary name beside its target,
+ * fsync'd, and renamed: a failure leaves no partial output and never touches
+ * the input.
+ */
+#include "model.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "wire.h"
+
+#define EXT_ALIGN_SMALL 64
+#define EXT_ALIGN_LARGE 4096
+#define SINK_BUF (1u << 20)
+#define META_MARGIN (16u << 20)
+
+typedef struct out_file {
+	char path[PATH_MAX];   /* final name */
+	char tmp[PATH_MAX];    /* temporary name beside it */
+	int fd;
+	uint64_t size;
+} out_file;
+
+/* ---- files ------------------------------------------------------------- */
+
+static nmp_status out_open(out_file *f, const char *path, mode_t mode, nmp_error *err)
+{
+	char dirbuf[PATH_MAX], basebuf[PATH_MAX];
+	f->fd = -1;
+	f->size = 0;
+	f->tmp[0] = '\0';
+	if (snprintf(f->path, sizeof f->path, "%s", path) >= (int)sizeof f->path)
+		return nmp_error_set(err, NMP_ERR_IO, "%s: path too long", path);
+	snprintf(dirbuf, sizeof dirbuf, "%s", path);
+	snprintf(basebuf, sizeof basebuf, "%s", path);
+	const char *dir = dirname(dirbuf), *base = basename(basebuf);
+	for (int attempt = 0; attempt < 100; attempt++) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		unsigned r = (unsigned)ts.tv_nsec ^ (unsigned)getpid() * 2654435761u ^ (unsigned)attempt * 40503u;
+		if (snprintf(f->tmp, sizeof f->tmp, "%s/.%s.nmprune-%06x", dir, base, r & 0xffffff) >=
+		    (int)sizeof f->tmp)
+			return nmp_error_set(err, NMP_ERR_IO, "%s: path too long", path);
+		f->fd = open(f->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+		if (f->fd >= 0)
+			break;
+		if (errno != EEXIST) {
+			int e = errno;
+			f->tmp[0] = '\0';
+			return nmp_error_errno(err, e, "cannot create output", path);
+		}
+	}
+	if (f->fd < 0) {
+		f->tmp[0] = '\0';
+		return nmp_error_set(err, NMP_ERR_IO, "%s: cannot create a temporary file", path);
+	}
+	if (mode && fchmod(f->fd, mode) != 0)
+		return nmp_error_errno(err, errno, "cannot set mode of", f->tmp);
+	return NMP_OK;
+}
+
+/* Removes an uncommitted temporary file. */
+static void out_discard(out_file *f)
+{
+	if (f->fd >= 0)
+		close(f->fd);
+	f->fd = -1;
+	if (f->tmp[0])
+		unlink(f->tmp);
+	f->tmp[0] = '\0';
+}
+
+static nmp_status write_all(out_file *f, const void *buf, size_t len, nmp_error *err)
+{
+	const uint8_t *p = buf;
+	while (len > 0) {
+		ssize_t n = pwrite(f->fd, p, len, (off_t)f->size);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return nmp_error_errno(err, errno, "cannot write", f->path);
+		}
+		if (n == 0)
+			return nmp_error_set(err, NMP_ERR_IO, "%s: cannot write: no progress", f->path);
+		p += n;
+		len -= (size_t)n;
+		f->size += (uint64_t)n;
+	}
+	return NMP_OK;
+}
+
+/* Appends `len` bytes of `in_fd` from `off`, in the kernel when it can. */
+static nmp_status copy_range(out_file *f, int in_fd, uint64_t off, uint64_t len, const char *in_path,
+			     nmp_error *err)
+{
+	while (len > 0) {
+		loff_t io = (loff_t)off, oo = (loff_t)f->size;
+		size_t chunk = len > (1u << 30) ? (1u << 30) : (size_t)len;
+		ssize_t n = copy_file_range(in_fd, &io, f->fd, &oo, chunk, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP))
+			break; /* fall back to read and write below */
+		if (n < 0)
+			return nmp_error_errno(err, errno, "cannot write", f->path);
+		if (n == 0)
+			return nmp_error_set(err, NMP_ERR_IO, "%s: unexpected end of file", in_path);
+		off += (uint64_t)n;
+		len -= (uint64_t)n;
+		f->size += (uint64_t)n;
+	}
+	if (len == 0)
+		return NMP_OK;
+
+	size_t cap = 1u << 20;
+	uint8_t *buf = malloc(cap);
+	if (!buf)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", f->path);
+	nmp_status s = NMP_OK;
+	while (len > 0 && s == NMP_OK) {
+		size_t want = len > cap ? cap : (size_t)len;
+		ssize_t n = pread(in_fd, buf, want, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			s = n < 0 ? nmp_error_errno(err, errno, "cannot read", in_path)
+				  : nmp_error_set(err, NMP_ERR_IO, "%s: unexpected end of file", in_path);
+			break;
+		}
+		s = write_all(f, buf, (size_t)n, err);
+		off += (uint64_t)n;
+		len -= (uint64_t)n;
+	}
+	free(buf);
+	return s;
+}
+
+static nmp_status fsync_dir_of(const char *path, nmp_error *err)
+{
+	char buf[PATH_MAX];
+	snprintf(buf, sizeof buf, "%s", path);
+	int fd = open(dirname(buf), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return NMP_OK; /* the rename is done; a directory we cannot open cannot be synced */
+	int r = fsync(fd);
+	int e = errno;
+	close(fd);
+	if (r != 0 && e != EINVAL && e != EROFS)
+		return nmp_error_errno(err, e, "cannot sync directory of", path);
+	return NMP_OK;
+}
+
+/* ---- payload windows ---------------------------------------------------- */
+
+static nmp_status visit_window(const nmp_save_opts *o, size_t tensor, out_file *f, uint64_t off,
+			       uint64_t len, nmp_error *err)
+{
+	if (len == 0)
+		return o->on_payload(o->ctx, tensor, NULL, 0, err);
+	uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE);
+	uint64_t base = off & ~(pg - 1);
+	size_t span = (size_t)(len + (off - base));
+	void *p = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_SHARED, f->fd, (off_t)base);
+	if (p == MAP_FAILED)
+		return nmp_error_errno(err, errno, "cannot map output", f->path);
+	nmp_status s = o->on_payload(o->ctx, tensor, (uint8_t *)p + (off - base), len, err);
+	munmap(p, span);
+	return s;
+}
+
+/* Heap payloads are visited in a raw-layout copy and written back. */
+static nmp_status visit_heap(const nmp_model *m, const nmp_save_opts *o, size_t ti, nmp_error *err)
+{
+	const nmp_tensor *t = &m->tensors[ti];
+	void *buf = malloc(t->nbytes ? t->nbytes : 1);
+	if (!buf)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "%s: tensor '%s': out of memory", m->path, t->name);
+	if (!nmp_heap_to_raw(t, buf)) {
+		free(buf);
+		return nmp_error_set(err, NMP_ERR_MODEL, "%s: tensor '%s': data type %s cannot be rewritten",
+				     m->path, t->name, nmp_dtype_name(t->dtype));
+	}
+	nmp_status s = o->on_payload(o->ctx, ti, buf, t->nbytes, err);
+	if (s == NMP_OK)
+		nmp_raw_to_heap(t, buf);
+	free(buf);
+	return s;
+}
+
+/* ---- metadata ------------------------------------------------------------ */
+
+static nmp_status append_metadata(out_file *f, const nmp_kv *kv, size_t n, nmp_error *err)
+{
+	for (size_t i = 0; i < n; i++) {
+		Onnx__StringStringEntryProto e = ONNX__STRING_STRING_ENTRY_PROTO__INIT;
+		e.key = (char *)kv[i].key;
+		e.value = (char *)kv[i].value;
+		size_t len = onnx__string_string_entry_proto__get_packed_size(&e);
+		uint8_t *buf = malloc(len + 16);
+		if (!buf)
+			return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", f->path);
+		size_t h = nmp_varint_put(buf, 14u << 3 | 2); /* ModelProto.metadata_props */
+		h += nmp_varint_put(buf + h, len);
+		onnx__string_string_entry_proto__pack(&e, buf + h);
+		nmp_status s = NMP_OK;
+		if (f->size + h + len > NMP_PROTO_LIMIT)
+			s = nmp_error_set(err, NMP_ERR_IO, "%s: output would pass the 2 GiB protobuf limit", f->path);
+		else
+			s = write_all(f, buf, h + len, err);
+		free(buf);
+		NMP_TRY(s);
+	}
+	return NMP_OK;
+}
+
+static nmp_status finish_metadata(out_file *onnx, const nmp_save_opts *o, nmp_error *err)
+{
+	const nmp_kv *kv = NULL;
+	size_t n = 0;
+	if (!o->on_metadata || o->n_visit == 0)
+		return NMP_OK;
+	NMP_TRY(o->on_metadata(o->ctx, &kv, &n, err));
+	return append_metadata(onnx, kv, n, err);
+}
+
+/* ---- the general path ------------------------------------------------------ */
+
+typedef struct pack_sink {
+	ProtobufCBuffer base;
+	out_file *f;
+	const nmp_model *m;
+	uint8_t *buf;
+	size_t used;
+	nmp_status status;
+	nmp_error *err;
+	/* payload pointer -> output offset, for the visits after packing */
+	const void **keys;
+	uint64_t *offsets;
+	size_t cap;
+} pack_sink;
+
+static size_t sink_slot(const pack_sink *k, const void *p)
+{
+	uint64_t x = (uint64_t)(uintptr_t)p * 0x9e3779b97f4a7c15ull;
+	size_t h = (size_t)(x >> 17) & (k->cap - 1);
+	while (k->keys[h] && k->keys[h] != p)
+		h = (h + 1) & (k->cap - 1);
+	return h;
+}
+
+static void sink_flush(pack_sink *k)
+{
+	if (k->status == NMP_OK && k->used > 0)
+		k->status = write_all(k->f, k->buf, k->used, k->err);
+	k->used = 0;
+}
+
+static void sink_append(ProtobufCBuffer *b, size_t len, const uint8_t *data)
+{
+	pack_sink *k = (pack_sink *)b;
+	if (k->status != NMP_OK || len == 0)
+		return;
+	size_t h = sink_slot(k, data);
+	if (k->keys[h] == data)
+		k->offsets[h] = k->f->size + k->used;
+
+	const nmp_data_file *in = &k->m->files[0];
+	if (len >= (64u << 10) && data >= in->map && data + len <= in->map + in->size) {
+		sink_flush(k);
+		if (k->status == NMP_OK)
+			k->status = copy_range(k->f, in->fd, (uint64_t)(data - in->map), len, in->path, k->err);
+		return;
+	}
+	if (k->used + len > SINK_BUF) {
+		sink_flush(k);
+		if (len >= SINK_BUF) {
+			if (k->status == NMP_OK)
+				k->status = write_all(k->f, data, len, k->err);
+			return;
+		}
+	}
+	memcpy(k->buf + k->used, data, len);
+	k->used += len;
+}
+
+/* Where each tensor goes in the output. */
+typedef struct plan_entry {
+	bool external;         /* lands in the output's data file */
+	bool swapped;          /* proto fields changed for packing */
+	uint64_t out_offset;   /* in the data file, or in the .onnx after packing */
+	Onnx__TensorProto saved;
+	Onnx__StringStringEntryProto ext_entries[3];
+	Onnx__StringStringEntryProto *ext_ptrs[3];
+	char ext_offset[24], ext_length[24];
+} plan_entry;
+
+static bool raw_convertible(const nmp_tensor *t)
+{
+	if (t->storage == NMP_STORE_FILE || t->storage == NMP_STORE_EXTERNAL)
+		return true;
+	if (t->storage != NMP_STORE_HEAP)
+		return false;
+	unsigned bits = nmp_dtype_bits(t->dtype);
+	return bits == 8 || bits == 16 || bits == 32 || bits == 64;
+}
+
+/* Points a tensor's payload field at its bytes in the input, for packing. */
+static void point_inline(const nmp_model *m, const nmp_tensor *t, Onnx__TensorProto *p)
+{
+	uint8_t *at = (uint8_t *)m->files[0].map + t->offset;
+	switch (t->field) {
+	case NMP_FIELD_RAW_DATA:
+		p->has_raw_data = 1;
+		p->raw_data.len = t->length;
+		p->raw_data.data = at;
+		break;
+	case NMP_FIELD_FLOAT_DATA:
+		p->n_float_data = t->length / 4;
+		p->float_data = (float *)(void *)at;
+		break;
+	case NMP_FIELD_DOUBLE_DATA:
+		p->n_double_data = t->length / 8;
+		p->double_data = (double *)(void *)at;
+		break;
+	default:
+		NMP_ASSERT(0);
+	}
+}
+
+static void point_external(plan_entry *e, Onnx__TensorProto *p, const char *location)
+{
+	p->has_raw_data = 0;
+	p->raw_data.len = 0;
+	p->raw_data.data = NULL;
+	p->n_float_data = p->n_int32_data = p->n_int64_data = p->n_double_data = p->n_uint64_data = 0;
+	p->has_data_location = 1;
+	p->data_location = ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL;
+	const char *keys[3] = { "location", "offset", "length" };
+	const char *vals[3] = { location, e->ext_offset, e->ext_length };
+	for (int i = 0; i < 3; i++) {
+		Onnx__StringStringEntryProto init = ONNX__STRING_STRING_ENTRY_PROTO__INIT;
+		e->ext_entries[i] = init;
+		e->ext_entries[i].key = (char *)keys[i];
+		e->ext_entries[i].value = (char *)vals[i];
+		e->ext_ptrs[i] = &e->ext_entries[i];
+	}
+	p->n_external_data = 3;
+	p->external_data = e->ext_ptrs;
+}
+
+static void restore_protos(nmp_model *m, plan_entry *plan)
+{
+	for (size_t i = 0; i < m->n_tensors; i++) {
+		if (plan[i].swapped) {
+			*m->tensors[i].proto = plan[i].saved;
+			plan[i].swapped = false;
+		}
+	}
+}
+
+static void swap_in(nmp_model *m, plan_entry *plan, const char *location)
+{
+	for (size_t i = 0; i < m->n_tensors; i++) {
+		nmp_tensor *t = &m->tensors[i];
+		if (!plan[i].external && t->storage != NMP_STORE_FILE)
+			continue;
+		plan[i].saved = *t->proto;
+		plan[i].swapped = true;
+		if (plan[i].external)
+			point_external(&plan[i], t->proto, location);
+		else
+			point_inline(m, t, t->proto);
+	}
+}
+
+static uint64_t align_up(uint64_t v, uint64_t a)
+{
+	return (v + a - 1) / a * a;
+}
+
+static nmp_status write_external(nmp_model *m, plan_entry *plan, out_file *data, nmp_error *err)
+{
+	static const uint8_t zeros[EXT_ALIGN_LARGE];
+	for (size_t i = 0; i < m->n_tensors; i++) {
+		const nmp_tensor *t = &m->tensors[i];
+		if (!plan[i].external)
+			continue;
+		uint64_t align = t->nbytes >= EXT_ALIGN_LARGE ? EXT_ALIGN_LARGE : EXT_ALIGN_SMALL;
+		uint64_t at = align_up(data->size, align);
+		NMP_TRY(write_all(data, zeros, (size_t)(at - data->size), err));
+		plan[i].out_offset = at;
+		snprintf(plan[i].ext_offset, sizeof plan[i].ext_offset, "%llu", (unsigned long long)at);
+		snprintf(plan[i].ext_length, sizeof plan[i].ext_length, "%llu", (unsigned long long)t->nbytes);
+		if (t->storage == NMP_STORE_HEAP) {
+			void *buf = malloc(t->nbytes ? t->nbytes : 1);
+			if (!buf)
+				return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", data->path);
+			NMP_ASSERT(nmp_heap_to_raw(t, buf));
+			nmp_status s = write_all(data, buf, (size_t)t->nbytes, err);
+			free(buf);
+			NMP_TRY(s);
+		} else {
+			const nmp_data_file *src = &m->files[t->file];
+			NMP_TRY(copy_range(data, src->fd, t->offset, t->length, src->path, err));
+		}
+	}
+	return NMP_OK;
+}
+
+/* Drops the model's nmprune.* entries while packing, so new ones replace them. */
+typedef struct meta_swap {
+	size_t n;
+	Onnx__StringStringEntryProto **arr;
+	Onnx__StringStringEntryProto **filtered;
+} meta_swap;
+
+static bool meta_filter(Onnx__ModelProto *p, meta_swap *ms)
+{
+	ms->n = p->n_metadata_props;
+	ms->arr = p->metadata_props;
+	ms->filtered = malloc((ms->n + 1) * sizeof *ms->filtered);
+	if (!ms->filtered)
+		return false;
+	size_t k = 0;
+	for (size_t i = 0; i < ms->n; i++) {
+		const char *key = ms->arr[i]->key;
+		if (!(key && strncmp(key, "nmprune.", 8) == 0))
+			ms->filtered[k++] = ms->arr[i];
+	}
+	p->n_metadata_props = k;
+	p->metadata_props = ms->filtered;
+	return true;
+}
+
+static void meta_restore(Onnx__ModelProto *p, meta_swap *ms)
+{
+	if (!ms->filtered)
+		return;
+	p->n_metadata_props = ms->n;
+	p->metadata_props = ms->arr;
+	free(ms->filtered);
+	ms->filtered = NULL;
+}
+
+/* The data file's name: given, or "<model>.data", never one of the input's. */
+static nmp_status data_file_name(const nmp_model *m, const char *out_path, const char *requested,
+				 char *path, size_t cap, const char **location, nmp_error *err)
+{
+	char dirbuf[PATH_MAX], basebuf[PATH_MAX], name[PATH_MAX];
+	snprintf(dirbuf, sizeof dirbuf, "%s", out_path);
+	snprintf(basebuf, sizeof basebuf, "%s", out_path);
+	const char *dir = dirname(dirbuf);
+	if (requested) {
+		char rb[PATH_MAX], rd[PATH_MAX], a[PATH_MAX], b[PATH_MAX];
+		snprintf(rb, sizeof rb, "%s", requested);
+		snprintf(rd, sizeof rd, "%s", requested);
+		const char *rdir = dirname(rd);
+		if (strchr(requested, '/') &&
+		    (!realpath(rdir, a) || !realpath(dir, b) || strcmp(a, b) != 0))
+			return nmp_error_set(err, NMP_ERR_USAGE,
+					     "--external-data %s: the data file must be in the output model's directory",
+					     requested);
+		snprintf(name, sizeof name, "%s", basename(rb));
+	} else {
+		snprintf(name, sizeof name, "%s.data", basename(basebuf));
+	}
+	size_t stem = strlen(name);
+	for (int n = 1;; n++) {
+		if ((size_t)snprintf(path, cap, "%s/%s", dir, name) >= cap)
+			return nmp_error_set(err, NMP_ERR_IO, "%s: path too long", out_path);
+		struct stat st;
+		bool taken = false;
+		if (stat(path, &st) == 0)
+			for (size_t i = 0; i < m->n_files; i++)
+				if (m->files[i].dev == st.st_dev && m->files[i].ino == st.st_ino)
+					taken = true;
+		if (!taken)
+			break;
+		if (stem + 12 >= sizeof name)
+			return nmp_error_set(err, NMP_ERR_IO, "%s: path too long", out_path);
+		snprintf(name + stem, sizeof name - stem, ".%d", n);
+	}
+	*location = strrchr(path, '/') + 1;
+	return NMP_OK;
+}
+
+static nmp_status commit(out_file *onnx, out_file *data, nmp_error *err)
+{
+	if (data && data->fd >= 0 && fsync(data->fd) != 0)
+		return nmp_error_errno(err, errno, "cannot sync", data->path);
+	if (fsync(onnx->fd) != 0)
+		return nmp_error_errno(err, errno, "cannot sync", onnx->path);
+	if (data && data->fd >= 0) {
+		if (rename(data->tmp, data->path) != 0)
+			return nmp_error_errno(err, errno, "cannot rename into place", data->path);
+		data->tmp[0] = '\0';
+	}
+	if (rename(onnx->tmp, onnx->path) != 0)
+		return nmp_error_errno(err, errno, "cannot rename into place", onnx->path);
+	onnx->tmp[0] = '\0';
+	return fsync_dir_of(onnx->path, err);
+}
+
+static mode_t output_mode(const nmp_model *m, const nmp_save_opts *o)
+{
+	if (o->in_place) {
+		struct stat st;
+		if (fstat(m->files[0].fd, &st) == 0)
+			return st.st_mode & 07777;
+	}
+	mode_t um = umask(0);
+	umask(um);
+	return 0666 & ~um;
+}
+
+static bool visited_all_file_resident(const nmp_model *m, const nmp_save_opts *o)
+{
+	for (size_t i = 0; i < o->n_visit; i++)
+		if (m->tensors[o->visit[i]].storage != NMP_STORE_FILE &&
+		    m->tensors[o->visit[i]].storage != NMP_STORE_NONE)
+			return false;
+	return true;
+}
+
+static bool has_external(const nmp_model *m)
+{
+	for (size_t i = 0; i < m->n_tensors; i++)
+		if (m->tensors[i].storage == NMP_STORE_EXTERNAL)
+			return true;
+	return false;
+}
+
+static nmp_status save_copy(nmp_model *m, const nmp_save_opts *o, out_file *onnx, nmp_error *err)
+{
+	const nmp_data_file *in = &m->files[0];
+	NMP_TRY(copy_range(onnx, in->fd, 0, in->size, in->path, err));
+	for (size_t i = 0; i < o->n_visit; i++) {
+		const nmp_tensor *t = &m->tensors[o->visit[i]];
+		NMP_TRY(visit_window(o, o->visit[i], onnx, t->offset, t->length, err));
+	}
+	return finish_metadata(onnx, o, err);
+}
+
+static nmp_status save_general(nmp_model *m, const nmp_save_opts *o, const char *out_path,
+			       mode_t mode, out_file *onnx, out_file *data, nmp_save_result *res,
+			       nmp_error *err)
+{
+	nmp_status s = NMP_OK;
+	plan_entry *plan = calloc(m->n_tensors ? m->n_tensors : 1, sizeof *plan);
+	pack_sink sink = { .base = { .append = sink_append }, .m = m, .err = err };
+	meta_swap ms = { 0 };
+	char data_path[PATH_MAX];
+	const char *location = NULL;
+	uint64_t threshold = o->external_threshold ? o->external_threshold : 1024;
+
+	if (!plan)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
+
+	/* Heap payloads are re-encoded by packing, so they are visited first. */
+	for (size_t i = 0; i < o->n_visit && s == NMP_OK; i++)
+		if (m->tensors[o->visit[i]].storage == NMP_STORE_HEAP)
+			s = visit_heap(m, o, o->visit[i], err);
+	if (s != NMP_OK)
+		goto out;
+
+	bool externalize = o->external_data != NULL;
+	if (!externalize) {
+		/* Would the model pass 2 GiB inline?  Then move the large tensors out. */
+		swap_in(m, plan, "");
+		uint64_t size = protobuf_c_message_get_packed_size(&m->proto->base);
+		restore_protos(m, plan);
+		if (size + META_MARGIN > NMP_PROTO_LIMIT) {
+			externalize = true;
+			res->auto_external = true;
+		}
+	}
+	bool any_external = false;
+	for (size_t i = 0; i < m->n_tensors; i++) {
+		const nmp_tensor *t = &m->tensors[i];
+		plan[i].external = t->storage == NMP_STORE_EXTERNAL ||
+				   (externalize && t->nbytes >= threshold && raw_convertible(t));
+		any_external |= plan[i].external;
+	}
+	if (any_external) {
+		s = data_file_name(m, out_path, o->external_data, data_path, sizeof data_path, &location, err);
+		if (s == NMP_OK)
+			s = out_open(data, data_path, mode, err);
+		if (s == NMP_OK)
+			s = write_external(m, plan, data, err);
+		if (s != NMP_OK)
+			goto out;
+		snprintf(res->data_path, sizeof res->data_path, "%s", data_path);
+	}
+
+	sink.f = onnx;
+	sink.buf = malloc(SINK_BUF);
+	sink.cap = 16;
+	while (sink.cap < 2 * (o->n_visit + 1))
+		sink.cap *= 2;
+	sink.keys = calloc(sink.cap, sizeof *sink.keys);
+	sink.offsets = calloc(sink.cap, sizeof *sink.offsets);
+	if (!sink.buf || !sink.keys || !sink.offsets) {
+		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
+		goto out;
+	}
+	for (size_t i = 0; i < o->n_visit; i++) {
+		const nmp_tensor *t = &m->tensors[o->visit[i]];
+		if (t->storage == NMP_STORE_FILE && !plan[o->visit[i]].external && t->length > 0)
+			sink.keys[sink_slot(&sink, m->files[0].map + t->offset)] = m->files[0].map + t->offset;
+	}
+
+	if (m->has_own_metadata && o->n_visit > 0 && !meta_filter(m->proto, &ms)) {
+		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
+		goto out;
+	}
+	swap_in(m, plan, location);
+	protobuf_c_message_pack_to_buffer(&m->proto->base, &sink.base);
+	sink_flush(&sink);
+	restore_protos(m, plan);
+	meta_restore(m->proto, &ms);
+	s = sink.status;
+	if (s == NMP_OK && onnx->size > NMP_PROTO_LIMIT)
+		s = nmp_error_set(err, NMP_ERR_MODEL, "%s: model structure alone passes the 2 GiB protobuf limit",
+				  out_path);
+	if (s != NMP_OK)
+		goto out;
+
+	for (size_t i = 0; i < o->n_visit && s == NMP_OK; i++) {
+		size_t ti = o->visit[i];
+		const nmp_tensor *t = &m->tensors[ti];
+		if (t->storage == NMP_STORE_HEAP || t->storage == NMP_STORE_NONE)
+			continue;
+		if (plan[ti].external) {
+			s = visit_window(o, ti, data, plan[ti].out_offset, t->length, err);
+		} else if (t->length == 0) {
+			s = o->on_payload(o->ctx, ti, NULL, 0, err);
+		} else {
+			const void *key = m->files[0].map + t->offset;
+			size_t h = sink_slot(&sink, key);
+			NMP_ASSERT(sink.keys[h] == key);
+			s = visit_window(o, ti, onnx, sink.offsets[h], t->length, err);
+		}
+	}
+	if (s == NMP_OK)
+		s = finish_metadata(onnx, o, err);
+out:
+	restore_protos(m, plan);
+	meta_restore(m->proto, &ms);
+	free(sink.buf);
+	free(sink.keys);
+	free(sink.offsets);
+	free(plan);
+	return s;
+}
+
+nmp_status nmp_model_save(nmp_model *m, const char *out_path, const nmp_save_opts *o,
+			  nmp_save_result *res, nmp_error *err)
+{
+	out_file onnx = { .fd = -1 }, data = { .fd = -1 };
+	nmp_save_result dummy;
+	if (!res)
+		res = &dummy;
+	memset(res, 0, sizeof *res);
+
+	struct stat st;
+	if (stat(out_path, &st) == 0 && S_ISDIR(st.st_mode))
+		return nmp_error_set(err, NMP_ERR_IO, "%s: is a directory", out_path);
+
+	bool copy = !o->force_general && !o->external_data && !has_external(m) &&
+		    visited_all_file_resident(m, o) && !(m->has_own_metadata && o->n_visit > 0) &&
+		    m->files[0].size + (o->n_visit ? META_MARGIN : 0) <= NMP_PROTO_LIMIT;
+	mode_t mode = output_mode(m, o);
+	nmp_status s = out_open(&onnx, out_path, mode, err);
+	if (s == NMP_OK) {
+		res->general_path = !copy;
+		s = copy ? save_copy(m, o, &onnx, err)
+			 : save_general(m, o, out_path, mode, &onnx, &data, res, err);
+	}
+	if (s == NMP_OK)
+		s = commit(&onnx, &data, err);
+	res->model_bytes = onnx.size;
+	out_discard(&data);
+	out_discard(&onnx);
+	if (s != NMP_OK)
+		res->data_path[0] = '\0';
+	return s;
+}

@@ -1,0 +1,61 @@
+/*
+ * wire.h — protobuf wire-format helpers for model I/O.
+ *
+ * The skeleton: a copy of a serialized message in which every bulk tensor
+ * payload (TensorProto.raw_data, and the packed float_data and double_data)
+ * is replaced by a marker, an unknown varint field whose value indexes a span
+ * table.  Enclosing length prefixes are recomputed, so the skeleton is a valid
+ * message that protobuf-c unpacks in time and memory proportional to the
+ * model's structure, not its weights.  The span table gives each payload's
+ * byte range in the original buffer, in wire order.
+ *
+ * The builder walks the wire data with the generated descriptors: it knows
+ * sub-messages from the schema, never from guessing.  It is also the first
+ * line of defence against hostile files: truncated fields, bad wire types,
+ * lengths past the end and nesting deeper than NMP_WIRE_MAX_DEPTH are
+ * rejected with the byte offset, before protobuf-c recurses into anything.
+ */
+#ifndef NMP_WIRE_H
+#define NMP_WIRE_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+/* Highest field number protobuf allows; reserved here for the span marker. */
+#define NMP_WIRE_MARKER_FIELD 536870911u
+/* Message nesting limit (a subgraph costs three levels: graph, node, attribute). */
+#define NMP_WIRE_MAX_DEPTH 192
+
+typedef struct nmp_span {
+	uint64_t offset;  /* payload bytes, relative to the start of the buffer */
+	uint64_t length;
+	uint32_t field;   /* TensorProto field number the bytes belong to */
+} nmp_span;
+
+typedef struct nmp_skeleton {
+	uint8_t *data;
+	size_t len;
+	nmp_span *spans;
+	size_t n_spans;
+} nmp_skeleton;
+
+/*
+ * Builds the skeleton of `buf` (a serialized `root` message).  `bulk` is the
+ * TensorProto descriptor.  `what` names the buffer in error messages.
+ */
+nmp_status nmp_wire_skeleton(const uint8_t *buf, size_t len,
+			     const ProtobufCMessageDescriptor *root,
+			     const ProtobufCMessageDescriptor *bulk,
+			     const char *what, nmp_skeleton *out, nmp_error *err);
+void nmp_skeleton_free(nmp_skeleton *s);
+
+/* Varint helpers shared with the writer. */
+size_t nmp_varint_size(uint64_t v);
+size_t nmp_varint_put(uint8_t *p, uint64_t v);
+/* Returns bytes consumed, 0 on truncation or overlong encoding. */
+size_t nmp_varint_get(const uint8_t *p, const uint8_t *end, uint64_t *v);
+
+#endif
