@@ -117,6 +117,7 @@ typedef struct nmp_save_opts {
 	uint64_t external_threshold; /* bytes; 0 means 1024 */
 	bool in_place;               /* the output replaces the input */
 	bool force_general;          /* re-serialize even where a copy would do */
+	uint64_t proto_limit;        /* 0: NMP_PROTO_LIMIT (tests lower it) */
 
 	const size_t *visit;         /* tensor indices handed to on_payload */
 	size_t n_visit;

@@ -210,7 +210,13 @@ static nmp_status visit_heap(const nmp_model *m, const nmp_save_opts *o, size_t 
 
 /* ---- metadata ------------------------------------------------------------ */
 
-static nmp_status append_metadata(out_file *f, const nmp_kv *kv, size_t n, nmp_error *err)
+static uint64_t proto_limit(const nmp_save_opts *o)
+{
+	return o->proto_limit ? o->proto_limit : NMP_PROTO_LIMIT;
+}
+
+static nmp_status append_metadata(out_file *f, const nmp_kv *kv, size_t n, uint64_t limit,
+				  nmp_error *err)
 {
 	for (size_t i = 0; i < n; i++) {
 		Onnx__StringStringEntryProto e = ONNX__STRING_STRING_ENTRY_PROTO__INIT;
@@ -224,7 +230,7 @@ static nmp_status append_metadata(out_file *f, const nmp_kv *kv, size_t n, nmp_e
 		h += nmp_varint_put(buf + h, len);
 		onnx__string_string_entry_proto__pack(&e, buf + h);
 		nmp_status s = NMP_OK;
-		if (f->size + h + len > NMP_PROTO_LIMIT)
+		if (f->size + h + len > limit)
 			s = nmp_error_set(err, NMP_ERR_IO, "%s: output would pass the 2 GiB protobuf limit", f->path);
 		else
 			s = write_all(f, buf, h + len, err);
@@ -241,7 +247,7 @@ static nmp_status finish_metadata(out_file *onnx, const nmp_save_opts *o, nmp_er
 	if (!o->on_metadata || o->n_visit == 0)
 		return NMP_OK;
 	NMP_TRY(o->on_metadata(o->ctx, &kv, &n, err));
-	return append_metadata(onnx, kv, n, err);
+	return append_metadata(onnx, kv, n, proto_limit(o), err);
 }
 
 /* ---- the general path ------------------------------------------------------ */
@@ -590,7 +596,7 @@ static nmp_status save_general(nmp_model *m, const nmp_save_opts *o, const char 
 		swap_in(m, plan, "");
 		uint64_t size = protobuf_c_message_get_packed_size(&m->proto->base);
 		restore_protos(m, plan);
-		if (size + META_MARGIN > NMP_PROTO_LIMIT) {
+		if (size + META_MARGIN > proto_limit(o)) {
 			externalize = true;
 			res->auto_external = true;
 		}
@@ -640,7 +646,7 @@ static nmp_status save_general(nmp_model *m, const nmp_save_opts *o, const char 
 	restore_protos(m, plan);
 	meta_restore(m->proto, &ms);
 	s = sink.status;
-	if (s == NMP_OK && onnx->size > NMP_PROTO_LIMIT)
+	if (s == NMP_OK && onnx->size > proto_limit(o))
 		s = nmp_error_set(err, NMP_ERR_MODEL, "%s: model structure alone passes the 2 GiB protobuf limit",
 				  out_path);
 	if (s != NMP_OK)
@@ -689,7 +695,7 @@ nmp_status nmp_model_save(nmp_model *m, const char *out_path, const nmp_save_opt
 
 	bool copy = !o->force_general && !o->external_data && !has_external(m) &&
 		    visited_all_file_resident(m, o) && !(m->has_own_metadata && o->n_visit > 0) &&
-		    m->files[0].size + (o->n_visit ? META_MARGIN : 0) <= NMP_PROTO_LIMIT;
+		    m->files[0].size + (o->n_visit ? META_MARGIN : 0) <= proto_limit(o);
 	mode_t mode = output_mode(m, o);
 	nmp_status s = out_open(&onnx, out_path, mode, err);
 	if (s == NMP_OK) {

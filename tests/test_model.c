@@ -1,0 +1,527 @@
+/* Unit tests of model I/O: loading, validation, payload views and saving. */
+#include "testutil.h"
+
+#include <sys/stat.h>
+
+#include "model.h"
+
+typedef struct fixture {
+	char *dir;
+	char *in;
+	char *out;
+} fixture;
+
+static int setup(void **state)
+{
+	fixture *f = calloc(1, sizeof *f);
+	f->dir = tu_mkdtemp();
+	f->in = tu_path(f->dir, "in.onnx");
+	f->out = tu_path(f->dir, "out.onnx");
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	fixture *f = *state;
+	tu_rmdir(f->dir);
+	free(f->in);
+	free(f->out);
+	free(f);
+	return 0;
+}
+
+static void write_one(const char *path, tu_tensor *tt)
+{
+	Onnx__TensorProto *inits[1] = { &tt->t };
+	tu_write_model(path, inits, 1);
+}
+
+/* Loads `path`, expecting failure with `status` and `needle` in the message. */
+static void expect_load_error(const char *path, nmp_status status, const char *needle)
+{
+	nmp_model *m = NULL;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_model_load(path, &m, &err), status);
+	assert_null(m);
+	if (!strstr(err.message, needle))
+		fail_msg("message '%s' lacks '%s'", err.message, needle);
+}
+
+static void test_raw_tensor_is_file_resident(void **state)
+{
+	fixture *f = *state;
+	tu_tensor tt;
+	tu_float_tensor(&tt, "W", 8, 16);
+	write_one(f->in, &tt);
+
+	nmp_model *m = NULL;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_model_load(f->in, &m, &err), NMP_OK);
+	assert_int_equal(m->n_tensors, 1);
+	const nmp_tensor *t = &m->tensors[0];
+	assert_string_equal(t->name, "W");
+	assert_int_equal(t->dtype, NMP_DT_FLOAT);
+	assert_int_equal(t->numel, 128);
+	assert_int_equal(t->nbytes, 512);
+	assert_int_equal(t->storage, NMP_STORE_FILE);
+	assert_int_equal(t->field, NMP_FIELD_RAW_DATA);
+	assert_ptr_equal(nmp_model_tensor_of(m, m->proto->graph->initializer[0]), t);
+
+	nmp_view v;
+	assert_int_equal(nmp_model_view(m, t, &v, &err), NMP_OK);
+	assert_int_equal(v.length, 512);
+	assert_memory_equal(v.data, tt.values, 512);
+	nmp_view_release(&v);
+	nmp_model_free(&m);
+	assert_null(m);
+	nmp_model_free(&m); /* free(NULL) is a no-op */
+	free(tt.values);
+}
+
+static void test_typed_fields(void **state)
+{
+	fixture *f = *state;
+	/* float_data (packed, file-resident) and fp16 in int32_data (heap). */
+	tu_tensor a, b;
+	tu_float_tensor(&a, "A", 2, 3);
+	a.t.has_raw_data = 0;
+	a.t.n_float_data = 6;
+	a.t.float_data = a.values;
+	tu_float_tensor(&b, "H", 2, 2);
+	b.t.has_raw_data = 0;
+	b.t.data_type = NMP_DT_FLOAT16;
+	int32_t halves[4] = { 0x3c00, 0xbc00, 0x0001, 0x7c00 }; /* 1, -1, subnormal, inf */
+	b.t.n_int32_data = 4;
+	b.t.int32_data = halves;
+	Onnx__TensorProto *inits[2] = { &a.t, &b.t };
+	tu_write_model(f->in, inits, 2);
+
+	nmp_model *m = NULL;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_model_load(f->in, &m, &err), NMP_OK);
+	assert_int_equal(m->tensors[0].storage, NMP_STORE_FILE);
+	assert_int_equal(m->tensors[0].field, NMP_FIELD_FLOAT_DATA);
+	assert_int_equal(m->tensors[0].length, 24);
+	assert_int_equal(m->tensors[1].storage, NMP_STORE_HEAP);
+	assert_int_equal(m->tensors[1].nbytes, 8);
+	nmp_view v;
+	assert_int_equal(nmp_model_view(m, &m->tensors[1], &v, &err), NMP_OK);
+	const uint16_t want[4] = { 0x3c00, 0xbc00, 0x0001, 0x7c00 };
+	assert_memory_equal(v.data, want, 8);
+	nmp_view_release(&v);
+	nmp_model_free(&m);
+	free(a.values);
+	free(b.values);
+}
+
+static void test_payload_length_checks(void **state)
+{
+	fixture *f = *state;
+	tu_tensor tt;
+	tu_float_tensor(&tt, "W", 4, 4);
+	tt.t.raw_data.len -= 4;
+	write_one(f->in, &tt);
+	expect_load_error(f->in, NMP_ERR_MODEL, "tensor 'W': raw_data has 60 bytes, dims and type say 64");
+	tt.t.raw_data.len += 8;
+	write_one(f->in, &tt);
+	expect_load_error(f->in, NMP_ERR_MODEL, "raw_data has 68 bytes");
+	free(tt.values);
+}
+
+static void test_dims_checks(void **state)
+{
+	fixture *f = *state;
+	tu_tensor tt;
+	tu_float_tensor(&tt, "W", 4, 4);
+	tt.dims[0] = -4;
+	write_one(f->in, &tt);
+	expect_load_error(f->in, NMP_ERR_MODEL, "tensor 'W': dimension 0 is negative (-4)");
+	tt.dims[0] = INT64_C(1) << 40;
+	tt.dims[1] = INT64_C(1) << 40;
+	write_one(f->in, &tt);
+	expect_load_error(f->in, NMP_ERR_MODEL, "product of its dims overflows");
+	free(tt.values);
+}
+
+static void test_not_a_model(void **state)
+{
+	fixture *f = *state;
+	tu_write(f->in, "", 0);
+	expect_load_error(f->in, NMP_ERR_MODEL, "empty file");
+	expect_load_error(f->dir, NMP_ERR_IO, "is a directory");
+	char *missing = tu_path(f->dir, "missing.onnx");
+	expect_load_error(missing, NMP_ERR_IO, "cannot open");
+	free(missing);
+	uint8_t junk[4096];
+	srand(7);
+	for (size_t i = 0; i < sizeof junk; i++)
+		junk[i] = (uint8_t)rand();
+	tu_write(f->in, junk, sizeof junk);
+	expect_load_error(f->in, NMP_ERR_MODEL, "in.onnx: not");
+	const uint8_t no_graph[] = { 0x08, 0x08 }; /* ir_version only */
+	tu_write(f->in, no_graph, sizeof no_graph);
+	expect_load_error(f->in, NMP_ERR_MODEL, "not an ONNX model (no graph)");
+}
+
+/* External data next to the model, holding 64 bytes of float 1..16. */
+static void write_external(fixture *f, tu_tensor *tt, const char *location, const char *offset,
+			   const char *length)
+{
+	tu_float_tensor(tt, "E", 4, 4);
+	char *data = tu_path(f->dir, "w.bin");
+	tu_write(data, tt->values, 64);
+	free(data);
+	tu_make_external(tt, location, offset, length);
+	write_one(f->in, tt);
+}
+
+static void test_external_data(void **state)
+{
+	fixture *f = *state;
+	tu_tensor tt;
+	write_external(f, &tt, "w.bin", "0", "64");
+	nmp_model *m = NULL;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_model_load(f->in, &m, &err), NMP_OK);
+	assert_int_equal(m->tensors[0].storage, NMP_STORE_EXTERNAL);
+	assert_int_equal(m->n_files, 2);
+	nmp_view v;
+	assert_int_equal(nmp_model_view(m, &m->tensors[0], &v, &err), NMP_OK);
+	assert_memory_equal(v.data, tt.values, 64);
+	nmp_view_release(&v);
+	nmp_model_free(&m);
+	free(tt.values);
+}
+
+static void test_external_data_escapes(void **state)
+{
+	fixture *f = *state;
+	tu_tensor tt;
+	write_external(f, &tt, "../w.bin", NULL, NULL);
+	expect_load_error(f->in, NMP_ERR_MODEL, "tensor 'E': external data location '../w.bin' leaves the model directory");
+	free(tt.values);
+	write_external(f, &tt, "sub/../../w.bin", NULL, NULL);
+	expect_load_error(f->in, NMP_ERR_MODEL, "leaves the model directory");
+	free(tt.values);
+	write_external(f, &tt, "/etc/passwd", NULL, NULL);
+	expect_load_error(f->in, NMP_ERR_MODEL, "'/etc/passwd' is an absolute path");
+	free(tt.values);
+	char *link = tu_path(f->dir, "link.bin");
+	assert_int_equal(symlink("/etc/hostname", link), 0);
+	write_external(f, &tt, "link.bin", NULL, NULL);
+	expect_load_error(f->in, NMP_ERR_MODEL, "resolves outside the model directory");
+	free(link);
+	free(tt.values);
+	write_external(f, &tt, "nothere.bin", NULL, NULL);
+	expect_load_error(f->in, NMP_ERR_IO, "cannot open external data file 'nothere.bin'");
+	free(tt.values);
+	write_external(f, &tt, "w.bin", "4096", NULL);
+	expect_load_error(f->in, NMP_ERR_MODEL, "offset 4096 is beyond the end");
+	free(tt.values);
+	write_external(f, &tt, "w.bin", "32", "64");
+	expect_load_error(f->in, NMP_ERR_MODEL, "offset 32 + length 64 is beyond the end");
+	free(tt.values);
+	write_external(f, &tt, "w.bin", "18446744073709551615", "18446744073709551615");
+	expect_load_error(f->in, NMP_ERR_MODEL, "is beyond the end");
+	free(tt.values);
+	write_external(f, &tt, "w.bin", "-1", NULL);
+	expect_load_error(f->in, NMP_ERR_MODEL, "offset '-1' is not a non-negative integer");
+	free(tt.values);
+}
+
+/* ---- save ---------------------------------------------------------------- */
+
+typedef struct visit_log {
+	int calls;
+	size_t last_tensor;
+	nmp_status fail_with;
+	nmp_kv kv[2];
+} visit_log;
+
+/* Zeroes every other element (4-byte floats) and counts the calls. */
+static nmp_status zero_even(void *ctx, size_t tensor, void *data, uint64_t length, nmp_error *err)
+{
+	visit_log *log = ctx;
+	log->calls++;
+	log->last_tensor = tensor;
+	if (log->fail_with != NMP_OK)
+		return nmp_error_set(err, log->fail_with, "injected failure");
+	for (uint64_t i = 0; i + 4 <= length; i += 8)
+		memset((uint8_t *)data + i, 0, 4);
+	return NMP_OK;
+}
+
+static nmp_status two_entries(void *ctx, const nmp_kv **kv, size_t *n, nmp_error *err)
+{
+	(void)err;
+	visit_log *log = ctx;
+	log->kv[0] = (nmp_kv){ "nmprune.version", "test" };
+	log->kv[1] = (nmp_kv){ "nmprune.pattern", "1:2" };
+	*kv = log->kv;
+	*n = 2;
+	return NMP_OK;
+}
+
+static void assert_zeroed_even(const char *path, size_t tensor, uint64_t numel)
+{
+	nmp_model *m = NULL;
+	nmp_error err = { 0 };
+	if (nmp_model_load(path, &m, &err) != NMP_OK)
+		fail_msg("%s", err.message);
+	nmp_view v;
+	assert_int_equal(nmp_model_view(m, &m->tensors[tensor], &v, &err), NMP_OK);
+	const float *x = v.data;
+	for (uint64_t i = 0; i < numel; i++)
+		assert_true(x[i] == (i % 2 == 0 ? 0.0f : (float)(i + 1)));
+	nmp_view_release(&v);
+	assert_int_equal(m->proto->n_metadata_props, 2);
+	assert_string_equal(m->proto->metadata_props[1]->value, "1:2");
+	nmp_model_free(&m);
+}
+
+static void test_save_copy_and_general_agree(void **state)
+{
+	fixture *f = *state;
+	tu_tensor tt;
+	tu_float_tensor(&tt, "W", 32, 32);
+	write_one(f->in, &tt);
+	size_t in_len;
+	uint8_t *before = tu_read(f->in, &in_len);
+
+	nmp_model *m = NULL;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_model_load(f->in, &m, &err), NMP_OK);
+	size_t visit[1] = { 0 };
+	visit_log log = { 0 };
+	nmp_save_opts o = { .visit = visit, .n_visit = 1, .on_payload = zero_even,
+			    .on_metadata = two_entries, .ctx = &log };
+	nmp_save_result res;
+	assert_int_equal(nmp_model_save(m, f->out, &o, &res, &err), NMP_OK);
+	assert_false(res.general_path);
+	assert_int_equal(log.calls, 1);
+	assert_zeroed_even(f->out, 0, 1024);
+
+	char *gen = tu_path(f->dir, "gen.onnx");
+	o.force_general = true;
+	assert_int_equal(nmp_model_save(m, gen, &o, &res, &err), NMP_OK);
+	assert_true(res.general_path);
+	size_t a_len, b_len;
+	uint8_t *a = tu_read(f->out, &a_len), *b = tu_read(gen, &b_len);
+	assert_int_equal(a_len, b_len);
+	assert_memory_equal(a, b, a_len);
+	free(a);
+	free(b);
+	free(gen);
+	nmp_model_free(&m);
+
+	/* The input is untouched. */
+	size_t after_len;
+	uint8_t *after = tu_read(f->in, &after_len);
+	assert_int_equal(after_len, in_len);
+	assert_memory_equal(after, before, in_len);
+	free(after);
+	free(before);
+	free(tt.values);
+}
+
+static void test_save_nothing_is_identical(void **state)
+{
+	fixture *f = *state;
+	tu_tensor tt;
+	tu_float_tensor(&tt, "W", 8, 8);
+	write_one(f->in, &tt);
+	nmp_model *m = NULL;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_model_load(f->in, &m, &err), NMP_OK);
+	nmp_save_opts o = { 0 };
+	for (int general = 0; general < 2; general++) {
+		o.force_general = general;
+		assert_int_equal(nmp_model_save(m, f->out, &o, NULL, &err), NMP_OK);
+		size_t a_len, b_len;
+		uint8_t *a = tu_read(f->in, &a_len), *b = tu_read(f->out, &b_len);
+		assert_int_equal(a_len, b_len);
+		assert_memory_equal(a, b, a_len);
+		free(a);
+		free(b);
+	}
+	nmp_model_free(&m);
+	free(tt.values);
+}
+
+static void test_save_heap_tensor(void **state)
+{
+	fixture *f = *state;
+	tu_tensor tt;
+	tu_float_tensor(&tt, "W", 2, 4);
+	tt.t.has_raw_data = 0;
+	tt.t.data_type = NMP_DT_FLOAT16;
+	int32_t h[8] = { 0x3c00, 0x4000, 0x4200, 0x4400, 0x4500, 0x4600, 0x4700, 0x4800 };
+	tt.t.n_int32_data = 8;
+	tt.t.int32_data = h;
+	write_one(f->in, &tt);
+	nmp_model *m = NULL;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_model_load(f->in, &m, &err), NMP_OK);
+	size_t visit[1] = { 0 };
+	visit_log log = { 0 };
+	nmp_save_opts o = { .visit = visit, .n_visit = 1, .on_payload = zero_even,
+			    .on_metadata = two_entries, .ctx = &log };
+	nmp_save_result res;
+	assert_int_equal(nmp_model_save(m, f->out, &o, &res, &err), NMP_OK);
+	assert_true(res.general_path);
+	nmp_model_free(&m);
+	assert_int_equal(nmp_model_load(f->out, &m, &err), NMP_OK);
+	const Onnx__TensorProto *p = m->tensors[0].proto;
+	assert_int_equal(p->n_int32_data, 8);
+	/* zero_even clears bytes 0-3 of every 8: fp16 elements 0, 1, 4 and 5. */
+	const int32_t want[8] = { 0, 0, 0x4200, 0x4400, 0, 0, 0x4700, 0x4800 };
+	assert_memory_equal(p->int32_data, want, sizeof want);
+	nmp_model_free(&m);
+	free(tt.values);
+}
+
+static void test_save_external_gets_own_copy(void **state)
+{
+	fixture *f = *state;
+	tu_tensor tt;
+	write_external(f, &tt, "w.bin", NULL, NULL);
+	char *data = tu_path(f->dir, "w.bin");
+	size_t d0_len;
+	uint8_t *d0 = tu_read(data, &d0_len);
+
+	nmp_model *m = NULL;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_model_load(f->in, &m, &err), NMP_OK);
+	size_t visit[1] = { 0 };
+	visit_log log = { 0 };
+	nmp_save_opts o = { .visit = visit, .n_visit = 1, .on_payload = zero_even,
+			    .on_metadata = two_entries, .ctx = &log };
+	nmp_save_result res;
+	assert_int_equal(nmp_model_save(m, f->out, &o, &res, &err), NMP_OK);
+	nmp_model_free(&m);
+	char *want = tu_path(f->dir, "out.onnx.data");
+	assert_string_equal(res.data_path, want);
+	free(want);
+	assert_zeroed_even(f->out, 0, 16);
+	/* The input's data file is not shared and not modified. */
+	size_t d1_len;
+	uint8_t *d1 = tu_read(data, &d1_len);
+	assert_int_equal(d1_len, d0_len);
+	assert_memory_equal(d0, d1, d0_len);
+	free(d0);
+	free(d1);
+	free(data);
+	free(tt.values);
+}
+
+static void test_save_external_data_option_and_auto(void **state)
+{
+	fixture *f = *state;
+	tu_tensor a, b;
+	tu_float_tensor(&a, "big", 32, 32);   /* 4 KiB: moves */
+	tu_float_tensor(&b, "small", 4, 4);   /* 64 B: stays */
+	Onnx__TensorProto *inits[2] = { &a.t, &b.t };
+	tu_write_model(f->in, inits, 2);
+
+	nmp_model *m = NULL;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_model_load(f->in, &m, &err), NMP_OK);
+	nmp_save_opts o = { .external_data = "weights.bin" };
+	nmp_save_result res;
+	assert_int_equal(nmp_model_save(m, f->out, &o, &res, &err), NMP_OK);
+	assert_false(res.auto_external);
+	nmp_model *m2 = NULL;
+	assert_int_equal(nmp_model_load(f->out, &m2, &err), NMP_OK);
+	assert_int_equal(m2->tensors[0].storage, NMP_STORE_EXTERNAL);
+	assert_int_equal(m2->tensors[0].offset % 4096, 0);
+	assert_int_equal(m2->tensors[1].storage, NMP_STORE_FILE);
+	nmp_view v;
+	assert_int_equal(nmp_model_view(m2, &m2->tensors[0], &v, &err), NMP_OK);
+	assert_memory_equal(v.data, a.values, 4096);
+	nmp_view_release(&v);
+	nmp_model_free(&m2);
+
+	/* A model that would pass the protobuf limit moves to external data by itself. */
+	char *out2 = tu_path(f->dir, "auto.onnx");
+	nmp_save_opts small = { .proto_limit = 2048 };
+	assert_int_equal(nmp_model_save(m, out2, &small, &res, &err), NMP_OK);
+	assert_true(res.auto_external);
+	assert_true(tu_exists(res.data_path));
+	assert_int_equal(nmp_model_load(out2, &m2, &err), NMP_OK);
+	assert_int_equal(m2->tensors[0].storage, NMP_STORE_EXTERNAL);
+	nmp_model_free(&m2);
+	free(out2);
+	nmp_model_free(&m);
+	free(a.values);
+	free(b.values);
+}
+
+static void test_failed_save_leaves_nothing(void **state)
+{
+	fixture *f = *state;
+	tu_tensor tt;
+	tu_float_tensor(&tt, "W", 8, 8);
+	write_one(f->in, &tt);
+	nmp_model *m = NULL;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_model_load(f->in, &m, &err), NMP_OK);
+	size_t visit[1] = { 0 };
+	visit_log log = { .fail_with = NMP_ERR_MODEL };
+	nmp_save_opts o = { .visit = visit, .n_visit = 1, .on_payload = zero_even, .ctx = &log };
+	for (int general = 0; general < 2; general++) {
+		o.force_general = general;
+		nmp_error_clear(&err);
+		assert_int_equal(nmp_model_save(m, f->out, &o, NULL, &err), NMP_ERR_MODEL);
+		assert_string_equal(err.message, "injected failure");
+		assert_false(tu_exists(f->out));
+		assert_int_equal(tu_count_files(f->dir), 1); /* in.onnx only: no temporary left */
+	}
+	nmp_model_free(&m);
+	free(tt.values);
+}
+
+static void test_in_place_keeps_mode(void **state)
+{
+	fixture *f = *state;
+	tu_tensor tt;
+	tu_float_tensor(&tt, "W", 8, 8);
+	write_one(f->in, &tt);
+	assert_int_equal(chmod(f->in, 0640), 0);
+	nmp_model *m = NULL;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_model_load(f->in, &m, &err), NMP_OK);
+	size_t visit[1] = { 0 };
+	visit_log log = { 0 };
+	nmp_save_opts o = { .visit = visit, .n_visit = 1, .on_payload = zero_even,
+			    .on_metadata = two_entries, .ctx = &log, .in_place = true };
+	assert_int_equal(nmp_model_save(m, f->in, &o, NULL, &err), NMP_OK);
+	nmp_model_free(&m);
+	assert_zeroed_even(f->in, 0, 64);
+	struct stat st;
+	assert_int_equal(stat(f->in, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0640);
+	assert_int_equal(tu_count_files(f->dir), 1);
+	free(tt.values);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_raw_tensor_is_file_resident, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_typed_fields, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_payload_length_checks, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dims_checks, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_not_a_model, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_external_data, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_external_data_escapes, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_save_copy_and_general_agree, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_save_nothing_is_identical, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_save_heap_tensor, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_save_external_gets_own_copy, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_save_external_data_option_and_auto, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_failed_save_leaves_nothing, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_in_place_keeps_mode, setup, teardown),
+	};
+	return cmocka_run_group_tests_name("model", tests, NULL, NULL);
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what nmprune's build and tests need, skipping what is present:
+# Debian packages with apt-get, Python packages with pip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_pkgs="make gcc protobuf-c-compiler libprotobuf-c-dev libcmocka-dev libjansson-dev libonnx-testdata"
+missing=""
+for p in $apt_pkgs; do
+	dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+	sudo=""
+	[ "$(id -u)" -eq 0 ] || sudo="sudo"
+	echo "deps: apt-get install$missing"
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+python3 - <<'PY' || { echo "deps: pip install -r tests/requirements.txt"; python3 -m pip install -q -r tests/requirements.txt; }
+import importlib.metadata as md, sys
+for line in open("tests/requirements.txt"):
+    line = line.split("#")[0].strip()
+    if not line:
+        continue
+    name, version = line.split("==")
+    try:
+        if md.version(name) != version:
+            sys.exit(1)
+    except md.PackageNotFoundError:
+        sys.exit(1)
+PY
