@@ -508,7 +508,7 @@ nmp_status nmp_model_load(const char *path, nmp_model **out, nmp_error *err)
 	m->files[0].map = map;
 
 	s = nmp_wire_skeleton(map, (size_t)st.st_size, &onnx__model_proto__descriptor,
-			      &onnx__tensor_proto__descriptor, path, &c.skel, err);
+			      &onnx__tensor_proto__descriptor, 1, path, &c.skel, err);
 	if (s != NMP_OK)
 		goto fail;
 	m->proto = onnx__model_proto__unpack(NULL, c.skel.len, c.skel.data);

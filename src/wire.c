@@ -2,6 +2,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 size_t nmp_varint_size(uint64_t v)
 {
@@ -60,7 +62,27 @@ typedef struct skel_ctx {
 
 	uint8_t *out;
 	size_t out_len;
+
+	/* For a file mapping: pages behind the cursor are dropped as it passes. */
+	int drop_pages;
+	uintptr_t dropped;
+	uintptr_t page;
 } skel_ctx;
+
+/*
+ * Reading a tag faults in the page-cache folio around it, which can be
+ * megabytes; over a model's tensors that adds up to a large share of the
+ * file.  The walk never returns behind its cursor within a pass, so whatever
+ * lies behind it can be unmapped.
+ */
+static void drop_behind(skel_ctx *c, const uint8_t *cursor)
+{
+	uintptr_t upto = (uintptr_t)cursor & ~(c->page - 1);
+	if (!c->drop_pages || upto < c->dropped + (2u << 20))
+		return;
+	madvise((void *)c->dropped, upto - c->dropped, MADV_DONTNEED);
+	c->dropped = upto;
+}
 
 static nmp_status skel_fail(skel_ctx *c, const uint8_t *at, const char *why)
 {
@@ -177,6 +199,7 @@ static nmp_status skel_message(skel_ctx *c, const ProtobufCMessageDescriptor *d,
 				emit_varint(c, idx);
 			}
 			size += nmp_varint_size((uint64_t)NMP_WIRE_MARKER_FIELD << 3) + nmp_varint_size(idx);
+			drop_behind(c, p);
 			continue;
 		}
 
@@ -214,10 +237,15 @@ static nmp_status skel_message(skel_ctx *c, const ProtobufCMessageDescriptor *d,
 
 nmp_status nmp_wire_skeleton(const uint8_t *buf, size_t len,
 			     const ProtobufCMessageDescriptor *root,
-			     const ProtobufCMessageDescriptor *bulk,
+			     const ProtobufCMessageDescriptor *bulk, int file_mapping,
 			     const char *what, nmp_skeleton *out, nmp_error *err)
 {
 	skel_ctx c = { .base = buf, .bulk = bulk, .what = what, .err = err };
+	if (file_mapping) {
+		c.drop_pages = 1;
+		c.page = (uintptr_t)sysconf(_SC_PAGESIZE);
+		c.dropped = (uintptr_t)buf;
+	}
 	uint64_t total = 0;
 	nmp_status s;
 
@@ -232,6 +260,7 @@ nmp_status nmp_wire_skeleton(const uint8_t *buf, size_t len,
 		goto fail;
 	}
 	c.writing = 1;
+	c.dropped = (uintptr_t)buf;
 	uint64_t again = 0;
 	s = skel_message(&c, root, buf, buf + len, 0, &again);
 	NMP_ASSERT(s == NMP_OK && again == total && c.out_len == total);

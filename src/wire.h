@@ -44,11 +44,13 @@ typedef struct nmp_skeleton {
 
 /*
  * Builds the skeleton of `buf` (a serialized `root` message).  `bulk` is the
- * TensorProto descriptor.  `what` names the buffer in error messages.
+ * TensorProto descriptor.  `file_mapping` says `buf` is a page-aligned
+ * read-only file mapping whose pages may be dropped once read (never pass it
+ * for heap memory).  `what` names the buffer in error messages.
  */
 nmp_status nmp_wire_skeleton(const uint8_t *buf, size_t len,
 			     const ProtobufCMessageDescriptor *root,
-			     const ProtobufCMessageDescriptor *bulk,
+			     const ProtobufCMessageDescriptor *bulk, int file_mapping,
 			     const char *what, nmp_skeleton *out, nmp_error *err);
 void nmp_skeleton_free(nmp_skeleton *s);
 

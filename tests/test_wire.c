@@ -48,7 +48,7 @@ static void test_skeleton_replaces_payload_by_marker(void **state)
 	nmp_skeleton sk;
 	nmp_error err = { 0 };
 	assert_int_equal(nmp_wire_skeleton(buf, len, &onnx__model_proto__descriptor,
-					   &onnx__tensor_proto__descriptor, "m.onnx", &sk, &err),
+					   &onnx__tensor_proto__descriptor, 0, "m.onnx", &sk, &err),
 			 NMP_OK);
 	assert_int_equal(sk.n_spans, 1);
 	assert_int_equal(sk.spans[0].field, 9);
@@ -80,7 +80,7 @@ static void test_truncated_input_names_offset(void **state)
 	nmp_skeleton sk;
 	nmp_error err = { 0 };
 	assert_int_equal(nmp_wire_skeleton(buf, len - 3, &onnx__model_proto__descriptor,
-					   &onnx__tensor_proto__descriptor, "cut.onnx", &sk, &err),
+					   &onnx__tensor_proto__descriptor, 0, "cut.onnx", &sk, &err),
 			 NMP_ERR_MODEL);
 	assert_non_null(strstr(err.message, "cut.onnx: not a valid ONNX model"));
 	assert_non_null(strstr(err.message, "byte offset"));
@@ -128,13 +128,13 @@ static void test_nesting_limit(void **state)
 	nmp_error err = { 0 };
 	uint8_t *ok = nested_graphs(20, &len);
 	assert_int_equal(nmp_wire_skeleton(ok, len, &onnx__model_proto__descriptor,
-					   &onnx__tensor_proto__descriptor, "ok", &sk, &err), NMP_OK);
+					   &onnx__tensor_proto__descriptor, 0, "ok", &sk, &err), NMP_OK);
 	nmp_skeleton_free(&sk);
 	free(ok);
 
 	uint8_t *deep = nested_graphs(10000, &len);
 	assert_int_equal(nmp_wire_skeleton(deep, len, &onnx__model_proto__descriptor,
-					   &onnx__tensor_proto__descriptor, "deep", &sk, &err),
+					   &onnx__tensor_proto__descriptor, 0, "deep", &sk, &err),
 			 NMP_ERR_MODEL);
 	assert_non_null(strstr(err.message, "nested too deeply"));
 	free(deep);
@@ -147,19 +147,19 @@ static void test_bad_wire_types(void **state)
 	nmp_error err = { 0 };
 	const uint8_t group[] = { 0x0b, 0x0c };             /* field 1, start group */
 	assert_int_equal(nmp_wire_skeleton(group, sizeof group, &onnx__model_proto__descriptor,
-					   &onnx__tensor_proto__descriptor, "g", &sk, &err),
+					   &onnx__tensor_proto__descriptor, 0, "g", &sk, &err),
 			 NMP_ERR_MODEL);
 	assert_non_null(strstr(err.message, "unsupported wire type"));
 	nmp_error_clear(&err);
 	const uint8_t past_end[] = { 0x3a, 0x7f, 0x00 };    /* graph, length 127, 1 byte */
 	assert_int_equal(nmp_wire_skeleton(past_end, sizeof past_end, &onnx__model_proto__descriptor,
-					   &onnx__tensor_proto__descriptor, "p", &sk, &err),
+					   &onnx__tensor_proto__descriptor, 0, "p", &sk, &err),
 			 NMP_ERR_MODEL);
 	assert_non_null(strstr(err.message, "past the end"));
 	nmp_error_clear(&err);
 	const uint8_t field_zero[] = { 0x00, 0x01 };
 	assert_int_equal(nmp_wire_skeleton(field_zero, sizeof field_zero, &onnx__model_proto__descriptor,
-					   &onnx__tensor_proto__descriptor, "z", &sk, &err),
+					   &onnx__tensor_proto__descriptor, 0, "z", &sk, &err),
 			 NMP_ERR_MODEL);
 	assert_non_null(strstr(err.message, "invalid field number"));
 }

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""nmprune benchmarks: every figure is a ratio against a baseline measured in
+the same run (cp of the same file, or the reference tool).
+
+    make bench                      # everything
+    python3 bench/bench.py io       # one section: io, engine, prune
+Set BENCH_DIR to put the generated 1.2 GB model elsewhere (default bench/out).
+"""
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+NMPRUNE = os.environ.get("NMPRUNE", str(ROOT / "build" / "nmprune"))
+OUT = Path(os.environ.get("BENCH_DIR", ROOT / "bench" / "out"))
+REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
+
+
+def run_measured(argv):
+    """Wall seconds and peak RSS (bytes) of one command.
+
+    The RSS comes from GNU time, whose child is forked from a small process:
+    a child forked from this Python process would inherit its high-water mark.
+    """
+    rss_file = OUT / ".rss"
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *map(str, argv)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(map(str, argv))}\n{proc.stderr.decode()}")
+    return wall, int(rss_file.read_text().split()[-1]) * 1024
+
+
+def measure(argv, cleanup=()):
+    walls, rss = [], 0
+    for _ in range(REPEAT):
+        for p in cleanup:
+            Path(p).unlink(missing_ok=True)
+        os.sync()  # no writeback left over from the previous run
+        w, r = run_measured(argv)
+        walls.append(w)
+        rss = max(rss, r)
+    return statistics.median(walls), rss
+
+
+def transformer_model(path, layers=24, d=1024, ff=4096, dtype="float32"):
+    """Generated in a child process, so this one stays small for RSS figures."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, __file__, "--make-transformer", str(path), str(layers),
+                        str(d), str(ff), dtype], check=True)
+    return path
+
+
+def make_transformer(path, layers, d, ff, dtype):
+    """A transformer-shaped chain of MatMuls: per layer 4 x [d,d], [d,ff], [ff,d]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    dtype = np.dtype(dtype).type
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    onnx_type = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}[dtype]
+    inits, nodes, h = [], [], "x"
+    for layer in range(layers):
+        for name, shape in (("q", (d, d)), ("k", (d, d)), ("v", (d, d)), ("o", (d, d)),
+                            ("fc1", (d, ff)), ("fc2", (ff, d))):
+            w = f"layer{layer}.{name}.weight"
+            data = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+            inits.append(helper.make_tensor(w, onnx_type, shape, data.tobytes(), raw=True))
+            out = f"layer{layer}.{name}"
+            nodes.append(helper.make_node("MatMul", [h, w], [out], name=out))
+            h = out
+    graph = helper.make_graph(
+        nodes, "transformer",
+        [helper.make_tensor_value_info("x", onnx_type, [1, d])],
+        [helper.make_tensor_value_info(h, onnx_type, [1, d])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(model.SerializeToString())
+    tmp.rename(path)
+    return path
+
+
+def row(name, wall, rss, base_wall, size, sync_wall=None):
+    extra = f"  {wall / sync_wall:5.2f}x cp+fsync" if sync_wall else ""
+    print(f"  {name:<34} {wall:7.3f} s  {wall / base_wall:5.2f}x cp{extra}   "
+          f"peak RSS {rss / 2**20:7.1f} MiB ({rss / size:4.2f}x model)")
+
+
+def section_io():
+    model = transformer_model(OUT / "transformer-1.2g.onnx")
+    size = model.stat().st_size
+    out = OUT / "out.onnx"
+    subprocess.run(["cat", str(model)], stdout=subprocess.DEVNULL, check=True)  # warm the cache
+    print(f"\n== model I/O: {model.name}, {size / 1e9:.2f} GB, median of {REPEAT} ==")
+    cp_wall, cp_rss = measure(["cp", str(model), str(out)], cleanup=[out])
+    row("cp", cp_wall, cp_rss, cp_wall, size)
+    sync_wall, sync_rss = measure(["dd", f"if={model}", f"of={out}", "bs=4M", "conv=fsync",
+                                   "status=none"], cleanup=[out])
+    row("cp + fsync (dd conv=fsync)", sync_wall, sync_rss, cp_wall, size)
+    w, r = measure([NMPRUNE, "prune", str(model), "-o", str(out), "--exclude", ".*", "-q"],
+                   cleanup=[out])
+    row("nmprune prune, nothing to prune", w, r, cp_wall, size, sync_wall)
+    print(f"    target <= 1.5x cp: {'met' if w <= 1.5 * cp_wall else 'NOT met'} "
+          "(nmprune fsyncs its output before the rename; cp does not)")
+    gw, gr = measure([NMPRUNE, "prune", str(model), "-o", str(out), "--exclude", ".*",
+                      "--general-path", "-q"], cleanup=[out])
+    row("nmprune, general re-serialization", gw, gr, cp_wall, size, sync_wall)
+    print(f"    target <= 3x cp: {'met' if gw <= 3 * cp_wall else 'NOT met'}; "
+          f"peak RSS <= 1.2x model: {'met' if max(r, gr) <= 1.2 * size else 'NOT met'}")
+    out.unlink(missing_ok=True)
+
+
+SECTIONS = {"io": section_io}
+
+
+def main(argv):
+    if len(argv) > 1 and argv[1] == "--make-transformer":
+        make_transformer(Path(argv[2]), int(argv[3]), int(argv[4]), int(argv[5]), argv[6])
+        return
+    names = argv[1:] or list(SECTIONS)
+    for n in names:
+        if n not in SECTIONS:
+            raise SystemExit(f"unknown section {n}; known: {', '.join(SECTIONS)}")
+    print(f"nmprune bench: {NMPRUNE}, {os.cpu_count()} cores")
+    for n in names:
+        SECTIONS[n]()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
