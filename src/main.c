@@ -8,6 +8,8 @@
 #include "cli.h"
 #include "error.h"
 #include "model.h"
+#include "plan.h"
+#include "report.h"
 #include "version.h"
 
 typedef enum nmp_exit {
@@ -53,11 +55,39 @@ static nmp_status run_prune(const nmp_cli *cli, nmp_error *err)
 	return s;
 }
 
+static nmp_select_opts select_opts(const nmp_cli *cli)
+{
+	return (nmp_select_opts){
+		.pattern = cli->pattern,
+		.align = cli->align,
+		.ops = cli->ops,
+		.include = cli->include,
+		.n_include = cli->n_include,
+		.exclude = cli->exclude,
+		.n_exclude = cli->n_exclude,
+		.dense_first = cli->dense_first,
+		.rules_path = cli->rules,
+		.greedy = strcmp(cli->method, "greedy") == 0,
+	};
+}
+
+static nmp_status run_inspect(const nmp_cli *cli, nmp_error *err)
+{
+	nmp_plan plan;
+	nmp_select_opts so = select_opts(cli);
+	nmp_status s = nmp_plan_build(cli->input, &so, &plan, err);
+	if (s == NMP_OK)
+		s = nmp_report_inspect(stdout, &plan, cli->json, err);
+	nmp_plan_free(&plan);
+	return s;
+}
+
 static nmp_status run_load_only(const nmp_cli *cli, nmp_error *err)
 {
-	nmp_model *m = NULL;
-	nmp_status s = nmp_model_load(cli->input, &m, err);
-	nmp_model_free(&m);
+	nmp_plan plan;
+	nmp_select_opts so = select_opts(cli);
+	nmp_status s = nmp_plan_build(cli->input, &so, &plan, err);
+	nmp_plan_free(&plan);
 	return s;
 }
 
@@ -85,8 +115,10 @@ int main(int argc, char **argv)
 		s = run_prune(&cli, &err);
 		break;
 	case NMP_CMD_CHECK:
-	case NMP_CMD_INSPECT:
 		s = run_load_only(&cli, &err);
+		break;
+	case NMP_CMD_INSPECT:
+		s = run_inspect(&cli, &err);
 		break;
 	case NMP_CMD_NONE:
 		break;

@@ -1,0 +1,590 @@
+#include "graph.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- scopes: name -> what produces it ------------------------------------ */
+
+enum { K_INIT = 1, K_INPUT, K_NODE };
+
+typedef struct entry {
+	const char *name;
+	int kind;
+	const Onnx__TensorProto *init;
+	const Onnx__NodeProto *node;
+	int out_index;
+	bool is_const;
+	bool graph_input;
+} entry;
+
+typedef struct scope {
+	const struct scope *parent;
+	const Onnx__GraphProto *graph;
+	entry *slots;
+	size_t cap;
+} scope;
+
+static uint64_t str_hash(const char *s)
+{
+	uint64_t h = 1469598103934665603ull;
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ull;
+	return h;
+}
+
+static entry *slot(const scope *sc, const char *name)
+{
+	size_t h = (size_t)str_hash(name) & (sc->cap - 1);
+	while (sc->slots[h].name && strcmp(sc->slots[h].name, name) != 0)
+		h = (h + 1) & (sc->cap - 1);
+	return &sc->slots[h];
+}
+
+static const entry *lookup(const scope *sc, const char *name, const scope **where)
+{
+	for (; sc; sc = sc->parent) {
+		const entry *e = slot(sc, name);
+		if (e->name) {
+			if (where)
+				*where = sc;
+			return e;
+		}
+	}
+	return NULL;
+}
+
+static bool is_default_domain(const Onnx__NodeProto *n)
+{
+	return !n->domain || !n->domain[0] || strcmp(n->domain, "ai.onnx") == 0;
+}
+
+static const char *op_of(const Onnx__NodeProto *n)
+{
+	return n->op_type ? n->op_type : "";
+}
+
+static const char *graph_name(const Onnx__GraphProto *g)
+{
+	return g->name && g->name[0] ? g->name : "(unnamed graph)";
+}
+
+static const Onnx__AttributeProto *attr(const Onnx__NodeProto *n, const char *name)
+{
+	for (size_t i = 0; i < n->n_attribute; i++)
+		if (n->attribute[i]->name && strcmp(n->attribute[i]->name, name) == 0)
+			return n->attribute[i];
+	return NULL;
+}
+
+static int64_t attr_int(const Onnx__NodeProto *n, const char *name, int64_t dflt)
+{
+	const Onnx__AttributeProto *a = attr(n, name);
+	return a && a->has_i ? a->i : dflt;
+}
+
+/* ---- walk state -------------------------------------------------------------- */
+
+typedef struct walk {
+	const nmp_model *m;
+	nmp_graph *g;
+	nmp_error *err;
+	size_t step_limit;
+} walk;
+
+static nmp_status dup_name(walk *w, const Onnx__GraphProto *gr, const char *name)
+{
+	return nmp_error_set(w->err, NMP_ERR_MODEL, "%s: graph '%s': name '%s' is defined twice",
+			     w->m->path, graph_name(gr), name);
+}
+
+static bool node_outputs_const(const scope *sc, const Onnx__NodeProto *n)
+{
+	for (size_t i = 0; i < n->n_attribute; i++)
+		if (n->attribute[i]->g || n->attribute[i]->n_graphs)
+			return false;
+	for (size_t i = 0; i < n->n_input; i++) {
+		if (!n->input[i] || !n->input[i][0])
+			continue;
+		const entry *e = lookup(sc, n->input[i], NULL);
+		if (!e || e->kind == K_INPUT || (e->kind == K_NODE && !e->is_const))
+			return false;
+	}
+	return true;
+}
+
+static nmp_status scope_build(walk *w, scope *sc, const Onnx__GraphProto *gr, const scope *parent)
+{
+	size_t n = gr->n_initializer + gr->n_input + 1;
+	for (size_t i = 0; i < gr->n_node; i++)
+		n += gr->node[i]->n_output;
+	sc->parent = parent;
+	sc->graph = gr;
+	sc->cap = 16;
+	while (sc->cap < 2 * n)
+		sc->cap *= 2;
+	sc->slots = calloc(sc->cap, sizeof *sc->slots);
+	if (!sc->slots)
+		return nmp_error_set(w->err, NMP_ERR_NOMEM, "%s: out of memory", w->m->path);
+
+	for (size_t i = 0; i < gr->n_initializer; i++) {
+		const char *name = gr->initializer[i]->name ? gr->initializer[i]->name : "";
+		entry *e = slot(sc, name);
+		if (e->name)
+			return dup_name(w, gr, name);
+		*e = (entry){ .name = name, .kind = K_INIT, .init = gr->initializer[i], .is_const = true };
+	}
+	for (size_t i = 0; i < gr->n_input; i++) {
+		const char *name = gr->input[i]->name ? gr->input[i]->name : "";
+		entry *e = slot(sc, name);
+		if (e->name && e->kind == K_INIT) {
+			e->graph_input = true; /* an overridable initializer */
+			continue;
+		}
+		if (e->name)
+			return dup_name(w, gr, name);
+		*e = (entry){ .name = name, .kind = K_INPUT };
+	}
+	for (size_t i = 0; i < gr->n_node; i++) {
+		const Onnx__NodeProto *nd = gr->node[i];
+		bool c = node_outputs_const(sc, nd);
+		for (size_t o = 0; o < nd->n_output; o++) {
+			const char *name = nd->output[o];
+			if (!name || !name[0])
+				continue;
+			entry *e = slot(sc, name);
+			if (e->name)
+				return dup_name(w, gr, name);
+			*e = (entry){ .name = name, .kind = K_NODE, .node = nd, .out_index = (int)o,
+				      .is_const = c };
+		}
+	}
+	return NMP_OK;
+}
+
+/* ---- tracing a consumer input back to its weight ------------------------------- */
+
+typedef struct link {
+	const Onnx__NodeProto *node; /* Transpose or DequantizeLinear (Cast, Identity are not kept) */
+	const scope *sc;
+} link;
+
+typedef struct trace {
+	link *chain;
+	size_t n_chain, cap_chain;
+	const Onnx__TensorProto *tensor;
+	const char *name;
+	bool graph_input;
+	bool from_constant;
+	bool is_weight;              /* a constant was reached (or would be) */
+	char blocked[80];
+} trace;
+
+static nmp_status push_link(walk *w, trace *t, const Onnx__NodeProto *n, const scope *sc)
+{
+	if (t->n_chain == t->cap_chain) {
+		size_t cap = t->cap_chain ? 2 * t->cap_chain : 8;
+		link *c = realloc(t->chain, cap * sizeof *c);
+		if (!c)
+			return nmp_error_set(w->err, NMP_ERR_NOMEM, "%s: out of memory", w->m->path);
+		t->chain = c;
+		t->cap_chain = cap;
+	}
+	t->chain[t->n_chain++] = (link){ n, sc };
+	return NMP_OK;
+}
+
+static nmp_status trace_back(walk *w, const scope *sc, const char *name, trace *t)
+{
+	for (size_t steps = 0;; steps++) {
+		if (steps > w->step_limit)
+			return nmp_error_set(w->err, NMP_ERR_MODEL, "%s: graph '%s': cycle through '%s'",
+					     w->m->path, graph_name(sc->graph), name);
+		const scope *where;
+		const entry *e = lookup(sc, name, &where);
+		if (!e || e->kind == K_INPUT)
+			return NMP_OK; /* an activation: not a weight */
+		if (e->kind == K_INIT) {
+			t->tensor = e->init;
+			t->name = e->name;
+			t->graph_input = e->graph_input;
+			t->is_weight = true;
+			return NMP_OK;
+		}
+		const Onnx__NodeProto *n = e->node;
+		const char *op = op_of(n);
+		if (is_default_domain(n) && strcmp(op, "Constant") == 0) {
+			const Onnx__AttributeProto *v = attr(n, "value");
+			t->is_weight = true;
+			t->name = e->name;
+			if (v && v->t) {
+				t->tensor = v->t;
+				t->from_constant = true;
+			} else {
+				snprintf(t->blocked, sizeof t->blocked, "unsupported path: Constant without a tensor value");
+			}
+			return NMP_OK;
+		}
+		bool through = is_default_domain(n) && e->out_index == 0 && n->n_input >= 1 &&
+			       (strcmp(op, "Transpose") == 0 || strcmp(op, "DequantizeLinear") == 0 ||
+				strcmp(op, "Cast") == 0 || strcmp(op, "Identity") == 0);
+		if (!through) {
+			if (e->is_const) {
+				t->is_weight = true;
+				t->name = name;
+				snprintf(t->blocked, sizeof t->blocked, "unsupported path: %s", op);
+			}
+			return NMP_OK;
+		}
+		if (strcmp(op, "Transpose") == 0 || strcmp(op, "DequantizeLinear") == 0)
+			NMP_TRY(push_link(w, t, n, where));
+		name = n->input[0];
+		sc = where;
+	}
+}
+
+/* ---- axes ------------------------------------------------------------------------- */
+
+/* Group and output-channel axes in the consumer's coordinates, for rank r. */
+static bool consumer_axes(const Onnx__NodeProto *n, const char *op, int input, int r, int *axis,
+			  int *out)
+{
+	*out = -1;
+	if (strcmp(op, "Conv") == 0) {
+		if (input != 1 || r < 3)
+			return false;
+		*axis = 1;
+		*out = 0;
+	} else if (strcmp(op, "ConvTranspose") == 0) {
+		if (input != 1 || r < 3)
+			return false;
+		*axis = 0;
+		*out = 1;
+	} else if (strcmp(op, "Gemm") == 0) {
+		if (r != 2 || input > 1)
+			return false;
+		bool trans = attr_int(n, input == 0 ? "transA" : "transB", 0) != 0;
+		if (input == 0) {          /* A: [M,K] or [K,M] */
+			*axis = trans ? 0 : 1;
+			*out = trans ? 1 : 0;
+		} else {                   /* B: [K,N] or [N,K] */
+			*axis = trans ? 1 : 0;
+			*out = trans ? 0 : 1;
+		}
+	} else if (strcmp(op, "MatMul") == 0) {
+		if (input > 1 || r < 1)
+			return false;
+		if (r == 1) {
+			*axis = 0;
+		} else if (input == 1) {   /* B: [..., K, N] */
+			*axis = r - 2;
+			*out = r - 1;
+		} else {                   /* A: [..., M, K] */
+			*axis = r - 1;
+			*out = r - 2;
+		}
+	} else {
+		return false;
+	}
+	return true;
+}
+
+/* perm of a Transpose of rank r (default: reversed); false if invalid. */
+static bool transpose_perm(const Onnx__NodeProto *n, int r, int *perm)
+{
+	const Onnx__AttributeProto *a = attr(n, "perm");
+	if (!a || a->n_ints == 0) {
+		for (int i = 0; i < r; i++)
+			perm[i] = r - 1 - i;
+		return true;
+	}
+	if ((int)a->n_ints != r)
+		return false;
+	unsigned seen = 0;
+	for (int i = 0; i < r; i++) {
+		int64_t p = a->ints[i];
+		if (p < 0 || p >= r || (seen >> p & 1))
+			return false;
+		seen |= 1u << p;
+		perm[i] = (int)p;
+	}
+	return true;
+}
+
+/* A scale or zero point: an initializer or Constant in the DequantizeLinear's scope. */
+static const nmp_tensor *const_tensor(const walk *w, const scope *sc, const char *name)
+{
+	if (!name || !name[0])
+		return NULL;
+	const entry *e = lookup(sc, name, NULL);
+	if (!e)
+		return NULL;
+	if (e->kind == K_INIT)
+		return nmp_model_tensor_of(w->m, e->init);
+	if (e->kind == K_NODE && strcmp(op_of(e->node), "Constant") == 0) {
+		const Onnx__AttributeProto *v = attr(e->node, "value");
+		return v && v->t ? nmp_model_tensor_of(w->m, v->t) : NULL;
+	}
+	return NULL;
+}
+
+/*
+ * Maps the consumer's axes through the chain into the weight's coordinates,
+ * recording a DequantizeLinear's parameters on the way.
+ */
+static const char *map_axes(const walk *w, const trace *t, int r, int *axis, int *out, nmp_quant *q)
+{
+	int perm[64];
+	bool have_dq = false;
+	if (r > 64)
+		return "rank above 64";
+	memset(q, 0, sizeof *q);
+	for (size_t i = 0; i < t->n_chain; i++) {
+		const Onnx__NodeProto *n = t->chain[i].node;
+		if (strcmp(op_of(n), "Transpose") == 0) {
+			if (!transpose_perm(n, r, perm))
+				return "invalid Transpose perm";
+			*axis = perm[*axis];
+			if (*out >= 0)
+				*out = perm[*out];
+			if (have_dq)
+				q->axis = perm[q->axis];
+			continue;
+		}
+		if (have_dq)
+			return "unsupported path: two DequantizeLinear";
+		have_dq = true;
+		q->present = true;
+		int64_t a = attr_int(n, "axis", 1);
+		if (a < 0)
+			a += r;
+		q->axis = (a >= 0 && a < r) ? (int)a : 0;
+		q->block = attr_int(n, "block_size", 0);
+		q->scale = const_tensor(w, t->chain[i].sc, n->n_input > 1 ? n->input[1] : NULL);
+		q->zero_point = const_tensor(w, t->chain[i].sc, n->n_input > 2 ? n->input[2] : NULL);
+		if (!q->scale)
+			return "unsupported quantization: scale is not a constant";
+		if (n->n_input > 2 && n->input[2] && n->input[2][0] && !q->zero_point)
+			return "unsupported quantization: zero point is not a constant";
+	}
+	return NULL;
+}
+
+/* ---- candidates --------------------------------------------------------------------- */
+
+/* Candidates are found by tensor (or, for blocked paths, by name) through a hash index. */
+typedef struct cand_index {
+	size_t *slots; /* candidate index + 1; 0 is empty */
+	size_t cap;
+} cand_index;
+
+static uint64_t cand_key(const nmp_tensor *t, const char *name)
+{
+	if (t) {
+		uint64_t x = (uint64_t)(uintptr_t)t * 0x9e3779b97f4a7c15ull;
+		return x ^ (x >> 29);
+	}
+	return str_hash(name);
+}
+
+static bool cand_is(const nmp_candidate *c, const nmp_tensor *t, const char *name)
+{
+	return t ? c->tensor == t : (!c->tensor && strcmp(c->name, name) == 0);
+}
+
+static bool index_grow(nmp_graph *g)
+{
+	cand_index *ix = g->priv;
+	size_t cap = ix->cap ? 2 * ix->cap : 64;
+	size_t *slots = calloc(cap, sizeof *slots);
+	if (!slots)
+		return false;
+	for (size_t i = 0; i < g->n_cands; i++) {
+		size_t h = (size_t)cand_key(g->cands[i].tensor, g->cands[i].name) & (cap - 1);
+		while (slots[h])
+			h = (h + 1) & (cap - 1);
+		slots[h] = i + 1;
+	}
+	free(ix->slots);
+	ix->slots = slots;
+	ix->cap = cap;
+	return true;
+}
+
+static nmp_candidate *find_or_add(walk *w, const nmp_tensor *t, const char *name)
+{
+	nmp_graph *g = w->g;
+	cand_index *ix = g->priv;
+	if (2 * (g->n_cands + 1) > ix->cap && !index_grow(g))
+		return NULL;
+	size_t h = (size_t)cand_key(t, name) & (ix->cap - 1);
+	for (; ix->slots[h]; h = (h + 1) & (ix->cap - 1))
+		if (cand_is(&g->cands[ix->slots[h] - 1], t, name))
+			return &g->cands[ix->slots[h] - 1];
+	if (g->n_cands == g->cap) {
+		size_t cap = g->cap ? 2 * g->cap : 16;
+		nmp_candidate *c = realloc(g->cands, cap * sizeof *c);
+		if (!c)
+			return NULL;
+		g->cands = c;
+		g->cap = cap;
+	}
+	ix->slots[h] = g->n_cands + 1;
+	nmp_candidate *c = &g->cands[g->n_cands++];
+	memset(c, 0, sizeof *c);
+	c->tensor = t;
+	c->name = name;
+	c->axis = c->out_axis = -1;
+	return c;
+}
+
+static nmp_status add_use(walk *w, const scope *sc, const Onnx__NodeProto *n, int input)
+{
+	trace t = { 0 };
+	nmp_status s = trace_back(w, sc, n->input[input], &t);
+	if (s != NMP_OK || !t.is_weight) {
+		free(t.chain);
+		return s;
+	}
+	const nmp_tensor *tensor = t.tensor ? nmp_model_tensor_of(w->m, t.tensor) : NULL;
+	nmp_candidate *c = find_or_add(w, tensor, t.name ? t.name : n->input[input]);
+	if (!c) {
+		free(t.chain);
+		return nmp_error_set(w->err, NMP_ERR_NOMEM, "%s: out of memory", w->m->path);
+	}
+	if (c->n_uses == c->cap_uses) {
+		size_t cap = c->cap_uses ? 2 * c->cap_uses : 2;
+		nmp_use *u = realloc(c->uses, cap * sizeof *u);
+		if (!u) {
+			free(t.chain);
+			return nmp_error_set(w->err, NMP_ERR_NOMEM, "%s: out of memory", w->m->path);
+		}
+		c->uses = u;
+		c->cap_uses = cap;
+	}
+	nmp_use *u = &c->uses[c->n_uses++];
+	*u = (nmp_use){ .node = n, .node_name = n->name ? n->name : "", .op = op_of(n),
+			.input = input, .axis = -1, .out_axis = -1 };
+	c->graph_input |= t.graph_input;
+	c->from_constant |= t.from_constant;
+
+	if (t.blocked[0]) {
+		if (!c->problem[0])
+			snprintf(c->problem, sizeof c->problem, "%s", t.blocked);
+		free(t.chain);
+		return NMP_OK;
+	}
+	int r = (int)tensor->proto->n_dims;
+	int axis, out;
+	nmp_quant q;
+	const char *why = NULL;
+	if (!consumer_axes(n, u->op, input, r, &axis, &out))
+		why = "unsupported weight rank for its consumer";
+	else
+		why = map_axes(w, &t, r, &axis, &out, &q);
+	free(t.chain);
+	if (why) {
+		if (!c->problem[0])
+			snprintf(c->problem, sizeof c->problem, "%s", why);
+		return NMP_OK;
+	}
+	u->axis = axis;
+	u->out_axis = out;
+	/* Depthwise: one input channel per group, seen from the consumer. */
+	if (strcmp(u->op, "Conv") == 0)
+		u->depthwise = tensor->proto->dims[axis] == 1;
+	if (c->n_uses == 1) {
+		c->axis = axis;
+		c->out_axis = out;
+		c->quant = q;
+	} else if (c->axis != axis && !c->problem[0]) {
+		snprintf(c->problem, sizeof c->problem, "conflicting axes");
+	}
+	return NMP_OK;
+}
+
+bool nmp_graph_is_consumer(const char *op)
+{
+	return strcmp(op, "Conv") == 0 || strcmp(op, "ConvTranspose") == 0 ||
+	       strcmp(op, "Gemm") == 0 || strcmp(op, "MatMul") == 0;
+}
+
+static nmp_status walk_graph(walk *w, const Onnx__GraphProto *gr, const scope *parent)
+{
+	scope sc;
+	nmp_status s = scope_build(w, &sc, gr, parent);
+	for (size_t i = 0; i < gr->n_node && s == NMP_OK; i++) {
+		const Onnx__NodeProto *n = gr->node[i];
+		const char *op = op_of(n);
+		if (is_default_domain(n) && nmp_graph_is_consumer(op)) {
+			int last = strcmp(op, "Conv") == 0 || strcmp(op, "ConvTranspose") == 0 ? 1 : 0;
+			int first = last;
+			if (strcmp(op, "Gemm") == 0 || strcmp(op, "MatMul") == 0)
+				last = 1;
+			for (int in = first; in <= last && in < (int)n->n_input && s == NMP_OK; in++)
+				if (n->input[in] && n->input[in][0])
+					s = add_use(w, &sc, n, in);
+		}
+		/* Subgraphs are walked where their node stands, so order stays topological. */
+		for (size_t a = 0; a < n->n_attribute && s == NMP_OK; a++) {
+			const Onnx__AttributeProto *at = n->attribute[a];
+			if (at->g)
+				s = walk_graph(w, at->g, &sc);
+			for (size_t k = 0; k < at->n_graphs && s == NMP_OK; k++)
+				s = walk_graph(w, at->graphs[k], &sc);
+		}
+	}
+	free(sc.slots);
+	return s;
+}
+
+static size_t count_nodes(const Onnx__GraphProto *gr)
+{
+	size_t n = gr->n_node;
+	for (size_t i = 0; i < gr->n_node; i++)
+		for (size_t a = 0; a < gr->node[i]->n_attribute; a++) {
+			const Onnx__AttributeProto *at = gr->node[i]->attribute[a];
+			if (at->g)
+				n += count_nodes(at->g);
+			for (size_t k = 0; k < at->n_graphs; k++)
+				n += count_nodes(at->graphs[k]);
+		}
+	return n;
+}
+
+nmp_status nmp_graph_walk(const nmp_model *m, nmp_graph **out, nmp_error *err)
+{
+	nmp_graph *g = calloc(1, sizeof *g);
+	*out = NULL;
+	if (!g)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
+	g->priv = calloc(1, sizeof(cand_index));
+	if (!g->priv) {
+		free(g);
+		return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
+	}
+	/* No chain of look-through nodes is longer than the model has nodes. */
+	walk w = { .m = m, .g = g, .err = err, .step_limit = count_nodes(m->proto->graph) + 1 };
+	nmp_status s = walk_graph(&w, m->proto->graph, NULL);
+	if (s != NMP_OK) {
+		nmp_graph_free(&g);
+		return s;
+	}
+	*out = g;
+	return NMP_OK;
+}
+
+void nmp_graph_free(nmp_graph **pg)
+{
+	nmp_graph *g = *pg;
+	if (!g)
+		return;
+	for (size_t i = 0; i < g->n_cands; i++)
+		free(g->cands[i].uses);
+	free(g->cands);
+	if (g->priv)
+		free(((cand_index *)g->priv)->slots);
+	free(g->priv);
+	free(g);
+	*pg = NULL;
+}

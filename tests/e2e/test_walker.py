@@ -1,0 +1,318 @@
+"""Graph walker and selection: every axis-table row, every look-through case,
+with a known answer asserted through `nmprune inspect --json`."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import nmprune, save
+
+F = TensorProto.FLOAT
+
+
+def model(nodes, inits, inputs=(("X", F, None),), outputs=(("Y", F, None),), opset=21):
+    g = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 10
+    return m
+
+
+def w(name, shape, dtype=np.float32, seed=0):
+    return numpy_helper.from_array(
+        np.random.default_rng(seed).standard_normal(shape).astype(dtype), name)
+
+
+def inspect(tmp_path, m, *args):
+    p = save(m, tmp_path / "m.onnx")
+    r = nmprune("inspect", p, "--json", *args, check=0)
+    return {c["name"]: c for c in json.loads(r.out)}
+
+
+# ---- DESIGN.md's axis table ---------------------------------------------------------
+
+@pytest.mark.parametrize("op, attrs, side, shape, axis", [
+    ("Conv", {}, 1, (32, 16, 3, 3), 1),
+    ("Conv", {}, 1, (32, 16, 5), 1),               # 1-D
+    ("Conv", {}, 1, (32, 16, 3, 3, 3), 1),         # 3-D
+    ("Gemm", {}, 1, (64, 32), 0),                  # B [K,N]
+    ("Gemm", {"transB": 1}, 1, (32, 64), 1),       # B [N,K]
+    ("Gemm", {}, 0, (32, 64), 1),                  # A [M,K]
+    ("Gemm", {"transA": 1}, 0, (64, 32), 0),       # A [K,M]
+    ("MatMul", {}, 1, (64, 32), 0),                # B [K,N]
+    ("MatMul", {}, 1, (4, 64, 32), 1),             # batched B [..,K,N]: r-2
+    ("MatMul", {}, 1, (64,), 0),                   # rank-1 B
+    ("MatMul", {}, 0, (32, 64), 1),                # A [M,K]: r-1
+    ("MatMul", {}, 0, (2, 32, 64), 2),             # batched A
+])
+def test_axis_table(tmp_path, op, attrs, side, shape, axis):
+    ins = ["X", "W"] if side == 1 else ["W", "X"]
+    m = model([helper.make_node(op, ins, ["Y"], name="n", **attrs)], [w("W", shape)])
+    c = inspect(tmp_path, m, "--align", "none")["W"]
+    assert c["axis"] == axis
+    assert c["axis_length"] == shape[axis]
+    assert c["consumers"] == [{"node": "n", "op": op, "input": side}]
+
+
+def test_conv_transpose_is_opt_in(tmp_path):
+    m = model([helper.make_node("ConvTranspose", ["X", "W"], ["Y"], name="ct")], [w("W", (32, 16, 3, 3))])
+    c = inspect(tmp_path, m)["W"]
+    assert c["axis"] == 0 and not c["eligible"]
+    assert c["reason"] == "op ConvTranspose not in --ops"
+    c = inspect(tmp_path, m, "--ops", "ConvTranspose")["W"]
+    assert c["axis"] == 0 and c["eligible"], c
+
+
+def test_grouped_and_depthwise_conv(tmp_path):
+    m = model([
+        helper.make_node("Conv", ["X", "Wg"], ["A"], name="grouped", group=2),
+        helper.make_node("Conv", ["A", "Wd"], ["Y"], name="depthwise", group=64),
+    ], [w("Wg", (64, 16, 3, 3)), w("Wd", (64, 1, 3, 3))])
+    c = inspect(tmp_path, m)
+    assert c["Wg"]["axis"] == 1 and c["Wg"]["eligible"]
+    assert c["Wd"]["reason"] == "depthwise convolution"
+
+
+# ---- look-through -------------------------------------------------------------------
+
+def test_transpose_perm_not_its_own_inverse_conv(tmp_path):
+    # HWIO weight -> Transpose(perm=[3,2,0,1]) -> OIHW for the Conv: group axis 1 of the
+    # Conv's view is axis perm[1] = 2 (I) of the weight; the inverse would give 3 (O).
+    m = model([
+        helper.make_node("Transpose", ["W"], ["Wt"], perm=[3, 2, 0, 1]),
+        helper.make_node("Conv", ["X", "Wt"], ["Y"], name="conv"),
+    ], [w("W", (3, 3, 16, 32))])
+    c = inspect(tmp_path, m)["W"]
+    assert c["axis"] == 2 and c["axis_length"] == 16 and c["eligible"], c
+
+
+def test_transpose_perm_rank3_matmul(tmp_path):
+    # W [a,b,c] -> perm [1,2,0] -> [b,c,a]; MatMul B reduces axis 1 of that: weight axis 2.
+    m = model([
+        helper.make_node("Transpose", ["W"], ["Wt"], perm=[1, 2, 0]),
+        helper.make_node("MatMul", ["X", "Wt"], ["Y"], name="mm"),
+    ], [w("W", (8, 4, 32))])
+    c = inspect(tmp_path, m, "--align", "none")["W"]
+    assert c["axis"] == 2 and c["axis_length"] == 32, c
+
+
+def test_default_transpose_and_chain(tmp_path):
+    # Cast and Identity pass through; a default Transpose reverses the axes.
+    m = model([
+        helper.make_node("Cast", ["W"], ["Wc"], to=F),
+        helper.make_node("Identity", ["Wc"], ["Wi"]),
+        helper.make_node("Transpose", ["Wi"], ["Wt"]),
+        helper.make_node("MatMul", ["X", "Wt"], ["Y"], name="mm"),
+    ], [w("W", (32, 64))])
+    c = inspect(tmp_path, m)["W"]
+    assert c["axis"] == 1 and c["axis_length"] == 64, c
+
+
+def test_int8_qdq_per_axis(tmp_path):
+    q = numpy_helper.from_array(np.random.default_rng(1).integers(-100, 100, (64, 32), dtype=np.int8), "Wq")
+    scale = numpy_helper.from_array(np.full(32, 0.02, np.float32), "scale")
+    zp = numpy_helper.from_array(np.zeros(32, np.int8), "zp")
+    m = model([
+        helper.make_node("DequantizeLinear", ["Wq", "scale", "zp"], ["W"], axis=1),
+        helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm"),
+    ], [q, scale, zp])
+    c = inspect(tmp_path, m)["Wq"]
+    assert c["dtype"] == "INT8" and c["axis"] == 0 and c["eligible"], c
+    assert c["quantization"] == {"axis": 1, "block_size": 0}
+
+
+def test_int8_without_dequantize(tmp_path):
+    q = numpy_helper.from_array(np.ones((64, 32), np.int8), "Wq")
+    m = model([
+        helper.make_node("Cast", ["Wq"], ["W"], to=F),
+        helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm"),
+    ], [q])
+    assert inspect(tmp_path, m)["Wq"]["reason"] == "quantized weight without DequantizeLinear"
+
+
+def test_shared_weight_agreeing_and_conflicting(tmp_path):
+    agree = model([
+        helper.make_node("MatMul", ["X", "W"], ["A"], name="mm1"),
+        helper.make_node("MatMul", ["A", "W"], ["Y"], name="mm2"),
+    ], [w("W", (64, 64))])
+    c = inspect(tmp_path, agree)["W"]
+    assert c["eligible"] and [u["node"] for u in c["consumers"]] == ["mm1", "mm2"]
+    conflict = model([
+        helper.make_node("MatMul", ["X", "W"], ["A"], name="mm1"),
+        helper.make_node("MatMul", ["W", "A"], ["Y"], name="mm2"),
+    ], [w("W", (64, 64))])
+    c = inspect(tmp_path, conflict)["W"]
+    assert not c["eligible"] and c["reason"] == "conflicting axes"
+    twice = model([helper.make_node("MatMul", ["W", "W"], ["Y"], name="sq")], [w("W", (64, 64))])
+    assert inspect(tmp_path, twice)["W"]["reason"] == "conflicting axes"
+
+
+def test_constant_node_weight(tmp_path):
+    m = model([
+        helper.make_node("Constant", [], ["W"], value=w("value", (64, 32))),
+        helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm"),
+    ], [])
+    c = inspect(tmp_path, m)["W"]
+    assert c["constant"] and c["eligible"] and c["axis"] == 0, c
+
+
+def _if_model(inner_inits, inner_weight="W"):
+    then = helper.make_graph(
+        [helper.make_node("MatMul", ["X", inner_weight], ["T"], name="then_mm")], "then", [],
+        [helper.make_tensor_value_info("T", F, None)], inner_inits)
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["X"], ["E"])], "else", [],
+        [helper.make_tensor_value_info("E", F, None)])
+    return model([
+        helper.make_node("If", ["C"], ["Y"], name="if", then_branch=then, else_branch=other),
+    ], [w("W", (64, 32))], inputs=(("X", F, None), ("C", TensorProto.BOOL, [])))
+
+
+def test_weight_used_inside_if_branch(tmp_path):
+    c = inspect(tmp_path, _if_model([]))["W"]
+    assert c["consumers"] == [{"node": "then_mm", "op": "MatMul", "input": 1}]
+    assert c["shape"] == [64, 32] and c["eligible"]
+
+
+def test_name_shadowed_in_subgraph(tmp_path):
+    cands = list(inspect(tmp_path, _if_model([w("W", (128, 16), seed=3)])).values())
+    assert len(cands) == 1
+    assert cands[0]["shape"] == [128, 16]      # the subgraph's own W, not the outer one
+
+
+def test_reshape_blocks_the_path(tmp_path):
+    shape = numpy_helper.from_array(np.array([64, 32], np.int64), "shape")
+    m = model([
+        helper.make_node("Reshape", ["W", "shape"], ["Wr"]),
+        helper.make_node("MatMul", ["X", "Wr"], ["Y"], name="mm"),
+    ], [w("W", (2048,)), shape])
+    c = inspect(tmp_path, m)["Wr"]
+    assert not c["eligible"] and c["reason"] == "unsupported path: Reshape"
+
+
+def test_activations_are_not_candidates(tmp_path):
+    m = model([
+        helper.make_node("Transpose", ["X"], ["Xt"]),
+        helper.make_node("MatMul", ["X", "Xt"], ["Y"], name="attention"),
+    ], [])
+    assert inspect(tmp_path, m) == {}
+
+
+def test_fp16_in_int32_data(tmp_path):
+    t = helper.make_tensor("W", TensorProto.FLOAT16, (64, 32),
+                           np.ones((64, 32), np.float16).view(np.uint16).flatten().tolist())
+    assert not t.raw_data and len(t.int32_data) == 2048
+    m = model([helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm")], [t])
+    c = inspect(tmp_path, m)["W"]
+    assert c["dtype"] == "FLOAT16" and c["eligible"]
+
+
+def test_external_data_weight(tmp_path):
+    m = model([helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm")], [w("W", (64, 32))])
+    onnx.save_model(m, tmp_path / "ext.onnx", save_as_external_data=True, location="ext.bin",
+                    size_threshold=0)
+    r = nmprune("inspect", tmp_path / "ext.onnx", "--json", check=0)
+    c = json.loads(r.out)[0]
+    assert c["name"] == "W" and c["eligible"] and c["axis"] == 0
+
+
+def test_graph_input_flag(tmp_path):
+    m = model([helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm")], [w("W", (64, 32))],
+              inputs=(("X", F, None), ("W", F, [64, 32])))
+    c = inspect(tmp_path, m)["W"]
+    assert c["graph_input"] and c["eligible"]
+    r = nmprune("inspect", save(m, tmp_path / "gi.onnx"), check=0)
+    assert "also a graph input" in r.out
+
+
+# ---- selection ------------------------------------------------------------------------
+
+def test_alignment_presets(tmp_path):
+    m = model([helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm")], [w("W", (24, 64))])
+    assert inspect(tmp_path, m)["W"]["reason"] == "group axis 24 is not a multiple of 16 (--align asp)"
+    assert inspect(tmp_path, m, "--align", "none")["W"]["eligible"]
+    assert inspect(tmp_path, m, "--align", "cusparselt")["W"]["eligible"]
+    assert inspect(tmp_path, m, "--pattern", "2:8", "--align", "none")["W"]["eligible"]
+    assert inspect(tmp_path, m, "--pattern", "3:32", "--align", "none")["W"]["reason"] == \
+        "group axis 24 is not a multiple of 32 (3:32)"
+    m = model([helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm")], [w("W", (64, 12))])
+    assert inspect(tmp_path, m)["W"]["reason"] == "output channels 12 are not a multiple of 8 (--align asp)"
+    h = model([helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm")], [w("W", (64, 8), np.float16)])
+    assert inspect(tmp_path, h, "--align", "cusparselt")["W"]["reason"] == \
+        "output channels 8 are not a multiple of 16 (--align cusparselt)"
+    assert inspect(tmp_path, h, "--pattern", "2:4@v16", "--align", "none")["W"]["reason"] == \
+        "output channels 8 are not a multiple of 16 (2:4@v16)"
+
+
+def _four_layers():
+    nodes, inits, x = [], [], "X"
+    for i in range(4):
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"layer{i}"))
+        inits.append(w(f"w{i}", (64, 64), seed=i))
+        x = f"h{i}"
+    nodes.append(helper.make_node("Identity", [x], ["Y"]))
+    return model(nodes, inits)
+
+
+def test_dense_first_include_exclude(tmp_path):
+    m = _four_layers()
+    c = inspect(tmp_path, m, "--dense-first", "0.5")
+    assert [c[f"w{i}"]["eligible"] for i in range(4)] == [False, False, True, True]
+    assert c["w0"]["reason"] == "dense-first"
+    c = inspect(tmp_path, m, "--dense-first", "0.3")        # floor(0.3 * 4) = 1
+    assert [c[f"w{i}"]["eligible"] for i in range(4)] == [False, True, True, True]
+    c = inspect(tmp_path, m, "--include", "layer[12]", "--exclude", "w2")
+    assert [c[f"w{i}"]["reason"] for i in range(4)] == [
+        "not matched by --include", None, "excluded by --exclude", "not matched by --include"]
+
+
+def test_rules_file(tmp_path):
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps([
+        {"match": "^w0$", "dense": True},
+        {"match": "layer[12]", "pattern": "4:8"},
+        {"match": ".*", "pattern": "1:4"},
+    ]))
+    c = inspect(tmp_path, _four_layers(), "--rules", rules)
+    assert c["w0"]["reason"] == "dense by rule 0"
+    assert [c[f"w{i}"]["pattern"] for i in (1, 2, 3)] == ["4:8", "4:8", "1:4"]
+
+
+@pytest.mark.parametrize("rules, message", [
+    ([{"match": "x", "pattern": "2:4", "colour": "red"}], "rule 0: unknown key 'colour'"),
+    ([{"match": "x", "pattern": "2:4"}, {"match": "(", "dense": True}], "rule 1: bad regex '('"),
+    ([{"match": "x", "pattern": "3:2"}], "rule 0: pattern '3:2': N must be less than M"),
+    ([{"match": "x"}], "rule 0: needs exactly one of \"pattern\" or \"dense\""),
+    ([{"match": "x", "dense": False}], "rule 0: \"dense\" must be true"),
+    ({"match": "x"}, "expected a JSON array of rules"),
+])
+def test_rules_errors(tmp_path, rules, message):
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps(rules))
+    r = nmprune("inspect", save(_four_layers(), tmp_path / "m.onnx"), "--rules", path)
+    assert r.code == 2 and message in r.err, r
+
+
+def test_regex_and_ops_errors(tmp_path):
+    p = save(_four_layers(), tmp_path / "m.onnx")
+    r = nmprune("inspect", p, "--include", "[a-")
+    assert r.code == 2 and "--include: bad regex '[a-'" in r.err, r
+    r = nmprune("inspect", p, "--ops", "MatMul,Softmax")
+    assert r.code == 2 and "--ops: unknown op 'Softmax'" in r.err, r
+    r = nmprune("inspect", p, "--rules", tmp_path / "missing.json")
+    assert r.code == 4 and "cannot open rules file" in r.err, r
+
+
+def test_inspect_text_table(tmp_path):
+    r = nmprune("inspect", save(_four_layers(), tmp_path / "m.onnx"), "--exclude", "w3", check=0)
+    lines = r.out.splitlines()
+    assert lines[0].split() == ["WEIGHT", "CONSUMERS", "DTYPE", "SHAPE", "AXIS", "LENGTH",
+                                "PATTERN", "ELIGIBLE", "REASON"]
+    assert lines[1].split() == ["w0", "layer0", "(MatMul)", "FLOAT", "[64,64]", "0", "64", "2:4", "yes"]
+    assert lines[4].split()[-3:] == ["excluded", "by", "--exclude"]
+    assert all(line == line.rstrip() for line in lines)
+    assert lines[-1] == "4 candidate weights, 3 eligible"
