@@ -1,0 +1,628 @@
+/*
+ * Property tests of the CPU mask engine.
+ *
+ * Invariants checked on random and adversarial inputs (ties, zeros, +-Inf,
+ * fp16 subnormals, negative zero):
+ *  - every group of M along the group axis keeps exactly N, and they are the
+ *    largest: their sum equals the best over all C(M,N) choices;
+ *  - ties keep the lower index;
+ *  - vector and block patterns agree with a naive scorer written here;
+ *  - transposable tiles keep N per row and column, with the best sum found by
+ *    exhaustive search on 4x4 and 8x8 tiles;
+ *  - unstructured P% zeroes round(P x n) of the smallest;
+ *  - a pruned quantized weight becomes its zero point;
+ *  - a pruned tensor passes check, a dense one does not;
+ *  - the thread count never changes the mask.
+ */
+#include "testutil.h"
+
+#include <math.h>
+
+#include "dtype.h"
+#include "mask.h"
+
+static uint64_t rng_state = 88172645463325252ull;
+
+static uint64_t rnd(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return rng_state;
+}
+
+static float rnd_normal(void)
+{
+	double u = ((double)(rnd() >> 11) + 0.5) / 9007199254740992.0;
+	double v = ((double)(rnd() >> 11) + 0.5) / 9007199254740992.0;
+	return (float)(sqrt(-2 * log(u)) * cos(6.283185307179586 * v));
+}
+
+static nmp_pattern pat(const char *s)
+{
+	nmp_pattern p;
+	nmp_error err = { 0 };
+	if (nmp_pattern_parse(s, &p, &err) != NMP_OK)
+		fail_msg("%s", err.message);
+	return p;
+}
+
+typedef struct tensor {
+	int rank;
+	int64_t dims[4];
+	int axis, out_axis;
+	int32_t dtype;
+	void *data;
+	uint64_t numel;
+} tensor;
+
+static nmp_mask_tensor view_of(tensor *t)
+{
+	return (nmp_mask_tensor){ .name = "w", .data = t->data, .dtype = t->dtype, .rank = t->rank,
+				  .dims = t->dims, .axis = t->axis, .out_axis = t->out_axis };
+}
+
+static uint8_t *run(tensor *t, const char *pattern, nmp_mask_mode mode, int threads, nmp_mask_stats *st)
+{
+	nmp_pattern p = pat(pattern);
+	nmp_mask_tensor v = view_of(t);
+	uint8_t *mask = malloc(t->numel);
+	nmp_mask_stats local;
+	nmp_error err = { 0 };
+	if (nmp_cpu_run(&v, &p, mode, threads, mask, st ? st : &local, &err) != NMP_OK)
+		fail_msg("%s: %s", pattern, err.message);
+	return mask;
+}
+
+static tensor make_f32(int rank, const int64_t *dims, int axis, int out_axis)
+{
+	tensor t = { .rank = rank, .axis = axis, .out_axis = out_axis, .dtype = NMP_DT_FLOAT, .numel = 1 };
+	for (int i = 0; i < rank; i++) {
+		t.dims[i] = dims[i];
+		t.numel *= (uint64_t)dims[i];
+	}
+	float *x = malloc(t.numel * sizeof *x);
+	for (uint64_t i = 0; i < t.numel; i++)
+		x[i] = rnd_normal();
+	t.data = x;
+	return t;
+}
+
+/* ---- an independent view: row r, column c -> flat index (out axis fastest) ------------------ */
+
+static uint64_t flat_of(const tensor *t, uint64_t r, uint64_t c)
+{
+	uint64_t coord[4] = { 0 }, stride[4];
+	uint64_t s = 1;
+	for (int a = t->rank - 1; a >= 0; a--) {
+		stride[a] = s;
+		s *= (uint64_t)t->dims[a];
+	}
+	coord[t->axis] = c;
+	if (t->out_axis >= 0) {
+		coord[t->out_axis] = r % (uint64_t)t->dims[t->out_axis];
+		r /= (uint64_t)t->dims[t->out_axis];
+	}
+	for (int a = t->rank - 1; a >= 0; a--) {
+		if (a == t->axis || a == t->out_axis)
+			continue;
+		coord[a] = r % (uint64_t)t->dims[a];
+		r /= (uint64_t)t->dims[a];
+	}
+	uint64_t f = 0;
+	for (int a = 0; a < t->rank; a++)
+		f += coord[a] * stride[a];
+	return f;
+}
+
+static double mag(const tensor *t, uint64_t i)
+{
+	if (t->dtype == NMP_DT_FLOAT)
+		return fabs((double)((float *)t->data)[i]);
+	uint16_t h = ((uint16_t *)t->data)[i] & 0x7fff; /* fp16 via its bits: only order matters here */
+	return (double)h;
+}
+
+/* Best sum of n of the m values over all subsets. */
+static double best_subset(const double *v, int m, int n)
+{
+	double best = -1;
+	for (unsigned s = 0; s < (1u << m); s++) {
+		if (__builtin_popcount(s) != n)
+			continue;
+		double sum = 0;
+		for (int i = 0; i < m; i++)
+			if (s >> i & 1)
+				sum += v[i];
+		if (sum > best)
+			best = sum;
+	}
+	return best;
+}
+
+static void assert_nm(const tensor *t, const uint8_t *mask, int n, int m, bool brute)
+{
+	uint64_t L = (uint64_t)t->dims[t->axis], rows = t->numel / L;
+	for (uint64_t r = 0; r < rows; r++)
+		for (uint64_t c0 = 0; c0 < L; c0 += (uint64_t)m) {
+			double v[256], kept = 0, min_kept = INFINITY, max_pruned = -1;
+			int count = 0;
+			for (int x = 0; x < m; x++) {
+				uint64_t i = flat_of(t, r, c0 + (uint64_t)x);
+				v[x] = mag(t, i);
+				if (mask[i]) {
+					count++;
+					kept += v[x];
+					min_kept = fmin(min_kept, v[x]);
+				} else {
+					max_pruned = fmax(max_pruned, v[x]);
+				}
+			}
+			assert_int_equal(count, n);
+			assert_true(min_kept >= max_pruned);
+			if (brute)
+				assert_true(kept == best_subset(v, m, n));
+		}
+}
+
+static void test_nm_random_all_layouts(void **state)
+{
+	(void)state;
+	static const struct {
+		int rank;
+		int64_t dims[4];
+		int axis, out;
+	} shapes[] = {
+		{ 2, { 64, 48 }, 0, 1 },        /* MatMul B [K,N]: strided groups */
+		{ 2, { 48, 64 }, 1, 0 },        /* Gemm transB [N,K]: contiguous groups */
+		{ 4, { 16, 32, 3, 3 }, 1, 0 },  /* Conv: middle axis */
+		{ 3, { 3, 64, 24 }, 1, 2 },     /* batched MatMul B */
+	};
+	static const int nm[][2] = { { 2, 4 }, { 1, 4 }, { 3, 4 }, { 2, 8 }, { 4, 16 }, { 16, 32 }, { 3, 32 } };
+	for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+		for (size_t k = 0; k < sizeof nm / sizeof nm[0]; k++) {
+			if (shapes[s].dims[shapes[s].axis] % nm[k][1])
+				continue;
+			tensor t = make_f32(shapes[s].rank, shapes[s].dims, shapes[s].axis, shapes[s].out);
+			char p[16];
+			snprintf(p, sizeof p, "%d:%d", nm[k][0], nm[k][1]);
+			nmp_mask_stats st;
+			uint8_t *mask = run(&t, p, NMP_MASK_DRY, 2, &st);
+			assert_nm(&t, mask, nm[k][0], nm[k][1], nm[k][1] <= 16);
+			assert_int_equal(st.kept, t.numel / (uint64_t)nm[k][1] * (uint64_t)nm[k][0]);
+			assert_true(st.l1_kept <= st.l1_unstructured * (1 + 1e-12));
+			assert_true(st.l1_unstructured <= st.l1_dense * (1 + 1e-12));
+			free(mask);
+			free(t.data);
+		}
+}
+
+static void test_nm_large_m_generic_path(void **state)
+{
+	(void)state;
+	int64_t dims[2] = { 512, 8 };
+	tensor t = make_f32(2, dims, 0, 1);
+	uint8_t *mask = run(&t, "100:256", NMP_MASK_DRY, 2, NULL);
+	assert_nm(&t, mask, 100, 256, false);
+	free(mask);
+	mask = run(&t, "5:64", NMP_MASK_DRY, 1, NULL);
+	assert_nm(&t, mask, 5, 64, false);
+	free(mask);
+	free(t.data);
+}
+
+/* The sum of the K largest magnitudes, by sorting: the reference statistic's definition. */
+static int cmp_desc(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static void test_unstructured_reference_statistic(void **state)
+{
+	(void)state;
+	int64_t dims[2] = { 64, 40 };
+	tensor t = make_f32(2, dims, 0, 1);
+	nmp_mask_stats st;
+	uint8_t *mask = run(&t, "2:4", NMP_MASK_DRY, 2, &st);
+	double *v = malloc(t.numel * sizeof *v), sum = 0;
+	for (uint64_t i = 0; i < t.numel; i++)
+		v[i] = fabs((double)((float *)t.data)[i]);
+	qsort(v, t.numel, sizeof *v, cmp_desc);
+	for (uint64_t i = 0; i < t.numel / 2; i++)
+		sum += v[i];
+	assert_true(fabs(st.l1_unstructured - sum) <= 1e-9 * sum);
+	free(v);
+	free(mask);
+	free(t.data);
+}
+
+/* ---- adversarial values ----------------------------------------------------------------------------- */
+
+static void fill_group_and_check(const float *vals, int m, int n, const uint8_t *want)
+{
+	int64_t dims[2] = { 1, m };
+	tensor t = { .rank = 2, .dims = { 1, m }, .axis = 1, .out_axis = 0, .dtype = NMP_DT_FLOAT,
+		     .numel = (uint64_t)m };
+	(void)dims;
+	t.data = malloc((size_t)m * sizeof(float));
+	memcpy(t.data, vals, (size_t)m * sizeof(float));
+	char p[16];
+	snprintf(p, sizeof p, "%d:%d", n, m);
+	uint8_t *mask = run(&t, p, NMP_MASK_APPLY, 1, NULL);
+	assert_memory_equal(mask, want, (size_t)m);
+	for (int i = 0; i < m; i++)
+		if (!want[i])
+			assert_true(((float *)t.data)[i] == 0.0f && !signbit(((float *)t.data)[i]));
+	free(mask);
+	free(t.data);
+}
+
+static void test_ties_and_special_values(void **state)
+{
+	(void)state;
+	const float inf = INFINITY;
+	{ /* all equal: the lower indices win */
+		float v[4] = { 3, 3, 3, 3 };
+		uint8_t want[4] = { 1, 1, 0, 0 };
+		fill_group_and_check(v, 4, 2, want);
+	}
+	{ /* all zero, and negative zero equals zero */
+		float v[4] = { 0.0f, -0.0f, 0.0f, -0.0f };
+		uint8_t want[4] = { 1, 1, 0, 0 };
+		fill_group_and_check(v, 4, 2, want);
+	}
+	{ /* -Inf is the largest magnitude; ties between infinities go to the lower index */
+		float v[4] = { 1, -inf, 5, inf };
+		uint8_t want[4] = { 0, 1, 0, 1 };
+		fill_group_and_check(v, 4, 2, want);
+		float w[4] = { inf, inf, -inf, 7 };
+		uint8_t want1[4] = { 1, 0, 0, 0 };
+		fill_group_and_check(w, 4, 1, want1);
+	}
+	{ /* signs do not matter, magnitudes do; a tie at the cut keeps the lower index */
+		float v[8] = { -9, 1, 2, -2, 8, -8, 0.5f, 7 };
+		uint8_t want[8] = { 1, 0, 0, 0, 1, 1, 0, 1 };
+		fill_group_and_check(v, 8, 4, want);
+		float w[8] = { 1, -2, 2, -2, 0, 0, 0, 0 };
+		uint8_t want2[8] = { 0, 1, 1, 0, 0, 0, 0, 0 };
+		fill_group_and_check(w, 8, 2, want2);
+	}
+}
+
+static void test_fp16_subnormals_and_bf16(void **state)
+{
+	(void)state;
+	/* fp16: 1 and 2 are the smallest subnormals, 0x0400 the smallest normal, 0x7c00 inf */
+	uint16_t h[8] = { 0x0001, 0x8002, 0x0400, 0x03ff, 0xfc00, 0x0000, 0x8000, 0x3c00 };
+	for (int dt = 0; dt < 2; dt++) {
+		tensor t = { .rank = 2, .dims = { 1, 8 }, .axis = 1, .out_axis = 0,
+			     .dtype = dt ? NMP_DT_BFLOAT16 : NMP_DT_FLOAT16, .numel = 8 };
+		t.data = malloc(sizeof h);
+		memcpy(t.data, h, sizeof h);
+		nmp_mask_stats st;
+		uint8_t *mask = run(&t, "4:8", NMP_MASK_APPLY, 1, &st);
+		/* by magnitude bits: 0x7c00 > 0x3c00 > 0x0400 > 0x03ff > 0x0002 > 0x0001 > 0 = 0 */
+		const uint8_t want[8] = { 0, 0, 1, 1, 1, 0, 0, 1 };
+		assert_memory_equal(mask, want, 8);
+		const uint16_t after[8] = { 0, 0, 0x0400, 0x03ff, 0xfc00, 0, 0, 0x3c00 };
+		assert_memory_equal(t.data, after, sizeof after);
+		assert_int_equal(st.kept, 4);
+		free(mask);
+		free(t.data);
+	}
+}
+
+static void test_nan_is_an_error(void **state)
+{
+	(void)state;
+	int64_t dims[2] = { 16, 8 };
+	tensor t = make_f32(2, dims, 0, 1);
+	((float *)t.data)[37] = NAN;
+	nmp_pattern p = pat("2:4");
+	nmp_mask_tensor v = view_of(&t);
+	v.name = "layer.weight";
+	nmp_mask_stats st;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_cpu_run(&v, &p, NMP_MASK_APPLY, 2, NULL, &st, &err), NMP_ERR_MODEL);
+	assert_string_equal(err.message, "tensor 'layer.weight': NaN at flat index 37");
+	/* nothing was written */
+	assert_true(isnan(((float *)t.data)[37]) && ((float *)t.data)[0] != 0.0f);
+	free(t.data);
+}
+
+/* ---- vectors and blocks against a naive scorer ---------------------------------------------------- */
+
+static void naive_units(const tensor *t, int n, int m, int ur, int uc, uint8_t *want)
+{
+	uint64_t L = (uint64_t)t->dims[t->axis], rows = t->numel / L;
+	for (uint64_t r0 = 0; r0 < rows; r0 += (uint64_t)ur)
+		for (uint64_t c0 = 0; c0 < L; c0 += (uint64_t)(m * uc)) {
+			double score[64];
+			for (int x = 0; x < m; x++) {
+				double s = 0;
+				for (int a = 0; a < ur; a++)
+					for (int b = 0; b < uc; b++)
+						s += mag(t, flat_of(t, r0 + (uint64_t)a, c0 + (uint64_t)(x * uc + b)));
+				score[x] = s;
+			}
+			for (int x = 0; x < m; x++) {
+				int rank = 0;
+				for (int y = 0; y < m; y++)
+					rank += score[y] > score[x] || (score[y] == score[x] && y < x);
+				for (int a = 0; a < ur; a++)
+					for (int b = 0; b < uc; b++)
+						want[flat_of(t, r0 + (uint64_t)a, c0 + (uint64_t)(x * uc + b))] = rank < n;
+			}
+		}
+}
+
+static void test_vector_and_block(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *p;
+		int n, m, ur, uc;
+	} cases[] = {
+		{ "2:4@v4", 2, 4, 4, 1 }, { "2:4@v32", 2, 4, 32, 1 }, { "1:4@v8", 1, 4, 8, 1 },
+		{ "2:4@b4x4", 2, 4, 4, 4 }, { "3:8@b2x2", 3, 8, 2, 2 }, { "2:4@b8x1", 2, 4, 8, 1 },
+	};
+	int64_t conv[4] = { 32, 64, 3, 3 }, mm[2] = { 64, 32 };
+	for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
+		for (int shape = 0; shape < 2; shape++) {
+			tensor t = shape ? make_f32(4, conv, 1, 0) : make_f32(2, mm, 0, 1);
+			uint8_t *mask = run(&t, cases[k].p, NMP_MASK_DRY, 2, NULL);
+			uint8_t *want = malloc(t.numel);
+			naive_units(&t, cases[k].n, cases[k].m, cases[k].ur, cases[k].uc, want);
+			if (memcmp(mask, want, t.numel) != 0)
+				fail_msg("%s on shape %d differs from the naive scorer", cases[k].p, shape);
+			free(want);
+			free(mask);
+			free(t.data);
+		}
+}
+
+/* ---- transposable tiles ---------------------------------------------------------------------------- */
+
+/* Best sum of an m x m 0/1 matrix with n per row and column, by exhaustive search over rows. */
+static double best_tile(const double *w, int m, int n, int row, int *colsum)
+{
+	if (row == m) {
+		for (int c = 0; c < m; c++)
+			if (colsum[c] != n)
+				return -INFINITY;
+		return 0;
+	}
+	double best = -INFINITY;
+	for (unsigned bits = 0; bits < (1u << m); bits++) {
+		if (__builtin_popcount(bits) != n)
+			continue;
+		bool ok = true;
+		double s = 0;
+		for (int c = 0; c < m; c++)
+			if (bits >> c & 1) {
+				if (colsum[c] >= n)
+					ok = false;
+				s += w[row * m + c];
+			}
+		if (!ok)
+			continue;
+		for (int c = 0; c < m; c++)
+			colsum[c] += bits >> c & 1;
+		double rest = best_tile(w, m, n, row + 1, colsum);
+		for (int c = 0; c < m; c++)
+			colsum[c] -= bits >> c & 1;
+		if (s + rest > best)
+			best = s + rest;
+	}
+	return best;
+}
+
+static void check_tiles(const char *pattern, int n, int m, bool exact, int rounds)
+{
+	for (int round = 0; round < rounds; round++) {
+		int64_t dims[2] = { 2 * m, 2 * m };
+		tensor t = make_f32(2, dims, 1, 0); /* [out, in]: rows are output channels */
+		if (round == 0)
+			for (uint64_t i = 0; i < t.numel; i++)
+				((float *)t.data)[i] = (float)(i % 3); /* many ties */
+		nmp_mask_stats st;
+		uint8_t *mask = run(&t, pattern, NMP_MASK_DRY, 1, &st);
+		for (int tr = 0; tr < 2; tr++)
+			for (int tc = 0; tc < 2; tc++) {
+				double w[64], kept = 0;
+				int rows[8] = { 0 }, cols[8] = { 0 };
+				for (int r = 0; r < m; r++)
+					for (int c = 0; c < m; c++) {
+						uint64_t i = flat_of(&t, (uint64_t)(tr * m + r), (uint64_t)(tc * m + c));
+						w[r * m + c] = mag(&t, i);
+						if (mask[i]) {
+							rows[r]++;
+							cols[c]++;
+							kept += w[r * m + c];
+						}
+					}
+				for (int k = 0; k < m; k++) {
+					assert_true(rows[k] <= n && cols[k] <= n);
+					if (exact)
+						assert_true(rows[k] == n && cols[k] == n);
+				}
+				if (exact) {
+					int colsum[8] = { 0 };
+					double best = best_tile(w, m, n, 0, colsum);
+					assert_true(fabs(kept - best) <= 1e-9 * best);
+				}
+			}
+		if (exact)
+			assert_int_equal(st.deficits, 0);
+		free(mask);
+		free(t.data);
+	}
+}
+
+static void test_transposable(void **state)
+{
+	(void)state;
+	check_tiles("2:4@t", 2, 4, true, 20);      /* the 90 patterns */
+	check_tiles("1:4@t", 1, 4, true, 5);
+	check_tiles("3:4@t", 3, 4, true, 5);
+	check_tiles("1:8@t", 1, 8, true, 1);       /* min-cost flow vs all 8! permutations */
+	check_tiles("7:8@t", 7, 8, true, 1);
+	check_tiles("2:8@t", 2, 8, false, 3);      /* rows and columns within N (search too large) */
+	check_tiles("2:4@t", 2, 4, false, 0);
+	nmp_pattern g = pat("2:4@t");
+	assert_false(g.greedy);
+	nmp_pattern gg = pat("m4n2_2d_greedy");
+	assert_true(gg.greedy);
+	check_tiles("m4n2_2d_greedy", 2, 4, false, 10);
+	check_tiles("m8n4_2d_greedy", 4, 8, false, 5);
+}
+
+static void test_greedy_reports_deficits(void **state)
+{
+	(void)state;
+	/*
+	 * Sort-and-accept takes the six 9s (rows and columns 0-2 fill up), then
+	 * the 5; every other cell of row 3 and column 3 meets a full line, so both
+	 * are left with one.  The exact solver keeps two everywhere.
+	 */
+	float w[16] = {
+		0, 9, 9, 0,
+		9, 0, 9, 0,
+		9, 9, 0, 0,
+		0, 0, 0, 5,
+	};
+	tensor t = { .rank = 2, .dims = { 4, 4 }, .axis = 1, .out_axis = 0, .dtype = NMP_DT_FLOAT, .numel = 16 };
+	t.data = w;
+	nmp_mask_stats st;
+	uint8_t *mask = run(&t, "m4n2_2d_greedy", NMP_MASK_DRY, 1, &st);
+	assert_int_equal(st.kept, 7);
+	assert_int_equal(st.deficits, 2);
+	const uint8_t want[16] = { 0, 1, 1, 0, 1, 0, 1, 0, 1, 1, 0, 0, 0, 0, 0, 1 };
+	assert_memory_equal(mask, want, 16);
+	free(mask);
+	mask = run(&t, "2:4@t", NMP_MASK_DRY, 1, &st);
+	assert_int_equal(st.kept, 8);
+	assert_int_equal(st.deficits, 0);
+	free(mask);
+}
+
+/* ---- unstructured -------------------------------------------------------------------------------------- */
+
+static void test_unstructured(void **state)
+{
+	(void)state;
+	int64_t dims[2] = { 40, 24 };
+	tensor t = make_f32(2, dims, 0, 1);
+	nmp_mask_stats st;
+	uint8_t *mask = run(&t, "37.5%", NMP_MASK_DRY, 2, &st);
+	uint64_t pruned = 0;
+	double max_pruned = 0, min_kept = INFINITY;
+	for (uint64_t i = 0; i < t.numel; i++) {
+		if (mask[i])
+			min_kept = fmin(min_kept, mag(&t, i));
+		else {
+			pruned++;
+			max_pruned = fmax(max_pruned, mag(&t, i));
+		}
+	}
+	assert_int_equal(pruned, 360); /* round(0.375 * 960) */
+	assert_true(max_pruned <= min_kept);
+	free(mask);
+
+	/* Ties: equal values, the higher indices go first. */
+	for (uint64_t i = 0; i < t.numel; i++)
+		((float *)t.data)[i] = 1.0f;
+	mask = run(&t, "50%", NMP_MASK_DRY, 1, &st);
+	for (uint64_t i = 0; i < t.numel; i++)
+		assert_int_equal(mask[i], i < t.numel / 2);
+	free(mask);
+	free(t.data);
+
+	/* Vectors of 8 rows: whole vectors go. */
+	tensor u = make_f32(2, dims, 0, 1);
+	mask = run(&u, "50%@v8", NMP_MASK_DRY, 1, &st);
+	for (uint64_t c = 0; c < 40; c++)
+		for (uint64_t r0 = 0; r0 < 24; r0 += 8)
+			for (uint64_t r = 1; r < 8; r++)
+				assert_int_equal(mask[flat_of(&u, r0 + r, c)], mask[flat_of(&u, r0, c)]);
+	assert_int_equal(st.kept, u.numel / 2);
+	free(mask);
+	free(u.data);
+}
+
+/* ---- quantized ------------------------------------------------------------------------------------------ */
+
+static void test_quantized_zero_point(void **state)
+{
+	(void)state;
+	/* [K=4, N=2] int8, per-axis along the group axis: scale decides, not |q| alone. */
+	int8_t q[8] = { 10, 3, 12, 3, 11, 3, 13, 5 };
+	float scale[4] = { 1.0f, 1.0f, 0.1f, 1.0f };
+	int8_t zp[4] = { 0, 2, 0, 3 };
+	nmp_quant_params qp = { .scale = scale, .scale_dtype = NMP_DT_FLOAT, .zero_point = zp, .axis = 0,
+				.n_scale = 4 };
+	int64_t dims[2] = { 4, 2 };
+	nmp_mask_tensor v = { .name = "q", .data = q, .dtype = NMP_DT_INT8, .rank = 2, .dims = dims,
+			      .axis = 0, .out_axis = 1, .quant = &qp };
+	nmp_pattern p = pat("2:4");
+	uint8_t mask[8];
+	nmp_mask_stats st;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_cpu_run(&v, &p, NMP_MASK_APPLY, 1, mask, &st, &err), NMP_OK);
+	/* column 0 magnitudes: 10, 10, 1.2, 10 -> keep rows 0, 1 (ties: lower index);
+	 * column 1: |3-0|=3, |3-2|*1=1, 0.3, |5-3|=2 -> keep rows 0 and 3 */
+	const uint8_t want[8] = { 1, 1, 1, 0, 0, 0, 0, 1 };
+	assert_memory_equal(mask, want, 8);
+	/* pruned weights become their row's zero point */
+	const int8_t after[8] = { 10, 3, 12, 2, 0, 0, 3, 5 };
+	assert_memory_equal(q, after, 8);
+	/* and the result complies */
+	assert_int_equal(nmp_cpu_run(&v, &p, NMP_MASK_CHECK, 1, NULL, &st, &err), NMP_OK);
+	assert_int_equal(st.violations, 0);
+}
+
+/* ---- check, threads ---------------------------------------------------------------------------------- */
+
+static void test_check_and_threads(void **state)
+{
+	(void)state;
+	static const char *patterns[] = { "2:4", "1:4", "16:32", "2:4@v4", "2:4@b4x4", "2:4@t", "50%",
+					  "25%@b2x2", "100:256" };
+	int64_t dims[4] = { 32, 256, 1, 1 };
+	for (size_t k = 0; k < sizeof patterns / sizeof patterns[0]; k++) {
+		tensor t = make_f32(4, dims, 1, 0);
+		nmp_mask_stats st;
+		run(&t, patterns[k], NMP_MASK_CHECK, 2, &st);
+		assert_true(st.violations > 0);
+		uint8_t *m1 = run(&t, patterns[k], NMP_MASK_DRY, 1, NULL);
+		uint8_t *m4 = run(&t, patterns[k], NMP_MASK_DRY, 4, NULL);
+		assert_memory_equal(m1, m4, t.numel);
+		free(run(&t, patterns[k], NMP_MASK_APPLY, 3, NULL));
+		free(run(&t, patterns[k], NMP_MASK_CHECK, 2, &st));
+		if (st.violations != 0)
+			fail_msg("%s: %llu violations after pruning", patterns[k], (unsigned long long)st.violations);
+		free(m1);
+		free(m4);
+		free(t.data);
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_nm_random_all_layouts),
+		cmocka_unit_test(test_nm_large_m_generic_path),
+		cmocka_unit_test(test_unstructured_reference_statistic),
+		cmocka_unit_test(test_ties_and_special_values),
+		cmocka_unit_test(test_fp16_subnormals_and_bf16),
+		cmocka_unit_test(test_nan_is_an_error),
+		cmocka_unit_test(test_vector_and_block),
+		cmocka_unit_test(test_transposable),
+		cmocka_unit_test(test_greedy_reports_deficits),
+		cmocka_unit_test(test_unstructured),
+		cmocka_unit_test(test_quantized_zero_point),
+		cmocka_unit_test(test_check_and_threads),
+	};
+	return cmocka_run_group_tests_name("mask_cpu", tests, NULL, NULL);
+}
