@@ -4,11 +4,13 @@
  */
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "error.h"
 #include "model.h"
 #include "plan.h"
+#include "prune.h"
 #include "report.h"
 #include "version.h"
 
@@ -31,28 +33,6 @@ static nmp_exit exit_code(nmp_status s)
 	case NMP_ERR_DEVICE: return EXIT_DEVICE;
 	}
 	return EXIT_IO;
-}
-
-static nmp_status run_prune(const nmp_cli *cli, nmp_error *err)
-{
-	nmp_model *m = NULL;
-	nmp_status s = nmp_model_load(cli->input, &m, err);
-	if (s != NMP_OK)
-		return s;
-	if (!cli->dry_run) {
-		nmp_save_opts o = {
-			.external_data = cli->external_data,
-			.in_place = cli->in_place,
-			.force_general = cli->general_path,
-		};
-		nmp_save_result res;
-		s = nmp_model_save(m, cli->output, &o, &res, err);
-		if (s == NMP_OK && res.auto_external && cli->verbosity >= 0)
-			fprintf(stderr, "nmprune: %s would pass 2 GiB: tensors of 1 KiB and more moved to %s\n",
-				cli->output, res.data_path);
-	}
-	nmp_model_free(&m);
-	return s;
 }
 
 static nmp_select_opts select_opts(const nmp_cli *cli)
@@ -82,11 +62,101 @@ static nmp_status run_inspect(const nmp_cli *cli, nmp_error *err)
 	return s;
 }
 
-static nmp_status run_load_only(const nmp_cli *cli, nmp_error *err)
+static nmp_device device_of(const char *s)
 {
-	nmp_plan plan;
+	return strcmp(s, "cpu") == 0 ? NMP_DEVICE_CPU : strcmp(s, "cuda") == 0 ? NMP_DEVICE_CUDA : NMP_DEVICE_AUTO;
+}
+
+/* Progress for models with more than a few hundred MB of weights. */
+typedef struct progress {
+	bool tty;
+	int last_decile;
+} progress;
+
+static void on_progress(void *ctx, size_t done, size_t total, uint64_t bytes_done, uint64_t bytes_total)
+{
+	progress *p = ctx;
+	if (bytes_total < (256u << 20))
+		return;
+	int pct = (int)(100.0 * (double)bytes_done / (double)bytes_total);
+	if (p->tty) {
+		fprintf(stderr, "\rnmprune: %zu/%zu weights, %d%%%s", done, total, pct, done == total ? "\n" : "");
+	} else if (pct / 10 > p->last_decile) {
+		p->last_decile = pct / 10;
+		fprintf(stderr, "nmprune: %zu/%zu weights, %d%%\n", done, total, pct);
+	}
+}
+
+/* Reports of prune and check: JSON to a file and/or stdout, text otherwise. */
+static nmp_status report(const nmp_cli *cli, const nmp_plan *plan, const nmp_pass_result *r, const char *cmd,
+			 nmp_engine *engine, nmp_error *err)
+{
+	nmp_status s = NMP_OK;
+	json_t *j = NULL;
+	if (cli->report || cli->json)
+		j = nmp_report_pass_json(plan, r, cmd, nmp_engine_name(engine),
+					 strcmp(cmd, "prune") == 0 && !cli->dry_run ? cli->output : NULL, cli->dry_run);
+	if (cli->report)
+		s = nmp_report_write(cli->report, j, err);
+	if (cli->json)
+		nmp_report_print(stdout, j);
+	else if (strcmp(cmd, "check") == 0 && cli->verbosity >= 0)
+		nmp_report_check_text(stdout, plan, r);
+	else if (strcmp(cmd, "prune") == 0 && cli->verbosity >= 0)
+		nmp_report_prune_text(stderr, plan, r, cli->dry_run);
+	json_decref(j);
+	return s;
+}
+
+static nmp_status unsupported_options(const nmp_cli *cli, nmp_error *err)
+{
+	if (cli->permute)
+		return nmp_error_set(err, NMP_ERR_USAGE, "--permute is not available in this version");
+	if (cli->report_html)
+		return nmp_error_set(err, NMP_ERR_USAGE, "--report-html is not available in this version");
+	if (cli->save_masks)
+		return nmp_error_set(err, NMP_ERR_USAGE, "--save-masks is not available in this version");
+	return NMP_OK;
+}
+
+static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
+{
+	nmp_plan plan = { 0 };
+	nmp_engine *engine = NULL;
+	nmp_pass_result r = { 0 };
 	nmp_select_opts so = select_opts(cli);
-	nmp_status s = nmp_plan_build(cli->input, &so, &plan, err);
+	char note[320];
+	nmp_status s = unsupported_options(cli, err);
+	if (s == NMP_OK)
+		s = nmp_plan_build(cli->input, &so, &plan, err);
+	if (s == NMP_OK)
+		s = nmp_engine_create(device_of(cli->device), cli->threads, &engine, note, sizeof note, err);
+	if (s != NMP_OK)
+		goto out;
+	if (cli->verbosity > 0)
+		fprintf(stderr, "nmprune: %s\n", note);
+	if (cli->cmd == NMP_CMD_CHECK) {
+		s = nmp_check(&plan, engine, &r, err);
+		if (s == NMP_OK)
+			s = report(cli, &plan, &r, "check", engine, err);
+		*violations = r.failing > 0;
+	} else {
+		progress pr = { .tty = isatty(STDERR_FILENO) && cli->verbosity >= 0, .last_decile = 0 };
+		nmp_prune_opts po = {
+			.output = cli->output, .dry_run = cli->dry_run, .in_place = cli->in_place,
+			.external_data = cli->external_data, .general_path = cli->general_path, .engine = engine,
+			.progress = cli->verbosity >= 0 ? on_progress : NULL, .progress_ctx = &pr,
+		};
+		s = nmp_prune(&plan, &po, &r, err);
+		if (s == NMP_OK && r.save.auto_external && cli->verbosity >= 0)
+			fprintf(stderr, "nmprune: %s would pass 2 GiB: tensors of 1 KiB and more moved to %s\n",
+				cli->output, r.save.data_path);
+		if (s == NMP_OK)
+			s = report(cli, &plan, &r, "prune", engine, err);
+	}
+out:
+	nmp_pass_result_free(&r);
+	nmp_engine_free(&engine);
 	nmp_plan_free(&plan);
 	return s;
 }
@@ -97,6 +167,7 @@ int main(int argc, char **argv)
 	nmp_error err = { 0 };
 	nmp_status s = nmp_cli_parse(argc, argv, &cli, &err);
 	nmp_exit code = EXIT_OK_;
+	bool violations = false;
 
 	if (s != NMP_OK) {
 		fprintf(stderr, "nmprune: %s\n", err.message);
@@ -112,10 +183,8 @@ int main(int argc, char **argv)
 		printf("nmprune %s (ONNX schema %s)\n", NMP_VERSION, NMP_ONNX_SCHEMA);
 		goto out;
 	case NMP_CMD_PRUNE:
-		s = run_prune(&cli, &err);
-		break;
 	case NMP_CMD_CHECK:
-		s = run_load_only(&cli, &err);
+		s = run_pass(&cli, &violations, &err);
 		break;
 	case NMP_CMD_INSPECT:
 		s = run_inspect(&cli, &err);
@@ -126,6 +195,8 @@ int main(int argc, char **argv)
 	if (s != NMP_OK) {
 		fprintf(stderr, "nmprune: error: %s\n", err.message);
 		code = exit_code(s);
+	} else if (violations) {
+		code = EXIT_VIOLATIONS;
 	}
 out:
 	if (fclose(stdout) != 0 && code == EXIT_OK_) {

@@ -1,6 +1,9 @@
 #include "report.h"
 
+#include <errno.h>
 #include <string.h>
+
+#include "version.h"
 
 void nmp_report_consumers(const nmp_candidate *c, char *buf, size_t cap)
 {
@@ -122,5 +125,145 @@ nmp_status nmp_report_inspect(FILE *f, const nmp_plan *p, bool json, nmp_error *
 		fprintf(f, "%s\n", line);
 	}
 	fprintf(f, "%zu candidate weights, %zu eligible\n", p->sel->n, p->sel->n_eligible);
+	return NMP_OK;
+}
+
+/* ---- prune and check ----------------------------------------------------------------------- */
+
+static double pct(double a, double b)
+{
+	return b > 0 ? 100.0 * a / b : 100.0;
+}
+
+static const char *first_op(const nmp_candidate *c)
+{
+	return c->n_uses ? c->uses[0].op : "-";
+}
+
+json_t *nmp_report_pass_json(const nmp_plan *p, const nmp_pass_result *r, const char *command,
+			     const char *engine, const char *output, bool dry_run)
+{
+	json_t *weights = json_array();
+	for (size_t i = 0; i < r->n; i++) {
+		const nmp_weight_result *w = &r->weights[i];
+		const nmp_choice *ch = w->choice;
+		const nmp_candidate *c = ch->cand;
+		char shape[96];
+		nmp_report_shape(c->tensor, shape, sizeof shape);
+		json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:b}", "name", c->name, "op", first_op(c), "shape", shape,
+				      "pattern", ch->pattern.text, "eligible", ch->eligible);
+		json_object_set_new(o, "axis", c->axis >= 0 ? json_integer(c->axis) : json_null());
+		if (!ch->eligible) {
+			json_object_set_new(o, "reason", json_string(ch->reason));
+		} else if (w->done) {
+			const nmp_mask_stats *st = &w->stats;
+			json_object_set_new(o, "elements", json_integer((json_int_t)st->numel));
+			json_object_set_new(o, "kept", json_integer((json_int_t)st->kept));
+			json_object_set_new(o, "sparsity", json_real(st->numel ? 1.0 - (double)st->kept / (double)st->numel : 0));
+			if (strcmp(command, "check") == 0) {
+				json_object_set_new(o, "groups", json_integer((json_int_t)st->groups));
+				json_object_set_new(o, "violations", json_integer((json_int_t)st->violations));
+				json_object_set_new(o, "complies", json_boolean(st->violations == 0));
+			} else {
+				json_object_set_new(o, "kept_l1_ratio", json_real(st->l1_dense > 0 ? st->l1_kept / st->l1_dense : 1));
+				json_object_set_new(o, "kept_vs_unstructured",
+						    json_real(st->l1_unstructured > 0 ? st->l1_kept / st->l1_unstructured : 1));
+				if (ch->pattern.unit == NMP_UNIT_TILE && ch->pattern.greedy)
+					json_object_set_new(o, "deficits", json_integer((json_int_t)st->deficits));
+			}
+		}
+		json_array_append_new(weights, o);
+	}
+	json_t *summary = json_pack("{s:I,s:I,s:I,s:I,s:f}", "weights", (json_int_t)r->n, "done",
+				    (json_int_t)r->n_done, "params_total", (json_int_t)r->params_total,
+				    "params_zeroed", (json_int_t)r->params_zeroed, "sparsity",
+				    r->params_total ? (double)r->params_zeroed / (double)r->params_total : 0.0);
+	if (strcmp(command, "check") == 0) {
+		json_object_set_new(summary, "failing", json_integer((json_int_t)r->failing));
+		json_object_set_new(summary, "violations", json_integer((json_int_t)r->violations));
+	}
+	json_t *root = json_pack("{s:s,s:s,s:s,s:s,s:s,s:b,s:f,s:o,s:o}", "tool", "nmprune", "version", NMP_VERSION,
+				 "command", command, "model", p->model->path, "engine", engine, "dry_run", dry_run,
+				 "elapsed_s", r->seconds, "summary", summary, "weights", weights);
+	json_object_set_new(root, "pattern", json_string(p->sel->default_pattern));
+	json_object_set_new(root, "output", output ? json_string(output) : json_null());
+	if (r->save.data_path[0])
+		json_object_set_new(root, "external_data", json_string(r->save.data_path));
+	return root;
+}
+
+void nmp_report_prune_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r, bool dry_run)
+{
+	(void)p;
+	int wn = 6;
+	for (size_t i = 0; i < r->n; i++) {
+		int n = (int)strlen(r->weights[i].choice->cand->name);
+		wn = n > wn ? (n > 48 ? 48 : n) : wn;
+	}
+	fprintf(f, "%-*s  %-13s  %-16s  %-10s  %8s  %8s  %s\n", wn, "WEIGHT", "OP", "SHAPE", "PATTERN", "SPARSITY",
+		"KEPT L1", "VS UNSTRUCTURED");
+	size_t skipped = 0;
+	for (size_t i = 0; i < r->n; i++) {
+		const nmp_weight_result *w = &r->weights[i];
+		const nmp_candidate *c = w->choice->cand;
+		char shape[96];
+		nmp_report_shape(c->tensor, shape, sizeof shape);
+		if (!w->done) {
+			skipped++;
+			fprintf(f, "%-*s  %-13s  %-16s  skipped: %s\n", wn, c->name, first_op(c), shape, w->choice->reason);
+			continue;
+		}
+		const nmp_mask_stats *st = &w->stats;
+		fprintf(f, "%-*s  %-13s  %-16s  %-10s  %7.2f%%  %7.2f%%  %7.2f%%", wn, c->name, first_op(c), shape,
+			w->choice->pattern.text, st->numel ? 100.0 - pct((double)st->kept, (double)st->numel) : 0,
+			pct(st->l1_kept, st->l1_dense), pct(st->l1_kept, st->l1_unstructured));
+		if (w->choice->pattern.unit == NMP_UNIT_TILE && w->choice->pattern.greedy && st->deficits)
+			fprintf(f, "  (greedy: %llu rows/columns below N)", (unsigned long long)st->deficits);
+		fputc('\n', f);
+	}
+	fprintf(f, "%s %zu weights, skipped %zu; %llu of %llu parameters zeroed (%.2f%%); %.3f s\n",
+		dry_run ? "dry run: would prune" : "pruned", r->n_done, skipped, (unsigned long long)r->params_zeroed,
+		(unsigned long long)r->params_total, pct((double)r->params_zeroed, (double)r->params_total), r->seconds);
+}
+
+void nmp_report_check_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r)
+{
+	int wn = 6;
+	for (size_t i = 0; i < r->n; i++) {
+		int n = (int)strlen(r->weights[i].choice->cand->name);
+		wn = n > wn ? (n > 48 ? 48 : n) : wn;
+	}
+	fprintf(f, "%-*s  %-10s  %10s  %10s  %s\n", wn, "WEIGHT", "PATTERN", "GROUPS", "VIOLATIONS", "COMPLIES");
+	for (size_t i = 0; i < r->n; i++) {
+		const nmp_weight_result *w = &r->weights[i];
+		const nmp_candidate *c = w->choice->cand;
+		if (!w->done) {
+			fprintf(f, "%-*s  %-10s  %10s  %10s  skipped: %s\n", wn, c->name, w->choice->pattern.text, "-", "-",
+				w->choice->reason);
+			continue;
+		}
+		fprintf(f, "%-*s  %-10s  %10llu  %10llu  %s\n", wn, c->name, w->choice->pattern.text,
+			(unsigned long long)w->stats.groups, (unsigned long long)w->stats.violations,
+			w->stats.violations ? "no" : "yes");
+	}
+	fprintf(f, "%zu of %zu eligible weights comply with %s\n", r->n_done - r->failing, r->n_done,
+		p->sel->default_pattern);
+}
+
+nmp_status nmp_report_print(FILE *f, json_t *j)
+{
+	json_dumpf(j, f, JSON_INDENT(2) | JSON_REAL_PRECISION(8));
+	fputc('\n', f);
+	return NMP_OK;
+}
+
+nmp_status nmp_report_write(const char *path, json_t *j, nmp_error *err)
+{
+	FILE *f = fopen(path, "w");
+	if (!f)
+		return nmp_error_errno(err, errno, "cannot write report", path);
+	nmp_report_print(f, j);
+	if (ferror(f) | (fclose(f) != 0))
+		return nmp_error_errno(err, errno ? errno : EIO, "cannot write report", path);
 	return NMP_OK;
 }

@@ -12,6 +12,7 @@
 
 #include "error.h"
 #include "plan.h"
+#include "prune.h"
 
 /* One candidate's consumers, "node (Op), node (Op)". */
 void nmp_report_consumers(const nmp_candidate *c, char *buf, size_t cap);
@@ -21,5 +22,16 @@ void nmp_report_shape(const nmp_tensor *t, char *buf, size_t cap);
 /* The candidates of a plan as a JSON array (new reference). */
 json_t *nmp_report_inspect_json(const nmp_plan *p);
 nmp_status nmp_report_inspect(FILE *f, const nmp_plan *p, bool json, nmp_error *err);
+
+/* The prune or check report as JSON (new reference). */
+json_t *nmp_report_pass_json(const nmp_plan *p, const nmp_pass_result *r, const char *command,
+			     const char *engine, const char *output, bool dry_run);
+/* The per-weight table and summary of prune. */
+void nmp_report_prune_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r, bool dry_run);
+/* The per-weight compliance table and summary of check. */
+void nmp_report_check_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r);
+/* Writes JSON to a file (a report); I/O failures name the file. */
+nmp_status nmp_report_write(const char *path, json_t *j, nmp_error *err);
+nmp_status nmp_report_print(FILE *f, json_t *j);
 
 #endif

@@ -380,6 +380,7 @@ nmp_status nmp_select(const nmp_model *m, const nmp_graph *g, const nmp_select_o
 		goto out;
 	}
 	sel->n = g->n_cands;
+	snprintf(sel->default_pattern, sizeof sel->default_pattern, "%s", dflt.text);
 	for (size_t i = 0; i < g->n_cands; i++) {
 		sel->choices[i].cand = &g->cands[i];
 		decide(&sel->choices[i], o, align, &dflt, &inc, &exc, rules, n_rules);

@@ -60,6 +60,7 @@ typedef struct nmp_selection {
 	nmp_choice *choices;          /* one per candidate, in graph order */
 	size_t n;
 	size_t n_eligible;
+	char default_pattern[48];     /* canonical --pattern */
 } nmp_selection;
 
 nmp_status nmp_select(const nmp_model *m, const nmp_graph *g, const nmp_select_opts *o,

@@ -1,0 +1,224 @@
+#include "prune.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "version.h"
+
+typedef struct prune_ctx {
+	const nmp_plan *plan;
+	const nmp_prune_opts *o;
+	nmp_engine *engine;
+	nmp_pass_result *r;
+	nmp_mask_mode mode;
+	size_t *choice_of;          /* tensor index -> choice index */
+	size_t total;
+	uint64_t bytes_done, bytes_total;
+	char *weights_json;
+	nmp_kv kv[3];
+} prune_ctx;
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Scale and zero point of a quantized weight, as raw views the engine reads. */
+static nmp_status quant_params(const nmp_model *m, const nmp_candidate *c, nmp_quant_params *qp,
+			       nmp_view *sv, nmp_view *zv, nmp_error *err)
+{
+	const nmp_quant *q = &c->quant;
+	const nmp_tensor *s = q->scale, *z = q->zero_point;
+	if (s->dtype != NMP_DT_FLOAT && s->dtype != NMP_DT_FLOAT16 && s->dtype != NMP_DT_BFLOAT16)
+		return nmp_error_set(err, NMP_ERR_MODEL, "%s: tensor '%s': DequantizeLinear scale of type %s",
+				     m->path, c->name, nmp_dtype_name(s->dtype));
+	if (z && (z->dtype != c->tensor->dtype || z->numel != s->numel))
+		return nmp_error_set(err, NMP_ERR_MODEL,
+				     "%s: tensor '%s': zero point does not match the weight's type or the scale's shape",
+				     m->path, c->name);
+	NMP_TRY(nmp_model_view(m, s, sv, err));
+	if (z)
+		NMP_TRY(nmp_model_view(m, z, zv, err));
+	*qp = (nmp_quant_params){ .scale = sv->data, .scale_dtype = s->dtype, .zero_point = z ? zv->data : NULL,
+				  .axis = q->axis, .block = q->block, .n_scale = s->numel };
+	return NMP_OK;
+}
+
+static nmp_status run_one(prune_ctx *c, size_t ci, void *data, uint64_t length, nmp_error *err)
+{
+	const nmp_model *m = c->plan->model;
+	const nmp_choice *ch = &c->plan->sel->choices[ci];
+	const nmp_candidate *cand = ch->cand;
+	const nmp_tensor *t = cand->tensor;
+	nmp_weight_result *w = &c->r->weights[ci];
+	nmp_view sv = { 0 }, zv = { 0 };
+	nmp_quant_params qp;
+	nmp_status s = NMP_OK;
+
+	if (length != t->nbytes)
+		return nmp_error_set(err, NMP_ERR_MODEL, "%s: tensor '%s': payload of %llu bytes, expected %llu",
+				     m->path, cand->name, (unsigned long long)length, (unsigned long long)t->nbytes);
+	if (cand->quant.present)
+		s = quant_params(m, cand, &qp, &sv, &zv, err);
+	if (s == NMP_OK) {
+		nmp_mask_tensor mt = {
+			.name = cand->name, .data = data, .dtype = t->dtype, .rank = (int)t->proto->n_dims,
+			.dims = t->proto->dims, .axis = cand->axis, .out_axis = cand->out_axis,
+			.quant = cand->quant.present ? &qp : NULL,
+		};
+		s = nmp_engine_run(c->engine, &mt, &ch->pattern, c->mode, NULL, &w->stats, err);
+	}
+	nmp_view_release(&sv);
+	nmp_view_release(&zv);
+	if (s != NMP_OK)
+		return s;
+	w->done = true;
+	c->r->n_done++;
+	c->bytes_done += t->nbytes;
+	if (c->o && c->o->progress)
+		c->o->progress(c->o->progress_ctx, c->r->n_done, c->total, c->bytes_done, c->bytes_total);
+	return NMP_OK;
+}
+
+static nmp_status on_payload(void *ctx, size_t tensor, void *data, uint64_t length, nmp_error *err)
+{
+	prune_ctx *c = ctx;
+	return run_one(c, c->choice_of[tensor], data, length, err);
+}
+
+static nmp_status on_metadata(void *ctx, const nmp_kv **kv, size_t *n, nmp_error *err)
+{
+	prune_ctx *c = ctx;
+	json_t *all = json_object();
+	for (size_t i = 0; i < c->r->n; i++) {
+		const nmp_weight_result *w = &c->r->weights[i];
+		if (!w->done)
+			continue;
+		const nmp_mask_stats *st = &w->stats;
+		double sparsity = st->numel ? 1.0 - (double)st->kept / (double)st->numel : 0;
+		double kept = st->l1_dense > 0 ? st->l1_kept / st->l1_dense : 1.0;
+		json_object_set_new(all, w->choice->cand->name,
+				    json_pack("{s:s,s:i,s:f,s:f}", "pattern", w->choice->pattern.text, "axis",
+					      w->choice->cand->axis, "sparsity", sparsity, "kept", kept));
+	}
+	c->weights_json = json_dumps(all, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(6));
+	json_decref(all);
+	if (!c->weights_json)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	c->kv[0] = (nmp_kv){ NMP_META_VERSION, NMP_VERSION };
+	c->kv[1] = (nmp_kv){ NMP_META_PATTERN, c->plan->sel->default_pattern };
+	c->kv[2] = (nmp_kv){ NMP_META_WEIGHTS, c->weights_json };
+	*kv = c->kv;
+	*n = 3;
+	return NMP_OK;
+}
+
+static nmp_status result_init(const nmp_plan *plan, nmp_pass_result *r, nmp_error *err)
+{
+	memset(r, 0, sizeof *r);
+	r->n = plan->sel->n;
+	r->weights = calloc(r->n ? r->n : 1, sizeof *r->weights);
+	if (!r->weights)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	for (size_t i = 0; i < r->n; i++) {
+		r->weights[i].choice = &plan->sel->choices[i];
+		if (plan->sel->choices[i].cand->tensor)
+			r->params_total += plan->sel->choices[i].cand->tensor->numel;
+	}
+	return NMP_OK;
+}
+
+/* Runs every eligible weight from read-only views of the input (dry run, check). */
+static nmp_status run_views(prune_ctx *c, nmp_error *err)
+{
+	const nmp_plan *plan = c->plan;
+	for (size_t i = 0; i < plan->sel->n; i++) {
+		if (!plan->sel->choices[i].eligible)
+			continue;
+		nmp_view v;
+		NMP_TRY(nmp_model_view(plan->model, plan->sel->choices[i].cand->tensor, &v, err));
+		nmp_status s = run_one(c, i, (void *)v.data, v.length, err);
+		nmp_view_release(&v);
+		NMP_TRY(s);
+	}
+	return NMP_OK;
+}
+
+static void totals(prune_ctx *c)
+{
+	nmp_pass_result *r = c->r;
+	for (size_t i = 0; i < r->n; i++) {
+		const nmp_weight_result *w = &r->weights[i];
+		if (!w->done)
+			continue;
+		r->params_zeroed += w->stats.numel - w->stats.kept;
+		r->violations += w->stats.violations;
+		r->failing += w->stats.violations > 0;
+	}
+}
+
+nmp_status nmp_prune(const nmp_plan *plan, const nmp_prune_opts *o, nmp_pass_result *r, nmp_error *err)
+{
+	double t0 = now();
+	NMP_TRY(result_init(plan, r, err));
+	prune_ctx c = { .plan = plan, .o = o, .engine = o->engine, .r = r,
+			.mode = o->dry_run ? NMP_MASK_DRY : NMP_MASK_APPLY };
+	const nmp_model *m = plan->model;
+	size_t *visit = malloc((plan->sel->n + 1) * sizeof *visit);
+	c.choice_of = malloc((m->n_tensors + 1) * sizeof *c.choice_of);
+	nmp_status s = NMP_OK;
+	if (!visit || !c.choice_of) {
+		s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	size_t n_visit = 0;
+	for (size_t i = 0; i < plan->sel->n; i++) {
+		const nmp_choice *ch = &plan->sel->choices[i];
+		if (!ch->eligible)
+			continue;
+		size_t ti = (size_t)(ch->cand->tensor - m->tensors);
+		visit[n_visit++] = ti;
+		c.choice_of[ti] = i;
+		c.bytes_total += ch->cand->tensor->nbytes;
+	}
+	c.total = n_visit;
+	if (o->dry_run) {
+		s = run_views(&c, err);
+	} else {
+		nmp_save_opts so = {
+			.external_data = o->external_data, .in_place = o->in_place, .force_general = o->general_path,
+			.visit = visit, .n_visit = n_visit, .on_payload = on_payload, .on_metadata = on_metadata,
+			.ctx = &c,
+		};
+		s = nmp_model_save(plan->model, o->output, &so, &r->save, err);
+	}
+	totals(&c);
+out:
+	free(visit);
+	free(c.choice_of);
+	free(c.weights_json);
+	r->seconds = now() - t0;
+	return s;
+}
+
+nmp_status nmp_check(const nmp_plan *plan, nmp_engine *engine, nmp_pass_result *r, nmp_error *err)
+{
+	double t0 = now();
+	NMP_TRY(result_init(plan, r, err));
+	prune_ctx c = { .plan = plan, .engine = engine, .r = r, .mode = NMP_MASK_CHECK };
+	nmp_status s = run_views(&c, err);
+	totals(&c);
+	r->seconds = now() - t0;
+	return s;
+}
+
+void nmp_pass_result_free(nmp_pass_result *r)
+{
+	free(r->weights);
+	r->weights = NULL;
+	r->n = 0;
+}

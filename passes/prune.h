@@ -1,0 +1,64 @@
+/*
+ * prune.h — the prune and check passes.
+ *
+ * prune: every eligible weight of a plan goes through the mask engine while
+ * model I/O writes the output, so each payload is masked in place in the
+ * output and never in the input; the metadata (nmprune.version,
+ * nmprune.pattern, nmprune.weights) is recorded with it.  A dry run computes
+ * the same masks and statistics from read-only views and writes nothing.
+ *
+ * check: every eligible weight is tested against its pattern as it is.
+ *
+ * Passes never print; progress goes through a callback.  Ownership: the
+ * result arrays are allocated by the pass and released by
+ * nmp_pass_result_free; they borrow the plan.
+ */
+#ifndef NMP_PRUNE_H
+#define NMP_PRUNE_H
+
+#include "mask.h"
+#include "model.h"
+#include "plan.h"
+
+typedef void (*nmp_progress_fn)(void *ctx, size_t done, size_t total, uint64_t bytes_done,
+				uint64_t bytes_total);
+
+typedef struct nmp_prune_opts {
+	const char *output;          /* NULL with dry_run */
+	bool dry_run;
+	bool in_place;
+	const char *external_data;
+	bool general_path;           /* force re-serialization (tests, bench) */
+	nmp_engine *engine;
+	nmp_progress_fn progress;
+	void *progress_ctx;
+} nmp_prune_opts;
+
+typedef struct nmp_weight_result {
+	const nmp_choice *choice;
+	bool done;                   /* pruned (or checked) */
+	nmp_mask_stats stats;
+} nmp_weight_result;
+
+typedef struct nmp_pass_result {
+	nmp_weight_result *weights;  /* one per candidate, in graph order */
+	size_t n;
+	size_t n_done;
+	uint64_t params_total;       /* elements of every candidate weight */
+	uint64_t params_zeroed;      /* pruned away (check: zero now) */
+	uint64_t violations;         /* check: groups that do not comply */
+	size_t failing;              /* check: weights that do not comply */
+	nmp_save_result save;
+	double seconds;
+} nmp_pass_result;
+
+nmp_status nmp_prune(const nmp_plan *plan, const nmp_prune_opts *o, nmp_pass_result *r, nmp_error *err);
+nmp_status nmp_check(const nmp_plan *plan, nmp_engine *engine, nmp_pass_result *r, nmp_error *err);
+void nmp_pass_result_free(nmp_pass_result *r);
+
+/* The pattern text recorded as nmprune.pattern (the default unless rules decide). */
+#define NMP_META_VERSION "nmprune.version"
+#define NMP_META_PATTERN "nmprune.pattern"
+#define NMP_META_WEIGHTS "nmprune.weights"
+
+#endif
