@@ -75,12 +75,19 @@ $(BUILD)/libnmprune.a: $(LIB_OBJ)
 $(BUILD)/nmprune: $(CLI_OBJ) $(BUILD)/libnmprune.a
 	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libnmprune.a $(LDLIBS)
 
+# The mask engine's hot loops are written for the vectorizer.
+$(BUILD)/obj/src/mask_cpu.o: OPT += -O3
+
 # ---- tests ---------------------------------------------------------------------
 # One CMocka binary per module; each links the library (the module under test
 # and what it needs) and nothing else.
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libnmprune.a tests/testutil.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) $(WARN) $(TEST_WRAP_$*) -o $@ $< $(BUILD)/libnmprune.a $(LDLIBS) -lcmocka
+
+$(BUILD)/bench/engine_bench: bench/engine_bench.c $(BUILD)/libnmprune.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $< $(BUILD)/libnmprune.a $(LDLIBS)
 
 deps: ## install what the build and the tests need (apt-get, pip)
 	./tools/deps.sh
@@ -93,8 +100,8 @@ test-unit: all $(TESTS) ## run the CMocka unit tests
 test-e2e: all ## run the end-to-end tests of the command line
 	NMPRUNE=$(BUILD)/nmprune $(PYTHON) -m pytest -q tests/e2e
 
-bench: all ## benchmarks: ratios against cp and the reference tools, same run
-	NMPRUNE=$(BUILD)/nmprune $(PYTHON) bench/bench.py
+bench: all $(BUILD)/bench/engine_bench ## benchmarks: ratios against cp and the reference tools, same run
+	NMPRUNE=$(BUILD)/nmprune ENGINE_BENCH=$(BUILD)/bench/engine_bench $(PYTHON) bench/bench.py
 
 asan: ## build with AddressSanitizer and UBSan into build-asan/
 	$(MAKE) BUILD=build-asan CUDA=0 OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
