@@ -120,7 +120,62 @@ def section_io():
     out.unlink(missing_ok=True)
 
 
-SECTIONS = {"io": section_io}
+def section_engine():
+    exe = os.environ.get("ENGINE_BENCH", str(ROOT / "build" / "bench" / "engine_bench"))
+    print(f"\n== CPU mask engine: GB/s of weight bytes, 64 MB MatMul-B tensor, best of 3 ==")
+    sys.stdout.flush()
+    subprocess.run([exe, "64", "2:4", "16:32", "2:4@v32", "2:4@b4x4", "2:4@t"], check=True)
+    print("    target: 2:4 fp32 >= 2 GB/s on one core")
+
+
+NUMPY_PRUNE = r"""
+import sys, numpy as np, onnx
+from onnx import numpy_helper
+m = onnx.load(sys.argv[1])
+users = {n.input[1]: n for n in m.graph.node if n.op_type == "MatMul"}
+for t in m.graph.initializer:
+    if t.name not in users:
+        continue
+    w = numpy_helper.to_array(t)                       # [K, N], groups along K
+    g = np.moveaxis(w, 0, -1).reshape(w.shape[1], -1, 4)
+    idx = np.argsort(-np.abs(g), axis=-1, kind="stable")[..., :2]
+    keep = np.zeros(g.shape, bool)
+    np.put_along_axis(keep, idx, True, axis=-1)
+    pruned = np.moveaxis((g * keep).reshape(w.shape[1], -1), -1, 0)
+    t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(pruned), t.name))
+onnx.save(m, sys.argv[2])
+"""
+
+
+def section_prune():
+    model = transformer_model(OUT / "transformer-1.2g.onnx")
+    size = model.stat().st_size
+    out = OUT / "out.onnx"
+    subprocess.run(["cat", str(model)], stdout=subprocess.DEVNULL, check=True)
+    print(f"\n== end-to-end prune --pattern 2:4: {model.name}, {size / 1e9:.2f} GB, median of {REPEAT} ==")
+    cp_wall, cp_rss = measure(["cp", str(model), str(out)], cleanup=[out])
+    row("cp", cp_wall, cp_rss, cp_wall, size)
+    sync_wall, _ = measure(["dd", f"if={model}", f"of={out}", "bs=4M", "conv=fsync", "status=none"],
+                           cleanup=[out])
+    row("cp + fsync (dd conv=fsync)", sync_wall, 0, cp_wall, size)
+    dry, dry_rss = measure([NMPRUNE, "prune", str(model), "--dry-run", "-q"])
+    row("nmprune --dry-run (masks, no output)", dry, dry_rss, cp_wall, size, sync_wall)
+    w, r = measure([NMPRUNE, "prune", str(model), "-o", str(out), "-q"], cleanup=[out])
+    row("nmprune prune 2:4", w, r, cp_wall, size, sync_wall)
+    print(f"    target <= 2.5x cp: {'met' if w <= 2.5 * cp_wall else 'NOT met'}; "
+          f"<= 2.5x cp+fsync: {'met' if w <= 2.5 * sync_wall else 'NOT met'}")
+    script = OUT / "numpy_prune.py"
+    script.write_text(NUMPY_PRUNE)
+    np_out = OUT / "numpy-out.onnx"
+    os.sync()
+    nw, nr = run_measured([sys.executable, str(script), str(model), str(np_out)])
+    row("numpy reference (onnx load, mask, save)", nw, nr, cp_wall, size)
+    print(f"    nmprune is {nw / w:.1f}x faster than the numpy reference (target >= 10x)")
+    np_out.unlink(missing_ok=True)
+    out.unlink(missing_ok=True)
+
+
+SECTIONS = {"io": section_io, "engine": section_engine, "prune": section_prune}
 
 
 def main(argv):

@@ -48,7 +48,8 @@ static nmp_status quant_params(const nmp_model *m, const nmp_candidate *c, nmp_q
 	return NMP_OK;
 }
 
-static nmp_status run_one(prune_ctx *c, size_t ci, void *data, uint64_t length, nmp_error *err)
+static nmp_status run_one(prune_ctx *c, size_t ci, void *data, const void *src, uint64_t length,
+			  nmp_error *err)
 {
 	const nmp_model *m = c->plan->model;
 	const nmp_choice *ch = &c->plan->sel->choices[ci];
@@ -66,7 +67,7 @@ static nmp_status run_one(prune_ctx *c, size_t ci, void *data, uint64_t length, 
 		s = quant_params(m, cand, &qp, &sv, &zv, err);
 	if (s == NMP_OK) {
 		nmp_mask_tensor mt = {
-			.name = cand->name, .data = data, .dtype = t->dtype, .rank = (int)t->proto->n_dims,
+			.name = cand->name, .data = data, .src = src, .dtype = t->dtype, .rank = (int)t->proto->n_dims,
 			.dims = t->proto->dims, .axis = cand->axis, .out_axis = cand->out_axis,
 			.quant = cand->quant.present ? &qp : NULL,
 		};
@@ -84,10 +85,11 @@ static nmp_status run_one(prune_ctx *c, size_t ci, void *data, uint64_t length, 
 	return NMP_OK;
 }
 
-static nmp_status on_payload(void *ctx, size_t tensor, void *data, uint64_t length, nmp_error *err)
+static nmp_status on_payload(void *ctx, size_t tensor, void *data, const void *src, uint64_t length,
+			     nmp_error *err)
 {
 	prune_ctx *c = ctx;
-	return run_one(c, c->choice_of[tensor], data, length, err);
+	return run_one(c, c->choice_of[tensor], data, src, length, err);
 }
 
 static nmp_status on_metadata(void *ctx, const nmp_kv **kv, size_t *n, nmp_error *err)
@@ -141,7 +143,7 @@ static nmp_status run_views(prune_ctx *c, nmp_error *err)
 			continue;
 		nmp_view v;
 		NMP_TRY(nmp_model_view(plan->model, plan->sel->choices[i].cand->tensor, &v, err));
-		nmp_status s = run_one(c, i, (void *)v.data, v.length, err);
+		nmp_status s = run_one(c, i, (void *)v.data, NULL, v.length, err);
 		nmp_view_release(&v);
 		NMP_TRY(s);
 	}

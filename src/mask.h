@@ -46,6 +46,8 @@ typedef struct nmp_quant_params {
 typedef struct nmp_mask_tensor {
 	const char *name;              /* for messages */
 	void *data;                    /* raw layout; written only when applying */
+	const void *src;               /* NULL: data holds the weight; else read it here and,
+					* when applying, write every element of data */
 	int32_t dtype;                 /* FLOAT, FLOAT16, BFLOAT16, DOUBLE, INT8, UINT8 */
 	int rank;
 	const int64_t *dims;

@@ -99,6 +99,7 @@ typedef struct job {
 	uint64_t *key;                    /* general path: key per element */
 	const struct ref_ctx *ref;        /* the radix pass under way, for the reference */
 	uint32_t ref_bin;                 /* fused path: the bin where the unstructured cut falls */
+	const uint8_t *in;                /* where the weight is read: t->src, or t->data */
 } job;
 
 static uint64_t prod(const int64_t *d, int from, int to)
@@ -215,7 +216,7 @@ typedef struct scan_acc {
 
 static inline uint64_t elem_key(const job *j, uint64_t i)
 {
-	const uint8_t *d = j->t->data;
+	const uint8_t *d = j->in;
 	switch (j->t->dtype) {
 	case NMP_DT_FLOAT: {
 		uint32_t b;
@@ -308,7 +309,7 @@ static int zero_point_at(const job *j, uint64_t qi)
 
 static int q_at(const job *j, uint64_t i)
 {
-	const uint8_t *d = j->t->data;
+	const uint8_t *d = j->in;
 	return j->t->dtype == NMP_DT_INT8 ? (int)(int8_t)d[i] : (int)d[i];
 }
 
@@ -385,7 +386,7 @@ static void half_init(void)
 
 INLINE uint32_t fkey(const job *j, uint64_t i, int kind)
 {
-	const uint8_t *d = j->t->data;
+	const uint8_t *d = j->in;
 	if (kind == FK_F32) {
 		uint32_t b;
 		memcpy(&b, d + 4 * i, 4);
@@ -455,7 +456,7 @@ INLINE void fscan(job *j, uint64_t b, uint64_t e, fscan_acc *acc, int kind)
 /* The scan for fp32, fp16 and bf16 with AVX2: vector NaN test and sums, scalar counts. */
 __attribute__((target("avx2"))) static void fscan_avx2(job *j, uint64_t b, uint64_t e, fscan_acc *acc, int kind)
 {
-	const uint8_t *d = j->t->data;
+	const uint8_t *d = j->in;
 	const int sh = ref_shift(kind);
 	const __m256i nan_above = _mm256_set1_epi32(kind == FK_F16 ? 0x7c00 : kind == FK_BF16 ? 0x7f80 : 0x7f800000);
 	__m256d l1a = _mm256_setzero_pd(), l1b = _mm256_setzero_pd();
@@ -601,20 +602,21 @@ INLINE void nm_tile(const job *j, uint64_t base, uint64_t lane_step, uint64_t el
 				j->mask[base + (uint64_t)w * lane_step + (uint64_t)e * elem_step] = rank[e][w] < n;
 	if (j->mode != NMP_MASK_APPLY)
 		return;
+	const uint8_t *in = j->in;
 	uint8_t *d = j->t->data;
 	for (int e = 0; e < m; e++) {
 		uint64_t row = base + (uint64_t)e * elem_step;
 		if (kind == FK_F32) {
 			for (int w = 0; w < (full ? NMP_LANES : lanes); w++) {
 				uint32_t v;
-				memcpy(&v, d + 4 * (row + (uint64_t)w * lane_step), 4);
+				memcpy(&v, in + 4 * (row + (uint64_t)w * lane_step), 4);
 				v = rank[e][w] < n ? v : 0;
 				memcpy(d + 4 * (row + (uint64_t)w * lane_step), &v, 4);
 			}
 		} else if (kind == FK_F16 || kind == FK_BF16) {
 			for (int w = 0; w < (full ? NMP_LANES : lanes); w++) {
 				uint16_t v;
-				memcpy(&v, d + 2 * (row + (uint64_t)w * lane_step), 2);
+				memcpy(&v, in + 2 * (row + (uint64_t)w * lane_step), 2);
 				v = rank[e][w] < n ? v : 0;
 				memcpy(d + 2 * (row + (uint64_t)w * lane_step), &v, 2);
 			}
@@ -639,15 +641,16 @@ __attribute__((target("avx2"))) static void nm_tile8_avx2(const job *j, uint64_t
 	const __m256i vcut = _mm256_set1_epi32((int)j->ref_bin);
 	const int sh = ref_shift(kind);
 	__m256i k[FUSED_MAX_M], r[FUSED_MAX_M];
+	const uint8_t *in = j->in;
 	uint8_t *d = j->t->data;
 
 	for (int e = 0; e < m; e++) {
 		uint64_t i = base + (uint64_t)e * elem_step;
 		if (kind == FK_F32) {
-			k[e] = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(void *)(d + 4 * i)),
+			k[e] = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(in + 4 * i)),
 						_mm256_set1_epi32(0x7fffffff));
 		} else {
-			__m128i h = _mm_loadu_si128((const __m128i *)(void *)(d + 2 * i));
+			__m128i h = _mm_loadu_si128((const __m128i *)(const void *)(in + 2 * i));
 			k[e] = _mm256_and_si256(_mm256_cvtepu16_epi32(h), _mm256_set1_epi32(0x7fff));
 		}
 		r[e] = _mm256_setzero_si256();
@@ -699,11 +702,11 @@ __attribute__((target("avx2"))) static void nm_tile8_avx2(const job *j, uint64_t
 		if (j->mode != NMP_MASK_APPLY)
 			continue;
 		if (kind == FK_F32) {
-			__m256i v = _mm256_loadu_si256((const __m256i *)(void *)(d + 4 * i));
+			__m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(in + 4 * i));
 			_mm256_storeu_si256((__m256i *)(void *)(d + 4 * i), _mm256_and_si256(v, keep));
 		} else {
 			__m128i keep16 = _mm_packs_epi32(_mm256_castsi256_si128(keep), _mm256_extracti128_si256(keep, 1));
-			__m128i v = _mm_loadu_si128((const __m128i *)(void *)(d + 2 * i));
+			__m128i v = _mm_loadu_si128((const __m128i *)(const void *)(in + 2 * i));
 			_mm_storeu_si128((__m128i *)(void *)(d + 2 * i), _mm_and_si128(v, keep16));
 		}
 	}
@@ -1467,12 +1470,19 @@ nmp_status nmp_cpu_run(const nmp_mask_tensor *t, const nmp_pattern *p, nmp_mask_
 		return nmp_error_set(err, NMP_ERR_MODEL, "tensor '%s': shape does not fit pattern %s", t->name, p->text);
 
 	pthread_once(&g_tiles_once, tiles_init);
-	if (t->dtype == NMP_DT_INT8 || t->dtype == NMP_DT_UINT8)
+	bool fused = mode != NMP_MASK_CHECK && p->structured && p->unit == NMP_UNIT_ELEMENT &&
+		     p->m <= FUSED_MAX_M && j.kk != KK_F64;
+	bool quantized = t->dtype == NMP_DT_INT8 || t->dtype == NMP_DT_UINT8;
+	j.in = t->src ? t->src : t->data;
+	if (t->src && t->src != t->data && mode == NMP_MASK_APPLY && (!fused || quantized)) {
+		/* Only the fused float tiles write every element; the others prune in place. */
+		memcpy(t->data, t->src, j.numel * (nmp_dtype_bits(t->dtype) / 8));
+		j.in = t->data;
+	}
+	if (quantized)
 		if ((s = quant_keys(&j)) != NMP_OK)
 			goto out;
 
-	bool fused = mode != NMP_MASK_CHECK && p->structured && p->unit == NMP_UNIT_ELEMENT &&
-		     p->m <= FUSED_MAX_M && j.kk != KK_F64;
 	bool need_rows = !fused && !(mode != NMP_MASK_CHECK && !p->structured && ur == 1 && gc == 1);
 	if (fused) {
 		s = run_fused(&j, st);

@@ -104,11 +104,14 @@ typedef struct nmp_kv {
 
 /*
  * Called once for each tensor in nmp_save_opts.visit, with its payload in
- * raw layout, writable; what the function writes there is what the output
- * holds.  The input is never written.
+ * raw layout in the writable output: what the function leaves in `data` is
+ * what the output holds.  When `src` is not NULL, `data` is not yet filled:
+ * the original bytes are at `src` (read-only, the input's), and the function
+ * must write every byte of `data`, which saves copying them twice.  When
+ * `src` is NULL, `data` holds the original bytes.  The input is never written.
  */
-typedef nmp_status (*nmp_payload_fn)(void *ctx, size_t tensor, void *data, uint64_t length,
-				     nmp_error *err);
+typedef nmp_status (*nmp_payload_fn)(void *ctx, size_t tensor, void *data, const void *src,
+				     uint64_t length, nmp_error *err);
 /* Called once after every visit: the metadata entries to record (owned by ctx). */
 typedef nmp_status (*nmp_metadata_fn)(void *ctx, const nmp_kv **kv, size_t *n, nmp_error *err);
 

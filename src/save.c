@@ -188,18 +188,27 @@ static nmp_status fsync_dir_of(const char *path, nmp_error *err)
 
 /* ---- payload windows ---------------------------------------------------- */
 
+/* Unmaps input pages a payload was read from, so memory tracks one tensor at a time. */
+static void drop_input_pages(const nmp_data_file *in, uint64_t off, uint64_t len)
+{
+	uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE);
+	uint64_t a = (off + pg - 1) & ~(pg - 1), b = (off + len) & ~(pg - 1);
+	if (b > a)
+		madvise((void *)(in->map + a), (size_t)(b - a), MADV_DONTNEED);
+}
+
 static nmp_status visit_window(const nmp_save_opts *o, size_t tensor, out_file *f, uint64_t off,
-			       uint64_t len, nmp_error *err)
+			       uint64_t len, const void *src, nmp_error *err)
 {
 	if (len == 0)
-		return o->on_payload(o->ctx, tensor, NULL, 0, err);
+		return o->on_payload(o->ctx, tensor, NULL, NULL, 0, err);
 	uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE);
 	uint64_t base = off & ~(pg - 1);
 	size_t span = (size_t)(len + (off - base));
 	void *p = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_SHARED, f->fd, (off_t)base);
 	if (p == MAP_FAILED)
 		return nmp_error_errno(err, errno, "cannot map output", f->path);
-	nmp_status s = o->on_payload(o->ctx, tensor, (uint8_t *)p + (off - base), len, err);
+	nmp_status s = o->on_payload(o->ctx, tensor, (uint8_t *)p + (off - base), src, len, err);
 	munmap(p, span);
 	return s;
 }
@@ -216,7 +225,7 @@ static nmp_status visit_heap(const nmp_model *m, const nmp_save_opts *o, size_t 
 		return nmp_error_set(err, NMP_ERR_MODEL, "%s: tensor '%s': data type %s cannot be rewritten",
 				     m->path, t->name, nmp_dtype_name(t->dtype));
 	}
-	nmp_status s = o->on_payload(o->ctx, ti, buf, t->nbytes, err);
+	nmp_status s = o->on_payload(o->ctx, ti, buf, NULL, t->nbytes, err);
 	if (s == NMP_OK)
 		nmp_raw_to_heap(t, buf);
 	free(buf);
@@ -582,8 +591,11 @@ static int by_offset(const void *a, const void *b, void *arg)
 }
 
 /*
- * The copy path streams in file order: copy up to the end of the next payload
- * to mask, mask it through a window on the copy, start its writeback, go on.
+ * The copy path streams in file order: the bytes up to the next payload to
+ * mask are copied in the kernel; the payload itself is not copied but written
+ * by the visitor, from the input mapping into a window on the output (the
+ * file is extended first, so those pages start as holes and need no read);
+ * its writeback starts at once, and so on to the end.
  */
 static nmp_status save_copy(nmp_model *m, const nmp_save_opts *o, out_file *onnx, nmp_error *err)
 {
@@ -597,11 +609,18 @@ static nmp_status save_copy(nmp_model *m, const nmp_save_opts *o, out_file *onnx
 	nmp_status s = NMP_OK;
 	for (size_t i = 0; i < o->n_visit && s == NMP_OK; i++) {
 		const nmp_tensor *t = &m->tensors[order[i]];
+		if (t->offset > onnx->size)
+			s = copy_range(onnx, in->fd, onnx->size, t->offset - onnx->size, in->path, err);
+		if (s != NMP_OK)
+			break;
 		uint64_t end = t->offset + t->length;
-		if (end > onnx->size)
-			s = copy_range(onnx, in->fd, onnx->size, end - onnx->size, in->path, err);
-		if (s == NMP_OK)
-			s = visit_window(o, order[i], onnx, t->offset, t->length, err);
+		if (ftruncate(onnx->fd, (off_t)end) != 0) {
+			s = nmp_error_errno(err, errno, "cannot extend", onnx->path);
+			break;
+		}
+		onnx->size = end;
+		s = visit_window(o, order[i], onnx, t->offset, t->length, in->map + t->offset, err);
+		drop_input_pages(in, t->offset, t->length);
 		kick_writeback(onnx, 8u << 20);
 	}
 	free(order);
@@ -706,14 +725,14 @@ static nmp_status save_general(nmp_model *m, const nmp_save_opts *o, const char 
 		if (t->storage == NMP_STORE_HEAP || t->storage == NMP_STORE_NONE)
 			continue;
 		if (plan[ti].external) {
-			s = visit_window(o, ti, data, plan[ti].out_offset, t->length, err);
+			s = visit_window(o, ti, data, plan[ti].out_offset, t->length, NULL, err);
 		} else if (t->length == 0) {
-			s = o->on_payload(o->ctx, ti, NULL, 0, err);
+			s = o->on_payload(o->ctx, ti, NULL, NULL, 0, err);
 		} else {
 			const void *key = m->files[0].map + t->offset;
 			size_t h = sink_slot(&sink, key);
 			NMP_ASSERT(sink.keys[h] == key);
-			s = visit_window(o, ti, onnx, sink.offsets[h], t->length, err);
+			s = visit_window(o, ti, onnx, sink.offsets[h], t->length, NULL, err);
 		}
 	}
 	if (s == NMP_OK)

@@ -240,13 +240,16 @@ typedef struct visit_log {
 } visit_log;
 
 /* Zeroes every other element (4-byte floats) and counts the calls. */
-static nmp_status zero_even(void *ctx, size_t tensor, void *data, uint64_t length, nmp_error *err)
+static nmp_status zero_even(void *ctx, size_t tensor, void *data, const void *src, uint64_t length,
+			    nmp_error *err)
 {
 	visit_log *log = ctx;
 	log->calls++;
 	log->last_tensor = tensor;
 	if (log->fail_with != NMP_OK)
 		return nmp_error_set(err, log->fail_with, "injected failure");
+	if (src)
+		memcpy(data, src, length);
 	for (uint64_t i = 0; i + 4 <= length; i += 8)
 		memset((uint8_t *)data + i, 0, 4);
 	return NMP_OK;
