@@ -103,6 +103,9 @@ test-e2e: all ## run the end-to-end tests of the command line
 bench: all $(BUILD)/bench/engine_bench ## benchmarks: ratios against cp and the reference tools, same run
 	NMPRUNE=$(BUILD)/nmprune ENGINE_BENCH=$(BUILD)/bench/engine_bench $(PYTHON) bench/bench.py
 
+bench-large: all ## prune a generated 12 GB fp16 model with external data (not in bench or CI)
+	NMPRUNE=$(BUILD)/nmprune $(PYTHON) bench/bench.py large
+
 asan: ## build with AddressSanitizer and UBSan into build-asan/
 	$(MAKE) BUILD=build-asan CUDA=0 OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
 		LDFLAGS="-fsanitize=address,undefined" all
