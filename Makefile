@@ -11,7 +11,7 @@ BUILD   ?= build
 WARN     := -Wall -Wextra -Werror
 CSTD     := -std=c11 -D_GNU_SOURCE
 OPT      ?= -O2 -g
-CPPFLAGS += -Isrc -Ipasses -Ikernels -I$(BUILD)/gen
+CPPFLAGS += -Iinclude -Isrc -Ipasses -Ikernels -I$(BUILD)/gen
 CFLAGS   += $(OPT) $(CSTD) -pthread -fno-strict-aliasing
 LDLIBS   += -lprotobuf-c -ljansson -lpthread -lm
 
@@ -60,13 +60,13 @@ $(GEN_O): $(GEN_C) $(GEN_H)
 	$(CC) $(OPT) -fPIC -I$(BUILD)/gen -c $< -o $@
 
 # ---- our code ----------------------------------------------------------------
-$(BUILD)/obj/%.o: %.c $(GEN_H) $(wildcard src/*.h passes/*.h kernels/*.h)
+$(BUILD)/obj/%.o: %.c $(GEN_H) $(wildcard include/*.h src/*.h passes/*.h kernels/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -fPIC -c $< -o $@
 
 $(BUILD)/obj/%.o: %.cu $(wildcard kernels/*.h src/*.h)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -Isrc -Ikernels -Xcompiler -fPIC -c $< -o $@
+	$(NVCC) $(NVCCFLAGS) -Iinclude -Isrc -Ikernels -Xcompiler -fPIC -c $< -o $@
 
 $(BUILD)/libnmprune.a: $(LIB_OBJ)
 	@rm -f $@
@@ -110,10 +110,16 @@ asan: ## build with AddressSanitizer and UBSan into build-asan/
 	$(MAKE) BUILD=build-asan CUDA=0 OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
 		LDFLAGS="-fsanitize=address,undefined" all
 
+VERSION := $(shell sed -n 's/^#define NMP_VERSION "\(.*\)"/\1/p' src/version.h)
+
 install: all ## install binary, header, library and pkg-config file under PREFIX
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
 	install -m 755 $(BUILD)/nmprune $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(BUILD)/libnmprune.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 include/nmprune.h $(DESTDIR)$(PREFIX)/include/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' \
+	    -e 's|@CUDA_LIBS@|$(if $(CU_OBJ),-L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++,)|' \
+	    nmprune.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/nmprune.pc
 
 clean: ## remove build outputs
 	rm -rf build build-asan

@@ -1,11 +1,31 @@
 #include "prune.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "version.h"
+
+/*
+ * Masks as safetensors: an 8-byte little-endian header length, a JSON header
+ * naming each tensor's dtype (BOOL), shape and byte range, then the data.
+ * Every eligible weight's shape is known before pruning, so the header is
+ * written first and each mask lands at its offset as the engine produces it.
+ */
+typedef struct masks_file {
+	char path[PATH_MAX];
+	char tmp[PATH_MAX];
+	int fd;
+	uint64_t data_start;
+	uint64_t *offset;            /* per choice */
+} masks_file;
 
 typedef struct prune_ctx {
 	const nmp_plan *plan;
@@ -18,7 +38,114 @@ typedef struct prune_ctx {
 	uint64_t bytes_done, bytes_total;
 	char *weights_json;
 	nmp_kv kv[3];
+	masks_file *masks;
 } prune_ctx;
+
+static nmp_status masks_begin(prune_ctx *c, const char *path, nmp_error *err)
+{
+	const nmp_selection *sel = c->plan->sel;
+	masks_file *mf = calloc(1, sizeof *mf);
+	if (!mf || !(mf->offset = calloc(sel->n + 1, sizeof *mf->offset))) {
+		free(mf);
+		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	}
+	mf->fd = -1;
+	c->masks = mf;
+	snprintf(mf->path, sizeof mf->path, "%s", path);
+	json_t *hdr = json_object();
+	json_object_set_new(hdr, "__metadata__", json_pack("{s:s,s:s}", "format", "nmprune masks, 1 = kept",
+							  "pattern", sel->default_pattern));
+	uint64_t at = 0;
+	for (size_t i = 0; i < sel->n; i++) {
+		const nmp_choice *ch = &sel->choices[i];
+		if (!ch->eligible)
+			continue;
+		const nmp_tensor *t = ch->cand->tensor;
+		json_t *shape = json_array();
+		for (size_t d = 0; d < t->proto->n_dims; d++)
+			json_array_append_new(shape, json_integer(t->proto->dims[d]));
+		char key[1024];
+		snprintf(key, sizeof key, "%s", ch->cand->name);
+		for (int k = 2; json_object_get(hdr, key); k++) /* names may repeat across subgraphs */
+			snprintf(key, sizeof key, "%s#%d", ch->cand->name, k);
+		json_object_set_new(hdr, key, json_pack("{s:s,s:o,s:[I,I]}", "dtype", "BOOL", "shape", shape,
+							"data_offsets", (json_int_t)at, (json_int_t)(at + t->numel)));
+		mf->offset[i] = at;
+		at += t->numel;
+	}
+	char *text = json_dumps(hdr, JSON_COMPACT | JSON_SORT_KEYS);
+	json_decref(hdr);
+	if (!text)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	size_t len = strlen(text), padded = (len + 7) / 8 * 8;
+	mf->data_start = 8 + padded;
+	snprintf(mf->tmp, sizeof mf->tmp, "%s.nmprune-XXXXXX", path);
+	mf->fd = mkstemp(mf->tmp);
+	nmp_status s = NMP_OK;
+	if (mf->fd < 0) {
+		s = nmp_error_errno(err, errno, "cannot create masks file", path);
+		mf->tmp[0] = '\0';
+	} else {
+		uint8_t head[8];
+		for (int b = 0; b < 8; b++)
+			head[b] = (uint8_t)((uint64_t)padded >> (8 * b));
+		char *block = malloc(padded);
+		if (!block) {
+			s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+		} else {
+			memset(block, ' ', padded);
+			memcpy(block, text, len);
+			if (pwrite(mf->fd, head, 8, 0) != 8 || pwrite(mf->fd, block, padded, 8) != (ssize_t)padded ||
+			    ftruncate(mf->fd, (off_t)(mf->data_start + at)) != 0)
+				s = nmp_error_errno(err, errno, "cannot write masks file", path);
+			free(block);
+		}
+	}
+	free(text);
+	return s;
+}
+
+static nmp_status masks_put(prune_ctx *c, size_t ci, const uint8_t *mask, uint64_t n, nmp_error *err)
+{
+	masks_file *mf = c->masks;
+	uint64_t off = mf->data_start + mf->offset[ci], done = 0;
+	while (done < n) {
+		ssize_t w = pwrite(mf->fd, mask + done, (size_t)(n - done), (off_t)(off + done));
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return nmp_error_errno(err, w < 0 ? errno : EIO, "cannot write masks file", mf->path);
+		done += (uint64_t)w;
+	}
+	return NMP_OK;
+}
+
+/* Syncs and renames the masks into place, or removes them; always frees. */
+static nmp_status masks_end(prune_ctx *c, bool commit, nmp_error *err)
+{
+	masks_file *mf = c->masks;
+	nmp_status s = NMP_OK;
+	if (!mf)
+		return NMP_OK;
+	if (commit && mf->fd >= 0) {
+		mode_t um = umask(0);
+		umask(um);
+		if (fchmod(mf->fd, 0666 & ~um) != 0 || fsync(mf->fd) != 0)
+			s = nmp_error_errno(err, errno, "cannot sync masks file", mf->path);
+		else if (rename(mf->tmp, mf->path) != 0)
+			s = nmp_error_errno(err, errno, "cannot rename masks file into place", mf->path);
+		else
+			mf->tmp[0] = '\0';
+	}
+	if (mf->fd >= 0)
+		close(mf->fd);
+	if (mf->tmp[0])
+		unlink(mf->tmp);
+	free(mf->offset);
+	free(mf);
+	c->masks = NULL;
+	return s;
+}
 
 static double now(void)
 {
@@ -65,14 +192,20 @@ static nmp_status run_one(prune_ctx *c, size_t ci, void *data, const void *src, 
 				     m->path, cand->name, (unsigned long long)length, (unsigned long long)t->nbytes);
 	if (cand->quant.present)
 		s = quant_params(m, cand, &qp, &sv, &zv, err);
+	uint8_t *mask = NULL;
+	if (s == NMP_OK && c->masks && !(mask = malloc(t->numel ? t->numel : 1)))
+		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: tensor '%s': out of memory", m->path, cand->name);
 	if (s == NMP_OK) {
 		nmp_mask_tensor mt = {
 			.name = cand->name, .data = data, .src = src, .dtype = t->dtype, .rank = (int)t->proto->n_dims,
 			.dims = t->proto->dims, .axis = cand->axis, .out_axis = cand->out_axis,
 			.quant = cand->quant.present ? &qp : NULL,
 		};
-		s = nmp_engine_run(c->engine, &mt, &ch->pattern, c->mode, NULL, &w->stats, err);
+		s = nmp_engine_run(c->engine, &mt, &ch->pattern, c->mode, mask, &w->stats, err);
 	}
+	if (s == NMP_OK && mask)
+		s = masks_put(c, ci, mask, t->numel, err);
+	free(mask);
 	nmp_view_release(&sv);
 	nmp_view_release(&zv);
 	if (s != NMP_OK)
@@ -188,6 +321,8 @@ nmp_status nmp_prune(const nmp_plan *plan, const nmp_prune_opts *o, nmp_pass_res
 		c.bytes_total += ch->cand->tensor->nbytes;
 	}
 	c.total = n_visit;
+	if (o->masks_path && (s = masks_begin(&c, o->masks_path, err)) != NMP_OK)
+		goto out;
 	if (o->dry_run) {
 		s = run_views(&c, err);
 	} else {
@@ -200,6 +335,11 @@ nmp_status nmp_prune(const nmp_plan *plan, const nmp_prune_opts *o, nmp_pass_res
 	}
 	totals(&c);
 out:
+	if (c.masks) {
+		nmp_status ms = masks_end(&c, s == NMP_OK, err);
+		if (s == NMP_OK)
+			s = ms;
+	}
 	free(visit);
 	free(c.choice_of);
 	free(c.weights_json);

@@ -30,6 +30,7 @@ typedef struct nmp_prune_opts {
 	const char *external_data;
 	bool general_path;           /* force re-serialization (tests, bench) */
 	nmp_engine *engine;
+	const char *masks_path;      /* write every mask here as safetensors (BOOL), or NULL */
 	nmp_progress_fn progress;
 	void *progress_ctx;
 } nmp_prune_opts;

@@ -18,14 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-typedef enum nmp_status {
-	NMP_OK = 0,
-	NMP_ERR_USAGE,     /* bad options, pattern or rules file      -> exit 2 */
-	NMP_ERR_MODEL,     /* malformed or unsupported model          -> exit 3 */
-	NMP_ERR_IO,        /* open, read, write, fsync, rename failed -> exit 4 */
-	NMP_ERR_NOMEM,     /* allocation failed                       -> exit 4 */
-	NMP_ERR_DEVICE,    /* CUDA unavailable or failed              -> exit 5 */
-} nmp_status;
+#include "nmprune.h" /* nmp_status, nmp_status_string */
 
 #define NMP_ERROR_MAX 1024
 
@@ -33,9 +26,6 @@ typedef struct nmp_error {
 	nmp_status status;
 	char message[NMP_ERROR_MAX];
 } nmp_error;
-
-/* A short, stable name for a status ("bad model", "I/O error", ...). */
-const char *nmp_status_string(nmp_status s);
 
 /* Records the first failure; returns s so callers can `return nmp_error_set(...)`. */
 nmp_status nmp_error_set(nmp_error *err, nmp_status s, const char *fmt, ...)

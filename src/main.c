@@ -114,8 +114,6 @@ static nmp_status unsupported_options(const nmp_cli *cli, nmp_error *err)
 		return nmp_error_set(err, NMP_ERR_USAGE, "--permute is not available in this version");
 	if (cli->report_html)
 		return nmp_error_set(err, NMP_ERR_USAGE, "--report-html is not available in this version");
-	if (cli->save_masks)
-		return nmp_error_set(err, NMP_ERR_USAGE, "--save-masks is not available in this version");
 	return NMP_OK;
 }
 
@@ -145,6 +143,7 @@ static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 		nmp_prune_opts po = {
 			.output = cli->output, .dry_run = cli->dry_run, .in_place = cli->in_place,
 			.external_data = cli->external_data, .general_path = cli->general_path, .engine = engine,
+			.masks_path = cli->save_masks,
 			.progress = cli->verbosity >= 0 ? on_progress : NULL, .progress_ctx = &pr,
 		};
 		s = nmp_prune(&plan, &po, &r, err);

@@ -1,0 +1,123 @@
+/*
+ * nmprune.h — prune the weights of an ONNX model to N:M sparsity, in process.
+ *
+ * The library does what the nmprune command does, for C and C++ deployment
+ * pipelines that would rather not spawn it:
+ *
+ *     nmp_options opt;
+ *     nmp_options_init(&opt);            // defaults: 2:4, --align asp, all cores
+ *     opt.pattern = "2:4";
+ *     nmp_session *s = NULL;
+ *     char err[512];
+ *     if (nmp_open("model.onnx", &opt, &s, err, sizeof err) != NMP_OK)   // load, walk, select
+ *             fail(err);
+ *     for (size_t i = 0; i < nmp_weight_count(s); i++) { ... nmp_weight_get(s, i, &w) ... }
+ *     if (nmp_prune_save(s, "pruned.onnx") != NMP_OK)                    // prune, save atomically
+ *             fail(nmp_last_error(s));
+ *     nmp_close(&s);
+ *
+ * Contract.
+ *  - Load maps the model; nothing is written until nmp_prune_save, which
+ *    writes a temporary file beside the output, syncs and renames it.  The
+ *    input model and its external data are never modified.  A failure leaves
+ *    no output file.
+ *  - Every function returns an nmp_status; nmp_status_string names it, and
+ *    nmp_last_error gives the one-line message of a session's last failure
+ *    (file, tensor, node and reason).  Exit codes of the command follow the
+ *    statuses: USAGE 2, MODEL 3, IO and NOMEM 4, DEVICE 5.
+ *  - Ownership: the caller owns what it creates (the session, through
+ *    nmp_close, which takes nmp_session ** and sets it to NULL;
+ *    nmp_close(NULL-holding) is a no-op).  Strings returned by the library
+ *    (weight names, reasons, messages) are borrowed from the session and live
+ *    until nmp_close.  Strings passed in options are borrowed for the
+ *    duration of the call that takes them.
+ *  - A session is used by one thread at a time; sessions are independent.
+ *
+ * Link with: pkg-config --libs nmprune (libnmprune.a, protobuf-c, jansson,
+ * pthreads, libm).
+ */
+#ifndef NMPRUNE_H
+#define NMPRUNE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum nmp_status {
+	NMP_OK = 0,
+	NMP_ERR_USAGE,     /* bad options, pattern or rules file */
+	NMP_ERR_MODEL,     /* malformed or unsupported model */
+	NMP_ERR_IO,        /* open, read, write, fsync, rename failed */
+	NMP_ERR_NOMEM,     /* allocation failed */
+	NMP_ERR_DEVICE,    /* CUDA unavailable or failed */
+} nmp_status;
+
+/* A short, stable name for a status ("bad model", "I/O error", ...). */
+const char *nmp_status_string(nmp_status s);
+
+/* "0.1.0" */
+const char *nmp_version(void);
+
+typedef struct nmp_options {
+	const char *pattern;               /* N:M, N:M@vV, N:M@bRxC, N:M@t, P%, ... default "2:4" */
+	const char *align;                 /* "asp" (default), "cusparselt", "none" */
+	const char *ops;                   /* default "Conv,Gemm,MatMul" */
+	const char *const *include;        /* POSIX extended regexes on weight and node names */
+	size_t n_include;
+	const char *const *exclude;
+	size_t n_exclude;
+	double dense_first;                /* keep this fraction of eligible weights dense */
+	const char *rules_path;            /* JSON rules file, or NULL */
+	const char *device;                /* "auto" (default), "cpu", "cuda" */
+	int threads;                       /* 0: all cores */
+	bool greedy;                       /* transposable patterns: greedy instead of exact */
+	const char *external_data;         /* save: move tensors >= 1 KiB into this file */
+	const char *masks_path;            /* save: also write the masks as safetensors */
+} nmp_options;
+
+void nmp_options_init(nmp_options *o);
+
+typedef struct nmp_session nmp_session;
+
+/* Loads the model, walks the graph and selects the weights to prune. */
+nmp_status nmp_open(const char *model_path, const nmp_options *o, nmp_session **out, char *err,
+		    size_t err_cap);
+void nmp_close(nmp_session **s);
+
+/* The message of the session's last failure ("" if none). */
+const char *nmp_last_error(const nmp_session *s);
+
+typedef struct nmp_weight {
+	const char *name;                  /* initializer or Constant output name */
+	const char *op;                    /* first consumer's op type */
+	const char *pattern;               /* the pattern that applies */
+	int axis;                          /* group axis in the weight's own coordinates, -1 none */
+	bool eligible;
+	const char *reason;                /* why not eligible, "" if eligible */
+	uint64_t elements;
+	/* after nmp_prune_save or nmp_check_weights: */
+	bool done;
+	uint64_t kept;                     /* elements kept (check: nonzero) */
+	double kept_l1_ratio;              /* kept magnitude / dense magnitude */
+	uint64_t violations;               /* check: groups that do not comply */
+} nmp_weight;
+
+/* Candidate weights, in graph order. */
+size_t nmp_weight_count(const nmp_session *s);
+nmp_status nmp_weight_get(const nmp_session *s, size_t i, nmp_weight *w);
+
+/* Prunes every eligible weight and writes the model to out_path. */
+nmp_status nmp_prune_save(nmp_session *s, const char *out_path);
+
+/* Checks every eligible weight against its pattern; *failing counts those that do not comply. */
+nmp_status nmp_check_weights(nmp_session *s, size_t *failing);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

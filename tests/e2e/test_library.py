@@ -1,0 +1,76 @@
+"""The C library: make install, pkg-config, the README example, and --save-masks."""
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from safetensors.numpy import load_file
+
+from conftest import ROOT, nmprune
+
+DEMO = ROOT / "models" / "demo.onnx"
+
+
+def _install(prefix):
+    subprocess.run(["make", "-s", "-C", str(ROOT), "install", f"PREFIX={prefix}"], check=True,
+                   capture_output=True)
+    return prefix / "lib" / "pkgconfig"
+
+
+def test_install_and_readme_example(tmp_path):
+    pc = _install(tmp_path / "prefix")
+    for f in ("bin/nmprune", "lib/libnmprune.a", "include/nmprune.h", "lib/pkgconfig/nmprune.pc"):
+        assert (tmp_path / "prefix" / f).exists(), f
+    env = dict(os.environ, PKG_CONFIG_PATH=str(pc))
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "--static", "nmprune"], env=env,
+                           capture_output=True, text=True, check=True).stdout.split()
+    exe = tmp_path / "prune_model"
+    subprocess.run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", str(ROOT / "examples" / "prune_model.c"),
+                    *flags, "-o", str(exe)], check=True)
+    # The README shows this very file.
+    assert (ROOT / "examples" / "prune_model.c").read_text() in (ROOT / "README.md").read_text()
+
+    out = tmp_path / "pruned.onnx"
+    r = subprocess.run([str(exe), str(DEMO), str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].startswith("conv1.weight 2:4 50.0% sparse, kept ")
+    assert len(r.stdout.splitlines()) == 4
+    assert nmprune("check", out, "-q").code == 0
+    # The library and the command write the same model.
+    cli = tmp_path / "cli.onnx"
+    nmprune("prune", DEMO, "-o", cli, "-q", check=0)
+    assert cli.read_bytes() == out.read_bytes()
+
+    r = subprocess.run([str(exe), str(tmp_path / "missing.onnx"), str(out)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.startswith("I/O error: ") and "missing.onnx: cannot open" in r.stderr
+
+
+def test_header_compiles_as_cpp(tmp_path):
+    src = tmp_path / "use.cpp"
+    src.write_text('#include <nmprune.h>\nint main() { nmp_options o; nmp_options_init(&o); return o.threads; }\n')
+    subprocess.run(["g++", "-std=c++17", "-Wall", "-Werror", "-fsyntax-only", f"-I{ROOT / 'include'}", str(src)],
+                   check=True)
+
+
+def test_save_masks(tmp_path):
+    out, masks = tmp_path / "out.onnx", tmp_path / "masks.safetensors"
+    nmprune("prune", DEMO, "-o", out, "--save-masks", masks, "-q", check=0)
+    loaded = load_file(str(masks))
+    pruned = {t.name: numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
+    original = {t.name: numpy_helper.to_array(t) for t in onnx.load(DEMO).graph.initializer}
+    assert sorted(loaded) == ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"]
+    for name, mask in loaded.items():
+        assert mask.dtype == np.bool_ and mask.shape == pruned[name].shape
+        np.testing.assert_array_equal(pruned[name], np.where(mask, original[name], 0))
+        assert mask.mean() == 0.5
+    # A dry run writes the masks and no model; a failed run leaves no masks file.
+    dry = tmp_path / "dry.safetensors"
+    nmprune("prune", DEMO, "--dry-run", "--save-masks", dry, "-q", check=0)
+    for name, mask in load_file(str(dry)).items():
+        np.testing.assert_array_equal(mask, loaded[name])
+    bad = tmp_path / "bad.safetensors"
+    r = nmprune("prune", DEMO, "-o", tmp_path / "nodir" / "x.onnx", "--save-masks", bad)
+    assert r.code == 4 and not bad.exists() and not list(tmp_path.glob("bad.safetensors.*"))
