@@ -61,7 +61,10 @@ def mask(w, pattern, axis, out_axis, magnitude=None):
 
 
 def _tile_patterns(m, n):
-    rows = [r for r in itertools.product((0, 1), repeat=m) if sum(r) == n]
+    """Valid tiles in preference order: row by row, keeping lower columns first
+    (the tie rule: among equal sums, the lower indices are kept)."""
+    rows = sorted((r for r in itertools.product((0, 1), repeat=m) if sum(r) == n),
+                  key=lambda r: sum(bit << c for c, bit in enumerate(r)))
     pats = [np.array(p) for p in itertools.product(rows, repeat=m)
             if all(s == n for s in np.array(p).sum(axis=0))]
     return np.stack(pats).astype(bool)
@@ -71,8 +74,13 @@ def _tiles(v, n, m, lead, oc, L):
     pats = _tile_patterns(m, n)               # (P, m, m)
     g = v.reshape(*lead, oc // m, m, L // m, m)
     g = np.moveaxis(g, -3, -2)                # (..., rowblock, colblock, m, m)
-    score = np.einsum("...ij,pij->...p", g, pats.astype(np.float64))
-    best = np.argmax(score, axis=-1)          # first best on ties
+    # Sum the kept cells in row-major order, one addition at a time, so that
+    # equal sums compare equal exactly as they are defined.
+    score = np.zeros(g.shape[:-2] + (len(pats),))
+    for r in range(m):
+        for c in range(m):
+            score += g[..., r, c, None] * pats[:, r, c]
+    best = np.argmax(score, axis=-1)          # the first best: the preferred one on ties
     keep = pats[best]
     return np.moveaxis(keep, -2, -3)
 

@@ -35,8 +35,10 @@ def test_install_and_readme_example(tmp_path):
     out = tmp_path / "pruned.onnx"
     r = subprocess.run([str(exe), str(DEMO), str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[0].startswith("conv1.weight 2:4 50.0% sparse, kept ")
-    assert len(r.stdout.splitlines()) == 4
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("stem.weight 2:4 50.0% sparse, kept ")
+    assert lines[3] == "depthwise.weight skipped: depthwise convolution"
+    assert len(lines) == 5
     assert nmprune("check", out, "-q").code == 0
     # The library and the command write the same model.
     cli = tmp_path / "cli.onnx"
@@ -61,7 +63,7 @@ def test_save_masks(tmp_path):
     loaded = load_file(str(masks))
     pruned = {t.name: numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
     original = {t.name: numpy_helper.to_array(t) for t in onnx.load(DEMO).graph.initializer}
-    assert sorted(loaded) == ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"]
+    assert sorted(loaded) == ["block.conv1.weight", "block.conv2.weight", "head.weight", "stem.weight"]
     for name, mask in loaded.items():
         assert mask.dtype == np.bool_ and mask.shape == pruned[name].shape
         np.testing.assert_array_equal(pruned[name], np.where(mask, original[name], 0))
