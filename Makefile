@@ -106,6 +106,14 @@ bench: all $(BUILD)/bench/engine_bench ## benchmarks: ratios against cp and the 
 bench-large: all ## prune a generated 12 GB fp16 model with external data (not in bench or CI)
 	NMPRUNE=$(BUILD)/nmprune $(PYTHON) bench/bench.py large
 
+report-screenshot: all ## render an HTML report with headless Chromium into build/report.png
+	$(PYTHON) models/make_models.py all $(BUILD)/models >/dev/null
+	$(BUILD)/nmprune prune $(BUILD)/models/bert.onnx -o $(BUILD)/report-model.onnx -q \
+		--exclude ffn.up --report-html $(BUILD)/report.html
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1200,900 \
+		--screenshot=$(BUILD)/report.png file://$(abspath $(BUILD))/report.html
+	@echo "wrote $(BUILD)/report.png"
+
 asan: ## build with AddressSanitizer and UBSan into build-asan/
 	$(MAKE) BUILD=build-asan CUDA=0 OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
 		LDFLAGS="-fsanitize=address,undefined" all

@@ -98,6 +98,8 @@ static nmp_status report(const nmp_cli *cli, const nmp_plan *plan, const nmp_pas
 					 strcmp(cmd, "prune") == 0 && !cli->dry_run ? cli->output : NULL, cli->dry_run);
 	if (cli->report)
 		s = nmp_report_write(cli->report, j, err);
+	if (s == NMP_OK && cli->report_html && strcmp(cmd, "prune") == 0)
+		s = nmp_report_html(cli->report_html, plan, r, cli->dry_run, err);
 	if (cli->json)
 		nmp_report_print(stdout, j);
 	else if (strcmp(cmd, "check") == 0 && cli->verbosity >= 0)
@@ -112,8 +114,6 @@ static nmp_status unsupported_options(const nmp_cli *cli, nmp_error *err)
 {
 	if (cli->permute)
 		return nmp_error_set(err, NMP_ERR_USAGE, "--permute is not available in this version");
-	if (cli->report_html)
-		return nmp_error_set(err, NMP_ERR_USAGE, "--report-html is not available in this version");
 	return NMP_OK;
 }
 
