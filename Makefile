@@ -42,8 +42,9 @@ ifeq ($(HAVE_NVCC)$(if $(wildcard kernels/*.cu),,-none),1)
 endif
 
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+FAULT_SO := $(BUILD)/tests/fault_inject.so
 
-.PHONY: all help deps test test-unit test-e2e bench bench-large asan install clean
+.PHONY: all help deps test test-unit test-e2e bench bench-large asan install clean fuzz fuzz-corpus fuzz-run report-screenshot
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/nmprune $(BUILD)/libnmprune.a ## build the tool and the library
@@ -89,6 +90,10 @@ $(BUILD)/bench/engine_bench: bench/engine_bench.c $(BUILD)/libnmprune.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $< $(BUILD)/libnmprune.a $(LDLIBS)
 
+$(FAULT_SO): tests/fault_inject.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -fPIC -shared -Wall -Wextra -Werror -o $@ $< -ldl
+
 deps: ## install what the build and the tests need (apt-get, pip)
 	./tools/deps.sh
 
@@ -97,8 +102,8 @@ test: all $(TESTS) test-unit test-e2e ## run every test
 test-unit: all $(TESTS) ## run the CMocka unit tests
 	@set -e; for t in $(TESTS); do echo "== $$t"; $$t; done
 
-test-e2e: all ## run the end-to-end tests of the command line
-	NMPRUNE=$(BUILD)/nmprune $(PYTHON) -m pytest -q tests/e2e
+test-e2e: all $(FAULT_SO) ## run the end-to-end tests of the command line
+	NMPRUNE=$(BUILD)/nmprune FAULT_SO=$(FAULT_SO) $(PYTHON) -m pytest -q -rs tests/e2e
 
 bench: all $(BUILD)/bench/engine_bench ## benchmarks: ratios against cp and the reference tools, same run
 	NMPRUNE=$(BUILD)/nmprune ENGINE_BENCH=$(BUILD)/bench/engine_bench $(PYTHON) bench/bench.py
@@ -113,6 +118,34 @@ report-screenshot: all ## render an HTML report with headless Chromium into buil
 	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1200,900 \
 		--screenshot=$(BUILD)/report.png file://$(abspath $(BUILD))/report.html
 	@echo "wrote $(BUILD)/report.png"
+
+FUZZ_BUILD := build-fuzz
+FUZZ_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+FUZZ_TIME ?= 600
+
+fuzz: ## build the libFuzzer harnesses (clang) into build-fuzz/; FUZZ_TIME=s make fuzz-run runs each
+	$(MAKE) BUILD=$(FUZZ_BUILD) CC=clang CUDA=0 OPT="$(FUZZ_FLAGS) -fsanitize=fuzzer-no-link" $(FUZZ_BUILD)/libnmprune.a
+	for h in fuzz_model fuzz_parsers; do \
+		clang $(CPPFLAGS:$(BUILD)/gen=$(FUZZ_BUILD)/gen) -I$(FUZZ_BUILD)/gen $(CSTD) $(FUZZ_FLAGS) -fsanitize=fuzzer \
+			-o $(FUZZ_BUILD)/$$h fuzz/$$h.c $(FUZZ_BUILD)/libnmprune.a $(LDLIBS) || exit 1; done
+
+fuzz-corpus: ## seed corpora from models/, the generated models and ONNX's backend test data
+	mkdir -p $(FUZZ_BUILD)/corpus/model $(FUZZ_BUILD)/corpus/parsers
+	$(PYTHON) models/make_models.py all $(FUZZ_BUILD)/models >/dev/null
+	cp models/demo.onnx $(FUZZ_BUILD)/corpus/model/
+	for f in $(FUZZ_BUILD)/models/*.onnx; do cp $$f $(FUZZ_BUILD)/corpus/model/; done
+	i=0; for f in $$(find /usr/share/libonnx-testdata -name model.onnx | head -400); do \
+		i=$$((i+1)); cp $$f $(FUZZ_BUILD)/corpus/model/backend-$$i.onnx; done
+	cp tests/fuzz-regressions/*.onnx $(FUZZ_BUILD)/corpus/model/ 2>/dev/null || true
+	for p in 2:4 1:4@v4 16:32@b2x8 2:4@t 50% 12.5%@v8 m4n2_2d_best m32n8v4_2d_greedy; do \
+		printf '\001%s' "$$p" > $(FUZZ_BUILD)/corpus/parsers/p-$$(echo $$p | tr -c 'a-z0-9' _); done
+	printf '\000[{"match": "W", "pattern": "2:4"}, {"match": ".*", "dense": true}]' > $(FUZZ_BUILD)/corpus/parsers/rules-1
+
+fuzz-run: fuzz fuzz-corpus ## run each harness for FUZZ_TIME seconds (default 600)
+	$(FUZZ_BUILD)/fuzz_model -max_total_time=$(FUZZ_TIME) -rss_limit_mb=2048 -timeout=10 \
+		-artifact_prefix=$(FUZZ_BUILD)/crash-model- $(FUZZ_BUILD)/corpus/model
+	$(FUZZ_BUILD)/fuzz_parsers -max_total_time=$(FUZZ_TIME) -rss_limit_mb=2048 -timeout=10 \
+		-artifact_prefix=$(FUZZ_BUILD)/crash-parsers- $(FUZZ_BUILD)/corpus/parsers
 
 asan: ## build with AddressSanitizer and UBSan into build-asan/
 	$(MAKE) BUILD=build-asan CUDA=0 OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \

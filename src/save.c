@@ -548,8 +548,12 @@ static nmp_status commit(out_file *onnx, out_file *data, nmp_error *err)
 			return nmp_error_errno(err, errno, "cannot rename into place", data->path);
 		data->tmp[0] = '\0';
 	}
-	if (rename(onnx->tmp, onnx->path) != 0)
-		return nmp_error_errno(err, errno, "cannot rename into place", onnx->path);
+	if (rename(onnx->tmp, onnx->path) != 0) {
+		int e = errno;
+		if (data && data->fd >= 0)
+			unlink(data->path); /* the model that would use it did not land */
+		return nmp_error_errno(err, e, "cannot rename into place", onnx->path);
+	}
 	onnx->tmp[0] = '\0';
 	return fsync_dir_of(onnx->path, err);
 }
@@ -614,12 +618,28 @@ static nmp_status save_copy(nmp_model *m, const nmp_save_opts *o, out_file *onnx
 		if (s != NMP_OK)
 			break;
 		uint64_t end = t->offset + t->length;
+		const void *src = in->map + t->offset;
+		/*
+		 * The window will be written through a mapping: reserve its blocks
+		 * first, so a full disk is an error here and never a SIGBUS there.
+		 * Where the file system cannot reserve, copy the bytes instead.
+		 */
 		if (ftruncate(onnx->fd, (off_t)end) != 0) {
 			s = nmp_error_errno(err, errno, "cannot extend", onnx->path);
 			break;
 		}
+		int r = fallocate(onnx->fd, 0, (off_t)t->offset, (off_t)t->length);
+		if (r != 0 && (errno == EOPNOTSUPP || errno == ENOSYS)) {
+			onnx->size = t->offset;
+			s = copy_range(onnx, in->fd, t->offset, t->length, in->path, err);
+			src = NULL;
+		} else if (r != 0) {
+			s = nmp_error_errno(err, errno, "cannot write", onnx->path);
+		}
+		if (s != NMP_OK)
+			break;
 		onnx->size = end;
-		s = visit_window(o, order[i], onnx, t->offset, t->length, in->map + t->offset, err);
+		s = visit_window(o, order[i], onnx, t->offset, t->length, src, err);
 		drop_input_pages(in, t->offset, t->length);
 		kick_writeback(onnx, 8u << 20);
 	}
