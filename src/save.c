@@ -607,8 +607,10 @@ static nmp_status save_copy(nmp_model *m, const nmp_save_opts *o, out_file *onnx
 	size_t *order = malloc((o->n_visit + 1) * sizeof *order);
 	if (!order)
 		return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
-	memcpy(order, o->visit, o->n_visit * sizeof *order);
-	qsort_r(order, o->n_visit, sizeof *order, by_offset, m);
+	if (o->n_visit) {
+		memcpy(order, o->visit, o->n_visit * sizeof *order);
+		qsort_r(order, o->n_visit, sizeof *order, by_offset, m);
+	}
 
 	nmp_status s = NMP_OK;
 	for (size_t i = 0; i < o->n_visit && s == NMP_OK; i++) {

@@ -593,7 +593,7 @@ static void test_check_and_threads(void **state)
 	for (size_t k = 0; k < sizeof patterns / sizeof patterns[0]; k++) {
 		tensor t = make_f32(4, dims, 1, 0);
 		nmp_mask_stats st;
-		run(&t, patterns[k], NMP_MASK_CHECK, 2, &st);
+		free(run(&t, patterns[k], NMP_MASK_CHECK, 2, &st));
 		assert_true(st.violations > 0);
 		uint8_t *m1 = run(&t, patterns[k], NMP_MASK_DRY, 1, NULL);
 		uint8_t *m4 = run(&t, patterns[k], NMP_MASK_DRY, 4, NULL);

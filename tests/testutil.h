@@ -141,7 +141,7 @@ static inline void tu_float_tensor(tu_tensor *tt, const char *name, int64_t rows
 	tt->t = init;
 	tt->dims[0] = rows;
 	tt->dims[1] = cols;
-	tt->values = malloc((size_t)(rows * cols) * sizeof(float) + 1);
+	tt->values = calloc((size_t)(rows * cols) + 16, sizeof(float)); /* slack for "too long" cases */
 	for (int64_t i = 0; i < rows * cols; i++)
 		tt->values[i] = (float)(i + 1);
 	tt->t.name = (char *)name;
