@@ -94,6 +94,10 @@ $(FAULT_SO): tests/fault_inject.c
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -fPIC -shared -Wall -Wextra -Werror -o $@ $< -ldl
 
+$(BUILD)/bench/perm_bench: bench/perm_bench.c $(BUILD)/libnmprune.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $< $(BUILD)/libnmprune.a $(LDLIBS)
+
 deps: ## install what the build and the tests need (apt-get, pip)
 	./tools/deps.sh
 
@@ -105,8 +109,9 @@ test-unit: all $(TESTS) ## run the CMocka unit tests
 test-e2e: all $(FAULT_SO) ## run the end-to-end tests of the command line
 	NMPRUNE=$(BUILD)/nmprune FAULT_SO=$(FAULT_SO) $(PYTHON) -m pytest -q -rs tests/e2e
 
-bench: all $(BUILD)/bench/engine_bench ## benchmarks: ratios against cp and the reference tools, same run
-	NMPRUNE=$(BUILD)/nmprune ENGINE_BENCH=$(BUILD)/bench/engine_bench $(PYTHON) bench/bench.py
+bench: all $(BUILD)/bench/engine_bench $(BUILD)/bench/perm_bench ## benchmarks: ratios against cp and the reference tools, same run
+	NMPRUNE=$(BUILD)/nmprune ENGINE_BENCH=$(BUILD)/bench/engine_bench PERM_BENCH=$(BUILD)/bench/perm_bench \
+		$(PYTHON) bench/bench.py
 
 bench-large: all ## prune a generated 12 GB fp16 model with external data (not in bench or CI)
 	NMPRUNE=$(BUILD)/nmprune $(PYTHON) bench/bench.py large

@@ -378,7 +378,15 @@ def section_reference():
     shutil.rmtree(work, ignore_errors=True)
 
 
-SECTIONS = {"io": section_io, "engine": section_engine, "prune": section_prune, "reference": section_reference}
+def section_permute():
+    exe = os.environ.get("PERM_BENCH", str(ROOT / "build" / "bench" / "perm_bench"))
+    print("\n== channel permutation search: seeded random |N(0,1)| matrices, one core, mean of 5 ==")
+    sys.stdout.flush()
+    subprocess.run([exe], check=True)
+
+
+SECTIONS = {"io": section_io, "engine": section_engine, "prune": section_prune, "reference": section_reference,
+            "permute": section_permute}
 EXTRA = {"large": section_large}
 
 
