@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <stdbool.h>
 #include <math.h>
 #include <regex.h>
 #include <stdio.h>
@@ -32,8 +33,64 @@ bool nmp_align_parse(const char *s, nmp_align *a)
 	return true;
 }
 
+/*
+ * The C library's regex compiler copies a subexpression once per repetition
+ * operator applied to it, so stacked operators ("a+++...") or large nested
+ * intervals grow its memory exponentially.  Names are short: such patterns
+ * are refused before they reach it.
+ */
+static const char *regex_problem(const char *src)
+{
+	size_t len = strlen(src);
+	int intervals = 0;
+	bool after_quantifier = false;
+	if (len > 1024)
+		return "longer than 1024 characters";
+	for (size_t i = 0; i < len; i++) {
+		char c = src[i];
+		if (c == '\\' && i + 1 < len) {
+			i++;
+			after_quantifier = false;
+			continue;
+		}
+		if (c == '[') { /* a bracket expression: its characters are literal */
+			size_t j = i + 1;
+			if (j < len && src[j] == '^')
+				j++;
+			if (j < len && src[j] == ']')
+				j++;
+			while (j < len && src[j] != ']')
+				j++;
+			i = j;
+			after_quantifier = false;
+			continue;
+		}
+		bool quantifier = c == '*' || c == '+' || c == '?' || c == '{';
+		if (quantifier && after_quantifier)
+			return "a repetition operator applied to another";
+		if (c == '{') {
+			char *end;
+			long lo = strtol(src + i + 1, &end, 10), hi = lo;
+			if (*end == ',')
+				hi = end[1] == '}' ? 255 : strtol(end + 1, &end, 10);
+			if (lo > 255 || hi > 255)
+				return "a repetition count above 255";
+			if (++intervals > 8)
+				return "more than 8 {m,n} repetitions";
+			while (i < len && src[i] != '}')
+				i++;
+		}
+		after_quantifier = quantifier;
+	}
+	return NULL;
+}
+
 static nmp_status compile(regex_t *re, const char *src, const char *what, nmp_error *err)
 {
+	const char *problem = regex_problem(src);
+	if (problem)
+		return nmp_error_set(err, NMP_ERR_USAGE, "%s: regex '%.80s%s' not accepted: %s", what, src,
+				     strlen(src) > 80 ? "..." : "", problem);
 	int rc = regcomp(re, src, REG_EXTENDED | REG_NOSUB);
 	if (rc != 0) {
 		char msg[128];

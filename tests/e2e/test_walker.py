@@ -301,6 +301,11 @@ def test_regex_and_ops_errors(tmp_path):
     p = save(_four_layers(), tmp_path / "m.onnx")
     r = nmprune("inspect", p, "--include", "[a-")
     assert r.code == 2 and "--include: bad regex '[a-'" in r.err, r
+    for bad, why in (("x+++", "a repetition operator applied to another"), ("a{1000}", "above 255"),
+                     ("z" * 1100, "longer than 1024")):
+        r = nmprune("inspect", p, "--exclude", bad)
+        assert r.code == 2 and why in r.err, r
+    assert nmprune("inspect", p, "--include", "w[+*]{1,2}|layer[0-9]+").code == 0
     r = nmprune("inspect", p, "--ops", "MatMul,Softmax")
     assert r.code == 2 and "--ops: unknown op 'Softmax'" in r.err, r
     r = nmprune("inspect", p, "--rules", tmp_path / "missing.json")
