@@ -33,15 +33,6 @@ void nmp_options_init(nmp_options *o)
 	o->device = "auto";
 }
 
-static nmp_device device_of(const char *s)
-{
-	if (s && strcmp(s, "cpu") == 0)
-		return NMP_DEVICE_CPU;
-	if (s && strcmp(s, "cuda") == 0)
-		return NMP_DEVICE_CUDA;
-	return NMP_DEVICE_AUTO;
-}
-
 nmp_status nmp_open(const char *model_path, const nmp_options *o, nmp_session **out, char *err, size_t err_cap)
 {
 	nmp_options dflt;
@@ -70,7 +61,7 @@ nmp_status nmp_open(const char *model_path, const nmp_options *o, nmp_session **
 	if (st == NMP_OK)
 		st = nmp_plan_build(model_path, &so, &s->plan, &s->err);
 	if (st == NMP_OK)
-		st = nmp_engine_create(device_of(o->device), o->threads, &s->engine, NULL, 0, &s->err);
+		st = nmp_engine_create(nmp_device_parse(o->device), o->threads, &s->engine, NULL, 0, &s->err);
 	if (st != NMP_OK) {
 		if (err && err_cap)
 			snprintf(err, err_cap, "%s", s->err.message);

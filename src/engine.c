@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <string.h>
+
 #include "mask.h"
 #include "mask_cuda.h"
 
@@ -14,6 +16,15 @@ struct nmp_engine {
 	int threads;
 	void *cuda_ctx;
 };
+
+nmp_device nmp_device_parse(const char *s)
+{
+	if (s && strcmp(s, "cpu") == 0)
+		return NMP_DEVICE_CPU;
+	if (s && strcmp(s, "cuda") == 0)
+		return NMP_DEVICE_CUDA;
+	return NMP_DEVICE_AUTO;
+}
 
 static int all_cores(void)
 {

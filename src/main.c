@@ -62,11 +62,6 @@ static nmp_status run_inspect(const nmp_cli *cli, nmp_error *err)
 	return s;
 }
 
-static nmp_device device_of(const char *s)
-{
-	return strcmp(s, "cpu") == 0 ? NMP_DEVICE_CPU : strcmp(s, "cuda") == 0 ? NMP_DEVICE_CUDA : NMP_DEVICE_AUTO;
-}
-
 /* Progress for models with more than a few hundred MB of weights. */
 typedef struct progress {
 	bool tty;
@@ -128,7 +123,7 @@ static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 	if (s == NMP_OK)
 		s = nmp_plan_build(cli->input, &so, &plan, err);
 	if (s == NMP_OK)
-		s = nmp_engine_create(device_of(cli->device), cli->threads, &engine, note, sizeof note, err);
+		s = nmp_engine_create(nmp_device_parse(cli->device), cli->threads, &engine, note, sizeof note, err);
 	if (s != NMP_OK)
 		goto out;
 	if (cli->verbosity > 0)

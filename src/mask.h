@@ -77,6 +77,9 @@ typedef struct nmp_engine nmp_engine;
 
 typedef enum nmp_device { NMP_DEVICE_AUTO, NMP_DEVICE_CPU, NMP_DEVICE_CUDA } nmp_device;
 
+/* "cpu", "cuda", anything else (or NULL) is auto. */
+nmp_device nmp_device_parse(const char *s);
+
 /*
  * Creates an engine.  AUTO takes CUDA when this build has it and a device
  * answers, else the CPU; CUDA without a usable device is NMP_ERR_DEVICE.

@@ -685,17 +685,19 @@ nmp_status nmp_model_view(const nmp_model *m, const nmp_tensor *t, nmp_view *v, 
 	return NMP_OK;
 }
 
+void nmp_drop_pages(const void *data, uint64_t len)
+{
+	uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+	uintptr_t a = ((uintptr_t)data + pg - 1) & ~(pg - 1), b = ((uintptr_t)data + len) & ~(pg - 1);
+	if (b > a)
+		madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 void nmp_view_release(nmp_view *v)
 {
-	if (v->owned) {
+	if (v->owned)
 		free(v->owned);
-	} else if (v->data && v->length >= (1u << 20)) {
-		/* Drop the pages from this process so memory tracks one tensor at a time. */
-		long pg = sysconf(_SC_PAGESIZE);
-		uintptr_t a = ((uintptr_t)v->data + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
-		uintptr_t b = ((uintptr_t)v->data + v->length) & ~((uintptr_t)pg - 1);
-		if (b > a)
-			madvise((void *)a, b - a, MADV_DONTNEED);
-	}
+	else if (v->data && v->length >= (1u << 20))
+		nmp_drop_pages(v->data, v->length); /* memory tracks one tensor at a time */
 	memset(v, 0, sizeof *v);
 }

@@ -90,6 +90,9 @@ typedef struct nmp_view {
 nmp_status nmp_model_view(const nmp_model *m, const nmp_tensor *t, nmp_view *v, nmp_error *err);
 void nmp_view_release(nmp_view *v);
 
+/* Unmaps the whole pages inside [data, data + len) of a read-only file mapping. */
+void nmp_drop_pages(const void *data, uint64_t len);
+
 /* Raw-layout conversion of typed fields (shared with the writer). */
 bool nmp_heap_to_raw(const nmp_tensor *t, void *dst);
 /* Writes back the elements of `src` that differ from the typed field. */

@@ -188,15 +188,6 @@ static nmp_status fsync_dir_of(const char *path, nmp_error *err)
 
 /* ---- payload windows ---------------------------------------------------- */
 
-/* Unmaps input pages a payload was read from, so memory tracks one tensor at a time. */
-static void drop_input_pages(const nmp_data_file *in, uint64_t off, uint64_t len)
-{
-	uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE);
-	uint64_t a = (off + pg - 1) & ~(pg - 1), b = (off + len) & ~(pg - 1);
-	if (b > a)
-		madvise((void *)(in->map + a), (size_t)(b - a), MADV_DONTNEED);
-}
-
 static nmp_status visit_window(const nmp_save_opts *o, size_t tensor, out_file *f, uint64_t off,
 			       uint64_t len, const void *src, nmp_error *err)
 {
@@ -642,7 +633,7 @@ static nmp_status save_copy(nmp_model *m, const nmp_save_opts *o, out_file *onnx
 			break;
 		onnx->size = end;
 		s = visit_window(o, order[i], onnx, t->offset, t->length, src, err);
-		drop_input_pages(in, t->offset, t->length);
+		nmp_drop_pages(in->map + t->offset, t->length); /* memory tracks one tensor at a time */
 		kick_writeback(onnx, 8u << 20);
 	}
 	free(order);
