@@ -588,19 +588,31 @@ static int by_offset(const void *a, const void *b, void *arg)
 /*
  * The copy path streams in file order: the bytes up to the next payload to
  * mask are copied in the kernel; the payload itself is not copied but written
- * by the visitor, from the input mapping into a window on the output (the
- * file is extended first, so those pages start as holes and need no read);
- * its writeback starts at once, and so on to the end.
+ * by the visitor, from the input mapping into a staging buffer (the size of
+ * the largest payload) that is then written in place of it; its writeback
+ * starts at once, and so on to the end.  Writing the buffer costs no more
+ * than faulting in fresh pages of a mapping would, and a full disk is an
+ * ordinary write error.
  */
 static nmp_status save_copy(nmp_model *m, const nmp_save_opts *o, out_file *onnx, nmp_error *err)
 {
 	const nmp_data_file *in = &m->files[0];
 	size_t *order = malloc((o->n_visit + 1) * sizeof *order);
+	uint64_t largest = 0;
 	if (!order)
 		return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
 	if (o->n_visit) {
 		memcpy(order, o->visit, o->n_visit * sizeof *order);
 		qsort_r(order, o->n_visit, sizeof *order, by_offset, m);
+	}
+	for (size_t i = 0; i < o->n_visit; i++)
+		if (m->tensors[order[i]].length > largest)
+			largest = m->tensors[order[i]].length;
+	uint8_t *stage = largest ? malloc(largest) : NULL;
+	if (largest && !stage) {
+		free(order);
+		return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory for a %llu-byte payload", m->path,
+				     (unsigned long long)largest);
 	}
 
 	nmp_status s = NMP_OK;
@@ -610,33 +622,15 @@ static nmp_status save_copy(nmp_model *m, const nmp_save_opts *o, out_file *onnx
 			s = copy_range(onnx, in->fd, onnx->size, t->offset - onnx->size, in->path, err);
 		if (s != NMP_OK)
 			break;
-		uint64_t end = t->offset + t->length;
-		const void *src = in->map + t->offset;
-		/*
-		 * The window will be written through a mapping: reserve its blocks
-		 * first, so a full disk is an error here and never a SIGBUS there.
-		 * Where the file system cannot reserve, copy the bytes instead.
-		 */
-		if (ftruncate(onnx->fd, (off_t)end) != 0) {
-			s = nmp_error_errno(err, errno, "cannot extend", onnx->path);
-			break;
-		}
-		int r = fallocate(onnx->fd, 0, (off_t)t->offset, (off_t)t->length);
-		if (r != 0 && (errno == EOPNOTSUPP || errno == ENOSYS)) {
-			onnx->size = t->offset;
-			s = copy_range(onnx, in->fd, t->offset, t->length, in->path, err);
-			src = NULL;
-		} else if (r != 0) {
-			s = nmp_error_errno(err, errno, "cannot write", onnx->path);
-		}
-		if (s != NMP_OK)
-			break;
-		onnx->size = end;
-		s = visit_window(o, order[i], onnx, t->offset, t->length, src, err);
+		s = o->on_payload(o->ctx, order[i], t->length ? stage : NULL, t->length ? in->map + t->offset : NULL,
+				  t->length, err);
+		if (s == NMP_OK)
+			s = write_all(onnx, stage, (size_t)t->length, err);
 		nmp_drop_pages(in->map + t->offset, t->length); /* memory tracks one tensor at a time */
 		kick_writeback(onnx, 8u << 20);
 	}
 	free(order);
+	free(stage);
 	NMP_TRY(s);
 	while (onnx->size < in->size) {
 		uint64_t chunk = in->size - onnx->size;

@@ -50,9 +50,8 @@ def _faulty(args, **env):
 # (extra args, injected fault, message)
 CASES = [
     ([], "copy_file_range:1", "cannot write"),
-    ([], "ftruncate:1", "cannot extend"),
-    ([], "fallocate:1:ENOSPC", "No space left on device"),
-    ([], "pwrite:1", "cannot write"),            # the metadata appended at the end
+    ([], "pwrite:1", "cannot write"),            # the first pruned payload
+    ([], "pwrite:5:ENOSPC", "No space left on device"),  # the metadata appended at the end
     ([], "fsync:1", "cannot sync"),
     ([], "rename:1", "cannot rename into place"),
     (["--general-path"], "pwrite:1", "cannot write"),
