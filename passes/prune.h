@@ -2,7 +2,7 @@
  * prune.h — the prune and check passes.
  *
  * prune: every eligible weight of a plan goes through the mask engine while
- * model I/O writes the output, so each payload is masked in place in the
+ * model I/O writes the output, so each payload is masked on its way into the
  * output and never in the input; the metadata (nmprune.version,
  * nmprune.pattern, nmprune.weights) is recorded with it.  A dry run computes
  * the same masks and statistics from read-only views and writes nothing.

@@ -2,14 +2,16 @@
  * save.c — writing a model: atomically, faithfully, and copying bulk bytes once.
  *
  * Two paths produce the output:
- *  - the copy path: the model file is copied in the kernel
- *    (copy_file_range), payloads are masked in place through windows mapped on
- *    the copy, and the metadata entries are appended to the end of the file
- *    (a repeated field may be appended to a protobuf message);
+ *  - the copy path: the bytes between payloads are copied in the kernel
+ *    (copy_file_range), each payload to mask is written once by the visitor
+ *    (from the input mapping into a staging buffer, then pwrite), and the
+ *    metadata entries are appended to the end of the file (a repeated field
+ *    may be appended to a protobuf message);
  *  - the general path, when the bytes must move (external data, a changed
  *    encoding, metadata to replace): protobuf-c packs the model into a
  *    streaming sink, with each payload pointing at its bytes in the input
- *    mapping, so those bytes go from the input to the output file once.
+ *    mapping, so those bytes go from the input to the output file once; the
+ *    payloads to mask are then masked in place through windows on the output.
  * Either way every file is written under a temporary name beside its target,
  * fsync'd, and renamed: a failure leaves no partial output and never touches
  * the input.
