@@ -77,7 +77,7 @@ $(BUILD)/nmprune: $(CLI_OBJ) $(BUILD)/libnmprune.a
 	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libnmprune.a $(LDLIBS)
 
 # The mask engine's hot loops are written for the vectorizer.
-$(BUILD)/obj/src/mask_cpu.o: OPT += -O3
+$(BUILD)/obj/src/mask_cpu.o $(BUILD)/obj/src/permute.o: OPT += -O3
 
 # ---- tests ---------------------------------------------------------------------
 # One CMocka binary per module; each links the library (the module under test
