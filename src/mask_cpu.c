@@ -375,15 +375,6 @@ enum { FK_F32, FK_F16, FK_BF16, FK_Q };
 #define HOT __attribute__((target_clones("avx2", "default")))
 #define INLINE static inline __attribute__((always_inline))
 
-static float g_half_mag[32768]; /* magnitude of each fp16 key */
-static pthread_once_t g_half_once = PTHREAD_ONCE_INIT;
-
-static void half_init(void)
-{
-	for (uint32_t k = 0; k < 32768; k++)
-		g_half_mag[k] = half_to_float((uint16_t)k);
-}
-
 INLINE uint32_t fkey(const job *j, uint64_t i, int kind)
 {
 	const uint8_t *d = j->in;
@@ -812,7 +803,6 @@ static nmp_status run_fused(job *j, nmp_mask_stats *st)
 	int parts;
 	nmp_status s = NMP_OK;
 
-	pthread_once(&g_half_once, half_init);
 	fscan_acc *sa = parallel_for(j, j->numel, 1u << 18, sizeof(fscan_acc), &parts, scans[kind]);
 	if (!sa)
 		return nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", t->name);
@@ -1164,11 +1154,7 @@ static int tile_greedy(int m, int n, const double *w, uint8_t *keep)
 	return deficits;
 }
 
-typedef struct tile_ctx {
-	tile_set small;
-} tile_ctx;
-
-static tile_ctx g_tiles[5][5]; /* filled once per (m, n) for m <= 4 */
+static tile_set g_tiles[5][5]; /* the valid tiles of each (m, n) for m <= 4, filled once */
 static pthread_once_t g_tiles_once = PTHREAD_ONCE_INIT;
 
 static void tiles_init(void)
@@ -1176,9 +1162,9 @@ static void tiles_init(void)
 	for (int m = 2; m <= 4; m++)
 		for (int n = 1; n < m; n++) {
 			int colsum[4] = { 0 };
-			g_tiles[m][n].small.pat = malloc(512 * sizeof(uint16_t));
-			if (g_tiles[m][n].small.pat)
-				tile_enum(m, n, 0, 0, colsum, &g_tiles[m][n].small);
+			g_tiles[m][n].pat = malloc(512 * sizeof(uint16_t));
+			if (g_tiles[m][n].pat)
+				tile_enum(m, n, 0, 0, colsum, &g_tiles[m][n]);
 		}
 }
 
@@ -1202,8 +1188,8 @@ static void gen_tile_part(job *j, uint64_t b, uint64_t e, void *accp)
 				w[r * m + c] = key_mag(j->kk, j->key[at(j, r0 + (uint64_t)r, c0 + (uint64_t)c)]);
 		if (j->p->greedy)
 			acc->deficits += (uint64_t)tile_greedy(m, n, w, keep);
-		else if (m <= 4 && g_tiles[m][n].small.pat)
-			tile_exact_small(&g_tiles[m][n].small, m, w, keep);
+		else if (m <= 4 && g_tiles[m][n].pat)
+			tile_exact_small(&g_tiles[m][n], m, w, keep);
 		else
 			tile_exact_flow(m, n, w, keep);
 		for (int r = 0; r < m; r++)

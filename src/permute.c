@@ -231,7 +231,6 @@ int nmp_perm_search(const float *mag, size_t rows, size_t cols, const nmp_perm_o
 	s.colmag = colmag;
 	for (size_t g = 0; g < cols / o->m; g++)
 		refresh(&s, g);
-	res->kept_identity = total_kept(&s);
 	/*
 	 * The default budget, in row evaluations so that time does not depend on
 	 * the shape: 36M with the 2:4 evaluator (under 0.1 s on one core), 6M with
@@ -239,7 +238,7 @@ int nmp_perm_search(const float *mag, size_t rows, size_t cols, const nmp_perm_o
 	 */
 	s.budget = o->budget ? o->budget : (uint64_t)(s.t1 ? 36000000 : 6000000) / rows + 1;
 
-	double best_kept = res->kept_identity;
+	double best_kept = total_kept(&s); /* in the search's own (float-lane) sums */
 	memcpy(best, perm, cols * sizeof *best);
 	const size_t block = o->block ? o->block : cols;
 	while (s.evals < s.budget) {

@@ -190,8 +190,9 @@ static nmp_status fsync_dir_of(const char *path, nmp_error *err)
 
 /* ---- payload windows ---------------------------------------------------- */
 
+/* Hands the visitor a window on bytes already in the output, to change in place. */
 static nmp_status visit_window(const nmp_save_opts *o, size_t tensor, out_file *f, uint64_t off,
-			       uint64_t len, const void *src, nmp_error *err)
+			       uint64_t len, nmp_error *err)
 {
 	if (len == 0)
 		return o->on_payload(o->ctx, tensor, NULL, NULL, 0, err);
@@ -201,7 +202,7 @@ static nmp_status visit_window(const nmp_save_opts *o, size_t tensor, out_file *
 	void *p = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_SHARED, f->fd, (off_t)base);
 	if (p == MAP_FAILED)
 		return nmp_error_errno(err, errno, "cannot map output", f->path);
-	nmp_status s = o->on_payload(o->ctx, tensor, (uint8_t *)p + (off - base), src, len, err);
+	nmp_status s = o->on_payload(o->ctx, tensor, (uint8_t *)p + (off - base), NULL, len, err);
 	munmap(p, span);
 	return s;
 }
@@ -734,14 +735,14 @@ static nmp_status save_general(nmp_model *m, const nmp_save_opts *o, const char 
 		if (t->storage == NMP_STORE_HEAP || t->storage == NMP_STORE_NONE)
 			continue;
 		if (plan[ti].external) {
-			s = visit_window(o, ti, data, plan[ti].out_offset, t->length, NULL, err);
+			s = visit_window(o, ti, data, plan[ti].out_offset, t->length, err);
 		} else if (t->length == 0) {
 			s = o->on_payload(o->ctx, ti, NULL, NULL, 0, err);
 		} else {
 			const void *key = m->files[0].map + t->offset;
 			size_t h = sink_slot(&sink, key);
 			NMP_ASSERT(sink.keys[h] == key);
-			s = visit_window(o, ti, onnx, sink.offsets[h], t->length, NULL, err);
+			s = visit_window(o, ti, onnx, sink.offsets[h], t->length, err);
 		}
 	}
 	if (s == NMP_OK)

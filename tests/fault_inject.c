@@ -4,10 +4,9 @@
  *
  *   NMP_FAULT=CALL:N[:ERRNO]   the Nth call (1-based) of CALL fails with ERRNO
  *                              (default EIO); CALL is write, pwrite,
- *                              copy_file_range, fallocate, ftruncate, fsync or rename
- *   NMP_FAULT_DISK=BYTES       writes and reservations beyond BYTES in total
- *                              fail with ENOSPC (a full disk: the write that
- *                              crosses is short, a reservation that does not fit fails)
+ *                              copy_file_range, ftruncate, fsync or rename
+ *   NMP_FAULT_DISK=BYTES       writes beyond BYTES in total fail with ENOSPC
+ *                              (a full disk: the write that crosses is short)
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -107,22 +106,6 @@ ssize_t copy_file_range(int in, off64_t *in_off, int out, off64_t *out_off, size
 	ssize_t r = real_copy_file_range(in, in_off, out, out_off, (size_t)k, flags);
 	if (r > 0)
 		written += r;
-	return r;
-}
-
-int fallocate(int fd, int mode, off_t off, off_t len)
-{
-	REAL(int, fallocate, int, int, off_t, off_t);
-	if (injected("fallocate"))
-		return -1;
-	ssize_t k = room((size_t)len);
-	if (k < 0 || k < (ssize_t)len) {
-		errno = ENOSPC;
-		return -1;
-	}
-	int r = real_fallocate(fd, mode, off, len);
-	if (r == 0)
-		written += len;
 	return r;
 }
 
