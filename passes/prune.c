@@ -154,8 +154,7 @@ static double now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* Scale and zero point of a quantized weight, as raw views the engine reads. */
-static nmp_status quant_params(const nmp_model *m, const nmp_candidate *c, nmp_quant_params *qp,
+nmp_status nmp_quant_view(const nmp_model *m, const nmp_candidate *c, nmp_quant_params *qp,
 			       nmp_view *sv, nmp_view *zv, nmp_error *err)
 {
 	const nmp_quant *q = &c->quant;
@@ -191,7 +190,7 @@ static nmp_status run_one(prune_ctx *c, size_t ci, void *data, const void *src, 
 		return nmp_error_set(err, NMP_ERR_MODEL, "%s: tensor '%s': payload of %llu bytes, expected %llu",
 				     m->path, cand->name, (unsigned long long)length, (unsigned long long)t->nbytes);
 	if (cand->quant.present)
-		s = quant_params(m, cand, &qp, &sv, &zv, err);
+		s = nmp_quant_view(m, cand, &qp, &sv, &zv, err);
 	uint8_t *mask = NULL;
 	if (s == NMP_OK && c->masks && !(mask = malloc(t->numel ? t->numel : 1)))
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: tensor '%s': out of memory", m->path, cand->name);
@@ -222,6 +221,13 @@ static nmp_status on_payload(void *ctx, size_t tensor, void *data, const void *s
 			     nmp_error *err)
 {
 	prune_ctx *c = ctx;
+	const nmp_channels *ch = c->o ? c->o->channels : NULL;
+	if (ch && nmp_channels_touches(ch, tensor)) {
+		NMP_TRY(nmp_channels_apply(ch, c->plan->model, tensor, data, src, length, err));
+		src = NULL;
+	}
+	if (c->choice_of[tensor] == SIZE_MAX)
+		return NMP_OK; /* permuted only */
 	return run_one(c, c->choice_of[tensor], data, src, length, err);
 }
 
@@ -274,9 +280,24 @@ static nmp_status run_views(prune_ctx *c, nmp_error *err)
 	for (size_t i = 0; i < plan->sel->n; i++) {
 		if (!plan->sel->choices[i].eligible)
 			continue;
+		const nmp_tensor *t = plan->sel->choices[i].cand->tensor;
+		const nmp_channels *ch = c->o ? c->o->channels : NULL;
 		nmp_view v;
-		NMP_TRY(nmp_model_view(plan->model, plan->sel->choices[i].cand->tensor, &v, err));
-		nmp_status s = run_one(c, i, (void *)v.data, NULL, v.length, err);
+		NMP_TRY(nmp_model_view(plan->model, t, &v, err));
+		nmp_status s = NMP_OK;
+		void *data = (void *)v.data, *permuted = NULL;
+		if (ch && nmp_channels_touches(ch, (size_t)(t - plan->model->tensors))) {
+			/* the mask of the permuted weight, from a permuted copy */
+			if (!(permuted = malloc(v.length ? v.length : 1)))
+				s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+			else
+				s = nmp_channels_apply(ch, plan->model, (size_t)(t - plan->model->tensors), permuted,
+						       v.data, v.length, err);
+			data = permuted;
+		}
+		if (s == NMP_OK)
+			s = run_one(c, i, data, NULL, v.length, err);
+		free(permuted);
 		nmp_view_release(&v);
 		NMP_TRY(s);
 	}
@@ -302,18 +323,23 @@ nmp_status nmp_prune(const nmp_plan *plan, const nmp_prune_opts *o, nmp_pass_res
 	NMP_TRY(result_init(plan, r, err));
 	prune_ctx c = { .plan = plan, .o = o, .engine = o->engine, .r = r,
 			.mode = o->dry_run ? NMP_MASK_DRY : NMP_MASK_APPLY };
+	r->channels = o->channels;
+	r->permute_only = o->channels && o->permute_only;
 	const nmp_model *m = plan->model;
-	size_t *visit = malloc((plan->sel->n + 1) * sizeof *visit);
+	const nmp_channels *chan = o->channels;
+	size_t *visit = malloc((plan->sel->n + (chan ? chan->n_edits : 0) + 1) * sizeof *visit);
 	c.choice_of = malloc((m->n_tensors + 1) * sizeof *c.choice_of);
 	nmp_status s = NMP_OK;
 	if (!visit || !c.choice_of) {
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 		goto out;
 	}
+	for (size_t i = 0; i < m->n_tensors; i++)
+		c.choice_of[i] = SIZE_MAX;
 	size_t n_visit = 0;
 	for (size_t i = 0; i < plan->sel->n; i++) {
 		const nmp_choice *ch = &plan->sel->choices[i];
-		if (!ch->eligible)
+		if (!ch->eligible || (o->permute_only && chan))
 			continue;
 		size_t ti = (size_t)(ch->cand->tensor - m->tensors);
 		visit[n_visit++] = ti;
@@ -321,14 +347,21 @@ nmp_status nmp_prune(const nmp_plan *plan, const nmp_prune_opts *o, nmp_pass_res
 		c.bytes_total += ch->cand->tensor->nbytes;
 	}
 	c.total = n_visit;
+	for (size_t e = 0; chan && e < chan->n_edits; e++) { /* tensors permuted but not masked */
+		size_t ti = chan->edits[e].tensor;
+		if (c.choice_of[ti] == SIZE_MAX && (e == 0 || chan->edits[e - 1].tensor != ti))
+			visit[n_visit++] = ti;
+	}
 	if (o->masks_path && (s = masks_begin(&c, o->masks_path, err)) != NMP_OK)
 		goto out;
 	if (o->dry_run) {
-		s = run_views(&c, err);
+		if (!o->permute_only)
+			s = run_views(&c, err);
 	} else {
 		nmp_save_opts so = {
 			.external_data = o->external_data, .in_place = o->in_place, .force_general = o->general_path,
-			.visit = visit, .n_visit = n_visit, .on_payload = on_payload, .on_metadata = on_metadata,
+			.visit = visit, .n_visit = n_visit, .on_payload = on_payload,
+			.on_metadata = o->permute_only ? NULL : on_metadata,
 			.ctx = &c,
 		};
 		s = nmp_model_save(plan->model, o->output, &so, &r->save, err);

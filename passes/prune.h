@@ -3,7 +3,8 @@
  *
  * prune: every eligible weight of a plan goes through the mask engine while
  * model I/O writes the output, so each payload is masked on its way into the
- * output and never in the input; the metadata (nmprune.version,
+ * output and never in the input (after its channels are permuted, when a
+ * channel plan is given: every tensor the plan touches is rewritten then); the metadata (nmprune.version,
  * nmprune.pattern, nmprune.weights) is recorded with it.  A dry run computes
  * the same masks and statistics from read-only views and writes nothing.
  *
@@ -16,6 +17,7 @@
 #ifndef NMP_PRUNE_H
 #define NMP_PRUNE_H
 
+#include "channels.h"
 #include "mask.h"
 #include "model.h"
 #include "plan.h"
@@ -31,6 +33,8 @@ typedef struct nmp_prune_opts {
 	bool general_path;           /* force re-serialization (tests, bench) */
 	nmp_engine *engine;
 	const char *masks_path;      /* write every mask here as safetensors (BOOL), or NULL */
+	const nmp_channels *channels; /* permute channels before masking, or NULL */
+	bool permute_only;           /* with channels: write the permuted model unmasked */
 	nmp_progress_fn progress;
 	void *progress_ctx;
 } nmp_prune_opts;
@@ -51,11 +55,20 @@ typedef struct nmp_pass_result {
 	size_t failing;              /* check: weights that do not comply */
 	nmp_save_result save;
 	double seconds;
+	const nmp_channels *channels; /* the permutation applied, or NULL (borrowed) */
+	bool permute_only;           /* permuted, not masked */
 } nmp_pass_result;
 
 nmp_status nmp_prune(const nmp_plan *plan, const nmp_prune_opts *o, nmp_pass_result *r, nmp_error *err);
 nmp_status nmp_check(const nmp_plan *plan, nmp_engine *engine, nmp_pass_result *r, nmp_error *err);
 void nmp_pass_result_free(nmp_pass_result *r);
+
+/*
+ * Scale and zero point of a quantized candidate, as the raw views the engine
+ * reads; the caller releases both views.
+ */
+nmp_status nmp_quant_view(const nmp_model *m, const nmp_candidate *c, nmp_quant_params *qp, nmp_view *scale,
+			  nmp_view *zero_point, nmp_error *err);
 
 /* The pattern text recorded as nmprune.pattern (the default unless rules decide). */
 #define NMP_META_VERSION "nmprune.version"

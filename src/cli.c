@@ -46,7 +46,9 @@ static const char usage_prune[] =
 	"  --dry-run            compute and report, write nothing\n"
 	"  --external-data FILE move tensors of 1 KiB and more into FILE beside the output\n"
 	"  --method M           exact | greedy, for transposable patterns (default exact)\n"
-	"  --permute            permute input channels to keep more magnitude\n"
+	"  --permute            permute channels first, so that N:M keeps more magnitude\n"
+	"                       (the model computes the same function before masking)\n"
+	"  --permute-only       permute channels as --permute does, but do not mask\n"
 	"  --report-html FILE   write a self-contained HTML report\n"
 	"  --save-masks FILE    write the masks as safetensors\n" SHARED_OPTIONS;
 
@@ -78,7 +80,7 @@ enum {
 	OPT_PATTERN = 256, OPT_ALIGN, OPT_OPS, OPT_INCLUDE, OPT_EXCLUDE, OPT_DENSE_FIRST,
 	OPT_RULES, OPT_DEVICE, OPT_THREADS, OPT_REPORT, OPT_JSON, OPT_DRY_RUN, OPT_IN_PLACE,
 	OPT_EXTERNAL_DATA, OPT_METHOD, OPT_PERMUTE, OPT_REPORT_HTML, OPT_SAVE_MASKS,
-	OPT_GENERAL_PATH,
+	OPT_GENERAL_PATH, OPT_PERMUTE_ONLY,
 };
 
 static const struct option long_options[] = {
@@ -102,6 +104,7 @@ static const struct option long_options[] = {
 	{ "external-data", required_argument, NULL, OPT_EXTERNAL_DATA },
 	{ "method", required_argument, NULL, OPT_METHOD },
 	{ "permute", no_argument, NULL, OPT_PERMUTE },
+	{ "permute-only", no_argument, NULL, OPT_PERMUTE_ONLY },
 	{ "report-html", required_argument, NULL, OPT_REPORT_HTML },
 	{ "save-masks", required_argument, NULL, OPT_SAVE_MASKS },
 	{ "general-path", no_argument, NULL, OPT_GENERAL_PATH },
@@ -130,6 +133,7 @@ static const char *prune_only_name(int opt)
 	case OPT_EXTERNAL_DATA: return "--external-data";
 	case OPT_METHOD: return "--method";
 	case OPT_PERMUTE: return "--permute";
+	case OPT_PERMUTE_ONLY: return "--permute-only";
 	case OPT_REPORT_HTML: return "--report-html";
 	case OPT_SAVE_MASKS: return "--save-masks";
 	case OPT_GENERAL_PATH: return "--general-path";
@@ -238,6 +242,7 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 			cli->method = optarg;
 			break;
 		case OPT_PERMUTE: cli->permute = true; break;
+		case OPT_PERMUTE_ONLY: cli->permute = cli->permute_only = true; break;
 		case OPT_REPORT_HTML: cli->report_html = optarg; break;
 		case OPT_SAVE_MASKS: cli->save_masks = optarg; break;
 		case OPT_GENERAL_PATH: cli->general_path = true; break;
@@ -261,6 +266,8 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 			cli->output = cli->input;
 		if (!cli->output && !cli->dry_run)
 			return usage(err, "%s", "prune needs -o OUT.onnx, --in-place or --dry-run");
+		if (cli->permute_only && cli->save_masks)
+			return usage(err, "%s", "--permute-only writes no masks: drop --save-masks");
 	}
 	return NMP_OK;
 }

@@ -48,6 +48,7 @@ typedef struct nmp_cli {
 	const char *external_data;
 	const char *method;        /* exact | greedy */
 	bool permute;
+	bool permute_only;         /* permute, do not mask */
 	const char *report_html;
 	const char *save_masks;
 	bool general_path;         /* hidden: force re-serialization (tests, bench) */

@@ -23,6 +23,9 @@ typedef enum nmp_exit {
 	EXIT_DEVICE = 5,
 } nmp_exit;
 
+/* The search is seeded, so the same model and options give the same output. */
+#define NMP_PERMUTE_SEED 20211206u
+
 static nmp_exit exit_code(nmp_status s)
 {
 	switch (s) {
@@ -105,23 +108,17 @@ static nmp_status report(const nmp_cli *cli, const nmp_plan *plan, const nmp_pas
 	return s;
 }
 
-static nmp_status unsupported_options(const nmp_cli *cli, nmp_error *err)
-{
-	if (cli->permute)
-		return nmp_error_set(err, NMP_ERR_USAGE, "--permute is not available in this version");
-	return NMP_OK;
-}
-
 static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 {
 	nmp_plan plan = { 0 };
 	nmp_engine *engine = NULL;
 	nmp_pass_result r = { 0 };
+	nmp_channels *channels = NULL;
 	nmp_select_opts so = select_opts(cli);
 	char note[320];
-	nmp_status s = unsupported_options(cli, err);
-	if (s == NMP_OK)
-		s = nmp_plan_build(cli->input, &so, &plan, err);
+	nmp_status s = nmp_plan_build(cli->input, &so, &plan, err);
+	if (s == NMP_OK && cli->permute)
+		s = nmp_channels_plan(&plan, NMP_PERMUTE_SEED, &channels, err);
 	if (s == NMP_OK)
 		s = nmp_engine_create(nmp_device_parse(cli->device), cli->threads, &engine, note, sizeof note, err);
 	if (s != NMP_OK)
@@ -138,7 +135,7 @@ static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 		nmp_prune_opts po = {
 			.output = cli->output, .dry_run = cli->dry_run, .in_place = cli->in_place,
 			.external_data = cli->external_data, .general_path = cli->general_path, .engine = engine,
-			.masks_path = cli->save_masks,
+			.masks_path = cli->save_masks, .channels = channels, .permute_only = cli->permute_only,
 			.progress = cli->verbosity >= 0 ? on_progress : NULL, .progress_ctx = &pr,
 		};
 		s = nmp_prune(&plan, &po, &r, err);
@@ -150,6 +147,7 @@ static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 	}
 out:
 	nmp_pass_result_free(&r);
+	nmp_channels_free(&channels);
 	nmp_engine_free(&engine);
 	nmp_plan_free(&plan);
 	return s;

@@ -102,4 +102,11 @@ nmp_status nmp_engine_run(nmp_engine *e, const nmp_mask_tensor *t, const nmp_pat
 nmp_status nmp_cpu_run(const nmp_mask_tensor *t, const nmp_pattern *p, nmp_mask_mode mode, int threads,
 		       uint8_t *mask, nmp_mask_stats *st, nmp_error *err);
 
+/*
+ * The magnitude of every element as fp32, in flat order, exactly as the
+ * engine ranks them (a double is rounded to float); a NaN is an error.
+ * For the permutation search, which needs magnitudes, not masks.
+ */
+nmp_status nmp_cpu_magnitudes(const nmp_mask_tensor *t, float *out, nmp_error *err);
+
 #endif

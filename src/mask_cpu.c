@@ -1552,3 +1552,32 @@ out:
 	free_job(&j);
 	return s;
 }
+
+nmp_status nmp_cpu_magnitudes(const nmp_mask_tensor *t, float *out, nmp_error *err)
+{
+	job j = { .t = t, .err = err, .in = t->src ? t->src : t->data };
+	switch (t->dtype) {
+	case NMP_DT_FLOAT: j.kk = KK_F32; break;
+	case NMP_DT_FLOAT16: j.kk = KK_F16; break;
+	case NMP_DT_BFLOAT16: j.kk = KK_BF16; break;
+	case NMP_DT_DOUBLE: j.kk = KK_F64; break;
+	case NMP_DT_INT8:
+	case NMP_DT_UINT8: j.kk = KK_F32; break;
+	default:
+		return nmp_error_set(err, NMP_ERR_MODEL, "tensor '%s': unsupported dtype %s", t->name,
+				     nmp_dtype_name(t->dtype));
+	}
+	j.numel = prod(t->dims, 0, t->rank);
+	nmp_status s = NMP_OK;
+	if (t->dtype == NMP_DT_INT8 || t->dtype == NMP_DT_UINT8)
+		s = quant_keys(&j);
+	for (uint64_t i = 0; s == NMP_OK && i < j.numel; i++) {
+		uint64_t k = elem_key(&j, i);
+		if (key_is_nan(j.kk, k))
+			s = nmp_error_set(err, NMP_ERR_MODEL, "tensor '%s': NaN at flat index %llu", t->name,
+					  (unsigned long long)i);
+		out[i] = (float)key_mag(j.kk, k);
+	}
+	free_job(&j);
+	return s;
+}

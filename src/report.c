@@ -140,6 +140,63 @@ static const char *first_op(const nmp_candidate *c)
 	return c->n_uses ? c->uses[0].op : "-";
 }
 
+static json_t *permutation_json(const nmp_channels *cs)
+{
+	json_t *groups = json_array();
+	for (size_t g = 0; g < cs->n_groups; g++) {
+		const nmp_chan_group *gr = &cs->groups[g];
+		json_t *o = json_pack("{s:s,s:I,s:I,s:b}", "from", gr->label, "channels", (json_int_t)gr->channels,
+				      "weights", (json_int_t)gr->n_weights, "permuted", gr->perm != NULL);
+		if (gr->blocked[0]) {
+			json_object_set_new(o, "blocked", json_string(gr->blocked));
+		} else if (gr->skipped[0]) {
+			json_object_set_new(o, "skipped", json_string(gr->skipped));
+		} else if (gr->m) {
+			char pat[32];
+			snprintf(pat, sizeof pat, "%u:%u", gr->n, gr->m);
+			json_object_set_new(o, "pattern", json_string(pat));
+			json_object_set_new(o, "tensors", json_integer((json_int_t)gr->n_tensors));
+			json_object_set_new(o, "kept_unpermuted", json_real(gr->search.kept_identity));
+			json_object_set_new(o, "kept", json_real(gr->perm ? gr->search.kept : gr->search.kept_identity));
+			json_object_set_new(o, "kept_unstructured", json_real(gr->search.kept_unstructured));
+			json_object_set_new(o, "efficacy", json_real(gr->perm ? nmp_perm_efficacy(&gr->search) : 0.0));
+			json_object_set_new(o, "search_s", json_real(gr->seconds));
+			if (gr->tile)
+				json_object_set_new(o, "tile", json_integer(gr->tile));
+			if (gr->confine)
+				json_object_set_new(o, "confine", json_integer(gr->confine));
+		}
+		json_array_append_new(groups, o);
+	}
+	return json_pack("{s:o}", "groups", groups);
+}
+
+static void permutation_text(FILE *f, const nmp_channels *cs)
+{
+	size_t permuted = 0;
+	for (size_t g = 0; g < cs->n_groups; g++)
+		permuted += cs->groups[g].perm != NULL;
+	fprintf(f, "channel permutation: %zu groups, %zu permuted\n", cs->n_groups, permuted);
+	for (size_t g = 0; g < cs->n_groups; g++) {
+		const nmp_chan_group *gr = &cs->groups[g];
+		fprintf(f, "  group %zu from '%s': ", g, gr->label);
+		if (gr->blocked[0])
+			fprintf(f, "blocked: %s\n", gr->blocked);
+		else if (gr->skipped[0])
+			fprintf(f, "not searched: %s\n", gr->skipped);
+		else if (!gr->m)
+			fprintf(f, "no eligible weight reads it\n");
+		else if (!gr->perm)
+			fprintf(f, "%llu channels, %zu weights: no order keeps more than the present one\n",
+				(unsigned long long)gr->channels, gr->n_weights);
+		else
+			fprintf(f, "%llu channels, %zu weights, %zu tensors rewritten; %u:%u kept magnitude +%.2f%% "
+				"(efficacy %.1f%%), %.3f s\n", (unsigned long long)gr->channels, gr->n_weights,
+				gr->n_tensors, gr->n, gr->m, pct(gr->search.kept, gr->search.kept_identity) - 100.0,
+				100.0 * nmp_perm_efficacy(&gr->search), gr->seconds);
+	}
+}
+
 json_t *nmp_report_pass_json(const nmp_plan *p, const nmp_pass_result *r, const char *command,
 			     const char *engine, const char *output, bool dry_run)
 {
@@ -172,6 +229,13 @@ json_t *nmp_report_pass_json(const nmp_plan *p, const nmp_pass_result *r, const 
 					json_object_set_new(o, "deficits", json_integer((json_int_t)st->deficits));
 			}
 		}
+		const nmp_channels *cs = r->channels;
+		if (cs && cs->group_of[i] >= 0) {
+			json_object_set_new(o, "permutation_group", json_integer(cs->group_of[i]));
+			if (w->done && cs->kept_identity[i] >= 0 && w->stats.l1_dense > 0)
+				json_object_set_new(o, "kept_l1_ratio_unpermuted",
+						    json_real(cs->kept_identity[i] / w->stats.l1_dense));
+		}
 		json_array_append_new(weights, o);
 	}
 	json_t *summary = json_pack("{s:I,s:I,s:I,s:I,s:f}", "weights", (json_int_t)r->n, "done",
@@ -189,19 +253,26 @@ json_t *nmp_report_pass_json(const nmp_plan *p, const nmp_pass_result *r, const 
 	json_object_set_new(root, "output", output ? json_string(output) : json_null());
 	if (r->save.data_path[0])
 		json_object_set_new(root, "external_data", json_string(r->save.data_path));
+	if (r->channels)
+		json_object_set_new(root, "permutation", permutation_json(r->channels));
 	return root;
 }
 
 void nmp_report_prune_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r, bool dry_run)
 {
 	(void)p;
+	const nmp_channels *cs = r->channels;
+	if (cs && r->permute_only) {
+		permutation_text(f, cs);
+		return;
+	}
 	int wn = 6;
 	for (size_t i = 0; i < r->n; i++) {
 		int n = (int)strlen(r->weights[i].choice->cand->name);
 		wn = n > wn ? (n > 48 ? 48 : n) : wn;
 	}
-	fprintf(f, "%-*s  %-13s  %-16s  %-10s  %8s  %8s  %s\n", wn, "WEIGHT", "OP", "SHAPE", "PATTERN", "SPARSITY",
-		"KEPT L1", "VS UNSTRUCTURED");
+	fprintf(f, "%-*s  %-13s  %-16s  %-10s  %8s  %8s  %15s%s\n", wn, "WEIGHT", "OP", "SHAPE", "PATTERN", "SPARSITY",
+		"KEPT L1", "VS UNSTRUCTURED", cs ? "  UNPERMUTED" : "");
 	size_t skipped = 0;
 	for (size_t i = 0; i < r->n; i++) {
 		const nmp_weight_result *w = &r->weights[i];
@@ -214,9 +285,13 @@ void nmp_report_prune_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r,
 			continue;
 		}
 		const nmp_mask_stats *st = &w->stats;
-		fprintf(f, "%-*s  %-13s  %-16s  %-10s  %7.2f%%  %7.2f%%  %7.2f%%", wn, c->name, first_op(c), shape,
+		fprintf(f, "%-*s  %-13s  %-16s  %-10s  %7.2f%%  %7.2f%%  %14.2f%%", wn, c->name, first_op(c), shape,
 			w->choice->pattern.text, st->numel ? 100.0 - pct((double)st->kept, (double)st->numel) : 0,
 			pct(st->l1_kept, st->l1_dense), pct(st->l1_kept, st->l1_unstructured));
+		if (cs && cs->group_of[i] >= 0 && cs->kept_identity[i] >= 0)
+			fprintf(f, "  %10.2f%%", pct(cs->kept_identity[i], st->l1_dense));
+		else if (cs)
+			fprintf(f, "  %11s", "-");
 		if (w->choice->pattern.unit == NMP_UNIT_TILE && w->choice->pattern.greedy && st->deficits)
 			fprintf(f, "  (greedy: %llu rows/columns below N)", (unsigned long long)st->deficits);
 		fputc('\n', f);
@@ -224,6 +299,8 @@ void nmp_report_prune_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r,
 	fprintf(f, "%s %zu weights, skipped %zu; %llu of %llu parameters zeroed (%.2f%%); %.3f s\n",
 		dry_run ? "dry run: would prune" : "pruned", r->n_done, skipped, (unsigned long long)r->params_zeroed,
 		(unsigned long long)r->params_total, pct((double)r->params_zeroed, (double)r->params_total), r->seconds);
+	if (cs)
+		permutation_text(f, cs);
 }
 
 void nmp_report_check_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r)

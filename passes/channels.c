@@ -1,0 +1,1275 @@
+#include "channels.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "mask.h"
+#include "prune.h"
+
+#define MAX_RANK 32
+#define MAX_MEMBERS 64
+#define MAX_RELS 40
+
+/* ---- the main graph's names -------------------------------------------------------- */
+
+typedef struct ref {
+	uint32_t node;
+	int32_t input;              /* -1: read inside one of the node's subgraphs */
+} ref;
+
+typedef struct name_info {
+	const char *name;
+	long producer;              /* node index, -1 none */
+	int out_index;
+	ref *refs;
+	size_t n_refs, cap_refs;
+	int rank;                   /* -1 unknown */
+	const nmp_tensor *tensor;   /* the value of a constant (initializer, Constant node) */
+	bool is_const;              /* also a Constant with a list or scalar attribute */
+	int const_rank;
+	int64_t const_dims[MAX_RANK];
+	bool graph_input, graph_output;
+	const Onnx__NodeProto *const_node; /* Constant without a tensor value */
+} name_info;
+
+typedef struct slot {
+	uint32_t name;
+	int neg;                    /* axis counted from the end: -1 is the last */
+	bool is_short;              /* holds one tile of the group's channels */
+	size_t group;
+} slot;
+
+typedef struct group_build {
+	size_t *slots;
+	size_t n_slots, cap_slots;
+} group_build;
+
+typedef struct ctx {
+	const nmp_plan *plan;
+	const nmp_model *model;
+	const Onnx__GraphProto *g;
+	name_info *names;
+	size_t n_names, cap_names;
+	size_t *name_map;           /* open addressing over names, SIZE_MAX empty */
+	size_t name_cap;
+	slot *slots;
+	size_t n_slots, cap_slots;
+	uint64_t *slot_keys;        /* open addressing: key + 1, 0 empty */
+	size_t *slot_vals;
+	size_t slot_cap;
+	nmp_channels *out;
+	group_build *gb;
+	size_t cap_groups;
+	size_t *queue;
+	size_t q_head, q_len, q_cap;
+	nmp_error *err;
+	bool nomem;
+} ctx;
+
+static uint64_t str_hash(const char *s)
+{
+	uint64_t h = 1469598103934665603ull;
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ull;
+	return h;
+}
+
+static void *grow(void *p, size_t *cap, size_t need, size_t elem, bool *nomem)
+{
+	if (need <= *cap)
+		return p;
+	size_t c = *cap ? *cap * 2 : 16;
+	while (c < need)
+		c *= 2;
+	void *q = realloc(p, c * elem);
+	if (!q) {
+		*nomem = true;
+		return NULL;
+	}
+	*cap = c;
+	return q;
+}
+
+static size_t find_name(const ctx *c, const char *name)
+{
+	if (!name || !name[0])
+		return SIZE_MAX;
+	size_t h = (size_t)str_hash(name) & (c->name_cap - 1);
+	while (c->name_map[h] != SIZE_MAX) {
+		if (strcmp(c->names[c->name_map[h]].name, name) == 0)
+			return c->name_map[h];
+		h = (h + 1) & (c->name_cap - 1);
+	}
+	return SIZE_MAX;
+}
+
+static size_t intern(ctx *c, const char *name)
+{
+	size_t i = find_name(c, name);
+	if (i != SIZE_MAX || !name || !name[0])
+		return i;
+	name_info *n = grow(c->names, &c->cap_names, c->n_names + 1, sizeof *n, &c->nomem);
+	if (!n)
+		return SIZE_MAX;
+	c->names = n;
+	i = c->n_names++;
+	c->names[i] = (name_info){ .name = name, .producer = -1, .rank = -1 };
+	size_t h = (size_t)str_hash(name) & (c->name_cap - 1);
+	while (c->name_map[h] != SIZE_MAX)
+		h = (h + 1) & (c->name_cap - 1);
+	c->name_map[h] = i;
+	return i;
+}
+
+static void add_ref(ctx *c, const char *name, uint32_t node, int32_t input)
+{
+	size_t i = intern(c, name);
+	if (i == SIZE_MAX)
+		return;
+	name_info *n = &c->names[i];
+	ref *r = grow(n->refs, &n->cap_refs, n->n_refs + 1, sizeof *r, &c->nomem);
+	if (!r)
+		return;
+	n->refs = r;
+	n->refs[n->n_refs++] = (ref){ node, input };
+}
+
+static const Onnx__AttributeProto *attr(const Onnx__NodeProto *n, const char *name)
+{
+	for (size_t i = 0; i < n->n_attribute; i++)
+		if (n->attribute[i]->name && strcmp(n->attribute[i]->name, name) == 0)
+			return n->attribute[i];
+	return NULL;
+}
+
+static int64_t attr_int(const Onnx__NodeProto *n, const char *name, int64_t dflt)
+{
+	const Onnx__AttributeProto *a = attr(n, name);
+	return a && a->type == ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT ? a->i : dflt;
+}
+
+static bool op_is(const Onnx__NodeProto *n, const char *op)
+{
+	return n->op_type && strcmp(n->op_type, op) == 0;
+}
+
+static void set_const(name_info *n, const nmp_tensor *t)
+{
+	n->is_const = true;
+	n->tensor = t;
+	n->const_rank = t && t->proto->n_dims <= MAX_RANK ? (int)t->proto->n_dims : -1;
+	for (int d = 0; d < n->const_rank; d++)
+		n->const_dims[d] = t->proto->dims[d];
+	n->rank = n->const_rank;
+}
+
+/* Every name a subgraph reads, recorded as read by the node that owns it. */
+static void subgraph_refs(ctx *c, const Onnx__GraphProto *g, uint32_t owner)
+{
+	for (size_t i = 0; i < g->n_node; i++) {
+		const Onnx__NodeProto *n = g->node[i];
+		for (size_t k = 0; k < n->n_input; k++)
+			if (find_name(c, n->input[k]) != SIZE_MAX)
+				add_ref(c, n->input[k], owner, -1);
+		for (size_t a = 0; a < n->n_attribute; a++) {
+			const Onnx__AttributeProto *at = n->attribute[a];
+			if (at->g)
+				subgraph_refs(c, at->g, owner);
+			for (size_t k = 0; k < at->n_graphs; k++)
+				subgraph_refs(c, at->graphs[k], owner);
+		}
+	}
+}
+
+static int shape_rank(const Onnx__ValueInfoProto *v)
+{
+	if (!v->type || v->type->value_case != ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE || !v->type->tensor_type ||
+	    !v->type->tensor_type->shape)
+		return -1;
+	return (int)v->type->tensor_type->shape->n_dim;
+}
+
+static nmp_status build_index(ctx *c)
+{
+	const Onnx__GraphProto *g = c->g;
+	size_t total = g->n_initializer + g->n_input + g->n_output + 1;
+	for (size_t i = 0; i < g->n_node; i++)
+		total += g->node[i]->n_input + g->node[i]->n_output;
+	c->name_cap = 64;
+	while (c->name_cap < 2 * total)
+		c->name_cap *= 2;
+	c->name_map = malloc(c->name_cap * sizeof *c->name_map);
+	if (!c->name_map)
+		return nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
+	memset(c->name_map, 0xff, c->name_cap * sizeof *c->name_map);
+
+	for (size_t i = 0; i < g->n_initializer; i++) {
+		size_t k = intern(c, g->initializer[i]->name);
+		if (k != SIZE_MAX)
+			set_const(&c->names[k], nmp_model_tensor_of(c->model, g->initializer[i]));
+	}
+	for (size_t i = 0; i < g->n_input; i++) {
+		size_t k = intern(c, g->input[i]->name);
+		if (k == SIZE_MAX)
+			continue;
+		c->names[k].graph_input = true;
+		if (c->names[k].rank < 0)
+			c->names[k].rank = shape_rank(g->input[i]);
+	}
+	for (size_t i = 0; i < g->n_output; i++) {
+		size_t k = intern(c, g->output[i]->name);
+		if (k != SIZE_MAX)
+			c->names[k].graph_output = true;
+	}
+	for (size_t i = 0; i < g->n_node; i++) {
+		const Onnx__NodeProto *n = g->node[i];
+		for (size_t k = 0; k < n->n_output; k++) {
+			size_t o = intern(c, n->output[k]);
+			if (o == SIZE_MAX)
+				continue;
+			c->names[o].producer = (long)i;
+			c->names[o].out_index = (int)k;
+			if (op_is(n, "Constant")) {
+				const Onnx__AttributeProto *v = attr(n, "value");
+				if (v && v->t) {
+					set_const(&c->names[o], nmp_model_tensor_of(c->model, v->t));
+				} else if (n->n_attribute == 1) { /* value_float(s), value_int(s), ... */
+					const Onnx__AttributeProto *a = n->attribute[0];
+					c->names[o].is_const = true;
+					c->names[o].const_node = n;
+					bool list = a->n_floats || a->n_ints || a->n_strings;
+					c->names[o].const_rank = list ? 1 : 0;
+					c->names[o].const_dims[0] = (int64_t)(a->n_floats + a->n_ints + a->n_strings);
+					c->names[o].rank = c->names[o].const_rank;
+				}
+			}
+		}
+		for (size_t k = 0; k < n->n_input; k++)
+			if (n->input[k] && n->input[k][0])
+				add_ref(c, n->input[k], (uint32_t)i, (int32_t)k);
+	}
+	for (size_t i = 0; i < g->n_value_info; i++) {
+		size_t k = find_name(c, g->value_info[i]->name);
+		if (k != SIZE_MAX && c->names[k].rank < 0)
+			c->names[k].rank = shape_rank(g->value_info[i]);
+	}
+	for (size_t i = 0; i < g->n_node; i++)
+		for (size_t a = 0; a < g->node[i]->n_attribute; a++) {
+			const Onnx__AttributeProto *at = g->node[i]->attribute[a];
+			if (at->g)
+				subgraph_refs(c, at->g, (uint32_t)i);
+			for (size_t k = 0; k < at->n_graphs; k++)
+				subgraph_refs(c, at->graphs[k], (uint32_t)i);
+		}
+	if (c->nomem)
+		return nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
+	return NMP_OK;
+}
+
+static int rank_of(const ctx *c, const char *name)
+{
+	size_t i = find_name(c, name);
+	return i == SIZE_MAX ? -1 : c->names[i].rank;
+}
+
+static const char *in_name(const Onnx__NodeProto *n, size_t k)
+{
+	return k < n->n_input && n->input[k] && n->input[k][0] ? n->input[k] : NULL;
+}
+
+/* ---- ranks: a small inference over the ops whose output rank is evident ----------------- */
+
+static bool op_in(const Onnx__NodeProto *n, const char *const *list)
+{
+	for (; *list; list++)
+		if (op_is(n, *list))
+			return true;
+	return false;
+}
+
+/* Element-wise over all inputs and outputs: any axis passes through unchanged. */
+static const char *const k_elementwise[] = {
+	"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh", "Gelu", "Erf", "Elu", "Selu", "Celu",
+	"Softplus", "Softsign", "HardSwish", "Mish", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal",
+	"Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity", "Cast", "Add", "Sub", "Mul", "Div",
+	"Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where", "Clip", "ThresholdedRelu", "Shrink",
+	"Softmax", "LogSoftmax", "Dropout", "Not", "And", "Or", "Xor", "Equal", "Less", "Greater",
+	"LessOrEqual", "GreaterOrEqual", "IsNaN", "IsInf", NULL,
+};
+
+/* Ops whose first output has the rank of their first input. */
+static const char *const k_same_rank[] = {
+	"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
+	"GlobalLpPool", "BatchNormalization", "InstanceNormalization", "LayerNormalization",
+	"RMSNormalization", "DequantizeLinear", "QuantizeLinear", "Concat", "Split", NULL,
+};
+
+static void infer_ranks(ctx *c)
+{
+	const Onnx__GraphProto *g = c->g;
+	for (size_t i = 0; i < g->n_node; i++) {
+		const Onnx__NodeProto *n = g->node[i];
+		if (n->n_output == 0)
+			continue;
+		size_t o = find_name(c, n->output[0]);
+		if (o == SIZE_MAX || c->names[o].rank >= 0)
+			continue;
+		int r = -1;
+		if (op_in(n, k_elementwise)) {
+			for (size_t k = 0; k < n->n_input; k++) {
+				if (!in_name(n, k))
+					continue;
+				int rk = rank_of(c, n->input[k]);
+				if (rk < 0) {
+					r = -1;
+					break;
+				}
+				r = rk > r ? rk : r;
+			}
+		} else if (op_in(n, k_same_rank)) {
+			r = rank_of(c, in_name(n, 0));
+		} else if (op_is(n, "Gemm") || op_is(n, "Flatten")) {
+			r = 2;
+		} else if (op_is(n, "MatMul")) {
+			int ra = rank_of(c, in_name(n, 0)), rb = rank_of(c, in_name(n, 1));
+			if (ra > 0 && rb > 0)
+				r = ra == 1 && rb == 1 ? 0 : ra == 1 ? rb - 1 : rb == 1 ? ra - 1 : (ra > rb ? ra : rb);
+		} else if (op_is(n, "Transpose")) {
+			const Onnx__AttributeProto *p = attr(n, "perm");
+			r = p && p->n_ints ? (int)p->n_ints : rank_of(c, in_name(n, 0));
+		}
+		for (size_t k = 0; k < n->n_output; k++) {
+			size_t ok = find_name(c, n->output[k]);
+			if (ok != SIZE_MAX && c->names[ok].rank < 0 && (k == 0 || op_in(n, k_elementwise) ||
+									 op_is(n, "Split")))
+				c->names[ok].rank = r;
+		}
+	}
+}
+
+/* ---- what each op ties together ---------------------------------------------------------- */
+
+typedef struct member {
+	int8_t out;                 /* 0: input, 1: output */
+	int16_t index;
+	int8_t neg;
+	bool is_short;
+} member;
+
+typedef struct rel {
+	member m[MAX_MEMBERS];
+	int n;
+	bool any;                   /* every axis: members carry no axis, the slot's is used */
+	unsigned tile, confine;
+} rel;
+
+typedef struct rels {
+	rel r[MAX_RELS];
+	int n;
+	char why[160];              /* why the op cannot carry a permutation, when it says */
+} rels;
+
+static rel *new_rel(rels *rs)
+{
+	if (rs->n == MAX_RELS)
+		return NULL;
+	rel *r = &rs->r[rs->n++];
+	r->n = 0;
+	r->any = false;
+	r->tile = r->confine = 0;
+	return r;
+}
+
+static void mem(rel *r, int out, size_t index, int neg, bool is_short)
+{
+	if (r && r->n < MAX_MEMBERS && neg < 0 && neg >= -MAX_RANK)
+		r->m[r->n++] = (member){ (int8_t)out, (int16_t)index, (int8_t)neg, is_short };
+}
+
+static void all_io(rel *r, const Onnx__NodeProto *n, int neg)
+{
+	for (size_t k = 0; k < n->n_input; k++)
+		mem(r, 0, k, neg, false);
+	for (size_t k = 0; k < n->n_output; k++)
+		mem(r, 1, k, neg, false);
+}
+
+/* Dims of a weight, looking back through Identity, Cast and DequantizeLinear to a constant. */
+static const name_info *const_behind(const ctx *c, const char *name)
+{
+	for (int hops = 0; hops < 8; hops++) {
+		size_t i = find_name(c, name);
+		if (i == SIZE_MAX)
+			return NULL;
+		const name_info *ni = &c->names[i];
+		if (ni->is_const)
+			return ni->const_rank >= 0 ? ni : NULL;
+		if (ni->producer < 0)
+			return NULL;
+		const Onnx__NodeProto *p = c->g->node[ni->producer];
+		if (!op_is(p, "Identity") && !op_is(p, "Cast") && !op_is(p, "DequantizeLinear"))
+			return NULL;
+		name = in_name(p, 0);
+	}
+	return NULL;
+}
+
+static void rels_conv(const ctx *c, const Onnx__NodeProto *n, rels *rs, bool transpose)
+{
+	int r = rank_of(c, in_name(n, 0));
+	if (r < 0)
+		r = rank_of(c, in_name(n, 1));
+	if (r < 3) {
+		snprintf(rs->why, sizeof rs->why, "the rank of the input of %s '%s' is unknown", n->op_type, n->name);
+		return;
+	}
+	int ch = 1 - r;
+	int64_t groups = attr_int(n, "group", 1);
+	rel *b = new_rel(rs);
+	mem(b, 0, 0, -r, false);
+	mem(b, 1, 0, -r, false);
+	if (groups == 1) {
+		rel *x = new_rel(rs), *y = new_rel(rs);
+		mem(x, 0, 0, ch, false);
+		mem(x, 0, 1, transpose ? -r : ch, false);
+		mem(y, 1, 0, ch, false);
+		mem(y, 0, 1, transpose ? ch : -r, false);
+		mem(y, 0, 2, -1, false);
+		return;
+	}
+	const name_info *w = const_behind(c, in_name(n, 1));
+	if (transpose || !w || w->const_rank != r || groups <= 0) {
+		snprintf(rs->why, sizeof rs->why, "%s '%s' has groups and %s", n->op_type, n->name,
+			 transpose ? "is transposed" : "a weight of unknown shape");
+		return;
+	}
+	int64_t cout = w->const_dims[0], cin_g = w->const_dims[1];
+	if (cin_g == 1 && cout == groups) { /* depthwise: channel c in, channel c out */
+		rel *d = new_rel(rs);
+		mem(d, 0, 0, ch, false);
+		mem(d, 1, 0, ch, false);
+		mem(d, 0, 1, -r, false);
+		mem(d, 0, 2, -1, false);
+		return;
+	}
+	if (cin_g == 1 || cout % groups != 0) {
+		snprintf(rs->why, sizeof rs->why, "Conv '%s' multiplies channels", n->name);
+		return;
+	}
+	rel *x = new_rel(rs), *y = new_rel(rs);
+	mem(x, 0, 0, ch, false);
+	mem(x, 0, 1, ch, true);
+	x->tile = (unsigned)cin_g;
+	mem(y, 1, 0, ch, false);
+	mem(y, 0, 1, -r, false);
+	mem(y, 0, 2, -1, false);
+	y->confine = (unsigned)(cout / groups);
+}
+
+static void rels_matmul(const ctx *c, const Onnx__NodeProto *n, rels *rs)
+{
+	int ra = rank_of(c, in_name(n, 0)), rb = rank_of(c, in_name(n, 1));
+	if (ra < 1 || rb < 1) {
+		snprintf(rs->why, sizeof rs->why, "the rank of an input of MatMul '%s' is unknown", n->name);
+		return;
+	}
+	rel *k = new_rel(rs);
+	mem(k, 0, 0, -1, false);
+	mem(k, 0, 1, rb == 1 ? -1 : -2, false);
+	if (ra >= 2) {
+		rel *mrow = new_rel(rs);
+		mem(mrow, 0, 0, -2, false);
+		mem(mrow, 1, 0, rb == 1 ? -1 : -2, false);
+	}
+	if (rb >= 2) {
+		rel *ncol = new_rel(rs);
+		mem(ncol, 0, 1, -1, false);
+		mem(ncol, 1, 0, -1, false);
+	}
+}
+
+static void rels_gemm(const Onnx__NodeProto *n, rels *rs)
+{
+	bool ta = attr_int(n, "transA", 0) != 0, tb = attr_int(n, "transB", 0) != 0;
+	rel *k = new_rel(rs), *mrow = new_rel(rs), *ncol = new_rel(rs);
+	mem(k, 0, 0, ta ? -2 : -1, false);
+	mem(k, 0, 1, tb ? -1 : -2, false);
+	mem(mrow, 0, 0, ta ? -1 : -2, false);
+	mem(mrow, 1, 0, -2, false);
+	mem(mrow, 0, 2, -2, false);
+	mem(ncol, 0, 1, tb ? -2 : -1, false);
+	mem(ncol, 1, 0, -1, false);
+	mem(ncol, 0, 2, -1, false);
+}
+
+static int norm_axis(int64_t axis, int r)
+{
+	return axis < 0 ? (int)axis : (int)axis - r;
+}
+
+static void rels_quant(const ctx *c, const Onnx__NodeProto *n, rels *rs)
+{
+	int r = rank_of(c, in_name(n, 0));
+	const char *sn = in_name(n, 1);
+	size_t si = find_name(c, sn);
+	const name_info *s = si == SIZE_MAX ? NULL : &c->names[si];
+	if (!s || !s->is_const || s->const_rank < 0 || r < 0) {
+		snprintf(rs->why, sizeof rs->why, "%s '%s' has a scale or input of unknown shape", n->op_type, n->name);
+		return;
+	}
+	uint64_t ns = 1;
+	for (int d = 0; d < s->const_rank; d++)
+		ns *= (uint64_t)s->const_dims[d];
+	int qa = norm_axis(attr_int(n, "axis", 1), r);
+	int64_t block = attr_int(n, "block_size", 0);
+	for (int k = -r; k < 0; k++) {
+		rel *x = new_rel(rs);
+		mem(x, 0, 0, k, false);
+		mem(x, 1, 0, k, false);
+		if (ns == 1 || (k != qa && s->const_rank < r))
+			continue; /* the scale does not vary along k */
+		if (k == qa && block > 1) {
+			rs->n--; /* blocks of the quantization axis mix channels */
+			continue;
+		}
+		mem(x, 0, 1, s->const_rank < r ? -1 : k, false);
+		mem(x, 0, 2, s->const_rank < r ? -1 : k, false);
+	}
+}
+
+static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
+{
+	rs->n = 0;
+	rs->why[0] = '\0';
+	int r = rank_of(c, in_name(n, 0));
+	bool std_domain = !n->domain || !n->domain[0] || strcmp(n->domain, "ai.onnx") == 0;
+	if (!std_domain)
+		return;
+	if (op_in(n, k_elementwise)) {
+		rel *e = new_rel(rs);
+		e->any = true;
+		all_io(e, n, -1);
+	} else if (op_is(n, "Conv")) {
+		rels_conv(c, n, rs, false);
+	} else if (op_is(n, "ConvTranspose")) {
+		rels_conv(c, n, rs, true);
+	} else if (op_is(n, "MatMul")) {
+		rels_matmul(c, n, rs);
+	} else if (op_is(n, "Gemm")) {
+		rels_gemm(n, rs);
+	} else if (op_is(n, "DequantizeLinear") || op_is(n, "QuantizeLinear")) {
+		rels_quant(c, n, rs);
+	} else if (r < 0) {
+		snprintf(rs->why, sizeof rs->why, "the rank of the input of %s '%s' is unknown", n->op_type, n->name);
+	} else if (op_is(n, "BatchNormalization") || op_is(n, "InstanceNormalization")) {
+		for (int k = -r; k < 0; k++) {
+			rel *x = new_rel(rs);
+			mem(x, 0, 0, k, false);
+			mem(x, 1, 0, k, false);
+			if (k == 1 - r)
+				for (size_t i = 1; i < n->n_input; i++)
+					mem(x, 0, i, -1, false);
+			if (k == 1 - r)
+				for (size_t i = 1; i < n->n_output; i++)
+					mem(x, 1, i, -1, false);
+			else if (op_is(n, "InstanceNormalization") || n->n_output > 1)
+				rs->n--; /* normalized over, or running statistics */
+		}
+	} else if (op_is(n, "LayerNormalization") || op_is(n, "RMSNormalization")) {
+		int na = norm_axis(attr_int(n, "axis", -1), r);
+		for (int k = -r; k < 0; k++) {
+			rel *x = new_rel(rs);
+			mem(x, 0, 0, k, false);
+			for (size_t i = 1; i < n->n_input; i++)
+				mem(x, 0, i, k, false);
+			mem(x, 1, 0, k, false);
+			for (size_t i = 1; k < na && i < n->n_output; i++)
+				mem(x, 1, i, k, false); /* mean and 1/std vary along unnormalized axes only */
+		}
+	} else if (op_in(n, (const char *const[]){ "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool",
+						   "GlobalMaxPool", "GlobalLpPool", NULL })) {
+		if (n->n_output > 1 && n->output[1] && n->output[1][0]) {
+			snprintf(rs->why, sizeof rs->why, "%s '%s' returns indices", n->op_type, n->name);
+			return;
+		}
+		for (int k = -r; k <= 1 - r; k++) {
+			rel *x = new_rel(rs);
+			mem(x, 0, 0, k, false);
+			mem(x, 1, 0, k, false);
+		}
+	} else if (op_is(n, "Transpose")) {
+		const Onnx__AttributeProto *p = attr(n, "perm");
+		for (int a = 0; a < r; a++) {
+			int from = p && p->n_ints == (size_t)r ? (int)p->ints[a] : r - 1 - a;
+			rel *x = new_rel(rs);
+			mem(x, 1, 0, a - r, false);
+			mem(x, 0, 0, from - r, false);
+		}
+	} else if (op_is(n, "Concat") || op_is(n, "Split")) {
+		int ax = norm_axis(attr_int(n, "axis", 0), r);
+		for (int k = -r; k < 0; k++) {
+			if (k == ax)
+				continue;
+			rel *x = new_rel(rs);
+			if (op_is(n, "Concat"))
+				all_io(x, n, k);
+			else
+				for (size_t i = 0; i < n->n_output; i++)
+					mem(x, 1, i, k, false);
+			mem(x, 0, 0, k, false);
+		}
+	} else if (op_is(n, "Flatten")) {
+		/* Flattening [N, C, 1, ...] at axis 1 keeps the channels: after global pooling. */
+		size_t pi = find_name(c, in_name(n, 0));
+		long p = pi == SIZE_MAX ? -1 : c->names[pi].producer;
+		bool pooled = p >= 0 && op_in(c->g->node[p], (const char *const[]){ "GlobalAveragePool",
+										   "GlobalMaxPool", "GlobalLpPool", NULL });
+		if (attr_int(n, "axis", 1) == 1) {
+			rel *b = new_rel(rs);
+			mem(b, 0, 0, -r, false);
+			mem(b, 1, 0, -2, false);
+			if (pooled) {
+				rel *x = new_rel(rs);
+				mem(x, 0, 0, 1 - r, false);
+				mem(x, 1, 0, -1, false);
+			}
+		}
+	}
+}
+
+/* ---- growing a group -------------------------------------------------------------------- */
+
+static void block(ctx *c, size_t g, const char *fmt, const char *a, const char *b)
+{
+	nmp_chan_group *gr = &c->out->groups[g];
+	if (!gr->blocked[0])
+		snprintf(gr->blocked, sizeof gr->blocked, fmt, a, b ? b : "");
+}
+
+static size_t slot_find(const ctx *c, uint64_t key)
+{
+	if (!c->slot_cap)
+		return SIZE_MAX;
+	size_t h = (size_t)(key * 0x9e3779b97f4a7c15ull >> 20) & (c->slot_cap - 1);
+	while (c->slot_keys[h]) {
+		if (c->slot_keys[h] == key + 1)
+			return c->slot_vals[h];
+		h = (h + 1) & (c->slot_cap - 1);
+	}
+	return SIZE_MAX;
+}
+
+static bool slot_insert(ctx *c, uint64_t key, size_t val)
+{
+	if (2 * (c->n_slots + 1) > c->slot_cap) {
+		size_t cap = c->slot_cap ? c->slot_cap * 2 : 1024;
+		uint64_t *k = calloc(cap, sizeof *k);
+		size_t *v = malloc(cap * sizeof *v);
+		if (!k || !v) {
+			free(k);
+			free(v);
+			c->nomem = true;
+			return false;
+		}
+		for (size_t i = 0; i < c->slot_cap; i++) {
+			if (!c->slot_keys[i])
+				continue;
+			size_t h = (size_t)((c->slot_keys[i] - 1) * 0x9e3779b97f4a7c15ull >> 20) & (cap - 1);
+			while (k[h])
+				h = (h + 1) & (cap - 1);
+			k[h] = c->slot_keys[i];
+			v[h] = c->slot_vals[i];
+		}
+		free(c->slot_keys);
+		free(c->slot_vals);
+		c->slot_keys = k;
+		c->slot_vals = v;
+		c->slot_cap = cap;
+	}
+	size_t h = (size_t)(key * 0x9e3779b97f4a7c15ull >> 20) & (c->slot_cap - 1);
+	while (c->slot_keys[h])
+		h = (h + 1) & (c->slot_cap - 1);
+	c->slot_keys[h] = key + 1;
+	c->slot_vals[h] = val;
+	return true;
+}
+
+/* Adds (name, neg) to group g; a constant's broadcast axis (absent or of size 1) is not a slot. */
+static void link(ctx *c, size_t g, size_t name, int neg, bool is_short)
+{
+	const name_info *ni = &c->names[name];
+	if (ni->is_const) {
+		int pos = ni->const_rank + neg;
+		if (ni->const_rank < 0) {
+			block(c, g, "constant '%s' has no shape%s", ni->name, NULL);
+			return;
+		}
+		if (pos < 0 || ni->const_dims[pos] == 1)
+			return;
+	}
+	uint64_t key = (uint64_t)name << 8 | (uint64_t)(-neg);
+	size_t s = slot_find(c, key);
+	if (s != SIZE_MAX) {
+		if (c->slots[s].group != g)
+			block(c, g, "'%s' is shared with another channel group%s", ni->name, NULL);
+		else if (c->slots[s].is_short != is_short)
+			block(c, g, "'%s' is read both as one group of a grouped Conv and whole%s", ni->name, NULL);
+		return;
+	}
+	slot *sl = grow(c->slots, &c->cap_slots, c->n_slots + 1, sizeof *sl, &c->nomem);
+	if (!sl)
+		return;
+	c->slots = sl;
+	s = c->n_slots;
+	if (!slot_insert(c, key, s))
+		return;
+	c->n_slots++;
+	c->slots[s] = (slot){ .name = (uint32_t)name, .neg = neg, .is_short = is_short, .group = g };
+	group_build *gb = &c->gb[g];
+	size_t *gs = grow(gb->slots, &gb->cap_slots, gb->n_slots + 1, sizeof *gs, &c->nomem);
+	if (!gs)
+		return;
+	gb->slots = gs;
+	gb->slots[gb->n_slots++] = s;
+	size_t *q = grow(c->queue, &c->q_cap, c->q_len + 1, sizeof *q, &c->nomem);
+	if (!q)
+		return;
+	c->queue = q;
+	c->queue[c->q_len++] = s;
+}
+
+static void constrain(ctx *c, size_t g, const rel *r, const char *node)
+{
+	nmp_chan_group *gr = &c->out->groups[g];
+	if (r->tile) {
+		if (gr->tile && gr->tile != r->tile)
+			block(c, g, "grouped convolutions of different group sizes read it (at '%s')%s", node, NULL);
+		gr->tile = r->tile;
+	}
+	if (r->confine) {
+		unsigned a = gr->confine ? gr->confine : r->confine, b = r->confine;
+		while (b) { /* channels confined by both: runs of the gcd */
+			unsigned t = a % b;
+			a = b;
+			b = t;
+		}
+		gr->confine = a;
+	}
+}
+
+/* Relates slot s to what node `ni` ties it to. */
+static void visit(ctx *c, size_t s, uint32_t ni)
+{
+	const slot sl = c->slots[s];
+	const Onnx__NodeProto *n = c->g->node[ni];
+	const char *name = c->names[sl.name].name;
+	const char *label = n->name && n->name[0] ? n->name : n->output[0];
+	rels rs;
+	build_rels(c, n, &rs);
+	for (int side = 0; side < 2; side++) {
+		size_t count = side ? n->n_output : n->n_input;
+		char **io = side ? n->output : n->input;
+		for (size_t k = 0; k < count; k++) {
+			if (!io[k] || strcmp(io[k], name) != 0)
+				continue;
+			const rel *hit = NULL;
+			for (int i = 0; i < rs.n && !hit; i++)
+				for (int j = 0; j < rs.r[i].n; j++) {
+					const member *m = &rs.r[i].m[j];
+					if (m->out == side && (size_t)m->index == k && (rs.r[i].any || m->neg == sl.neg) &&
+					    (!rs.r[i].tile || m->is_short == sl.is_short)) {
+						hit = &rs.r[i];
+						break;
+					}
+				}
+			if (!hit) {
+				char what[200];
+				if (rs.why[0])
+					snprintf(what, sizeof what, "%s", rs.why);
+				else
+					snprintf(what, sizeof what, "%s '%s' mixes or reorders the channels of '%s'",
+						 n->op_type ? n->op_type : "?", label, name);
+				block(c, sl.group, "%s%s", what, NULL);
+				continue;
+			}
+			constrain(c, sl.group, hit, label);
+			for (int j = 0; j < hit->n; j++) {
+				const member *m = &hit->m[j];
+				const char *other = m->out ? (m->index < (int)n->n_output ? n->output[m->index] : NULL)
+							    : in_name(n, (size_t)m->index);
+				size_t oi = find_name(c, other);
+				/* a grouped Conv says which side holds one group; elsewhere it passes through */
+				if (oi != SIZE_MAX)
+					link(c, sl.group, oi, hit->any ? sl.neg : m->neg, hit->tile ? m->is_short : sl.is_short);
+			}
+		}
+	}
+}
+
+static void expand(ctx *c, size_t s)
+{
+	const slot sl = c->slots[s];
+	const name_info *ni = &c->names[sl.name];
+	if (ni->graph_input)
+		block(c, sl.group, "'%s' is a graph input%s", ni->name, NULL);
+	if (ni->graph_output)
+		block(c, sl.group, "'%s' is a graph output%s", ni->name, NULL);
+	if (ni->is_const && !ni->tensor)
+		block(c, sl.group, "Constant '%s' holds an attribute list, not a tensor%s", ni->name, NULL);
+	if (!ni->is_const && ni->producer < 0 && !ni->graph_input)
+		block(c, sl.group, "'%s' has no producer in the main graph%s", ni->name, NULL);
+	if (ni->tensor && (nmp_dtype_bits(ni->tensor->dtype) % 8 != 0 || ni->tensor->dtype == NMP_DT_STRING))
+		block(c, sl.group, "tensor '%s' is of type %s, which is not permuted", ni->name,
+		      nmp_dtype_name(ni->tensor->dtype));
+	if (!ni->is_const && ni->producer >= 0)
+		visit(c, s, (uint32_t)ni->producer);
+	for (size_t r = 0; r < ni->n_refs; r++) {
+		const Onnx__NodeProto *n = c->g->node[ni->refs[r].node];
+		if (ni->refs[r].input < 0) {
+			block(c, sl.group, "'%s' is read inside a subgraph of '%s'", ni->name,
+			      n->name && n->name[0] ? n->name : n->op_type);
+			continue;
+		}
+		/* a node reading the name at several inputs relates them all in one visit */
+		bool seen = false;
+		for (size_t q = 0; q < r; q++)
+			seen |= ni->refs[q].node == ni->refs[r].node;
+		if (!seen)
+			visit(c, s, ni->refs[r].node);
+	}
+}
+
+static size_t new_group(ctx *c, const char *label)
+{
+	nmp_channels *o = c->out;
+	nmp_chan_group *g = grow(o->groups, &c->cap_groups, o->n_groups + 1, sizeof *g, &c->nomem);
+	if (!g)
+		return SIZE_MAX;
+	o->groups = g;
+	size_t cap = c->cap_groups;
+	group_build *gb = realloc(c->gb, cap * sizeof *gb);
+	if (!gb) {
+		c->nomem = true;
+		return SIZE_MAX;
+	}
+	c->gb = gb;
+	size_t i = o->n_groups++;
+	memset(&o->groups[i], 0, sizeof o->groups[i]);
+	memset(&c->gb[i], 0, sizeof c->gb[i]);
+	snprintf(o->groups[i].label, sizeof o->groups[i].label, "%s", label);
+	return i;
+}
+
+/* ---- sizing, searching and recording a group --------------------------------------------- */
+
+static uint64_t slot_len(const ctx *c, const slot *s)
+{
+	const name_info *ni = &c->names[s->name];
+	if (!ni->is_const || ni->const_rank + s->neg < 0)
+		return 0;
+	return (uint64_t)ni->const_dims[ni->const_rank + s->neg];
+}
+
+static void size_group(ctx *c, size_t g)
+{
+	nmp_chan_group *gr = &c->out->groups[g];
+	const group_build *gb = &c->gb[g];
+	for (size_t i = 0; i < gb->n_slots && !gr->blocked[0]; i++) {
+		const slot *s = &c->slots[gb->slots[i]];
+		uint64_t len = slot_len(c, s);
+		if (!len)
+			continue;
+		uint64_t want = s->is_short ? gr->tile : gr->channels;
+		if (!want && !s->is_short)
+			want = gr->channels = len;
+		if (want != len) {
+			char a[32];
+			snprintf(a, sizeof a, "%llu", (unsigned long long)want);
+			block(c, g, "'%s' does not have the group's %s channels", c->names[s->name].name, a);
+		}
+	}
+	if (gr->blocked[0])
+		return;
+	if (!gr->channels)
+		block(c, g, "the number of channels of '%s' is unknown%s", gr->label, NULL);
+	else if (gr->channels > UINT32_MAX || (gr->tile && gr->channels % gr->tile) ||
+		 (gr->confine && gr->channels % gr->confine))
+		block(c, g, "grouped convolutions do not divide the channels of '%s'%s", gr->label, NULL);
+}
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Magnitudes of a candidate as rows x L, the group axis last. */
+static nmp_status weight_matrix(const ctx *c, const nmp_choice *ch, float *out, nmp_error *err)
+{
+	const nmp_candidate *cand = ch->cand;
+	const nmp_tensor *t = cand->tensor;
+	nmp_view v = { 0 }, sv = { 0 }, zv = { 0 };
+	nmp_quant_params qp;
+	float *flat = malloc((t->numel ? t->numel : 1) * sizeof *flat);
+	if (!flat)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	nmp_status s = nmp_model_view(c->model, t, &v, err);
+	if (s == NMP_OK && cand->quant.present)
+		s = nmp_quant_view(c->model, cand, &qp, &sv, &zv, err);
+	if (s == NMP_OK) {
+		nmp_mask_tensor mt = { .name = cand->name, .data = (void *)v.data, .dtype = t->dtype,
+				       .rank = (int)t->proto->n_dims, .dims = t->proto->dims, .axis = cand->axis,
+				       .out_axis = cand->out_axis, .quant = cand->quant.present ? &qp : NULL };
+		s = nmp_cpu_magnitudes(&mt, flat, err);
+	}
+	if (s == NMP_OK) {
+		uint64_t len = (uint64_t)t->proto->dims[cand->axis], inner = 1;
+		for (size_t d = (size_t)cand->axis + 1; d < t->proto->n_dims; d++)
+			inner *= (uint64_t)t->proto->dims[d];
+		uint64_t outer = len ? t->numel / len / inner : 0;
+		for (uint64_t o = 0; o < outer; o++)
+			for (uint64_t l = 0; l < len; l++)
+				for (uint64_t i = 0; i < inner; i++)
+					out[(o * inner + i) * len + l] = flat[(o * len + l) * inner + i];
+	}
+	nmp_view_release(&v);
+	nmp_view_release(&sv);
+	nmp_view_release(&zv);
+	free(flat);
+	return s;
+}
+
+/* The slot of a choice's weight along its group axis, or SIZE_MAX. */
+static size_t choice_slot(const ctx *c, const nmp_choice *ch)
+{
+	const nmp_candidate *cand = ch->cand;
+	if (!cand->tensor || cand->axis < 0)
+		return SIZE_MAX;
+	size_t ni = find_name(c, cand->name);
+	if (ni == SIZE_MAX || c->names[ni].tensor != cand->tensor)
+		return SIZE_MAX; /* a name of a subgraph, or shadowed */
+	int neg = cand->axis - (int)cand->tensor->proto->n_dims;
+	return slot_find(c, (uint64_t)ni << 8 | (uint64_t)(-neg));
+}
+
+static nmp_status search_group(ctx *c, size_t g, uint64_t seed)
+{
+	nmp_chan_group *gr = &c->out->groups[g];
+	const nmp_selection *sel = c->plan->sel;
+	const unsigned cols = gr->tile ? gr->tile : (unsigned)gr->channels;
+	uint64_t rows = 0;
+	for (size_t i = 0; i < sel->n; i++) {
+		if (c->out->group_of[i] != (long)g)
+			continue;
+		const nmp_pattern *p = &sel->choices[i].pattern;
+		if (!p->structured || p->unit != NMP_UNIT_ELEMENT) {
+			snprintf(gr->skipped, sizeof gr->skipped, "weight '%s' has pattern %s; the search is for element-wise N:M",
+				 sel->choices[i].cand->name, p->text);
+			return NMP_OK;
+		}
+		if (gr->m && (p->n != gr->n || p->m != gr->m)) {
+			snprintf(gr->skipped, sizeof gr->skipped, "its weights have different patterns");
+			return NMP_OK;
+		}
+		gr->n = p->n;
+		gr->m = p->m;
+		rows += sel->choices[i].cand->tensor->numel / cols;
+	}
+	if (!gr->m)
+		return NMP_OK;
+	unsigned blk = gr->confine && gr->confine < cols ? gr->confine : 0;
+	if (cols % gr->m || (blk && cols % blk)) {
+		snprintf(gr->skipped, sizeof gr->skipped, "%u channels do not fall into groups of %u", cols, gr->m);
+		return NMP_OK;
+	}
+	if (gr->tile && gr->confine && gr->confine % gr->tile && gr->tile % gr->confine) {
+		snprintf(gr->skipped, sizeof gr->skipped, "grouped convolutions of sizes %u and %u overlap", gr->tile,
+			 gr->confine);
+		return NMP_OK;
+	}
+	float *mag = malloc((rows ? rows : 1) * cols * sizeof *mag);
+	uint32_t *p = malloc(cols * sizeof *p);
+	if (!mag || !p) {
+		free(mag);
+		free(p);
+		return nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
+	}
+	uint64_t at = 0;
+	nmp_status s = NMP_OK;
+	for (size_t i = 0; i < sel->n && s == NMP_OK; i++) {
+		if (c->out->group_of[i] != (long)g)
+			continue;
+		/* a whole-channel weight folds into rows of one tile: its groups of M stay whole */
+		s = weight_matrix(c, &sel->choices[i], mag + at, c->err);
+		at += sel->choices[i].cand->tensor->numel;
+	}
+	if (s == NMP_OK) {
+		double t0 = now();
+		nmp_perm_opts po = { .n = gr->n, .m = gr->m, .block = blk, .seed = seed + g };
+		if (nmp_perm_search(mag, rows, cols, &po, p, &gr->search) != 0)
+			s = nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
+		gr->seconds = now() - t0;
+	}
+	if (s == NMP_OK && gr->search.kept > gr->search.kept_identity) {
+		gr->perm = malloc(gr->channels * sizeof *gr->perm);
+		if (!gr->perm) {
+			s = nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
+		} else {
+			for (uint64_t k = 0; k < gr->channels; k++)
+				gr->perm[k] = (uint32_t)(k / cols * cols + p[k % cols]);
+			if (gr->tile) {
+				gr->short_perm = p;
+				p = NULL;
+			}
+		}
+	}
+	/* each weight's kept magnitude, without and with the order found */
+	at = 0;
+	for (size_t i = 0; i < sel->n && s == NMP_OK; i++) {
+		if (c->out->group_of[i] != (long)g)
+			continue;
+		uint64_t r = sel->choices[i].cand->tensor->numel / cols;
+		const uint32_t *order = gr->perm ? (gr->tile ? gr->short_perm : gr->perm) : NULL;
+		uint32_t *id = malloc(cols * sizeof *id);
+		if (!id) {
+			s = nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
+			break;
+		}
+		for (unsigned k = 0; k < cols; k++)
+			id[k] = k;
+		c->out->kept_identity[i] = nmp_perm_kept(mag + at, r, cols, gr->n, gr->m, id);
+		c->out->kept_permuted[i] = order ? nmp_perm_kept(mag + at, r, cols, gr->n, gr->m, order)
+						 : c->out->kept_identity[i];
+		free(id);
+		at += sel->choices[i].cand->tensor->numel;
+	}
+	free(mag);
+	free(p);
+	return s;
+}
+
+static int edit_cmp(const void *a, const void *b)
+{
+	const nmp_chan_edit *x = a, *y = b;
+	return x->tensor < y->tensor ? -1 : x->tensor > y->tensor ? 1 : x->axis - y->axis;
+}
+
+static nmp_status record_edits(ctx *c)
+{
+	nmp_channels *o = c->out;
+	size_t cap = 0;
+	for (size_t g = 0; g < o->n_groups; g++) {
+		if (!o->groups[g].perm)
+			continue;
+		for (size_t i = 0; i < c->gb[g].n_slots; i++) {
+			const slot *s = &c->slots[c->gb[g].slots[i]];
+			const name_info *ni = &c->names[s->name];
+			if (!ni->tensor)
+				continue;
+			nmp_chan_edit *e = grow(o->edits, &cap, o->n_edits + 1, sizeof *e, &c->nomem);
+			if (!e)
+				return nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
+			o->edits = e;
+			o->edits[o->n_edits++] = (nmp_chan_edit){ .tensor = (size_t)(ni->tensor - c->model->tensors),
+								  .axis = ni->const_rank + s->neg, .group = g,
+								  .short_axis = s->is_short };
+			o->groups[g].n_tensors++;
+		}
+	}
+	if (o->n_edits)
+		qsort(o->edits, o->n_edits, sizeof *o->edits, edit_cmp);
+	return NMP_OK;
+}
+
+nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, nmp_channels **out, nmp_error *err)
+{
+	*out = NULL;
+	const nmp_selection *sel = plan->sel;
+	nmp_channels *o = calloc(1, sizeof *o);
+	ctx c = { .plan = plan, .model = plan->model, .g = plan->model->proto->graph, .out = o, .err = err };
+	if (!o)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	o->group_of = malloc((sel->n + 1) * sizeof *o->group_of);
+	o->kept_identity = calloc(sel->n + 1, sizeof *o->kept_identity);
+	o->kept_permuted = calloc(sel->n + 1, sizeof *o->kept_permuted);
+	nmp_status s = NMP_OK;
+	if (!o->group_of || !o->kept_identity || !o->kept_permuted || !c.g) {
+		s = c.g ? nmp_error_set(err, NMP_ERR_NOMEM, "out of memory") : NMP_OK;
+		goto out;
+	}
+	for (size_t i = 0; i < sel->n; i++)
+		o->group_of[i] = -1;
+	if ((s = build_index(&c)) != NMP_OK)
+		goto out;
+	infer_ranks(&c);
+
+	/* One group from every eligible weight's input channels not already in one. */
+	for (size_t i = 0; i < sel->n && !c.nomem; i++) {
+		const nmp_choice *ch = &sel->choices[i];
+		if (!ch->eligible || choice_slot(&c, ch) != SIZE_MAX)
+			continue;
+		size_t ni = find_name(&c, ch->cand->name);
+		if (ni == SIZE_MAX || c.names[ni].tensor != ch->cand->tensor)
+			continue; /* read in a subgraph only */
+		size_t g = new_group(&c, ch->cand->name);
+		if (g == SIZE_MAX)
+			break;
+		/* the weight of a grouped Conv holds one group of its input channels */
+		bool is_short = false;
+		for (size_t u = 0; u < ch->cand->n_uses; u++)
+			is_short |= strcmp(ch->cand->uses[u].op, "Conv") == 0 &&
+				    attr_int(ch->cand->uses[u].node, "group", 1) > 1;
+		link(&c, g, ni, ch->cand->axis - (int)ch->cand->tensor->proto->n_dims, is_short);
+		while (c.q_head < c.q_len && !c.nomem)
+			expand(&c, c.queue[c.q_head++]);
+	}
+	if (c.nomem) {
+		s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < sel->n; i++) {
+		size_t sl = sel->choices[i].eligible ? choice_slot(&c, &sel->choices[i]) : SIZE_MAX;
+		if (sl != SIZE_MAX)
+			o->group_of[i] = (long)c.slots[sl].group;
+	}
+	for (size_t g = 0; g < o->n_groups; g++) {
+		for (size_t i = 0; i < sel->n; i++)
+			o->groups[g].n_weights += o->group_of[i] == (long)g;
+		size_group(&c, g);
+		if (o->groups[g].blocked[0]) {
+			for (size_t i = 0; i < sel->n; i++)
+				if (o->group_of[i] == (long)g)
+					o->kept_identity[i] = o->kept_permuted[i] = -1;
+			continue;
+		}
+		if ((s = search_group(&c, g, seed)) != NMP_OK)
+			goto out;
+	}
+	s = record_edits(&c);
+out:
+	for (size_t i = 0; i < c.n_names; i++)
+		free(c.names[i].refs);
+	free(c.names);
+	free(c.name_map);
+	free(c.slots);
+	free(c.slot_keys);
+	free(c.slot_vals);
+	for (size_t g = 0; c.gb && g < o->n_groups; g++)
+		free(c.gb[g].slots);
+	free(c.gb);
+	free(c.queue);
+	if (s != NMP_OK)
+		nmp_channels_free(&o);
+	*out = o;
+	return s;
+}
+
+void nmp_channels_free(nmp_channels **cp)
+{
+	nmp_channels *c = *cp;
+	if (!c)
+		return;
+	for (size_t g = 0; g < c->n_groups; g++) {
+		free(c->groups[g].perm);
+		free(c->groups[g].short_perm);
+	}
+	free(c->groups);
+	free(c->edits);
+	free(c->group_of);
+	free(c->kept_identity);
+	free(c->kept_permuted);
+	free(c);
+	*cp = NULL;
+}
+
+/* ---- the rewrite ------------------------------------------------------------------------ */
+
+static size_t first_edit(const nmp_channels *c, size_t tensor)
+{
+	size_t lo = 0, hi = c->n_edits;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (c->edits[mid].tensor < tensor)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+bool nmp_channels_touches(const nmp_channels *c, size_t tensor)
+{
+	size_t i = first_edit(c, tensor);
+	return i < c->n_edits && c->edits[i].tensor == tensor;
+}
+
+/* dst = src gathered along one axis: dst[o, j, i] = src[o, perm[j], i]. */
+static void gather(uint8_t *dst, const uint8_t *src, uint64_t outer, uint64_t len, uint64_t inner_bytes,
+		   const uint32_t *perm)
+{
+	for (uint64_t o = 0; o < outer; o++) {
+		const uint8_t *s = src + o * len * inner_bytes;
+		uint8_t *d = dst + o * len * inner_bytes;
+		switch (inner_bytes) { /* the last axis: one element at a time */
+		case 1:
+			for (uint64_t j = 0; j < len; j++)
+				d[j] = s[perm[j]];
+			break;
+		case 2:
+			for (uint64_t j = 0; j < len; j++)
+				memcpy(d + 2 * j, s + 2 * (uint64_t)perm[j], 2);
+			break;
+		case 4:
+			for (uint64_t j = 0; j < len; j++)
+				memcpy(d + 4 * j, s + 4 * (uint64_t)perm[j], 4);
+			break;
+		default:
+			for (uint64_t j = 0; j < len; j++)
+				memcpy(d + j * inner_bytes, s + (uint64_t)perm[j] * inner_bytes, inner_bytes);
+		}
+	}
+}
+
+nmp_status nmp_channels_apply(const nmp_channels *c, const nmp_model *m, size_t tensor, void *data,
+			      const void *src, uint64_t length, nmp_error *err)
+{
+	const nmp_tensor *t = &m->tensors[tensor];
+	size_t first = first_edit(c, tensor), last = first;
+	while (last < c->n_edits && c->edits[last].tensor == tensor)
+		last++;
+	if (first == last)
+		return NMP_OK;
+	unsigned esz = nmp_dtype_bits(t->dtype) / 8;
+	if (length != t->numel * esz || esz == 0)
+		return nmp_error_set(err, NMP_ERR_MODEL, "%s: tensor '%s': payload of %llu bytes, expected %llu",
+				     m->path, t->name, (unsigned long long)length,
+				     (unsigned long long)(t->numel * esz));
+	uint8_t *tmp = NULL;
+	if (!src || last - first > 1) {
+		tmp = malloc(length ? length : 1);
+		if (!tmp)
+			return nmp_error_set(err, NMP_ERR_NOMEM, "%s: tensor '%s': out of memory", m->path, t->name);
+	}
+	if (!src) {
+		memcpy(tmp, data, length);
+		src = tmp;
+	}
+	for (size_t e = first; e < last; e++) {
+		const nmp_chan_edit *ed = &c->edits[e];
+		const nmp_chan_group *g = &c->groups[ed->group];
+		const uint32_t *perm = ed->short_axis ? g->short_perm : g->perm;
+		uint64_t len = (uint64_t)t->proto->dims[ed->axis], inner = esz;
+		for (size_t d = (size_t)ed->axis + 1; d < t->proto->n_dims; d++)
+			inner *= (uint64_t)t->proto->dims[d];
+		if (e > first) {
+			memcpy(tmp, data, length);
+			src = tmp;
+		}
+		gather(data, src, len ? t->numel * esz / (len * inner) : 0, len, inner, perm);
+	}
+	free(tmp);
+	return NMP_OK;
+}

@@ -1,0 +1,92 @@
+/*
+ * channels.h — channel permutation on the graph: which tensors must share a
+ * permutation, the search for each, and the rewrite that applies it.
+ *
+ * Reordering the input channels of a weight changes which weights share an
+ * N:M group.  The model computes the same function when every tensor that
+ * carries those channels is reordered the same way: the producers' weights
+ * along their output-channel axis and their biases, BatchNormalization and
+ * LayerNormalization parameters, per-channel constants of element-wise ops,
+ * and every consumer's weight along its reduction axis.
+ *
+ * A channel group is a set of (tensor, axis) slots closed under the ops that
+ * carry a permutation through: each op states which of its inputs' and
+ * outputs' axes move together (Conv: X's channels with W's axis 1; Y's with
+ * W's axis 0 and the bias; Relu: X's axis k with Y's axis k; Transpose maps
+ * axes by its perm; ...).  Starting from each eligible weight's input
+ * channels, the group grows over every producer and every reader of every
+ * slot.  An op that mixes channels (Reshape, a reduction, an unknown op), a
+ * graph input or output, or a rank that cannot be inferred blocks the group,
+ * with the reason.  Grouped convolutions tie the permutation to their groups:
+ * as consumers the same order repeats in every group (the weight holds one
+ * group's channels), as producers channels stay inside their group.
+ *
+ * The search (permute.h) runs once per group on the magnitudes of the
+ * group's eligible weights stacked as rows, with their common element-wise
+ * N:M pattern.  The rewrite then happens as the model is saved: each touched
+ * tensor's payload is gathered along its permuted axes (nmp_channels_apply).
+ * The main graph only: a weight read inside a subgraph is not permuted.
+ *
+ * Memory: a group's eligible weights as fp32 magnitudes, during its search.
+ * Ownership: nmp_channels_plan allocates; nmp_channels_free releases.  The
+ * result borrows the plan, which must outlive it.
+ */
+#ifndef NMP_CHANNELS_H
+#define NMP_CHANNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "permute.h"
+#include "plan.h"
+
+typedef struct nmp_chan_group {
+	char label[160];           /* the tensor the group was found from */
+	uint64_t channels;         /* C, 0 if unknown */
+	unsigned tile;             /* >0: the same order repeats in every run of `tile` channels */
+	unsigned confine;          /* >0: channels stay inside runs of this size */
+	char blocked[256];         /* why it cannot be permuted; "" if it can */
+	char skipped[160];         /* why no search ran though it could be permuted; "" otherwise */
+	size_t n_weights;          /* eligible weights read along it */
+	size_t n_tensors;          /* tensors the rewrite touches */
+	unsigned n, m;             /* the N:M searched */
+	uint32_t *perm;            /* channels entries, perm[new] = old; NULL: left as it is */
+	uint32_t *short_perm;      /* tile entries, for tensors holding one tile of channels */
+	nmp_perm_result search;
+	double seconds;
+} nmp_chan_group;
+
+typedef struct nmp_chan_edit {
+	size_t tensor;             /* model tensor index */
+	int axis;                  /* axis of that tensor */
+	size_t group;
+	bool short_axis;           /* the axis holds one tile of the group's channels */
+} nmp_chan_edit;
+
+typedef struct nmp_channels {
+	nmp_chan_group *groups;
+	size_t n_groups;
+	nmp_chan_edit *edits;      /* sorted by tensor; only groups with a permutation */
+	size_t n_edits;
+	/* per selection choice: the group it reads from (-1 none), and its kept magnitude
+	 * without and with the permutation (equal when none) */
+	long *group_of;
+	double *kept_identity, *kept_permuted;
+} nmp_channels;
+
+nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, nmp_channels **out, nmp_error *err);
+void nmp_channels_free(nmp_channels **c);
+
+/* Does the rewrite touch this model tensor? */
+bool nmp_channels_touches(const nmp_channels *c, size_t tensor);
+
+/*
+ * Writes the permuted payload of a model tensor into `data` (raw layout,
+ * `length` bytes).  The original bytes are at `src`, or in `data` when src is
+ * NULL.
+ */
+nmp_status nmp_channels_apply(const nmp_channels *c, const nmp_model *m, size_t tensor, void *data,
+			      const void *src, uint64_t length, nmp_error *err);
+
+#endif
