@@ -336,6 +336,10 @@ static void infer_ranks(ctx *c)
 			int ra = rank_of(c, in_name(n, 0)), rb = rank_of(c, in_name(n, 1));
 			if (ra > 0 && rb > 0)
 				r = ra == 1 && rb == 1 ? 0 : ra == 1 ? rb - 1 : rb == 1 ? ra - 1 : (ra > rb ? ra : rb);
+		} else if (op_is(n, "Reshape")) {
+			size_t si = find_name(c, in_name(n, 1));
+			if (si != SIZE_MAX && c->names[si].is_const && c->names[si].const_rank == 1)
+				r = (int)c->names[si].const_dims[0];
 		} else if (op_is(n, "Transpose")) {
 			const Onnx__AttributeProto *p = attr(n, "perm");
 			r = p && p->n_ints ? (int)p->n_ints : rank_of(c, in_name(n, 0));

@@ -174,6 +174,23 @@ nmp_status nmp_quant_view(const nmp_model *m, const nmp_candidate *c, nmp_quant_
 	return NMP_OK;
 }
 
+/* Replaces a view of a tensor the channel plan permutes by a permuted copy. */
+static nmp_status permute_view(const prune_ctx *c, const nmp_tensor *t, nmp_view *v, nmp_error *err)
+{
+	const nmp_channels *ch = c->o ? c->o->channels : NULL;
+	const nmp_model *m = c->plan->model;
+	if (!t || !ch || !nmp_channels_touches(ch, (size_t)(t - m->tensors)))
+		return NMP_OK;
+	void *buf = malloc(v->length ? v->length : 1);
+	if (!buf)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	nmp_status s = nmp_channels_apply(ch, m, (size_t)(t - m->tensors), buf, v->data, v->length, err);
+	uint64_t length = v->length;
+	nmp_view_release(v);
+	*v = (nmp_view){ .data = buf, .length = length, .owned = buf };
+	return s;
+}
+
 static nmp_status run_one(prune_ctx *c, size_t ci, void *data, const void *src, uint64_t length,
 			  nmp_error *err)
 {
@@ -189,8 +206,16 @@ static nmp_status run_one(prune_ctx *c, size_t ci, void *data, const void *src, 
 	if (length != t->nbytes)
 		return nmp_error_set(err, NMP_ERR_MODEL, "%s: tensor '%s': payload of %llu bytes, expected %llu",
 				     m->path, cand->name, (unsigned long long)length, (unsigned long long)t->nbytes);
-	if (cand->quant.present)
+	if (cand->quant.present) {
+		/* scale and zero point as the output holds them: permuted with the weight */
 		s = nmp_quant_view(m, cand, &qp, &sv, &zv, err);
+		if (s == NMP_OK)
+			s = permute_view(c, cand->quant.scale, &sv, err);
+		if (s == NMP_OK && cand->quant.zero_point)
+			s = permute_view(c, cand->quant.zero_point, &zv, err);
+		qp.scale = sv.data;
+		qp.zero_point = cand->quant.zero_point ? zv.data : NULL;
+	}
 	uint8_t *mask = NULL;
 	if (s == NMP_OK && c->masks && !(mask = malloc(t->numel ? t->numel : 1)))
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: tensor '%s': out of memory", m->path, cand->name);

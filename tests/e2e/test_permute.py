@@ -1,0 +1,288 @@
+"""Channel permutation (prune --permute): the permuted model computes what the
+original computes (onnxruntime, exact kernels, relative error <= 1e-5 in fp32);
+after masking it passes check and keeps at least the magnitude it kept without
+permutation; groups that cannot be permuted are reported with their reason."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import ROOT, nmprune, save
+import reference
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    subprocess.run([sys.executable, str(ROOT / "models" / "make_models.py"), "all", str(d)], check=True)
+    return d
+
+
+def _init(rng, name, shape, dtype=np.float32):
+    return numpy_helper.from_array(rng.standard_normal(shape).astype(dtype), name)
+
+
+def _model(nodes, inputs, outputs, inits, opset=17):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def conv_zoo():
+    """Two permutable groups: 16 channels through BatchNormalization, a per-channel
+    Mul and Add, a depthwise Conv, MaxPool, Concat and Split on the batch axis; 32
+    channels through GlobalAveragePool and Flatten into a Gemm."""
+    rng = np.random.default_rng(5)
+    inits = [
+        _init(rng, "W1", (16, 8, 3, 3)), _init(rng, "B1", (16,)),
+        numpy_helper.from_array((1 + 0.1 * rng.standard_normal(16)).astype(np.float32), "bn.scale"),
+        _init(rng, "bn.bias", (16,)), _init(rng, "bn.mean", (16,)),
+        numpy_helper.from_array((1 + np.abs(rng.standard_normal(16))).astype(np.float32), "bn.var"),
+        _init(rng, "s", (16, 1, 1)), _init(rng, "t", (1, 16, 1, 1)),
+        _init(rng, "dw.W", (16, 1, 3, 3)), _init(rng, "dw.B", (16,)),
+        _init(rng, "W2", (32, 16, 1, 1)), _init(rng, "W3", (32, 10)), _init(rng, "C3", (10,)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["b1"], name="bn"),
+        helper.make_node("Relu", ["b1"], ["r1"]),
+        helper.make_node("Mul", ["r1", "s"], ["m1"], name="mul"),
+        helper.make_node("Add", ["m1", "t"], ["a1"], name="add"),
+        helper.make_node("Conv", ["a1", "dw.W", "dw.B"], ["d1"], name="dw", group=16, pads=[1, 1, 1, 1]),
+        helper.make_node("MaxPool", ["d1"], ["p1"], name="pool", kernel_shape=[2, 2]),
+        helper.make_node("Sigmoid", ["p1"], ["g1"]),
+        helper.make_node("Concat", ["g1", "g1"], ["cat"], name="cat", axis=0),
+        helper.make_node("Split", ["cat"], ["s0", "s1"], name="split", axis=0, num_outputs=2),
+        helper.make_node("Add", ["s0", "s1"], ["j1"], name="join"),
+        helper.make_node("Conv", ["j1", "W2"], ["c2"], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["gp"]),
+        helper.make_node("Flatten", ["gp"], ["fl"], name="flatten"),
+        helper.make_node("Gemm", ["fl", "W3", "C3"], ["y"], name="head"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits, opset=18)
+
+
+def mlp_zoo():
+    """Two permutable groups: 32 channels through a bias Add, LayerNormalization, Tanh
+    and two Transposes into a weight read through a Transpose; 64 channels into an
+    int8 weight behind a per-channel DequantizeLinear."""
+    rng = np.random.default_rng(6)
+    q = rng.integers(-100, 100, (64, 16)).astype(np.int8)
+    inits = [
+        _init(rng, "W1", (16, 32)), _init(rng, "b1", (32,)),
+        numpy_helper.from_array((1 + 0.1 * rng.standard_normal(32)).astype(np.float32), "ln.g"),
+        _init(rng, "ln.b", (32,)), _init(rng, "W2T", (64, 32)), _init(rng, "b2", (64,)),
+        numpy_helper.from_array(q, "Wq"),
+        numpy_helper.from_array((0.01 + 0.01 * rng.random(16)).astype(np.float32), "Wq.scale"),
+        numpy_helper.from_array(rng.integers(-3, 3, 16).astype(np.int8), "Wq.zp"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+        helper.make_node("Add", ["h", "b1"], ["hb"]),
+        helper.make_node("LayerNormalization", ["hb", "ln.g", "ln.b"], ["ln"], name="ln", axis=-1),
+        helper.make_node("Tanh", ["ln"], ["t"]),
+        helper.make_node("Transpose", ["t"], ["tt"], name="tr1", perm=[0, 2, 1]),
+        helper.make_node("Transpose", ["tt"], ["t2"], name="tr2", perm=[0, 2, 1]),
+        helper.make_node("Transpose", ["W2T"], ["W2"], name="w2t", perm=[1, 0]),
+        helper.make_node("MatMul", ["t2", "W2"], ["h2"], name="fc2"),
+        helper.make_node("Add", ["h2", "b2"], ["h2b"]),
+        helper.make_node("Relu", ["h2b"], ["r2"]),
+        helper.make_node("DequantizeLinear", ["Wq", "Wq.scale", "Wq.zp"], ["W3"], name="dq", axis=1),
+        helper.make_node("MatMul", ["r2", "W3"], ["y"], name="fc3"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 16])], inits)
+
+
+def blockers():
+    """Each eligible weight reads channels that something blocks."""
+    rng = np.random.default_rng(7)
+    inits = [_init(rng, n, s) for n, s in (("W1", (16, 16)), ("W2", (16, 16)), ("W3", (16, 16)),
+                                           ("W4", (32, 8)))]
+    inits.append(numpy_helper.from_array(np.array([4, 16], np.int64), "shape"))
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["a"], name="fc1"),
+        helper.make_node("Reshape", ["a", "shape"], ["b"], name="reshape"),
+        helper.make_node("MatMul", ["b", "W2"], ["c"], name="fc2"),
+        helper.make_node("MatMul", ["c", "W3"], ["d"], name="fc3"),
+        helper.make_node("Concat", ["d", "d"], ["e"], name="concat", axis=1),
+        helper.make_node("MatMul", ["e", "W4"], ["y"], name="fc4"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8]),
+                   helper.make_tensor_value_info("c", TensorProto.FLOAT, [4, 16])], inits)
+
+
+def captured():
+    """The channels of 'h' are also read inside an If branch."""
+    rng = np.random.default_rng(8)
+    then = helper.make_graph([helper.make_node("MatMul", ["h", "Wt"], ["t"], name="then.fc")], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [4, 16])],
+                             [_init(rng, "Wt", (16, 16))])
+    other = helper.make_graph([helper.make_node("Identity", ["h2"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [4, 16])])
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+        helper.make_node("MatMul", ["h", "W2"], ["h2"], name="fc2"),
+        helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then, else_branch=other),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16]),
+                          helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])],
+                  [_init(rng, "W1", (16, 16)), _init(rng, "W2", (16, 16))])
+
+
+ZOO = {"conv_zoo": conv_zoo, "mlp_zoo": mlp_zoo}
+# groups each model has that must be permuted
+PERMUTED = {"resnet": 2, "bert": 2, "bert_int8": 2, "bert_fp16": 2, "conv_zoo": 2, "mlp_zoo": 2}
+
+
+def _path(suite, tmp_path, name):
+    if name in ZOO:
+        return save(ZOO[name](), tmp_path / f"{name}.onnx")
+    return suite / f"{name}.onnx"
+
+
+def _outputs(path, feeds):
+    so = ort.SessionOptions()
+    # exact kernels: onnxruntime's fused int8 kernels quantize activations
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _feeds(path):
+    rng = np.random.default_rng(3)
+    feeds = {}
+    for i in ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs():
+        dtype = np.float16 if i.type == "tensor(float16)" else np.float32
+        feeds[i.name] = rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(dtype)
+    return feeds
+
+
+def _weights(path):
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+@pytest.mark.parametrize("name", sorted(PERMUTED))
+def test_permuted_model_computes_the_same(suite, tmp_path, name):
+    src = _path(suite, tmp_path, name)
+    out = tmp_path / "permuted.onnx"
+    nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "--report", tmp_path / "r.json",
+            "-q", check=0)
+    groups = json.loads((tmp_path / "r.json").read_text())["permutation"]["groups"]
+    assert sum(g["permuted"] for g in groups) == PERMUTED[name], groups
+    before, after = _weights(src), _weights(out)
+    changed = [k for k in before if not np.array_equal(before[k], after[k])]
+    assert changed, "nothing was permuted"
+    for k in changed:  # a permutation moves values, never changes them
+        np.testing.assert_array_equal(np.sort(before[k], axis=None), np.sort(after[k], axis=None), err_msg=k)
+    onnx.checker.check_model(str(out), full_check=True)
+    feeds = _feeds(src)
+    tol = 2e-3 if name == "bert_fp16" else 1e-5
+    for want, have in zip(_outputs(src, feeds), _outputs(out, feeds)):
+        want, have = want.astype(np.float64), have.astype(np.float64)
+        assert np.abs(have - want).max() <= tol * np.abs(want).max(), name
+
+
+@pytest.mark.parametrize("name", sorted(PERMUTED))
+def test_permute_then_mask(suite, tmp_path, name):
+    """Masked after permutation: complies, keeps at least as much as without, and its
+    masks are the reference masks of the permuted weights."""
+    src = _path(suite, tmp_path, name)
+    plain, permuted, only = tmp_path / "plain.onnx", tmp_path / "permuted.onnx", tmp_path / "only.onnx"
+    nmprune("prune", src, "-o", plain, "--align", "none", "--report", tmp_path / "plain.json", "-q", check=0)
+    nmprune("prune", src, "-o", permuted, "--permute", "--align", "none", "--report", tmp_path / "perm.json",
+            "-q", check=0)
+    nmprune("prune", src, "-o", only, "--permute-only", "--align", "none", "-q", check=0)
+    assert nmprune("check", permuted, "--align", "none", "-q").code == 0
+
+    plain_w = {w["name"]: w for w in json.loads((tmp_path / "plain.json").read_text())["weights"]}
+    gained = 0
+    for w in json.loads((tmp_path / "perm.json").read_text())["weights"]:
+        if "kept_l1_ratio" not in w:
+            continue  # not eligible
+        if "kept_l1_ratio_unpermuted" not in w:
+            assert w["kept_l1_ratio"] == pytest.approx(plain_w[w["name"]]["kept_l1_ratio"], abs=1e-9)
+            continue
+        # the unpermuted figure is what plain pruning keeps
+        assert w["kept_l1_ratio_unpermuted"] == pytest.approx(plain_w[w["name"]]["kept_l1_ratio"], rel=1e-5)
+        assert w["kept_l1_ratio"] >= w["kept_l1_ratio_unpermuted"] - 1e-6
+        gained += w["kept_l1_ratio"] > w["kept_l1_ratio_unpermuted"] + 1e-4
+    assert gained >= 1
+
+    if name in ("bert_int8", "mlp_zoo"):
+        return  # quantized weights: the masks are checked by check above
+    masked = _weights(permuted)
+    for k, w in _weights(only).items():
+        meta = next((x for x in json.loads((tmp_path / "perm.json").read_text())["weights"]
+                     if x["name"] == k and "sparsity" in x), None)
+        if meta is None:
+            np.testing.assert_array_equal(masked[k], w, err_msg=k)
+            continue
+        out_axis = 0 if w.ndim == 4 else (1 - meta["axis"] if w.ndim == 2 else -1)
+        keep = reference.mask(w, "2:4", meta["axis"], out_axis)
+        np.testing.assert_array_equal(masked[k], np.where(keep, w, np.zeros_like(w)), err_msg=k)
+
+
+def test_blocked_groups_name_their_reason(tmp_path):
+    src = save(blockers(), tmp_path / "b.onnx")
+    r = nmprune("prune", src, "-o", tmp_path / "o.onnx", "--permute", "--align", "none", "--json", check=0)
+    groups = {g["from"]: g for g in json.loads(r.out)["permutation"]["groups"]}
+    assert groups["W1"]["blocked"] == "'x' is a graph input"
+    assert groups["W2"]["blocked"] == "Reshape 'reshape' mixes or reorders the channels of 'b'"
+    assert groups["W3"]["blocked"] == "'c' is a graph output"
+    assert groups["W4"]["blocked"] == "Concat 'concat' mixes or reorders the channels of 'e'"
+    assert not any(g["permuted"] for g in groups.values())
+    # nothing permuted: the output is what plain pruning writes
+    nmprune("prune", src, "-o", tmp_path / "plain.onnx", "--align", "none", "-q", check=0)
+    assert (tmp_path / "o.onnx").read_bytes() == (tmp_path / "plain.onnx").read_bytes()
+    text = nmprune("prune", src, "-o", tmp_path / "o2.onnx", "--permute", "--align", "none", check=0).err
+    assert "group 1 from 'W2': blocked: Reshape 'reshape' mixes or reorders the channels of 'b'" in text
+
+
+def test_channels_read_in_a_subgraph_block(tmp_path):
+    src = save(captured(), tmp_path / "c.onnx")
+    r = nmprune("prune", src, "-o", tmp_path / "o.onnx", "--permute", "--align", "none", "--json", check=0)
+    groups = {g["from"]: g for g in json.loads(r.out)["permutation"]["groups"]}
+    assert groups["W2"]["blocked"] == "'h' is read inside a subgraph of 'branch'"
+    assert "Wt" not in groups  # a weight of a subgraph is not permuted
+
+
+def test_permute_is_deterministic_and_dry_run_agrees(suite, tmp_path):
+    src = suite / "resnet.onnx"
+    for k in (1, 2):
+        nmprune("prune", src, "-o", tmp_path / f"o{k}.onnx", "--permute", "--report", tmp_path / f"r{k}.json",
+                "-q", check=0)
+    assert (tmp_path / "o1.onnx").read_bytes() == (tmp_path / "o2.onnx").read_bytes()
+    dry = json.loads(nmprune("prune", src, "--dry-run", "--permute", "--json", check=0).out)
+    real = json.loads((tmp_path / "r1.json").read_text())
+    strip = lambda gs: [{k: v for k, v in g.items() if k != "search_s"} for g in gs]
+    assert strip(dry["permutation"]["groups"]) == strip(real["permutation"]["groups"])
+    assert [w.get("kept_l1_ratio") for w in dry["weights"]] == [w.get("kept_l1_ratio") for w in real["weights"]]
+
+
+def test_permutation_needs_an_element_wise_pattern(suite, tmp_path):
+    src = suite / "bert.onnx"
+    r = nmprune("prune", src, "-o", tmp_path / "o.onnx", "--permute", "--pattern", "50%", "--json", check=0)
+    groups = json.loads(r.out)["permutation"]["groups"]
+    assert {g.get("skipped") for g in groups if "blocked" not in g} == {
+        "weight 'attn.o.weight' has pattern 50%; the search is for element-wise N:M",
+        "weight 'ffn.down.weight' has pattern 50%; the search is for element-wise N:M"}
+
+
+def test_permute_usage_errors(suite, tmp_path):
+    src = suite / "bert.onnx"
+    r = nmprune("check", src, "--permute", check=2)
+    assert "--permute is an option of prune only" in r.err
+    r = nmprune("prune", src, "-o", tmp_path / "o.onnx", "--permute-only", "--save-masks", tmp_path / "m", check=2)
+    assert "--permute-only writes no masks" in r.err
+    assert not (tmp_path / "o.onnx").exists()
