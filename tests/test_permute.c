@@ -3,7 +3,8 @@
  * permutation; with blocks, every column stays in its block; the reported
  * kept magnitude is what the permutation keeps, never less than without it
  * and never more than unstructured pruning at the same density; a matrix
- * whose groups are already ideal is left alone; a planted bad order is undone.
+ * whose groups are already ideal is left alone; a planted bad order is undone;
+ * the kept magnitude of a group is the sum of its N largest, ties included.
  */
 #include "testutil.h"
 
@@ -85,11 +86,41 @@ static void test_ideal_order_is_kept_and_planted_order_undone(void **state)
 	assert_true(fabs(nmp_perm_efficacy(&r) - 1.0) < 1e-9);
 }
 
+static int desc(const void *a, const void *b)
+{
+	float x = *(const float *)a, y = *(const float *)b;
+	return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Every N:M with M <= 64 on rows of few distinct values (ties everywhere), of
+ * random values, and of one repeated value: the sum of the N largest by sorting. */
+static void test_kept_is_the_sum_of_the_n_largest(void **state)
+{
+	(void)state;
+	uint32_t id[64];
+	for (uint32_t i = 0; i < 64; i++)
+		id[i] = i;
+	for (unsigned m = 1; m <= 64; m++)
+		for (unsigned n = 1; n <= m; n++)
+			for (int kind = 0; kind < 3; kind++) {
+				float row[64], sorted[64];
+				for (unsigned i = 0; i < m; i++)
+					row[i] = kind == 0 ? (float)(int)(4 * rnd()) : kind == 1 ? rnd() : 0.5f;
+				memcpy(sorted, row, sizeof row);
+				qsort(sorted, m, sizeof *sorted, desc);
+				double want = 0;
+				for (unsigned i = 0; i < n; i++)
+					want += sorted[i];
+				assert_true(fabs(nmp_perm_kept(row, 1, m, n, m, id) - want) < 1e-9);
+			}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_invariants),
 		cmocka_unit_test(test_ideal_order_is_kept_and_planted_order_undone),
+		cmocka_unit_test(test_kept_is_the_sum_of_the_n_largest),
 	};
 	return cmocka_run_group_tests_name("permute", tests, NULL, NULL);
 }
