@@ -1,41 +1,19 @@
 #include "permute.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define MAX_M 256
 
-/* Sum of the n largest of m values. */
-static double top_sum(const float *v, unsigned m, unsigned n)
+/* Sum of the n largest of w[0..m), reordering w: quickselect (Hoare) puts them first. */
+static double select_top(float *w, size_t m, size_t n)
 {
-	if (m == 4 && n == 2) {
-		float a = v[0], b = v[1], c = v[2], d = v[3];
-		float hi1 = a > b ? a : b, lo1 = a > b ? b : a, hi2 = c > d ? c : d, lo2 = c > d ? d : c;
-		float top = hi1 > hi2 ? hi1 : hi2, mid1 = hi1 > hi2 ? hi2 : hi1, mid2 = lo1 > lo2 ? lo1 : lo2;
-		return (double)top + (double)(mid1 > mid2 ? mid1 : mid2);
-	}
-	float w[MAX_M];
-	memcpy(w, v, m * sizeof *w);
-	if (n <= 4) { /* n passes of selection */
-		double s = 0;
-		for (unsigned k = 0; k < n; k++) {
-			unsigned best = k;
-			for (unsigned i = k + 1; i < m; i++)
-				if (w[i] > w[best])
-					best = i;
-			float t = w[k];
-			w[k] = w[best];
-			w[best] = t;
-			s += w[k];
-		}
-		return s;
-	}
-	/* Quickselect (Hoare): afterwards w[0..n) holds the n largest, in some order. */
-	int lo = 0, hi = (int)m - 1, k = (int)n - 1;
+	ptrdiff_t lo = 0, hi = (ptrdiff_t)m - 1, k = (ptrdiff_t)n - 1;
 	while (lo < hi) {
 		float pivot = w[lo + (hi - lo) / 2];
-		int i = lo, j = hi;
+		ptrdiff_t i = lo, j = hi;
 		do {
 			while (w[i] > pivot)
 				i++;
@@ -56,15 +34,36 @@ static double top_sum(const float *v, unsigned m, unsigned n)
 			break;
 	}
 	double s = 0;
-	for (unsigned k = 0; k < n; k++)
-		s += w[k];
+	for (size_t q = 0; q < n; q++)
+		s += w[q];
 	return s;
 }
 
-static int desc(const void *a, const void *b)
+/* Sum of the n largest of m values. */
+static double top_sum(const float *v, unsigned m, unsigned n)
 {
-	float x = *(const float *)a, y = *(const float *)b;
-	return x < y ? 1 : x > y ? -1 : 0;
+	if (m == 4 && n == 2) {
+		float a = v[0], b = v[1], c = v[2], d = v[3];
+		float hi1 = a > b ? a : b, lo1 = a > b ? b : a, hi2 = c > d ? c : d, lo2 = c > d ? d : c;
+		float top = hi1 > hi2 ? hi1 : hi2, mid1 = hi1 > hi2 ? hi2 : hi1, mid2 = lo1 > lo2 ? lo1 : lo2;
+		return (double)top + (double)(mid1 > mid2 ? mid1 : mid2);
+	}
+	float w[MAX_M];
+	memcpy(w, v, m * sizeof *w);
+	if (n > 4)
+		return select_top(w, m, n);
+	double s = 0;
+	for (unsigned k = 0; k < n; k++) { /* n passes of selection */
+		unsigned best = k;
+		for (unsigned i = k + 1; i < m; i++)
+			if (w[i] > w[best])
+				best = i;
+		float t = w[k];
+		w[k] = w[best];
+		w[best] = t;
+		s += w[k];
+	}
+	return s;
 }
 
 typedef struct search {
@@ -314,9 +313,7 @@ int nmp_perm_search(const float *mag, size_t rows, size_t cols, const nmp_perm_o
 		size_t keep = cols / o->m * o->n;
 		for (size_t r = 0; r < rows; r++) {
 			memcpy(row, mag + r * cols, cols * sizeof *row);
-			qsort(row, cols, sizeof *row, desc);
-			for (size_t k = 0; k < keep; k++)
-				res->kept_unstructured += row[k];
+			res->kept_unstructured += select_top(row, cols, keep);
 		}
 		free(row);
 	}
