@@ -77,6 +77,7 @@ typedef struct nmp_options {
 	bool greedy;                       /* transposable patterns: greedy instead of exact */
 	const char *external_data;         /* save: move tensors >= 1 KiB into this file */
 	const char *masks_path;            /* save: also write the masks as safetensors */
+	bool permute;                      /* save: permute channels first (prune --permute) */
 } nmp_options;
 
 void nmp_options_init(nmp_options *o);

@@ -16,6 +16,7 @@ struct nmp_session {
 	nmp_engine *engine;
 	nmp_options opt;
 	nmp_pass_result result;
+	nmp_channels *channels;            /* planned on the first save with permute */
 	nmp_error err;
 };
 
@@ -78,6 +79,7 @@ void nmp_close(nmp_session **ps)
 	if (!s)
 		return;
 	nmp_pass_result_free(&s->result);
+	nmp_channels_free(&s->channels);
 	nmp_engine_free(&s->engine);
 	nmp_plan_free(&s->plan);
 	free(s);
@@ -122,9 +124,14 @@ nmp_status nmp_prune_save(nmp_session *s, const char *out_path)
 {
 	nmp_pass_result_free(&s->result);
 	nmp_error_clear(&s->err);
+	if (s->opt.permute && !s->channels) {
+		nmp_status st = nmp_channels_plan(&s->plan, NMP_PERMUTE_SEED, &s->channels, &s->err);
+		if (st != NMP_OK)
+			return st;
+	}
 	nmp_prune_opts po = {
 		.output = out_path, .external_data = s->opt.external_data, .engine = s->engine,
-		.masks_path = s->opt.masks_path,
+		.masks_path = s->opt.masks_path, .channels = s->channels,
 	};
 	return nmp_prune(&s->plan, &po, &s->result, &s->err);
 }

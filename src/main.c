@@ -23,9 +23,6 @@ typedef enum nmp_exit {
 	EXIT_DEVICE = 5,
 } nmp_exit;
 
-/* The search is seeded, so the same model and options give the same output. */
-#define NMP_PERMUTE_SEED 20211206u
-
 static nmp_exit exit_code(nmp_status s)
 {
 	switch (s) {

@@ -80,3 +80,46 @@ def test_save_masks(tmp_path):
     bad = tmp_path / "bad.safetensors"
     r = nmprune("prune", DEMO, "-o", tmp_path / "nodir" / "x.onnx", "--save-masks", bad)
     assert r.code == 4 and not bad.exists() and not list(tmp_path.glob("bad.safetensors.*"))
+
+
+PERMUTE_C = r"""
+#include <stdio.h>
+#include <nmprune.h>
+int main(int argc, char **argv)
+{
+	if (argc != 3)
+		return 2;
+	nmp_options o;
+	nmp_options_init(&o);
+	o.permute = true;
+	char err[512];
+	nmp_session *s;
+	if (nmp_open(argv[1], &o, &s, err, sizeof err) != NMP_OK) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	int rc = nmp_prune_save(s, argv[2]) != NMP_OK;
+	if (rc)
+		fprintf(stderr, "%s\n", nmp_last_error(s));
+	nmp_close(&s);
+	return rc;
+}
+"""
+
+
+def test_library_permutes_as_the_command_does(tmp_path):
+    pc = _install(tmp_path / "prefix")
+    env = dict(os.environ, PKG_CONFIG_PATH=str(pc))
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "--static", "nmprune"], env=env,
+                           capture_output=True, text=True, check=True).stdout.split()
+    src, exe = tmp_path / "permute.c", tmp_path / "permute"
+    src.write_text(PERMUTE_C)
+    subprocess.run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", str(src), *flags, "-o", str(exe)], check=True)
+    out, cli = tmp_path / "lib.onnx", tmp_path / "cli.onnx"
+    r = subprocess.run([str(exe), str(DEMO), str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    nmprune("prune", DEMO, "-o", cli, "--permute", "-q", check=0)
+    plain = tmp_path / "plain.onnx"
+    nmprune("prune", DEMO, "-o", plain, "-q", check=0)
+    assert out.read_bytes() == cli.read_bytes()
+    assert out.read_bytes() != plain.read_bytes()  # the demo model has permutable groups
