@@ -1104,8 +1104,10 @@ nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, nmp_channels *
 		s = c.g ? nmp_error_set(err, NMP_ERR_NOMEM, "out of memory") : NMP_OK;
 		goto out;
 	}
-	for (size_t i = 0; i < sel->n; i++)
+	for (size_t i = 0; i < sel->n; i++) {
 		o->group_of[i] = -1;
+		o->kept_identity[i] = o->kept_permuted[i] = -1; /* until a search measures them */
+	}
 	if ((s = build_index(&c)) != NMP_OK)
 		goto out;
 	infer_ranks(&c);
@@ -1143,13 +1145,7 @@ nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, nmp_channels *
 		for (size_t i = 0; i < sel->n; i++)
 			o->groups[g].n_weights += o->group_of[i] == (long)g;
 		size_group(&c, g);
-		if (o->groups[g].blocked[0]) {
-			for (size_t i = 0; i < sel->n; i++)
-				if (o->group_of[i] == (long)g)
-					o->kept_identity[i] = o->kept_permuted[i] = -1;
-			continue;
-		}
-		if ((s = search_group(&c, g, seed)) != NMP_OK)
+		if (!o->groups[g].blocked[0] && (s = search_group(&c, g, seed)) != NMP_OK)
 			goto out;
 	}
 	s = record_edits(&c);

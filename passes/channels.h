@@ -70,7 +70,7 @@ typedef struct nmp_channels {
 	nmp_chan_edit *edits;      /* sorted by tensor; only groups with a permutation */
 	size_t n_edits;
 	/* per selection choice: the group it reads from (-1 none), and its kept magnitude
-	 * without and with the permutation (equal when none) */
+	 * without and with the permutation (equal when none; -1 when its group was not searched) */
 	long *group_of;
 	double *kept_identity, *kept_permuted;
 } nmp_channels;

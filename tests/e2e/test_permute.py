@@ -277,6 +277,7 @@ def test_permutation_needs_an_element_wise_pattern(suite, tmp_path):
     assert {g.get("skipped") for g in groups if "blocked" not in g} == {
         "weight 'attn.o.weight' has pattern 50%; the search is for element-wise N:M",
         "weight 'ffn.down.weight' has pattern 50%; the search is for element-wise N:M"}
+    assert not any("kept_l1_ratio_unpermuted" in w for w in json.loads(r.out)["weights"])
 
 
 def test_permute_usage_errors(suite, tmp_path):
