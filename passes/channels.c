@@ -150,6 +150,19 @@ static int64_t attr_int(const Onnx__NodeProto *n, const char *name, int64_t dflt
 	return a && a->type == ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT ? a->i : dflt;
 }
 
+/* How messages name a node: its name, else its first output. */
+static const char *node_label(const Onnx__NodeProto *n)
+{
+	if (n->name && n->name[0])
+		return n->name;
+	return n->n_output && n->output[0] ? n->output[0] : "?";
+}
+
+static const char *node_op(const Onnx__NodeProto *n)
+{
+	return n->op_type ? n->op_type : "?";
+}
+
 static bool op_is(const Onnx__NodeProto *n, const char *op)
 {
 	return n->op_type && strcmp(n->op_type, op) == 0;
@@ -426,7 +439,7 @@ static void rels_conv(const ctx *c, const Onnx__NodeProto *n, rels *rs, bool tra
 	if (r < 0)
 		r = rank_of(c, in_name(n, 1));
 	if (r < 3) {
-		snprintf(rs->why, sizeof rs->why, "the rank of the input of %s '%s' is unknown", n->op_type, n->name);
+		snprintf(rs->why, sizeof rs->why, "the rank of the input of %s '%s' is unknown", node_op(n), node_label(n));
 		return;
 	}
 	int ch = 1 - r;
@@ -445,7 +458,7 @@ static void rels_conv(const ctx *c, const Onnx__NodeProto *n, rels *rs, bool tra
 	}
 	const name_info *w = const_behind(c, in_name(n, 1));
 	if (transpose || !w || w->const_rank != r || groups <= 0) {
-		snprintf(rs->why, sizeof rs->why, "%s '%s' has groups and %s", n->op_type, n->name,
+		snprintf(rs->why, sizeof rs->why, "%s '%s' has groups and %s", node_op(n), node_label(n),
 			 transpose ? "is transposed" : "a weight of unknown shape");
 		return;
 	}
@@ -459,7 +472,7 @@ static void rels_conv(const ctx *c, const Onnx__NodeProto *n, rels *rs, bool tra
 		return;
 	}
 	if (cin_g == 1 || cout % groups != 0) {
-		snprintf(rs->why, sizeof rs->why, "Conv '%s' multiplies channels", n->name);
+		snprintf(rs->why, sizeof rs->why, "Conv '%s' multiplies channels", node_label(n));
 		return;
 	}
 	rel *x = new_rel(rs), *y = new_rel(rs);
@@ -476,7 +489,7 @@ static void rels_matmul(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 {
 	int ra = rank_of(c, in_name(n, 0)), rb = rank_of(c, in_name(n, 1));
 	if (ra < 1 || rb < 1) {
-		snprintf(rs->why, sizeof rs->why, "the rank of an input of MatMul '%s' is unknown", n->name);
+		snprintf(rs->why, sizeof rs->why, "the rank of an input of MatMul '%s' is unknown", node_label(n));
 		return;
 	}
 	rel *k = new_rel(rs);
@@ -520,7 +533,7 @@ static void rels_quant(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 	size_t si = find_name(c, sn);
 	const name_info *s = si == SIZE_MAX ? NULL : &c->names[si];
 	if (!s || !s->is_const || s->const_rank < 0 || r < 0) {
-		snprintf(rs->why, sizeof rs->why, "%s '%s' has a scale or input of unknown shape", n->op_type, n->name);
+		snprintf(rs->why, sizeof rs->why, "%s '%s' has a scale or input of unknown shape", node_op(n), node_label(n));
 		return;
 	}
 	uint64_t ns = 1;
@@ -566,7 +579,7 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 	} else if (op_is(n, "DequantizeLinear") || op_is(n, "QuantizeLinear")) {
 		rels_quant(c, n, rs);
 	} else if (r < 0) {
-		snprintf(rs->why, sizeof rs->why, "the rank of the input of %s '%s' is unknown", n->op_type, n->name);
+		snprintf(rs->why, sizeof rs->why, "the rank of the input of %s '%s' is unknown", node_op(n), node_label(n));
 	} else if (op_is(n, "BatchNormalization") || op_is(n, "InstanceNormalization")) {
 		for (int k = -r; k < 0; k++) {
 			rel *x = new_rel(rs);
@@ -595,7 +608,7 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 	} else if (op_in(n, (const char *const[]){ "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool",
 						   "GlobalMaxPool", "GlobalLpPool", NULL })) {
 		if (n->n_output > 1 && n->output[1] && n->output[1][0]) {
-			snprintf(rs->why, sizeof rs->why, "%s '%s' returns indices", n->op_type, n->name);
+			snprintf(rs->why, sizeof rs->why, "%s '%s' returns indices", node_op(n), node_label(n));
 			return;
 		}
 		for (int k = -r; k <= 1 - r; k++) {
@@ -769,7 +782,7 @@ static void visit(ctx *c, size_t s, uint32_t ni)
 	const slot sl = c->slots[s];
 	const Onnx__NodeProto *n = c->g->node[ni];
 	const char *name = c->names[sl.name].name;
-	const char *label = n->name && n->name[0] ? n->name : n->output[0];
+	const char *label = node_label(n);
 	rels rs;
 	build_rels(c, n, &rs);
 	for (int side = 0; side < 2; side++) {
@@ -794,7 +807,7 @@ static void visit(ctx *c, size_t s, uint32_t ni)
 					snprintf(what, sizeof what, "%s", rs.why);
 				else
 					snprintf(what, sizeof what, "%s '%s' mixes or reorders the channels of '%s'",
-						 n->op_type ? n->op_type : "?", label, name);
+						 node_op(n), label, name);
 				block(c, sl.group, "%s%s", what, NULL);
 				continue;
 			}
@@ -833,14 +846,11 @@ static void expand(ctx *c, size_t s)
 		const Onnx__NodeProto *n = c->g->node[ni->refs[r].node];
 		if (ni->refs[r].input < 0) {
 			block(c, sl.group, "'%s' is read inside a subgraph of '%s'", ni->name,
-			      n->name && n->name[0] ? n->name : n->op_type);
+			      node_label(n));
 			continue;
 		}
-		/* a node reading the name at several inputs relates them all in one visit */
-		bool seen = false;
-		for (size_t q = 0; q < r; q++)
-			seen |= ni->refs[q].node == ni->refs[r].node;
-		if (!seen)
+		/* a node reading the name at several inputs (listed together) relates them all in one visit */
+		if (r == 0 || ni->refs[r - 1].node != ni->refs[r].node)
 			visit(c, s, ni->refs[r].node);
 	}
 }

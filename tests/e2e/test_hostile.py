@@ -1,5 +1,6 @@
 """Hostile models: each gets a clear error (or a correct result) in bounded time
 and memory, and none crashes."""
+import json
 import subprocess
 import time
 
@@ -130,3 +131,22 @@ def test_many_weights_fast(tmp_path):
     code, err, secs, _ = _measured(["prune", src, "-o", tmp_path / "o.onnx", "-q", "--threads", "1"])
     assert code == 0, err
     assert secs < 60, secs
+
+
+def test_permute_through_a_hundred_thousand_ops(tmp_path):
+    # One channel group of 100 000 slots between two weights, and a tensor read by 100 000 nodes.
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "w2")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1")]
+    nodes += [helper.make_node("Relu", ["h" if i == 0 else f"a{i - 1}"], [f"a{i}"]) for i in range(100_000)]
+    nodes += [helper.make_node("Sigmoid", ["h"], [f"s{i}"]) for i in range(100_000)]
+    nodes.append(helper.make_node("MatMul", ["a99999", "w2"], ["y"], name="fc2"))
+    src = save(_graph(nodes, [w1, w2]), tmp_path / "m.onnx")
+    code, err, secs, rss = _measured(["prune", src, "-o", tmp_path / "o.onnx", "--permute", "-q"])
+    assert code == 0, err
+    assert secs < 30 and rss < 512 * 1024, (secs, rss)
+    out = subprocess.run([NMPRUNE, "prune", src, "--dry-run", "--permute", "--json"], capture_output=True,
+                         text=True, timeout=300).stdout
+    groups = json.loads(out)["permutation"]["groups"]
+    assert [(g["from"], g["permuted"]) for g in groups] == [("w1", False), ("w2", True)], groups
