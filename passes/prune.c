@@ -154,8 +154,8 @@ static double now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-nmp_status nmp_quant_view(const nmp_model *m, const nmp_candidate *c, nmp_quant_params *qp,
-			       nmp_view *sv, nmp_view *zv, nmp_error *err)
+nmp_status nmp_quant_view(const nmp_model *m, const nmp_candidate *c, nmp_quant_params *qp, nmp_view *sv,
+			  nmp_view *zv, nmp_error *err)
 {
 	const nmp_quant *q = &c->quant;
 	const nmp_tensor *s = q->scale, *z = q->zero_point;

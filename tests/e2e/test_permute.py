@@ -287,3 +287,19 @@ def test_permute_usage_errors(suite, tmp_path):
     r = nmprune("prune", src, "-o", tmp_path / "o.onnx", "--permute-only", "--save-masks", tmp_path / "m", check=2)
     assert "--permute-only writes no masks" in r.err
     assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("name", ["resnet_external", "bert_int8"])
+def test_both_save_paths_permute_alike(suite, tmp_path, name):
+    """The copy path and the re-serializing path write the same permuted weights
+    (external data and int8 payloads with their permuted scales included)."""
+    src = suite / f"{name}.onnx"
+    copy, general = tmp_path / "copy.onnx", tmp_path / "general.onnx"
+    nmprune("prune", src, "-o", copy, "--permute", "-q", check=0)
+    nmprune("prune", src, "-o", general, "--permute", "--general-path", "-q", check=0)
+    a, b, orig = _weights(copy), _weights(general), _weights(src)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert any(not np.array_equal(a[k], orig[k]) for k in a)
+    assert nmprune("check", general, "-q").code == 0
