@@ -68,14 +68,6 @@ typedef struct ctx {
 	bool nomem;
 } ctx;
 
-static uint64_t str_hash(const char *s)
-{
-	uint64_t h = 1469598103934665603ull;
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 1099511628211ull;
-	return h;
-}
-
 static void *grow(void *p, size_t *cap, size_t need, size_t elem, bool *nomem)
 {
 	if (need <= *cap)
@@ -96,7 +88,7 @@ static size_t find_name(const ctx *c, const char *name)
 {
 	if (!name || !name[0])
 		return SIZE_MAX;
-	size_t h = (size_t)str_hash(name) & (c->name_cap - 1);
+	size_t h = (size_t)nmp_str_hash(name) & (c->name_cap - 1);
 	while (c->name_map[h] != SIZE_MAX) {
 		if (strcmp(c->names[c->name_map[h]].name, name) == 0)
 			return c->name_map[h];
@@ -116,7 +108,7 @@ static size_t intern(ctx *c, const char *name)
 	c->names = n;
 	i = c->n_names++;
 	c->names[i] = (name_info){ .name = name, .producer = -1, .rank = -1 };
-	size_t h = (size_t)str_hash(name) & (c->name_cap - 1);
+	size_t h = (size_t)nmp_str_hash(name) & (c->name_cap - 1);
 	while (c->name_map[h] != SIZE_MAX)
 		h = (h + 1) & (c->name_cap - 1);
 	c->name_map[h] = i;
@@ -134,20 +126,6 @@ static void add_ref(ctx *c, const char *name, uint32_t node, int32_t input)
 		return;
 	n->refs = r;
 	n->refs[n->n_refs++] = (ref){ node, input };
-}
-
-static const Onnx__AttributeProto *attr(const Onnx__NodeProto *n, const char *name)
-{
-	for (size_t i = 0; i < n->n_attribute; i++)
-		if (n->attribute[i]->name && strcmp(n->attribute[i]->name, name) == 0)
-			return n->attribute[i];
-	return NULL;
-}
-
-static int64_t attr_int(const Onnx__NodeProto *n, const char *name, int64_t dflt)
-{
-	const Onnx__AttributeProto *a = attr(n, name);
-	return a && a->type == ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT ? a->i : dflt;
 }
 
 /* How messages name a node: its name, else its first output. */
@@ -245,7 +223,7 @@ static nmp_status build_index(ctx *c)
 			c->names[o].producer = (long)i;
 			c->names[o].out_index = (int)k;
 			if (op_is(n, "Constant")) {
-				const Onnx__AttributeProto *v = attr(n, "value");
+				const Onnx__AttributeProto *v = nmp_node_attr(n, "value");
 				if (v && v->t) {
 					set_const(&c->names[o], nmp_model_tensor_of(c->model, v->t));
 				} else if (n->n_attribute == 1) { /* value_float(s), value_int(s), ... */
@@ -354,7 +332,7 @@ static void infer_ranks(ctx *c)
 			if (si != SIZE_MAX && c->names[si].is_const && c->names[si].const_rank == 1)
 				r = (int)c->names[si].const_dims[0];
 		} else if (op_is(n, "Transpose")) {
-			const Onnx__AttributeProto *p = attr(n, "perm");
+			const Onnx__AttributeProto *p = nmp_node_attr(n, "perm");
 			r = p && p->n_ints ? (int)p->n_ints : rank_of(c, in_name(n, 0));
 		}
 		for (size_t k = 0; k < n->n_output; k++) {
@@ -443,7 +421,7 @@ static void rels_conv(const ctx *c, const Onnx__NodeProto *n, rels *rs, bool tra
 		return;
 	}
 	int ch = 1 - r;
-	int64_t groups = attr_int(n, "group", 1);
+	int64_t groups = nmp_node_attr_int(n, "group", 1);
 	rel *b = new_rel(rs);
 	mem(b, 0, 0, -r, false);
 	mem(b, 1, 0, -r, false);
@@ -509,7 +487,7 @@ static void rels_matmul(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 
 static void rels_gemm(const Onnx__NodeProto *n, rels *rs)
 {
-	bool ta = attr_int(n, "transA", 0) != 0, tb = attr_int(n, "transB", 0) != 0;
+	bool ta = nmp_node_attr_int(n, "transA", 0) != 0, tb = nmp_node_attr_int(n, "transB", 0) != 0;
 	rel *k = new_rel(rs), *mrow = new_rel(rs), *ncol = new_rel(rs);
 	mem(k, 0, 0, ta ? -2 : -1, false);
 	mem(k, 0, 1, tb ? -1 : -2, false);
@@ -539,8 +517,8 @@ static void rels_quant(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 	uint64_t ns = 1;
 	for (int d = 0; d < s->const_rank; d++)
 		ns *= (uint64_t)s->const_dims[d];
-	int qa = norm_axis(attr_int(n, "axis", 1), r);
-	int64_t block = attr_int(n, "block_size", 0);
+	int qa = norm_axis(nmp_node_attr_int(n, "axis", 1), r);
+	int64_t block = nmp_node_attr_int(n, "block_size", 0);
 	for (int k = -r; k < 0; k++) {
 		rel *x = new_rel(rs);
 		mem(x, 0, 0, k, false);
@@ -595,7 +573,7 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 				rs->n--; /* normalized over, or running statistics */
 		}
 	} else if (op_is(n, "LayerNormalization") || op_is(n, "RMSNormalization")) {
-		int na = norm_axis(attr_int(n, "axis", -1), r);
+		int na = norm_axis(nmp_node_attr_int(n, "axis", -1), r);
 		for (int k = -r; k < 0; k++) {
 			rel *x = new_rel(rs);
 			mem(x, 0, 0, k, false);
@@ -617,7 +595,7 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 			mem(x, 1, 0, k, false);
 		}
 	} else if (op_is(n, "Transpose")) {
-		const Onnx__AttributeProto *p = attr(n, "perm");
+		const Onnx__AttributeProto *p = nmp_node_attr(n, "perm");
 		for (int a = 0; a < r; a++) {
 			int from = p && p->n_ints == (size_t)r ? (int)p->ints[a] : r - 1 - a;
 			rel *x = new_rel(rs);
@@ -625,7 +603,7 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 			mem(x, 0, 0, from - r, false);
 		}
 	} else if (op_is(n, "Concat") || op_is(n, "Split")) {
-		int ax = norm_axis(attr_int(n, "axis", 0), r);
+		int ax = norm_axis(nmp_node_attr_int(n, "axis", 0), r);
 		for (int k = -r; k < 0; k++) {
 			if (k == ax)
 				continue;
@@ -643,7 +621,7 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 		long p = pi == SIZE_MAX ? -1 : c->names[pi].producer;
 		bool pooled = p >= 0 && op_in(c->g->node[p], (const char *const[]){ "GlobalAveragePool",
 										   "GlobalMaxPool", "GlobalLpPool", NULL });
-		if (attr_int(n, "axis", 1) == 1) {
+		if (nmp_node_attr_int(n, "axis", 1) == 1) {
 			rel *b = new_rel(rs);
 			mem(b, 0, 0, -r, false);
 			mem(b, 1, 0, -2, false);
@@ -1137,7 +1115,7 @@ nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, nmp_channels *
 		bool is_short = false;
 		for (size_t u = 0; u < ch->cand->n_uses; u++)
 			is_short |= strcmp(ch->cand->uses[u].op, "Conv") == 0 &&
-				    attr_int(ch->cand->uses[u].node, "group", 1) > 1;
+				    nmp_node_attr_int(ch->cand->uses[u].node, "group", 1) > 1;
 		link(&c, g, ni, ch->cand->axis - (int)ch->cand->tensor->proto->n_dims, is_short);
 		while (c.q_head < c.q_len && !c.nomem)
 			expand(&c, c.queue[c.q_head++]);

@@ -25,7 +25,7 @@ typedef struct scope {
 	size_t cap;
 } scope;
 
-static uint64_t str_hash(const char *s)
+uint64_t nmp_str_hash(const char *s)
 {
 	uint64_t h = 1469598103934665603ull;
 	for (; *s; s++)
@@ -35,7 +35,7 @@ static uint64_t str_hash(const char *s)
 
 static entry *slot(const scope *sc, const char *name)
 {
-	size_t h = (size_t)str_hash(name) & (sc->cap - 1);
+	size_t h = (size_t)nmp_str_hash(name) & (sc->cap - 1);
 	while (sc->slots[h].name && strcmp(sc->slots[h].name, name) != 0)
 		h = (h + 1) & (sc->cap - 1);
 	return &sc->slots[h];
@@ -69,7 +69,7 @@ static const char *graph_name(const Onnx__GraphProto *g)
 	return g->name && g->name[0] ? g->name : "(unnamed graph)";
 }
 
-static const Onnx__AttributeProto *attr(const Onnx__NodeProto *n, const char *name)
+const Onnx__AttributeProto *nmp_node_attr(const Onnx__NodeProto *n, const char *name)
 {
 	for (size_t i = 0; i < n->n_attribute; i++)
 		if (n->attribute[i]->name && strcmp(n->attribute[i]->name, name) == 0)
@@ -77,9 +77,9 @@ static const Onnx__AttributeProto *attr(const Onnx__NodeProto *n, const char *na
 	return NULL;
 }
 
-static int64_t attr_int(const Onnx__NodeProto *n, const char *name, int64_t dflt)
+int64_t nmp_node_attr_int(const Onnx__NodeProto *n, const char *name, int64_t dflt)
 {
-	const Onnx__AttributeProto *a = attr(n, name);
+	const Onnx__AttributeProto *a = nmp_node_attr(n, name);
 	return a && a->has_i ? a->i : dflt;
 }
 
@@ -214,7 +214,7 @@ static nmp_status trace_back(walk *w, const scope *sc, const char *name, trace *
 		const Onnx__NodeProto *n = e->node;
 		const char *op = op_of(n);
 		if (is_default_domain(n) && strcmp(op, "Constant") == 0) {
-			const Onnx__AttributeProto *v = attr(n, "value");
+			const Onnx__AttributeProto *v = nmp_node_attr(n, "value");
 			t->is_weight = true;
 			t->name = e->name;
 			if (v && v->t) {
@@ -263,7 +263,7 @@ static bool consumer_axes(const Onnx__NodeProto *n, const char *op, int input, i
 	} else if (strcmp(op, "Gemm") == 0) {
 		if (r != 2 || input > 1)
 			return false;
-		bool trans = attr_int(n, input == 0 ? "transA" : "transB", 0) != 0;
+		bool trans = nmp_node_attr_int(n, input == 0 ? "transA" : "transB", 0) != 0;
 		if (input == 0) {          /* A: [M,K] or [K,M] */
 			*axis = trans ? 0 : 1;
 			*out = trans ? 1 : 0;
@@ -292,7 +292,7 @@ static bool consumer_axes(const Onnx__NodeProto *n, const char *op, int input, i
 /* perm of a Transpose of rank r (default: reversed); false if invalid. */
 static bool transpose_perm(const Onnx__NodeProto *n, int r, int *perm)
 {
-	const Onnx__AttributeProto *a = attr(n, "perm");
+	const Onnx__AttributeProto *a = nmp_node_attr(n, "perm");
 	if (!a || a->n_ints == 0) {
 		for (int i = 0; i < r; i++)
 			perm[i] = r - 1 - i;
@@ -322,7 +322,7 @@ static const nmp_tensor *const_tensor(const walk *w, const scope *sc, const char
 	if (e->kind == K_INIT)
 		return nmp_model_tensor_of(w->m, e->init);
 	if (e->kind == K_NODE && strcmp(op_of(e->node), "Constant") == 0) {
-		const Onnx__AttributeProto *v = attr(e->node, "value");
+		const Onnx__AttributeProto *v = nmp_node_attr(e->node, "value");
 		return v && v->t ? nmp_model_tensor_of(w->m, v->t) : NULL;
 	}
 	return NULL;
@@ -355,11 +355,11 @@ static const char *map_axes(const walk *w, const trace *t, int r, int *axis, int
 			return "unsupported path: two DequantizeLinear";
 		have_dq = true;
 		q->present = true;
-		int64_t a = attr_int(n, "axis", 1);
+		int64_t a = nmp_node_attr_int(n, "axis", 1);
 		if (a < 0)
 			a += r;
 		q->axis = (a >= 0 && a < r) ? (int)a : 0;
-		q->block = attr_int(n, "block_size", 0);
+		q->block = nmp_node_attr_int(n, "block_size", 0);
 		q->scale = const_tensor(w, t->chain[i].sc, n->n_input > 1 ? n->input[1] : NULL);
 		q->zero_point = const_tensor(w, t->chain[i].sc, n->n_input > 2 ? n->input[2] : NULL);
 		if (!q->scale)
@@ -384,7 +384,7 @@ static uint64_t cand_key(const nmp_tensor *t, const char *name)
 		uint64_t x = (uint64_t)(uintptr_t)t * 0x9e3779b97f4a7c15ull;
 		return x ^ (x >> 29);
 	}
-	return str_hash(name);
+	return nmp_str_hash(name);
 }
 
 static bool cand_is(const nmp_candidate *c, const nmp_tensor *t, const char *name)

@@ -1410,6 +1410,20 @@ static double unstructured_reference(job *j, uint64_t keep)
 
 /* ---- entry --------------------------------------------------------------------------------------------- */
 
+/* How a type's magnitudes compare; quantized ones become fp32 keys. */
+static bool key_kind_of(int32_t dtype, key_kind *kk)
+{
+	switch (dtype) {
+	case NMP_DT_FLOAT: *kk = KK_F32; return true;
+	case NMP_DT_FLOAT16: *kk = KK_F16; return true;
+	case NMP_DT_BFLOAT16: *kk = KK_BF16; return true;
+	case NMP_DT_DOUBLE: *kk = KK_F64; return true;
+	case NMP_DT_INT8:
+	case NMP_DT_UINT8: *kk = KK_F32; return true;
+	default: return false;
+	}
+}
+
 static void free_job(job *j)
 {
 	free(j->row_off);
@@ -1429,17 +1443,9 @@ nmp_status nmp_cpu_run(const nmp_mask_tensor *t, const nmp_pattern *p, nmp_mask_
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 		j.threads = n > 0 ? (int)n : 1;
 	}
-	switch (t->dtype) {
-	case NMP_DT_FLOAT: j.kk = KK_F32; break;
-	case NMP_DT_FLOAT16: j.kk = KK_F16; break;
-	case NMP_DT_BFLOAT16: j.kk = KK_BF16; break;
-	case NMP_DT_DOUBLE: j.kk = KK_F64; break;
-	case NMP_DT_INT8:
-	case NMP_DT_UINT8: j.kk = KK_F32; break;
-	default:
+	if (!key_kind_of(t->dtype, &j.kk))
 		return nmp_error_set(err, NMP_ERR_MODEL, "tensor '%s': unsupported dtype %s", t->name,
 				     nmp_dtype_name(t->dtype));
-	}
 	if (t->axis < 0 || t->axis >= t->rank)
 		return nmp_error_set(err, NMP_ERR_MODEL, "tensor '%s': no group axis", t->name);
 	j.numel = prod(t->dims, 0, t->rank);
@@ -1556,17 +1562,9 @@ out:
 nmp_status nmp_cpu_magnitudes(const nmp_mask_tensor *t, float *out, nmp_error *err)
 {
 	job j = { .t = t, .err = err, .in = t->src ? t->src : t->data };
-	switch (t->dtype) {
-	case NMP_DT_FLOAT: j.kk = KK_F32; break;
-	case NMP_DT_FLOAT16: j.kk = KK_F16; break;
-	case NMP_DT_BFLOAT16: j.kk = KK_BF16; break;
-	case NMP_DT_DOUBLE: j.kk = KK_F64; break;
-	case NMP_DT_INT8:
-	case NMP_DT_UINT8: j.kk = KK_F32; break;
-	default:
+	if (!key_kind_of(t->dtype, &j.kk))
 		return nmp_error_set(err, NMP_ERR_MODEL, "tensor '%s': unsupported dtype %s", t->name,
 				     nmp_dtype_name(t->dtype));
-	}
 	j.numel = prod(t->dims, 0, t->rank);
 	nmp_status s = NMP_OK;
 	if (t->dtype == NMP_DT_INT8 || t->dtype == NMP_DT_UINT8)
