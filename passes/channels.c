@@ -22,7 +22,6 @@ typedef struct ref {
 typedef struct name_info {
 	const char *name;
 	long producer;              /* node index, -1 none */
-	int out_index;
 	ref *refs;
 	size_t n_refs, cap_refs;
 	int rank;                   /* -1 unknown */
@@ -31,7 +30,6 @@ typedef struct name_info {
 	int const_rank;
 	int64_t const_dims[MAX_RANK];
 	bool graph_input, graph_output;
-	const Onnx__NodeProto *const_node; /* Constant without a tensor value */
 } name_info;
 
 typedef struct slot {
@@ -41,11 +39,6 @@ typedef struct slot {
 	size_t group;
 } slot;
 
-typedef struct group_build {
-	size_t *slots;
-	size_t n_slots, cap_slots;
-} group_build;
-
 typedef struct ctx {
 	const nmp_plan *plan;
 	const nmp_model *model;
@@ -54,16 +47,13 @@ typedef struct ctx {
 	size_t n_names, cap_names;
 	size_t *name_map;           /* open addressing over names, SIZE_MAX empty */
 	size_t name_cap;
-	slot *slots;
-	size_t n_slots, cap_slots;
-	uint64_t *slot_keys;        /* open addressing: key + 1, 0 empty */
+	slot *slots;                /* in the order found: each group's are expanded breadth first */
+	size_t n_slots, cap_slots, expanded;
+	uint64_t *slot_keys;        /* open addressing over slot keys (slot_hash) */
 	size_t *slot_vals;
 	size_t slot_cap;
 	nmp_channels *out;
-	group_build *gb;
 	size_t cap_groups;
-	size_t *queue;
-	size_t q_head, q_len, q_cap;
 	nmp_error *err;
 	bool nomem;
 } ctx;
@@ -156,7 +146,20 @@ static void set_const(name_info *n, const nmp_tensor *t)
 	n->rank = n->const_rank;
 }
 
-/* Every name a subgraph reads, recorded as read by the node that owns it. */
+static void subgraph_refs(ctx *c, const Onnx__GraphProto *g, uint32_t owner);
+
+/* Every outer name the subgraphs of node n read, recorded as read by `owner`. */
+static void node_subgraph_refs(ctx *c, const Onnx__NodeProto *n, uint32_t owner)
+{
+	for (size_t a = 0; a < n->n_attribute; a++) {
+		const Onnx__AttributeProto *at = n->attribute[a];
+		if (at->g)
+			subgraph_refs(c, at->g, owner);
+		for (size_t k = 0; k < at->n_graphs; k++)
+			subgraph_refs(c, at->graphs[k], owner);
+	}
+}
+
 static void subgraph_refs(ctx *c, const Onnx__GraphProto *g, uint32_t owner)
 {
 	for (size_t i = 0; i < g->n_node; i++) {
@@ -164,13 +167,7 @@ static void subgraph_refs(ctx *c, const Onnx__GraphProto *g, uint32_t owner)
 		for (size_t k = 0; k < n->n_input; k++)
 			if (find_name(c, n->input[k]) != SIZE_MAX)
 				add_ref(c, n->input[k], owner, -1);
-		for (size_t a = 0; a < n->n_attribute; a++) {
-			const Onnx__AttributeProto *at = n->attribute[a];
-			if (at->g)
-				subgraph_refs(c, at->g, owner);
-			for (size_t k = 0; k < at->n_graphs; k++)
-				subgraph_refs(c, at->graphs[k], owner);
-		}
+		node_subgraph_refs(c, n, owner);
 	}
 }
 
@@ -221,7 +218,6 @@ static nmp_status build_index(ctx *c)
 			if (o == SIZE_MAX)
 				continue;
 			c->names[o].producer = (long)i;
-			c->names[o].out_index = (int)k;
 			if (op_is(n, "Constant")) {
 				const Onnx__AttributeProto *v = nmp_node_attr(n, "value");
 				if (v && v->t) {
@@ -229,7 +225,6 @@ static nmp_status build_index(ctx *c)
 				} else if (n->n_attribute == 1) { /* value_float(s), value_int(s), ... */
 					const Onnx__AttributeProto *a = n->attribute[0];
 					c->names[o].is_const = true;
-					c->names[o].const_node = n;
 					bool list = a->n_floats || a->n_ints || a->n_strings;
 					c->names[o].const_rank = list ? 1 : 0;
 					c->names[o].const_dims[0] = (int64_t)(a->n_floats + a->n_ints + a->n_strings);
@@ -247,13 +242,7 @@ static nmp_status build_index(ctx *c)
 			c->names[k].rank = shape_rank(g->value_info[i]);
 	}
 	for (size_t i = 0; i < g->n_node; i++)
-		for (size_t a = 0; a < g->node[i]->n_attribute; a++) {
-			const Onnx__AttributeProto *at = g->node[i]->attribute[a];
-			if (at->g)
-				subgraph_refs(c, at->g, (uint32_t)i);
-			for (size_t k = 0; k < at->n_graphs; k++)
-				subgraph_refs(c, at->graphs[k], (uint32_t)i);
-		}
+		node_subgraph_refs(c, g->node[i], (uint32_t)i);
 	if (c->nomem)
 		return nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
 	return NMP_OK;
@@ -289,6 +278,11 @@ static const char *const k_elementwise[] = {
 	"Softmax", "LogSoftmax", "Dropout", "Not", "And", "Or", "Xor", "Equal", "Less", "Greater",
 	"LessOrEqual", "GreaterOrEqual", "IsNaN", "IsInf", NULL,
 };
+
+static const char *const k_pools[] = {
+	"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", NULL,
+};
+static const char *const *const k_global_pools = k_pools + 3; /* the last three */
 
 /* Ops whose first output has the rank of their first input. */
 static const char *const k_same_rank[] = {
@@ -520,17 +514,16 @@ static void rels_quant(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 	int qa = norm_axis(nmp_node_attr_int(n, "axis", 1), r);
 	int64_t block = nmp_node_attr_int(n, "block_size", 0);
 	for (int k = -r; k < 0; k++) {
+		bool varies = ns != 1 && (k == qa || s->const_rank >= r); /* does the scale vary along k? */
+		if (varies && k == qa && block > 1)
+			continue; /* blocks of the quantization axis mix channels */
 		rel *x = new_rel(rs);
 		mem(x, 0, 0, k, false);
 		mem(x, 1, 0, k, false);
-		if (ns == 1 || (k != qa && s->const_rank < r))
-			continue; /* the scale does not vary along k */
-		if (k == qa && block > 1) {
-			rs->n--; /* blocks of the quantization axis mix channels */
-			continue;
+		if (varies) {
+			mem(x, 0, 1, s->const_rank < r ? -1 : k, false);
+			mem(x, 0, 2, s->const_rank < r ? -1 : k, false);
 		}
-		mem(x, 0, 1, s->const_rank < r ? -1 : k, false);
-		mem(x, 0, 2, s->const_rank < r ? -1 : k, false);
 	}
 }
 
@@ -560,17 +553,16 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 		snprintf(rs->why, sizeof rs->why, "the rank of the input of %s '%s' is unknown", node_op(n), node_label(n));
 	} else if (op_is(n, "BatchNormalization") || op_is(n, "InstanceNormalization")) {
 		for (int k = -r; k < 0; k++) {
+			bool channel = k == 1 - r;
+			if (!channel && (op_is(n, "InstanceNormalization") || n->n_output > 1))
+				continue; /* normalized over, or running statistics */
 			rel *x = new_rel(rs);
 			mem(x, 0, 0, k, false);
 			mem(x, 1, 0, k, false);
-			if (k == 1 - r)
-				for (size_t i = 1; i < n->n_input; i++)
-					mem(x, 0, i, -1, false);
-			if (k == 1 - r)
-				for (size_t i = 1; i < n->n_output; i++)
-					mem(x, 1, i, -1, false);
-			else if (op_is(n, "InstanceNormalization") || n->n_output > 1)
-				rs->n--; /* normalized over, or running statistics */
+			for (size_t i = 1; channel && i < n->n_input; i++)
+				mem(x, 0, i, -1, false);
+			for (size_t i = 1; channel && i < n->n_output; i++)
+				mem(x, 1, i, -1, false);
 		}
 	} else if (op_is(n, "LayerNormalization") || op_is(n, "RMSNormalization")) {
 		int na = norm_axis(nmp_node_attr_int(n, "axis", -1), r);
@@ -583,8 +575,7 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 			for (size_t i = 1; k < na && i < n->n_output; i++)
 				mem(x, 1, i, k, false); /* mean and 1/std vary along unnormalized axes only */
 		}
-	} else if (op_in(n, (const char *const[]){ "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool",
-						   "GlobalMaxPool", "GlobalLpPool", NULL })) {
+	} else if (op_in(n, k_pools)) {
 		if (n->n_output > 1 && n->output[1] && n->output[1][0]) {
 			snprintf(rs->why, sizeof rs->why, "%s '%s' returns indices", node_op(n), node_label(n));
 			return;
@@ -619,8 +610,7 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 		/* Flattening [N, C, 1, ...] at axis 1 keeps the channels: after global pooling. */
 		size_t pi = find_name(c, in_name(n, 0));
 		long p = pi == SIZE_MAX ? -1 : c->names[pi].producer;
-		bool pooled = p >= 0 && op_in(c->g->node[p], (const char *const[]){ "GlobalAveragePool",
-										   "GlobalMaxPool", "GlobalLpPool", NULL });
+		bool pooled = p >= 0 && op_in(c->g->node[p], k_global_pools);
 		if (nmp_node_attr_int(n, "axis", 1) == 1) {
 			rel *b = new_rel(rs);
 			mem(b, 0, 0, -r, false);
@@ -643,11 +633,17 @@ static void block(ctx *c, size_t g, const char *fmt, const char *a, const char *
 		snprintf(gr->blocked, sizeof gr->blocked, fmt, a, b ? b : "");
 }
 
+/* Slot keys: (name index << 8) | -axis; stored as key + 1 so that 0 marks an empty cell. */
+static size_t slot_hash(uint64_t key, size_t cap)
+{
+	return (size_t)(key * 0x9e3779b97f4a7c15ull >> 20) & (cap - 1);
+}
+
 static size_t slot_find(const ctx *c, uint64_t key)
 {
 	if (!c->slot_cap)
 		return SIZE_MAX;
-	size_t h = (size_t)(key * 0x9e3779b97f4a7c15ull >> 20) & (c->slot_cap - 1);
+	size_t h = slot_hash(key, c->slot_cap);
 	while (c->slot_keys[h]) {
 		if (c->slot_keys[h] == key + 1)
 			return c->slot_vals[h];
@@ -671,7 +667,7 @@ static bool slot_insert(ctx *c, uint64_t key, size_t val)
 		for (size_t i = 0; i < c->slot_cap; i++) {
 			if (!c->slot_keys[i])
 				continue;
-			size_t h = (size_t)((c->slot_keys[i] - 1) * 0x9e3779b97f4a7c15ull >> 20) & (cap - 1);
+			size_t h = slot_hash(c->slot_keys[i] - 1, cap);
 			while (k[h])
 				h = (h + 1) & (cap - 1);
 			k[h] = c->slot_keys[i];
@@ -683,7 +679,7 @@ static bool slot_insert(ctx *c, uint64_t key, size_t val)
 		c->slot_vals = v;
 		c->slot_cap = cap;
 	}
-	size_t h = (size_t)(key * 0x9e3779b97f4a7c15ull >> 20) & (c->slot_cap - 1);
+	size_t h = slot_hash(key, c->slot_cap);
 	while (c->slot_keys[h])
 		h = (h + 1) & (c->slot_cap - 1);
 	c->slot_keys[h] = key + 1;
@@ -722,17 +718,6 @@ static void link(ctx *c, size_t g, size_t name, int neg, bool is_short)
 		return;
 	c->n_slots++;
 	c->slots[s] = (slot){ .name = (uint32_t)name, .neg = neg, .is_short = is_short, .group = g };
-	group_build *gb = &c->gb[g];
-	size_t *gs = grow(gb->slots, &gb->cap_slots, gb->n_slots + 1, sizeof *gs, &c->nomem);
-	if (!gs)
-		return;
-	gb->slots = gs;
-	gb->slots[gb->n_slots++] = s;
-	size_t *q = grow(c->queue, &c->q_cap, c->q_len + 1, sizeof *q, &c->nomem);
-	if (!q)
-		return;
-	c->queue = q;
-	c->queue[c->q_len++] = s;
 }
 
 static void constrain(ctx *c, size_t g, const rel *r, const char *node)
@@ -840,16 +825,8 @@ static size_t new_group(ctx *c, const char *label)
 	if (!g)
 		return SIZE_MAX;
 	o->groups = g;
-	size_t cap = c->cap_groups;
-	group_build *gb = realloc(c->gb, cap * sizeof *gb);
-	if (!gb) {
-		c->nomem = true;
-		return SIZE_MAX;
-	}
-	c->gb = gb;
 	size_t i = o->n_groups++;
 	memset(&o->groups[i], 0, sizeof o->groups[i]);
-	memset(&c->gb[i], 0, sizeof c->gb[i]);
 	snprintf(o->groups[i].label, sizeof o->groups[i].label, "%s", label);
 	return i;
 }
@@ -864,14 +841,14 @@ static uint64_t slot_len(const ctx *c, const slot *s)
 	return (uint64_t)ni->const_dims[ni->const_rank + s->neg];
 }
 
-static void size_group(ctx *c, size_t g)
+/* Each group's channel count from its constants, in one pass over the slots. */
+static void size_groups(ctx *c)
 {
-	nmp_chan_group *gr = &c->out->groups[g];
-	const group_build *gb = &c->gb[g];
-	for (size_t i = 0; i < gb->n_slots && !gr->blocked[0]; i++) {
-		const slot *s = &c->slots[gb->slots[i]];
+	for (size_t i = 0; i < c->n_slots; i++) {
+		const slot *s = &c->slots[i];
+		nmp_chan_group *gr = &c->out->groups[s->group];
 		uint64_t len = slot_len(c, s);
-		if (!len)
+		if (!len || gr->blocked[0])
 			continue;
 		uint64_t want = s->is_short ? gr->tile : gr->channels;
 		if (!want && !s->is_short)
@@ -879,16 +856,19 @@ static void size_group(ctx *c, size_t g)
 		if (want != len) {
 			char a[32];
 			snprintf(a, sizeof a, "%llu", (unsigned long long)want);
-			block(c, g, "'%s' does not have the group's %s channels", c->names[s->name].name, a);
+			block(c, s->group, "'%s' does not have the group's %s channels", c->names[s->name].name, a);
 		}
 	}
-	if (gr->blocked[0])
-		return;
-	if (!gr->channels)
-		block(c, g, "the number of channels of '%s' is unknown%s", gr->label, NULL);
-	else if (gr->channels > UINT32_MAX || (gr->tile && gr->channels % gr->tile) ||
-		 (gr->confine && gr->channels % gr->confine))
-		block(c, g, "grouped convolutions do not divide the channels of '%s'%s", gr->label, NULL);
+	for (size_t g = 0; g < c->out->n_groups; g++) {
+		const nmp_chan_group *gr = &c->out->groups[g];
+		if (gr->blocked[0])
+			continue;
+		if (!gr->channels)
+			block(c, g, "the number of channels of '%s' is unknown%s", gr->label, NULL);
+		else if (gr->channels > UINT32_MAX || (gr->tile && gr->channels % gr->tile) ||
+			 (gr->confine && gr->channels % gr->confine))
+			block(c, g, "grouped convolutions do not divide the channels of '%s'%s", gr->label, NULL);
+	}
 }
 
 static double now(void)
@@ -934,17 +914,27 @@ static nmp_status weight_matrix(const ctx *c, const nmp_choice *ch, float *out, 
 	return s;
 }
 
-/* The slot of a choice's weight along its group axis, or SIZE_MAX. */
-static size_t choice_slot(const ctx *c, const nmp_choice *ch)
+/* The main-graph name of a choice's weight, or SIZE_MAX (a subgraph's, or shadowed). */
+static size_t choice_name(const ctx *c, const nmp_choice *ch)
 {
 	const nmp_candidate *cand = ch->cand;
 	if (!cand->tensor || cand->axis < 0)
 		return SIZE_MAX;
 	size_t ni = find_name(c, cand->name);
-	if (ni == SIZE_MAX || c->names[ni].tensor != cand->tensor)
-		return SIZE_MAX; /* a name of a subgraph, or shadowed */
-	int neg = cand->axis - (int)cand->tensor->proto->n_dims;
-	return slot_find(c, (uint64_t)ni << 8 | (uint64_t)(-neg));
+	return ni != SIZE_MAX && c->names[ni].tensor == cand->tensor ? ni : SIZE_MAX;
+}
+
+/* The group axis of a choice's weight, counted from the end. */
+static int choice_neg(const nmp_choice *ch)
+{
+	return ch->cand->axis - (int)ch->cand->tensor->proto->n_dims;
+}
+
+/* The slot of a choice's weight along its group axis, or SIZE_MAX. */
+static size_t choice_slot(const ctx *c, const nmp_choice *ch)
+{
+	size_t ni = choice_name(c, ch);
+	return ni == SIZE_MAX ? SIZE_MAX : slot_find(c, (uint64_t)ni << 8 | (uint64_t)(-choice_neg(ch)));
 }
 
 static nmp_status search_group(ctx *c, size_t g, uint64_t seed)
@@ -1019,25 +1009,23 @@ static nmp_status search_group(ctx *c, size_t g, uint64_t seed)
 		}
 	}
 	/* each weight's kept magnitude, without and with the order found */
+	const uint32_t *order = gr->perm ? (gr->tile ? gr->short_perm : gr->perm) : NULL;
+	uint32_t *id = s == NMP_OK ? malloc(cols * sizeof *id) : NULL;
+	if (s == NMP_OK && !id)
+		s = nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
+	for (unsigned k = 0; id && k < cols; k++)
+		id[k] = k;
 	at = 0;
 	for (size_t i = 0; i < sel->n && s == NMP_OK; i++) {
 		if (c->out->group_of[i] != (long)g)
 			continue;
 		uint64_t r = sel->choices[i].cand->tensor->numel / cols;
-		const uint32_t *order = gr->perm ? (gr->tile ? gr->short_perm : gr->perm) : NULL;
-		uint32_t *id = malloc(cols * sizeof *id);
-		if (!id) {
-			s = nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
-			break;
-		}
-		for (unsigned k = 0; k < cols; k++)
-			id[k] = k;
 		c->out->kept_identity[i] = nmp_perm_kept(mag + at, r, cols, gr->n, gr->m, id);
 		c->out->kept_permuted[i] = order ? nmp_perm_kept(mag + at, r, cols, gr->n, gr->m, order)
 						 : c->out->kept_identity[i];
-		free(id);
 		at += sel->choices[i].cand->tensor->numel;
 	}
+	free(id);
 	free(mag);
 	free(p);
 	return s;
@@ -1053,23 +1041,19 @@ static nmp_status record_edits(ctx *c)
 {
 	nmp_channels *o = c->out;
 	size_t cap = 0;
-	for (size_t g = 0; g < o->n_groups; g++) {
-		if (!o->groups[g].perm)
+	for (size_t i = 0; i < c->n_slots; i++) {
+		const slot *s = &c->slots[i];
+		const name_info *ni = &c->names[s->name];
+		if (!o->groups[s->group].perm || !ni->tensor)
 			continue;
-		for (size_t i = 0; i < c->gb[g].n_slots; i++) {
-			const slot *s = &c->slots[c->gb[g].slots[i]];
-			const name_info *ni = &c->names[s->name];
-			if (!ni->tensor)
-				continue;
-			nmp_chan_edit *e = grow(o->edits, &cap, o->n_edits + 1, sizeof *e, &c->nomem);
-			if (!e)
-				return nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
-			o->edits = e;
-			o->edits[o->n_edits++] = (nmp_chan_edit){ .tensor = (size_t)(ni->tensor - c->model->tensors),
-								  .axis = ni->const_rank + s->neg, .group = g,
-								  .short_axis = s->is_short };
-			o->groups[g].n_tensors++;
-		}
+		nmp_chan_edit *e = grow(o->edits, &cap, o->n_edits + 1, sizeof *e, &c->nomem);
+		if (!e)
+			return nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
+		o->edits = e;
+		o->edits[o->n_edits++] = (nmp_chan_edit){ .tensor = (size_t)(ni->tensor - c->model->tensors),
+							  .axis = ni->const_rank + s->neg, .group = s->group,
+							  .short_axis = s->is_short };
+		o->groups[s->group].n_tensors++;
 	}
 	if (o->n_edits)
 		qsort(o->edits, o->n_edits, sizeof *o->edits, edit_cmp);
@@ -1103,11 +1087,9 @@ nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, nmp_channels *
 	/* One group from every eligible weight's input channels not already in one. */
 	for (size_t i = 0; i < sel->n && !c.nomem; i++) {
 		const nmp_choice *ch = &sel->choices[i];
-		if (!ch->eligible || choice_slot(&c, ch) != SIZE_MAX)
-			continue;
-		size_t ni = find_name(&c, ch->cand->name);
-		if (ni == SIZE_MAX || c.names[ni].tensor != ch->cand->tensor)
-			continue; /* read in a subgraph only */
+		size_t ni = ch->eligible ? choice_name(&c, ch) : SIZE_MAX;
+		if (ni == SIZE_MAX || choice_slot(&c, ch) != SIZE_MAX)
+			continue; /* not eligible, read in a subgraph only, or in a group already */
 		size_t g = new_group(&c, ch->cand->name);
 		if (g == SIZE_MAX)
 			break;
@@ -1116,9 +1098,9 @@ nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, nmp_channels *
 		for (size_t u = 0; u < ch->cand->n_uses; u++)
 			is_short |= strcmp(ch->cand->uses[u].op, "Conv") == 0 &&
 				    nmp_node_attr_int(ch->cand->uses[u].node, "group", 1) > 1;
-		link(&c, g, ni, ch->cand->axis - (int)ch->cand->tensor->proto->n_dims, is_short);
-		while (c.q_head < c.q_len && !c.nomem)
-			expand(&c, c.queue[c.q_head++]);
+		link(&c, g, ni, choice_neg(ch), is_short);
+		while (c.expanded < c.n_slots && !c.nomem)
+			expand(&c, c.expanded++);
 	}
 	if (c.nomem) {
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
@@ -1126,16 +1108,15 @@ nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, nmp_channels *
 	}
 	for (size_t i = 0; i < sel->n; i++) {
 		size_t sl = sel->choices[i].eligible ? choice_slot(&c, &sel->choices[i]) : SIZE_MAX;
-		if (sl != SIZE_MAX)
+		if (sl != SIZE_MAX) {
 			o->group_of[i] = (long)c.slots[sl].group;
+			o->groups[c.slots[sl].group].n_weights++;
+		}
 	}
-	for (size_t g = 0; g < o->n_groups; g++) {
-		for (size_t i = 0; i < sel->n; i++)
-			o->groups[g].n_weights += o->group_of[i] == (long)g;
-		size_group(&c, g);
+	size_groups(&c);
+	for (size_t g = 0; g < o->n_groups; g++)
 		if (!o->groups[g].blocked[0] && (s = search_group(&c, g, seed)) != NMP_OK)
 			goto out;
-	}
 	s = record_edits(&c);
 out:
 	for (size_t i = 0; i < c.n_names; i++)
@@ -1145,10 +1126,6 @@ out:
 	free(c.slots);
 	free(c.slot_keys);
 	free(c.slot_vals);
-	for (size_t g = 0; c.gb && g < o->n_groups; g++)
-		free(c.gb[g].slots);
-	free(c.gb);
-	free(c.queue);
 	if (s != NMP_OK)
 		nmp_channels_free(&o);
 	*out = o;

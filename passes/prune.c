@@ -305,24 +305,12 @@ static nmp_status run_views(prune_ctx *c, nmp_error *err)
 	for (size_t i = 0; i < plan->sel->n; i++) {
 		if (!plan->sel->choices[i].eligible)
 			continue;
-		const nmp_tensor *t = plan->sel->choices[i].cand->tensor;
-		const nmp_channels *ch = c->o ? c->o->channels : NULL;
 		nmp_view v;
-		NMP_TRY(nmp_model_view(plan->model, t, &v, err));
-		nmp_status s = NMP_OK;
-		void *data = (void *)v.data, *permuted = NULL;
-		if (ch && nmp_channels_touches(ch, (size_t)(t - plan->model->tensors))) {
-			/* the mask of the permuted weight, from a permuted copy */
-			if (!(permuted = malloc(v.length ? v.length : 1)))
-				s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
-			else
-				s = nmp_channels_apply(ch, plan->model, (size_t)(t - plan->model->tensors), permuted,
-						       v.data, v.length, err);
-			data = permuted;
-		}
+		NMP_TRY(nmp_model_view(plan->model, plan->sel->choices[i].cand->tensor, &v, err));
+		/* a weight the channel plan permutes is masked as the output will hold it */
+		nmp_status s = permute_view(c, plan->sel->choices[i].cand->tensor, &v, err);
 		if (s == NMP_OK)
-			s = run_one(c, i, data, NULL, v.length, err);
-		free(permuted);
+			s = run_one(c, i, (void *)v.data, NULL, v.length, err);
 		nmp_view_release(&v);
 		NMP_TRY(s);
 	}
