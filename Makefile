@@ -26,7 +26,7 @@ GEN_C   := $(BUILD)/gen/onnx.pb-c.c
 GEN_H   := $(BUILD)/gen/onnx.pb-c.h
 GEN_O   := $(BUILD)/gen/onnx.pb-c.o
 
-LIB_SRC := $(filter-out src/main.c src/cli.c,$(wildcard src/*.c)) $(wildcard passes/*.c)
+LIB_SRC := $(filter-out src/main.c src/cli.c,$(wildcard src/*.c)) $(wildcard src/cpu/*.c) $(wildcard passes/*.c)
 LIB_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRC)) $(GEN_O)
 CLI_OBJ := $(BUILD)/obj/src/main.o $(BUILD)/obj/src/cli.o
 
@@ -61,7 +61,7 @@ $(GEN_O): $(GEN_C) $(GEN_H)
 	$(CC) $(OPT) -fPIC -I$(BUILD)/gen -c $< -o $@
 
 # ---- our code ----------------------------------------------------------------
-$(BUILD)/obj/%.o: %.c $(GEN_H) $(wildcard include/*.h src/*.h passes/*.h kernels/*.h)
+$(BUILD)/obj/%.o: %.c $(GEN_H) $(wildcard include/*.h src/*.h src/cpu/*.h passes/*.h kernels/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -fPIC -c $< -o $@
 
@@ -77,7 +77,7 @@ $(BUILD)/nmprune: $(CLI_OBJ) $(BUILD)/libnmprune.a
 	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libnmprune.a $(LDLIBS)
 
 # The mask engine's hot loops are written for the vectorizer.
-$(BUILD)/obj/src/mask_cpu.o $(BUILD)/obj/src/permute.o: OPT += -O3
+$(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard src/cpu/*.c)) $(BUILD)/obj/src/permute.o: OPT += -O3
 
 # ---- tests ---------------------------------------------------------------------
 # One CMocka binary per module; each links the library (the module under test

@@ -1,24 +1,35 @@
 /*
- * mask_cuda.h — the CUDA mask engine's entry points (kernels/mask_cuda.cu).
+ * mask_cuda.h — the CUDA backend's entry (kernels/context.cu).
  *
- * A build without nvcc gets the stubs in src/mask_cuda_stub.c, which say so.
- * A CUDA build runs on a machine with no GPU and no driver: nmp_cuda_open
- * then fails with the CUDA error string and the caller falls back or exits 5.
+ * A build without nvcc gets the stub in src/mask_cuda_stub.c, which says so.
+ * A CUDA build runs on a machine with no GPU and no driver: opening then
+ * fails with CUDA's reason and the engine falls back (auto) or exits 5
+ * (--device cuda).
  */
 #ifndef NMP_MASK_CUDA_H
 #define NMP_MASK_CUDA_H
 
-#include "mask.h"
+#include <stddef.h>
+
+#include "backend.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* Opens the first device; `why` receives the device name, or the reason it failed. */
-nmp_status nmp_cuda_open(void **ctx, char *why, size_t why_cap);
-void nmp_cuda_close(void *ctx);
-nmp_status nmp_cuda_run(void *ctx, const nmp_mask_tensor *t, const nmp_pattern *p, nmp_mask_mode mode,
-			int threads, uint8_t *mask, nmp_mask_stats *st, nmp_error *err);
+/*
+ * Opens the first device.  On success *be is the CUDA backend's table and
+ * *ctx its context (closed through be->close); `why` receives the device's
+ * name.  On failure `why` receives CUDA's reason.
+ */
+nmp_status nmp_cuda_backend_open(const nmp_backend **be, void **ctx, char *why, size_t why_cap);
+
+/*
+ * For tests and benchmarks: cap the device memory a tensor may use (bytes;
+ * 0 restores the default of what the device has free), so that slicing is
+ * exercised on small tensors.
+ */
+void nmp_cuda_set_memory_budget(void *ctx, size_t bytes);
 
 #ifdef __cplusplus
 }

@@ -105,6 +105,13 @@ static nmp_status report(const nmp_cli *cli, const nmp_plan *plan, const nmp_pas
 	return s;
 }
 
+/* The engine's notes (a tensor handed to the CPU backend, and why), under -v. */
+static void print_note(void *user, const char *line)
+{
+	(void)user;
+	fprintf(stderr, "nmprune: %s\n", line);
+}
+
 static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 {
 	nmp_plan plan = { 0 };
@@ -120,8 +127,10 @@ static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 		s = nmp_engine_create(nmp_device_parse(cli->device), cli->threads, &engine, note, sizeof note, err);
 	if (s != NMP_OK)
 		goto out;
-	if (cli->verbosity > 0)
+	if (cli->verbosity > 0) {
 		fprintf(stderr, "nmprune: %s\n", note);
+		nmp_engine_set_notes(engine, print_note, NULL);
+	}
 	if (cli->cmd == NMP_CMD_CHECK) {
 		s = nmp_check(&plan, engine, &r, err);
 		if (s == NMP_OK)

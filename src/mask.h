@@ -1,7 +1,8 @@
 /*
  * mask.h — the mask engine: arrays and patterns in, masks and statistics out.
- * It never sees protobuf.  Every backend (the CPU engine here, the CUDA
- * engine in kernels/) implements the same contract, bit for bit:
+ * It never sees protobuf.  Every backend (the CPU backend in src/cpu/, the
+ * CUDA backend in kernels/, behind the table of backend.h) implements the
+ * same contract, bit for bit; the rules both compile are mask_rules.h:
  *
  * The view.  A weight of shape dims is seen as a matrix whose columns run
  * along the group axis; its rows enumerate every other axis, the
@@ -89,6 +90,9 @@ nmp_device nmp_device_parse(const char *s);
 nmp_status nmp_engine_create(nmp_device device, int threads, nmp_engine **out, char *note,
 			     size_t note_cap, nmp_error *err);
 void nmp_engine_free(nmp_engine **e);
+
+/* Where the engine's notes go (a tensor handed to the CPU backend, and why); none by default. */
+void nmp_engine_set_notes(nmp_engine *e, void (*fn)(void *user, const char *line), void *user);
 const char *nmp_engine_name(const nmp_engine *e);
 
 /*
@@ -98,7 +102,7 @@ const char *nmp_engine_name(const nmp_engine *e);
 nmp_status nmp_engine_run(nmp_engine *e, const nmp_mask_tensor *t, const nmp_pattern *p,
 			  nmp_mask_mode mode, uint8_t *mask, nmp_mask_stats *st, nmp_error *err);
 
-/* The CPU engine, also the reference the other engines are tested against. */
+/* The CPU backend, also the reference the other backends are tested against. */
 nmp_status nmp_cpu_run(const nmp_mask_tensor *t, const nmp_pattern *p, nmp_mask_mode mode, int threads,
 		       uint8_t *mask, nmp_mask_stats *st, nmp_error *err);
 

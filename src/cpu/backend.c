@@ -1,0 +1,190 @@
+/*
+ * backend.c — the CPU backend's entry: one tensor, one job.  It validates
+ * the view, reads quantized keys, and sends the job down the fused path
+ * (element-wise N:M, M <= 32, 32-bit keys) or the general path (a 64-bit key
+ * per element, then the pattern family's work items and the reference
+ * statistic).  This backend is also the reference the others are tested
+ * against.
+ */
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "cpu.h"
+#include "dtype.h"
+
+static void free_job(nmp_cpu_job *j)
+{
+	free(j->row_off);
+	free(j->qkey);
+	free(j->key);
+}
+
+/* The structured families of the general path, then the reference statistic and the zeroing. */
+static nmp_status run_general(nmp_cpu_job *j, nmp_mask_stats *st)
+{
+	const nmp_pattern *p = j->p;
+	const unsigned gc = nmp_pattern_group_cols(p), ur = nmp_pattern_unit_rows(p);
+	nmp_cpu_acc total = { 0 };
+	nmp_status s = NMP_OK;
+	if (!p->structured) {
+		s = nmp_cpu_unstructured(j, &total);
+	} else {
+		nmp_cpu_part_fn fn = p->unit == NMP_UNIT_ELEMENT ? nmp_cpu_nm_part :
+				     p->unit == NMP_UNIT_TILE ? nmp_cpu_tiles_part : nmp_cpu_units_part;
+		uint64_t work = (j->rows / ur) * (j->L / gc);
+		int parts;
+		nmp_cpu_acc *acc = nmp_cpu_parallel_for(j, work, 256, sizeof(nmp_cpu_acc), &parts, fn);
+		if (!acc)
+			return nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
+		for (int i = 0; i < parts; i++) {
+			total.kept += acc[i].kept;
+			total.l1_kept += acc[i].l1_kept;
+			total.deficits += acc[i].deficits;
+		}
+		free(acc);
+		st->groups = work;
+	}
+	st->kept = total.kept;
+	st->l1_kept = total.l1_kept;
+	st->deficits = total.deficits;
+	if (s != NMP_OK)
+		return s;
+	/* The keys hold the original magnitudes, whatever happens to the data. */
+	st->l1_unstructured = nmp_cpu_unstructured_reference(j, st->kept);
+	if (j->mode == NMP_MASK_APPLY)
+		for (uint64_t i = 0; i < j->numel; i++)
+			if (!j->mask[i])
+				nmp_cpu_prune_elem(j, i);
+	return NMP_OK;
+}
+
+nmp_status nmp_cpu_run(const nmp_mask_tensor *t, const nmp_pattern *p, nmp_mask_mode mode, int threads,
+		       uint8_t *mask, nmp_mask_stats *st, nmp_error *err)
+{
+	nmp_cpu_job j = { .t = t, .p = p, .mode = mode, .threads = threads, .mask = mask, .err = err };
+	nmp_status s = NMP_OK;
+	uint8_t *own_mask = NULL;
+	memset(st, 0, sizeof *st);
+
+	if (j.threads <= 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		j.threads = n > 0 ? (int)n : 1;
+	}
+	if (!nmp_key_kind_of(t->dtype, &j.kk))
+		return nmp_error_set(err, NMP_ERR_MODEL, "tensor '%s': unsupported dtype %s", t->name,
+				     nmp_dtype_name(t->dtype));
+	if (t->axis < 0 || t->axis >= t->rank)
+		return nmp_error_set(err, NMP_ERR_MODEL, "tensor '%s': no group axis", t->name);
+	j.numel = nmp_cpu_prod(t->dims, 0, t->rank);
+	j.L = (uint64_t)t->dims[t->axis];
+	j.inner = nmp_cpu_prod(t->dims, t->axis + 1, t->rank);
+	j.outer = nmp_cpu_prod(t->dims, 0, t->axis);
+	j.rows = j.L ? j.numel / j.L : 0;
+	st->numel = j.numel;
+	if (j.numel == 0)
+		return NMP_OK;
+
+	const unsigned gc = nmp_pattern_group_cols(p), ur = nmp_pattern_unit_rows(p);
+	if (gc == 0 || ur == 0 || j.L % gc != 0 || j.rows % ur != 0)
+		return nmp_error_set(err, NMP_ERR_MODEL, "tensor '%s': shape does not fit pattern %s", t->name, p->text);
+
+	bool fused = mode != NMP_MASK_CHECK && p->structured && p->unit == NMP_UNIT_ELEMENT &&
+		     p->m <= NMP_CPU_FUSED_MAX_M && j.kk != NMP_KK_F64;
+	bool quantized = t->dtype == NMP_DT_INT8 || t->dtype == NMP_DT_UINT8;
+	j.in = t->src ? t->src : t->data;
+	if (t->src && t->src != t->data && mode == NMP_MASK_APPLY && (!fused || quantized)) {
+		/* Only the fused float tiles write every element; the others prune in place. */
+		memcpy(t->data, t->src, j.numel * (nmp_dtype_bits(t->dtype) / 8));
+		j.in = t->data;
+	}
+	if (quantized && (s = nmp_cpu_quant_keys(&j)) != NMP_OK)
+		goto out;
+	if (fused) {
+		s = nmp_cpu_fused(&j, st);
+		goto out;
+	}
+	if (mode != NMP_MASK_CHECK) {
+		j.key = malloc(j.numel * sizeof *j.key);
+		if (!j.key) {
+			s = nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", t->name);
+			goto out;
+		}
+	}
+	if ((s = nmp_cpu_scan(&j, st)) != NMP_OK)
+		goto out;
+	bool elementwise_unstructured = !p->structured && ur == 1 && gc == 1;
+	if ((mode == NMP_MASK_CHECK || !elementwise_unstructured) && (s = nmp_cpu_build_rows(&j)) != NMP_OK)
+		goto out;
+	if (mode == NMP_MASK_CHECK) {
+		nmp_cpu_check(&j, st);
+		goto out;
+	}
+	if (!j.mask) {
+		own_mask = malloc(j.numel);
+		if (!own_mask) {
+			s = nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", t->name);
+			goto out;
+		}
+		j.mask = own_mask;
+	}
+	s = run_general(&j, st);
+out:
+	free(own_mask);
+	free_job(&j);
+	return s;
+}
+
+nmp_status nmp_cpu_magnitudes(const nmp_mask_tensor *t, float *out, nmp_error *err)
+{
+	nmp_cpu_job j = { .t = t, .err = err, .in = t->src ? t->src : t->data };
+	if (!nmp_key_kind_of(t->dtype, &j.kk))
+		return nmp_error_set(err, NMP_ERR_MODEL, "tensor '%s': unsupported dtype %s", t->name,
+				     nmp_dtype_name(t->dtype));
+	j.numel = nmp_cpu_prod(t->dims, 0, t->rank);
+	nmp_status s = NMP_OK;
+	if (t->dtype == NMP_DT_INT8 || t->dtype == NMP_DT_UINT8)
+		s = nmp_cpu_quant_keys(&j);
+	for (uint64_t i = 0; s == NMP_OK && i < j.numel; i++) {
+		uint64_t k = nmp_cpu_elem_key(&j, i);
+		if (nmp_key_is_nan(j.kk, k))
+			s = nmp_error_set(err, NMP_ERR_MODEL, "tensor '%s': NaN at flat index %llu", t->name,
+					  (unsigned long long)i);
+		out[i] = (float)nmp_key_mag(j.kk, k);
+	}
+	free_job(&j);
+	return s;
+}
+
+/* ---- the backend table ---------------------------------------------------------------------- */
+
+static const char *cpu_supports(void *ctx, const nmp_mask_tensor *t, const nmp_pattern *p, nmp_mask_mode mode)
+{
+	(void)ctx, (void)t, (void)p, (void)mode;
+	return NULL; /* every case: the CPU backend is the fallback */
+}
+
+static nmp_status cpu_run(void *ctx, const nmp_mask_tensor *t, const nmp_pattern *p, nmp_mask_mode mode,
+			  uint8_t *mask, nmp_mask_stats *st, nmp_error *err)
+{
+	return nmp_cpu_run(t, p, mode, *(const int *)ctx, mask, st, err);
+}
+
+static nmp_status cpu_magnitudes(void *ctx, const nmp_mask_tensor *t, float *out, nmp_error *err)
+{
+	(void)ctx;
+	return nmp_cpu_magnitudes(t, out, err);
+}
+
+static void cpu_close(void *ctx)
+{
+	(void)ctx;
+}
+
+const nmp_backend nmp_cpu_backend = {
+	.name = "cpu",
+	.supports = cpu_supports,
+	.run = cpu_run,
+	.magnitudes = cpu_magnitudes,
+	.close = cpu_close,
+};

@@ -1,0 +1,266 @@
+/*
+ * mask_rules.h — what every mask engine backend must compute bit for bit,
+ * written once.  The C compiler builds it into the CPU backend and nvcc into
+ * the CUDA kernels (every function is `static inline`, and __host__
+ * __device__ under nvcc), so the CPU unit tests exercise the very code the
+ * kernels run:
+ *
+ *  - the magnitude key of every stored type: the value's bits with the sign
+ *    cleared, which orders IEEE magnitudes exactly (+-Inf largest, NaN above
+ *    Inf and rejected); a quantized weight's key is the fp32 bits of
+ *    |q - zero_point| * |scale|;
+ *  - the magnitude a key stands for, as summed into the statistics;
+ *  - where a quantized element finds its scale and zero point;
+ *  - the tie rule: a larger key outranks, and of equal keys the lower index;
+ *  - the transposable tile tables for M <= 4 and their scoring order.
+ *
+ * Nothing here allocates, prints or touches a model.
+ */
+#ifndef NMP_MASK_RULES_H
+#define NMP_MASK_RULES_H
+
+#include <stdint.h>
+#include <string.h>
+
+#ifdef __CUDACC__
+#define NMP_HD __host__ __device__ __forceinline__
+#else
+#include <stdbool.h>
+#define NMP_HD __attribute__((always_inline))
+#endif
+#define NMP_RULE static inline NMP_HD
+
+/* ONNX TensorProto.DataType values the engine reads (mirrors dtype.h). */
+enum {
+	NMP_RT_FLOAT = 1, NMP_RT_UINT8 = 2, NMP_RT_INT8 = 3, NMP_RT_FLOAT16 = 10,
+	NMP_RT_DOUBLE = 11, NMP_RT_BFLOAT16 = 16,
+};
+
+/* How the keys of a type compare and what they weigh. */
+typedef enum nmp_key_kind { NMP_KK_F32, NMP_KK_F16, NMP_KK_BF16, NMP_KK_F64 } nmp_key_kind;
+
+NMP_RULE float nmp_f32_of_bits(uint32_t bits)
+{
+	float f;
+	memcpy(&f, &bits, 4);
+	return f;
+}
+
+NMP_RULE uint32_t nmp_bits_of_f32(float f)
+{
+	uint32_t b;
+	memcpy(&b, &f, 4);
+	return b;
+}
+
+NMP_RULE double nmp_f64_of_bits(uint64_t bits)
+{
+	double d;
+	memcpy(&d, &bits, 8);
+	return d;
+}
+
+/* The magnitude of an fp16 key (sign already clear), exactly, without branches on the data. */
+NMP_RULE float nmp_f16_key_mag(uint32_t key)
+{
+	float normal = nmp_f32_of_bits((key + 0x1c000u) << 13); /* rebias the exponent: 127 - 15 */
+	float sub = (float)key * 0x1p-24f;                      /* subnormals: exact in fp32 */
+	float v = key >= 0x400u ? normal : sub;
+	return key >= 0x7c00u ? nmp_f32_of_bits(0x7f800000u) : v;
+}
+
+/* fp16 or bf16 bits to fp32, sign kept (scales may be negative). */
+NMP_RULE float nmp_half_to_float(uint16_t h, int is_bf16)
+{
+	if (is_bf16)
+		return nmp_f32_of_bits((uint32_t)h << 16);
+	uint32_t sign = (uint32_t)(h & 0x8000u) << 16, key = h & 0x7fffu;
+	if (key > 0x7c00u) /* NaN: keep its payload, as a widening conversion does */
+		return nmp_f32_of_bits(sign | 0x7f800000u | (key & 0x3ffu) << 13);
+	return nmp_f32_of_bits(sign | nmp_bits_of_f32(nmp_f16_key_mag(key)));
+}
+
+/* The type's key kind; quantized types rank by fp32 keys.  Returns 0 on an unsupported type. */
+NMP_RULE int nmp_key_kind_of(int32_t dtype, nmp_key_kind *kk)
+{
+	switch (dtype) {
+	case NMP_RT_FLOAT: *kk = NMP_KK_F32; return 1;
+	case NMP_RT_FLOAT16: *kk = NMP_KK_F16; return 1;
+	case NMP_RT_BFLOAT16: *kk = NMP_KK_BF16; return 1;
+	case NMP_RT_DOUBLE: *kk = NMP_KK_F64; return 1;
+	case NMP_RT_INT8:
+	case NMP_RT_UINT8: *kk = NMP_KK_F32; return 1;
+	default: return 0;
+	}
+}
+
+/* The key of element i of a float tensor in raw layout. */
+NMP_RULE uint64_t nmp_float_key(int32_t dtype, const uint8_t *d, uint64_t i)
+{
+	switch (dtype) {
+	case NMP_RT_FLOAT: {
+		uint32_t b;
+		memcpy(&b, d + 4 * i, 4);
+		return b & 0x7fffffffu;
+	}
+	case NMP_RT_FLOAT16:
+	case NMP_RT_BFLOAT16: {
+		uint16_t b;
+		memcpy(&b, d + 2 * i, 2);
+		return b & 0x7fffu;
+	}
+	default: {
+		uint64_t b;
+		memcpy(&b, d + 8 * i, 8);
+		return b & 0x7fffffffffffffffull;
+	}
+	}
+}
+
+NMP_RULE bool nmp_key_is_nan(nmp_key_kind k, uint64_t key)
+{
+	switch (k) {
+	case NMP_KK_F32: return key > 0x7f800000u;
+	case NMP_KK_F16: return key > 0x7c00u;
+	case NMP_KK_BF16: return key > 0x7f80u;
+	default: return key > 0x7ff0000000000000ull;
+	}
+}
+
+/* What a key weighs in the statistics (fp32 kinds exactly, fp64 as itself). */
+NMP_RULE double nmp_key_mag(nmp_key_kind k, uint64_t key)
+{
+	switch (k) {
+	case NMP_KK_F32: return nmp_f32_of_bits((uint32_t)key);
+	case NMP_KK_F16: return nmp_f16_key_mag((uint32_t)key);
+	case NMP_KK_BF16: return nmp_f32_of_bits((uint32_t)key << 16);
+	default: return nmp_f64_of_bits(key);
+	}
+}
+
+/* The tie rule: a outranks b when its key is larger, or equal at a lower index. */
+NMP_RULE bool nmp_outranks(uint64_t ka, uint64_t ia, uint64_t kb, uint64_t ib)
+{
+	return ka > kb || (ka == kb && ia < ib);
+}
+
+/* ---- quantized weights ----------------------------------------------------------------------- */
+
+/*
+ * Where element i (flat) finds its scale and zero point: per tensor, per
+ * channel of `axis`, or per block of `block` along it.  stride is the
+ * product of the dims after axis, len the axis's length.
+ */
+typedef struct nmp_quant_geom {
+	uint64_t n_scale, stride, len, block;
+} nmp_quant_geom;
+
+NMP_RULE uint64_t nmp_quant_index(const nmp_quant_geom *g, uint64_t i)
+{
+	if (g->n_scale == 1)
+		return 0;
+	uint64_t c = (i / g->stride) % g->len;
+	if (g->block == 0)
+		return c;
+	uint64_t nb = (g->len + g->block - 1) / g->block;
+	return ((i / (g->stride * g->len)) * nb + c / g->block) * g->stride + i % g->stride;
+}
+
+NMP_RULE float nmp_quant_scale(const uint8_t *s, int32_t scale_dtype, uint64_t qi)
+{
+	if (scale_dtype == NMP_RT_FLOAT) {
+		float f;
+		memcpy(&f, s + 4 * qi, 4);
+		return f;
+	}
+	uint16_t h;
+	memcpy(&h, s + 2 * qi, 2);
+	return nmp_half_to_float(h, scale_dtype == NMP_RT_BFLOAT16);
+}
+
+NMP_RULE int nmp_quant_value(int32_t dtype, const uint8_t *d, uint64_t i)
+{
+	return dtype == NMP_RT_INT8 ? (int)(int8_t)d[i] : (int)d[i];
+}
+
+/* The key of a quantized element: the fp32 bits of |q - zp| * |scale|. */
+NMP_RULE uint32_t nmp_quant_key(int q, int zp, float scale)
+{
+	int diff = q - zp;
+	float m = (float)(diff < 0 ? -diff : diff) * (scale < 0 ? -scale : scale);
+	return nmp_bits_of_f32(m) & 0x7fffffffu;
+}
+
+/* ---- transposable tiles ---------------------------------------------------------------------- */
+
+/*
+ * Every M x M 0/1 tile with N ones per row and per column, for M <= 4: four
+ * bits per row, row 0 lowest, in the order of a row-by-row enumeration
+ * (each row's bit patterns ascending).  The exact method keeps the first
+ * tile of this order whose kept sum is the largest.
+ */
+#define NMP_TILE_PATTERNS_INIT { \
+	0x0021, 0x0012, 0x0421, 0x0241, 0x0412, 0x0142, 0x0214, 0x0124, 0x0653, 0x0563, \
+	0x0635, 0x0365, 0x0536, 0x0356, 0x8421, 0x4821, 0x8241, 0x2841, 0x4281, 0x2481, \
+	0x8412, 0x4812, 0x8142, 0x1842, 0x4182, 0x1482, 0x8214, 0x2814, 0x8124, 0x1824, \
+	0x2184, 0x1284, 0x4218, 0x2418, 0x4128, 0x1428, 0x2148, 0x1248, 0xcc33, 0xca53, \
+	0xac53, 0xc963, 0x9c63, 0xc693, 0x6c93, 0xc5a3, 0x5ca3, 0xc3c3, 0xa5c3, 0x96c3, \
+	0x69c3, 0x5ac3, 0x3cc3, 0xca35, 0xac35, 0xaa55, 0xa965, 0x9a65, 0xa695, 0x6a95, \
+	0xc3a5, 0xa5a5, 0x96a5, 0x69a5, 0x5aa5, 0x3ca5, 0xa3c5, 0x3ac5, 0xc936, 0x9c36, \
+	0xa956, 0x9a56, 0x9966, 0xc396, 0xa596, 0x9696, 0x6996, 0x5a96, 0x3c96, 0x95a6, \
+	0x59a6, 0x93c6, 0x39c6, 0xc639, 0x6c39, 0xa659, 0x6a59, 0xc369, 0xa569, 0x9669, \
+	0x6969, 0x5a69, 0x3c69, 0x6699, 0x65a9, 0x56a9, 0x63c9, 0x36c9, 0xc53a, 0x5c3a, \
+	0xc35a, 0xa55a, 0x965a, 0x695a, 0x5a5a, 0x3c5a, 0x956a, 0x596a, 0x659a, 0x569a, \
+	0x55aa, 0x53ca, 0x35ca, 0xc33c, 0xa53c, 0x963c, 0x693c, 0x5a3c, 0x3c3c, 0xa35c, \
+	0x3a5c, 0x936c, 0x396c, 0x639c, 0x369c, 0x53ac, 0x35ac, 0x33cc, 0xedb7, 0xdeb7, \
+	0xebd7, 0xbed7, 0xdbe7, 0xbde7, 0xed7b, 0xde7b, 0xe7db, 0x7edb, 0xd7eb, 0x7deb, \
+	0xeb7d, 0xbe7d, 0xe7bd, 0x7ebd, 0xb7ed, 0x7bed, 0xdb7e, 0xbd7e, 0xd7be, 0x7dbe, \
+	0xb7de, 0x7bde \
+}
+
+NMP_RULE int nmp_tile_table(unsigned m, unsigned n, int *count)
+{
+	switch (m * 8 + n) {
+	case 2 * 8 + 1: *count = 2; return 0;
+	case 3 * 8 + 1: *count = 6; return 2;
+	case 3 * 8 + 2: *count = 6; return 8;
+	case 4 * 8 + 1: *count = 24; return 14;
+	case 4 * 8 + 2: *count = 90; return 38;
+	case 4 * 8 + 3: *count = 24; return 128;
+	default: *count = 0; return 0;
+	}
+}
+
+/* A tile's kept sum: w is the tile's magnitudes, row-major; summed in row-major order. */
+NMP_RULE double nmp_tile_score(uint16_t pat, unsigned m, const double *w)
+{
+	double s = 0;
+	for (unsigned r = 0; r < m; r++)
+		for (unsigned c = 0; c < m; c++)
+			if (pat >> (4 * r + c) & 1)
+				s += w[r * m + c];
+	return s;
+}
+
+/* The index (into pats) of the first tile with the largest kept sum. */
+NMP_RULE int nmp_tile_best(const uint16_t *pats, int count, unsigned m, const double *w)
+{
+	int best = 0;
+	double best_s = -1;
+	for (int p = 0; p < count; p++) {
+		double s = nmp_tile_score(pats[p], m, w);
+		if (s > best_s) {
+			best_s = s;
+			best = p;
+		}
+	}
+	return best;
+}
+
+/* Greedy's order: larger magnitude first, and of equal ones the lower row-major index. */
+NMP_RULE bool nmp_tile_greedy_before(double wa, int ia, double wb, int ib)
+{
+	return wa > wb || (wa == wb && ia < ib);
+}
+
+#endif
