@@ -44,7 +44,7 @@ endif
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 FAULT_SO := $(BUILD)/tests/fault_inject.so
 
-.PHONY: all help deps test test-unit test-e2e bench bench-large asan test-asan valgrind install clean fuzz fuzz-corpus fuzz-run report-screenshot
+.PHONY: all help deps test test-unit test-e2e test-cuda bench-cuda gpu-bundle bench bench-large asan test-asan valgrind install clean fuzz fuzz-corpus fuzz-run report-screenshot
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/nmprune $(BUILD)/libnmprune.a ## build the tool and the library
@@ -86,6 +86,16 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libnmprune.a tests/testutil.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) $(WARN) $(TEST_WRAP_$*) -o $@ $< $(BUILD)/libnmprune.a $(LDLIBS) -lcmocka
 
+# The CUDA backend against the CPU backend (built only with CUDA).
+$(BUILD)/tests/cuda_backend: tests/cuda/test_cuda_backend.c $(BUILD)/libnmprune.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $< $(BUILD)/libnmprune.a $(LDLIBS) -lcmocka
+
+$(BUILD)/bench/cuda_bench: bench/cuda_bench.cu $(BUILD)/libnmprune.a
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -Iinclude -Isrc -Ikernels -I$(BUILD)/gen -o $@ $< $(BUILD)/libnmprune.a \
+		-lprotobuf-c -ljansson -lpthread -lm
+
 $(BUILD)/bench/engine_bench: bench/engine_bench.c $(BUILD)/libnmprune.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $< $(BUILD)/libnmprune.a $(LDLIBS)
@@ -105,6 +115,18 @@ test: all $(TESTS) test-unit test-e2e ## run every test
 
 test-unit: all $(TESTS) ## run the CMocka unit tests
 	@set -e; for t in $(TESTS); do echo "== $$t"; $$t; done
+
+test-cuda: ## the CUDA backend against the CPU backend, and --device cuda = --device cpu end to end (skips without a GPU)
+	$(MAKE) CUDA=1 all $(BUILD)/tests/cuda_backend
+	$(BUILD)/tests/cuda_backend
+	NMPRUNE=$(BUILD)/nmprune $(PYTHON) -m pytest -q -rs tests/cuda
+
+bench-cuda: ## on a GPU: kernel bandwidth beside a device copy, the engine with transfers, prune --device cuda vs cpu
+	$(MAKE) CUDA=1 all $(BUILD)/bench/cuda_bench
+	NMPRUNE=$(BUILD)/nmprune CUDA_BENCH=$(BUILD)/bench/cuda_bench $(PYTHON) bench/bench_cuda.py
+
+gpu-bundle: ## build with CUDA and pack what the GPU machine needs into .gpu/ (tools/gpu-bundle.sh)
+	./tools/gpu-bundle.sh
 
 test-e2e: all $(FAULT_SO) ## run the end-to-end tests of the command line
 	NMPRUNE=$(BUILD)/nmprune FAULT_SO=$(FAULT_SO) $(PYTHON) -m pytest -q -rs tests/e2e

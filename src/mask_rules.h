@@ -23,12 +23,11 @@
 #include <string.h>
 
 #ifdef __CUDACC__
-#define NMP_HD __host__ __device__ __forceinline__
+#define NMP_RULE static __host__ __device__ __forceinline__
 #else
 #include <stdbool.h>
-#define NMP_HD __attribute__((always_inline))
+#define NMP_RULE static inline __attribute__((always_inline))
 #endif
-#define NMP_RULE static inline NMP_HD
 
 /* ONNX TensorProto.DataType values the engine reads (mirrors dtype.h). */
 enum {
@@ -261,6 +260,89 @@ NMP_RULE int nmp_tile_best(const uint16_t *pats, int count, unsigned m, const do
 NMP_RULE bool nmp_tile_greedy_before(double wa, int ia, double wb, int ib)
 {
 	return wa > wb || (wa == wb && ia < ib);
+}
+
+/*
+ * Exact transposable tiles for any M: a maximum-weight b-matching of rows to
+ * columns (N each), as min-cost flow by successive shortest paths
+ * (Bellman-Ford in a fixed edge order, so the result is deterministic).
+ * +-Inf magnitudes count as a finite value above every finite tile sum, so a
+ * tile keeps as many of them as it can.  Rounding must not create negative
+ * cycles in the residual graph (their predecessor chains never reach the
+ * source): a distance improves only by more than the rounding a path can
+ * gather, and every walk is bounded by the number of vertices.
+ *
+ * Scratch: the caller's, NMP_TILE_FLOW_SCRATCH(m) bytes, 8-aligned.
+ */
+#define NMP_TILE_FLOW_EDGES(m) (2 * ((m) * (m) + 2 * (m)))
+#define NMP_TILE_FLOW_SCRATCH(m) \
+	((size_t)NMP_TILE_FLOW_EDGES(m) * (8 + 3 * 4) + (size_t)(2 * (m) + 2) * (8 + 4) + (size_t)(m) * (m) * 8)
+
+NMP_RULE void nmp_tile_exact_flow(int m, int n, const double *w_in, uint8_t *keep, void *scratch)
+{
+	const int V = 2 * m + 2, S = 0, T = 2 * m + 1, E = NMP_TILE_FLOW_EDGES(m);
+	double *cost = (double *)scratch, *dist = cost + E, *w = dist + V;
+	int *to = (int *)(w + m * m), *cap = to + E, *from = cap + E, *prev = from + E;
+	int ne = 0;
+	for (int i = 0; i < m * m; i++)
+		keep[i] = 0;
+
+	double finite_max = 0, total = 0;
+	for (int i = 0; i < m * m; i++)
+		if (w_in[i] <= 1.7976931348623157e308 && w_in[i] > finite_max)
+			finite_max = w_in[i];
+	const double big = (finite_max > 0 ? finite_max : 1) * 2.0 * (double)(m * m);
+	for (int i = 0; i < m * m; i++) {
+		w[i] = w_in[i] > 1.7976931348623157e308 ? big : w_in[i];
+		total += w[i];
+	}
+	const double tol = total * (double)V * 4 * 2.220446049250313e-16;
+
+	/* Edges in order: source to rows, rows to columns (row-major), columns to sink; each with its reverse. */
+	for (int k = 0; k < 3; k++) {
+		for (int x = 0; x < (k == 1 ? m * m : m); x++) {
+			int a = k == 0 ? S : k == 1 ? 1 + x / m : 1 + m + x;
+			int b = k == 0 ? 1 + x : k == 1 ? 1 + m + x % m : T;
+			double c = k == 1 ? -w[x] : 0.0;
+			from[ne] = a, to[ne] = b, cap[ne] = k == 1 ? 1 : n, cost[ne] = c;
+			ne++;
+			from[ne] = b, to[ne] = a, cap[ne] = 0, cost[ne] = -c;
+			ne++;
+		}
+	}
+	for (int unit = 0; unit < m * n; unit++) {
+		for (int v = 0; v < V; v++) {
+			dist[v] = 1.0 / 0.0;
+			prev[v] = -1;
+		}
+		dist[S] = 0;
+		for (int it = 0; it < V; it++) {
+			bool changed = false;
+			for (int k = 0; k < ne; k++) {
+				if (cap[k] > 0 && dist[from[k]] < 1.0 / 0.0 && dist[from[k]] + cost[k] < dist[to[k]] - tol) {
+					dist[to[k]] = dist[from[k]] + cost[k];
+					prev[to[k]] = k;
+					changed = true;
+				}
+			}
+			if (!changed)
+				break;
+		}
+		if (prev[T] < 0)
+			break;
+		int steps = 0;
+		for (int v = T; v != S && steps <= V; v = prev[v] < 0 ? S : from[prev[v]], steps++)
+			if (prev[v] < 0)
+				steps = V + 1;
+		if (steps > V)
+			break; /* no path back to the source: stop rather than loop */
+		for (int v = T; v != S; v = from[prev[v]]) {
+			cap[prev[v]]--;
+			cap[prev[v] ^ 1]++;
+		}
+	}
+	for (int i = 0; i < m * m; i++)
+		keep[i] = cap[2 * (m + i)] == 0;
 }
 
 #endif

@@ -5,104 +5,22 @@
  * as a maximum-weight b-matching of rows to columns; greedy (sort and
  * accept, which may keep fewer) on request.
  */
-#include <float.h>
-#include <math.h>
 #include <stdlib.h>
 
 #include "cpu.h"
 
 static const uint16_t tile_patterns[] = NMP_TILE_PATTERNS_INIT;
 
-/*
- * Exact for any M: a maximum-weight b-matching of rows to columns (N each),
- * solved as min-cost flow by successive shortest paths (Bellman-Ford, fixed
- * edge order, so the result is deterministic).  +-Inf magnitudes count as a
- * finite value above every finite tile sum, so a tile keeps as many of them
- * as it can.  Rounding must not create negative cycles in the residual
- * graph (their predecessor chains never reach the source): a distance
- * improves only by more than the rounding a path can gather, and every walk
- * is bounded by the number of vertices.
- */
-static void tile_exact_flow(int m, int n, const double *w_in, uint8_t *keep)
+/* Exact for any M: the shared flow, with scratch from the heap. */
+static void tile_exact_flow(int m, int n, const double *w, uint8_t *keep)
 {
-	const int V = 2 * m + 2, S = 0, T = 2 * m + 1;
-	const int E = 2 * (m * m + 2 * m);
-	int *to = malloc((size_t)E * sizeof *to), *cap = malloc((size_t)E * sizeof *cap);
-	int *from = malloc((size_t)E * sizeof *from), *prev = malloc((size_t)V * sizeof *prev), ne = 0;
-	double *cost = malloc((size_t)E * sizeof *cost), *dist = malloc((size_t)V * sizeof *dist);
-	double *w = malloc((size_t)(m * m) * sizeof *w);
-	memset(keep, 0, (size_t)(m * m));
-	if (!to || !cap || !from || !prev || !cost || !dist || !w)
-		goto out; /* out of memory: nothing kept, the caller counts deficits */
-
-	double finite_max = 0, total = 0;
-	for (int i = 0; i < m * m; i++)
-		if (!isinf(w_in[i]) && w_in[i] > finite_max)
-			finite_max = w_in[i];
-	const double big = (finite_max > 0 ? finite_max : 1) * 2.0 * (double)(m * m);
-	for (int i = 0; i < m * m; i++) {
-		w[i] = isinf(w_in[i]) ? big : w_in[i];
-		total += w[i];
+	void *scratch = malloc(NMP_TILE_FLOW_SCRATCH(m));
+	if (!scratch) {
+		memset(keep, 0, (size_t)(m * m)); /* out of memory: nothing kept, the caller counts deficits */
+		return;
 	}
-	const double tol = total * (double)V * 4 * DBL_EPSILON;
-
-#define ADD_EDGE(a, b, c, k)                                            \
-	do {                                                            \
-		from[ne] = (a), to[ne] = (b), cap[ne] = (c), cost[ne] = (k); \
-		ne++;                                                   \
-		from[ne] = (b), to[ne] = (a), cap[ne] = 0, cost[ne] = -(k);  \
-		ne++;                                                   \
-	} while (0)
-	for (int r = 0; r < m; r++)
-		ADD_EDGE(S, 1 + r, n, 0.0);
-	for (int r = 0; r < m; r++)
-		for (int c = 0; c < m; c++)
-			ADD_EDGE(1 + r, 1 + m + c, 1, -w[r * m + c]);
-	for (int c = 0; c < m; c++)
-		ADD_EDGE(1 + m + c, T, n, 0.0);
-#undef ADD_EDGE
-	for (int unit = 0; unit < m * n; unit++) {
-		for (int v = 0; v < V; v++) {
-			dist[v] = INFINITY;
-			prev[v] = -1;
-		}
-		dist[S] = 0;
-		for (int it = 0; it < V; it++) {
-			bool changed = false;
-			for (int k = 0; k < ne; k++) {
-				if (cap[k] > 0 && dist[from[k]] < INFINITY && dist[from[k]] + cost[k] < dist[to[k]] - tol) {
-					dist[to[k]] = dist[from[k]] + cost[k];
-					prev[to[k]] = k;
-					changed = true;
-				}
-			}
-			if (!changed)
-				break;
-		}
-		if (prev[T] < 0)
-			break;
-		int steps = 0;
-		for (int v = T; v != S && steps <= V; v = from[prev[v]], steps++)
-			if (prev[v] < 0)
-				steps = V + 1;
-		if (steps > V)
-			break; /* no path back to the source: stop rather than loop */
-		for (int v = T; v != S; v = from[prev[v]]) {
-			cap[prev[v]]--;
-			cap[prev[v] ^ 1]++;
-		}
-	}
-	for (int r = 0; r < m; r++)
-		for (int c = 0; c < m; c++)
-			keep[r * m + c] = cap[2 * (m + r * m + c)] == 0;
-out:
-	free(to);
-	free(cap);
-	free(from);
-	free(prev);
-	free(cost);
-	free(dist);
-	free(w);
+	nmp_tile_exact_flow(m, n, w, keep, scratch);
+	free(scratch);
 }
 
 typedef struct greedy_cell {
