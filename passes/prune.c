@@ -1,4 +1,5 @@
 #include "prune.h"
+#include "pending.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,8 +22,7 @@
  */
 typedef struct masks_file {
 	char path[PATH_MAX];
-	char tmp[PATH_MAX];
-	int fd;
+	int fd;                      /* borrowed from the pending set, which commits or removes the file */
 	uint64_t data_start;
 	uint64_t *offset;            /* per choice */
 } masks_file;
@@ -39,6 +39,8 @@ typedef struct prune_ctx {
 	char *weights_json;
 	nmp_kv kv[3];
 	masks_file *masks;
+	nmp_pending *pending;       /* the caller's, or our own */
+	double t0;
 } prune_ctx;
 
 static nmp_status masks_begin(prune_ctx *c, const char *path, nmp_error *err)
@@ -79,13 +81,10 @@ static nmp_status masks_begin(prune_ctx *c, const char *path, nmp_error *err)
 		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	size_t len = strlen(text), padded = (len + 7) / 8 * 8;
 	mf->data_start = 8 + padded;
-	snprintf(mf->tmp, sizeof mf->tmp, "%s.nmprune-XXXXXX", path);
-	mf->fd = mkstemp(mf->tmp);
-	nmp_status s = NMP_OK;
-	if (mf->fd < 0) {
-		s = nmp_error_errno(err, errno, "cannot create masks file", path);
-		mf->tmp[0] = '\0';
-	} else {
+	FILE *f;
+	nmp_status s = nmp_pending_open(c->pending, path, "masks file", &f, err);
+	if (s == NMP_OK) {
+		mf->fd = fileno(f);
 		uint8_t head[8];
 		for (int b = 0; b < 8; b++)
 			head[b] = (uint8_t)((uint64_t)padded >> (8 * b));
@@ -120,31 +119,14 @@ static nmp_status masks_put(prune_ctx *c, size_t ci, const uint8_t *mask, uint64
 	return NMP_OK;
 }
 
-/* Syncs and renames the masks into place, or removes them; always frees. */
-static nmp_status masks_end(prune_ctx *c, bool commit, nmp_error *err)
+/* The file itself belongs to the pending set. */
+static void masks_free(prune_ctx *c)
 {
-	masks_file *mf = c->masks;
-	nmp_status s = NMP_OK;
-	if (!mf)
-		return NMP_OK;
-	if (commit && mf->fd >= 0) {
-		mode_t um = umask(0);
-		umask(um);
-		if (fchmod(mf->fd, 0666 & ~um) != 0 || fsync(mf->fd) != 0)
-			s = nmp_error_errno(err, errno, "cannot sync masks file", mf->path);
-		else if (rename(mf->tmp, mf->path) != 0)
-			s = nmp_error_errno(err, errno, "cannot rename masks file into place", mf->path);
-		else
-			mf->tmp[0] = '\0';
-	}
-	if (mf->fd >= 0)
-		close(mf->fd);
-	if (mf->tmp[0])
-		unlink(mf->tmp);
-	free(mf->offset);
-	free(mf);
+	if (!c->masks)
+		return;
+	free(c->masks->offset);
+	free(c->masks);
 	c->masks = NULL;
-	return s;
 }
 
 static double now(void)
@@ -320,6 +302,8 @@ static nmp_status run_views(prune_ctx *c, nmp_error *err)
 static void totals(prune_ctx *c)
 {
 	nmp_pass_result *r = c->r;
+	r->params_zeroed = r->violations = 0;
+	r->failing = 0;
 	for (size_t i = 0; i < r->n; i++) {
 		const nmp_weight_result *w = &r->weights[i];
 		if (!w->done)
@@ -330,12 +314,23 @@ static void totals(prune_ctx *c)
 	}
 }
 
+/* Output written and synced, nothing renamed yet: the result is final; the caller's side outputs go now. */
+static nmp_status before_commit(void *ctx, nmp_error *err)
+{
+	prune_ctx *c = ctx;
+	totals(c);
+	c->r->seconds = now() - c->t0;
+	if (c->o->before_commit)
+		return c->o->before_commit(c->o->commit_ctx, c->r, err);
+	return NMP_OK;
+}
+
 nmp_status nmp_prune(const nmp_plan *plan, const nmp_prune_opts *o, nmp_pass_result *r, nmp_error *err)
 {
-	double t0 = now();
 	NMP_TRY(result_init(plan, r, err));
-	prune_ctx c = { .plan = plan, .o = o, .engine = o->engine, .r = r,
-			.mode = o->dry_run ? NMP_MASK_DRY : NMP_MASK_APPLY };
+	prune_ctx c = { .plan = plan, .o = o, .engine = o->engine, .r = r, .t0 = now(),
+			.mode = o->dry_run ? NMP_MASK_DRY : NMP_MASK_APPLY, .pending = o->pending };
+	nmp_pending *own = NULL;
 	r->channels = o->channels;
 	r->permute_only = o->channels && o->permute_only;
 	const nmp_model *m = plan->model;
@@ -347,6 +342,10 @@ nmp_status nmp_prune(const nmp_plan *plan, const nmp_prune_opts *o, nmp_pass_res
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 		goto out;
 	}
+	if (!c.pending && (s = nmp_pending_create(&own, err)) != NMP_OK)
+		goto out;
+	if (!c.pending)
+		c.pending = own;
 	for (size_t i = 0; i < m->n_tensors; i++)
 		c.choice_of[i] = SIZE_MAX;
 	size_t n_visit = 0;
@@ -370,26 +369,30 @@ nmp_status nmp_prune(const nmp_plan *plan, const nmp_prune_opts *o, nmp_pass_res
 	if (o->dry_run) {
 		if (!o->permute_only)
 			s = run_views(&c, err);
+		if (s == NMP_OK)
+			s = before_commit(&c, err);
+		if (s == NMP_OK)
+			s = nmp_pending_sync(c.pending, err);
+		if (s == NMP_OK)
+			s = nmp_pending_commit(c.pending, err);
 	} else {
 		nmp_save_opts so = {
 			.external_data = o->external_data, .in_place = o->in_place, .force_general = o->general_path,
 			.visit = visit, .n_visit = n_visit, .on_payload = on_payload,
 			.on_metadata = o->permute_only ? NULL : on_metadata,
-			.ctx = &c,
+			.ctx = &c, .before_commit = before_commit, .pending = c.pending,
 		};
 		s = nmp_model_save(plan->model, o->output, &so, &r->save, err);
 	}
-	totals(&c);
+	if (s != NMP_OK) /* the totals of what was done, for a caller that reports a failure */
+		totals(&c);
 out:
-	if (c.masks) {
-		nmp_status ms = masks_end(&c, s == NMP_OK, err);
-		if (s == NMP_OK)
-			s = ms;
-	}
+	masks_free(&c);
+	nmp_pending_free(&own);
 	free(visit);
 	free(c.choice_of);
 	free(c.weights_json);
-	r->seconds = now() - t0;
+	r->seconds = now() - c.t0;
 	return s;
 }
 

@@ -25,6 +25,9 @@
 typedef void (*nmp_progress_fn)(void *ctx, size_t done, size_t total, uint64_t bytes_done,
 				uint64_t bytes_total);
 
+struct nmp_pass_result;
+struct nmp_pending;
+
 typedef struct nmp_prune_opts {
 	const char *output;          /* NULL with dry_run */
 	bool dry_run;
@@ -37,6 +40,18 @@ typedef struct nmp_prune_opts {
 	bool permute_only;           /* with channels: write the permuted model unmasked */
 	nmp_progress_fn progress;
 	void *progress_ctx;
+
+	/*
+	 * Side outputs that land with the model or not at all (may be NULL):
+	 * the masks file is added to it, and before_commit (may be NULL) is
+	 * called with commit_ctx and the finished result once the output is
+	 * written and synced, before anything is renamed, so that reports
+	 * written there into `pending` commit with the model.  In a dry run it
+	 * is called when the masks are computed.
+	 */
+	struct nmp_pending *pending;
+	nmp_status (*before_commit)(void *ctx, const struct nmp_pass_result *r, nmp_error *err);
+	void *commit_ctx;
 } nmp_prune_opts;
 
 typedef struct nmp_weight_result {

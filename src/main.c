@@ -2,6 +2,12 @@
  * main.c — the nmprune command: the only place that prints to the user and
  * picks the exit code.  The passes run in one visible sequence per command.
  */
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -9,6 +15,7 @@
 #include "cli.h"
 #include "error.h"
 #include "model.h"
+#include "pending.h"
 #include "plan.h"
 #include "prune.h"
 #include "report.h"
@@ -82,27 +89,125 @@ static void on_progress(void *ctx, size_t done, size_t total, uint64_t bytes_don
 	}
 }
 
-/* Reports of prune and check: JSON to a file and/or stdout, text otherwise. */
-static nmp_status report(const nmp_cli *cli, const nmp_plan *plan, const nmp_pass_result *r, const char *cmd,
-			 nmp_engine *engine, nmp_error *err)
+/*
+ * The side outputs of prune and check (--report, --report-html, --json),
+ * produced once the result is final and, for prune, before the model is
+ * renamed into place: files go through the pending set, which commits them
+ * with the model or removes them; stdout is flushed and checked here, so a
+ * failure to write it also leaves the model uncommitted.
+ */
+typedef struct side_ctx {
+	const nmp_cli *cli;
+	const nmp_plan *plan;
+	nmp_engine *engine;
+	const char *cmd;
+	nmp_pending *pending;
+} side_ctx;
+
+static nmp_status side_outputs(void *ctx, const nmp_pass_result *r, nmp_error *err)
 {
+	const side_ctx *sc = ctx;
+	const nmp_cli *cli = sc->cli;
+	const bool prune = strcmp(sc->cmd, "prune") == 0;
 	nmp_status s = NMP_OK;
 	json_t *j = NULL;
-	if (cli->report || cli->json)
-		j = nmp_report_pass_json(plan, r, cmd, nmp_engine_name(engine),
-					 strcmp(cmd, "prune") == 0 && !cli->dry_run ? cli->output : NULL, cli->dry_run);
-	if (cli->report)
-		s = nmp_report_write(cli->report, j, err);
-	if (s == NMP_OK && cli->report_html && strcmp(cmd, "prune") == 0)
-		s = nmp_report_html(cli->report_html, plan, r, cli->dry_run, err);
-	if (cli->json)
+	FILE *f;
+	if (cli->report || cli->json) {
+		j = nmp_report_pass_json(sc->plan, r, sc->cmd, nmp_engine_name(sc->engine),
+					 prune && !cli->dry_run ? cli->output : NULL, cli->dry_run);
+		if (!j)
+			return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	}
+	if (cli->report && (s = nmp_pending_open(sc->pending, cli->report, "report", &f, err)) == NMP_OK)
+		nmp_report_print(f, j);
+	if (s == NMP_OK && cli->report_html && prune &&
+	    (s = nmp_pending_open(sc->pending, cli->report_html, "HTML report", &f, err)) == NMP_OK)
+		nmp_report_html(f, sc->plan, r, cli->dry_run);
+	if (s == NMP_OK && cli->json) {
 		nmp_report_print(stdout, j);
-	else if (strcmp(cmd, "check") == 0 && cli->verbosity >= 0)
-		nmp_report_check_text(stdout, plan, r);
-	else if (strcmp(cmd, "prune") == 0 && cli->verbosity >= 0)
-		nmp_report_prune_text(stderr, plan, r, cli->dry_run);
+		errno = 0;
+		if (fflush(stdout) != 0 || ferror(stdout))
+			s = nmp_error_errno(err, errno ? errno : EIO, "cannot write", "standard output");
+	}
 	json_decref(j);
 	return s;
+}
+
+static void text_report(const nmp_cli *cli, const nmp_plan *plan, const nmp_pass_result *r)
+{
+	if (cli->json || cli->verbosity < 0)
+		return;
+	if (cli->cmd == NMP_CMD_CHECK)
+		nmp_report_check_text(stdout, plan, r);
+	else
+		nmp_report_prune_text(stderr, plan, r, cli->dry_run);
+}
+
+/*
+ * Two names for one file (the same path, or one file through links):
+ * compared by device and inode where the file exists, else by the absolute
+ * path of its directory and its name.
+ */
+static bool same_file(const char *a, const char *b)
+{
+	struct stat sa, sb;
+	if (stat(a, &sa) == 0 && stat(b, &sb) == 0)
+		return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+	char da[PATH_MAX], db[PATH_MAX], ra[PATH_MAX], rb[PATH_MAX];
+	snprintf(da, sizeof da, "%s", a);
+	snprintf(db, sizeof db, "%s", b);
+	const char *ba = strrchr(a, '/') ? strrchr(a, '/') + 1 : a, *bb = strrchr(b, '/') ? strrchr(b, '/') + 1 : b;
+	if (strcmp(ba, bb) != 0)
+		return false;
+	if (!realpath(strchr(a, '/') ? dirname(da) : ".", ra) || !realpath(strchr(b, '/') ? dirname(db) : ".", rb))
+		return strcmp(a, b) == 0;
+	return strcmp(ra, rb) == 0;
+}
+
+/*
+ * Outputs that would overwrite the input, its data files or each other are
+ * refused before anything is written: a report over the model, or -o over
+ * the input without --in-place, would destroy data and still exit 0.
+ */
+static nmp_status check_collisions(const nmp_cli *cli, const nmp_model *m, nmp_error *err)
+{
+	typedef struct named { const char *opt, *path; } named;
+	named outs[5];
+	size_t n = 0;
+	char out_data[PATH_MAX + 8] = "";
+	if (cli->cmd == NMP_CMD_PRUNE && !cli->dry_run && cli->output) {
+		if (!cli->in_place && same_file(cli->output, cli->input))
+			return nmp_error_set(err, NMP_ERR_USAGE, "%s: -o names the input model; use --in-place to replace it",
+					     cli->output);
+		snprintf(out_data, sizeof out_data, "%s.data", cli->output);
+		if (cli->external_data)
+			outs[n++] = (named){ "--external-data", cli->external_data };
+	}
+	if (cli->report)
+		outs[n++] = (named){ "--report", cli->report };
+	if (cli->report_html)
+		outs[n++] = (named){ "--report-html", cli->report_html };
+	if (cli->save_masks)
+		outs[n++] = (named){ "--save-masks", cli->save_masks };
+	for (size_t i = 0; i < n; i++) {
+		for (size_t f = 0; f < m->n_files; f++)
+			if (same_file(outs[i].path, m->files[f].path))
+				return nmp_error_set(err, NMP_ERR_USAGE, "%s: %s names %s", outs[i].path, outs[i].opt,
+						     f == 0 ? "the input model" : "a data file of the input model");
+		if (cli->cmd == NMP_CMD_PRUNE && !cli->dry_run && cli->output) {
+			if (same_file(outs[i].path, cli->output))
+				return nmp_error_set(err, NMP_ERR_USAGE, "%s: %s names the output model", outs[i].path,
+						     outs[i].opt);
+			if (strcmp(outs[i].opt, "--external-data") != 0 && same_file(outs[i].path, out_data))
+				return nmp_error_set(err, NMP_ERR_USAGE, "%s: %s names the output's data file", outs[i].path,
+						     outs[i].opt);
+		}
+		for (size_t k = 0; k < i; k++)
+			if (same_file(outs[i].path, outs[k].path))
+				return nmp_error_set(err, NMP_ERR_USAGE, "%s: %s and %s name the same file", outs[i].path,
+						     outs[k].opt, outs[i].opt);
+	}
+	return NMP_OK;
 }
 
 /* The engine's notes (a tensor handed to the CPU backend, and why), under -v. */
@@ -118,9 +223,12 @@ static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 	nmp_engine *engine = NULL;
 	nmp_pass_result r = { 0 };
 	nmp_channels *channels = NULL;
+	nmp_pending *pending = NULL;
 	nmp_select_opts so = select_opts(cli);
 	char note[320];
 	nmp_status s = nmp_plan_build(cli->input, &so, &plan, err);
+	if (s == NMP_OK)
+		s = check_collisions(cli, plan.model, err);
 	if (s == NMP_OK && cli->permute)
 		s = nmp_channels_plan(&plan, NMP_PERMUTE_SEED, &channels, err);
 	if (s == NMP_OK)
@@ -131,10 +239,18 @@ static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 		fprintf(stderr, "nmprune: %s\n", note);
 		nmp_engine_set_notes(engine, print_note, NULL);
 	}
+	if ((s = nmp_pending_create(&pending, err)) != NMP_OK)
+		goto out;
+	side_ctx sc = { .cli = cli, .plan = &plan, .engine = engine, .pending = pending,
+			.cmd = cli->cmd == NMP_CMD_CHECK ? "check" : "prune" };
 	if (cli->cmd == NMP_CMD_CHECK) {
 		s = nmp_check(&plan, engine, &r, err);
 		if (s == NMP_OK)
-			s = report(cli, &plan, &r, "check", engine, err);
+			s = side_outputs(&sc, &r, err);
+		if (s == NMP_OK)
+			s = nmp_pending_sync(pending, err);
+		if (s == NMP_OK)
+			s = nmp_pending_commit(pending, err);
 		*violations = r.failing > 0;
 	} else {
 		progress pr = { .tty = isatty(STDERR_FILENO) && cli->verbosity >= 0, .last_decile = 0 };
@@ -143,15 +259,17 @@ static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 			.external_data = cli->external_data, .general_path = cli->general_path, .engine = engine,
 			.masks_path = cli->save_masks, .channels = channels, .permute_only = cli->permute_only,
 			.progress = cli->verbosity >= 0 ? on_progress : NULL, .progress_ctx = &pr,
+			.pending = pending, .before_commit = side_outputs, .commit_ctx = &sc,
 		};
 		s = nmp_prune(&plan, &po, &r, err);
 		if (s == NMP_OK && r.save.auto_external && cli->verbosity >= 0)
 			fprintf(stderr, "nmprune: %s would pass 2 GiB: tensors of 1 KiB and more moved to %s\n",
 				cli->output, r.save.data_path);
-		if (s == NMP_OK)
-			s = report(cli, &plan, &r, "prune", engine, err);
 	}
+	if (s == NMP_OK)
+		text_report(cli, &plan, &r);
 out:
+	nmp_pending_free(&pending);
 	nmp_pass_result_free(&r);
 	nmp_channels_free(&channels);
 	nmp_engine_free(&engine);

@@ -130,6 +130,14 @@ typedef struct nmp_save_opts {
 	nmp_payload_fn on_payload;
 	nmp_metadata_fn on_metadata;
 	void *ctx;
+
+	/*
+	 * Called with ctx once the output is written and synced, before anything
+	 * is renamed; a failure there leaves nothing.  Then `pending` (side
+	 * outputs, may be NULL) is synced and renamed, and the model last.
+	 */
+	nmp_status (*before_commit)(void *ctx, nmp_error *err);
+	struct nmp_pending *pending;
 } nmp_save_opts;
 
 typedef struct nmp_save_result {

@@ -327,20 +327,8 @@ void nmp_report_check_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r)
 		p->sel->default_pattern);
 }
 
-nmp_status nmp_report_print(FILE *f, json_t *j)
+void nmp_report_print(FILE *f, json_t *j)
 {
 	json_dumpf(j, f, JSON_INDENT(2) | JSON_REAL_PRECISION(8));
 	fputc('\n', f);
-	return NMP_OK;
-}
-
-nmp_status nmp_report_write(const char *path, json_t *j, nmp_error *err)
-{
-	FILE *f = fopen(path, "w");
-	if (!f)
-		return nmp_error_errno(err, errno, "cannot write report", path);
-	nmp_report_print(f, j);
-	if (ferror(f) | (fclose(f) != 0))
-		return nmp_error_errno(err, errno ? errno : EIO, "cannot write report", path);
-	return NMP_OK;
 }

@@ -30,11 +30,9 @@ json_t *nmp_report_pass_json(const nmp_plan *p, const nmp_pass_result *r, const 
 void nmp_report_prune_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r, bool dry_run);
 /* The per-weight compliance table and summary of check. */
 void nmp_report_check_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r);
-/* Writes JSON to a file (a report); I/O failures name the file. */
-nmp_status nmp_report_write(const char *path, json_t *j, nmp_error *err);
-nmp_status nmp_report_print(FILE *f, json_t *j);
-/* The prune report as one self-contained HTML page with an inline SVG chart. */
-nmp_status nmp_report_html(const char *path, const nmp_plan *p, const nmp_pass_result *r, bool dry_run,
-			   nmp_error *err);
+/* JSON, indented, to f (the caller checks f for errors). */
+void nmp_report_print(FILE *f, json_t *j);
+/* The prune report as one self-contained HTML page with an inline SVG chart (the caller checks f). */
+void nmp_report_html(FILE *f, const nmp_plan *p, const nmp_pass_result *r, bool dry_run);
 
 #endif

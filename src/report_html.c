@@ -96,12 +96,8 @@ static void chart(FILE *f, const nmp_pass_result *r)
 		"layer, in graph order (hover for details)</text>\n</svg>\n", left + plot_w / 2, H - 8);
 }
 
-nmp_status nmp_report_html(const char *path, const nmp_plan *p, const nmp_pass_result *r, bool dry_run,
-			   nmp_error *err)
+void nmp_report_html(FILE *f, const nmp_plan *p, const nmp_pass_result *r, bool dry_run)
 {
-	FILE *f = fopen(path, "w");
-	if (!f)
-		return nmp_error_errno(err, errno, "cannot write HTML report", path);
 	size_t skipped = r->n - r->n_done;
 	fputs("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
 	      "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>nmprune report: ", f);
@@ -142,7 +138,4 @@ nmp_status nmp_report_html(const char *path, const nmp_plan *p, const nmp_pass_r
 		}
 	}
 	fputs("</tbody></table>\n</body></html>\n", f);
-	if (ferror(f) | (fclose(f) != 0))
-		return nmp_error_errno(err, errno ? errno : EIO, "cannot write HTML report", path);
-	return NMP_OK;
 }

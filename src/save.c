@@ -30,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "pending.h"
 #include "wire.h"
 
 #define EXT_ALIGN_SMALL 64
@@ -63,7 +64,8 @@ static nmp_status out_open(out_file *f, const char *path, mode_t mode, nmp_error
 		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
 		unsigned r = (unsigned)ts.tv_nsec ^ (unsigned)getpid() * 2654435761u ^ (unsigned)attempt * 40503u;
-		if (snprintf(f->tmp, sizeof f->tmp, "%s/.%s.nmprune-%06x", dir, base, r & 0xffffff) >=
+		/* The name is cut to 200 bytes: a target of up to 255 still gets a temporary beside it. */
+		if (snprintf(f->tmp, sizeof f->tmp, "%s/.%.200s.nmprune-%06x", dir, base, r & 0xffffff) >=
 		    (int)sizeof f->tmp)
 			return nmp_error_set(err, NMP_ERR_IO, "%s: path too long", path);
 		f->fd = open(f->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
@@ -531,21 +533,36 @@ static nmp_status data_file_name(const nmp_model *m, const char *out_path, const
 	return NMP_OK;
 }
 
-static nmp_status commit(out_file *onnx, out_file *data, nmp_error *err)
+/*
+ * Everything is written and synced before anything is renamed: the side
+ * outputs (produced by the before_commit hook) land first, the data file
+ * next, the model last; a failed rename takes back what already landed.
+ */
+static nmp_status commit(out_file *onnx, out_file *data, const nmp_save_opts *o, nmp_error *err)
 {
 	if (data && data->fd >= 0 && fsync(data->fd) != 0)
 		return nmp_error_errno(err, errno, "cannot sync", data->path);
 	if (fsync(onnx->fd) != 0)
 		return nmp_error_errno(err, errno, "cannot sync", onnx->path);
+	if (o->before_commit)
+		NMP_TRY(o->before_commit(o->ctx, err));
+	if (o->pending) {
+		NMP_TRY(nmp_pending_sync(o->pending, err));
+		NMP_TRY(nmp_pending_commit(o->pending, err));
+	}
 	if (data && data->fd >= 0) {
-		if (rename(data->tmp, data->path) != 0)
-			return nmp_error_errno(err, errno, "cannot rename into place", data->path);
+		if (rename(data->tmp, data->path) != 0) {
+			int e = errno;
+			nmp_pending_unlink_committed(o->pending);
+			return nmp_error_errno(err, e, "cannot rename into place", data->path);
+		}
 		data->tmp[0] = '\0';
 	}
 	if (rename(onnx->tmp, onnx->path) != 0) {
 		int e = errno;
 		if (data && data->fd >= 0)
 			unlink(data->path); /* the model that would use it did not land */
+		nmp_pending_unlink_committed(o->pending);
 		return nmp_error_errno(err, e, "cannot rename into place", onnx->path);
 	}
 	onnx->tmp[0] = '\0';
@@ -781,7 +798,7 @@ nmp_status nmp_model_save(nmp_model *m, const char *out_path, const nmp_save_opt
 			 : save_general(m, o, out_path, mode, &onnx, &data, res, err);
 	}
 	if (s == NMP_OK)
-		s = commit(&onnx, &data, err);
+		s = commit(&onnx, &data, o, err);
 	res->model_bytes = onnx.size;
 	out_discard(&data);
 	out_discard(&onnx);
