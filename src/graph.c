@@ -300,12 +300,14 @@ static bool transpose_perm(const Onnx__NodeProto *n, int r, int *perm)
 	}
 	if ((int)a->n_ints != r)
 		return false;
-	unsigned seen = 0;
+	uint64_t seen[2] = { 0, 0 }; /* ranks up to 128: one bit per axis */
+	if (r > 128)
+		return false;
 	for (int i = 0; i < r; i++) {
 		int64_t p = a->ints[i];
-		if (p < 0 || p >= r || (seen >> p & 1))
+		if (p < 0 || p >= r || (seen[p >> 6] >> (p & 63) & 1))
 			return false;
-		seen |= 1u << p;
+		seen[p >> 6] |= 1ull << (p & 63);
 		perm[i] = (int)p;
 	}
 	return true;

@@ -183,6 +183,11 @@ nmp_status nmp_pattern_parse(const char *s, nmp_pattern *p, nmp_error *err)
 	p->unit = NMP_UNIT_ELEMENT;
 	if (at)
 		NMP_TRY(suffix(s, at + 1, p, err));
+	/* Group and unit sizes are 32-bit in the engine: one that wraps would divide by zero or misplace groups. */
+	uint64_t gcols = (uint64_t)(p->structured ? p->m : 1) * (p->unit == NMP_UNIT_BLOCK ? p->bc : 1);
+	uint64_t urows = p->unit == NMP_UNIT_VECTOR ? p->v : p->unit == NMP_UNIT_BLOCK ? p->br : 1;
+	if (gcols > NMP_PATTERN_MAX_SPAN || urows > NMP_PATTERN_MAX_SPAN || gcols * urows > NMP_PATTERN_MAX_SPAN)
+		return bad(err, s, "a group or unit spans more than 2^31 elements");
 	canonical(p);
 	return NMP_OK;
 }

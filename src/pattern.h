@@ -19,6 +19,7 @@
 #include "error.h"
 
 #define NMP_PATTERN_MAX_M 256
+#define NMP_PATTERN_MAX_SPAN 2147483647ull /* rows, columns or elements one group or unit may span */
 
 typedef enum nmp_unit {
 	NMP_UNIT_ELEMENT,
