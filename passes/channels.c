@@ -350,6 +350,7 @@ typedef struct member {
 typedef struct rel {
 	member m[MAX_MEMBERS];
 	int n;
+	bool lost;                  /* a member did not fit (an axis beyond MAX_RANK, too many inputs) */
 	bool any;                   /* every axis: members carry no axis, the slot's is used */
 	unsigned tile, confine;
 } rel;
@@ -357,15 +358,19 @@ typedef struct rel {
 typedef struct rels {
 	rel r[MAX_RELS];
 	int n;
+	bool lost;                  /* a relation did not fit */
 	char why[160];              /* why the op cannot carry a permutation, when it says */
 } rels;
 
 static rel *new_rel(rels *rs)
 {
-	if (rs->n == MAX_RELS)
+	if (rs->n == MAX_RELS) {
+		rs->lost = true;
 		return NULL;
+	}
 	rel *r = &rs->r[rs->n++];
 	r->n = 0;
+	r->lost = false;
 	r->any = false;
 	r->tile = r->confine = 0;
 	return r;
@@ -373,8 +378,12 @@ static rel *new_rel(rels *rs)
 
 static void mem(rel *r, int out, size_t index, int neg, bool is_short)
 {
-	if (r && r->n < MAX_MEMBERS && neg < 0 && neg >= -MAX_RANK)
+	if (!r)
+		return;
+	if (r->n < MAX_MEMBERS && neg < 0 && neg >= -MAX_RANK)
 		r->m[r->n++] = (member){ (int8_t)out, (int16_t)index, (int8_t)neg, is_short };
+	else
+		r->lost = true; /* a tensor this relation moves would be left behind: the group must block */
 }
 
 static void all_io(rel *r, const Onnx__NodeProto *n, int neg)
@@ -530,6 +539,7 @@ static void rels_quant(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 {
 	rs->n = 0;
+	rs->lost = false;
 	rs->why[0] = '\0';
 	int r = rank_of(c, in_name(n, 0));
 	bool std_domain = !n->domain || !n->domain[0] || strcmp(n->domain, "ai.onnx") == 0;
@@ -748,6 +758,17 @@ static void visit(ctx *c, size_t s, uint32_t ni)
 	const char *label = node_label(n);
 	rels rs;
 	build_rels(c, n, &rs);
+	bool lost = rs.lost;
+	for (int i = 0; i < rs.n; i++)
+		lost |= rs.r[i].lost;
+	if (lost) {
+		/* Following this op would move some of its tensors and not others. */
+		char what[200];
+		snprintf(what, sizeof what, "%s '%s' has more than %d axes or more inputs than the permutation follows",
+			 node_op(n), label, MAX_RANK);
+		block(c, sl.group, "%s%s", what, NULL);
+		return;
+	}
 	for (int side = 0; side < 2; side++) {
 		size_t count = side ? n->n_output : n->n_input;
 		char **io = side ? n->output : n->input;
@@ -1212,6 +1233,8 @@ nmp_status nmp_channels_apply(const nmp_channels *c, const nmp_model *m, size_t 
 		return nmp_error_set(err, NMP_ERR_MODEL, "%s: tensor '%s': payload of %llu bytes, expected %llu",
 				     m->path, t->name, (unsigned long long)length,
 				     (unsigned long long)(t->numel * esz));
+	if (length == 0)
+		return NMP_OK; /* an empty tensor has nothing to reorder (and no payload to read) */
 	uint8_t *tmp = NULL;
 	if (!src || last - first > 1) {
 		tmp = malloc(length ? length : 1);

@@ -223,6 +223,21 @@ static void descend(search *s)
 	}
 }
 
+/* Unstructured at the same density, per row: the `keep` largest of each row (0 when out of memory). */
+static double kept_unstructured(const float *mag, size_t rows, size_t cols, size_t keep)
+{
+	double total = 0;
+	float *row = malloc(cols * sizeof *row);
+	if (!row)
+		return 0;
+	for (size_t r = 0; r < rows; r++) {
+		memcpy(row, mag + r * cols, cols * sizeof *row);
+		total += select_top(row, cols, keep);
+	}
+	free(row);
+	return total;
+}
+
 int nmp_perm_search(const float *mag, size_t rows, size_t cols, const nmp_perm_opts *o, uint32_t *perm,
 		    nmp_perm_result *res)
 {
@@ -233,6 +248,20 @@ int nmp_perm_search(const float *mag, size_t rows, size_t cols, const nmp_perm_o
 		perm[c] = (uint32_t)c;
 	if (cols == 0 || rows == 0 || o->m == 0 || cols % o->m || o->m > MAX_M)
 		return 0;
+	/*
+	 * A swap must join two groups of M inside one block (a grouped conv's
+	 * channels stay in their group).  Where every block lies within one
+	 * group of M, nothing can move: the identity is the answer.
+	 */
+	const size_t blk = o->block ? o->block : cols;
+	bool movable = false;
+	for (size_t b0 = 0; b0 < cols && !movable; b0 += blk)
+		movable = (b0 / o->m + 1) * o->m < (b0 + blk < cols ? b0 + blk : cols);
+	if (!movable) {
+		res->kept_identity = res->kept = nmp_perm_kept(mag, rows, cols, o->n, o->m, perm);
+		res->kept_unstructured = kept_unstructured(mag, rows, cols, cols / o->m * o->n);
+		return 0;
+	}
 	float *colmag = malloc(rows * cols * sizeof *colmag);
 	s.group = malloc((cols / o->m) * sizeof *s.group);
 	s.scratch = malloc(o->m * sizeof *s.scratch);
@@ -275,6 +304,7 @@ int nmp_perm_search(const float *mag, size_t rows, size_t cols, const nmp_perm_o
 	memcpy(best, perm, cols * sizeof *best);
 	const size_t block = o->block ? o->block : cols;
 	while (s.evals < s.budget) {
+		s.evals++; /* every round counts, so the loop ends even when no swap is evaluated */
 		descend(&s);
 		double now = total_kept(&s);
 		if (now > best_kept) {
@@ -307,16 +337,7 @@ int nmp_perm_search(const float *mag, size_t rows, size_t cols, const nmp_perm_o
 	res->kept_identity = nmp_perm_kept(mag, rows, cols, o->n, o->m, best);
 	res->kept = nmp_perm_kept(mag, rows, cols, o->n, o->m, perm);
 	res->evaluations = s.evals;
-	/* Unstructured at the same density, per row: the n/m largest of each row. */
-	float *row = malloc(cols * sizeof *row);
-	if (row) {
-		size_t keep = cols / o->m * o->n;
-		for (size_t r = 0; r < rows; r++) {
-			memcpy(row, mag + r * cols, cols * sizeof *row);
-			res->kept_unstructured += select_top(row, cols, keep);
-		}
-		free(row);
-	}
+	res->kept_unstructured = kept_unstructured(mag, rows, cols, cols / o->m * o->n);
 	free(colmag);
 	free(s.group);
 	free(s.scratch);
