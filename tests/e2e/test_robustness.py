@@ -1,0 +1,288 @@
+"""Robustness, round two: a failed run leaves no output and an unchanged input;
+outputs that collide are refused before anything is written; patterns whose
+sizes wrap are refused; the permutation search ends on every graph, blocks what
+it cannot follow, and a permuted model computes what the original computes."""
+import hashlib
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import NMPRUNE, ROOT, nmprune
+
+
+def digest(p):
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    subprocess.run([sys.executable, str(ROOT / "models" / "make_models.py"), "all", str(d)], check=True)
+    return d / "bert.onnx"
+
+
+def leftovers(d):
+    return sorted(p.name for p in d.iterdir() if ".nmprune-" in p.name)
+
+
+# ---- 1: side outputs fail before the model lands -----------------------------------------------
+
+@pytest.mark.parametrize("side", [["--report", "/dev/full"], ["--report", "nodir/r.json"],
+                                  ["--report-html", "nodir/r.html"], ["--save-masks", "nodir/m.safetensors"]])
+def test_failed_side_output_leaves_no_output(bert, tmp_path, side):
+    inp = tmp_path / "in.onnx"
+    inp.write_bytes(bert.read_bytes())
+    before = digest(inp)
+    side = [s if s.startswith("/") or s.startswith("-") else str(tmp_path / s) for s in side]
+    r = nmprune("prune", inp, "-o", tmp_path / "out.onnx", *side, "-q")
+    assert r.code == 4, r
+    assert "cannot write" in r.err and r.err.count("\n") == 1, r.err
+    assert not (tmp_path / "out.onnx").exists()
+    r = nmprune("prune", inp, "--in-place", *side, "-q")
+    assert r.code == 4, r
+    assert digest(inp) == before
+    assert leftovers(tmp_path) == []
+
+
+def test_failed_stdout_leaves_no_output(bert, tmp_path):
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([NMPRUNE, "prune", str(bert), "-o", str(tmp_path / "out.onnx"), "--json"],
+                           stdout=full, stderr=subprocess.PIPE, text=True)
+    assert p.returncode == 4 and "standard output" in p.stderr, p.stderr
+    assert not (tmp_path / "out.onnx").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_side_outputs_land_with_the_model(bert, tmp_path):
+    nmprune("prune", bert, "-o", tmp_path / "out.onnx", "--report", tmp_path / "r.json",
+            "--report-html", tmp_path / "r.html", "--save-masks", tmp_path / "m.safetensors", "-q", check=0)
+    assert json.loads((tmp_path / "r.json").read_text())["command"] == "prune"
+    assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
+    assert (tmp_path / "m.safetensors").stat().st_size > 8
+    assert leftovers(tmp_path) == []
+    # A report to a device is written directly, not renamed over it.
+    nmprune("prune", bert, "-o", tmp_path / "out2.onnx", "--report", "/dev/null", "-q", check=0)
+    assert leftovers(tmp_path) == [] and (tmp_path / "out2.onnx").exists()
+
+
+def test_long_output_name(bert, tmp_path):
+    out = tmp_path / ("x" * 245 + ".onnx")
+    nmprune("prune", bert, "-o", out, "--report", tmp_path / ("r" * 250), "-q", check=0)
+    assert out.exists()
+
+
+# ---- 5: outputs that collide ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,needle", [
+    (["-o", "{in}"], "-o names the input model"),
+    (["-o", "{link}"], "-o names the input model"),
+    (["-o", "{out}", "--report", "{in}"], "--report names the input model"),
+    (["-o", "{out}", "--save-masks", "{link}"], "--save-masks names the input model"),
+    (["-o", "{out}", "--report-html", "{out}"], "--report-html names the output model"),
+    (["-o", "{out}", "--external-data", "{out}"], "--external-data names the output model"),
+    (["-o", "{out}", "--report", "{d}/r", "--save-masks", "{d}/./r"], "name the same file"),
+    (["-o", "{out}", "--report", "{out}.data"], "names the output's data file"),
+    (["--in-place", "--report", "{in}"], "--report names the input model"),
+])
+def test_collisions_are_refused(bert, tmp_path, args, needle):
+    inp = tmp_path / "in.onnx"
+    inp.write_bytes(bert.read_bytes())
+    (tmp_path / "link.onnx").symlink_to(inp)
+    before = digest(inp)
+    sub = {"in": str(inp), "link": str(tmp_path / "link.onnx"), "out": str(tmp_path / "out.onnx"), "d": str(tmp_path)}
+    r = nmprune("prune", inp, *[a.format(**sub) for a in args], "-q")
+    assert r.code == 2 and needle in r.err, r
+    assert digest(inp) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "link.onnx"]
+
+
+def test_collision_with_a_data_file(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "models" / "make_models.py"), "all", str(tmp_path)], check=True)
+    ext = tmp_path / "resnet_external.onnx"
+    data = [tmp_path / "resnet_external.data"]
+    assert ext.exists() and data[0].exists()
+    r = nmprune("prune", ext, "-o", tmp_path / "o.onnx", "--report", data[0], "-q")
+    assert r.code == 2 and "a data file of the input model" in r.err, r
+
+
+# ---- 4: sizes that wrap --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pattern", ["1:256@b1x16777216", "1:16@b1x268435457", "2:4@b65536x65536"])
+def test_wrapping_patterns_are_refused(bert, tmp_path, pattern):
+    for cmd in (["inspect", bert], ["check", bert], ["prune", bert, "-o", tmp_path / "o.onnx"]):
+        r = nmprune(*cmd, "--pattern", pattern)
+        assert r.code == 2 and "spans more than 2^31" in r.err, r
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps([{"match": ".*", "pattern": pattern}]))
+    r = nmprune("check", bert, "--rules", rules)
+    assert r.code == 2 and "rule 0" in r.err, r
+    assert not (tmp_path / "o.onnx").exists()
+
+
+# ---- 2, 3, 4: the permutation ends, blocks what it cannot follow, and keeps the function ----------
+
+def init(rng, name, shape, scale=0.2):
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def conv_bn(rng, nodes, inits, x, y, cin, cout, k, group=1):
+    inits.append(init(rng, f"{y}.w", (cout, cin // group, k, k)))
+    nodes.append(helper.make_node("Conv", [x, f"{y}.w"], [f"{y}.c"], name=y, group=group, pads=[k // 2] * 4))
+    inits += [init(rng, f"{y}.s", (cout,)), init(rng, f"{y}.b", (cout,)), init(rng, f"{y}.m", (cout,)),
+              numpy_helper.from_array((1 + np.abs(rng.standard_normal(cout))).astype(np.float32), f"{y}.v")]
+    nodes.append(helper.make_node("BatchNormalization", [f"{y}.c", f"{y}.s", f"{y}.b", f"{y}.m", f"{y}.v"], [y]))
+    return y
+
+
+def resnext(path, width, groups, seed=0):
+    """stem -> [1x1 -> BN -> ReLU -> 3x3 grouped -> BN -> ReLU -> 1x1 -> BN] + residual -> ReLU -> 1x1 head."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    stem = conv_bn(rng, nodes, inits, "x", "stem", 16, width, 3)
+    nodes.append(helper.make_node("Relu", [stem], ["h0"]))
+    a = conv_bn(rng, nodes, inits, "h0", "a", width, width, 1)
+    nodes.append(helper.make_node("Relu", [a], ["ra"]))
+    b = conv_bn(rng, nodes, inits, "ra", "b", width, width, 3, group=groups)
+    nodes.append(helper.make_node("Relu", [b], ["rb"]))
+    c = conv_bn(rng, nodes, inits, "rb", "c", width, width, 1)
+    nodes += [helper.make_node("Add", [c, "h0"], ["s"]), helper.make_node("Relu", ["s"], ["h1"])]
+    head = conv_bn(rng, nodes, inits, "h1", "head", width, 16, 1)
+    g = helper.make_graph(nodes, "resnext", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 6, 6])],
+                          [helper.make_tensor_value_info(head, TensorProto.FLOAT, [1, 16, 6, 6])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def outputs(path, feeds):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def assert_same_function(a, b, feeds):
+    for x, y in zip(outputs(a, feeds), outputs(b, feeds)):
+        err = np.abs(x - y).max() / (np.abs(x).max() + 1e-30)
+        assert err <= 1e-5, err
+
+
+@pytest.mark.parametrize("width,groups,pattern", [(128, 32, "2:4"), (64, 32, "2:4"), (128, 32, "4:8"),
+                                                  (128, 4, "16:32"), (128, 8, "16:32")])
+def test_resnext_bottleneck_ends(tmp_path, width, groups, pattern):
+    model = resnext(tmp_path / "m.onnx", width, groups)
+    feeds = {"x": np.random.default_rng(1).standard_normal((1, 16, 6, 6)).astype(np.float32)}
+    t0 = time.monotonic()
+    r = nmprune("prune", model, "--permute-only", "-o", tmp_path / "p.onnx", "--pattern", pattern, "--json")
+    assert r.code == 0, r
+    assert time.monotonic() - t0 < 60
+    assert_same_function(model, tmp_path / "p.onnx", feeds)
+    nmprune("prune", model, "--permute", "-o", tmp_path / "q.onnx", "--pattern", pattern, "-q", check=0)
+    nmprune("check", tmp_path / "q.onnx", "--pattern", pattern, "-q", check=0)
+
+
+def rank_model(path, rank, claim=None):
+    """MatMul W1 -> Transpose swapping axes 0 and rank-1 -> Relu -> MatMul W2, activations of `rank` axes."""
+    rng = np.random.default_rng(2)
+    perm = list(range(rank))
+    perm[0], perm[-1] = rank - 1, 0
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"),
+             helper.make_node("Transpose", ["h"], ["t"], name="tr", perm=perm),
+             helper.make_node("Relu", ["t"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2"], ["y"], name="mm2")]
+    vi = [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1] * claim)] if claim else []
+    g = helper.make_graph(nodes, "hr", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [32] + [1] * (rank - 2) + [16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [init(rng, "W1", (16, 32)), init(rng, "W2", (32, 16))], value_info=vi)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("rank,claim", [(34, None), (33, None), (4, 33)])
+def test_high_rank_blocks_or_moves_everything(tmp_path, rank, claim):
+    model = rank_model(tmp_path / "m.onnx", rank, claim)
+    r = nmprune("prune", model, "--permute-only", "-o", tmp_path / "p.onnx", "--align", "none", "--json")
+    assert r.code == 0, r
+    groups = json.loads(r.out)["permutation"]["groups"]
+    w2 = [g for g in groups if "W2" in json.dumps(g)]
+    assert w2 and all(g.get("blocked") for g in w2), groups
+    feeds = {"x": np.random.default_rng(3).standard_normal([32] + [1] * (rank - 2) + [16]).astype(np.float32)}
+    if claim is None:
+        assert_same_function(model, tmp_path / "p.onnx", feeds)
+
+
+def test_empty_grouped_conv_under_permute(tmp_path):
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("Conv", ["x", "W"], ["h"], group=4, pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["h", "W2"], ["y"])]
+    g = helper.make_graph(nodes, "e", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 0, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.zeros((64, 0, 3, 3), np.float32), "W"), init(rng, "W2", (64, 64, 1, 1))])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    for args in (["--permute", "-o", tmp_path / "o.onnx"], ["--permute", "--dry-run"], ["--permute-only", "-o", tmp_path / "p.onnx"]):
+        r = nmprune("prune", tmp_path / "m.onnx", *args, "--align", "none", "-q")
+        assert r.code == 0, r
+
+
+def random_cnn(path, seed):
+    """A random chain of the ops the permutation follows: plain, grouped and depthwise convs with
+    BatchNormalization, activations, residual joins, per-channel Mul, and a QDQ pair."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    width = int(rng.choice([32, 64]))
+    x = conv_bn(rng, nodes, inits, "x", "stem", 8, width, 3)
+    skip = x
+    for i in range(int(rng.integers(3, 7))):
+        kind = rng.choice(["conv", "grouped", "depthwise", "residual", "mul", "qdq", "act"])
+        y = f"n{i}"
+        if kind == "conv":
+            x = conv_bn(rng, nodes, inits, x, y, width, width, int(rng.choice([1, 3])))
+        elif kind == "grouped":
+            x = conv_bn(rng, nodes, inits, x, y, width, width, 3, group=int(rng.choice([2, 4, 8])))
+        elif kind == "depthwise":
+            x = conv_bn(rng, nodes, inits, x, y, width, width, 3, group=width)
+        elif kind == "residual":
+            nodes.append(helper.make_node("Add", [x, skip], [y]))
+            x = skip = y
+        elif kind == "mul":
+            inits.append(init(rng, f"{y}.k", (width, 1, 1)))
+            nodes.append(helper.make_node("Mul", [x, f"{y}.k"], [y]))
+            x = y
+        elif kind == "qdq":
+            inits += [numpy_helper.from_array(np.float32(0.05), f"{y}.sc"), numpy_helper.from_array(np.int8(0), f"{y}.zp")]
+            nodes += [helper.make_node("QuantizeLinear", [x, f"{y}.sc", f"{y}.zp"], [f"{y}.q"]),
+                      helper.make_node("DequantizeLinear", [f"{y}.q", f"{y}.sc", f"{y}.zp"], [y])]
+            x = y
+        else:
+            nodes.append(helper.make_node(str(rng.choice(["Relu", "Sigmoid", "Tanh"])), [x], [y]))
+            x = y
+    head = conv_bn(rng, nodes, inits, x, "head", width, 16, 1)
+    g = helper.make_graph(nodes, "rnd", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                          [helper.make_tensor_value_info(head, TensorProto.FLOAT, [1, 16, 6, 6])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_graphs_keep_their_function(tmp_path, seed):
+    """Invariant: --permute-only never changes what a model computes, and ends within a bound."""
+    model = random_cnn(tmp_path / "m.onnx", seed)
+    feeds = {"x": np.random.default_rng(seed).standard_normal((1, 8, 6, 6)).astype(np.float32)}
+    for pattern in ("2:4", "4:8"):
+        t0 = time.monotonic()
+        r = nmprune("prune", model, "--permute-only", "-o", tmp_path / "p.onnx", "--pattern", pattern, "-q")
+        assert r.code == 0, r
+        assert time.monotonic() - t0 < 30
+        assert_same_function(model, tmp_path / "p.onnx", feeds)
