@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cleanup.h"
 #include "cli.h"
 #include "error.h"
 #include "model.h"
@@ -254,8 +255,11 @@ static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 		*violations = r.failing > 0;
 	} else {
 		progress pr = { .tty = isatty(STDERR_FILENO) && cli->verbosity >= 0, .last_decile = 0 };
+		/* --in-place through a symbolic link prunes the file it points to, not the link. */
+		char real[PATH_MAX];
+		const char *output = cli->in_place && realpath(cli->input, real) ? real : cli->output;
 		nmp_prune_opts po = {
-			.output = cli->output, .dry_run = cli->dry_run, .in_place = cli->in_place,
+			.output = output, .dry_run = cli->dry_run, .in_place = cli->in_place,
 			.external_data = cli->external_data, .general_path = cli->general_path, .engine = engine,
 			.masks_path = cli->save_masks, .channels = channels, .permute_only = cli->permute_only,
 			.progress = cli->verbosity >= 0 ? on_progress : NULL, .progress_ctx = &pr,
@@ -286,11 +290,13 @@ int main(int argc, char **argv)
 	bool violations = false;
 
 	if (s != NMP_OK) {
-		fprintf(stderr, "nmprune: %s\n", err.message);
+		char shown[NMP_DISPLAY_MAX];
+		fprintf(stderr, "nmprune: error: %s\n", nmp_display_name(err.message, shown, sizeof shown));
 		fprintf(stderr, "usage: nmprune prune|check|inspect IN.onnx [options]; nmprune --help\n");
 		code = EXIT_USAGE;
 		goto out;
 	}
+	nmp_signals_install(cli.input);
 	switch (cli.cmd) {
 	case NMP_CMD_HELP:
 		fputs(nmp_cli_usage(cli.help_for), stdout);
@@ -309,7 +315,8 @@ int main(int argc, char **argv)
 		break;
 	}
 	if (s != NMP_OK) {
-		fprintf(stderr, "nmprune: error: %s\n", err.message);
+		char shown[NMP_DISPLAY_MAX]; /* a name in the message must not drive the terminal */
+		fprintf(stderr, "nmprune: error: %s\n", nmp_display_name(err.message, shown, sizeof shown));
 		code = exit_code(s);
 	} else if (violations) {
 		code = EXIT_VIOLATIONS;

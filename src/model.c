@@ -191,7 +191,7 @@ static nmp_status open_external(load_ctx *c, const nmp_tensor *t, const char *lo
 	if (strncmp(real, realdir, dl) != 0 || (real[dl] != '/' && !(dl == 1 && realdir[0] == '/')))
 		return bad_tensor(c, t, "external data location '%s' resolves outside the model directory", loc);
 
-	int fd = open(real, O_RDONLY | O_CLOEXEC);
+	int fd = open(real, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block: it is refused below */
 	if (fd < 0)
 		return nmp_error_set(c->err, NMP_ERR_IO, "%s: tensor '%s': cannot open external data file '%s': %s",
 				     m->path, tname(t), loc, strerror(errno));
@@ -474,7 +474,7 @@ nmp_status nmp_model_load(const char *path, nmp_model **out, nmp_error *err)
 	m->files[0].fd = -1;
 	m->files[0].path = strdup(path);
 
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block: it is refused below */
 	if (fd < 0) {
 		s = nmp_error_errno(err, errno, "cannot open", path);
 		goto fail;

@@ -3,6 +3,8 @@
  */
 #include "pending.h"
 
+#include "cleanup.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -18,6 +20,7 @@ typedef struct pending_file {
 	const char *what;
 	FILE *f;
 	bool committed;
+	int cleanup;        /* slot in the signal cleanup table */
 } pending_file;
 
 struct nmp_pending {
@@ -60,6 +63,7 @@ nmp_status nmp_pending_open(nmp_pending *p, const char *path, const char *what, 
 	pending_file *pf = &p->v[p->n];
 	memset(pf, 0, sizeof *pf);
 	pf->what = what;
+	pf->cleanup = -1;
 	if (!(pf->path = strdup(path)))
 		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	struct stat st;
@@ -76,6 +80,7 @@ nmp_status nmp_pending_open(nmp_pending *p, const char *path, const char *what, 
 			return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 		}
 		fd = mkstemp(pf->tmp);
+		pf->cleanup = fd >= 0 ? nmp_cleanup_add(pf->tmp) : -1;
 		if (fd >= 0) {
 			mode_t um = umask(0);
 			umask(um);
@@ -91,6 +96,7 @@ nmp_status nmp_pending_open(nmp_pending *p, const char *path, const char *what, 
 				unlink(pf->tmp);
 			free(pf->tmp);
 		}
+		nmp_cleanup_forget(pf->cleanup);
 		free(pf->path);
 		char msg[64];
 		snprintf(msg, sizeof msg, "cannot write %s", what);
@@ -133,6 +139,7 @@ nmp_status nmp_pending_commit(nmp_pending *p, nmp_error *err)
 		free(pf->tmp);
 		pf->tmp = NULL;
 		pf->committed = true;
+		nmp_cleanup_forget(pf->cleanup);
 	}
 	return NMP_OK;
 }
@@ -155,6 +162,7 @@ void nmp_pending_free(nmp_pending **pp)
 		if (p->v[i].tmp) {
 			unlink(p->v[i].tmp);
 			free(p->v[i].tmp);
+			nmp_cleanup_forget(p->v[i].cleanup);
 		}
 		free(p->v[i].path);
 	}

@@ -30,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cleanup.h"
 #include "pending.h"
 #include "wire.h"
 
@@ -44,6 +45,7 @@ typedef struct out_file {
 	int fd;
 	uint64_t size;
 	uint64_t kicked;       /* bytes whose writeback has been started */
+	int cleanup;           /* slot in the signal cleanup table, -1 none */
 } out_file;
 
 /* ---- files ------------------------------------------------------------- */
@@ -54,6 +56,7 @@ static nmp_status out_open(out_file *f, const char *path, mode_t mode, nmp_error
 	f->fd = -1;
 	f->size = 0;
 	f->kicked = 0;
+	f->cleanup = -1;
 	f->tmp[0] = '\0';
 	if (snprintf(f->path, sizeof f->path, "%s", path) >= (int)sizeof f->path)
 		return nmp_error_set(err, NMP_ERR_IO, "%s: path too long", path);
@@ -69,8 +72,10 @@ static nmp_status out_open(out_file *f, const char *path, mode_t mode, nmp_error
 		    (int)sizeof f->tmp)
 			return nmp_error_set(err, NMP_ERR_IO, "%s: path too long", path);
 		f->fd = open(f->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-		if (f->fd >= 0)
+		if (f->fd >= 0) {
+			f->cleanup = nmp_cleanup_add(f->tmp);
 			break;
+		}
 		if (errno != EEXIST) {
 			int e = errno;
 			f->tmp[0] = '\0';
@@ -95,6 +100,8 @@ static void out_discard(out_file *f)
 	if (f->tmp[0])
 		unlink(f->tmp);
 	f->tmp[0] = '\0';
+	nmp_cleanup_forget(f->cleanup);
+	f->cleanup = -1;
 }
 
 static nmp_status write_all(out_file *f, const void *buf, size_t len, nmp_error *err)
@@ -557,6 +564,8 @@ static nmp_status commit(out_file *onnx, out_file *data, const nmp_save_opts *o,
 			return nmp_error_errno(err, e, "cannot rename into place", data->path);
 		}
 		data->tmp[0] = '\0';
+		nmp_cleanup_forget(data->cleanup);
+		data->cleanup = -1;
 	}
 	if (rename(onnx->tmp, onnx->path) != 0) {
 		int e = errno;
@@ -566,6 +575,8 @@ static nmp_status commit(out_file *onnx, out_file *data, const nmp_save_opts *o,
 		return nmp_error_errno(err, e, "cannot rename into place", onnx->path);
 	}
 	onnx->tmp[0] = '\0';
+	nmp_cleanup_forget(onnx->cleanup);
+	onnx->cleanup = -1;
 	return fsync_dir_of(onnx->path, err);
 }
 
@@ -786,6 +797,9 @@ nmp_status nmp_model_save(nmp_model *m, const char *out_path, const nmp_save_opt
 	struct stat st;
 	if (stat(out_path, &st) == 0 && S_ISDIR(st.st_mode))
 		return nmp_error_set(err, NMP_ERR_IO, "%s: is a directory", out_path);
+	if (lstat(out_path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode))
+		/* The output is renamed over its path: a device or FIFO there would be replaced, not written. */
+		return nmp_error_set(err, NMP_ERR_IO, "%s: not a regular file; the output must be one", out_path);
 
 	bool copy = !o->force_general && !o->external_data && !has_external(m) &&
 		    visited_all_file_resident(m, o) && !(m->has_own_metadata && o->n_visit > 0) &&

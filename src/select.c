@@ -1,13 +1,17 @@
 #include "select.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <float.h>
 #include <jansson.h>
-#include <stdbool.h>
 #include <math.h>
 #include <regex.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 typedef struct rule {
 	regex_t re;
@@ -151,9 +155,20 @@ static nmp_status load_rules(const char *path, bool greedy, rule **out, size_t *
 {
 	*out = NULL;
 	*n_out = 0;
-	FILE *f = fopen(path, "r");
-	if (!f)
+	/* Refused unless a regular file: a FIFO would block, a device never end. */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
 		return nmp_error_errno(err, errno, "cannot open rules file", path);
+	struct stat st;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return nmp_error_set(err, NMP_ERR_IO, "%s: rules file is not a regular file", path);
+	}
+	FILE *f = fdopen(fd, "r");
+	if (!f) {
+		close(fd);
+		return nmp_error_errno(err, errno, "cannot open rules file", path);
+	}
 	json_error_t je;
 	json_t *root = json_loadf(f, 0, &je);
 	fclose(f);
@@ -444,7 +459,9 @@ nmp_status nmp_select(const nmp_model *m, const nmp_graph *g, const nmp_select_o
 		sel->n_eligible += sel->choices[i].eligible;
 	}
 	/* The first floor(F x eligible) eligible weights, in graph order, stay dense. */
-	size_t keep = (size_t)floor(o->dense_first * (double)sel->n_eligible + 1e-9);
+	/* floor(F x n), robust to the rounding of F x n (0.3 x 10 is 2.9999999999999996) but not beyond it. */
+	double fn = o->dense_first * (double)sel->n_eligible;
+	size_t keep = (size_t)floor(fn + fn * 4 * DBL_EPSILON);
 	for (size_t i = 0; i < sel->n && keep > 0; i++) {
 		if (!sel->choices[i].eligible)
 			continue;

@@ -7,6 +7,8 @@
  *                              copy_file_range, ftruncate, fsync or rename
  *   NMP_FAULT_DISK=BYTES       writes beyond BYTES in total fail with ENOSPC
  *                              (a full disk: the write that crosses is short)
+ *   NMP_FAULT_PAUSE=1          the first fsync sleeps 30 s first, so a test can
+ *                              signal a run whose temporaries are written
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -119,6 +121,11 @@ int ftruncate(int fd, off_t len)
 
 int fsync(int fd)
 {
+	static int paused;
+	if (!paused && getenv("NMP_FAULT_PAUSE")) {
+		paused = 1;
+		sleep(30);
+	}
 	REAL(int, fsync, int);
 	if (injected("fsync"))
 		return -1;

@@ -1,0 +1,23 @@
+/*
+ * cleanup.h — temporaries a signal must not leave behind.
+ *
+ * Model I/O registers each temporary it creates and unregisters it once
+ * renamed or removed.  nmp_signals_install (called by main only) makes
+ * SIGINT, SIGTERM and SIGHUP remove the registered files and then end the
+ * process by that signal; SIGBUS (the input shrank under its mapping)
+ * removes them and exits 4 with one line naming the input; SIGXFSZ is
+ * ignored so that an over-limit write fails with EFBIG and is reported as
+ * the I/O error it is.  The handlers only unlink and write: both are
+ * async-signal-safe.
+ */
+#ifndef NMP_CLEANUP_H
+#define NMP_CLEANUP_H
+
+/* Registers a temporary; returns a slot (>= 0) for nmp_cleanup_forget, or -1 when the table is full. */
+int nmp_cleanup_add(const char *path);
+void nmp_cleanup_forget(int slot);
+
+/* Installs the handlers; `input` names the model in the SIGBUS message. */
+void nmp_signals_install(const char *input);
+
+#endif
