@@ -103,7 +103,7 @@ typedef struct nmp_weight {
 	/* after nmp_prune_save or nmp_check_weights: */
 	bool done;
 	uint64_t kept;                     /* elements kept (check: nonzero) */
-	double kept_l1_ratio;              /* kept magnitude / dense magnitude */
+	double kept_l1_ratio;              /* kept magnitude / dense magnitude; NaN when the weight holds +-Inf */
 	uint64_t violations;               /* check: groups that do not comply */
 } nmp_weight;
 

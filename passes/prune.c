@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "report.h"
 #include "version.h"
 
 /*
@@ -66,10 +67,11 @@ static nmp_status masks_begin(prune_ctx *c, const char *path, nmp_error *err)
 		json_t *shape = json_array();
 		for (size_t d = 0; d < t->proto->n_dims; d++)
 			json_array_append_new(shape, json_integer(t->proto->dims[d]));
-		char key[1024];
-		snprintf(key, sizeof key, "%s", ch->cand->name);
+		char key[NMP_DISPLAY_MAX + 16], dn[NMP_DISPLAY_MAX];
+		nmp_display_name(ch->cand->name, dn, sizeof dn); /* JSON keys must be valid UTF-8 */
+		snprintf(key, sizeof key, "%s", dn);
 		for (int k = 2; json_object_get(hdr, key); k++) /* names may repeat across subgraphs */
-			snprintf(key, sizeof key, "%s#%d", ch->cand->name, k);
+			snprintf(key, sizeof key, "%s#%d", dn, k);
 		json_object_set_new(hdr, key, json_pack("{s:s,s:o,s:[I,I]}", "dtype", "BOOL", "shape", shape,
 							"data_offsets", (json_int_t)at, (json_int_t)(at + t->numel)));
 		mf->offset[i] = at;
@@ -248,10 +250,12 @@ static nmp_status on_metadata(void *ctx, const nmp_kv **kv, size_t *n, nmp_error
 			continue;
 		const nmp_mask_stats *st = &w->stats;
 		double sparsity = st->numel ? 1.0 - (double)st->kept / (double)st->numel : 0;
-		double kept = st->l1_dense > 0 ? st->l1_kept / st->l1_dense : 1.0;
-		json_object_set_new(all, w->choice->cand->name,
-				    json_pack("{s:s,s:i,s:f,s:f}", "pattern", w->choice->pattern.text, "axis",
-					      w->choice->cand->axis, "sparsity", sparsity, "kept", kept));
+		json_t *e = json_pack("{s:s,s:i,s:f}", "pattern", w->choice->pattern.text, "axis",
+				      w->choice->cand->axis, "sparsity", sparsity);
+		if (e)
+			json_object_set_new(e, "kept", nmp_report_ratio_json(nmp_report_ratio(st->l1_kept, st->l1_dense)));
+		char dn[NMP_DISPLAY_MAX];
+		json_object_set_new(all, nmp_display_name(w->choice->cand->name, dn, sizeof dn), e);
 	}
 	c->weights_json = json_dumps(all, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(6));
 	json_decref(all);

@@ -9,6 +9,7 @@
 #include "nmprune.h"
 #include "plan.h"
 #include "prune.h"
+#include "report.h"
 #include "version.h"
 
 struct nmp_session {
@@ -114,7 +115,7 @@ nmp_status nmp_weight_get(const nmp_session *s, size_t i, nmp_weight *w)
 		const nmp_mask_stats *st = &s->result.weights[i].stats;
 		w->done = true;
 		w->kept = st->kept;
-		w->kept_l1_ratio = st->l1_dense > 0 ? st->l1_kept / st->l1_dense : 1.0;
+		w->kept_l1_ratio = nmp_report_ratio(st->l1_kept, st->l1_dense);
 		w->violations = st->violations;
 	}
 	return NMP_OK;

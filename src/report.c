@@ -1,6 +1,7 @@
 #include "report.h"
 
 #include <errno.h>
+#include <math.h>
 #include <string.h>
 
 #include "version.h"
@@ -11,8 +12,9 @@ void nmp_report_consumers(const nmp_candidate *c, char *buf, size_t cap)
 	buf[0] = '\0';
 	for (size_t i = 0; i < c->n_uses && used + 1 < cap; i++) {
 		const nmp_use *u = &c->uses[i];
+		char dn[NMP_DISPLAY_MAX];
 		int n = snprintf(buf + used, cap - used, "%s%s (%s)", i ? ", " : "",
-				 u->node_name[0] ? u->node_name : "(unnamed)", u->op);
+				 u->node_name[0] ? nmp_display_name(u->node_name, dn, sizeof dn) : "(unnamed)", u->op);
 		if (n < 0)
 			break;
 		used += (size_t)n;
@@ -52,10 +54,12 @@ json_t *nmp_report_inspect_json(const nmp_plan *p)
 		const nmp_choice *ch = &p->sel->choices[i];
 		const nmp_candidate *c = ch->cand;
 		json_t *uses = json_array();
+		char dn[NMP_DISPLAY_MAX];
 		for (size_t k = 0; k < c->n_uses; k++)
-			json_array_append_new(uses, json_pack("{s:s,s:s,s:i}", "node", c->uses[k].node_name,
+			json_array_append_new(uses, json_pack("{s:s,s:s,s:i}", "node",
+							      nmp_display_name(c->uses[k].node_name, dn, sizeof dn),
 							      "op", c->uses[k].op, "input", c->uses[k].input));
-		json_t *o = json_pack("{s:s,s:o,s:b,s:s,s:b,s:b}", "name", c->name, "consumers", uses,
+		json_t *o = json_pack("{s:s,s:o,s:b,s:s,s:b,s:b}", "name", nmp_display_name(c->name, dn, sizeof dn), "consumers", uses,
 				      "eligible", ch->eligible, "pattern", ch->pattern.text,
 				      "graph_input", c->graph_input, "constant", c->from_constant);
 		if (c->tensor) {
@@ -82,6 +86,7 @@ json_t *nmp_report_inspect_json(const nmp_plan *p)
 
 nmp_status nmp_report_inspect(FILE *f, const nmp_plan *p, bool json, nmp_error *err)
 {
+	char dn[NMP_DISPLAY_MAX];
 	(void)err;
 	if (json) {
 		json_t *arr = nmp_report_inspect_json(p);
@@ -96,7 +101,7 @@ nmp_status nmp_report_inspect(FILE *f, const nmp_plan *p, bool json, nmp_error *
 		const nmp_candidate *c = p->sel->choices[i].cand;
 		nmp_report_consumers(c, cons, sizeof cons);
 		nmp_report_shape(c->tensor, shape, sizeof shape);
-		int n = (int)strlen(c->name);
+		int n = (int)strlen(nmp_display_name(c->name, dn, sizeof dn));
 		wn = n > wn ? (n > 48 ? 48 : n) : wn;
 		n = (int)strlen(cons);
 		wc = n > wc ? (n > 48 ? 48 : n) : wc;
@@ -116,7 +121,7 @@ nmp_status nmp_report_inspect(FILE *f, const nmp_plan *p, bool json, nmp_error *
 			snprintf(len, sizeof len, "%lld", (long long)c->tensor->proto->dims[c->axis]);
 		}
 		char line[1024];
-		snprintf(line, sizeof line, "%-*s  %-*s  %-9s  %-*s  %4s  %6s  %-10s  %-8s  %s", wn, c->name,
+		snprintf(line, sizeof line, "%-*s  %-*s  %-9s  %-*s  %4s  %6s  %-10s  %-8s  %s", wn, nmp_display_name(c->name, dn, sizeof dn),
 			 wc, cons, c->tensor ? nmp_dtype_name(c->tensor->dtype) : "-", ws, shape, axis, len,
 			 ch->pattern.text, ch->eligible ? "yes" : "no", note(ch));
 		size_t n = strlen(line);
@@ -130,9 +135,75 @@ nmp_status nmp_report_inspect(FILE *f, const nmp_plan *p, bool json, nmp_error *
 
 /* ---- prune and check ----------------------------------------------------------------------- */
 
+/* Length of the valid UTF-8 sequence at s (1-4), or 0 if it is not one. */
+static int utf8_len(const unsigned char *s)
+{
+	if (s[0] < 0x80)
+		return 1;
+	int n = s[0] >= 0xf5 ? 0 : s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc2 ? 2 : 0;
+	if (n == 0)
+		return 0;
+	for (int i = 1; i < n; i++) /* a NUL stops here too: it is no continuation byte */
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+	uint32_t cp = n == 2 ? (s[0] & 0x1fu) << 6 | (s[1] & 0x3fu)
+		    : n == 3 ? (s[0] & 0x0fu) << 12 | (s[1] & 0x3fu) << 6 | (s[2] & 0x3fu)
+			     : (s[0] & 0x07u) << 18 | (s[1] & 0x3fu) << 12 | (s[2] & 0x3fu) << 6 | (s[3] & 0x3fu);
+	if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+		return 0;
+	return n;
+}
+
+const char *nmp_display_name(const char *raw, char *buf, size_t cap)
+{
+	size_t o = 0;
+	const unsigned char *s = (const unsigned char *)(raw ? raw : "");
+	while (*s && o + 8 < cap) {
+		int n = utf8_len(s);
+		if (n == 0) {               /* an invalid byte */
+			memcpy(buf + o, "\xef\xbf\xbd", 3);
+			o += 3;
+			s++;
+		} else if (n == 1 && (*s < 0x20 || *s == 0x7f)) {
+			o += (size_t)snprintf(buf + o, cap - o, "\\x%02x", *s);
+			s++;
+		} else if (n == 2 && s[0] == 0xc2 && s[1] < 0xa0) { /* C1 controls, U+0080-U+009F */
+			o += (size_t)snprintf(buf + o, cap - o, "\\x%02x", s[1]);
+			s += 2;
+		} else {
+			memcpy(buf + o, s, (size_t)n);
+			o += (size_t)n;
+			s += n;
+		}
+	}
+	buf[o] = '\0';
+	return buf;
+}
+
+double nmp_report_ratio(double part, double whole)
+{
+	if (!isfinite(part) || !isfinite(whole))
+		return NAN;
+	return whole > 0 ? part / whole : 1.0;
+}
+
+json_t *nmp_report_ratio_json(double ratio)
+{
+	return isfinite(ratio) ? json_real(ratio) : json_null();
+}
+
 static double pct(double a, double b)
 {
-	return b > 0 ? 100.0 * a / b : 100.0;
+	return 100.0 * nmp_report_ratio(a, b);
+}
+
+/* A percentage in a field of `width`, or "-" where it is not a number. */
+static void put_pct(FILE *f, int width, double v)
+{
+	if (isfinite(v))
+		fprintf(f, "  %*.2f%%", width, v);
+	else
+		fprintf(f, "  %*s", width + 1, "-");
 }
 
 static const char *first_op(const nmp_candidate *c)
@@ -207,7 +278,8 @@ json_t *nmp_report_pass_json(const nmp_plan *p, const nmp_pass_result *r, const 
 		const nmp_candidate *c = ch->cand;
 		char shape[96];
 		nmp_report_shape(c->tensor, shape, sizeof shape);
-		json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:b}", "name", c->name, "op", first_op(c), "shape", shape,
+		char dn[NMP_DISPLAY_MAX];
+		json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:b}", "name", nmp_display_name(c->name, dn, sizeof dn), "op", first_op(c), "shape", shape,
 				      "pattern", ch->pattern.text, "eligible", ch->eligible);
 		json_object_set_new(o, "axis", c->axis >= 0 ? json_integer(c->axis) : json_null());
 		if (!ch->eligible) {
@@ -222,9 +294,10 @@ json_t *nmp_report_pass_json(const nmp_plan *p, const nmp_pass_result *r, const 
 				json_object_set_new(o, "violations", json_integer((json_int_t)st->violations));
 				json_object_set_new(o, "complies", json_boolean(st->violations == 0));
 			} else {
-				json_object_set_new(o, "kept_l1_ratio", json_real(st->l1_dense > 0 ? st->l1_kept / st->l1_dense : 1));
+				json_object_set_new(o, "kept_l1_ratio",
+						    nmp_report_ratio_json(nmp_report_ratio(st->l1_kept, st->l1_dense)));
 				json_object_set_new(o, "kept_vs_unstructured",
-						    json_real(st->l1_unstructured > 0 ? st->l1_kept / st->l1_unstructured : 1));
+						    nmp_report_ratio_json(nmp_report_ratio(st->l1_kept, st->l1_unstructured)));
 				if (ch->pattern.unit == NMP_UNIT_TILE && ch->pattern.greedy)
 					json_object_set_new(o, "deficits", json_integer((json_int_t)st->deficits));
 			}
@@ -234,7 +307,7 @@ json_t *nmp_report_pass_json(const nmp_plan *p, const nmp_pass_result *r, const 
 			json_object_set_new(o, "permutation_group", json_integer(cs->group_of[i]));
 			if (w->done && cs->kept_identity[i] >= 0 && w->stats.l1_dense > 0)
 				json_object_set_new(o, "kept_l1_ratio_unpermuted",
-						    json_real(cs->kept_identity[i] / w->stats.l1_dense));
+						    nmp_report_ratio_json(nmp_report_ratio(cs->kept_identity[i], w->stats.l1_dense)));
 		}
 		json_array_append_new(weights, o);
 	}
@@ -260,6 +333,7 @@ json_t *nmp_report_pass_json(const nmp_plan *p, const nmp_pass_result *r, const 
 
 void nmp_report_prune_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r, bool dry_run)
 {
+	char dn[NMP_DISPLAY_MAX];
 	(void)p;
 	const nmp_channels *cs = r->channels;
 	if (cs && r->permute_only) {
@@ -281,15 +355,16 @@ void nmp_report_prune_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r,
 		nmp_report_shape(c->tensor, shape, sizeof shape);
 		if (!w->done) {
 			skipped++;
-			fprintf(f, "%-*s  %-13s  %-16s  skipped: %s\n", wn, c->name, first_op(c), shape, w->choice->reason);
+			fprintf(f, "%-*s  %-13s  %-16s  skipped: %s\n", wn, nmp_display_name(c->name, dn, sizeof dn), first_op(c), shape, w->choice->reason);
 			continue;
 		}
 		const nmp_mask_stats *st = &w->stats;
-		fprintf(f, "%-*s  %-13s  %-16s  %-10s  %7.2f%%  %7.2f%%  %14.2f%%", wn, c->name, first_op(c), shape,
-			w->choice->pattern.text, st->numel ? 100.0 - pct((double)st->kept, (double)st->numel) : 0,
-			pct(st->l1_kept, st->l1_dense), pct(st->l1_kept, st->l1_unstructured));
+		fprintf(f, "%-*s  %-13s  %-16s  %-10s  %7.2f%%", wn, nmp_display_name(c->name, dn, sizeof dn), first_op(c), shape,
+			w->choice->pattern.text, st->numel ? 100.0 - pct((double)st->kept, (double)st->numel) : 0);
+		put_pct(f, 7, pct(st->l1_kept, st->l1_dense));
+		put_pct(f, 14, pct(st->l1_kept, st->l1_unstructured));
 		if (cs && cs->group_of[i] >= 0 && cs->kept_identity[i] >= 0)
-			fprintf(f, "  %10.2f%%", pct(cs->kept_identity[i], st->l1_dense));
+			put_pct(f, 10, pct(cs->kept_identity[i], st->l1_dense));
 		else if (cs)
 			fprintf(f, "  %11s", "-");
 		if (w->choice->pattern.unit == NMP_UNIT_TILE && w->choice->pattern.greedy && st->deficits)
@@ -305,6 +380,7 @@ void nmp_report_prune_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r,
 
 void nmp_report_check_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r)
 {
+	char dn[NMP_DISPLAY_MAX];
 	int wn = 6;
 	for (size_t i = 0; i < r->n; i++) {
 		int n = (int)strlen(r->weights[i].choice->cand->name);
@@ -315,11 +391,11 @@ void nmp_report_check_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r)
 		const nmp_weight_result *w = &r->weights[i];
 		const nmp_candidate *c = w->choice->cand;
 		if (!w->done) {
-			fprintf(f, "%-*s  %-10s  %10s  %10s  skipped: %s\n", wn, c->name, w->choice->pattern.text, "-", "-",
+			fprintf(f, "%-*s  %-10s  %10s  %10s  skipped: %s\n", wn, nmp_display_name(c->name, dn, sizeof dn), w->choice->pattern.text, "-", "-",
 				w->choice->reason);
 			continue;
 		}
-		fprintf(f, "%-*s  %-10s  %10llu  %10llu  %s\n", wn, c->name, w->choice->pattern.text,
+		fprintf(f, "%-*s  %-10s  %10llu  %10llu  %s\n", wn, nmp_display_name(c->name, dn, sizeof dn), w->choice->pattern.text,
 			(unsigned long long)w->stats.groups, (unsigned long long)w->stats.violations,
 			w->stats.violations ? "no" : "yes");
 	}

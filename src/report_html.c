@@ -6,6 +6,7 @@
  * fetched: the page renders offline.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -30,7 +31,16 @@ static void esc(FILE *f, const char *s)
 
 static double pct(double a, double b)
 {
-	return b > 0 ? 100.0 * a / b : 100.0;
+	return 100.0 * nmp_report_ratio(a, b);
+}
+
+/* A table cell: the percentage, or "-" where it is not a number. */
+static void pct_cell(FILE *f, double v)
+{
+	if (isfinite(v))
+		fprintf(f, "<td class=\"num\">%.2f%%</td>", v);
+	else
+		fputs("<td class=\"num\">-</td>", f);
 }
 
 static const char style[] =
@@ -78,6 +88,8 @@ static void chart(FILE *f, const nmp_pass_result *r)
 		if (w->done) {
 			double sp = 100.0 - pct((double)w->stats.kept, (double)w->stats.numel);
 			double kp = pct(w->stats.l1_kept, w->stats.l1_dense);
+			if (!isfinite(kp))
+				kp = 0; /* no bar for a ratio that is not a number */
 			fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"#3b6fd8\"/>",
 				x - bar, top + plot_h * (1 - sp / 100), bar, plot_h * sp / 100);
 			fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"#f29a38\"/>",
@@ -128,9 +140,10 @@ void nmp_report_html(FILE *f, const nmp_plan *p, const nmp_pass_result *r, bool 
 		fprintf(f, "</td><td>%s</td><td>%s</td>", shape, w->choice->pattern.text);
 		if (w->done) {
 			const nmp_mask_stats *st = &w->stats;
-			fprintf(f, "<td class=\"num\">%.2f%%</td><td class=\"num\">%.2f%%</td><td class=\"num\">%.2f%%</td>"
-				"<td>pruned</td></tr>\n", 100.0 - pct((double)st->kept, (double)st->numel),
-				pct(st->l1_kept, st->l1_dense), pct(st->l1_kept, st->l1_unstructured));
+			pct_cell(f, 100.0 - pct((double)st->kept, (double)st->numel));
+			pct_cell(f, pct(st->l1_kept, st->l1_dense));
+			pct_cell(f, pct(st->l1_kept, st->l1_unstructured));
+			fputs("<td>pruned</td></tr>\n", f);
 		} else {
 			fputs("<td></td><td></td><td></td><td class=\"reason\">skipped: ", f);
 			esc(f, w->choice->reason);
