@@ -30,6 +30,8 @@ size_t nmp_varint_get(const uint8_t *p, const uint8_t *end, uint64_t *v)
 {
 	uint64_t r = 0;
 	for (size_t i = 0; i < 10 && p + i < end; i++) {
+		if (i == 9 && p[i] > 1)
+			return 0; /* the tenth byte holds bit 63 only: more would be dropped */
 		r |= (uint64_t)(p[i] & 0x7f) << (7 * i);
 		if (!(p[i] & 0x80)) {
 			*v = r;

@@ -23,6 +23,14 @@ static void test_varint_round_trip(void **state)
 	memset(overlong, 0x80, sizeof overlong);
 	uint64_t v;
 	assert_int_equal(nmp_varint_get(overlong, overlong + sizeof overlong, &v), 0);
+	/* Ten bytes whose last carries more than bit 63: bits would be dropped, so it is invalid. */
+	uint8_t wide[10];
+	memset(wide, 0xff, 9);
+	wide[9] = 0x02;
+	assert_int_equal(nmp_varint_get(wide, wide + 10, &v), 0);
+	wide[9] = 0x01;
+	assert_int_equal(nmp_varint_get(wide, wide + 10, &v), 10);
+	assert_true(v == UINT64_MAX);
 }
 
 static uint8_t *pack_one_tensor_model(size_t *len, tu_tensor *tt)

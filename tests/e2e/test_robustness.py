@@ -286,3 +286,138 @@ def test_random_graphs_keep_their_function(tmp_path, seed):
         assert r.code == 0, r
         assert time.monotonic() - t0 < 30
         assert_same_function(model, tmp_path / "p.onnx", feeds)
+
+
+# ---- 6: signals, limits, FIFOs ---------------------------------------------------------------------
+
+FAULT_SO = __import__("os").environ.get("FAULT_SO", str(ROOT / "build" / "tests" / "fault_inject.so"))
+
+
+def paused_run(tmp_path, src, extra=()):
+    """Starts prune with its first fsync paused; returns the process once a temporary exists."""
+    env = dict(__import__("os").environ, LD_PRELOAD=FAULT_SO, NMP_FAULT_PAUSE="1")
+    p = subprocess.Popen([NMPRUNE, "prune", str(src), "-o", str(tmp_path / "out.onnx"), "-q", *map(str, extra)],
+                         env=env, stderr=subprocess.PIPE, text=True)
+    for _ in range(200):
+        if leftovers(tmp_path):
+            return p
+        time.sleep(0.05)
+    p.kill()
+    pytest.fail("no temporary appeared")
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_signals_remove_temporaries(bert, tmp_path, sig):
+    import signal
+    src = tmp_path / "in.onnx"
+    src.write_bytes(bert.read_bytes())
+    before = digest(src)
+    p = paused_run(tmp_path, src, ["--report", tmp_path / "r.json"])
+    time.sleep(0.2)
+    p.send_signal(getattr(signal, sig))
+    p.wait(timeout=20)
+    assert p.returncode == -getattr(signal, sig)
+    assert leftovers(tmp_path) == [] and not (tmp_path / "out.onnx").exists() and not (tmp_path / "r.json").exists()
+    assert digest(src) == before
+
+
+def test_sigbus_is_an_io_error(bert, tmp_path):
+    import signal
+    src = tmp_path / "in.onnx"
+    src.write_bytes(bert.read_bytes())
+    p = paused_run(tmp_path, src)
+    p.send_signal(signal.SIGBUS)
+    p.wait(timeout=20)
+    err = p.stderr.read()
+    assert p.returncode == 4 and "changed size while it was read" in err and err.count("\n") == 1, err
+    assert leftovers(tmp_path) == []
+
+
+def test_file_size_limit_is_an_io_error(bert, tmp_path):
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (32 << 10, 32 << 10))
+    p = subprocess.run([NMPRUNE, "prune", str(bert), "-o", str(tmp_path / "out.onnx")], preexec_fn=limit,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 4 and "File too large" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    assert leftovers(tmp_path) == [] and not (tmp_path / "out.onnx").exists()
+
+
+def test_fifos_are_refused(bert, tmp_path):
+    import os
+    os.mkfifo(tmp_path / "model.onnx")
+    r = nmprune("prune", tmp_path / "model.onnx", "-o", tmp_path / "o.onnx")
+    assert r.code == 4 and "not a regular file" in r.err, r
+    os.mkfifo(tmp_path / "rules.json")
+    r = nmprune("check", bert, "--rules", tmp_path / "rules.json")
+    assert r.code == 4 and "not a regular file" in r.err, r
+
+
+# ---- 8: records that tell the truth about odd weights and names -------------------------------------
+
+def test_inf_weight_keeps_its_records(tmp_path):
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    w[3, 5], w[7, 1] = np.inf, -np.inf
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [numpy_helper.from_array(w, "W")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    r = nmprune("prune", tmp_path / "m.onnx", "-o", tmp_path / "o.onnx", "--report", tmp_path / "r.json")
+    assert r.code == 0 and "nan" not in r.err.lower(), r
+    rep = json.loads((tmp_path / "r.json").read_text())["weights"]
+    assert rep[0]["name"] == "W" and rep[0]["kept_l1_ratio"] is None and rep[0]["sparsity"] == 0.5
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "o.onnx").metadata_props}
+    assert json.loads(meta["nmprune.weights"])["W"]["kept"] is None
+    pruned = numpy_helper.to_array(onnx.load(tmp_path / "o.onnx").graph.initializer[0])
+    assert np.isinf(pruned[3, 5]) and np.isinf(pruned[7, 1])   # +-Inf is the largest magnitude: kept
+
+
+def hostile_names(path):
+    """A weight named W<0xff><ESC>[31mred and a node named n<0xc3><ESC>[2Jxyzw (bytes patched in place)."""
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "WWWWWWWWWW"], ["y"], name="NNNNNNNNNN")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+                          [numpy_helper.from_array(w, "WWWWWWWWWW")])
+    b = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    path.write_bytes(b.replace(b"WWWWWWWWWW", b"W\xff\x1b[31mred").replace(b"NNNNNNNNNN", b"n\xc3\x1b[2Jxyzw"))
+    return path
+
+
+def test_hostile_names_are_shown_safely(tmp_path):
+    m = hostile_names(tmp_path / "m.onnx")
+    p = subprocess.run([NMPRUNE, "inspect", str(m), "--json"], capture_output=True)
+    listed = json.loads(p.stdout)
+    assert len(listed) == 1 and listed[0]["name"] == "W\ufffd\\x1b[31mred" and listed[0]["eligible"]
+    for args in (["inspect", m], ["prune", m, "-o", tmp_path / "o.onnx", "--save-masks", tmp_path / "k.safetensors"]):
+        p = subprocess.run([NMPRUNE, *map(str, args)], capture_output=True)
+        assert p.returncode == 0 and b"\x1b" not in p.stdout + p.stderr, p
+    head = (tmp_path / "k.safetensors").read_bytes()
+    n = int.from_bytes(head[:8], "little")
+    assert "W\ufffd\\x1b[31mred" in json.loads(head[8:8 + n])
+
+
+# ---- 9: smaller ones ---------------------------------------------------------------------------------
+
+def test_in_place_through_a_link_prunes_the_target(bert, tmp_path):
+    (tmp_path / "t.onnx").write_bytes(bert.read_bytes())
+    (tmp_path / "l.onnx").symlink_to("t.onnx")
+    nmprune("prune", tmp_path / "l.onnx", "--in-place", "-q", check=0)
+    assert (tmp_path / "l.onnx").is_symlink()
+    nmprune("check", tmp_path / "t.onnx", "-q", check=0)
+
+
+def test_output_onto_a_device_is_refused(bert, tmp_path):
+    r = nmprune("prune", bert, "-o", "/dev/null")
+    assert r.code == 4 and "not a regular file" in r.err, r
+    import stat
+    assert stat.S_ISCHR(__import__("os").stat("/dev/null").st_mode)
+
+
+def test_dense_first_is_a_floor(bert, tmp_path):
+    def up(frac):
+        r = nmprune("inspect", bert, "--dense-first", frac, "--include", "ffn.up", "--json", check=0)
+        return [(w["eligible"], w["reason"]) for w in json.loads(r.out) if w["name"] == "ffn.up.weight"]
+    assert up("0.9999999999") == [(True, None)]   # floor(0.9999999999 x 1) = 0 kept dense
+    assert up("1") == [(False, "dense-first")]
