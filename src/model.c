@@ -429,6 +429,21 @@ static nmp_status resolve_tensor(load_ctx *c, nmp_tensor *t)
 	return NMP_OK;
 }
 
+/* protobuf-c's allocations, noting a failure so that out of memory is not reported as a bad model. */
+static void *counted_alloc(void *data, size_t size)
+{
+	void *p = malloc(size);
+	if (!p && data)
+		*(bool *)data = true;
+	return p;
+}
+
+static void counted_free(void *data, void *p)
+{
+	(void)data;
+	free(p);
+}
+
 static nmp_status check_model_header(load_ctx *c)
 {
 	const Onnx__ModelProto *p = c->m->proto;
@@ -511,11 +526,15 @@ nmp_status nmp_model_load(const char *path, nmp_model **out, nmp_error *err)
 			      &onnx__tensor_proto__descriptor, 1, path, &c.skel, err);
 	if (s != NMP_OK)
 		goto fail;
-	m->proto = onnx__model_proto__unpack(NULL, c.skel.len, c.skel.data);
+	bool oom = false;
+	ProtobufCAllocator alloc = { .alloc = counted_alloc, .free = counted_free, .allocator_data = &oom };
+	m->proto = onnx__model_proto__unpack(&alloc, c.skel.len, c.skel.data);
 	free(c.skel.data);
 	c.skel.data = NULL;
 	if (!m->proto) {
-		s = nmp_error_set(err, NMP_ERR_MODEL, "%s: not a valid ONNX model (protobuf parse failed)", path);
+		/* protobuf-c says NULL for both: which it was decides between exit 4 and exit 3. */
+		s = oom ? nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory while parsing the model", path)
+			: nmp_error_set(err, NMP_ERR_MODEL, "%s: not a valid ONNX model (protobuf parse failed)", path);
 		goto fail;
 	}
 	s = check_model_header(&c);
@@ -547,7 +566,8 @@ void nmp_model_free(nmp_model **pm)
 	if (!m)
 		return;
 	if (m->proto)
-		onnx__model_proto__free_unpacked(m->proto, NULL);
+		onnx__model_proto__free_unpacked(m->proto, &(ProtobufCAllocator){ .alloc = counted_alloc,
+										     .free = counted_free });
 	for (size_t i = 0; i < m->n_files; i++) {
 		nmp_data_file *f = &m->files[i];
 		if (f->map)

@@ -151,6 +151,22 @@ static nmp_status rule_error(nmp_error *err, const char *path, size_t i, const c
 	return nmp_error_set(err, NMP_ERR_USAGE, "%s: rule %zu: %s", path, i, why);
 }
 
+/*
+ * The exact transposable method solves a min-cost flow per tile whose cost
+ * grows about as M^4: above M = 32 one 256 x 256 weight takes seconds to
+ * minutes, so larger tiles must ask for the greedy method.
+ */
+#define EXACT_TILE_MAX_M 32
+
+static nmp_status check_tile_method(const nmp_pattern *p, nmp_error *err)
+{
+	if (p->structured && p->unit == NMP_UNIT_TILE && !p->greedy && p->m > EXACT_TILE_MAX_M)
+		return nmp_error_set(err, NMP_ERR_USAGE,
+				     "pattern '%s': the exact transposable method takes M up to %d; use --method greedy",
+				     p->text, EXACT_TILE_MAX_M);
+	return NMP_OK;
+}
+
 static nmp_status load_rules(const char *path, bool greedy, rule **out, size_t *n_out, nmp_error *err)
 {
 	*out = NULL;
@@ -241,6 +257,10 @@ static nmp_status load_rules(const char *path, bool greedy, rule **out, size_t *
 		}
 		if (!rules[i].pattern.method_set)
 			rules[i].pattern.greedy = greedy;
+		if (check_tile_method(&rules[i].pattern, &perr) != NMP_OK) {
+			s = rule_error(err, path, i, perr.message);
+			break;
+		}
 	}
 out:
 	json_decref(root);
@@ -433,6 +453,11 @@ nmp_status nmp_select(const nmp_model *m, const nmp_graph *g, const nmp_select_o
 		return s;
 	if (!dflt.method_set)
 		dflt.greedy = o->greedy;
+	if ((s = check_tile_method(&dflt, err)) != NMP_OK)
+		return s;
+	if (o->greedy && !o->rules_path && dflt.unit != NMP_UNIT_TILE)
+		return nmp_error_set(err, NMP_ERR_USAGE, "--method greedy: pattern '%s' is not transposable (N:M@t)",
+				     dflt.text);
 	if (!nmp_align_parse(o->align, &align))
 		return nmp_error_set(err, NMP_ERR_USAGE, "--align '%s': expected asp, cusparselt or none", o->align);
 	if ((s = check_ops(o->ops, err)) != NMP_OK)

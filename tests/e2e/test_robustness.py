@@ -421,3 +421,25 @@ def test_dense_first_is_a_floor(bert, tmp_path):
         return [(w["eligible"], w["reason"]) for w in json.loads(r.out) if w["name"] == "ffn.up.weight"]
     assert up("0.9999999999") == [(True, None)]   # floor(0.9999999999 x 1) = 0 kept dense
     assert up("1") == [(False, "dense-first")]
+
+
+def test_exact_tiles_are_bounded_and_greedy_needs_tiles(bert, tmp_path):
+    r = nmprune("prune", bert, "--dry-run", "--pattern", "64:128@t", "--align", "none")
+    assert r.code == 2 and "takes M up to 32" in r.err, r
+    nmprune("prune", bert, "--dry-run", "--pattern", "32:64@t", "--method", "greedy", "--align", "none", "-q", check=0)
+    r = nmprune("prune", bert, "--dry-run", "--pattern", "2:4", "--method", "greedy")
+    assert r.code == 2 and "not transposable" in r.err, r
+
+
+@pytest.mark.skipif("ASAN_OPTIONS" in __import__("os").environ,
+                    reason="AddressSanitizer reserves more address space than the limit this test sets")
+def test_out_of_memory_is_an_io_error(tmp_path):
+    import resource
+    inits = [helper.make_tensor(f"e{i}", TensorProto.FLOAT, [0], []) for i in range(300000)]
+    onnx.save(helper.make_model(helper.make_graph([], "g", [], [], inits), opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "many.onnx")
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (128 << 20, 128 << 20))
+    p = subprocess.run([NMPRUNE, "inspect", str(tmp_path / "many.onnx")], capture_output=True, text=True, preexec_fn=limit)
+    assert p.returncode == 4 and "out of memory" in p.stderr and "not a valid ONNX model" not in p.stderr, p.stderr
