@@ -41,6 +41,15 @@ ifeq ($(HAVE_NVCC)$(if $(wildcard kernels/*.cu),,-none),1)
                -gencode arch=compute_90,code=compute_90
 endif
 
+# Objects built with and without CUDA differ (the stub, -DNMP_WITH_CUDA): a
+# stamp named for the setting makes switching rebuild rather than mix them.
+CONFIG_STAMP := $(BUILD)/.config-cuda$(if $(CU_OBJ),1,0)
+
+$(CONFIG_STAMP):
+	@mkdir -p $(BUILD)
+	@rm -f $(BUILD)/.config-cuda*
+	@touch $@
+
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 FAULT_SO := $(BUILD)/tests/fault_inject.so
 
@@ -61,11 +70,11 @@ $(GEN_O): $(GEN_C) $(GEN_H)
 	$(CC) $(OPT) -fPIC -I$(BUILD)/gen -c $< -o $@
 
 # ---- our code ----------------------------------------------------------------
-$(BUILD)/obj/%.o: %.c $(GEN_H) $(wildcard include/*.h src/*.h src/cpu/*.h passes/*.h kernels/*.h)
+$(BUILD)/obj/%.o: %.c $(GEN_H) $(CONFIG_STAMP) $(wildcard include/*.h src/*.h src/cpu/*.h passes/*.h kernels/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -fPIC -c $< -o $@
 
-$(BUILD)/obj/%.o: %.cu $(wildcard kernels/*.h src/*.h)
+$(BUILD)/obj/%.o: %.cu $(CONFIG_STAMP) $(wildcard kernels/*.h kernels/*.cuh src/*.h)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -Iinclude -Isrc -Ikernels -Xcompiler -fPIC -c $< -o $@
 
