@@ -1,6 +1,7 @@
 /*
- * libFuzzer harness: the model loader, the graph walker, selection and a dry
- * run of the prune pass on arbitrary bytes.  Any outcome but a crash, a hang,
+ * libFuzzer harness: the model loader, the graph walker, selection, the
+ * channel permutation pass (every other input) and a dry run of the prune
+ * pass on arbitrary bytes.  Any outcome but a crash, a hang,
  * a leak or a sanitizer report is fine: bad input must come back as a status.
  */
 #include <stdint.h>
@@ -9,6 +10,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "channels.h"
+#include "permute.h"
 #include "plan.h"
 #include "prune.h"
 
@@ -33,15 +36,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (nmp_plan_build(path, &so, &plan, &err) != NMP_OK)
 		return 0;
 	nmp_engine *engine = NULL;
+	nmp_channels *channels = NULL;
+	if (size % 2 == 0 && nmp_channels_plan(&plan, NMP_PERMUTE_SEED, &channels, &err) != NMP_OK)
+		channels = NULL;
 	if (nmp_engine_create(NMP_DEVICE_CPU, 1, &engine, NULL, 0, &err) == NMP_OK) {
 		nmp_pass_result r;
-		nmp_prune_opts po = { .dry_run = true, .engine = engine };
+		nmp_prune_opts po = { .dry_run = true, .engine = engine, .channels = channels };
 		nmp_prune(&plan, &po, &r, &err);
 		nmp_pass_result_free(&r);
 		nmp_check(&plan, engine, &r, &err);
 		nmp_pass_result_free(&r);
 	}
 	nmp_engine_free(&engine);
+	nmp_channels_free(&channels);
 	nmp_plan_free(&plan);
 	return 0;
 }
