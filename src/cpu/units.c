@@ -18,28 +18,58 @@ static void top_n_double(const double *s, int m, int n, uint8_t *keep)
 	}
 }
 
-/* Vector-wise and block-wise N:M: one work item per (row block, group). */
-void nmp_cpu_units_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
+/*
+ * Vector-wise and block-wise N:M: one work item per (row block, group).
+ * Written once and specialized per key kind (a constant at each call), so
+ * the magnitude of a key costs a conversion, not a switch; the sums keep
+ * their order (unit rows, then columns; kept elements row by row).
+ */
+static inline __attribute__((always_inline)) void units_run(nmp_cpu_job *j, uint64_t b, uint64_t e,
+							    nmp_cpu_acc *acc, nmp_key_kind kk)
 {
-	nmp_cpu_acc *acc = accp;
 	const int m = (int)j->p->m, n = (int)j->p->n;
 	const unsigned ur = nmp_pattern_unit_rows(j->p), uc = nmp_pattern_unit_cols(j->p);
-	const uint64_t gcols = (uint64_t)m * uc, groups = j->L / gcols;
+	const uint64_t gcols = (uint64_t)m * uc, groups = j->L / gcols, inner = j->inner;
+	const uint64_t *key = j->key;
 	double score[NMP_PATTERN_MAX_M];
 	uint8_t keep[NMP_PATTERN_MAX_M];
 	for (uint64_t w = b; w < e; w++) {
-		uint64_t r0 = (w / groups) * ur, c0 = (w % groups) * gcols;
+		const uint64_t r0 = (w / groups) * ur, c0 = (w % groups) * gcols;
 		for (int x = 0; x < m; x++) {
 			double s = 0;
-			for (unsigned t = 0; t < ur; t++)
+			for (unsigned t = 0; t < ur; t++) {
+				const uint64_t base = j->row_off[r0 + t] + (c0 + (uint64_t)x * uc) * inner;
 				for (unsigned c = 0; c < uc; c++)
-					s += nmp_key_mag(j->kk, j->key[nmp_cpu_at(j, r0 + t, c0 + (uint64_t)x * uc + c)]);
+					s += nmp_key_mag(kk, key[base + c * inner]);
+			}
 			score[x] = s;
 		}
 		top_n_double(score, m, n, keep);
-		for (unsigned t = 0; t < ur; t++)
+		double kept = acc->l1_kept;
+		uint64_t count = 0;
+		for (unsigned t = 0; t < ur; t++) {
+			const uint64_t row = j->row_off[r0 + t] + c0 * inner;
 			for (int x = 0; x < m; x++)
-				for (unsigned c = 0; c < uc; c++)
-					nmp_cpu_mark(j, nmp_cpu_at(j, r0 + t, c0 + (uint64_t)x * uc + c), keep[x], acc);
+				for (unsigned c = 0; c < uc; c++) {
+					const uint64_t i = row + ((uint64_t)x * uc + c) * inner;
+					j->mask[i] = keep[x];
+					if (keep[x]) {
+						count++;
+						kept += nmp_key_mag(kk, key[i]);
+					}
+				}
+		}
+		acc->l1_kept = kept;
+		acc->kept += count;
+	}
+}
+
+void nmp_cpu_units_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
+{
+	switch (j->kk) {
+	case NMP_KK_F32: units_run(j, b, e, accp, NMP_KK_F32); break;
+	case NMP_KK_F16: units_run(j, b, e, accp, NMP_KK_F16); break;
+	case NMP_KK_BF16: units_run(j, b, e, accp, NMP_KK_BF16); break;
+	default: units_run(j, b, e, accp, NMP_KK_F64); break;
 	}
 }
