@@ -39,25 +39,34 @@ bool nmp_align_parse(const char *s, nmp_align *a)
 
 /*
  * The C library's regex compiler copies a subexpression once per repetition
- * operator applied to it, so stacked operators ("a+++...") or large nested
- * intervals grow its memory exponentially.  Names are short: such patterns
- * are refused before they reach it.
+ * applied to it, so nested repetitions ("((a{255}){255}){255}", "(a)+"
+ * nested twenty deep) make its memory grow as their product.  Names are
+ * short: a pattern whose compiled size, estimated as that product over the
+ * nesting, passes REGEX_MAX_SIZE is refused before it reaches the compiler.
+ * Stacked operators ("a++") are refused too: POSIX leaves them undefined.
  */
+#define REGEX_MAX_SIZE 65536.0
+#define REGEX_MAX_DEPTH 64
+
 static const char *regex_problem(const char *src)
 {
 	size_t len = strlen(src);
-	int intervals = 0;
-	bool after_quantifier = false;
 	if (len > 1024)
 		return "longer than 1024 characters";
+	/* Per nesting level: the size so far, and the size of its last atom (what a quantifier copies). */
+	double total[REGEX_MAX_DEPTH + 1] = { 0 }, last[REGEX_MAX_DEPTH + 1] = { 0 };
+	int d = 0;
+	bool after_quantifier = false;
 	for (size_t i = 0; i < len; i++) {
 		char c = src[i];
+		double atom = 1;
+		bool quantifier = c == '*' || c == '+' || c == '?' || c == '{';
+		if (quantifier && after_quantifier)
+			return "a repetition operator applied to another";
+		after_quantifier = quantifier;
 		if (c == '\\' && i + 1 < len) {
 			i++;
-			after_quantifier = false;
-			continue;
-		}
-		if (c == '[') { /* a bracket expression: its characters are literal */
+		} else if (c == '[') { /* a bracket expression: one atom, its characters literal */
 			size_t j = i + 1;
 			if (j < len && src[j] == '^')
 				j++;
@@ -66,25 +75,41 @@ static const char *regex_problem(const char *src)
 			while (j < len && src[j] != ']')
 				j++;
 			i = j;
-			after_quantifier = false;
+		} else if (c == '(') {
+			if (d == REGEX_MAX_DEPTH)
+				return "groups nested more than 64 deep";
+			d++;
+			total[d] = last[d] = 0;
+			continue;
+		} else if (c == ')' && d > 0) {
+			atom = total[d] > 1 ? total[d] : 1;
+			d--;
+		} else if (c == '|') {
+			last[d] = 0;
+			continue;
+		} else if (quantifier) {
+			double times = 2;
+			if (c == '{') {
+				char *end;
+				long lo = strtol(src + i + 1, &end, 10), hi = lo;
+				if (*end == ',')
+					hi = end[1] == '}' ? lo + 1 : strtol(end + 1, &end, 10);
+				if (lo > 255 || hi > 255)
+					return "a repetition count above 255";
+				times = (double)(hi > lo ? hi : lo) + 1;
+				while (i < len && src[i] != '}')
+					i++;
+			}
+			total[d] += last[d] * (times - 1);
+			last[d] *= times;
+			if (total[d] > REGEX_MAX_SIZE)
+				return "nested repetitions would make the compiled pattern too large";
 			continue;
 		}
-		bool quantifier = c == '*' || c == '+' || c == '?' || c == '{';
-		if (quantifier && after_quantifier)
-			return "a repetition operator applied to another";
-		if (c == '{') {
-			char *end;
-			long lo = strtol(src + i + 1, &end, 10), hi = lo;
-			if (*end == ',')
-				hi = end[1] == '}' ? 255 : strtol(end + 1, &end, 10);
-			if (lo > 255 || hi > 255)
-				return "a repetition count above 255";
-			if (++intervals > 8)
-				return "more than 8 {m,n} repetitions";
-			while (i < len && src[i] != '}')
-				i++;
-		}
-		after_quantifier = quantifier;
+		total[d] += atom;
+		last[d] = atom;
+		if (total[d] > REGEX_MAX_SIZE)
+			return "nested repetitions would make the compiled pattern too large";
 	}
 	return NULL;
 }

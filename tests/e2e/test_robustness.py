@@ -443,3 +443,14 @@ def test_out_of_memory_is_an_io_error(tmp_path):
         resource.setrlimit(resource.RLIMIT_AS, (128 << 20, 128 << 20))
     p = subprocess.run([NMPRUNE, "inspect", str(tmp_path / "many.onnx")], capture_output=True, text=True, preexec_fn=limit)
     assert p.returncode == 4 and "out of memory" in p.stderr and "not a valid ONNX model" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("regex", ["((a{255}){255}){255}", "(" * 22 + "a" + ")+" * 22, "((((x*)*)*)*)" * 3 + "(y{9}){99}{0}"])
+def test_regex_guard_bounds_the_compiled_size(bert, regex):
+    r = nmprune("inspect", bert, "--include", regex)
+    assert r.code == 2 and ("too large" in r.err or "applied to another" in r.err), r
+
+
+@pytest.mark.parametrize("regex", ["(a{255}){255}", "attn\\.(q|k|v)", "(a|b|c)*d+e?(f{2,5}){3}", "w[+*]{1,2}|layer[0-9]+"])
+def test_regex_guard_accepts_ordinary_patterns(bert, regex):
+    assert nmprune("inspect", bert, "--include", regex).code == 0
