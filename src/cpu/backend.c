@@ -50,7 +50,7 @@ static nmp_status run_general(nmp_cpu_job *j, nmp_mask_stats *st)
 	st->deficits = total.deficits;
 	if (s != NMP_OK)
 		return s;
-	/* The keys hold the original magnitudes, whatever happens to the data. */
+	/* Nothing is zeroed yet: the keys, in j->key or in the weight, are the original magnitudes. */
 	st->l1_unstructured = nmp_cpu_unstructured_reference(j, st->kept);
 	if (j->mode == NMP_MASK_APPLY)
 		for (uint64_t i = 0; i < j->numel; i++)
@@ -104,7 +104,7 @@ nmp_status nmp_cpu_run(const nmp_mask_tensor *t, const nmp_pattern *p, nmp_mask_
 		s = nmp_cpu_fused(&j, st);
 		goto out;
 	}
-	if (mode != NMP_MASK_CHECK) {
+	if (mode != NMP_MASK_CHECK && !p->structured) { /* the structured families read keys from the weight */
 		j.key = malloc(j.numel * sizeof *j.key);
 		if (!j.key) {
 			s = nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", t->name);

@@ -36,7 +36,7 @@ typedef struct nmp_cpu_job {
 	nmp_quant_geom qg;                /* quantized: where each element's scale is */
 
 	uint32_t *qkey;                   /* quantized: magnitude bits per element */
-	uint64_t *key;                    /* general path: key per element */
+	uint64_t *key;                    /* unstructured: key per element (structured families read the weight) */
 	const struct nmp_cpu_ref *ref;    /* the radix pass under way, for the reference */
 	uint32_t ref_bin;                 /* fused path: the bin where the unstructured cut falls */
 	const uint8_t *in;                /* where the weight is read: t->src, or t->data */
@@ -89,6 +89,20 @@ static inline uint64_t nmp_cpu_elem_key(const nmp_cpu_job *j, uint64_t i)
 	return nmp_float_key(j->t->dtype, j->in, i);
 }
 
+/* The key of element i, for a key kind known at the call (the dtype switch folds away). */
+static inline __attribute__((always_inline)) uint64_t nmp_cpu_key_kk(const nmp_cpu_job *j, uint64_t i,
+								     nmp_key_kind kk)
+{
+	if (j->qkey)
+		return j->qkey[i];
+	switch (kk) {
+	case NMP_KK_F32: return nmp_float_key(NMP_RT_FLOAT, j->in, i);
+	case NMP_KK_F16:
+	case NMP_KK_BF16: return nmp_float_key(NMP_RT_FLOAT16, j->in, i); /* both: 16 bits, sign cleared */
+	default: return nmp_float_key(NMP_RT_DOUBLE, j->in, i);
+	}
+}
+
 /* Flat index of (row r, column c) of the 2-D view. */
 static inline uint64_t nmp_cpu_at(const nmp_cpu_job *j, uint64_t r, uint64_t c)
 {
@@ -101,8 +115,19 @@ static inline void nmp_cpu_mark(const nmp_cpu_job *j, uint64_t i, bool keep, nmp
 	j->mask[i] = keep;
 	if (keep) {
 		acc->kept++;
-		acc->l1_kept += nmp_key_mag(j->kk, j->key[i]);
+		acc->l1_kept += nmp_key_mag(j->kk, nmp_cpu_elem_key(j, i));
 	}
+}
+
+/*
+ * Work items of the 2-D families are (row block, group) pairs.  They run
+ * with row blocks fastest when neighbouring rows are closer in memory than
+ * neighbouring columns (a MatMul weight [K, N] grouped along K), so that
+ * consecutive items read consecutive memory; groups fastest otherwise.
+ */
+static inline bool nmp_cpu_rows_fast(const nmp_cpu_job *j)
+{
+	return j->rows > 1 && j->row_off[1] - j->row_off[0] < j->inner;
 }
 
 static inline uint64_t nmp_cpu_prod(const int64_t *d, int from, int to)

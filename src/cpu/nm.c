@@ -54,7 +54,7 @@ void nmp_cpu_nm_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
 	for (uint64_t w = b; w < e; w++) {
 		uint64_t r = w / groups, c0 = (w % groups) * (uint64_t)m;
 		for (int x = 0; x < m; x++)
-			v[x] = (kidx){ j->key[nmp_cpu_at(j, r, c0 + (uint64_t)x)], x };
+			v[x] = (kidx){ nmp_cpu_elem_key(j, nmp_cpu_at(j, r, c0 + (uint64_t)x)), x };
 		select_top(v, m, n);
 		for (int x = 0; x < m; x++)
 			nmp_cpu_mark(j, nmp_cpu_at(j, r, c0 + (uint64_t)v[x].idx), x < n, acc);

@@ -78,11 +78,14 @@ void nmp_cpu_tiles_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
 		acc->deficits += (e - b) * 2 * (uint64_t)m;
 		return;
 	}
+	const uint64_t rblocks = j->rows / (uint64_t)m;
+	const bool rows_fast = nmp_cpu_rows_fast(j);
 	for (uint64_t it = b; it < e; it++) {
-		uint64_t r0 = (it / groups) * (uint64_t)m, c0 = (it % groups) * (uint64_t)m;
+		const uint64_t rb = rows_fast ? it % rblocks : it / groups, g = rows_fast ? it / rblocks : it % groups;
+		uint64_t r0 = rb * (uint64_t)m, c0 = g * (uint64_t)m;
 		for (int r = 0; r < m; r++)
 			for (int c = 0; c < m; c++)
-				w[r * m + c] = nmp_key_mag(j->kk, j->key[nmp_cpu_at(j, r0 + (uint64_t)r, c0 + (uint64_t)c)]);
+				w[r * m + c] = nmp_key_mag(j->kk, nmp_cpu_elem_key(j, nmp_cpu_at(j, r0 + (uint64_t)r, c0 + (uint64_t)c)));
 		if (j->p->greedy) {
 			acc->deficits += (uint64_t)tile_greedy(m, n, w, keep);
 		} else if (n_pat > 0) {

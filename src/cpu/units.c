@@ -30,17 +30,19 @@ static inline __attribute__((always_inline)) void units_run(nmp_cpu_job *j, uint
 	const int m = (int)j->p->m, n = (int)j->p->n;
 	const unsigned ur = nmp_pattern_unit_rows(j->p), uc = nmp_pattern_unit_cols(j->p);
 	const uint64_t gcols = (uint64_t)m * uc, groups = j->L / gcols, inner = j->inner;
-	const uint64_t *key = j->key;
+	const uint64_t rblocks = j->rows / ur;
+	const bool rows_fast = nmp_cpu_rows_fast(j);
 	double score[NMP_PATTERN_MAX_M];
 	uint8_t keep[NMP_PATTERN_MAX_M];
 	for (uint64_t w = b; w < e; w++) {
-		const uint64_t r0 = (w / groups) * ur, c0 = (w % groups) * gcols;
+		const uint64_t rb = rows_fast ? w % rblocks : w / groups, g = rows_fast ? w / rblocks : w % groups;
+		const uint64_t r0 = rb * ur, c0 = g * gcols;
 		for (int x = 0; x < m; x++) {
 			double s = 0;
 			for (unsigned t = 0; t < ur; t++) {
 				const uint64_t base = j->row_off[r0 + t] + (c0 + (uint64_t)x * uc) * inner;
 				for (unsigned c = 0; c < uc; c++)
-					s += nmp_key_mag(kk, key[base + c * inner]);
+					s += nmp_key_mag(kk, nmp_cpu_key_kk(j, base + c * inner, kk));
 			}
 			score[x] = s;
 		}
@@ -55,7 +57,7 @@ static inline __attribute__((always_inline)) void units_run(nmp_cpu_job *j, uint
 					j->mask[i] = keep[x];
 					if (keep[x]) {
 						count++;
-						kept += nmp_key_mag(kk, key[i]);
+						kept += nmp_key_mag(kk, nmp_cpu_key_kk(j, i, kk));
 					}
 				}
 		}
