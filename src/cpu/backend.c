@@ -20,6 +20,38 @@ static void free_job(nmp_cpu_job *j)
 	free(j->key);
 }
 
+/* Zeroes what the mask prunes, in parallel, without a branch on the data for float types. */
+static void zero_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
+{
+	(void)accp;
+	uint8_t *d = j->t->data;
+	const uint8_t *mask = j->mask;
+	switch (j->t->dtype) {
+	case NMP_DT_FLOAT:
+		for (uint64_t i = b; i < e; i++) {
+			uint32_t v;
+			memcpy(&v, d + 4 * i, 4);
+			v &= -(uint32_t)mask[i];
+			memcpy(d + 4 * i, &v, 4);
+		}
+		break;
+	case NMP_DT_FLOAT16:
+	case NMP_DT_BFLOAT16:
+		for (uint64_t i = b; i < e; i++) {
+			uint16_t v;
+			memcpy(&v, d + 2 * i, 2);
+			v &= (uint16_t)-(uint16_t)mask[i];
+			memcpy(d + 2 * i, &v, 2);
+		}
+		break;
+	default:
+		for (uint64_t i = b; i < e; i++)
+			if (!mask[i])
+				nmp_cpu_prune_elem(j, i);
+		break;
+	}
+}
+
 /* The structured families of the general path, then the reference statistic and the zeroing. */
 static nmp_status run_general(nmp_cpu_job *j, nmp_mask_stats *st)
 {
@@ -52,10 +84,13 @@ static nmp_status run_general(nmp_cpu_job *j, nmp_mask_stats *st)
 		return s;
 	/* Nothing is zeroed yet: the keys, in j->key or in the weight, are the original magnitudes. */
 	st->l1_unstructured = nmp_cpu_unstructured_reference(j, st->kept);
-	if (j->mode == NMP_MASK_APPLY)
-		for (uint64_t i = 0; i < j->numel; i++)
-			if (!j->mask[i])
-				nmp_cpu_prune_elem(j, i);
+	if (j->mode == NMP_MASK_APPLY) {
+		int parts;
+		void *none = nmp_cpu_parallel_for(j, j->numel, 1u << 18, 1, &parts, zero_part);
+		if (!none)
+			return nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
+		free(none);
+	}
 	return NMP_OK;
 }
 

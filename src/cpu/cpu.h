@@ -39,6 +39,7 @@ typedef struct nmp_cpu_job {
 	uint64_t *key;                    /* unstructured: key per element (structured families read the weight) */
 	const struct nmp_cpu_ref *ref;    /* the radix pass under way, for the reference */
 	uint32_t ref_bin;                 /* fused path: the bin where the unstructured cut falls */
+	const void *part_ctx;             /* what a family's parallel parts read beyond the job */
 	const uint8_t *in;                /* where the weight is read: t->src, or t->data */
 } nmp_cpu_job;
 

@@ -9,81 +9,217 @@
 
 #include "cpu.h"
 
-/* The k-th smallest (0-based) of n keys, by 16-bit radix passes. */
-static uint64_t kth_smallest(const uint64_t *v, uint64_t n, uint64_t k, int bits)
+/* What the parallel parts of a P% pass read: the scores and the current radix digit or threshold. */
+typedef struct unstr_ctx {
+	const uint64_t *score;
+	uint64_t units;
+	int shift;                  /* histogram: the digit's shift */
+	uint64_t prefix, pmask;     /* histogram: keys matching the digits chosen so far */
+	uint64_t thr, tie_prune;    /* marking */
+	bool prune_any;
+	uint64_t *part_begin, *ties_after; /* marking: per part of the tie count, ties at higher indices */
+	int parts;
+	unsigned ur, uc;
+	uint64_t cb;
+} unstr_ctx;
+
+typedef struct digit_hist {
+	uint64_t count[65536];
+} digit_hist;
+
+static void hist_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
 {
-	uint64_t prefix = 0, mask = 0;
-	uint64_t *hist = malloc(65536 * sizeof *hist);
-	if (!hist)
-		return 0;
-	for (int shift = bits - 16; shift >= 0; shift -= 16) {
-		memset(hist, 0, 65536 * sizeof *hist);
-		for (uint64_t i = 0; i < n; i++)
-			if ((v[i] & mask) == prefix)
-				hist[(v[i] >> shift) & 0xffff]++;
-		uint64_t d = 0;
-		while (hist[d] <= k) {
-			k -= hist[d];
-			d++;
-		}
-		prefix |= d << shift;
-		mask |= (uint64_t)0xffff << shift;
-	}
-	free(hist);
-	return prefix;
+	const unstr_ctx *x = j->part_ctx;
+	digit_hist *h = accp;
+	for (uint64_t i = b; i < e; i++)
+		if ((x->score[i] & x->pmask) == x->prefix)
+			h->count[(x->score[i] >> x->shift) & 0xffff]++;
 }
 
-nmp_status nmp_cpu_unstructured(nmp_cpu_job *j, nmp_cpu_acc *acc)
+/*
+ * The k-th smallest (0-based) of the scores, by 16-bit radix passes whose
+ * histograms are counted in parallel; *below receives how many are smaller.
+ */
+static nmp_status kth_smallest(nmp_cpu_job *j, unstr_ctx *x, uint64_t k, int bits, uint64_t *thr, uint64_t *below)
+{
+	x->prefix = x->pmask = 0;
+	*below = 0;
+	for (int shift = bits - 16; shift >= 0; shift -= 16) {
+		int parts;
+		x->shift = shift;
+		digit_hist *h = nmp_cpu_parallel_for(j, x->units, 1u << 20, sizeof(digit_hist), &parts, hist_part);
+		if (!h)
+			return nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
+		for (int p = 1; p < parts; p++)
+			for (int d = 0; d < 65536; d++)
+				h[0].count[d] += h[p].count[d];
+		uint64_t d = 0;
+		while (h[0].count[d] <= k) {
+			k -= h[0].count[d];
+			*below += h[0].count[d];
+			d++;
+		}
+		free(h);
+		x->prefix |= d << shift;
+		x->pmask |= (uint64_t)0xffff << shift;
+	}
+	*thr = x->prefix;
+	return NMP_OK;
+}
+
+typedef struct tie_acc {
+	uint64_t ties;
+} tie_acc;
+
+static void ties_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
+{
+	const unstr_ctx *x = j->part_ctx;
+	uint64_t t = 0;
+	for (uint64_t u = b; u < e; u++)
+		t += x->score[u] == x->thr;
+	((tie_acc *)accp)->ties = t;
+}
+
+/*
+ * Marks units [b, e): kept above the threshold, pruned below; a tie is
+ * pruned while fewer than tie_prune ties lie at higher indices (the higher
+ * indices are zeroed first), counting the ties of later parts.
+ */
+static inline __attribute__((always_inline)) void mark_elements(nmp_cpu_job *j, const unstr_ctx *x, uint64_t b,
+								      uint64_t e, uint64_t later, nmp_cpu_acc *acc,
+								      nmp_key_kind kk)
+{
+	/* Per element the score is the key: no branch on the data but the rare tie. */
+	double kept_l1 = acc->l1_kept;
+	uint64_t kept = acc->kept;
+	for (uint64_t u = e; u-- > b;) {
+		const uint64_t sc = x->score[u];
+		bool keep = !x->prune_any || sc > x->thr;
+		if (x->prune_any && sc == x->thr)
+			keep = later++ >= x->tie_prune;
+		j->mask[u] = keep;
+		kept += keep;
+		kept_l1 += keep ? nmp_key_mag(kk, sc) : 0.0;
+	}
+	acc->l1_kept = kept_l1;
+	acc->kept = kept;
+}
+
+static void mark_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
+{
+	const unstr_ctx *x = j->part_ctx;
+	nmp_cpu_acc *acc = accp;
+	uint64_t later = 0;
+	for (int p = 0; p < x->parts; p++)
+		if (x->part_begin[p] == b)
+			later = x->ties_after[p];
+	const bool per_element = x->ur == 1 && x->uc == 1;
+	if (per_element) {
+		switch (j->kk) {
+		case NMP_KK_F32: mark_elements(j, x, b, e, later, acc, NMP_KK_F32); return;
+		case NMP_KK_F16: mark_elements(j, x, b, e, later, acc, NMP_KK_F16); return;
+		case NMP_KK_BF16: mark_elements(j, x, b, e, later, acc, NMP_KK_BF16); return;
+		default: mark_elements(j, x, b, e, later, acc, NMP_KK_F64); return;
+		}
+	}
+	for (uint64_t u = e; u-- > b;) {
+		bool keep;
+		if (!x->prune_any || x->score[u] > x->thr)
+			keep = true;
+		else if (x->score[u] < x->thr)
+			keep = false;
+		else
+			keep = later++ >= x->tie_prune;
+		const uint64_t r0 = (u / x->cb) * x->ur, c0 = (u % x->cb) * x->uc;
+		for (unsigned t = 0; t < x->ur; t++)
+			for (unsigned c = 0; c < x->uc; c++)
+				nmp_cpu_mark(j, nmp_cpu_at(j, r0 + t, c0 + c), keep, acc);
+	}
+}
+
+/* Vector and block scores: sums of magnitudes in double, rows then columns. */
+static void scores_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
+{
+	const unstr_ctx *x = j->part_ctx;
+	uint64_t *score = (uint64_t *)x->score;
+	(void)accp;
+	for (uint64_t u = b; u < e; u++) {
+		uint64_t r0 = (u / x->cb) * x->ur, c0 = (u % x->cb) * x->uc;
+		double s = 0;
+		for (unsigned t = 0; t < x->ur; t++)
+			for (unsigned c = 0; c < x->uc; c++)
+				s += nmp_key_mag(j->kk, j->key[nmp_cpu_at(j, r0 + t, c0 + c)]);
+		memcpy(&score[u], &s, 8); /* a non-negative double's bits order like it */
+	}
+}
+
+nmp_status nmp_cpu_unstructured(nmp_cpu_job *j, nmp_cpu_acc *total)
 {
 	const unsigned ur = nmp_pattern_unit_rows(j->p), uc = nmp_pattern_unit_cols(j->p);
 	const uint64_t rb = j->rows / ur, cb = j->L / uc, units = rb * cb;
-	uint64_t *score = j->key;
-	bool per_element = ur == 1 && uc == 1;
+	const bool per_element = ur == 1 && uc == 1;
+	unstr_ctx x = { .score = j->key, .units = units, .ur = ur, .uc = uc, .cb = cb };
+	nmp_status s = NMP_OK;
+	int parts;
+	void *none;
+	uint64_t *own = NULL;
+	tie_acc *ties = NULL;
+	nmp_cpu_acc *acc = NULL;
+	j->part_ctx = &x;
 	if (!per_element) {
-		score = malloc((units ? units : 1) * sizeof *score);
-		if (!score)
-			return nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
-		for (uint64_t u = 0; u < units; u++) {
-			uint64_t r0 = (u / cb) * ur, c0 = (u % cb) * uc;
-			double s = 0;
-			for (unsigned t = 0; t < ur; t++)
-				for (unsigned c = 0; c < uc; c++)
-					s += nmp_key_mag(j->kk, j->key[nmp_cpu_at(j, r0 + t, c0 + c)]);
-			memcpy(&score[u], &s, 8); /* a non-negative double's bits order like it */
+		if (!(own = malloc((units ? units : 1) * sizeof *own))) {
+			s = nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
+			goto out;
 		}
-	}
-	uint64_t n_prune = (uint64_t)floor(j->p->sparsity * (double)units + 0.5);
-	uint64_t thr = 0, below = 0;
-	if (n_prune > 0) {
-		thr = kth_smallest(score, units, n_prune - 1, per_element && j->kk != NMP_KK_F64 ? 32 : 64);
-		for (uint64_t u = 0; u < units; u++)
-			below += score[u] < thr;
-	}
-	/* Ties at the threshold: the higher unit indices are zeroed first. */
-	uint64_t tie_prune = n_prune - below;
-	for (uint64_t u = units; u-- > 0;) {
-		bool keep;
-		if (n_prune == 0 || score[u] > thr) {
-			keep = true;
-		} else if (score[u] < thr) {
-			keep = false;
-		} else if (tie_prune > 0) {
-			keep = false;
-			tie_prune--;
-		} else {
-			keep = true;
+		x.score = own;
+		if (!(none = nmp_cpu_parallel_for(j, units, 4096, 1, &parts, scores_part))) {
+			s = nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
+			goto out;
 		}
-		uint64_t r0 = per_element ? 0 : (u / cb) * ur, c0 = per_element ? 0 : (u % cb) * uc;
-		if (per_element)
-			nmp_cpu_mark(j, u, keep, acc);
-		else
-			for (unsigned t = 0; t < ur; t++)
-				for (unsigned c = 0; c < uc; c++)
-					nmp_cpu_mark(j, nmp_cpu_at(j, r0 + t, c0 + c), keep, acc);
+		free(none);
 	}
-	if (!per_element)
-		free(score);
-	return NMP_OK;
+	const uint64_t n_prune = (uint64_t)floor(j->p->sparsity * (double)units + 0.5);
+	uint64_t below = 0;
+	x.prune_any = n_prune > 0;
+	if (n_prune > 0 && (s = kth_smallest(j, &x, n_prune - 1, per_element && j->kk != NMP_KK_F64 ? 32 : 64,
+					     &x.thr, &below)) != NMP_OK)
+		goto out;
+	x.tie_prune = n_prune - below;
+	/* The same partition for counting ties and for marking: each part learns the ties after it. */
+	const uint64_t min_part = 1u << 16;
+	if (!(ties = nmp_cpu_parallel_for(j, units, min_part, sizeof *ties, &parts, ties_part))) {
+		s = nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
+		goto out;
+	}
+	x.parts = parts;
+	x.part_begin = malloc((size_t)parts * 2 * sizeof *x.part_begin);
+	if (!x.part_begin) {
+		s = nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
+		goto out;
+	}
+	x.ties_after = x.part_begin + parts;
+	uint64_t after = 0;
+	for (int p = parts; p-- > 0;) {
+		x.part_begin[p] = units * (uint64_t)p / (uint64_t)parts;
+		x.ties_after[p] = after;
+		after += ties[p].ties;
+	}
+	int mparts;
+	if (!(acc = nmp_cpu_parallel_for(j, units, min_part, sizeof *acc, &mparts, mark_part)) || mparts != parts) {
+		s = nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
+		goto out;
+	}
+	for (int p = parts; p-- > 0;) { /* higher indices first, as the marking runs */
+		total->kept += acc[p].kept;
+		total->l1_kept += acc[p].l1_kept;
+	}
+out:
+	j->part_ctx = NULL;
+	free(acc);
+	free(ties);
+	free(x.part_begin);
+	free(own);
+	return s;
 }
 
 typedef struct ref_acc {
