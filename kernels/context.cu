@@ -520,6 +520,7 @@ static nmp_status run_resident(cu_ctx *c, const nmp_mask_tensor *t, const nmp_pa
 			s = fetch_stats(c, &h, err);
 		if (s == NMP_OK) {
 			st->kept = h.kept;
+			st->l1_dense = h.l1_dense;
 			if (!p->structured) {
 				unsigned long long zero_units = 0;
 				TRY(cudaMemcpy(&zero_units, d_zero, sizeof zero_units, cudaMemcpyDeviceToHost));
