@@ -17,7 +17,7 @@ static __global__ void count_nonzero_kernel(nmp_cu_view v)
 	unsigned long long n = 0;
 	for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < v.numel; i += (uint64_t)gridDim.x * blockDim.x)
 		n += nmp_cu_nonzero(v, i);
-	nmp_cu_block_count(n, &v.st->kept);
+	nmp_cu_block_sum(n, &v.st->kept);
 }
 
 static __global__ void check_groups_kernel(nmp_cu_view v, bool tile)
@@ -50,7 +50,7 @@ static __global__ void check_groups_kernel(nmp_cu_view v, bool tile)
 		}
 		bad_n += bad;
 	}
-	nmp_cu_block_count(bad_n, &v.st->violations);
+	nmp_cu_block_sum(bad_n, &v.st->violations);
 }
 
 static __global__ void zero_units_kernel(nmp_cu_view v, unsigned long long *zero_units)
@@ -64,7 +64,7 @@ static __global__ void zero_units_kernel(nmp_cu_view v, unsigned long long *zero
 				any = nz_at(v, (u / cb) * v.ur + t, (u % cb) * v.uc + c);
 		z += !any;
 	}
-	nmp_cu_block_count(z, zero_units);
+	nmp_cu_block_sum(z, zero_units);
 }
 
 /* Structured: violations into st; unstructured: the count of zero units into *zero_units. */

@@ -455,35 +455,12 @@ static nmp_status run_resident(cu_ctx *c, const nmp_mask_tensor *t, const nmp_pa
 		TRY(cudaMalloc((void **)&d_qkey, n * 4));
 	if (!p->structured)
 		TRY(cudaMalloc((void **)&d_scores, n * 8));
-	/* Rows of the 2-D view, the output-channel axis fastest, as the CPU builds them. */
+	/* Rows of the 2-D view, as the CPU builds them. */
 	h_rows = (uint64_t *)malloc((v.rows ? v.rows : 1) * sizeof *h_rows);
 	if (!h_rows && s == NMP_OK)
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", t->name);
-	if (s == NMP_OK) {
-		int axes[64], na = 0;
-		uint64_t stride[64], coord[64] = { 0 }, acc = 1, off = 0;
-		for (int a = t->rank - 1; a >= 0; a--) {
-			stride[a] = acc;
-			acc *= (uint64_t)t->dims[a];
-		}
-		for (int a = 0; a < t->rank; a++)
-			if (a != t->axis && a != t->out_axis)
-				axes[na++] = a;
-		if (t->out_axis >= 0)
-			axes[na++] = t->out_axis;
-		for (uint64_t r = 0; r < v.rows; r++) {
-			h_rows[r] = off;
-			for (int k = na - 1; k >= 0; k--) {
-				int a = axes[k];
-				coord[k]++;
-				off += stride[a];
-				if (coord[k] < (uint64_t)t->dims[a])
-					break;
-				off -= coord[k] * stride[a];
-				coord[k] = 0;
-			}
-		}
-	}
+	if (s == NMP_OK)
+		nmp_row_offsets(t->rank, t->dims, t->axis, t->out_axis, v.rows, h_rows);
 	TRY(cudaMalloc((void **)&d_rows, (v.rows ? v.rows : 1) * 8));
 	if (s == NMP_OK)
 		s = upload(c, d_rows, h_rows, v.rows * 8, err);

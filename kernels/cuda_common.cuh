@@ -115,10 +115,11 @@ static __device__ __forceinline__ bool nmp_cu_nonzero(const nmp_cu_view &v, uint
 	return nmp_float_key(v.dtype, v.in, i) != 0;
 }
 
-/* Block-wide sum of a double, added once per block to *dst. */
-static __device__ __forceinline__ void nmp_cu_block_add(double x, double *dst)
+/* Block-wide sum (double or unsigned long long), added once per block to *dst. */
+template <typename T>
+static __device__ __forceinline__ void nmp_cu_block_sum(T x, T *dst)
 {
-	__shared__ double part[32];
+	__shared__ T part[32];
 	for (int o = 16; o > 0; o >>= 1)
 		x += __shfl_down_sync(0xffffffffu, x, o);
 	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -126,29 +127,10 @@ static __device__ __forceinline__ void nmp_cu_block_add(double x, double *dst)
 		part[warp] = x;
 	__syncthreads();
 	if (warp == 0) {
-		x = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0;
+		x = lane < (int)(blockDim.x >> 5) ? part[lane] : T(0);
 		for (int o = 16; o > 0; o >>= 1)
 			x += __shfl_down_sync(0xffffffffu, x, o);
-		if (lane == 0 && x != 0.0)
-			atomicAdd(dst, x);
-	}
-	__syncthreads();
-}
-
-static __device__ __forceinline__ void nmp_cu_block_count(unsigned long long x, unsigned long long *dst)
-{
-	__shared__ unsigned long long part[32];
-	for (int o = 16; o > 0; o >>= 1)
-		x += __shfl_down_sync(0xffffffffu, x, o);
-	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-	if (lane == 0)
-		part[warp] = x;
-	__syncthreads();
-	if (warp == 0) {
-		x = lane < (int)(blockDim.x >> 5) ? part[lane] : 0ull;
-		for (int o = 16; o > 0; o >>= 1)
-			x += __shfl_down_sync(0xffffffffu, x, o);
-		if (lane == 0 && x != 0ull)
+		if (lane == 0 && x != T(0))
 			atomicAdd(dst, x);
 	}
 	__syncthreads();

@@ -40,7 +40,7 @@ static __global__ void scan_kernel(nmp_cu_view v, unsigned long long *hist, int 
 			atomicAdd(&hist[(k >> hist_shift) & 0xffffu], 1ull);
 		l1 += nmp_key_mag(v.kk, k);
 	}
-	nmp_cu_block_add(l1, &v.st->l1_dense);
+	nmp_cu_block_sum(l1, &v.st->l1_dense);
 }
 
 cudaError_t nmp_cu_scan(const nmp_cu_view &v, unsigned long long *hist, int hist_shift, cudaStream_t s)
@@ -63,8 +63,8 @@ static __global__ void finish_kernel(nmp_cu_view v)
 		if (v.out)
 			nmp_cu_store(v, i, keep);
 	}
-	nmp_cu_block_add(kept, &v.st->l1_kept);
-	nmp_cu_block_count(n, &v.st->kept);
+	nmp_cu_block_sum(kept, &v.st->l1_kept);
+	nmp_cu_block_sum(n, &v.st->kept);
 }
 
 cudaError_t nmp_cu_finish(const nmp_cu_view &v, cudaStream_t s)

@@ -17,70 +17,33 @@
 /*
  * Work item w: (outer o, group g, inner position p) with p fastest; its
  * elements are at ((o * groups + g) * M + e) * inner + p = (w / inner * M + e) * inner + w % inner.
+ * MT is M when it is known at compile time (the loops unroll), 0 for any
+ * M <= 32 read from the view.
  */
-template <int M>
+template <int MT>
 static __global__ void nm_regs_kernel(nmp_cu_view v, uint32_t cut_bin, int cut_shift, unsigned long long *cut_hist)
 {
-	const uint64_t items = v.numel / M;
-	const int n = (int)v.n;
+	const int m = MT ? MT : (int)v.m, n = (int)v.n;
+	const uint64_t items = v.numel / (uint64_t)m;
 	double kept = 0, above = 0;
 	for (uint64_t w = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; w < items; w += (uint64_t)gridDim.x * blockDim.x) {
-		const uint64_t base = (w / v.inner * M) * v.inner + w % v.inner;
-		uint32_t k[M];
+		const uint64_t base = (w / v.inner * (uint64_t)m) * v.inner + w % v.inner;
+		uint32_t k[MT ? MT : 32];
+		int rank[MT ? MT : 32];
 #pragma unroll
-		for (int e = 0; e < M; e++)
+		for (int e = 0; e < m; e++) {
 			k[e] = (uint32_t)nmp_cu_key(v, base + (uint64_t)e * v.inner);
-		int rank[M];
-#pragma unroll
-		for (int e = 0; e < M; e++)
 			rank[e] = 0;
+		}
 #pragma unroll
-		for (int a = 0; a < M; a++)
+		for (int a = 0; a < m; a++)
 #pragma unroll
-			for (int b = a + 1; b < M; b++) {
+			for (int b = a + 1; b < m; b++) {
 				int ge = k[a] >= k[b]; /* a is earlier: it wins ties */
 				rank[b] += ge;
 				rank[a] += 1 - ge;
 			}
 #pragma unroll
-		for (int e = 0; e < M; e++) {
-			const uint64_t i = base + (uint64_t)e * v.inner;
-			const bool keep = rank[e] < n;
-			const double mg = nmp_key_mag(v.kk, k[e]);
-			kept += keep ? mg : 0.0;
-			const uint32_t bin = k[e] >> cut_shift;
-			above += bin > cut_bin ? mg : 0.0;
-			if (cut_hist && bin == cut_bin)
-				atomicAdd(&cut_hist[k[e] & ((1u << cut_shift) - 1u)], 1ull);
-			v.mask[i] = keep;
-			if (v.out)
-				nmp_cu_store(v, i, keep);
-		}
-	}
-	nmp_cu_block_add(kept, &v.st->l1_kept);
-	nmp_cu_block_add(above, &v.st->l1_above);
-}
-
-/* The same for any M <= 32 not instantiated above, with the group size at run time. */
-static __global__ void nm_regs_any_kernel(nmp_cu_view v, uint32_t cut_bin, int cut_shift, unsigned long long *cut_hist)
-{
-	const int m = (int)v.m, n = (int)v.n;
-	const uint64_t items = v.numel / (uint64_t)m;
-	double kept = 0, above = 0;
-	for (uint64_t w = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; w < items; w += (uint64_t)gridDim.x * blockDim.x) {
-		const uint64_t base = (w / v.inner * (uint64_t)m) * v.inner + w % v.inner;
-		uint32_t k[32];
-		int rank[32];
-		for (int e = 0; e < m; e++) {
-			k[e] = (uint32_t)nmp_cu_key(v, base + (uint64_t)e * v.inner);
-			rank[e] = 0;
-		}
-		for (int a = 0; a < m; a++)
-			for (int b = a + 1; b < m; b++) {
-				int ge = k[a] >= k[b];
-				rank[b] += ge;
-				rank[a] += 1 - ge;
-			}
 		for (int e = 0; e < m; e++) {
 			const uint64_t i = base + (uint64_t)e * v.inner;
 			const bool keep = rank[e] < n;
@@ -95,8 +58,8 @@ static __global__ void nm_regs_any_kernel(nmp_cu_view v, uint32_t cut_bin, int c
 				nmp_cu_store(v, i, keep);
 		}
 	}
-	nmp_cu_block_add(kept, &v.st->l1_kept);
-	nmp_cu_block_add(above, &v.st->l1_above);
+	nmp_cu_block_sum(kept, &v.st->l1_kept);
+	nmp_cu_block_sum(above, &v.st->l1_above);
 }
 
 /*
@@ -115,7 +78,7 @@ cudaError_t nmp_cu_nm_fast(const nmp_cu_view &v, uint32_t cut_bin, int cut_shift
 	case 8: nm_regs_kernel<8><<<blocks, NMP_CU_THREADS, 0, s>>>(v, cut_bin, cut_shift, cut_hist); break;
 	case 16: nm_regs_kernel<16><<<blocks, NMP_CU_THREADS, 0, s>>>(v, cut_bin, cut_shift, cut_hist); break;
 	case 32: nm_regs_kernel<32><<<blocks, NMP_CU_THREADS, 0, s>>>(v, cut_bin, cut_shift, cut_hist); break;
-	default: nm_regs_any_kernel<<<blocks, NMP_CU_THREADS, 0, s>>>(v, cut_bin, cut_shift, cut_hist); break;
+	default: nm_regs_kernel<0><<<blocks, NMP_CU_THREADS, 0, s>>>(v, cut_bin, cut_shift, cut_hist); break;
 	}
 	return cudaGetLastError();
 }

@@ -53,7 +53,7 @@ static __global__ void sum_above_kernel(nmp_cu_view v, uint64_t cut)
 		const uint64_t k = v.key[i];
 		s += k > cut ? nmp_key_mag(v.kk, k) : 0.0;
 	}
-	nmp_cu_block_add(s, &v.st->l1_above);
+	nmp_cu_block_sum(s, &v.st->l1_above);
 }
 
 cudaError_t nmp_cu_sum_above(const nmp_cu_view &v, uint64_t cut, cudaStream_t s)

@@ -143,6 +143,40 @@ NMP_RULE bool nmp_outranks(uint64_t ka, uint64_t ia, uint64_t kb, uint64_t ib)
 	return ka > kb || (ka == kb && ia < ib);
 }
 
+/*
+ * The 2-D view's rows: every axis but the group axis, the output-channel
+ * axis (out_axis, -1 none) fastest; off[r] receives the flat offset of row
+ * r's first element.  (Host code: backends compute it once per tensor.)
+ */
+NMP_RULE void nmp_row_offsets(int rank, const int64_t *dims, int axis, int out_axis, uint64_t rows, uint64_t *off)
+{
+	int axes[64], n = 0;
+	uint64_t stride[64], coord[64], st = 1, at = 0;
+	for (int a = rank - 1; a >= 0; a--) {
+		stride[a] = st;
+		st *= (uint64_t)dims[a];
+	}
+	for (int a = 0; a < rank; a++)
+		if (a != axis && a != out_axis)
+			axes[n++] = a;
+	if (out_axis >= 0)
+		axes[n++] = out_axis;
+	for (int k = 0; k < n; k++)
+		coord[k] = 0;
+	for (uint64_t r = 0; r < rows; r++) {
+		off[r] = at;
+		for (int k = n - 1; k >= 0; k--) { /* an odometer, the fastest axis last */
+			int a = axes[k];
+			coord[k]++;
+			at += stride[a];
+			if (coord[k] < (uint64_t)dims[a])
+				break;
+			at -= coord[k] * stride[a];
+			coord[k] = 0;
+		}
+	}
+}
+
 /* ---- quantized weights ----------------------------------------------------------------------- */
 
 /*

@@ -8,39 +8,14 @@
 #include "cpu.h"
 #include "dtype.h"
 
-/* Rows enumerate every non-group axis, the output-channel axis fastest. */
+/* Rows enumerate every non-group axis, the output-channel axis fastest (mask_rules.h). */
 nmp_status nmp_cpu_build_rows(nmp_cpu_job *j)
 {
 	const nmp_mask_tensor *t = j->t;
-	int axes[64], n = 0;
-	uint64_t stride[64];
-	uint64_t st = 1;
-	for (int a = t->rank - 1; a >= 0; a--) {
-		stride[a] = st;
-		st *= (uint64_t)t->dims[a];
-	}
-	for (int a = 0; a < t->rank; a++)
-		if (a != t->axis && a != t->out_axis)
-			axes[n++] = a;
-	if (t->out_axis >= 0)
-		axes[n++] = t->out_axis;
 	j->row_off = malloc((j->rows ? j->rows : 1) * sizeof *j->row_off);
 	if (!j->row_off)
 		return nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", t->name);
-	uint64_t coord[64] = { 0 };
-	uint64_t off = 0;
-	for (uint64_t r = 0; r < j->rows; r++) {
-		j->row_off[r] = off;
-		for (int k = n - 1; k >= 0; k--) { /* odometer, fastest axis last */
-			int a = axes[k];
-			coord[k]++;
-			off += stride[a];
-			if (coord[k] < (uint64_t)t->dims[a])
-				break;
-			off -= coord[k] * stride[a];
-			coord[k] = 0;
-		}
-	}
+	nmp_row_offsets(t->rank, t->dims, t->axis, t->out_axis, j->rows, j->row_off);
 	return NMP_OK;
 }
 
