@@ -16,6 +16,13 @@ typedef struct entry {
 	int out_index;
 	bool is_const;
 	bool graph_input;
+	/*
+	 * For the output of an Identity or Cast: the first name past the run of
+	 * them it starts, and that name's scope, once a trace has crossed it
+	 * (NULL before).  A chain read at every link is then walked once.
+	 */
+	const char *skip_name;
+	const struct scope *skip_scope;
 } entry;
 
 typedef struct scope {
@@ -90,6 +97,8 @@ typedef struct walk {
 	nmp_graph *g;
 	nmp_error *err;
 	size_t step_limit;
+	entry **crossed;             /* Identity and Cast outputs crossed by the trace under way */
+	size_t n_crossed, cap_crossed;
 } walk;
 
 static nmp_status dup_name(walk *w, const Onnx__GraphProto *gr, const char *name)
@@ -194,14 +203,46 @@ static nmp_status push_link(walk *w, trace *t, const Onnx__NodeProto *n, const s
 	return NMP_OK;
 }
 
+/* The Identity and Cast outputs crossed so far lead to `name` in `sc`: remember it for the next trace. */
+static void settle_crossed(walk *w, const char *name, const scope *sc)
+{
+	for (size_t i = 0; i < w->n_crossed; i++) {
+		w->crossed[i]->skip_name = name;
+		w->crossed[i]->skip_scope = sc;
+	}
+	w->n_crossed = 0;
+}
+
 static nmp_status trace_back(walk *w, const scope *sc, const char *name, trace *t)
 {
+	w->n_crossed = 0;
 	for (size_t steps = 0;; steps++) {
 		if (steps > w->step_limit)
 			return nmp_error_set(w->err, NMP_ERR_MODEL, "%s: graph '%s': cycle through '%s'",
 					     w->m->path, graph_name(sc->graph), name);
 		const scope *where;
-		const entry *e = lookup(sc, name, &where);
+		entry *e = (entry *)lookup(sc, name, &where); /* the scope's own slots, found read-only */
+		if (e && e->skip_name) {
+			name = e->skip_name;
+			sc = e->skip_scope;
+			continue;
+		}
+		bool transparent = e && e->kind != K_INIT && e->kind != K_INPUT && e->node && e->out_index == 0 &&
+				   is_default_domain(e->node) && e->node->n_input >= 1 &&
+				   (strcmp(op_of(e->node), "Cast") == 0 || strcmp(op_of(e->node), "Identity") == 0);
+		if (transparent) {
+			if (w->n_crossed == w->cap_crossed) {
+				size_t cap = w->cap_crossed ? 2 * w->cap_crossed : 64;
+				entry **c = realloc(w->crossed, cap * sizeof *c);
+				if (!c)
+					return nmp_error_set(w->err, NMP_ERR_NOMEM, "%s: out of memory", w->m->path);
+				w->crossed = c;
+				w->cap_crossed = cap;
+			}
+			w->crossed[w->n_crossed++] = e;
+		} else {
+			settle_crossed(w, name, sc);
+		}
 		if (!e || e->kind == K_INPUT)
 			return NMP_OK; /* an activation: not a weight */
 		if (e->kind == K_INIT) {
@@ -568,6 +609,7 @@ nmp_status nmp_graph_walk(const nmp_model *m, nmp_graph **out, nmp_error *err)
 	/* No chain of look-through nodes is longer than the model has nodes. */
 	walk w = { .m = m, .g = g, .err = err, .step_limit = count_nodes(m->proto->graph) + 1 };
 	nmp_status s = walk_graph(&w, m->proto->graph, NULL);
+	free(w.crossed);
 	if (s != NMP_OK) {
 		nmp_graph_free(&g);
 		return s;

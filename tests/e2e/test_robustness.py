@@ -454,3 +454,23 @@ def test_regex_guard_bounds_the_compiled_size(bert, regex):
 @pytest.mark.parametrize("regex", ["(a{255}){255}", "attn\\.(q|k|v)", "(a|b|c)*d+e?(f{2,5}){3}", "w[+*]{1,2}|layer[0-9]+"])
 def test_regex_guard_accepts_ordinary_patterns(bert, regex):
     assert nmprune("inspect", bert, "--include", regex).code == 0
+
+
+def test_identity_chain_read_at_every_link_is_linear(tmp_path):
+    """30 000 Identity links, each read by a MatMul: every trace crosses the chain once, not once per reader."""
+    n = 30000
+    nodes, outs, prev = [], [], "W"
+    for i in range(n):
+        nodes += [helper.make_node("Identity", [prev], [f"i{i}"]), helper.make_node("MatMul", ["x", f"i{i}"], [f"y{i}"])]
+        outs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, 64]))
+        prev = f"i{i}"
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])], outs,
+                          [numpy_helper.from_array(w, "W")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    t0 = time.monotonic()
+    r = nmprune("inspect", tmp_path / "m.onnx", "--json")
+    assert r.code == 0, r
+    listed = json.loads(r.out)
+    assert len(listed) == 1 and len(listed[0]["consumers"]) == n and listed[0]["eligible"]
+    assert time.monotonic() - t0 < 10
