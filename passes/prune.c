@@ -254,6 +254,8 @@ static nmp_status on_metadata(void *ctx, const nmp_kv **kv, size_t *n, nmp_error
 				      w->choice->cand->axis, "sparsity", sparsity);
 		if (e)
 			json_object_set_new(e, "kept", nmp_report_ratio_json(nmp_report_ratio(st->l1_kept, st->l1_dense)));
+		if (e && w->choice->cand->graph_input) /* a caller may feed its own value: say it was pruned anyway */
+			json_object_set_new(e, "graph_input", json_true());
 		char dn[NMP_DISPLAY_MAX];
 		json_object_set_new(all, nmp_display_name(w->choice->cand->name, dn, sizeof dn), e);
 	}

@@ -533,9 +533,9 @@ static nmp_status add_use(walk *w, const scope *sc, const Onnx__NodeProto *n, in
 	}
 	u->axis = axis;
 	u->out_axis = out;
-	/* Depthwise: one input channel per group, seen from the consumer. */
+	/* Depthwise: several groups of one input channel each (a group=1 Conv with one input channel is not). */
 	if (strcmp(u->op, "Conv") == 0)
-		u->depthwise = tensor->proto->dims[axis] == 1;
+		u->depthwise = tensor->proto->dims[axis] == 1 && nmp_node_attr_int(u->node, "group", 1) > 1;
 	if (c->n_uses == 1) {
 		c->axis = axis;
 		c->out_axis = out;

@@ -279,8 +279,9 @@ json_t *nmp_report_pass_json(const nmp_plan *p, const nmp_pass_result *r, const 
 		char shape[96];
 		nmp_report_shape(c->tensor, shape, sizeof shape);
 		char dn[NMP_DISPLAY_MAX];
-		json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:b}", "name", nmp_display_name(c->name, dn, sizeof dn), "op", first_op(c), "shape", shape,
-				      "pattern", ch->pattern.text, "eligible", ch->eligible);
+		json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:b,s:b}", "name", nmp_display_name(c->name, dn, sizeof dn), "op",
+				      first_op(c), "shape", shape, "pattern", ch->pattern.text, "eligible", ch->eligible,
+				      "graph_input", c->graph_input);
 		json_object_set_new(o, "axis", c->axis >= 0 ? json_integer(c->axis) : json_null());
 		if (!ch->eligible) {
 			json_object_set_new(o, "reason", json_string(ch->reason));
@@ -369,11 +370,17 @@ void nmp_report_prune_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r,
 			fprintf(f, "  %11s", "-");
 		if (w->choice->pattern.unit == NMP_UNIT_TILE && w->choice->pattern.greedy && st->deficits)
 			fprintf(f, "  (greedy: %llu rows/columns below N)", (unsigned long long)st->deficits);
+		if (c->graph_input)
+			fputs("  (also a graph input: a caller may override it)", f);
 		fputc('\n', f);
 	}
-	fprintf(f, "%s %zu weights, skipped %zu; %llu of %llu parameters zeroed (%.2f%%); %.3f s\n",
+	/* params_total counts the candidate weights' elements, not every tensor of the model: say so. */
+	fprintf(f, "%s %zu weights, skipped %zu; %llu of %llu parameters in candidate weights zeroed",
 		dry_run ? "dry run: would prune" : "pruned", r->n_done, skipped, (unsigned long long)r->params_zeroed,
-		(unsigned long long)r->params_total, pct((double)r->params_zeroed, (double)r->params_total), r->seconds);
+		(unsigned long long)r->params_total);
+	if (r->params_total)
+		fprintf(f, " (%.2f%%)", pct((double)r->params_zeroed, (double)r->params_total));
+	fprintf(f, "; %.3f s\n", r->seconds);
 	if (cs)
 		permutation_text(f, cs);
 }

@@ -119,9 +119,10 @@ void nmp_report_html(FILE *f, const nmp_plan *p, const nmp_pass_result *r, bool 
 	fprintf(f, " &middot; pattern %s &middot; nmprune %s%s</p>\n", p->sel->default_pattern, NMP_VERSION,
 		dry_run ? " &middot; dry run" : "");
 	fprintf(f, "<div class=\"cards\"><div class=\"card\"><b>%zu</b>weights %s</div><div class=\"card\"><b>%zu</b>"
-		"skipped</div><div class=\"card\"><b>%.2f%%</b>of %llu parameters zeroed</div><div class=\"card\">"
-		"<b>%.3f s</b>elapsed</div></div>\n", r->n_done, dry_run ? "to prune" : "pruned", skipped,
-		pct((double)r->params_zeroed, (double)r->params_total), (unsigned long long)r->params_total, r->seconds);
+		"skipped</div><div class=\"card\"><b>%.2f%%</b>of %llu parameters in candidate weights zeroed</div>"
+		"<div class=\"card\"><b>%.3f s</b>elapsed</div></div>\n", r->n_done, dry_run ? "to prune" : "pruned",
+		skipped, r->params_total ? pct((double)r->params_zeroed, (double)r->params_total) : 0.0,
+		(unsigned long long)r->params_total, r->seconds);
 	fputs("<p class=\"legend\"><span style=\"background:#3b6fd8\"></span>sparsity"
 	      "<span style=\"background:#f29a38\"></span>kept magnitude (% of dense L1)"
 	      "<span style=\"background:#c5cad6\"></span>skipped</p>\n", f);

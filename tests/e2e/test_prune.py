@@ -152,7 +152,7 @@ def test_metadata_dry_run_report_and_quiet(tmp_path):
     lines = r.err.splitlines()
     assert lines[0].split() == ["WEIGHT", "OP", "SHAPE", "PATTERN", "SPARSITY", "KEPT", "L1", "VS", "UNSTRUCTURED"]
     assert lines[1].split()[:5] == ["W", "Conv", "[32,64,3,3]", "2:4", "50.00%"]
-    assert lines[-1].startswith("pruned 1 weights, skipped 0; 9216 of 18432 parameters zeroed (50.00%)")
+    assert lines[-1].startswith("pruned 1 weights, skipped 0; 9216 of 18432 parameters in candidate weights zeroed (50.00%)")
     meta = {p.key: p.value for p in onnx.load(out).metadata_props}
     assert meta["nmprune.version"] == "0.1.0" and meta["nmprune.pattern"] == "2:4"
     w = json.loads(meta["nmprune.weights"])["W"]

@@ -474,3 +474,35 @@ def test_identity_chain_read_at_every_link_is_linear(tmp_path):
     listed = json.loads(r.out)
     assert len(listed) == 1 and len(listed[0]["consumers"]) == n and listed[0]["eligible"]
     assert time.monotonic() - t0 < 10
+
+
+# ---- issue 14, item 4: reports that tell the truth ------------------------------------------------
+
+def test_reports_tell_the_truth(tmp_path):
+    rng = np.random.default_rng(9)
+    # A group=1 Conv on one input channel is not depthwise; a pruned weight that is also a graph input is flagged.
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 1, 3, 3)).astype(np.float32), "C"),
+             numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "G")]
+    g = helper.make_graph([helper.make_node("Conv", ["x", "C"], ["c"], name="conv"),
+                           helper.make_node("MatMul", ["v", "G"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8]),
+                           helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, 64]),
+                           helper.make_tensor_value_info("G", TensorProto.FLOAT, [64, 64])],
+                          [helper.make_tensor_value_info("c", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    r = nmprune("prune", tmp_path / "m.onnx", "-o", tmp_path / "o.onnx", "--report", tmp_path / "r.json")
+    assert r.code == 0, r
+    rep = {w["name"]: w for w in json.loads((tmp_path / "r.json").read_text())["weights"]}
+    assert rep["C"]["reason"] != "depthwise convolution" and "not a multiple" in rep["C"]["reason"]
+    assert rep["G"]["graph_input"] is True and rep["C"]["graph_input"] is False
+    assert "also a graph input" in r.err
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "o.onnx").metadata_props}
+    assert json.loads(meta["nmprune.weights"])["G"]["graph_input"] is True
+    # No candidate weight at all: no percentage of nothing.
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "relu.onnx")
+    r = nmprune("prune", tmp_path / "relu.onnx", "--dry-run")
+    assert "0 of 0 parameters in candidate weights zeroed;" in r.err and "100.00%" not in r.err, r
