@@ -378,8 +378,6 @@ nmp_status nmp_prune(const nmp_plan *plan, const nmp_prune_opts *o, nmp_pass_res
 		if (s == NMP_OK)
 			s = before_commit(&c, err);
 		if (s == NMP_OK)
-			s = nmp_pending_sync(c.pending, err);
-		if (s == NMP_OK)
 			s = nmp_pending_commit(c.pending, err);
 	} else {
 		nmp_save_opts so = {

@@ -6,10 +6,10 @@
 #include <libgen.h>
 #include <limits.h>
 #include <stdbool.h>
-#include <stdlib.h>
-#include <sys/stat.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cleanup.h"
@@ -248,8 +248,6 @@ static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 		s = nmp_check(&plan, engine, &r, err);
 		if (s == NMP_OK)
 			s = side_outputs(&sc, &r, err);
-		if (s == NMP_OK)
-			s = nmp_pending_sync(pending, err);
 		if (s == NMP_OK)
 			s = nmp_pending_commit(pending, err);
 		*violations = r.failing > 0;

@@ -107,7 +107,7 @@ nmp_status nmp_pending_open(nmp_pending *p, const char *path, const char *what, 
 	return NMP_OK;
 }
 
-nmp_status nmp_pending_sync(nmp_pending *p, nmp_error *err)
+static nmp_status sync_all(nmp_pending *p, nmp_error *err)
 {
 	for (size_t i = 0; i < p->n; i++) {
 		pending_file *pf = &p->v[i];
@@ -127,6 +127,7 @@ nmp_status nmp_pending_sync(nmp_pending *p, nmp_error *err)
 
 nmp_status nmp_pending_commit(nmp_pending *p, nmp_error *err)
 {
+	NMP_TRY(sync_all(p, err));
 	for (size_t i = 0; i < p->n; i++) {
 		pending_file *pf = &p->v[i];
 		if (!pf->tmp)

@@ -27,10 +27,11 @@ nmp_status nmp_pending_create(nmp_pending **out, nmp_error *err);
 /* Opens `path` for writing through the set; `what` names it in messages ("report"). */
 nmp_status nmp_pending_open(nmp_pending *p, const char *path, const char *what, FILE **f, nmp_error *err);
 
-/* Flushes and syncs every file; the first failure names its file. */
-nmp_status nmp_pending_sync(nmp_pending *p, nmp_error *err);
-
-/* Renames every temporary into place, in the order opened. */
+/*
+ * Flushes and syncs every file (the first failure names its file and
+ * renames nothing), then renames every temporary into place, in the order
+ * opened.
+ */
 nmp_status nmp_pending_commit(nmp_pending *p, nmp_error *err);
 
 /* After a commit whose model then failed to land: removes what was renamed. */

@@ -554,7 +554,6 @@ static nmp_status commit(out_file *onnx, out_file *data, const nmp_save_opts *o,
 	if (o->before_commit)
 		NMP_TRY(o->before_commit(o->ctx, err));
 	if (o->pending) {
-		NMP_TRY(nmp_pending_sync(o->pending, err));
 		NMP_TRY(nmp_pending_commit(o->pending, err));
 	}
 	if (data && data->fd >= 0) {
