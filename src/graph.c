@@ -203,6 +203,21 @@ static nmp_status push_link(walk *w, trace *t, const Onnx__NodeProto *n, const s
 	return NMP_OK;
 }
 
+/* How a trace passes a node's output: not at all, unseen (Cast, Identity), or recorded (Transpose, DequantizeLinear). */
+enum { PASS_NONE, PASS_UNSEEN, PASS_RECORDED };
+
+static int passes_through(const entry *e)
+{
+	if (!e || e->kind != K_NODE || !is_default_domain(e->node) || e->out_index != 0 || e->node->n_input < 1)
+		return PASS_NONE;
+	const char *op = op_of(e->node);
+	if (strcmp(op, "Cast") == 0 || strcmp(op, "Identity") == 0)
+		return PASS_UNSEEN;
+	if (strcmp(op, "Transpose") == 0 || strcmp(op, "DequantizeLinear") == 0)
+		return PASS_RECORDED;
+	return PASS_NONE;
+}
+
 /* The Identity and Cast outputs crossed so far lead to `name` in `sc`: remember it for the next trace. */
 static void settle_crossed(walk *w, const char *name, const scope *sc)
 {
@@ -227,10 +242,8 @@ static nmp_status trace_back(walk *w, const scope *sc, const char *name, trace *
 			sc = e->skip_scope;
 			continue;
 		}
-		bool transparent = e && e->kind != K_INIT && e->kind != K_INPUT && e->node && e->out_index == 0 &&
-				   is_default_domain(e->node) && e->node->n_input >= 1 &&
-				   (strcmp(op_of(e->node), "Cast") == 0 || strcmp(op_of(e->node), "Identity") == 0);
-		if (transparent) {
+		const int pass = passes_through(e);
+		if (pass == PASS_UNSEEN) {
 			if (w->n_crossed == w->cap_crossed) {
 				size_t cap = w->cap_crossed ? 2 * w->cap_crossed : 64;
 				entry **c = realloc(w->crossed, cap * sizeof *c);
@@ -266,10 +279,7 @@ static nmp_status trace_back(walk *w, const scope *sc, const char *name, trace *
 			}
 			return NMP_OK;
 		}
-		bool through = is_default_domain(n) && e->out_index == 0 && n->n_input >= 1 &&
-			       (strcmp(op, "Transpose") == 0 || strcmp(op, "DequantizeLinear") == 0 ||
-				strcmp(op, "Cast") == 0 || strcmp(op, "Identity") == 0);
-		if (!through) {
+		if (pass == PASS_NONE) {
 			if (e->is_const) {
 				t->is_weight = true;
 				t->name = name;
@@ -277,7 +287,7 @@ static nmp_status trace_back(walk *w, const scope *sc, const char *name, trace *
 			}
 			return NMP_OK;
 		}
-		if (strcmp(op, "Transpose") == 0 || strcmp(op, "DequantizeLinear") == 0)
+		if (pass == PASS_RECORDED)
 			NMP_TRY(push_link(w, t, n, where));
 		name = n->input[0];
 		sc = where;
