@@ -3,10 +3,14 @@
  */
 #include "cleanup.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define SLOTS 32
@@ -28,6 +32,33 @@ int nmp_cleanup_add(const char *path)
 		return i;
 	}
 	return -1;
+}
+
+int nmp_temp_create(const char *path, mode_t mode, char *tmp, size_t cap, int *slot)
+{
+	const char *slash = strrchr(path, '/');
+	int dir = slash ? (int)(slash - path + 1) : 0;
+	if (snprintf(tmp, cap, "%.*s.%.200s.nmprune-XXXXXX", dir, path, path + dir) >= (int)cap) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	int fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	if (!mode) {
+		mode_t um = umask(0);
+		umask(um);
+		mode = 0666 & ~um;
+	}
+	if (fchmod(fd, mode) != 0) {
+		int e = errno;
+		close(fd);
+		unlink(tmp);
+		errno = e;
+		return -1;
+	}
+	*slot = nmp_cleanup_add(tmp);
+	return fd;
 }
 
 void nmp_cleanup_forget(int slot)

@@ -13,6 +13,19 @@
 #ifndef NMP_CLEANUP_H
 #define NMP_CLEANUP_H
 
+#include <stddef.h>
+#include <sys/types.h>
+
+/*
+ * Creates the hidden temporary every output is first written to, beside its
+ * target: "DIR/.NAME.nmprune-XXXXXX", NAME cut to 200 bytes so that targets
+ * of up to 255 still fit.  It is opened for reading and writing, close on
+ * exec, with `mode` (0: 0666 less the umask), and registered for removal
+ * on signals (*slot, for nmp_cleanup_forget).  Returns the descriptor and
+ * its name in tmp, or -1 with errno set (ENAMETOOLONG when tmp is short).
+ */
+int nmp_temp_create(const char *path, mode_t mode, char *tmp, size_t cap, int *slot);
+
 /* Registers a temporary; returns a slot (>= 0) for nmp_cleanup_forget, or -1 when the table is full. */
 int nmp_cleanup_add(const char *path);
 void nmp_cleanup_forget(int slot);

@@ -34,20 +34,6 @@ nmp_status nmp_pending_create(nmp_pending **out, nmp_error *err)
 	return *out ? NMP_OK : nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 }
 
-/* "dir/.name.nmprune-XXXXXX" beside path, the name cut to 200 bytes so that long targets still fit. */
-static char *temp_name(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-	size_t dir = slash ? (size_t)(slash - path + 1) : 0;
-	const char *base = path + dir;
-	size_t blen = strlen(base);
-	if (blen > 200)
-		blen = 200;
-	char *t = malloc(dir + blen + 32);
-	if (t)
-		sprintf(t, "%.*s.%.*s.nmprune-XXXXXX", (int)dir, path, (int)blen, base);
-	return t;
-}
 
 nmp_status nmp_pending_open(nmp_pending *p, const char *path, const char *what, FILE **out, nmp_error *err)
 {
@@ -75,17 +61,12 @@ nmp_status nmp_pending_open(nmp_pending *p, const char *path, const char *what, 
 		}
 		fd = open(path, O_WRONLY | O_CLOEXEC);
 	} else {
-		if (!(pf->tmp = temp_name(path))) {
+		size_t cap = strlen(path) + 32;
+		if (!(pf->tmp = malloc(cap))) {
 			free(pf->path);
 			return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 		}
-		fd = mkstemp(pf->tmp);
-		pf->cleanup = fd >= 0 ? nmp_cleanup_add(pf->tmp) : -1;
-		if (fd >= 0) {
-			mode_t um = umask(0);
-			umask(um);
-			(void)fchmod(fd, 0666 & ~um);
-		}
+		fd = nmp_temp_create(path, 0, pf->tmp, cap, &pf->cleanup);
 	}
 	if (fd < 0 || !(pf->f = fdopen(fd, "w"))) {
 		int e = errno;

@@ -27,7 +27,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cleanup.h"
@@ -52,42 +51,17 @@ typedef struct out_file {
 
 static nmp_status out_open(out_file *f, const char *path, mode_t mode, nmp_error *err)
 {
-	char dirbuf[PATH_MAX], basebuf[PATH_MAX];
-	f->fd = -1;
 	f->size = 0;
 	f->kicked = 0;
 	f->cleanup = -1;
 	f->tmp[0] = '\0';
 	if (snprintf(f->path, sizeof f->path, "%s", path) >= (int)sizeof f->path)
 		return nmp_error_set(err, NMP_ERR_IO, "%s: path too long", path);
-	snprintf(dirbuf, sizeof dirbuf, "%s", path);
-	snprintf(basebuf, sizeof basebuf, "%s", path);
-	const char *dir = dirname(dirbuf), *base = basename(basebuf);
-	for (int attempt = 0; attempt < 100; attempt++) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		unsigned r = (unsigned)ts.tv_nsec ^ (unsigned)getpid() * 2654435761u ^ (unsigned)attempt * 40503u;
-		/* The name is cut to 200 bytes: a target of up to 255 still gets a temporary beside it. */
-		if (snprintf(f->tmp, sizeof f->tmp, "%s/.%.200s.nmprune-%06x", dir, base, r & 0xffffff) >=
-		    (int)sizeof f->tmp)
-			return nmp_error_set(err, NMP_ERR_IO, "%s: path too long", path);
-		f->fd = open(f->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-		if (f->fd >= 0) {
-			f->cleanup = nmp_cleanup_add(f->tmp);
-			break;
-		}
-		if (errno != EEXIST) {
-			int e = errno;
-			f->tmp[0] = '\0';
-			return nmp_error_errno(err, e, "cannot create output", path);
-		}
-	}
+	f->fd = nmp_temp_create(path, mode, f->tmp, sizeof f->tmp, &f->cleanup);
 	if (f->fd < 0) {
 		f->tmp[0] = '\0';
-		return nmp_error_set(err, NMP_ERR_IO, "%s: cannot create a temporary file", path);
+		return nmp_error_errno(err, errno, "cannot create output", path);
 	}
-	if (mode && fchmod(f->fd, mode) != 0)
-		return nmp_error_errno(err, errno, "cannot set mode of", f->tmp);
 	return NMP_OK;
 }
 
