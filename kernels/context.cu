@@ -186,15 +186,7 @@ static nmp_status describe(const nmp_mask_tensor *t, const nmp_pattern *p, nmp_m
 		const nmp_quant_params *q = t->quant;
 		if (!q)
 			return nmp_error_set(err, NMP_ERR_MODEL, "tensor '%s': quantized weight without parameters", t->name);
-		uint64_t want = 1;
-		v->qg.n_scale = 1;
-		if (q->n_scale != 1) {
-			uint64_t len = (uint64_t)t->dims[q->axis], stride = 1;
-			for (int a = q->axis + 1; a < t->rank; a++)
-				stride *= (uint64_t)t->dims[a];
-			want = q->block > 0 ? v->numel / len * ((len + (uint64_t)q->block - 1) / (uint64_t)q->block) : len;
-			v->qg = nmp_quant_geom{ q->n_scale, stride, len, q->block > 0 ? (uint64_t)q->block : 0 };
-		}
+		uint64_t want = nmp_quant_geometry(t->rank, t->dims, q->axis, q->block, q->n_scale, &v->qg);
 		if (q->n_scale != want)
 			return nmp_error_set(err, NMP_ERR_MODEL,
 					     "tensor '%s': DequantizeLinear scale has %llu values, expected %llu", t->name,

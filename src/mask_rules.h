@@ -188,6 +188,30 @@ typedef struct nmp_quant_geom {
 	uint64_t n_scale, stride, len, block;
 } nmp_quant_geom;
 
+/*
+ * The geometry of n_scale scales along `axis` (in blocks of `block` when
+ * block > 0) of a tensor of shape dims.  Returns how many scales that
+ * layout needs; the caller refuses a tensor whose n_scale differs.
+ */
+NMP_RULE uint64_t nmp_quant_geometry(int rank, const int64_t *dims, int axis, int64_t block, uint64_t n_scale,
+				     nmp_quant_geom *g)
+{
+	g->n_scale = 1;
+	g->stride = g->len = g->block = 0;
+	if (n_scale == 1)
+		return 1;
+	uint64_t numel = 1, stride = 1, len = (uint64_t)dims[axis];
+	for (int a = 0; a < rank; a++)
+		numel *= (uint64_t)dims[a];
+	for (int a = axis + 1; a < rank; a++)
+		stride *= (uint64_t)dims[a];
+	g->n_scale = n_scale;
+	g->stride = stride;
+	g->len = len;
+	g->block = block > 0 ? (uint64_t)block : 0;
+	return block > 0 ? numel / len * ((len + (uint64_t)block - 1) / (uint64_t)block) : len;
+}
+
 NMP_RULE uint64_t nmp_quant_index(const nmp_quant_geom *g, uint64_t i)
 {
 	if (g->n_scale == 1)

@@ -33,14 +33,7 @@ nmp_status nmp_cpu_quant_keys(nmp_cpu_job *j)
 	const nmp_quant_params *q = t->quant;
 	if (!q)
 		return nmp_error_set(j->err, NMP_ERR_MODEL, "tensor '%s': quantized weight without parameters", t->name);
-	uint64_t want = 1;
-	j->qg = (nmp_quant_geom){ .n_scale = 1 };
-	if (q->n_scale != 1) {
-		uint64_t len = (uint64_t)t->dims[q->axis];
-		want = q->block > 0 ? j->numel / len * ((len + (uint64_t)q->block - 1) / (uint64_t)q->block) : len;
-		j->qg = (nmp_quant_geom){ .n_scale = q->n_scale, .stride = nmp_cpu_prod(t->dims, q->axis + 1, t->rank),
-					  .len = len, .block = q->block > 0 ? (uint64_t)q->block : 0 };
-	}
+	uint64_t want = nmp_quant_geometry(t->rank, t->dims, q->axis, q->block, q->n_scale, &j->qg);
 	if (q->n_scale != want)
 		return nmp_error_set(j->err, NMP_ERR_MODEL, "tensor '%s': DequantizeLinear scale has %llu values, expected %llu",
 				     t->name, (unsigned long long)q->n_scale, (unsigned long long)want);
