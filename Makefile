@@ -13,7 +13,7 @@ CSTD     := -std=c11 -D_GNU_SOURCE
 OPT      ?= -O2 -g
 CPPFLAGS += -Iinclude -Isrc -Ipasses -Ikernels -I$(BUILD)/gen
 CFLAGS   += $(OPT) $(CSTD) -pthread -fno-strict-aliasing
-LDLIBS   += -lprotobuf-c -ljansson -lpthread -lm
+LDLIBS   += -lprotobuf-c -ljansson -lpthread -lm -ldl
 
 # CUDA: auto builds kernels/ when nvcc is on the PATH; 0 never; 1 always.
 ifeq ($(CUDA),auto)

@@ -24,7 +24,7 @@
  *  - Every function returns an nmp_status; nmp_status_string names it, and
  *    nmp_last_error gives the one-line message of a session's last failure
  *    (file, tensor, node and reason).  Exit codes of the command follow the
- *    statuses: USAGE 2, MODEL 3, IO and NOMEM 4, DEVICE 5.
+ *    statuses: USAGE 2, MODEL 3, IO and NOMEM 4, DEVICE 5, RUNTIME 6.
  *  - Ownership: the caller owns what it creates (the session, through
  *    nmp_close, which takes nmp_session ** and sets it to NULL;
  *    nmp_close(NULL-holding) is a no-op).  Strings returned by the library
@@ -54,6 +54,7 @@ typedef enum nmp_status {
 	NMP_ERR_IO,        /* open, read, write, fsync, rename failed */
 	NMP_ERR_NOMEM,     /* allocation failed */
 	NMP_ERR_DEVICE,    /* CUDA unavailable or failed */
+	NMP_ERR_RUNTIME,   /* ONNX Runtime unavailable, or the model failed to run in it */
 } nmp_status;
 
 /* A short, stable name for a status ("bad model", "I/O error", ...). */

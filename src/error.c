@@ -12,6 +12,7 @@ const char *nmp_status_string(nmp_status s)
 	case NMP_ERR_IO: return "I/O error";
 	case NMP_ERR_NOMEM: return "out of memory";
 	case NMP_ERR_DEVICE: return "device error";
+	case NMP_ERR_RUNTIME: return "ONNX Runtime error";
 	}
 	return "unknown status";
 }

@@ -29,6 +29,7 @@ typedef enum nmp_exit {
 	EXIT_MODEL = 3,
 	EXIT_IO = 4,
 	EXIT_DEVICE = 5,
+	EXIT_RUNTIME = 6,
 } nmp_exit;
 
 static nmp_exit exit_code(nmp_status s)
@@ -39,6 +40,7 @@ static nmp_exit exit_code(nmp_status s)
 	case NMP_ERR_MODEL: return EXIT_MODEL;
 	case NMP_ERR_IO: case NMP_ERR_NOMEM: return EXIT_IO;
 	case NMP_ERR_DEVICE: return EXIT_DEVICE;
+	case NMP_ERR_RUNTIME: return EXIT_RUNTIME;
 	}
 	return EXIT_IO;
 }
