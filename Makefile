@@ -53,7 +53,7 @@ $(CONFIG_STAMP):
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 FAULT_SO := $(BUILD)/tests/fault_inject.so
 
-.PHONY: all help deps test test-unit test-e2e test-cuda bench-cuda gpu-bundle bench bench-large asan test-asan valgrind install clean fuzz fuzz-corpus fuzz-run report-screenshot
+.PHONY: all help deps test test-unit test-e2e test-cuda bench-cuda gpu-bundle bench bench-quality bench-large asan test-asan valgrind install clean fuzz fuzz-corpus fuzz-run report-screenshot
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/nmprune $(BUILD)/libnmprune.a ## build the tool and the library
@@ -103,7 +103,7 @@ $(BUILD)/tests/cuda_backend: tests/cuda/test_cuda_backend.c $(BUILD)/libnmprune.
 $(BUILD)/bench/cuda_bench: bench/cuda_bench.cu $(BUILD)/libnmprune.a
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -Iinclude -Isrc -Ikernels -I$(BUILD)/gen -o $@ $< $(BUILD)/libnmprune.a \
-		-lprotobuf-c -ljansson -lpthread -lm
+		-lprotobuf-c -ljansson -lpthread -lm -ldl
 
 $(BUILD)/bench/engine_bench: bench/engine_bench.c $(BUILD)/libnmprune.a
 	@mkdir -p $(dir $@)
@@ -146,6 +146,9 @@ bench: all $(BUILD)/bench/engine_bench $(BUILD)/bench/perm_bench ## benchmarks: 
 
 bench-large: all ## prune a generated 12 GB fp16 model with external data (not in bench or CI)
 	NMPRUNE=$(BUILD)/nmprune $(PYTHON) bench/bench.py large
+
+bench-quality: all ## calibrated pruning on real models (wheels from make deps): fidelity, time, memory
+	NMPRUNE=$(BUILD)/nmprune $(PYTHON) bench/bench_quality.py
 
 report-screenshot: all ## render an HTML report with headless Chromium into build/report.png
 	$(PYTHON) models/make_models.py all $(BUILD)/models >/dev/null

@@ -38,7 +38,8 @@ typedef struct prune_ctx {
 	size_t total;
 	uint64_t bytes_done, bytes_total;
 	char *weights_json;
-	nmp_kv kv[3];
+	char *calib_json;
+	nmp_kv kv[4];
 	masks_file *masks;
 	nmp_pending *pending;       /* the caller's, or our own */
 	double t0;
@@ -209,7 +210,13 @@ static nmp_status run_one(prune_ctx *c, size_t ci, void *data, const void *src, 
 			.dims = t->proto->dims, .axis = cand->axis, .out_axis = cand->out_axis,
 			.quant = cand->quant.present ? &qp : NULL,
 		};
-		s = nmp_engine_run(c->engine, &mt, &ch->pattern, c->mode, mask, &w->stats, err);
+		if (c->o && c->o->calib) {
+			s = nmp_calib_prune(c->o->calib, ci, c->engine, &mt, &ch->pattern, c->mode, mask, &w->stats, &w->cal,
+					    err);
+			w->calibrated = true;
+		} else {
+			s = nmp_engine_run(c->engine, &mt, &ch->pattern, c->mode, mask, &w->stats, err);
+		}
 	}
 	if (s == NMP_OK && mask)
 		s = masks_put(c, ci, mask, t->numel, err);
@@ -256,6 +263,11 @@ static nmp_status on_metadata(void *ctx, const nmp_kv **kv, size_t *n, nmp_error
 			json_object_set_new(e, "kept", nmp_report_ratio_json(nmp_report_ratio(st->l1_kept, st->l1_dense)));
 		if (e && w->choice->cand->graph_input) /* a caller may feed its own value: say it was pruned anyway */
 			json_object_set_new(e, "graph_input", json_true());
+		if (e && w->calibrated) {
+			json_object_set_new(e, "method", json_string(nmp_method_name(w->cal.method)));
+			if (w->cal.reconstructed) /* the kept values differ from the input's */
+				json_object_set_new(e, "reconstructed", json_true());
+		}
 		char dn[NMP_DISPLAY_MAX];
 		json_object_set_new(all, nmp_display_name(w->choice->cand->name, dn, sizeof dn), e);
 	}
@@ -268,6 +280,18 @@ static nmp_status on_metadata(void *ctx, const nmp_kv **kv, size_t *n, nmp_error
 	c->kv[2] = (nmp_kv){ NMP_META_WEIGHTS, c->weights_json };
 	*kv = c->kv;
 	*n = 3;
+	if (c->o && c->o->calib) {
+		const nmp_calib *cal = c->o->calib;
+		json_t *j = json_pack("{s:s,s:I,s:I,s:s}", "method", nmp_method_name(nmp_calib_method(cal)), "samples",
+				      (json_int_t)nmp_calib_samples(cal), "tokens", (json_int_t)nmp_calib_tokens(cal),
+				      "runtime", nmp_calib_runtime(cal));
+		c->calib_json = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+		json_decref(j);
+		if (!c->calib_json)
+			return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+		c->kv[3] = (nmp_kv){ NMP_META_CALIBRATION, c->calib_json };
+		*n = 4;
+	}
 	return NMP_OK;
 }
 
@@ -338,6 +362,7 @@ nmp_status nmp_prune(const nmp_plan *plan, const nmp_prune_opts *o, nmp_pass_res
 			.mode = o->dry_run ? NMP_MASK_DRY : NMP_MASK_APPLY, .pending = o->pending };
 	nmp_pending *own = NULL;
 	r->channels = o->channels;
+	r->calib = o->calib;
 	r->permute_only = o->channels && o->permute_only;
 	const nmp_model *m = plan->model;
 	const nmp_channels *chan = o->channels;
@@ -396,6 +421,7 @@ out:
 	free(visit);
 	free(c.choice_of);
 	free(c.weights_json);
+	free(c.calib_json);
 	r->seconds = now() - c.t0;
 	return s;
 }

@@ -17,6 +17,7 @@
 #ifndef NMP_PRUNE_H
 #define NMP_PRUNE_H
 
+#include "calib.h"
 #include "channels.h"
 #include "mask.h"
 #include "model.h"
@@ -38,6 +39,7 @@ typedef struct nmp_prune_opts {
 	const char *masks_path;      /* write every mask here as safetensors (BOOL), or NULL */
 	const nmp_channels *channels; /* permute channels before masking, or NULL */
 	bool permute_only;           /* with channels: write the permuted model unmasked */
+	nmp_calib *calib;            /* masks by a calibrated method (calib.h), or NULL: magnitude */
 	nmp_progress_fn progress;
 	void *progress_ctx;
 
@@ -58,6 +60,8 @@ typedef struct nmp_weight_result {
 	const nmp_choice *choice;
 	bool done;                   /* pruned (or checked) */
 	nmp_mask_stats stats;
+	bool calibrated;             /* cal holds what calibration says */
+	nmp_calib_weight_result cal;
 } nmp_weight_result;
 
 typedef struct nmp_pass_result {
@@ -72,6 +76,7 @@ typedef struct nmp_pass_result {
 	double seconds;
 	const nmp_channels *channels; /* the permutation applied, or NULL (borrowed) */
 	bool permute_only;           /* permuted, not masked */
+	const nmp_calib *calib;      /* the calibration used, or NULL (borrowed) */
 } nmp_pass_result;
 
 nmp_status nmp_prune(const nmp_plan *plan, const nmp_prune_opts *o, nmp_pass_result *r, nmp_error *err);
@@ -89,5 +94,6 @@ nmp_status nmp_quant_view(const nmp_model *m, const nmp_candidate *c, nmp_quant_
 #define NMP_META_VERSION "nmprune.version"
 #define NMP_META_PATTERN "nmprune.pattern"
 #define NMP_META_WEIGHTS "nmprune.weights"
+#define NMP_META_CALIBRATION "nmprune.calibration"
 
 #endif

@@ -13,12 +13,15 @@ static const char usage_main[] =
 	"  prune   IN.onnx -o OUT.onnx [options]   write the pruned model\n"
 	"  check   IN.onnx [--pattern P] [options] does the model comply? exit 0 yes, 1 no\n"
 	"  inspect IN.onnx [options]               list candidate weights, axis, eligibility\n"
+	"  compare DENSE.onnx PRUNED.onnx --calibration DATA\n"
+	"                                          how far the pruned model's outputs moved\n"
 	"\n"
 	"  nmprune <command> --help   options of one command\n"
 	"  nmprune --version\n"
 	"\n"
 	"exit codes: 0 ok, 1 check found violations, 2 usage error, 3 bad or unsupported\n"
-	"model, 4 I/O error, 5 device error under --device cuda\n";
+	"model, 4 I/O error, 5 device error under --device cuda, 6 ONNX Runtime missing\n"
+	"or failed (calibrated methods, compare)\n";
 
 #define SHARED_OPTIONS                                                                         \
 	"  --pattern P          N:M, N:M@vV, N:M@bRxC, N:M@t, P%%, P%%@vV, P%%@bRxC (default 2:4)\n" \
@@ -45,7 +48,13 @@ static const char usage_prune[] =
 	"  --in-place           replace IN.onnx atomically instead of -o\n"
 	"  --dry-run            compute and report, write nothing\n"
 	"  --external-data FILE move tensors of 1 KiB and more into FILE beside the output\n"
-	"  --method M           exact | greedy, for transposable patterns (default exact)\n"
+	"  --method M[,M]       how masks are chosen: magnitude (default) | wanda | sparsegpt,\n"
+	"                       and exact (default) | greedy for transposable patterns\n"
+	"  --calibration DATA   samples for wanda and sparsegpt: a directory of\n"
+	"                       test_data_set_*/input_*.pb, or a .safetensors file\n"
+	"  --calibration-samples N  use the first N samples (default: all)\n"
+	"  --damp F             sparsegpt damping, fraction of the mean diagonal (default 0.01)\n"
+	"  --ort-library PATH   libonnxruntime.so to run the model (default: search)\n"
 	"  --permute            permute channels first, so that N:M keeps more magnitude\n"
 	"                       (the model computes the same function before masking)\n"
 	"  --permute-only       permute channels as --permute does, but do not mask\n"
@@ -58,6 +67,19 @@ static const char usage_check[] =
 	"Check that every eligible weight complies with the pattern: exit 0 if all do,\n"
 	"1 if any does not.\n"
 	"\n" SHARED_OPTIONS;
+
+static const char usage_compare[] =
+	"usage: nmprune compare DENSE.onnx PRUNED.onnx --calibration DATA [options]\n"
+	"\n"
+	"Run both models on the samples and report, per output, the mean cosine\n"
+	"similarity, the relative L2 error and the top-1 agreement (last axis).\n"
+	"\n"
+	"  --calibration DATA   a directory of test_data_set_*/input_*.pb, or a .safetensors file\n"
+	"  --calibration-samples N  use the first N samples (default: all)\n"
+	"  --ort-library PATH   libonnxruntime.so (default: search)\n"
+	"  --threads N          ONNX Runtime threads (default: all cores)\n"
+	"  --json               machine-readable stdout\n"
+	"  -h, --help           this help\n";
 
 static const char usage_inspect[] =
 	"usage: nmprune inspect IN.onnx [options]\n"
@@ -72,6 +94,7 @@ const char *nmp_cli_usage(nmp_command cmd)
 	case NMP_CMD_PRUNE: return usage_prune;
 	case NMP_CMD_CHECK: return usage_check;
 	case NMP_CMD_INSPECT: return usage_inspect;
+	case NMP_CMD_COMPARE: return usage_compare;
 	default: return usage_main;
 	}
 }
@@ -80,7 +103,8 @@ enum {
 	OPT_PATTERN = 256, OPT_ALIGN, OPT_OPS, OPT_INCLUDE, OPT_EXCLUDE, OPT_DENSE_FIRST,
 	OPT_RULES, OPT_DEVICE, OPT_THREADS, OPT_REPORT, OPT_JSON, OPT_DRY_RUN, OPT_IN_PLACE,
 	OPT_EXTERNAL_DATA, OPT_METHOD, OPT_PERMUTE, OPT_REPORT_HTML, OPT_SAVE_MASKS,
-	OPT_GENERAL_PATH, OPT_PERMUTE_ONLY,
+	OPT_GENERAL_PATH, OPT_PERMUTE_ONLY, OPT_CALIBRATION, OPT_CALIB_SAMPLES, OPT_DAMP, OPT_ORT_LIBRARY,
+	OPT_CALIB_STATS,
 };
 
 static const struct option long_options[] = {
@@ -108,6 +132,11 @@ static const struct option long_options[] = {
 	{ "report-html", required_argument, NULL, OPT_REPORT_HTML },
 	{ "save-masks", required_argument, NULL, OPT_SAVE_MASKS },
 	{ "general-path", no_argument, NULL, OPT_GENERAL_PATH },
+	{ "calibration", required_argument, NULL, OPT_CALIBRATION },
+	{ "calibration-samples", required_argument, NULL, OPT_CALIB_SAMPLES },
+	{ "damp", required_argument, NULL, OPT_DAMP },
+	{ "ort-library", required_argument, NULL, OPT_ORT_LIBRARY },
+	{ "calibration-stats", required_argument, NULL, OPT_CALIB_STATS },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -137,6 +166,8 @@ static const char *prune_only_name(int opt)
 	case OPT_REPORT_HTML: return "--report-html";
 	case OPT_SAVE_MASKS: return "--save-masks";
 	case OPT_GENERAL_PATH: return "--general-path";
+	case OPT_DAMP: return "--damp";
+	case OPT_CALIB_STATS: return "--calibration-stats";
 	default: return NULL;
 	}
 }
@@ -145,7 +176,8 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 {
 	static const char *const aligns[] = { "asp", "cusparselt", "none", NULL };
 	static const char *const devices[] = { "auto", "cpu", "cuda", NULL };
-	static const char *const methods[] = { "exact", "greedy", NULL };
+	static const char *const tile_methods[] = { "exact", "greedy", NULL };
+	static const char *const calib_methods[] = { "magnitude", "wanda", "sparsegpt", NULL };
 
 	memset(cli, 0, sizeof *cli);
 	cli->pattern = "2:4";
@@ -153,6 +185,7 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 	cli->ops = "Conv,Gemm,MatMul";
 	cli->device = "auto";
 	cli->method = "exact";
+	cli->calib_method = "magnitude";
 
 	if (argc < 2)
 		return usage(err, "%s", "no command given (prune, check or inspect)");
@@ -171,8 +204,10 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 		cli->cmd = NMP_CMD_CHECK;
 	else if (strcmp(c, "inspect") == 0)
 		cli->cmd = NMP_CMD_INSPECT;
+	else if (strcmp(c, "compare") == 0)
+		cli->cmd = NMP_CMD_COMPARE;
 	else
-		return usage(err, "unknown command '%s' (prune, check or inspect)", c);
+		return usage(err, "unknown command '%s' (prune, check, inspect or compare)", c);
 
 	optind = 1;
 	opterr = 0;
@@ -183,6 +218,9 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 		const char *name = prune_only_name(opt);
 		if (name && cli->cmd != NMP_CMD_PRUNE)
 			return usage(err, "%s is an option of prune only", name);
+		bool calib_opt = opt == OPT_CALIBRATION || opt == OPT_CALIB_SAMPLES || opt == OPT_ORT_LIBRARY;
+		if (calib_opt && cli->cmd != NMP_CMD_PRUNE && cli->cmd != NMP_CMD_COMPARE)
+			return usage(err, "%s is an option of prune and compare", av[optind - 1]);
 		char *end;
 		switch (opt) {
 		case 'o': cli->output = optarg; break;
@@ -236,11 +274,39 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 				return usage(err, "%s", "--external-data needs a file name");
 			cli->external_data = optarg;
 			break;
-		case OPT_METHOD:
-			if (!one_of(optarg, methods))
-				return usage(err, "--method '%s': expected exact or greedy", optarg);
-			cli->method = optarg;
+		case OPT_METHOD: {
+			/* one value of each kind, comma-separated: "sparsegpt", "wanda,greedy" */
+			char one[32];
+			for (const char *p = optarg; *p;) {
+				size_t len = strcspn(p, ",");
+				snprintf(one, sizeof one, "%.*s", (int)(len < sizeof one ? len : sizeof one - 1), p);
+				if (one_of(one, tile_methods))
+					cli->method = strcmp(one, "greedy") == 0 ? "greedy" : "exact";
+				else if (one_of(one, calib_methods))
+					cli->calib_method = strcmp(one, "wanda") == 0 ? "wanda" :
+							    strcmp(one, "sparsegpt") == 0 ? "sparsegpt" : "magnitude";
+				else
+					return usage(err, "--method '%s': expected magnitude, wanda or sparsegpt, "
+							  "and exact or greedy", optarg);
+				p += len + (p[len] == ',');
+			}
 			break;
+		}
+		case OPT_CALIBRATION: cli->calibration = optarg; break;
+		case OPT_CALIB_SAMPLES: {
+			long long n = strtoll(optarg, &end, 10);
+			if (end == optarg || *end || n < 1)
+				return usage(err, "--calibration-samples '%s': expected a positive number", optarg);
+			cli->calib_samples = (size_t)n;
+			break;
+		}
+		case OPT_DAMP:
+			cli->damp = strtod(optarg, &end);
+			if (end == optarg || *end || !(cli->damp > 0 && cli->damp <= 1e6))
+				return usage(err, "--damp '%s': expected a positive number", optarg);
+			break;
+		case OPT_ORT_LIBRARY: cli->ort_library = optarg; break;
+		case OPT_CALIB_STATS: cli->calib_stats = optarg; break;
 		case OPT_PERMUTE: cli->permute = true; break;
 		case OPT_PERMUTE_ONLY: cli->permute = cli->permute_only = true; break;
 		case OPT_REPORT_HTML: cli->report_html = optarg; break;
@@ -253,12 +319,23 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 		}
 	}
 	for (int i = optind; i < ac; i++) {
+		if (cli->cmd == NMP_CMD_COMPARE && cli->input && !cli->input2) {
+			cli->input2 = av[i];
+			continue;
+		}
 		if (cli->input)
-			return usage(err, "unexpected argument '%s' (one input model)", av[i]);
+			return nmp_error_set(err, NMP_ERR_USAGE, "unexpected argument '%s' (%s)", av[i],
+					     cli->cmd == NMP_CMD_COMPARE ? "two models" : "one input model");
 		cli->input = av[i];
 	}
 	if (!cli->input)
 		return usage(err, "%s", "no input model given");
+	if (cli->cmd == NMP_CMD_COMPARE) {
+		if (!cli->input2)
+			return usage(err, "%s", "compare needs DENSE.onnx and PRUNED.onnx");
+		if (!cli->calibration)
+			return usage(err, "%s", "compare needs --calibration DATA");
+	}
 	if (cli->cmd == NMP_CMD_PRUNE) {
 		if (cli->in_place && cli->output)
 			return usage(err, "%s", "--in-place and -o are exclusive");
@@ -268,6 +345,17 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 			return usage(err, "%s", "prune needs -o OUT.onnx, --in-place or --dry-run");
 		if (cli->permute_only && cli->save_masks)
 			return usage(err, "%s", "--permute-only writes no masks: drop --save-masks");
+		bool calibrated = strcmp(cli->calib_method, "magnitude") != 0;
+		if (calibrated && !cli->calibration)
+			return usage(err, "--method %s needs --calibration DATA", cli->calib_method);
+		if (!calibrated && (cli->calibration || cli->damp > 0))
+			return usage(err, "%s", cli->calibration ? "--calibration is for --method wanda or sparsegpt" :
+								   "--damp is for --method sparsegpt");
+		if (cli->damp > 0 && strcmp(cli->calib_method, "sparsegpt") != 0)
+			return usage(err, "%s", "--damp is for --method sparsegpt");
+		if (calibrated && cli->permute)
+			return usage(err, "--method %s and --permute cannot be combined: the statistics are in the "
+					  "original channel order", cli->calib_method);
 	}
 	return NMP_OK;
 }

@@ -17,6 +17,7 @@ typedef enum nmp_command {
 	NMP_CMD_PRUNE,
 	NMP_CMD_CHECK,
 	NMP_CMD_INSPECT,
+	NMP_CMD_COMPARE,
 	NMP_CMD_HELP,
 	NMP_CMD_VERSION,
 } nmp_command;
@@ -27,6 +28,7 @@ typedef struct nmp_cli {
 	nmp_command cmd;
 	nmp_command help_for;      /* with NMP_CMD_HELP: which command, or NONE */
 	const char *input;
+	const char *input2;        /* compare: the pruned model */
 	const char *output;
 	const char *pattern;       /* default "2:4" */
 	const char *align;         /* asp | cusparselt | none */
@@ -47,6 +49,13 @@ typedef struct nmp_cli {
 	bool in_place;
 	const char *external_data;
 	const char *method;        /* exact | greedy */
+	const char *calib_method;  /* magnitude | wanda | sparsegpt */
+	double damp;               /* sparsegpt damping, 0: default */
+	/* prune and compare */
+	const char *calibration;   /* DATA */
+	size_t calib_samples;      /* 0: all */
+	const char *ort_library;
+	const char *calib_stats;   /* hidden: statistics as safetensors (tests) */
 	bool permute;
 	bool permute_only;         /* permute, do not mask */
 	const char *report_html;

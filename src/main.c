@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <libgen.h>
+#include <math.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -14,6 +15,7 @@
 
 #include "cleanup.h"
 #include "cli.h"
+#include "compare.h"
 #include "error.h"
 #include "model.h"
 #include "pending.h"
@@ -220,9 +222,63 @@ static void print_note(void *user, const char *line)
 	fprintf(stderr, "nmprune: %s\n", line);
 }
 
+static nmp_method calib_method(const nmp_cli *cli)
+{
+	return strcmp(cli->calib_method, "wanda") == 0 ? NMP_METHOD_WANDA :
+	       strcmp(cli->calib_method, "sparsegpt") == 0 ? NMP_METHOD_SPARSEGPT : NMP_METHOD_MAGNITUDE;
+}
+
+static int print_ratio(FILE *f, double v)
+{
+	return isnan(v) ? fprintf(f, "  %9s", "-") : fprintf(f, "  %9.6f", v);
+}
+
+static nmp_status run_compare(const nmp_cli *cli, nmp_error *err)
+{
+	nmp_compare_opts o = { .dense = cli->input, .pruned = cli->input2, .data = cli->calibration,
+			       .max_samples = cli->calib_samples, .ort_library = cli->ort_library,
+			       .threads = cli->threads };
+	nmp_compare_result r;
+	NMP_TRY(nmp_compare(&o, &r, err));
+	if (cli->json) {
+		json_t *outs = json_array();
+		for (size_t i = 0; i < r.n; i++) {
+			const nmp_output_fidelity *f = &r.outputs[i];
+			json_t *e = json_pack("{s:s}", "name", f->name);
+			json_object_set_new(e, "cosine", nmp_report_ratio_json(f->cosine));
+			json_object_set_new(e, "cosine_min", nmp_report_ratio_json(f->cosine_min));
+			json_object_set_new(e, "rel_l2", nmp_report_ratio_json(f->rel_l2));
+			json_object_set_new(e, "top1", nmp_report_ratio_json(f->top1));
+			json_object_set_new(e, "agreement", nmp_report_ratio_json(f->agreement));
+			json_array_append_new(outs, e);
+		}
+		json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:s,s:I,s:f,s:s,s:o}", "tool", "nmprune", "version", NMP_VERSION,
+				      "command", "compare", "dense", cli->input, "pruned", cli->input2, "samples",
+				      (json_int_t)r.samples, "elapsed_s", r.seconds, "runtime", r.runtime, "outputs", outs);
+		nmp_report_print(stdout, j);
+		json_decref(j);
+	} else if (cli->verbosity >= 0) {
+		printf("%-32s  %9s  %9s  %9s  %9s\n", "OUTPUT", "COSINE", "MIN", "REL L2", "TOP-1");
+		for (size_t i = 0; i < r.n; i++) {
+			const nmp_output_fidelity *f = &r.outputs[i];
+			char dn[NMP_DISPLAY_MAX];
+			printf("%-32s", nmp_display_name(f->name, dn, sizeof dn));
+			print_ratio(stdout, f->cosine);
+			print_ratio(stdout, f->cosine_min);
+			print_ratio(stdout, f->rel_l2);
+			print_ratio(stdout, f->floating ? f->top1 : f->agreement);
+			putchar('\n');
+		}
+		printf("%zu samples, %.3f s, %s\n", r.samples, r.seconds, r.runtime);
+	}
+	nmp_compare_free(&r);
+	return NMP_OK;
+}
+
 static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 {
 	nmp_plan plan = { 0 };
+	nmp_calib *calib = NULL;
 	nmp_engine *engine = NULL;
 	nmp_pass_result r = { 0 };
 	nmp_channels *channels = NULL;
@@ -234,6 +290,13 @@ static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 		s = check_collisions(cli, plan.model, err);
 	if (s == NMP_OK && cli->permute)
 		s = nmp_channels_plan(&plan, NMP_PERMUTE_SEED, &channels, err);
+	if (s == NMP_OK && cli->cmd == NMP_CMD_PRUNE && calib_method(cli) != NMP_METHOD_MAGNITUDE) {
+		nmp_calib_opts co = { .method = calib_method(cli), .data = cli->calibration,
+				      .max_samples = cli->calib_samples, .damp = cli->damp,
+				      .ort_library = cli->ort_library, .threads = cli->threads,
+				      .stats_path = cli->calib_stats };
+		s = nmp_calibrate(&plan, &co, &calib, err);
+	}
 	if (s == NMP_OK)
 		s = nmp_engine_create(nmp_device_parse(cli->device), cli->threads, &engine, note, sizeof note, err);
 	if (s != NMP_OK)
@@ -262,6 +325,7 @@ static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 			.output = output, .dry_run = cli->dry_run, .in_place = cli->in_place,
 			.external_data = cli->external_data, .general_path = cli->general_path, .engine = engine,
 			.masks_path = cli->save_masks, .channels = channels, .permute_only = cli->permute_only,
+			.calib = calib,
 			.progress = cli->verbosity >= 0 ? on_progress : NULL, .progress_ctx = &pr,
 			.pending = pending, .before_commit = side_outputs, .commit_ctx = &sc,
 		};
@@ -276,6 +340,7 @@ out:
 	nmp_pending_free(&pending);
 	nmp_pass_result_free(&r);
 	nmp_channels_free(&channels);
+	nmp_calib_free(&calib);
 	nmp_engine_free(&engine);
 	nmp_plan_free(&plan);
 	return s;
@@ -292,7 +357,8 @@ int main(int argc, char **argv)
 	if (s != NMP_OK) {
 		char shown[NMP_DISPLAY_MAX];
 		fprintf(stderr, "nmprune: error: %s\n", nmp_display_name(err.message, shown, sizeof shown));
-		fprintf(stderr, "usage: nmprune prune|check|inspect IN.onnx [options]; nmprune --help\n");
+		fprintf(stderr, "usage: nmprune prune|check|inspect IN.onnx [options]; nmprune compare DENSE PRUNED "
+				"--calibration DATA; nmprune --help\n");
 		code = EXIT_USAGE;
 		goto out;
 	}
@@ -310,6 +376,9 @@ int main(int argc, char **argv)
 		break;
 	case NMP_CMD_INSPECT:
 		s = run_inspect(&cli, &err);
+		break;
+	case NMP_CMD_COMPARE:
+		s = run_compare(&cli, &err);
 		break;
 	case NMP_CMD_NONE:
 		break;

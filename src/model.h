@@ -153,4 +153,12 @@ typedef struct nmp_save_result {
 nmp_status nmp_model_save(nmp_model *m, const char *out_path, const nmp_save_opts *o,
 			  nmp_save_result *res, nmp_error *err);
 
+/*
+ * The model as one protobuf in memory (*buf, malloc'd, *len bytes) with
+ * every payload inline and n_extra extra graph outputs named as given: what
+ * ONNX Runtime loads to run the model.  NMP_ERR_MODEL past 2 GiB.
+ */
+nmp_status nmp_model_serialize(nmp_model *m, const char *const *extra_outputs, size_t n_extra, uint8_t **buf,
+			       size_t *len, nmp_error *err);
+
 #endif

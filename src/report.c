@@ -268,6 +268,24 @@ static void permutation_text(FILE *f, const nmp_channels *cs)
 	}
 }
 
+/* What calibration says of one weight: its method, and the score or error beside magnitude's. */
+static json_t *calib_weight_json(const nmp_calib_weight_result *c)
+{
+	json_t *o = json_pack("{s:s}", "method", nmp_method_name(c->method));
+	if (c->note[0])
+		json_object_set_new(o, "note", json_string(c->note));
+	if (c->method == NMP_METHOD_WANDA) {
+		json_object_set_new(o, "score_kept", nmp_report_ratio_json(c->score_kept));
+		json_object_set_new(o, "score_kept_by_magnitude_mask", nmp_report_ratio_json(c->score_kept_magnitude));
+	} else if (c->method == NMP_METHOD_SPARSEGPT) {
+		json_object_set_new(o, "output_error", nmp_report_ratio_json(c->error));
+		json_object_set_new(o, "output_error_magnitude", nmp_report_ratio_json(c->error_magnitude));
+		json_object_set_new(o, "damp", nmp_report_ratio_json(c->damp));
+		json_object_set_new(o, "reconstructed", json_boolean(c->reconstructed));
+	}
+	return o;
+}
+
 json_t *nmp_report_pass_json(const nmp_plan *p, const nmp_pass_result *r, const char *command,
 			     const char *engine, const char *output, bool dry_run)
 {
@@ -301,6 +319,8 @@ json_t *nmp_report_pass_json(const nmp_plan *p, const nmp_pass_result *r, const 
 						    nmp_report_ratio_json(nmp_report_ratio(st->l1_kept, st->l1_unstructured)));
 				if (ch->pattern.unit == NMP_UNIT_TILE && ch->pattern.greedy)
 					json_object_set_new(o, "deficits", json_integer((json_int_t)st->deficits));
+				if (w->calibrated)
+					json_object_set_new(o, "calibration", calib_weight_json(&w->cal));
 			}
 		}
 		const nmp_channels *cs = r->channels;
@@ -329,7 +349,24 @@ json_t *nmp_report_pass_json(const nmp_plan *p, const nmp_pass_result *r, const 
 		json_object_set_new(root, "external_data", json_string(r->save.data_path));
 	if (r->channels)
 		json_object_set_new(root, "permutation", permutation_json(r->channels));
+	if (r->calib)
+		json_object_set_new(root, "calibration",
+				    json_pack("{s:s,s:I,s:I,s:f,s:s}", "method", nmp_method_name(nmp_calib_method(r->calib)),
+					      "samples", (json_int_t)nmp_calib_samples(r->calib), "tokens",
+					      (json_int_t)nmp_calib_tokens(r->calib), "seconds", nmp_calib_seconds(r->calib),
+					      "runtime", nmp_calib_runtime(r->calib)));
 	return root;
+}
+
+static void calib_weight_text(FILE *f, const nmp_calib_weight_result *c)
+{
+	if (c->method == NMP_METHOD_WANDA)
+		fprintf(f, "  wanda: score kept %.2f%% (magnitude mask %.2f%%)", 100 * c->score_kept,
+			100 * c->score_kept_magnitude);
+	else if (c->method == NMP_METHOD_SPARSEGPT)
+		fprintf(f, "  sparsegpt: output error %.4f (magnitude %.4f)", c->error, c->error_magnitude);
+	if (c->note[0])
+		fprintf(f, "  (%s)", c->note);
 }
 
 void nmp_report_prune_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r, bool dry_run)
@@ -372,6 +409,8 @@ void nmp_report_prune_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r,
 			fprintf(f, "  (greedy: %llu rows/columns below N)", (unsigned long long)st->deficits);
 		if (c->graph_input)
 			fputs("  (also a graph input: a caller may override it)", f);
+		if (w->calibrated)
+			calib_weight_text(f, &w->cal);
 		fputc('\n', f);
 	}
 	/* params_total counts the candidate weights' elements, not every tensor of the model: say so. */
@@ -381,6 +420,11 @@ void nmp_report_prune_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r,
 	if (r->params_total)
 		fprintf(f, " (%.2f%%)", pct((double)r->params_zeroed, (double)r->params_total));
 	fprintf(f, "; %.3f s\n", r->seconds);
+	if (r->calib)
+		fprintf(f, "calibration: %s on %zu samples (%llu activation vectors) in %.3f s, %s\n",
+			nmp_method_name(nmp_calib_method(r->calib)), nmp_calib_samples(r->calib),
+			(unsigned long long)nmp_calib_tokens(r->calib), nmp_calib_seconds(r->calib),
+			nmp_calib_runtime(r->calib));
 	if (cs)
 		permutation_text(f, cs);
 }

@@ -758,6 +758,77 @@ out:
 	return s;
 }
 
+/*
+ * The whole model as one protobuf in memory, every payload inline (external
+ * data read from its mapping), with extra graph outputs: what ONNX Runtime
+ * loads to run the model on calibration data.  The model is left as it was.
+ */
+nmp_status nmp_model_serialize(nmp_model *m, const char *const *extra_outputs, size_t n_extra, uint8_t **buf,
+			       size_t *len, nmp_error *err)
+{
+	*buf = NULL;
+	*len = 0;
+	Onnx__GraphProto *g = m->proto->graph;
+	if (!g)
+		return nmp_error_set(err, NMP_ERR_MODEL, "%s: no graph", m->path);
+	plan_entry *plan = calloc(m->n_tensors ? m->n_tensors : 1, sizeof *plan);
+	Onnx__ValueInfoProto *extra = calloc(n_extra ? n_extra : 1, sizeof *extra);
+	Onnx__ValueInfoProto **outs = calloc(g->n_output + n_extra + 1, sizeof *outs);
+	if (!plan || !extra || !outs) {
+		free(plan);
+		free(extra);
+		free(outs);
+		return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
+	}
+	for (size_t i = 0; i < m->n_tensors; i++) {
+		nmp_tensor *t = &m->tensors[i];
+		if (t->storage != NMP_STORE_FILE && t->storage != NMP_STORE_EXTERNAL)
+			continue;
+		plan[i].saved = *t->proto;
+		plan[i].swapped = true;
+		if (t->storage == NMP_STORE_FILE) {
+			point_inline(m, t, t->proto);
+		} else {
+			Onnx__TensorProto *p = t->proto;
+			p->has_data_location = 0;
+			p->data_location = ONNX__TENSOR_PROTO__DATA_LOCATION__DEFAULT;
+			p->n_external_data = 0;
+			p->external_data = NULL;
+			p->has_raw_data = 1;
+			p->raw_data.len = t->length;
+			p->raw_data.data = (uint8_t *)m->files[t->file].map + t->offset;
+		}
+	}
+	Onnx__ValueInfoProto **saved_outs = g->output;
+	size_t saved_n = g->n_output;
+	for (size_t i = 0; i < g->n_output; i++)
+		outs[i] = g->output[i];
+	for (size_t i = 0; i < n_extra; i++) {
+		Onnx__ValueInfoProto init = ONNX__VALUE_INFO_PROTO__INIT;
+		extra[i] = init;
+		extra[i].name = (char *)extra_outputs[i];
+		outs[g->n_output + i] = &extra[i];
+	}
+	g->output = outs;
+	g->n_output += n_extra;
+	nmp_status s = NMP_OK;
+	size_t size = protobuf_c_message_get_packed_size(&m->proto->base);
+	if (size > NMP_PROTO_LIMIT)
+		s = nmp_error_set(err, NMP_ERR_MODEL, "%s: %zu bytes with its data inline: ONNX Runtime loads at most 2 GiB "
+				  "from memory", m->path, size);
+	else if (!(*buf = malloc(size ? size : 1)))
+		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory for a copy of %zu bytes", m->path, size);
+	else
+		*len = protobuf_c_message_pack(&m->proto->base, *buf);
+	g->output = saved_outs;
+	g->n_output = saved_n;
+	restore_protos(m, plan);
+	free(plan);
+	free(extra);
+	free(outs);
+	return s;
+}
+
 nmp_status nmp_model_save(nmp_model *m, const char *out_path, const nmp_save_opts *o,
 			  nmp_save_result *res, nmp_error *err)
 {

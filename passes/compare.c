@@ -1,0 +1,210 @@
+/*
+ * compare.c — dense against pruned, output by output (see compare.h).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "calib_data.h"
+#include "compare.h"
+#include "dtype.h"
+#include "mask_rules.h"
+#include "model.h"
+#include "ort.h"
+
+typedef struct side {
+	nmp_model *m;
+	nmp_model_input *inputs;
+	size_t n_inputs;
+	nmp_ort_session *sess;
+	nmp_calib_data *data;
+} side;
+
+typedef struct acc {
+	double cos_sum, cos_min, diff2, ref2;
+	uint64_t rows, agree, elems, equal;
+} acc;
+
+static bool floating(int32_t dt)
+{
+	return dt == NMP_DT_FLOAT || dt == NMP_DT_DOUBLE || dt == NMP_DT_FLOAT16 || dt == NMP_DT_BFLOAT16;
+}
+
+static double value_at(const nmp_host_tensor *t, uint64_t i)
+{
+	const uint8_t *d = t->data;
+	switch (t->dtype) {
+	case NMP_DT_FLOAT: { float f; memcpy(&f, d + 4 * i, 4); return f; }
+	case NMP_DT_DOUBLE: { double v; memcpy(&v, d + 8 * i, 8); return v; }
+	case NMP_DT_FLOAT16:
+	case NMP_DT_BFLOAT16: { uint16_t h; memcpy(&h, d + 2 * i, 2); return nmp_half_to_float(h, t->dtype == NMP_DT_BFLOAT16); }
+	case NMP_DT_INT64: { int64_t v; memcpy(&v, d + 8 * i, 8); return (double)v; }
+	case NMP_DT_INT32: { int32_t v; memcpy(&v, d + 4 * i, 4); return v; }
+	case NMP_DT_UINT8: case NMP_DT_BOOL: return d[i];
+	case NMP_DT_INT8: return (int8_t)d[i];
+	default: return NAN;
+	}
+}
+
+static nmp_status open_side(side *s, const nmp_compare_opts *o, const char *path, nmp_ort *ort, nmp_error *err)
+{
+	NMP_TRY(nmp_model_load(path, &s->m, err));
+	NMP_TRY(nmp_model_inputs(s->m, &s->inputs, &s->n_inputs, err));
+	NMP_TRY(nmp_calib_data_open(o->data, s->inputs, s->n_inputs, o->max_samples, &s->data, err));
+	uint8_t *bytes;
+	size_t len;
+	NMP_TRY(nmp_model_serialize(s->m, NULL, 0, &bytes, &len, err));
+	nmp_status st = nmp_ort_session_create(ort, bytes, len, path, o->threads, &s->sess, err);
+	free(bytes);
+	return st;
+}
+
+static void close_side(side *s)
+{
+	nmp_ort_session_free(&s->sess);
+	nmp_calib_data_free(&s->data);
+	free(s->inputs);
+	nmp_model_free(&s->m);
+}
+
+static nmp_status run_side(side *s, size_t k, size_t n_out, const char *const *names, nmp_ort_outputs *res,
+			   nmp_error *err)
+{
+	const char *const *in_names;
+	const nmp_host_tensor *in;
+	size_t n_in;
+	NMP_TRY(nmp_calib_data_sample(s->data, k, &in_names, &in, &n_in, err));
+	return nmp_ort_run(s->sess, n_in, in_names, in, n_out, names, res, err);
+}
+
+static nmp_status accumulate(const nmp_compare_opts *o, const char *name, const nmp_host_tensor *a,
+			     const nmp_host_tensor *b, acc *x, nmp_error *err)
+{
+	bool same = a->dtype == b->dtype && a->rank == b->rank && a->numel == b->numel;
+	for (int d = 0; same && d < a->rank; d++)
+		same = a->dims[d] == b->dims[d];
+	if (!same)
+		return nmp_error_set(err, NMP_ERR_MODEL, "%s: output '%s' differs in type or shape from the dense model's",
+				     o->pruned, name);
+	if (!floating(a->dtype)) {
+		for (uint64_t i = 0; i < a->numel; i++)
+			x->equal += value_at(a, i) == value_at(b, i);
+		x->elems += a->numel;
+		return NMP_OK;
+	}
+	double dot = 0, na = 0, nb = 0, diff = 0;
+	for (uint64_t i = 0; i < a->numel; i++) {
+		double va = value_at(a, i), vb = value_at(b, i);
+		dot += va * vb;
+		na += va * va;
+		nb += vb * vb;
+		diff += (va - vb) * (va - vb);
+	}
+	double cos = na == 0 && nb == 0 ? 1 : na == 0 || nb == 0 ? 0 : dot / sqrt(na * nb);
+	x->cos_sum += cos;
+	x->cos_min = fmin(x->cos_min, cos);
+	x->diff2 += diff;
+	x->ref2 += na;
+	uint64_t last = a->rank ? (uint64_t)a->dims[a->rank - 1] : 1;
+	if (last > 1)
+		for (uint64_t r = 0; r < a->numel / last; r++) {
+			uint64_t ia = 0, ib = 0;
+			for (uint64_t j = 1; j < last; j++) {
+				if (value_at(a, r * last + j) > value_at(a, r * last + ia))
+					ia = j;
+				if (value_at(b, r * last + j) > value_at(b, r * last + ib))
+					ib = j;
+			}
+			x->agree += ia == ib;
+			x->rows++;
+		}
+	return NMP_OK;
+}
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+nmp_status nmp_compare(const nmp_compare_opts *o, nmp_compare_result *r, nmp_error *err)
+{
+	double t0 = now();
+	memset(r, 0, sizeof *r);
+	side d = { 0 }, p = { 0 };
+	nmp_ort *ort = NULL;
+	const char **names = NULL;
+	acc *a = NULL;
+	nmp_status s = nmp_model_load(o->dense, &d.m, err);
+	nmp_model_free(&d.m); /* first only the checks that need no runtime */
+	if (s == NMP_OK)
+		s = nmp_ort_open(o->ort_library, &ort, err);
+	if (s == NMP_OK)
+		s = open_side(&d, o, o->dense, ort, err);
+	if (s == NMP_OK)
+		s = open_side(&p, o, o->pruned, ort, err);
+	if (s == NMP_OK && nmp_calib_data_count(d.data) != nmp_calib_data_count(p.data))
+		s = nmp_error_set(err, NMP_ERR_USAGE, "%s: the two models take different samples", o->data);
+	const Onnx__GraphProto *g = s == NMP_OK ? d.m->proto->graph : NULL;
+	size_t n = g ? g->n_output : 0;
+	if (s == NMP_OK) {
+		snprintf(r->runtime, sizeof r->runtime, "ONNX Runtime %s", nmp_ort_version(ort));
+		names = calloc(n + 1, sizeof *names);
+		a = calloc(n + 1, sizeof *a);
+		r->outputs = calloc(n + 1, sizeof *r->outputs);
+		if (!names || !a || !r->outputs)
+			s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	}
+	for (size_t i = 0; s == NMP_OK && i < n; i++) {
+		names[i] = g->output[i]->name;
+		a[i].cos_min = 1;
+	}
+	size_t samples = s == NMP_OK ? nmp_calib_data_count(d.data) : 0;
+	for (size_t k = 0; s == NMP_OK && k < samples; k++) {
+		nmp_ort_outputs ra = { 0 }, rb = { 0 };
+		s = run_side(&d, k, n, names, &ra, err);
+		if (s == NMP_OK)
+			s = run_side(&p, k, n, names, &rb, err);
+		for (size_t i = 0; s == NMP_OK && i < n; i++)
+			s = accumulate(o, names[i], &ra.t[i], &rb.t[i], &a[i], err);
+		if (s == NMP_OK && k == 0)
+			for (size_t i = 0; i < n; i++)
+				r->outputs[i].floating = floating(ra.t[i].dtype);
+		if (ra.values)
+			nmp_ort_outputs_release(d.sess, &ra);
+		if (rb.values)
+			nmp_ort_outputs_release(p.sess, &rb);
+	}
+	if (s == NMP_OK) {
+		r->n = n;
+		r->samples = samples;
+		for (size_t i = 0; i < n; i++) {
+			nmp_output_fidelity *f = &r->outputs[i];
+			snprintf(f->name, sizeof f->name, "%s", names[i]);
+			f->cosine = f->floating && samples ? a[i].cos_sum / (double)samples : NAN;
+			f->cosine_min = f->floating ? a[i].cos_min : NAN;
+			f->rel_l2 = f->floating ? (a[i].ref2 > 0 ? sqrt(a[i].diff2 / a[i].ref2) : (a[i].diff2 > 0 ? INFINITY : 0)) : NAN;
+			f->top1 = f->floating && a[i].rows ? (double)a[i].agree / (double)a[i].rows : NAN;
+			f->agreement = !f->floating && a[i].elems ? (double)a[i].equal / (double)a[i].elems : NAN;
+			f->rows = a[i].rows;
+		}
+	}
+	free(names);
+	free(a);
+	close_side(&d);
+	close_side(&p);
+	nmp_ort_close(&ort);
+	r->seconds = now() - t0;
+	if (s != NMP_OK)
+		nmp_compare_free(r);
+	return s;
+}
+
+void nmp_compare_free(nmp_compare_result *r)
+{
+	free(r->outputs);
+	memset(r, 0, sizeof *r);
+}

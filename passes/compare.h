@@ -1,0 +1,56 @@
+/*
+ * compare.h — how far a pruned model's outputs moved from the dense model's,
+ * on calibration samples, through ONNX Runtime.
+ *
+ * Both models run on every sample; per output of the dense model (the
+ * pruned model must produce it too, with the same shape):
+ *  - cosine: the cosine similarity of the two outputs, flattened, averaged
+ *    over samples (1 when both are zero), and its minimum;
+ *  - rel_l2: sqrt(sum |pruned - dense|^2 / sum |dense|^2) over all samples;
+ *  - top1: the fraction of rows (every position but the last axis) whose
+ *    largest entry along the last axis is at the same index; for outputs
+ *    whose last axis has more than one entry.  Integer and boolean outputs
+ *    report exact agreement of their elements instead, and no cosine.
+ *
+ * Ownership: nmp_compare fills a caller-owned result; nmp_compare_free
+ * releases what it holds.
+ */
+#ifndef NMP_COMPARE_H
+#define NMP_COMPARE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+typedef struct nmp_compare_opts {
+	const char *dense, *pruned;
+	const char *data;
+	size_t max_samples;          /* 0: all */
+	const char *ort_library;
+	int threads;
+} nmp_compare_opts;
+
+typedef struct nmp_output_fidelity {
+	char name[256];
+	bool floating;
+	double cosine, cosine_min;   /* NAN for integer outputs */
+	double rel_l2;               /* NAN for integer outputs */
+	double top1;                 /* NAN when not applicable */
+	double agreement;            /* integer outputs: equal elements; NAN otherwise */
+	uint64_t rows;               /* rows compared for top1 */
+} nmp_output_fidelity;
+
+typedef struct nmp_compare_result {
+	nmp_output_fidelity *outputs;
+	size_t n;
+	size_t samples;
+	double seconds;
+	char runtime[96];
+} nmp_compare_result;
+
+nmp_status nmp_compare(const nmp_compare_opts *o, nmp_compare_result *r, nmp_error *err);
+void nmp_compare_free(nmp_compare_result *r);
+
+#endif

@@ -1,0 +1,1021 @@
+/*
+ * calib.c — calibration statistics through ONNX Runtime, and the wanda and
+ * sparsegpt choices (see calib.h).
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "blas.h"
+#include "calib.h"
+#include "calib_data.h"
+#include "dtype.h"
+#include "mask_rules.h"
+#include "ort.h"
+#include "prune.h"
+#include "report.h"
+#include "sparsegpt.h"
+
+#define MAX_SPATIAL 8
+#define CHUNK_ROWS 256
+
+typedef enum layer_kind { LAYER_NONE, LAYER_LINEAR, LAYER_CONV } layer_kind;
+
+/* One consumer's data input. */
+typedef struct use_site {
+	const char *act;                /* the activation's name */
+	int chan_axis;                  /* negative: from the end */
+	const Onnx__NodeProto *node;
+} use_site;
+
+typedef struct target {
+	layer_kind kind;
+	nmp_method method;              /* what chooses the mask */
+	char note[160];
+	use_site *uses;
+	size_t n_uses;
+	uint64_t C;                     /* activation channels */
+	uint64_t G;                     /* groups */
+	uint64_t cin_g, cout_g;         /* per group: input channels, outputs */
+	uint64_t S;                     /* kernel positions (1 for linear) */
+	int n_k;
+	int64_t kdims[MAX_SPATIAL];
+	uint64_t K;                     /* inputs per group: cin_g * S */
+	double *sq;                     /* C */
+	double *H;                      /* G x K x K */
+	uint64_t tokens;
+	bool active;                    /* collected in the current pass */
+} target;
+
+struct nmp_calib {
+	const nmp_plan *plan;
+	nmp_calib_opts o;
+	target *t;                      /* per selection choice */
+	size_t n;
+	size_t samples;
+	uint64_t tokens;
+	double seconds;
+	char runtime[96];
+};
+
+const char *nmp_method_name(nmp_method m)
+{
+	switch (m) {
+	case NMP_METHOD_WANDA: return "wanda";
+	case NMP_METHOD_SPARSEGPT: return "sparsegpt";
+	default: return "magnitude";
+	}
+}
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+nmp_status nmp_calib_check(const nmp_plan *plan, nmp_method method, nmp_error *err)
+{
+	if (method != NMP_METHOD_SPARSEGPT)
+		return NMP_OK;
+	for (size_t i = 0; i < plan->sel->n; i++) {
+		const nmp_choice *ch = &plan->sel->choices[i];
+		if (ch->eligible && !nmp_sparsegpt_supports(&ch->pattern))
+			return nmp_error_set(err, NMP_ERR_USAGE,
+					     "--method sparsegpt serves element-wise N:M and P%% patterns, not %s (tensor '%s')",
+					     ch->pattern.text, ch->cand->name);
+	}
+	return NMP_OK;
+}
+
+/* ---- the graph side: which activation feeds each weight ---------------------------------------- */
+
+typedef struct graph_index {
+	const Onnx__GraphProto *g;
+	const Onnx__NodeProto **nodes;   /* sorted by address */
+	size_t n_nodes;
+} graph_index;
+
+static int by_addr(const void *a, const void *b)
+{
+	const void *x = *(const void *const *)a, *y = *(const void *const *)b;
+	return (x > y) - (x < y);
+}
+
+static bool in_main_graph(const graph_index *gi, const Onnx__NodeProto *n)
+{
+	return bsearch(&n, gi->nodes, gi->n_nodes, sizeof *gi->nodes, by_addr) != NULL;
+}
+
+static const Onnx__NodeProto *producer(const graph_index *gi, const char *name)
+{
+	for (size_t i = 0; i < gi->g->n_node; i++)
+		for (size_t k = 0; k < gi->g->node[i]->n_output; k++)
+			if (strcmp(gi->g->node[i]->output[k], name) == 0)
+				return gi->g->node[i];
+	return NULL;
+}
+
+/* Does `name` carry the weight `weight` without moving its axes (Identity, Cast, DequantizeLinear)? */
+static bool carries_directly(const graph_index *gi, const char *name, const char *weight)
+{
+	for (int hops = 0; hops < 64; hops++) {
+		if (strcmp(name, weight) == 0)
+			return true;
+		const Onnx__NodeProto *p = producer(gi, name);
+		if (!p || p->n_input == 0 ||
+		    (strcmp(p->op_type, "Identity") != 0 && strcmp(p->op_type, "Cast") != 0 &&
+		     strcmp(p->op_type, "DequantizeLinear") != 0))
+			return false;
+		name = p->input[0];
+	}
+	return false;
+}
+
+static bool is_initializer(const Onnx__GraphProto *g, const char *name)
+{
+	for (size_t i = 0; i < g->n_initializer; i++)
+		if (g->initializer[i]->name && strcmp(g->initializer[i]->name, name) == 0)
+			return true;
+	return false;
+}
+
+#define FALL_BACK(t, ...) (snprintf((t)->note, sizeof (t)->note, __VA_ARGS__), (t)->kind = LAYER_NONE, (t)->method = NMP_METHOD_MAGNITUDE)
+
+/* Where weight ch's statistics come from; on a problem, a note and magnitude. */
+static nmp_status resolve(const graph_index *gi, const nmp_choice *ch, nmp_method method, target *t, nmp_error *err)
+{
+	const nmp_candidate *c = ch->cand;
+	const nmp_tensor *w = c->tensor;
+	const int64_t *dims = w->proto->dims;
+	const int rank = (int)w->proto->n_dims;
+	t->method = method;
+	t->G = 1;
+	t->S = 1;
+	t->uses = calloc(c->n_uses ? c->n_uses : 1, sizeof *t->uses);
+	if (!t->uses)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	layer_kind kind = LAYER_NONE;
+	for (size_t u = 0; u < c->n_uses; u++) {
+		const nmp_use *use = &c->uses[u];
+		const Onnx__NodeProto *n = use->node;
+		use_site *s = &t->uses[t->n_uses++];
+		layer_kind k = strcmp(use->op, "Conv") == 0 ? LAYER_CONV :
+			       strcmp(use->op, "MatMul") == 0 || strcmp(use->op, "Gemm") == 0 ? LAYER_LINEAR : LAYER_NONE;
+		if (k == LAYER_NONE) {
+			FALL_BACK(t, "read by %s: pruned by magnitude", use->op);
+			return NMP_OK;
+		}
+		if (!in_main_graph(gi, n)) {
+			FALL_BACK(t, "read inside a subgraph: pruned by magnitude");
+			return NMP_OK;
+		}
+		if (kind != LAYER_NONE && k != kind) {
+			FALL_BACK(t, "read by both Conv and MatMul/Gemm: pruned by magnitude");
+			return NMP_OK;
+		}
+		kind = k;
+		s->node = n;
+		int other = use->input == 0 ? 1 : 0;
+		if (k == LAYER_CONV) {
+			other = 0;
+			s->chan_axis = 1;
+		} else if (strcmp(use->op, "MatMul") == 0) {
+			s->chan_axis = use->input == 1 ? -1 : -2;
+		} else {
+			bool ta = nmp_node_attr_int(n, "transA", 0) != 0, tb = nmp_node_attr_int(n, "transB", 0) != 0;
+			s->chan_axis = use->input == 1 ? (ta ? 0 : 1) : (tb ? 1 : 0);
+		}
+		if ((size_t)other >= n->n_input || !n->input[other][0]) {
+			FALL_BACK(t, "its consumer has no data input: pruned by magnitude");
+			return NMP_OK;
+		}
+		s->act = n->input[other];
+		if (is_initializer(gi->g, s->act)) {
+			FALL_BACK(t, "its consumer's other input is a constant: pruned by magnitude");
+			return NMP_OK;
+		}
+		if (k == LAYER_CONV && method == NMP_METHOD_SPARSEGPT &&
+		    !(c->axis == 1 && c->out_axis == 0 && carries_directly(gi, n->input[1], c->name))) {
+			t->method = NMP_METHOD_WANDA;
+			snprintf(t->note, sizeof t->note, "reaches its Conv through a Transpose: wanda, not sparsegpt");
+		}
+	}
+	t->kind = kind;
+	if (kind == LAYER_LINEAR) {
+		t->C = t->cin_g = t->K = (uint64_t)dims[c->axis];
+		t->cout_g = w->numel / t->K;
+		if (method == NMP_METHOD_SPARSEGPT && (rank != 2 || c->out_axis < 0)) {
+			t->method = NMP_METHOD_WANDA;
+			snprintf(t->note, sizeof t->note, "a weight of rank %d: wanda, not sparsegpt", rank);
+		}
+	} else {
+		int64_t groups = nmp_node_attr_int(t->uses[0].node, "group", 1);
+		for (size_t u = 1; u < t->n_uses; u++)
+			if (nmp_node_attr_int(t->uses[u].node, "group", 1) != groups) {
+				FALL_BACK(t, "read by Conv nodes of different groups: pruned by magnitude");
+				return NMP_OK;
+			}
+		if (rank < 3 || rank - 2 > MAX_SPATIAL || groups < 1 || c->out_axis < 0 ||
+		    dims[c->out_axis] % groups != 0) {
+			FALL_BACK(t, "a Conv weight of an unexpected shape: pruned by magnitude");
+			return NMP_OK;
+		}
+		t->G = (uint64_t)groups;
+		t->cin_g = (uint64_t)dims[c->axis];
+		t->C = t->cin_g * t->G;
+		t->cout_g = (uint64_t)dims[c->out_axis] / t->G;
+		t->n_k = rank - 2;
+		for (int d = 0; d < t->n_k; d++) {
+			t->kdims[d] = dims[2 + d];
+			t->S *= (uint64_t)dims[2 + d];
+		}
+		t->K = t->cin_g * t->S;
+	}
+	return NMP_OK;
+}
+
+/* ---- reducing activations ---------------------------------------------------------------------- */
+
+static bool act_to_double(const nmp_host_tensor *x, double *out)
+{
+	const uint8_t *d = x->data;
+	for (uint64_t i = 0; i < x->numel; i++) {
+		switch (x->dtype) {
+		case NMP_DT_FLOAT: { float f; memcpy(&f, d + 4 * i, 4); out[i] = f; break; }
+		case NMP_DT_DOUBLE: memcpy(&out[i], d + 8 * i, 8); break;
+		case NMP_DT_FLOAT16:
+		case NMP_DT_BFLOAT16: {
+			uint16_t h;
+			memcpy(&h, d + 2 * i, 2);
+			out[i] = nmp_half_to_float(h, x->dtype == NMP_DT_BFLOAT16);
+			break;
+		}
+		default: return false;
+		}
+	}
+	return true;
+}
+
+/* (outer, C, inner) around the channel axis; false if it does not hold C channels. */
+static bool split_axis(const nmp_host_tensor *x, int chan_axis, uint64_t C, uint64_t *outer, uint64_t *inner)
+{
+	int a = chan_axis < 0 ? x->rank + chan_axis : chan_axis;
+	if (x->rank == 1 && chan_axis == -2)
+		a = 0;
+	if (a < 0 || a >= x->rank || (uint64_t)x->dims[a] != C)
+		return false;
+	*outer = *inner = 1;
+	for (int k = 0; k < a; k++)
+		*outer *= (uint64_t)x->dims[k];
+	for (int k = a + 1; k < x->rank; k++)
+		*inner *= (uint64_t)x->dims[k];
+	return true;
+}
+
+static void add_sq(target *t, const double *x, uint64_t outer, uint64_t inner)
+{
+	for (uint64_t o = 0; o < outer; o++)
+		for (uint64_t c = 0; c < t->C; c++) {
+			const double *p = x + (o * t->C + c) * inner;
+			double s = 0;
+			for (uint64_t i = 0; i < inner; i++)
+				s += p[i] * p[i];
+			t->sq[c] += s;
+		}
+}
+
+/* H += rows^T rows for `n` input vectors of length K. */
+static void add_gram(double *H, uint64_t K, const double *rows, uint64_t n)
+{
+	if (n)
+		nmp_dsyrk_upper_at_a((int)K, (int)n, rows, (int)K, H, (int)K);
+}
+
+static void linear_gram(target *t, const double *x, uint64_t outer, uint64_t inner, double *buf)
+{
+	const uint64_t K = t->K, tokens = outer * inner;
+	uint64_t filled = 0;
+	for (uint64_t tok = 0; tok < tokens; tok++) {
+		uint64_t o = tok / inner, i = tok % inner;
+		double *row = buf + filled * K;
+		if (inner == 1)
+			memcpy(row, x + o * K, K * sizeof *row);
+		else
+			for (uint64_t c = 0; c < K; c++)
+				row[c] = x[(o * K + c) * inner + i];
+		if (++filled == CHUNK_ROWS) {
+			add_gram(t->H, K, buf, filled);
+			filled = 0;
+		}
+	}
+	add_gram(t->H, K, buf, filled);
+}
+
+typedef struct conv_geom {
+	int nd;
+	int64_t in[MAX_SPATIAL], out[MAX_SPATIAL], k[MAX_SPATIAL];
+	int64_t stride[MAX_SPATIAL], dil[MAX_SPATIAL], pad[MAX_SPATIAL]; /* pad: at the beginning */
+	uint64_t positions;              /* output positions per image */
+} conv_geom;
+
+static void attr_ints(const Onnx__NodeProto *n, const char *name, int nd, int64_t *out, int64_t dflt, size_t want)
+{
+	const Onnx__AttributeProto *a = nmp_node_attr(n, name);
+	for (int d = 0; d < (int)want; d++)
+		out[d] = a && a->n_ints == want ? a->ints[d] : dflt;
+	(void)nd;
+}
+
+static bool conv_geometry(const target *t, const Onnx__NodeProto *n, const nmp_host_tensor *x, conv_geom *g)
+{
+	g->nd = t->n_k;
+	if (x->rank != 2 + g->nd)
+		return false;
+	int64_t pads[2 * MAX_SPATIAL];
+	attr_ints(n, "strides", g->nd, g->stride, 1, (size_t)g->nd);
+	attr_ints(n, "dilations", g->nd, g->dil, 1, (size_t)g->nd);
+	attr_ints(n, "pads", g->nd, pads, 0, 2 * (size_t)g->nd);
+	const Onnx__AttributeProto *ap = nmp_node_attr(n, "auto_pad");
+	char mode[16] = "NOTSET";
+	if (ap && ap->has_s)
+		snprintf(mode, sizeof mode, "%.*s", (int)ap->s.len, (const char *)ap->s.data);
+	g->positions = 1;
+	for (int d = 0; d < g->nd; d++) {
+		g->in[d] = x->dims[2 + d];
+		g->k[d] = t->kdims[d];
+		if (g->stride[d] < 1 || g->dil[d] < 1)
+			return false;
+		int64_t span = g->dil[d] * (g->k[d] - 1) + 1;
+		if (strcmp(mode, "SAME_UPPER") == 0 || strcmp(mode, "SAME_LOWER") == 0) {
+			g->out[d] = (g->in[d] + g->stride[d] - 1) / g->stride[d];
+			int64_t total = (g->out[d] - 1) * g->stride[d] + span - g->in[d];
+			if (total < 0)
+				total = 0;
+			g->pad[d] = strcmp(mode, "SAME_UPPER") == 0 ? total / 2 : total - total / 2;
+		} else {
+			int64_t b = strcmp(mode, "VALID") == 0 ? 0 : pads[d], e = strcmp(mode, "VALID") == 0 ? 0 : pads[g->nd + d];
+			g->pad[d] = b;
+			g->out[d] = (g->in[d] + b + e - span) / g->stride[d] + 1;
+		}
+		if (g->out[d] < 1)
+			return false;
+		g->positions *= (uint64_t)g->out[d];
+	}
+	return true;
+}
+
+/* The unfolded patches of every image, per group: input k = kernel position * cin_g + channel. */
+static void conv_gram(target *t, const double *x, const nmp_host_tensor *xt, const conv_geom *g, double *buf)
+{
+	const uint64_t N = (uint64_t)xt->dims[0], K = t->K, cin_g = t->cin_g;
+	uint64_t plane = 1;
+	for (int d = 0; d < g->nd; d++)
+		plane *= (uint64_t)g->in[d];
+	for (uint64_t grp = 0; grp < t->G; grp++) {
+		double *H = t->H + grp * K * K;
+		uint64_t filled = 0;
+		for (uint64_t n = 0; n < N; n++)
+			for (uint64_t p = 0; p < g->positions; p++) {
+				int64_t o[MAX_SPATIAL];
+				uint64_t rem = p;
+				for (int d = g->nd - 1; d >= 0; d--) {
+					o[d] = (int64_t)(rem % (uint64_t)g->out[d]);
+					rem /= (uint64_t)g->out[d];
+				}
+				double *row = buf + filled * K;
+				for (uint64_t s = 0; s < t->S; s++) {
+					uint64_t r2 = s, off = 0;
+					bool inside = true;
+					for (int d = g->nd - 1; d >= 0; d--) {
+						int64_t kd = (int64_t)(r2 % (uint64_t)g->k[d]);
+						r2 /= (uint64_t)g->k[d];
+						int64_t at = o[d] * g->stride[d] - g->pad[d] + kd * g->dil[d];
+						if (at < 0 || at >= g->in[d])
+							inside = false;
+					}
+					if (inside) {
+						uint64_t mul = 1;
+						r2 = s;
+						for (int d = g->nd - 1; d >= 0; d--) {
+							int64_t kd = (int64_t)(r2 % (uint64_t)g->k[d]);
+							r2 /= (uint64_t)g->k[d];
+							off += (uint64_t)(o[d] * g->stride[d] - g->pad[d] + kd * g->dil[d]) * mul;
+							mul *= (uint64_t)g->in[d];
+						}
+					}
+					const double *src = x + (n * t->C + grp * cin_g) * plane + off;
+					for (uint64_t c = 0; c < cin_g; c++)
+						row[s * cin_g + c] = inside ? src[c * plane] : 0;
+				}
+				if (++filled == CHUNK_ROWS) {
+					add_gram(H, K, buf, filled);
+					filled = 0;
+				}
+			}
+		add_gram(H, K, buf, filled);
+	}
+}
+
+/* Reduces one activation of one use into its target's statistics. */
+static nmp_status reduce(const nmp_plan *plan, target *t, const use_site *u, const nmp_host_tensor *xt, bool first_use,
+			 nmp_error *err)
+{
+	const char *wname = "";
+	(void)plan;
+	double *x = malloc((xt->numel ? xt->numel : 1) * sizeof *x);
+	if (!x)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "activation '%s': out of memory", u->act);
+	if (!act_to_double(xt, x)) {
+		free(x);
+		return nmp_error_set(err, NMP_ERR_RUNTIME, "activation '%s' is %s: statistics need a floating type", u->act,
+				     nmp_dtype_name(xt->dtype));
+	}
+	uint64_t outer, inner, tokens = 0;
+	nmp_status s = NMP_OK;
+	if (!split_axis(xt, t->kind == LAYER_CONV ? 1 : u->chan_axis, t->C, &outer, &inner)) {
+		s = nmp_error_set(err, NMP_ERR_RUNTIME, "activation '%s' of rank %d does not hold the %llu channels its weight reads%s",
+				  u->act, xt->rank, (unsigned long long)t->C, wname);
+	} else {
+		if (t->sq)
+			add_sq(t, x, outer, inner);
+		tokens = outer * inner;
+		if (t->H) {
+			double *buf = malloc(CHUNK_ROWS * t->K * sizeof *buf);
+			conv_geom g;
+			if (!buf)
+				s = nmp_error_set(err, NMP_ERR_NOMEM, "activation '%s': out of memory", u->act);
+			else if (t->kind == LAYER_LINEAR)
+				linear_gram(t, x, outer, inner, buf);
+			else if (!conv_geometry(t, u->node, xt, &g))
+				s = nmp_error_set(err, NMP_ERR_RUNTIME, "node '%s': Conv geometry does not fit activation '%s'",
+						  u->node->name ? u->node->name : "", u->act);
+			else {
+				conv_gram(t, x, xt, &g, buf);
+				tokens = (uint64_t)xt->dims[0] * g.positions;
+			}
+			free(buf);
+		}
+	}
+	if (first_use)
+		t->tokens += tokens;
+	free(x);
+	return s;
+}
+
+/* ---- running the samples ----------------------------------------------------------------------- */
+
+static uint64_t stats_bytes(const target *t)
+{
+	return t->method == NMP_METHOD_SPARSEGPT ? t->G * t->K * t->K * sizeof(double) + t->C * sizeof(double) :
+						  t->C * sizeof(double);
+}
+
+static nmp_status alloc_stats(target *t, nmp_error *err)
+{
+	t->sq = calloc(t->C ? t->C : 1, sizeof *t->sq);
+	if (t->method == NMP_METHOD_SPARSEGPT)
+		t->H = calloc(t->G * t->K * t->K, sizeof *t->H);
+	if (!t->sq || (t->method == NMP_METHOD_SPARSEGPT && !t->H))
+		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory for calibration statistics (%llu bytes)",
+				     (unsigned long long)stats_bytes(t));
+	return NMP_OK;
+}
+
+static bool is_graph_input(const nmp_model_input *in, size_t n, const char *name)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(in[i].name, name) == 0)
+			return true;
+	return false;
+}
+
+/* One pass over the data for the active targets. */
+static nmp_status run_pass(nmp_calib *c, nmp_ort *ort, const nmp_model_input *inputs, size_t n_inputs,
+			   nmp_error *err)
+{
+	nmp_model *m = c->plan->model;
+	const char **outs = NULL, **extra = NULL;
+	size_t n_outs = 0, n_extra = 0, cap = 0;
+	for (size_t i = 0; i < c->n; i++)
+		cap += c->t[i].active ? c->t[i].n_uses : 0;
+	outs = calloc(cap + 1, sizeof *outs);
+	extra = calloc(cap + 1, sizeof *extra);
+	nmp_status s = outs && extra ? NMP_OK : nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	const Onnx__GraphProto *g = m->proto->graph;
+	for (size_t i = 0; s == NMP_OK && i < c->n; i++)
+		for (size_t u = 0; c->t[i].active && u < c->t[i].n_uses; u++) {
+			const char *a = c->t[i].uses[u].act;
+			if (is_graph_input(inputs, n_inputs, a))
+				continue;
+			bool seen = false;
+			for (size_t k = 0; k < n_outs && !seen; k++)
+				seen = strcmp(outs[k], a) == 0;
+			if (seen)
+				continue;
+			outs[n_outs++] = a;
+			bool declared = false;
+			for (size_t k = 0; k < g->n_output && !declared; k++)
+				declared = strcmp(g->output[k]->name, a) == 0;
+			if (!declared)
+				extra[n_extra++] = a;
+		}
+	uint8_t *bytes = NULL;
+	size_t len = 0;
+	nmp_ort_session *sess = NULL;
+	nmp_calib_data *data = NULL;
+	/* activations that are all graph inputs need no run of the model */
+	if (s == NMP_OK && n_outs)
+		s = nmp_model_serialize(m, extra, n_extra, &bytes, &len, err);
+	if (s == NMP_OK && n_outs)
+		s = nmp_ort_session_create(ort, bytes, len, m->path, c->o.threads, &sess, err);
+	free(bytes);
+	if (s == NMP_OK)
+		s = nmp_calib_data_open(c->o.data, inputs, n_inputs, c->o.max_samples, &data, err);
+	for (size_t k = 0; s == NMP_OK && k < nmp_calib_data_count(data); k++) {
+		const char *const *names;
+		const nmp_host_tensor *in;
+		size_t n_in;
+		nmp_ort_outputs res = { 0 };
+		s = nmp_calib_data_sample(data, k, &names, &in, &n_in, err);
+		if (s == NMP_OK && sess)
+			s = nmp_ort_run(sess, n_in, names, in, n_outs, outs, &res, err);
+		for (size_t i = 0; s == NMP_OK && i < c->n; i++)
+			for (size_t u = 0; s == NMP_OK && c->t[i].active && u < c->t[i].n_uses; u++) {
+				const char *a = c->t[i].uses[u].act;
+				const nmp_host_tensor *x = NULL;
+				for (size_t q = 0; q < n_outs && !x; q++)
+					if (strcmp(outs[q], a) == 0)
+						x = &res.t[q];
+				for (size_t q = 0; q < n_in && !x; q++)
+					if (strcmp(names[q], a) == 0)
+						x = &in[q];
+				if (!x)
+					s = nmp_error_set(err, NMP_ERR_USAGE, "%s: sample %zu does not feed input '%s'", c->o.data, k, a);
+				else
+					s = reduce(c->plan, &c->t[i], &c->t[i].uses[u], x, u == 0, err);
+			}
+		if (sess && res.values)
+			nmp_ort_outputs_release(sess, &res);
+	}
+	if (s == NMP_OK)
+		c->samples = nmp_calib_data_count(data);
+	nmp_calib_data_free(&data);
+	nmp_ort_session_free(&sess);
+	free(outs);
+	free(extra);
+	return s;
+}
+
+static void mirror(double *H, uint64_t G, uint64_t K)
+{
+	for (uint64_t g = 0; g < G; g++)
+		for (uint64_t i = 0; i < K; i++)
+			for (uint64_t j = 0; j < i; j++)
+				H[g * K * K + i * K + j] = H[g * K * K + j * K + i];
+}
+
+static nmp_status write_stats(const nmp_calib *c, const char *path, nmp_error *err);
+
+nmp_status nmp_calibrate(const nmp_plan *plan, const nmp_calib_opts *o, nmp_calib **out, nmp_error *err)
+{
+	*out = NULL;
+	double t0 = now();
+	NMP_TRY(nmp_calib_check(plan, o->method, err));
+	nmp_calib *c = calloc(1, sizeof *c);
+	if (!c)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	c->plan = plan;
+	c->o = *o;
+	if (c->o.damp <= 0)
+		c->o.damp = 0.01;
+	if (!c->o.memory_budget)
+		c->o.memory_budget = UINT64_C(4) << 30;
+	c->n = plan->sel->n;
+	c->t = calloc(c->n ? c->n : 1, sizeof *c->t);
+	const Onnx__GraphProto *g = plan->model->proto->graph;
+	graph_index gi = { .g = g, .n_nodes = g ? g->n_node : 0 };
+	gi.nodes = calloc(gi.n_nodes + 1, sizeof *gi.nodes);
+	nmp_status s = c->t && gi.nodes ? NMP_OK : nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	for (size_t i = 0; s == NMP_OK && i < gi.n_nodes; i++)
+		gi.nodes[i] = g->node[i];
+	if (gi.n_nodes)
+		qsort(gi.nodes, gi.n_nodes, sizeof *gi.nodes, by_addr);
+	for (size_t i = 0; s == NMP_OK && i < c->n; i++)
+		if (plan->sel->choices[i].eligible)
+			s = resolve(&gi, &plan->sel->choices[i], o->method, &c->t[i], err);
+	free(gi.nodes);
+
+	nmp_model_input *inputs = NULL;
+	size_t n_inputs = 0;
+	nmp_ort *ort = NULL;
+	if (s == NMP_OK)
+		s = nmp_model_inputs(plan->model, &inputs, &n_inputs, err);
+	if (s == NMP_OK) { /* the data is checked before the runtime is looked for */
+		nmp_calib_data *probe = NULL;
+		s = nmp_calib_data_open(o->data, inputs, n_inputs, o->max_samples, &probe, err);
+		nmp_calib_data_free(&probe);
+	}
+	if (s == NMP_OK)
+		s = nmp_ort_open(o->ort_library, &ort, err);
+	if (s == NMP_OK)
+		snprintf(c->runtime, sizeof c->runtime, "ONNX Runtime %s", nmp_ort_version(ort));
+	if (s == NMP_OK && o->method == NMP_METHOD_SPARSEGPT)
+		s = nmp_blas_load(o->threads, err);
+	/* passes: as many weights as the budget holds */
+	size_t next = 0;
+	while (s == NMP_OK && next < c->n) {
+		uint64_t used = 0;
+		size_t active = 0;
+		for (size_t i = 0; i < c->n; i++)
+			c->t[i].active = false;
+		for (; next < c->n; next++) {
+			target *t = &c->t[next];
+			if (t->kind == LAYER_NONE)
+				continue;
+			if (active && used + stats_bytes(t) > c->o.memory_budget)
+				break;
+			if ((s = alloc_stats(t, err)) != NMP_OK)
+				break;
+			t->active = true;
+			used += stats_bytes(t);
+			active++;
+		}
+		if (s == NMP_OK && active)
+			s = run_pass(c, ort, inputs, n_inputs, err);
+		for (size_t i = 0; s == NMP_OK && i < c->n; i++)
+			if (c->t[i].active && c->t[i].H)
+				mirror(c->t[i].H, c->t[i].G, c->t[i].K);
+		if (s == NMP_OK && o->stats_path && next >= c->n)
+			s = write_stats(c, o->stats_path, err);
+		/* a later pass needs the memory; sparsegpt keeps H until its weight is pruned */
+	}
+	for (size_t i = 0; i < c->n; i++)
+		if (c->t[i].kind != LAYER_NONE && c->t[i].tokens > c->tokens)
+			c->tokens = c->t[i].tokens;
+	free(inputs);
+	nmp_ort_close(&ort);
+	c->seconds = now() - t0;
+	if (s != NMP_OK) {
+		nmp_calib_free(&c);
+		return s;
+	}
+	*out = c;
+	return NMP_OK;
+}
+
+void nmp_calib_free(nmp_calib **pc)
+{
+	nmp_calib *c = *pc;
+	if (!c)
+		return;
+	for (size_t i = 0; c->t && i < c->n; i++) {
+		free(c->t[i].uses);
+		free(c->t[i].sq);
+		free(c->t[i].H);
+	}
+	free(c->t);
+	free(c);
+	*pc = NULL;
+}
+
+nmp_method nmp_calib_method(const nmp_calib *c)
+{
+	return c->o.method;
+}
+
+size_t nmp_calib_samples(const nmp_calib *c)
+{
+	return c->samples;
+}
+
+uint64_t nmp_calib_tokens(const nmp_calib *c)
+{
+	return c->tokens;
+}
+
+double nmp_calib_seconds(const nmp_calib *c)
+{
+	return c->seconds;
+}
+
+const char *nmp_calib_runtime(const nmp_calib *c)
+{
+	return c->runtime;
+}
+
+/* ---- the statistics as safetensors (tests compare them with an independent reference) ----------- */
+
+static nmp_status write_stats(const nmp_calib *c, const char *path, nmp_error *err)
+{
+	json_t *hdr = json_object();
+	uint64_t at = 0;
+	json_t *meta = json_object();
+	for (size_t i = 0; i < c->n; i++) {
+		const target *t = &c->t[i];
+		if (t->kind == LAYER_NONE)
+			continue;
+		const char *name = c->plan->sel->choices[i].cand->name;
+		char key[1100];
+		snprintf(key, sizeof key, "%s.sq", name);
+		json_object_set_new(hdr, key, json_pack("{s:s,s:[I],s:[I,I]}", "dtype", "F64", "shape", (json_int_t)t->C,
+							 "data_offsets", (json_int_t)at, (json_int_t)(at + t->C * 8)));
+		at += t->C * 8;
+		if (t->H) {
+			snprintf(key, sizeof key, "%s.H", name);
+			uint64_t nb = t->G * t->K * t->K * 8;
+			json_object_set_new(hdr, key, json_pack("{s:s,s:[I,I,I],s:[I,I]}", "dtype", "F64", "shape",
+								 (json_int_t)t->G, (json_int_t)t->K, (json_int_t)t->K,
+								 "data_offsets", (json_int_t)at, (json_int_t)(at + nb)));
+			at += nb;
+		}
+		char tok[32];
+		snprintf(tok, sizeof tok, "%llu", (unsigned long long)t->tokens);
+		snprintf(key, sizeof key, "%s.tokens", name);
+		json_object_set_new(meta, key, json_string(tok));
+	}
+	json_object_set_new(hdr, "__metadata__", meta);
+	char *text = json_dumps(hdr, JSON_COMPACT | JSON_SORT_KEYS);
+	json_decref(hdr);
+	FILE *f = text ? fopen(path, "wb") : NULL;
+	if (!f) {
+		free(text);
+		return nmp_error_errno(err, errno, "cannot write", path);
+	}
+	size_t len = strlen(text), padded = (len + 7) / 8 * 8;
+	uint8_t head[8];
+	for (int b = 0; b < 8; b++)
+		head[b] = (uint8_t)((uint64_t)padded >> (8 * b));
+	fwrite(head, 1, 8, f);
+	fwrite(text, 1, len, f);
+	for (size_t k = len; k < padded; k++)
+		fputc(' ', f);
+	free(text);
+	/* the same order as the header's offsets */
+	for (size_t i = 0; i < c->n; i++) {
+		const target *t = &c->t[i];
+		if (t->kind == LAYER_NONE)
+			continue;
+		fwrite(t->sq, 8, t->C, f);
+		if (t->H)
+			fwrite(t->H, 8, t->G * t->K * t->K, f);
+	}
+	if (fclose(f) != 0)
+		return nmp_error_errno(err, errno, "cannot write", path);
+	return NMP_OK;
+}
+
+/* ---- choosing and applying the masks ------------------------------------------------------------ */
+
+static uint16_t f32_to_half(float f, bool bf16)
+{
+	uint32_t x;
+	memcpy(&x, &f, 4);
+	if (bf16) /* round to nearest even on the upper half (no NaN reaches here) */
+		return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+	uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+	if (ax >= 0x477ff000u) /* 65520 and above round to infinity */
+		return (uint16_t)(sign | 0x7c00u);
+	if (ax < 0x38800000u) { /* below 2^-14: a subnormal half, exact scaling then round to nearest even */
+		float v;
+		memcpy(&v, &ax, 4);
+		return (uint16_t)(sign | (uint32_t)lrintf(v * 16777216.0f));
+	}
+	uint32_t h = ((((ax >> 23) - 127 + 15)) << 10) | ((ax & 0x7fffffu) >> 13), rem = ax & 0x1fffu;
+	if (rem > 0x1000u || (rem == 0x1000u && (h & 1u)))
+		h++;
+	return (uint16_t)(sign | h);
+}
+
+static double elem_value(const nmp_mask_tensor *t, const uint8_t *in, uint64_t i, const nmp_quant_geom *qg)
+{
+	switch (t->dtype) {
+	case NMP_DT_FLOAT: { float f; memcpy(&f, in + 4 * i, 4); return f; }
+	case NMP_DT_DOUBLE: { double d; memcpy(&d, in + 8 * i, 8); return d; }
+	case NMP_DT_FLOAT16:
+	case NMP_DT_BFLOAT16: {
+		uint16_t h;
+		memcpy(&h, in + 2 * i, 2);
+		return nmp_half_to_float(h, t->dtype == NMP_DT_BFLOAT16);
+	}
+	default: {
+		const nmp_quant_params *q = t->quant;
+		uint64_t qi = nmp_quant_index(qg, i);
+		int zp = q->zero_point ? nmp_quant_value(t->dtype, q->zero_point, qi) : 0;
+		return (double)(nmp_quant_value(t->dtype, in, i) - zp) * nmp_quant_scale(q->scale, q->scale_dtype, qi);
+	}
+	}
+}
+
+static void store_value(const nmp_mask_tensor *t, uint64_t i, double v)
+{
+	uint8_t *d = t->data;
+	switch (t->dtype) {
+	case NMP_DT_FLOAT: { float f = (float)v; memcpy(d + 4 * i, &f, 4); break; }
+	case NMP_DT_DOUBLE: memcpy(d + 8 * i, &v, 8); break;
+	case NMP_DT_FLOAT16:
+	case NMP_DT_BFLOAT16: {
+		uint16_t h = f32_to_half((float)v, t->dtype == NMP_DT_BFLOAT16);
+		memcpy(d + 2 * i, &h, 2);
+		break;
+	}
+	default: NMP_ASSERT(0);
+	}
+}
+
+/* Zeroes (or sets to the zero point) what the mask prunes. */
+static void apply_mask(const nmp_mask_tensor *t, uint64_t numel, const uint8_t *mask, const nmp_quant_geom *qg)
+{
+	uint8_t *d = t->data;
+	const unsigned eb = nmp_dtype_bits(t->dtype) / 8;
+	for (uint64_t i = 0; i < numel; i++) {
+		if (mask[i])
+			continue;
+		if (t->quant)
+			d[i] = (uint8_t)(t->quant->zero_point ?
+						 nmp_quant_value(t->dtype, t->quant->zero_point, nmp_quant_index(qg, i)) :
+						 0);
+		else
+			memset(d + (uint64_t)eb * i, 0, eb);
+	}
+}
+
+/* Flat index of element (output o, input k) of a group's layer. */
+static uint64_t layer_index(const target *t, const nmp_mask_tensor *w, uint64_t grp, uint64_t o, uint64_t k)
+{
+	if (t->kind == LAYER_CONV) { /* [Cout, cin_g, spatial...], k = s * cin_g + c */
+		uint64_t s = k / t->cin_g, ch = k % t->cin_g, oo = grp * t->cout_g + o;
+		return (oo * t->cin_g + ch) * t->S + s;
+	}
+	/* rank 2: strides of the output and group axes */
+	uint64_t so = w->out_axis == 0 ? (uint64_t)w->dims[1] : 1, sk = w->axis == 0 ? (uint64_t)w->dims[1] : 1;
+	return o * so + k * sk;
+}
+
+/* The input channel element i reads. */
+static uint64_t channel_of(const target *t, const nmp_mask_tensor *w, uint64_t i)
+{
+	uint64_t stride_a = 1, stride_o = 1;
+	for (int d = w->rank - 1; d > w->axis; d--)
+		stride_a *= (uint64_t)w->dims[d];
+	uint64_t a = (i / stride_a) % (uint64_t)w->dims[w->axis];
+	if (t->G == 1 || w->out_axis < 0)
+		return a;
+	for (int d = w->rank - 1; d > w->out_axis; d--)
+		stride_o *= (uint64_t)w->dims[d];
+	uint64_t o = (i / stride_o) % (uint64_t)w->dims[w->out_axis];
+	return (o / t->cout_g) * t->cin_g + a;
+}
+
+static nmp_status wanda_mask(target *t, nmp_engine *e, const nmp_mask_tensor *w, const nmp_pattern *p, const float *mag,
+			     uint64_t numel, const uint8_t *mask_mag, uint8_t *mask, nmp_calib_weight_result *cr,
+			     nmp_error *err)
+{
+	float *score = malloc(numel * sizeof *score);
+	if (!score)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", w->name);
+	double total = 0, kept_mag = 0;
+	for (uint64_t i = 0; i < numel; i++) {
+		double norm = sqrt(t->sq[channel_of(t, w, i)]);
+		score[i] = norm > 0 ? (float)((double)mag[i] * norm) : 0.0f; /* an input never active cannot matter */
+		total += score[i];
+		kept_mag += mask_mag[i] ? score[i] : 0;
+	}
+	nmp_mask_tensor st = { .name = w->name, .data = score, .dtype = NMP_DT_FLOAT, .rank = w->rank, .dims = w->dims,
+			       .axis = w->axis, .out_axis = w->out_axis };
+	nmp_mask_stats ss;
+	nmp_status s = nmp_engine_run(e, &st, p, NMP_MASK_DRY, mask, &ss, err);
+	if (s == NMP_OK) {
+		cr->score_kept = nmp_report_ratio(ss.l1_kept, total);
+		cr->score_kept_magnitude = nmp_report_ratio(kept_mag, total);
+	}
+	free(score);
+	return s;
+}
+
+/* recon (may be NULL: quantized) receives the reconstructed weights in flat order. */
+static nmp_status sparsegpt_mask(target *t, const nmp_mask_tensor *w, const nmp_pattern *p, const uint8_t *in,
+				 const nmp_quant_geom *qg, const uint8_t *mask_mag, uint8_t *mask, double *recon,
+				 double damp, nmp_calib_weight_result *cr, nmp_error *err)
+{
+	const uint64_t R = t->cout_g, K = t->K;
+	double *W = malloc(R * K * sizeof *W), *D = malloc(R * K * sizeof *D), *H = malloc(K * K * sizeof *H);
+	uint8_t *m = malloc(R * K);
+	nmp_status s = W && D && H && m ? NMP_OK : nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", w->name);
+	double err_sq = 0, err_mag = 0, base = 0;
+	for (uint64_t grp = 0; s == NMP_OK && grp < t->G; grp++) {
+		const double *Hg = t->H + grp * K * K;
+		for (uint64_t o = 0; o < R; o++)
+			for (uint64_t k = 0; k < K; k++)
+				W[o * K + k] = elem_value(w, in, layer_index(t, w, grp, o, k), qg);
+		base += nmp_sparsegpt_output_error(W, R, K, Hg);
+		for (uint64_t o = 0; o < R; o++) /* the magnitude mask without reconstruction */
+			for (uint64_t k = 0; k < K; k++)
+				D[o * K + k] = mask_mag[layer_index(t, w, grp, o, k)] ? 0 : W[o * K + k];
+		err_mag += nmp_sparsegpt_output_error(D, R, K, Hg);
+		memcpy(D, W, R * K * sizeof *D);
+		memcpy(H, Hg, K * K * sizeof *H);
+		s = nmp_sparsegpt_solve(W, R, K, H, damp, p, m, &cr->damp, w->name, err);
+		if (s != NMP_OK)
+			break;
+		for (uint64_t i = 0; i < R * K; i++)
+			D[i] -= W[i];
+		err_sq += nmp_sparsegpt_output_error(D, R, K, Hg);
+		for (uint64_t o = 0; o < R; o++)
+			for (uint64_t k = 0; k < K; k++) {
+				uint64_t fi = layer_index(t, w, grp, o, k);
+				mask[fi] = m[o * K + k];
+				if (recon)
+					recon[fi] = W[o * K + k];
+			}
+	}
+	if (s == NMP_OK) {
+		cr->error = nmp_report_ratio(err_sq, base);
+		cr->error_magnitude = nmp_report_ratio(err_mag, base);
+	}
+	free(W);
+	free(D);
+	free(H);
+	free(m);
+	return s;
+}
+
+nmp_status nmp_calib_prune(nmp_calib *c, size_t ci, nmp_engine *e, const nmp_mask_tensor *w, const nmp_pattern *p,
+			   nmp_mask_mode mode, uint8_t *mask_out, nmp_mask_stats *st, nmp_calib_weight_result *cr,
+			   nmp_error *err)
+{
+	target *t = &c->t[ci];
+	*cr = (nmp_calib_weight_result){ .method = t->method, .score_kept = NAN, .score_kept_magnitude = NAN,
+					 .error = NAN, .error_magnitude = NAN, .damp = NAN };
+	snprintf(cr->note, sizeof cr->note, "%s", t->note);
+	if (t->kind == LAYER_NONE || t->method == NMP_METHOD_MAGNITUDE) {
+		cr->method = NMP_METHOD_MAGNITUDE;
+		return nmp_engine_run(e, w, p, mode, mask_out, st, err);
+	}
+	NMP_ASSERT(mode == NMP_MASK_APPLY || mode == NMP_MASK_DRY);
+	uint64_t numel = 1;
+	for (int d = 0; d < w->rank; d++)
+		numel *= (uint64_t)w->dims[d];
+	const uint8_t *in = w->src ? w->src : w->data;
+	nmp_quant_geom qg = { 0 };
+	if (w->quant)
+		nmp_quant_geometry(w->rank, w->dims, w->quant->axis, w->quant->block, w->quant->n_scale, &qg);
+	float *mag = malloc((numel ? numel : 1) * sizeof *mag);
+	uint8_t *mask_mag = malloc(numel ? numel : 1), *mask = malloc(numel ? numel : 1);
+	double *recon = t->method == NMP_METHOD_SPARSEGPT && !w->quant ? malloc((numel ? numel : 1) * sizeof *recon) : NULL;
+	nmp_status s = mag && mask_mag && mask && (recon || t->method != NMP_METHOD_SPARSEGPT || w->quant) ?
+			       NMP_OK :
+			       nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", w->name);
+	nmp_mask_tensor ro = *w; /* read-only: the magnitude mask and statistics */
+	ro.data = (void *)in;
+	ro.src = NULL;
+	if (s == NMP_OK)
+		s = nmp_cpu_magnitudes(&ro, mag, err);
+	if (s == NMP_OK)
+		s = nmp_engine_run(e, &ro, p, NMP_MASK_DRY, mask_mag, st, err);
+	if (s == NMP_OK && t->method == NMP_METHOD_WANDA)
+		s = wanda_mask(t, e, w, p, mag, numel, mask_mag, mask, cr, err);
+	else if (s == NMP_OK)
+		s = sparsegpt_mask(t, w, p, in, &qg, mask_mag, mask, recon, c->o.damp, cr, err);
+	if (s == NMP_OK) {
+		/* the statistics of the mask chosen, in magnitudes of the weight as it was */
+		uint64_t kept = 0;
+		double l1_kept = 0;
+		for (uint64_t i = 0; i < numel; i++)
+			if (mask[i]) {
+				kept++;
+				l1_kept += mag[i];
+			}
+		st->kept = kept;
+		st->l1_kept = l1_kept;
+		if (mask_out)
+			memcpy(mask_out, mask, numel);
+		if (mode == NMP_MASK_APPLY) {
+			if (w->src && w->src != w->data)
+				memcpy(w->data, w->src, numel * (nmp_dtype_bits(w->dtype) / 8));
+			if (recon) {
+				for (uint64_t i = 0; i < numel; i++)
+					if (mask[i])
+						store_value(w, i, recon[i]);
+				cr->reconstructed = true;
+			}
+			apply_mask(w, numel, mask, &qg);
+		} else {
+			cr->reconstructed = recon != NULL;
+		}
+		if (t->method == NMP_METHOD_SPARSEGPT && w->quant && !cr->note[0])
+			snprintf(cr->note, sizeof cr->note, "quantized: sparsegpt mask, values kept as they were");
+	}
+	free(mag);
+	free(mask_mag);
+	free(mask);
+	free(recon);
+	/* sparsegpt's Hessian is no longer needed */
+	free(t->H);
+	t->H = NULL;
+	return s;
+}

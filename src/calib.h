@@ -1,0 +1,99 @@
+/*
+ * calib.h — calibrated pruning: run the model on the user's samples, keep
+ * per-weight activation statistics, and choose each weight's mask from them.
+ *
+ * Statistics.  For every eligible weight whose consumers are MatMul, Gemm or
+ * Conv nodes of the main graph, the consumer's data input (MatMul's other
+ * operand, Gemm's A or B as transA/transB say, Conv's X) is added as an extra
+ * output of an in-memory copy of the model, and each sample's activation is
+ * reduced as it arrives, over every axis but the channel:
+ *  - wanda: per input channel, the sum of squares (norm^2);
+ *  - sparsegpt: H = sum x x^T over the layer's input vectors (Conv: the
+ *    unfolded patches, with strides, pads, auto_pad, dilations and groups;
+ *    per group, inputs ordered kernel position major, channel minor, so that
+ *    an N:M group of channels is M consecutive inputs).
+ * Memory holds the statistics and one sample's activations; when the
+ * statistics would pass the budget, the weights are split into passes over
+ * the data.
+ *
+ * Choice.  wanda scores |w| x norm of the input channel it reads and runs the
+ * engine on the scores, so every pattern family and the engine's tie and NaN
+ * rules apply.  sparsegpt (sparsegpt.h) serves element-wise N:M and P% and
+ * rewrites the kept weights (fp32 and fp64 in place, fp16 and bf16 rounded
+ * to nearest even); a quantized weight takes the sparsegpt mask and keeps its
+ * values (re-quantizing reconstructed weights would change its grid).
+ * A weight the statistics cannot reach (a subgraph, ConvTranspose, a Conv
+ * weight behind a Transpose for sparsegpt, a batched MatMul weight for
+ * sparsegpt) is pruned by magnitude, and its note says why.
+ *
+ * The activations are the dense model's (one pass, not layer by layer).
+ *
+ * Ownership: nmp_calibrate allocates the result, nmp_calib_free releases it;
+ * it borrows the plan.
+ */
+#ifndef NMP_CALIB_H
+#define NMP_CALIB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mask.h"
+#include "plan.h"
+
+typedef enum nmp_method {
+	NMP_METHOD_MAGNITUDE = 0,
+	NMP_METHOD_WANDA,
+	NMP_METHOD_SPARSEGPT,
+} nmp_method;
+
+/* "magnitude", "wanda", "sparsegpt" */
+const char *nmp_method_name(nmp_method m);
+
+typedef struct nmp_calib_opts {
+	nmp_method method;
+	const char *data;            /* --calibration */
+	size_t max_samples;          /* 0: all */
+	double damp;                 /* sparsegpt, relative to the mean diagonal; <= 0: 0.01 */
+	const char *ort_library;     /* NULL: search */
+	int threads;                 /* 0: all cores */
+	uint64_t memory_budget;      /* statistics per pass, bytes; 0: 4 GiB */
+	const char *stats_path;      /* write the statistics as safetensors (tests), or NULL */
+} nmp_calib_opts;
+
+/* What calibration says about one weight, for reports and metadata. */
+typedef struct nmp_calib_weight_result {
+	nmp_method method;           /* what chose its mask (magnitude when it fell back) */
+	char note[160];              /* why it fell back, or what was done differently; "" */
+	double score_kept;           /* wanda: score mass kept by its mask, NAN otherwise */
+	double score_kept_magnitude; /* wanda: ... by the magnitude mask */
+	double error;                /* sparsegpt: relative squared output error on the samples */
+	double error_magnitude;      /* sparsegpt: ... of the magnitude mask without reconstruction */
+	double damp;                 /* sparsegpt: damping that factorized */
+	bool reconstructed;          /* kept weights rewritten */
+} nmp_calib_weight_result;
+
+typedef struct nmp_calib nmp_calib;
+
+/* Checks the method against every eligible weight's pattern before anything runs (usage errors). */
+nmp_status nmp_calib_check(const nmp_plan *plan, nmp_method method, nmp_error *err);
+
+nmp_status nmp_calibrate(const nmp_plan *plan, const nmp_calib_opts *o, nmp_calib **out, nmp_error *err);
+void nmp_calib_free(nmp_calib **c);
+
+nmp_method nmp_calib_method(const nmp_calib *c);
+size_t nmp_calib_samples(const nmp_calib *c);
+uint64_t nmp_calib_tokens(const nmp_calib *c);   /* activation vectors seen, summed over weights' first uses */
+double nmp_calib_seconds(const nmp_calib *c);
+const char *nmp_calib_runtime(const nmp_calib *c); /* "ONNX Runtime 1.31.1" */
+
+/*
+ * Prunes selection choice ci by the calibrated method: like nmp_engine_run
+ * for APPLY and DRY (t->data / t->src as there), filling `mask` (may be NULL)
+ * and the magnitude statistics in st, and what calibration adds in *cr.
+ */
+nmp_status nmp_calib_prune(nmp_calib *c, size_t ci, nmp_engine *e, const nmp_mask_tensor *t, const nmp_pattern *p,
+			   nmp_mask_mode mode, uint8_t *mask, nmp_mask_stats *st, nmp_calib_weight_result *cr,
+			   nmp_error *err);
+
+#endif

@@ -1,0 +1,177 @@
+/*
+ * sparsegpt.c — the OBS sweep of sparsegpt.h on BLAS and LAPACK.
+ */
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blas.h"
+#include "sparsegpt.h"
+
+bool nmp_sparsegpt_supports(const nmp_pattern *p)
+{
+	return p->unit == NMP_UNIT_ELEMENT;
+}
+
+
+/*
+ * U, upper triangular with H^-1 = U^T U, in place of H (row-major).  H is
+ * damped first; on failure the damping grows tenfold.
+ */
+static nmp_status inverse_factor(double *H, uint64_t K, double damp, double *damp_used, const char *name,
+				 nmp_error *err)
+{
+	double *orig = malloc(K * K * sizeof *orig);
+	if (!orig)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory for its Hessian", name);
+	double mean = 0;
+	for (uint64_t i = 0; i < K; i++) {
+		if (H[i * K + i] == 0) /* an input no token touched: its weights cannot matter, keep H definite */
+			H[i * K + i] = 1;
+		mean += H[i * K + i];
+	}
+	mean /= (double)K;
+	memcpy(orig, H, K * K * sizeof *orig);
+	nmp_status s = NMP_ERR_MODEL;
+	for (double d = damp; d <= damp * 1e6 + 1e-300; d *= 10) {
+		if (d != damp)
+			memcpy(H, orig, K * K * sizeof *orig);
+		for (uint64_t i = 0; i < K; i++)
+			H[i * K + i] += d * mean;
+		int n = (int)K;
+		if (nmp_dpotrf_upper(n, H) != 0 || nmp_dpotri_upper(n, H) != 0)
+			continue;
+		for (uint64_t i = 0; i < K; i++) /* the inverse's upper half, mirrored */
+			for (uint64_t j = 0; j < i; j++)
+				H[i * K + j] = H[j * K + i];
+		if (nmp_dpotrf_upper(n, H) != 0)
+			continue;
+		for (uint64_t i = 0; i < K; i++)
+			for (uint64_t j = 0; j < i; j++)
+				H[i * K + j] = 0;
+		*damp_used = d;
+		s = NMP_OK;
+		break;
+	}
+	free(orig);
+	if (s != NMP_OK)
+		return nmp_error_set(err, NMP_ERR_MODEL, "tensor '%s': its Hessian is not positive definite even damped "
+				     "by %g of its mean diagonal", name, damp * 1e6);
+	return NMP_OK;
+}
+
+typedef struct scored {
+	double s;
+	uint64_t i;
+} scored;
+
+/* Ascending score; ties: the higher index first (pruned first). */
+static int prune_order(const void *a, const void *b)
+{
+	const scored *x = a, *y = b;
+	if (x->s != y->s)
+		return x->s < y->s ? -1 : 1;
+	return (x->i < y->i) - (x->i > y->i);
+}
+
+/* N:M at columns [c, c+M) of block row r: keep the N highest scores, ties to the lower column. */
+static void choose_nm(const double *w, const double *dd, unsigned n, unsigned m, uint8_t *keep)
+{
+	double sc[NMP_PATTERN_MAX_M];
+	for (unsigned j = 0; j < m; j++) {
+		sc[j] = w[j] * w[j] / (dd[j] * dd[j]);
+		keep[j] = 0;
+	}
+	for (unsigned k = 0; k < n; k++) {
+		int best = -1;
+		for (unsigned j = 0; j < m; j++)
+			if (!keep[j] && (best < 0 || sc[j] > sc[best]))
+				best = (int)j;
+		keep[best] = 1;
+	}
+}
+
+nmp_status nmp_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, double damp, const nmp_pattern *p,
+			       uint8_t *mask, double *damp_used, const char *name, nmp_error *err)
+{
+	NMP_ASSERT(nmp_sparsegpt_supports(p));
+	if (p->structured && K % p->m != 0)
+		return nmp_error_set(err, NMP_ERR_MODEL, "tensor '%s': %llu inputs are not a multiple of %u", name,
+				     (unsigned long long)K, p->m);
+	NMP_TRY(inverse_factor(H, K, damp, damp_used, name, err));
+	const double *U = H;
+	const uint64_t B = NMP_SPARSEGPT_BLOCK;
+	double *W1 = malloc(rows * B * sizeof *W1), *E1 = malloc(rows * B * sizeof *E1), *err_col = malloc(rows * sizeof *err_col);
+	double *dd = malloc(B * sizeof *dd);
+	uint8_t *m1 = malloc(rows * B);
+	scored *sc = p->structured ? NULL : malloc(rows * B * sizeof *sc);
+	nmp_status s = NMP_OK;
+	if (!W1 || !E1 || !err_col || !dd || !m1 || (!p->structured && !sc)) {
+		s = nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", name);
+		goto out;
+	}
+	for (uint64_t i1 = 0; i1 < K; i1 += B) {
+		const uint64_t cnt = K - i1 < B ? K - i1 : B;
+		for (uint64_t r = 0; r < rows; r++)
+			memcpy(W1 + r * cnt, W + r * K + i1, cnt * sizeof *W1);
+		for (uint64_t j = 0; j < cnt; j++)
+			dd[j] = U[(i1 + j) * K + i1 + j];
+		if (!p->structured) {
+			const uint64_t n = rows * cnt;
+			for (uint64_t e = 0; e < n; e++) {
+				double w = W1[e], d = dd[e % cnt];
+				sc[e] = (scored){ w * w / (d * d), e };
+			}
+			qsort(sc, n, sizeof *sc, prune_order);
+			uint64_t prune = (uint64_t)llround(p->sparsity * (double)n);
+			memset(m1, 1, n);
+			for (uint64_t e = 0; e < prune; e++)
+				m1[sc[e].i] = 0;
+		}
+		for (uint64_t i = 0; i < cnt; i++) {
+			if (p->structured && i % p->m == 0)
+				for (uint64_t r = 0; r < rows; r++)
+					choose_nm(W1 + r * cnt + i, dd + i, p->n, p->m, m1 + r * cnt + i);
+			const double d = dd[i];
+			for (uint64_t r = 0; r < rows; r++) {
+				double w = W1[r * cnt + i], q = m1[r * cnt + i] ? w : 0;
+				err_col[r] = (w - q) / d;
+				E1[r * cnt + i] = err_col[r];
+			}
+			/* W1[:, i:] -= err (x) U[i1+i, i1+i : i1+cnt] */
+			nmp_dger((int)rows, (int)(cnt - i), -1.0, err_col, U + (i1 + i) * K + i1 + i, W1 + i, (int)cnt);
+			for (uint64_t r = 0; r < rows; r++)
+				if (!m1[r * cnt + i])
+					W1[r * cnt + i] = 0; /* exactly zero, whatever the rounding */
+		}
+		for (uint64_t r = 0; r < rows; r++) {
+			memcpy(W + r * K + i1, W1 + r * cnt, cnt * sizeof *W);
+			memcpy(mask + r * K + i1, m1 + r * cnt, cnt);
+		}
+		if (i1 + cnt < K) /* W[:, i2:] -= E1 U[i1:i2, i2:] */
+			nmp_dgemm((int)rows, (int)(K - i1 - cnt), (int)cnt, -1.0, E1, (int)cnt, U + i1 * K + i1 + cnt, (int)K, 1.0,
+				  W + i1 + cnt, (int)K);
+	}
+out:
+	free(W1);
+	free(E1);
+	free(err_col);
+	free(dd);
+	free(m1);
+	free(sc);
+	return s;
+}
+
+double nmp_sparsegpt_output_error(const double *D, uint64_t rows, uint64_t K, const double *H)
+{
+	double *DH = malloc(rows * K * sizeof *DH);
+	if (!DH)
+		return NAN;
+	nmp_dgemm((int)rows, (int)K, (int)K, 1.0, D, (int)K, H, (int)K, 0.0, DH, (int)K);
+	double e = 0;
+	for (uint64_t i = 0; i < rows * K; i++)
+		e += DH[i] * D[i];
+	free(DH);
+	return e;
+}

@@ -1,0 +1,46 @@
+/*
+ * sparsegpt.h — one-shot pruning with reconstruction (OBS), for one linear
+ * layer: rows outputs, K inputs, and the inputs' Hessian H = sum of x x^T
+ * over the calibration tokens.
+ *
+ * H is damped (damp x its mean diagonal added to the diagonal; a column no
+ * token touched gets 1), inverted through its Cholesky factor, and the
+ * upper Cholesky factor U of H^-1 drives the sweep: columns are taken in
+ * order, in blocks of NMP_SPARSEGPT_BLOCK; each pruned weight's error,
+ * divided by U[i][i], is spread over the columns still to come along row i
+ * of U (inside a block by rank-1 updates, to the later columns once per
+ * block by one matrix product).  The mask is chosen as the sweep reaches it,
+ * from the weights as updated so far, by score w^2 / U[j][j]^2:
+ *  - N:M: at the first column of every group of M, per row, the N highest
+ *    scores are kept (ties keep the lower column);
+ *  - P%: at the first column of every block, round(P x rows x width) of the
+ *    block's lowest scores are pruned (ties prune the higher flat index).
+ * A failed factorization retries with ten times the damping, up to 1e6 x.
+ * Arithmetic in double through BLAS and LAPACK (blas.h, loaded by the caller).
+ */
+#ifndef NMP_SPARSEGPT_H
+#define NMP_SPARSEGPT_H
+
+#include <stdint.h>
+
+#include "error.h"
+#include "pattern.h"
+
+#define NMP_SPARSEGPT_BLOCK 128
+
+/* Can the sweep serve this pattern (element-wise N:M or P%)? */
+bool nmp_sparsegpt_supports(const nmp_pattern *p);
+
+/*
+ * W: rows x K, row-major; on return the reconstructed weights, pruned ones
+ * exactly 0.  H: K x K, overwritten.  mask: rows x K, 1 = kept.  *damp_used
+ * is the relative damping that factorized.
+ */
+nmp_status nmp_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, double damp, const nmp_pattern *p,
+			       uint8_t *mask, double *damp_used, const char *name, nmp_error *err);
+
+/* tr(D H D^T) for D rows x K (row-major): the squared output error of a weight change D. */
+double nmp_sparsegpt_output_error(const double *D, uint64_t rows, uint64_t K, const double *H);
+
+
+#endif

@@ -1,0 +1,415 @@
+"""Calibrated pruning (wanda, sparsegpt) and `compare`, against an independent
+numpy reference written here from the methods' definitions: statistics as
+sums over tokens, Conv patches by an explicit im2col, the OBS sweep in plain
+numpy linear algebra."""
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from safetensors.numpy import load_file, save_file
+
+from conftest import nmprune, save
+import reference
+
+
+def _model(nodes, inputs, outputs, inits):
+    g = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def mlp(rng):
+    """x [b, s, 64] -> MatMul W1 [64, 32] -> Relu -> Gemm(transA=0, transB=1) W2 [16, 32]."""
+    W1 = rng.standard_normal((64, 32)).astype(np.float32)
+    W2 = rng.standard_normal((16, 32)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"),
+        helper.make_node("Relu", ["h"], ["hr"]),
+        helper.make_node("Reshape", ["hr", "shape"], ["h2"]),
+        helper.make_node("Gemm", ["h2", "W2"], ["y"], name="gemm", transB=1),
+    ]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 5, 64])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+               {"W1": W1, "W2": W2, "shape": np.array([-1, 32], np.int64)})
+    return m, {"W1": W1, "W2": W2}
+
+
+def mlp_data(rng, samples=12):
+    scale = np.exp(rng.standard_normal(64)).astype(np.float32)  # channels of very different size
+    return (rng.standard_normal((samples, 2, 5, 64)) * scale).astype(np.float32)
+
+
+def conv_model(rng):
+    """Grouped, strided, padded, dilated Conv, then a 1x1 Conv with auto_pad SAME_UPPER and stride 2."""
+    W1 = rng.standard_normal((16, 4, 3, 3)).astype(np.float32)
+    W2 = rng.standard_normal((8, 16, 1, 2)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "W1"], ["c1"], name="conv1", group=2, strides=[2, 1], pads=[1, 0, 2, 1],
+                         dilations=[2, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "W2"], ["y"], name="conv2", auto_pad="SAME_UPPER", strides=[1, 2]),
+    ]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, 9, 7])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], {"W1": W1, "W2": W2})
+    return m, {"W1": W1, "W2": W2}
+
+
+def activations(model, feeds, names):
+    """The named intermediate values, by running the model with them as outputs."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for n in names:
+        m.graph.output.append(helper.make_empty_tensor_value_info(n))
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip(names, s.run(names, feeds)))
+
+
+def im2col(x, kshape, strides, pads_begin, pads_end, dil, group, cin_g):
+    """Rows of patches per group, input order kernel position major, channel minor."""
+    n, c, h, w = x.shape
+    xp = np.zeros((n, c, h + pads_begin[0] + pads_end[0], w + pads_begin[1] + pads_end[1]))
+    xp[:, :, pads_begin[0]:pads_begin[0] + h, pads_begin[1]:pads_begin[1] + w] = x
+    kh, kw = kshape
+    oh = (xp.shape[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (xp.shape[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
+    rows = {g: [] for g in range(group)}
+    for b in range(n):
+        for i in range(oh):
+            for j in range(ow):
+                for g in range(group):
+                    row = []
+                    for a in range(kh):
+                        for e in range(kw):
+                            for ch in range(cin_g):
+                                row.append(xp[b, g * cin_g + ch, i * strides[0] + a * dil[0], j * strides[1] + e * dil[1]])
+                    rows[g].append(row)
+    return {g: np.array(r) for g, r in rows.items()}
+
+
+def sparsegpt_ref(W, H, n, m, damp=0.01, block=128, sparsity=None):
+    """The OBS sweep: W rows x K, H K x K. Returns (reconstructed W, keep mask)."""
+    W = W.astype(np.float64).copy()
+    H = H.astype(np.float64).copy()
+    K = W.shape[1]
+    d = np.diag(H).copy()
+    d[d == 0] = 1
+    H[np.diag_indices(K)] = d
+    H[np.diag_indices(K)] += damp * np.mean(np.diag(H))
+    Hinv = np.linalg.inv(H)
+    U = np.linalg.cholesky(Hinv).T  # Hinv = U^T U, U upper
+    keep = np.ones_like(W, bool)
+    for i1 in range(0, K, block):
+        i2 = min(i1 + block, K)
+        W1 = W[:, i1:i2].copy()
+        E = np.zeros_like(W1)
+        dd = np.diag(U)[i1:i2]
+        k1 = np.ones_like(W1, bool)
+        if sparsity is not None:
+            score = (W1 ** 2 / dd ** 2).ravel()
+            order = sorted(range(score.size), key=lambda e: (score[e], -e))
+            k1.ravel()[order[:int(round(sparsity * score.size))]] = False
+        for i in range(i2 - i1):
+            if sparsity is None and i % m == 0:
+                score = W1[:, i:i + m] ** 2 / dd[i:i + m] ** 2
+                k1[:, i:i + m] = reference._top_n(score, n)
+            q = np.where(k1[:, i], W1[:, i], 0.0)
+            err = (W1[:, i] - q) / dd[i]
+            W1[:, i:] -= np.outer(err, U[i1 + i, i1:i2][i:])
+            W1[:, i] = q
+            E[:, i] = err
+        W[:, i1:i2] = W1
+        keep[:, i1:i2] = k1
+        W[:, i2:] -= E @ U[i1:i2, i2:]
+    return W, keep
+
+
+@pytest.fixture
+def mlp_case(tmp_path, rng):
+    model, w = mlp(rng)
+    X = mlp_data(rng)
+    save_file({"x": X}, str(tmp_path / "data.safetensors"))
+    return save(model, tmp_path / "mlp.onnx"), model, w, X
+
+
+def test_statistics_of_matmul_and_gemm_match_sums_over_tokens(tmp_path, mlp_case):
+    path, model, w, X = mlp_case
+    nmprune("prune", path, "--dry-run", "--method", "sparsegpt", "--calibration", tmp_path / "data.safetensors",
+            "--align", "none", "--calibration-stats", tmp_path / "st.safetensors", "-q", check=0)
+    st = load_file(str(tmp_path / "st.safetensors"))
+    x1 = X.reshape(-1, 64).astype(np.float64)
+    np.testing.assert_allclose(st["W1.sq"], (x1 ** 2).sum(0), rtol=1e-12)
+    np.testing.assert_allclose(st["W1.H"][0], x1.T @ x1, rtol=1e-10, atol=1e-9)
+    h2 = np.concatenate([activations(model, {"x": X[i]}, ["h2"])["h2"] for i in range(len(X))]).astype(np.float64)
+    np.testing.assert_allclose(st["W2.H"][0], h2.T @ h2, rtol=1e-9, atol=1e-9)
+
+
+def test_conv_statistics_match_explicit_im2col(tmp_path, rng):
+    model, w = conv_model(rng)
+    X = rng.standard_normal((3, 2, 8, 9, 7)).astype(np.float32)
+    save_file({"x": X}, str(tmp_path / "data.safetensors"))
+    path = save(model, tmp_path / "conv.onnx")
+    nmprune("prune", path, "--dry-run", "--method", "sparsegpt", "--calibration", tmp_path / "data.safetensors",
+            "--align", "none", "--calibration-stats", tmp_path / "st.safetensors", check=0)
+    st = load_file(str(tmp_path / "st.safetensors"))
+    H1 = np.zeros((2, 36, 36))
+    H2 = np.zeros((1, 32, 32))
+    sq1 = np.zeros(8)
+    for s in range(len(X)):
+        x = X[s].astype(np.float64)
+        sq1 += (x ** 2).sum(axis=(0, 2, 3))
+        for g, rows in im2col(x, (3, 3), (2, 1), (1, 0), (2, 1), (2, 1), 2, 4).items():
+            H1[g] += rows.T @ rows
+        r1 = activations(model, {"x": X[s]}, ["r1"])["r1"].astype(np.float64)
+        # SAME_UPPER, kernel (1, 2), strides (1, 2): width pad total max(0, (ceil(w/2)-1)*2 + 2 - w)
+        wdt = r1.shape[3]
+        total = max(0, (-(-wdt // 2) - 1) * 2 + 2 - wdt)
+        rows = im2col(r1, (1, 2), (1, 2), (0, total // 2), (0, total - total // 2), (1, 1), 1, 16)[0]
+        H2[0] += rows.T @ rows
+    np.testing.assert_allclose(st["W1.sq"], sq1, rtol=1e-12)
+    np.testing.assert_allclose(st["W1.H"], H1, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(st["W2.H"], H2, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "4:8", "2:4@v4", "2:4@b2x2", "2:4@t", "50%"])
+def test_wanda_masks_match_reference_for_every_family(tmp_path, mlp_case, pattern):
+    path, model, w, X = mlp_case
+    out = tmp_path / "out.onnx"
+    nmprune("prune", path, "-o", out, "--method", "wanda", "--calibration", tmp_path / "data.safetensors",
+            "--align", "none", "--pattern", pattern, "--save-masks", tmp_path / "m.safetensors", "-q", check=0)
+    masks = load_file(str(tmp_path / "m.safetensors"))
+    x1 = X.reshape(-1, 64).astype(np.float64)
+    norm1 = np.sqrt((x1 ** 2).sum(0))
+    h2 = np.concatenate([activations(model, {"x": X[i]}, ["h2"])["h2"] for i in range(len(X))]).astype(np.float64)
+    norm2 = np.sqrt((h2 ** 2).sum(0))
+    cases = {"W1": (w["W1"], norm1[:, None], 0, 1), "W2": (w["W2"], norm2[None, :], 1, 0)}
+    pruned = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    for name, (W, norm, axis, out_axis) in cases.items():
+        score = (np.abs(W).astype(np.float64) * norm).astype(np.float32).astype(np.float64)
+        keep = reference.mask(W, pattern, axis, out_axis, magnitude=score)
+        assert np.array_equal(masks[name].astype(bool), keep), (name, pattern)
+        assert np.array_equal(pruned[name], np.where(keep, W, 0)), name
+
+
+def test_wanda_differs_from_magnitude_where_activations_differ(tmp_path, rng):
+    """Two channels in one group: the smaller weight on the far larger activation is kept."""
+    W = np.ones((8, 8), np.float32)
+    W[0, :], W[1, :] = 1.0, 0.5  # magnitude keeps rows 0 (and 2/3) of each group of 4 along K
+    X = np.zeros((4, 4, 8), np.float32)
+    X[..., 1] = 100.0
+    X[..., 0] = 0.01
+    X[..., 2:] = 1.0
+    model = _model([helper.make_node("MatMul", ["x", "W"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], {"W": W})
+    path = save(model, tmp_path / "m.onnx")
+    save_file({"x": X}, str(tmp_path / "d.safetensors"))
+    nmprune("prune", path, "-o", tmp_path / "o.onnx", "--method", "wanda", "--calibration", tmp_path / "d.safetensors",
+            "--align", "none", "--save-masks", tmp_path / "mk.safetensors", "-q", check=0)
+    keep = load_file(str(tmp_path / "mk.safetensors"))["W"].astype(bool)
+    assert keep[1].all() and not keep[0].any()  # channel 1 (weight 0.5, activation 100) beats channel 0
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "4:8", "30%"])
+def test_sparsegpt_matches_reference_sweep(tmp_path, mlp_case, pattern):
+    path, model, w, X = mlp_case
+    out = tmp_path / "out.onnx"
+    r = nmprune("prune", path, "-o", out, "--method", "sparsegpt", "--calibration", tmp_path / "data.safetensors",
+                "--align", "none", "--pattern", pattern, "--save-masks", tmp_path / "m.safetensors", "--json",
+                check=0)
+    masks = load_file(str(tmp_path / "m.safetensors"))
+    pruned = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    x1 = X.reshape(-1, 64).astype(np.float64)
+    h2 = np.concatenate([activations(model, {"x": X[i]}, ["h2"])["h2"] for i in range(len(X))]).astype(np.float64)
+    sparsity = float(pattern[:-1]) / 100 if pattern.endswith("%") else None
+    n, m = (2, 4) if sparsity else map(int, pattern.split(":"))
+    # W1 [K=64, N=32] -> rows are outputs: W1.T; W2 [16, 32] (transB) is already outputs x inputs
+    for name, Wrows, H, back in [("W1", w["W1"].T, x1.T @ x1, lambda a: a.T), ("W2", w["W2"], h2.T @ h2, lambda a: a)]:
+        ref_w, ref_keep = sparsegpt_ref(Wrows, H, n, m, sparsity=sparsity)
+        assert np.array_equal(masks[name].astype(bool), back(ref_keep)), (name, pattern)
+        np.testing.assert_allclose(pruned[name], back(ref_w).astype(np.float32), rtol=2e-4, atol=2e-5)
+        assert (pruned[name][~back(ref_keep)] == 0).all()
+    rep = json.loads(r.out)
+    cal = {x["name"]: x["calibration"] for x in rep["weights"]}
+    assert all(c["method"] == "sparsegpt" and c["reconstructed"] for c in cal.values())
+    assert all(c["output_error"] < c["output_error_magnitude"] for c in cal.values())
+    assert rep["calibration"]["samples"] == 12 and rep["calibration"]["tokens"] == 120
+
+
+def test_sparsegpt_output_is_closer_to_dense_than_magnitude(tmp_path, mlp_case):
+    path, model, w, X = mlp_case
+    data = tmp_path / "data.safetensors"
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        extra = [] if method == "magnitude" else ["--method", method, "--calibration", data]
+        nmprune("prune", path, "-o", tmp_path / f"{method}.onnx", "--align", "none", "-q", *extra, check=0)
+        nmprune("check", tmp_path / f"{method}.onnx", "--align", "none", "-q", check=0)
+    fid = {}
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        r = nmprune("compare", path, tmp_path / f"{method}.onnx", "--calibration", data, "--json", check=0)
+        fid[method] = json.loads(r.out)["outputs"][0]
+    assert fid["sparsegpt"]["rel_l2"] < fid["magnitude"]["rel_l2"]
+    assert fid["sparsegpt"]["cosine"] > fid["magnitude"]["cosine"]
+    # compare's numbers against numpy on the same runs
+    dense = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    pr = ort.InferenceSession(str(tmp_path / "sparsegpt.onnx"), providers=["CPUExecutionProvider"])
+    a = [dense.run(None, {"x": X[i]})[0].astype(np.float64) for i in range(len(X))]
+    b = [pr.run(None, {"x": X[i]})[0].astype(np.float64) for i in range(len(X))]
+    cos = np.mean([(u * v).sum() / np.linalg.norm(u) / np.linalg.norm(v) for u, v in zip(a, b)])
+    rel = np.sqrt(sum(((u - v) ** 2).sum() for u, v in zip(a, b)) / sum((u ** 2).sum() for u in a))
+    top1 = np.mean(np.concatenate([u.argmax(-1) == v.argmax(-1) for u, v in zip(a, b)]))
+    assert fid["sparsegpt"]["cosine"] == pytest.approx(cos, rel=1e-6)
+    assert fid["sparsegpt"]["rel_l2"] == pytest.approx(rel, rel=1e-6)
+    assert fid["sparsegpt"]["top1"] == pytest.approx(top1)
+
+
+def test_compare_of_a_model_with_itself_is_exact(tmp_path, mlp_case):
+    path, _, _, _ = mlp_case
+    r = nmprune("compare", path, path, "--calibration", tmp_path / "data.safetensors", "--json", check=0)
+    o = json.loads(r.out)
+    assert o["samples"] == 12
+    assert o["outputs"][0]["cosine"] == 1.0 and o["outputs"][0]["rel_l2"] == 0.0 and o["outputs"][0]["top1"] == 1.0
+
+
+def test_metadata_records_method_and_calibration(tmp_path, mlp_case):
+    path, _, _, _ = mlp_case
+    out = tmp_path / "o.onnx"
+    nmprune("prune", path, "-o", out, "--method", "sparsegpt", "--calibration", tmp_path / "data.safetensors",
+            "--calibration-samples", "5", "--align", "none", "-q", check=0)
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    cal = json.loads(meta["nmprune.calibration"])
+    assert cal["method"] == "sparsegpt" and cal["samples"] == 5 and cal["tokens"] == 50
+    weights = json.loads(meta["nmprune.weights"])
+    assert weights["W1"]["method"] == "sparsegpt" and weights["W1"]["reconstructed"] is True
+
+
+def test_test_data_layout_gives_the_same_result_as_safetensors(tmp_path, mlp_case):
+    path, _, _, X = mlp_case
+    d = tmp_path / "td"
+    for i in range(len(X)):
+        (d / f"test_data_set_{i}").mkdir(parents=True)
+        (d / f"test_data_set_{i}" / "input_0.pb").write_bytes(numpy_helper.from_array(X[i], "x").SerializeToString())
+    for name, data in (("a", tmp_path / "data.safetensors"), ("b", d)):
+        nmprune("prune", path, "-o", tmp_path / f"{name}.onnx", "--method", "sparsegpt", "--calibration", data,
+                "--align", "none", "-q", check=0)
+    wa = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "a.onnx")).graph.initializer}
+    wb = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "b.onnx")).graph.initializer}
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
+def test_batch_rows_are_samples_when_the_rank_matches(tmp_path, rng):
+    W = rng.standard_normal((16, 8)).astype(np.float32)
+    model = _model([helper.make_node("MatMul", ["x", "W"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 16])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 8])], {"W": W})
+    path = save(model, tmp_path / "m.onnx")
+    X = rng.standard_normal((40, 16)).astype(np.float32)
+    save_file({"x": X}, str(tmp_path / "d.safetensors"))
+    r = nmprune("prune", path, "--dry-run", "--method", "wanda", "--calibration", tmp_path / "d.safetensors",
+                "--align", "none", "--json", check=0)
+    assert json.loads(r.out)["calibration"]["samples"] == 40
+
+
+def test_conv_sparsegpt_reconstruction_matches_reference(tmp_path, rng):
+    model, w = conv_model(rng)
+    X = rng.standard_normal((4, 2, 8, 9, 7)).astype(np.float32)
+    save_file({"x": X}, str(tmp_path / "data.safetensors"))
+    path = save(model, tmp_path / "conv.onnx")
+    out = tmp_path / "o.onnx"
+    nmprune("prune", path, "-o", out, "--method", "sparsegpt", "--calibration", tmp_path / "data.safetensors",
+            "--align", "none", "--save-masks", tmp_path / "m.safetensors", "-q", check=0)
+    pruned = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    masks = load_file(str(tmp_path / "m.safetensors"))
+    W1 = w["W1"]  # [16, 4, 3, 3], 2 groups of 8 outputs; inputs k = (a*3+e)*4 + c
+    for g in range(2):
+        H = np.zeros((36, 36))
+        for s in range(len(X)):
+            rows = im2col(X[s].astype(np.float64), (3, 3), (2, 1), (1, 0), (2, 1), (2, 1), 2, 4)[g]
+            H += rows.T @ rows
+        Wg = W1[g * 8:(g + 1) * 8].transpose(0, 2, 3, 1).reshape(8, 36)
+        ref_w, ref_keep = sparsegpt_ref(Wg, H, 2, 4)
+        back = lambda a: a.reshape(8, 3, 3, 4).transpose(0, 3, 1, 2)
+        assert np.array_equal(masks["W1"][g * 8:(g + 1) * 8].astype(bool), back(ref_keep))
+        np.testing.assert_allclose(pruned["W1"][g * 8:(g + 1) * 8], back(ref_w).astype(np.float32), rtol=2e-4, atol=2e-5)
+
+
+def test_fp16_weights_are_rebuilt_in_fp16(tmp_path, rng):
+    W = rng.standard_normal((32, 16)).astype(np.float16)
+    model = _model([helper.make_node("Cast", ["x"], ["xh"], to=TensorProto.FLOAT16),
+                    helper.make_node("MatMul", ["xh", "W"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 32])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["b", 16])], {"W": W})
+    path = save(model, tmp_path / "m.onnx")
+    X = rng.standard_normal((64, 32)).astype(np.float32)
+    save_file({"x": X}, str(tmp_path / "d.safetensors"))
+    out = tmp_path / "o.onnx"
+    nmprune("prune", path, "-o", out, "--method", "sparsegpt", "--calibration", tmp_path / "d.safetensors",
+            "--align", "none", "-q", check=0)
+    got = numpy_helper.to_array(onnx.load(str(out)).graph.initializer[0])
+    assert got.dtype == np.float16
+    xh = X.astype(np.float16).astype(np.float64)
+    ref_w, keep = sparsegpt_ref(W.astype(np.float64).T, xh.T @ xh, 2, 4)
+    np.testing.assert_array_equal(got, np.where(keep.T, ref_w.T, 0).astype(np.float16))
+    nmprune("check", out, "--align", "none", "-q", check=0)
+
+
+def test_errors(tmp_path, mlp_case):
+    path, _, _, X = mlp_case
+    data = tmp_path / "data.safetensors"
+    out = tmp_path / "o.onnx"
+    r = nmprune("prune", path, "-o", out, "--method", "wanda", check=2)
+    assert "needs --calibration" in r.err
+    r = nmprune("prune", path, "-o", out, "--calibration", data, check=2)
+    assert "--method wanda or sparsegpt" in r.err
+    r = nmprune("prune", path, "-o", out, "--method", "sparsegpt", "--calibration", data, "--pattern", "2:4@v4",
+                "--align", "none", check=2)
+    assert "2:4@v4" in r.err and "sparsegpt" in r.err
+    r = nmprune("prune", path, "-o", out, "--method", "wanda", "--calibration", data, "--ort-library",
+                tmp_path / "missing.so", check=6)
+    assert "ONNX Runtime" in r.err and "missing.so" in r.err
+    save_file({"y": X}, str(tmp_path / "bad.safetensors"))
+    r = nmprune("prune", path, "-o", out, "--method", "wanda", "--calibration", tmp_path / "bad.safetensors", check=2)
+    assert "'y' names no input" in r.err
+    save_file({"x": X.astype(np.float64)}, str(tmp_path / "f64.safetensors"))
+    r = nmprune("prune", path, "-o", out, "--method", "wanda", "--calibration", tmp_path / "f64.safetensors", check=2)
+    assert "DOUBLE" in r.err and "FLOAT" in r.err
+    save_file({"x": X[:, 0, 0]}, str(tmp_path / "rank.safetensors"))
+    r = nmprune("prune", path, "-o", out, "--method", "wanda", "--calibration", tmp_path / "rank.safetensors", check=2)
+    assert "rank" in r.err
+    save_file({"x": X[:, :, :3]}, str(tmp_path / "dim.safetensors"))
+    r = nmprune("prune", path, "-o", out, "--method", "wanda", "--calibration", tmp_path / "dim.safetensors", check=2)
+    assert "dimension 1 of 3" in r.err and "5" in r.err
+    (tmp_path / "empty").mkdir()
+    r = nmprune("prune", path, "-o", out, "--method", "wanda", "--calibration", tmp_path / "empty", check=2)
+    assert "test_data_set" in r.err
+    r = nmprune("compare", path, path, check=2)
+    assert "--calibration" in r.err
+    assert not out.exists()
+
+
+REAL = __import__("pathlib").Path(__file__).resolve().parents[2] / ".cache" / "real-models"
+
+
+@pytest.mark.skipif(not (REAL / "ppocrv4_rec.onnx").exists(), reason="real models not unpacked: make deps")
+def test_real_ocr_recognizer_sparsegpt_keeps_more_than_magnitude(tmp_path):
+    """PP-OCRv4's recognizer (Conv + a transformer block, from its PyPI wheel) on rendered text lines."""
+    import sys
+    sys.path.insert(0, str(REAL.parents[1] / "bench"))
+    from bench_quality import ocr_rec_data
+    data = ocr_rec_data(16)
+    save_file({"x": data["x"][:16]}, str(tmp_path / "cal.safetensors"))
+    save_file({"x": data["x"][16:]}, str(tmp_path / "eval.safetensors"))
+    model = REAL / "ppocrv4_rec.onnx"
+    fid = {}
+    for method in ("magnitude", "sparsegpt"):
+        out = tmp_path / f"{method}.onnx"
+        extra = [] if method == "magnitude" else ["--method", method, "--calibration", tmp_path / "cal.safetensors"]
+        r = nmprune("prune", model, "-o", out, "--align", "none", "--json", *extra, check=0)
+        rep = json.loads(r.out)
+        assert rep["summary"]["done"] >= 30
+        nmprune("check", out, "--align", "none", "-q", check=0)
+        r = nmprune("compare", model, out, "--calibration", tmp_path / "eval.safetensors", "--json", check=0)
+        fid[method] = json.loads(r.out)["outputs"][0]
+    assert fid["sparsegpt"]["rel_l2"] < 0.7 * fid["magnitude"]["rel_l2"]
+    assert fid["sparsegpt"]["top1"] > fid["magnitude"]["top1"] + 0.2

