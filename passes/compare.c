@@ -55,7 +55,7 @@ static nmp_status open_side(side *s, const nmp_compare_opts *o, const char *path
 	NMP_TRY(nmp_calib_data_open(o->data, s->inputs, s->n_inputs, o->max_samples, &s->data, err));
 	uint8_t *bytes;
 	size_t len;
-	NMP_TRY(nmp_model_serialize(s->m, NULL, 0, &bytes, &len, err));
+	NMP_TRY(nmp_model_serialize(s->m, NULL, NULL, 0, &bytes, &len, err));
 	nmp_status st = nmp_ort_session_create(ort, bytes, len, path, o->threads, &s->sess, err);
 	free(bytes);
 	return st;

@@ -211,8 +211,7 @@ static nmp_status run_one(prune_ctx *c, size_t ci, void *data, const void *src, 
 			.quant = cand->quant.present ? &qp : NULL,
 		};
 		if (c->o && c->o->calib) {
-			s = nmp_calib_prune(c->o->calib, ci, c->engine, &mt, &ch->pattern, c->mode, mask, &w->stats, &w->cal,
-					    err);
+			s = nmp_calib_prune(c->o->calib, ci, &mt, c->mode, mask, &w->stats, &w->cal, err);
 			w->calibrated = true;
 		} else {
 			s = nmp_engine_run(c->engine, &mt, &ch->pattern, c->mode, mask, &w->stats, err);

@@ -21,6 +21,7 @@
 #include "sparsegpt.h"
 
 #define MAX_SPATIAL 8
+#define NMP_CALIB_STAGES 8
 #define CHUNK_ROWS 256
 
 typedef enum layer_kind { LAYER_NONE, LAYER_LINEAR, LAYER_CONV } layer_kind;
@@ -49,6 +50,12 @@ typedef struct target {
 	double *H;                      /* G x K x K */
 	uint64_t tokens;
 	bool active;                    /* collected in the current pass */
+	/* the decision, made once its statistics are in */
+	bool decided;
+	uint8_t *mask;                  /* numel, 1 = kept */
+	void *payload;                  /* the pruned (and rebuilt) values, raw layout */
+	nmp_mask_stats st;
+	nmp_calib_weight_result cr;
 } target;
 
 struct nmp_calib {
@@ -59,6 +66,7 @@ struct nmp_calib {
 	size_t samples;
 	uint64_t tokens;
 	double seconds;
+	size_t passes;                  /* runs over the data */
 	char runtime[96];
 };
 
@@ -528,12 +536,20 @@ static nmp_status run_pass(nmp_calib *c, nmp_ort *ort, const nmp_model_input *in
 	size_t len = 0;
 	nmp_ort_session *sess = NULL;
 	nmp_calib_data *data = NULL;
+	/* weights decided in earlier stages run as they will be written */
+	const void **payloads = calloc(m->n_tensors + 1, sizeof *payloads);
+	if (s == NMP_OK && !payloads)
+		s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	for (size_t i = 0; s == NMP_OK && i < c->n; i++)
+		if (c->t[i].decided)
+			payloads[c->plan->sel->choices[i].cand->tensor - m->tensors] = c->t[i].payload;
 	/* activations that are all graph inputs need no run of the model */
 	if (s == NMP_OK && n_outs)
-		s = nmp_model_serialize(m, extra, n_extra, &bytes, &len, err);
+		s = nmp_model_serialize(m, payloads, extra, n_extra, &bytes, &len, err);
 	if (s == NMP_OK && n_outs)
 		s = nmp_ort_session_create(ort, bytes, len, m->path, c->o.threads, &sess, err);
 	free(bytes);
+	free(payloads);
 	if (s == NMP_OK)
 		s = nmp_calib_data_open(c->o.data, inputs, n_inputs, c->o.max_samples, &data, err);
 	for (size_t k = 0; s == NMP_OK && k < nmp_calib_data_count(data); k++) {
@@ -580,6 +596,7 @@ static void mirror(double *H, uint64_t G, uint64_t K)
 }
 
 static nmp_status write_stats(const nmp_calib *c, const char *path, nmp_error *err);
+static nmp_status decide(nmp_calib *c, size_t ci, nmp_error *err);
 
 nmp_status nmp_calibrate(const nmp_plan *plan, const nmp_calib_opts *o, nmp_calib **out, nmp_error *err)
 {
@@ -626,34 +643,57 @@ nmp_status nmp_calibrate(const nmp_plan *plan, const nmp_calib_opts *o, nmp_cali
 		snprintf(c->runtime, sizeof c->runtime, "ONNX Runtime %s", nmp_ort_version(ort));
 	if (s == NMP_OK && o->method == NMP_METHOD_SPARSEGPT)
 		s = nmp_blas_load(o->threads, err);
-	/* passes: as many weights as the budget holds */
+	/*
+	 * Stages, in graph order: each collects its weights' statistics on the
+	 * model with every earlier stage's weights already pruned (and rebuilt),
+	 * then decides them, so later layers are calibrated on the inputs they
+	 * will see.  A stage also ends where its statistics would pass the budget.
+	 */
+	size_t n_elig = 0;
+	for (size_t i = 0; i < c->n; i++)
+		n_elig += plan->sel->choices[i].eligible;
+	size_t stages = c->o.stages ? c->o.stages : NMP_CALIB_STAGES;
+	size_t per_stage = n_elig ? (n_elig + stages - 1) / stages : 1;
 	size_t next = 0;
 	while (s == NMP_OK && next < c->n) {
 		uint64_t used = 0;
-		size_t active = 0;
+		size_t first = next, taken = 0, active = 0;
 		for (size_t i = 0; i < c->n; i++)
 			c->t[i].active = false;
-		for (; next < c->n; next++) {
+		for (; next < c->n && taken < per_stage; next++) {
 			target *t = &c->t[next];
-			if (t->kind == LAYER_NONE)
+			if (!plan->sel->choices[next].eligible)
 				continue;
-			if (active && used + stats_bytes(t) > c->o.memory_budget)
-				break;
-			if ((s = alloc_stats(t, err)) != NMP_OK)
-				break;
-			t->active = true;
-			used += stats_bytes(t);
-			active++;
+			if (t->kind != LAYER_NONE) {
+				if (active && used + stats_bytes(t) > c->o.memory_budget)
+					break;
+				if ((s = alloc_stats(t, err)) != NMP_OK)
+					break;
+				t->active = true;
+				used += stats_bytes(t);
+				active++;
+			}
+			taken++;
 		}
 		if (s == NMP_OK && active)
 			s = run_pass(c, ort, inputs, n_inputs, err);
-		for (size_t i = 0; s == NMP_OK && i < c->n; i++)
-			if (c->t[i].active && c->t[i].H)
-				mirror(c->t[i].H, c->t[i].G, c->t[i].K);
-		if (s == NMP_OK && o->stats_path && next >= c->n)
-			s = write_stats(c, o->stats_path, err);
-		/* a later pass needs the memory; sparsegpt keeps H until its weight is pruned */
+		if (s == NMP_OK && active)
+			c->passes++;
+		for (size_t i = first; s == NMP_OK && i < next; i++) {
+			target *t = &c->t[i];
+			if (!plan->sel->choices[i].eligible)
+				continue;
+			if (t->H)
+				mirror(t->H, t->G, t->K);
+			s = decide(c, i, err);
+			if (!o->stats_path) { /* what later stages need is the decision, not the statistics */
+				free(t->H);
+				t->H = NULL;
+			}
+		}
 	}
+	if (s == NMP_OK && o->stats_path)
+		s = write_stats(c, o->stats_path, err);
 	for (size_t i = 0; i < c->n; i++)
 		if (c->t[i].kind != LAYER_NONE && c->t[i].tokens > c->tokens)
 			c->tokens = c->t[i].tokens;
@@ -677,6 +717,8 @@ void nmp_calib_free(nmp_calib **pc)
 		free(c->t[i].uses);
 		free(c->t[i].sq);
 		free(c->t[i].H);
+		free(c->t[i].mask);
+		free(c->t[i].payload);
 	}
 	free(c->t);
 	free(c);
@@ -703,6 +745,11 @@ double nmp_calib_seconds(const nmp_calib *c)
 	return c->seconds;
 }
 
+size_t nmp_calib_passes(const nmp_calib *c)
+{
+	return c->passes;
+}
+
 const char *nmp_calib_runtime(const nmp_calib *c)
 {
 	return c->runtime;
@@ -717,7 +764,7 @@ static nmp_status write_stats(const nmp_calib *c, const char *path, nmp_error *e
 	json_t *meta = json_object();
 	for (size_t i = 0; i < c->n; i++) {
 		const target *t = &c->t[i];
-		if (t->kind == LAYER_NONE)
+		if (t->kind == LAYER_NONE || !t->sq)
 			continue;
 		const char *name = c->plan->sel->choices[i].cand->name;
 		char key[1100];
@@ -758,7 +805,7 @@ static nmp_status write_stats(const nmp_calib *c, const char *path, nmp_error *e
 	/* the same order as the header's offsets */
 	for (size_t i = 0; i < c->n; i++) {
 		const target *t = &c->t[i];
-		if (t->kind == LAYER_NONE)
+		if (t->kind == LAYER_NONE || !t->sq)
 			continue;
 		fwrite(t->sq, 8, t->C, f);
 		if (t->H)
@@ -944,78 +991,111 @@ static nmp_status sparsegpt_mask(target *t, const nmp_mask_tensor *w, const nmp_
 	return s;
 }
 
-nmp_status nmp_calib_prune(nmp_calib *c, size_t ci, nmp_engine *e, const nmp_mask_tensor *w, const nmp_pattern *p,
-			   nmp_mask_mode mode, uint8_t *mask_out, nmp_mask_stats *st, nmp_calib_weight_result *cr,
-			   nmp_error *err)
+/*
+ * Decides weight ci: its mask, statistics and new values, from a private copy
+ * of its payload, by the method its statistics allow.
+ */
+static nmp_status decide(nmp_calib *c, size_t ci, nmp_error *err)
 {
+	const nmp_model *m = c->plan->model;
+	const nmp_choice *ch = &c->plan->sel->choices[ci];
+	const nmp_candidate *cand = ch->cand;
+	const nmp_pattern *p = &ch->pattern;
+	nmp_engine *e = c->o.engine;
 	target *t = &c->t[ci];
+	nmp_calib_weight_result *cr = &t->cr;
 	*cr = (nmp_calib_weight_result){ .method = t->method, .score_kept = NAN, .score_kept_magnitude = NAN,
 					 .error = NAN, .error_magnitude = NAN, .damp = NAN };
 	snprintf(cr->note, sizeof cr->note, "%s", t->note);
-	if (t->kind == LAYER_NONE || t->method == NMP_METHOD_MAGNITUDE) {
-		cr->method = NMP_METHOD_MAGNITUDE;
-		return nmp_engine_run(e, w, p, mode, mask_out, st, err);
-	}
-	NMP_ASSERT(mode == NMP_MASK_APPLY || mode == NMP_MASK_DRY);
-	uint64_t numel = 1;
-	for (int d = 0; d < w->rank; d++)
-		numel *= (uint64_t)w->dims[d];
-	const uint8_t *in = w->src ? w->src : w->data;
-	nmp_quant_geom qg = { 0 };
-	if (w->quant)
-		nmp_quant_geometry(w->rank, w->dims, w->quant->axis, w->quant->block, w->quant->n_scale, &qg);
+	const uint64_t numel = cand->tensor->numel, nbytes = cand->tensor->nbytes;
+	nmp_view v = { 0 }, sv = { 0 }, zv = { 0 };
+	nmp_quant_params qp;
+	nmp_status s = nmp_model_view(m, cand->tensor, &v, err);
+	if (s == NMP_OK && cand->quant.present)
+		s = nmp_quant_view(m, cand, &qp, &sv, &zv, err);
+	t->payload = malloc(nbytes ? nbytes : 1);
+	t->mask = malloc(numel ? numel : 1);
 	float *mag = malloc((numel ? numel : 1) * sizeof *mag);
-	uint8_t *mask_mag = malloc(numel ? numel : 1), *mask = malloc(numel ? numel : 1);
-	double *recon = t->method == NMP_METHOD_SPARSEGPT && !w->quant ? malloc((numel ? numel : 1) * sizeof *recon) : NULL;
-	nmp_status s = mag && mask_mag && mask && (recon || t->method != NMP_METHOD_SPARSEGPT || w->quant) ?
-			       NMP_OK :
-			       nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", w->name);
-	nmp_mask_tensor ro = *w; /* read-only: the magnitude mask and statistics */
-	ro.data = (void *)in;
-	ro.src = NULL;
+	uint8_t *mask_mag = malloc(numel ? numel : 1);
+	bool calibrated = t->kind != LAYER_NONE && t->method != NMP_METHOD_MAGNITUDE;
+	double *recon = calibrated && t->method == NMP_METHOD_SPARSEGPT && !cand->quant.present ?
+				malloc((numel ? numel : 1) * sizeof *recon) :
+				NULL;
+	if (s == NMP_OK && (!t->payload || !t->mask || !mag || !mask_mag ||
+			    (calibrated && t->method == NMP_METHOD_SPARSEGPT && !cand->quant.present && !recon)))
+		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: tensor '%s': out of memory", m->path, cand->name);
+	nmp_mask_tensor w = { .name = cand->name, .data = t->payload, .dtype = cand->tensor->dtype,
+			      .rank = (int)cand->tensor->proto->n_dims, .dims = cand->tensor->proto->dims,
+			      .axis = cand->axis, .out_axis = cand->out_axis, .quant = cand->quant.present ? &qp : NULL };
+	nmp_quant_geom qg = { 0 };
+	if (s == NMP_OK) {
+		memcpy(t->payload, v.data, nbytes);
+		if (w.quant)
+			nmp_quant_geometry(w.rank, w.dims, qp.axis, qp.block, qp.n_scale, &qg);
+	}
+	if (s == NMP_OK && !calibrated) {
+		cr->method = NMP_METHOD_MAGNITUDE;
+		s = nmp_engine_run(e, &w, p, NMP_MASK_APPLY, t->mask, &t->st, err);
+		goto out;
+	}
 	if (s == NMP_OK)
-		s = nmp_cpu_magnitudes(&ro, mag, err);
-	if (s == NMP_OK)
-		s = nmp_engine_run(e, &ro, p, NMP_MASK_DRY, mask_mag, st, err);
+		s = nmp_cpu_magnitudes(&w, mag, err);
+	if (s == NMP_OK) /* the magnitude mask and statistics, for comparison */
+		s = nmp_engine_run(e, &w, p, NMP_MASK_DRY, mask_mag, &t->st, err);
 	if (s == NMP_OK && t->method == NMP_METHOD_WANDA)
-		s = wanda_mask(t, e, w, p, mag, numel, mask_mag, mask, cr, err);
+		s = wanda_mask(t, e, &w, p, mag, numel, mask_mag, t->mask, cr, err);
 	else if (s == NMP_OK)
-		s = sparsegpt_mask(t, w, p, in, &qg, mask_mag, mask, recon, c->o.damp, cr, err);
+		s = sparsegpt_mask(t, &w, p, t->payload, &qg, mask_mag, t->mask, recon, c->o.damp, cr, err);
 	if (s == NMP_OK) {
 		/* the statistics of the mask chosen, in magnitudes of the weight as it was */
 		uint64_t kept = 0;
 		double l1_kept = 0;
 		for (uint64_t i = 0; i < numel; i++)
-			if (mask[i]) {
+			if (t->mask[i]) {
 				kept++;
 				l1_kept += mag[i];
 			}
-		st->kept = kept;
-		st->l1_kept = l1_kept;
-		if (mask_out)
-			memcpy(mask_out, mask, numel);
-		if (mode == NMP_MASK_APPLY) {
-			if (w->src && w->src != w->data)
-				memcpy(w->data, w->src, numel * (nmp_dtype_bits(w->dtype) / 8));
-			if (recon) {
-				for (uint64_t i = 0; i < numel; i++)
-					if (mask[i])
-						store_value(w, i, recon[i]);
-				cr->reconstructed = true;
-			}
-			apply_mask(w, numel, mask, &qg);
-		} else {
-			cr->reconstructed = recon != NULL;
+		t->st.kept = kept;
+		t->st.l1_kept = l1_kept;
+		if (recon) {
+			for (uint64_t i = 0; i < numel; i++)
+				if (t->mask[i])
+					store_value(&w, i, recon[i]);
+			cr->reconstructed = true;
 		}
-		if (t->method == NMP_METHOD_SPARSEGPT && w->quant && !cr->note[0])
+		apply_mask(&w, numel, t->mask, &qg);
+		if (t->method == NMP_METHOD_SPARSEGPT && w.quant && !cr->note[0])
 			snprintf(cr->note, sizeof cr->note, "quantized: sparsegpt mask, values kept as they were");
+		else if (t->method == NMP_METHOD_SPARSEGPT && t->tokens < t->K && !cr->note[0])
+			/* a rank-deficient Hessian: the rebuilt weights fit the samples, maybe not other inputs */
+			snprintf(cr->note, sizeof cr->note,
+				 "%llu activation vectors for %llu inputs: more samples or a larger --damp generalize better",
+				 (unsigned long long)t->tokens, (unsigned long long)t->K);
 	}
+out:
+	t->decided = s == NMP_OK;
+	nmp_view_release(&v);
+	nmp_view_release(&sv);
+	nmp_view_release(&zv);
 	free(mag);
 	free(mask_mag);
-	free(mask);
 	free(recon);
-	/* sparsegpt's Hessian is no longer needed */
-	free(t->H);
-	t->H = NULL;
 	return s;
+}
+
+nmp_status nmp_calib_prune(const nmp_calib *c, size_t ci, const nmp_mask_tensor *w, nmp_mask_mode mode, uint8_t *mask,
+			   nmp_mask_stats *st, nmp_calib_weight_result *cr, nmp_error *err)
+{
+	const target *t = &c->t[ci];
+	if (!t->decided)
+		return nmp_error_set(err, NMP_ERR_MODEL, "tensor '%s': not calibrated", w->name);
+	NMP_ASSERT(mode == NMP_MASK_APPLY || mode == NMP_MASK_DRY);
+	const nmp_tensor *tensor = c->plan->sel->choices[ci].cand->tensor;
+	*st = t->st;
+	*cr = t->cr;
+	if (mask)
+		memcpy(mask, t->mask, tensor->numel);
+	if (mode == NMP_MASK_APPLY)
+		memcpy(w->data, t->payload, tensor->nbytes);
+	return NMP_OK;
 }

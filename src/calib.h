@@ -26,7 +26,13 @@
  * weight behind a Transpose for sparsegpt, a batched MatMul weight for
  * sparsegpt) is pruned by magnitude, and its note says why.
  *
- * The activations are the dense model's (one pass, not layer by layer).
+ * Stages.  The eligible weights are taken in graph order in `stages` groups
+ * (default 8): each group's statistics come from the model with every earlier
+ * group already pruned and rebuilt, then its masks are decided, so a layer
+ * is calibrated on the inputs it will see (1 stage: every statistic from the
+ * dense model; as many stages as weights: layer by layer).  A stage also
+ * ends where its statistics would pass the memory budget; a sparsegpt
+ * Hessian lives only until its weight is decided.
  *
  * Ownership: nmp_calibrate allocates the result, nmp_calib_free releases it;
  * it borrows the plan.
@@ -58,6 +64,8 @@ typedef struct nmp_calib_opts {
 	const char *ort_library;     /* NULL: search */
 	int threads;                 /* 0: all cores */
 	uint64_t memory_budget;      /* statistics per pass, bytes; 0: 4 GiB */
+	size_t stages;               /* passes in graph order, each on the model pruned so far; 0: 8 */
+	nmp_engine *engine;          /* chooses the masks (wanda's scores, magnitude's comparison) */
 	const char *stats_path;      /* write the statistics as safetensors (tests), or NULL */
 } nmp_calib_opts;
 
@@ -87,13 +95,15 @@ uint64_t nmp_calib_tokens(const nmp_calib *c);   /* activation vectors seen, sum
 double nmp_calib_seconds(const nmp_calib *c);
 const char *nmp_calib_runtime(const nmp_calib *c); /* "ONNX Runtime 1.31.1" */
 
+size_t nmp_calib_passes(const nmp_calib *c);      /* runs of the model over the data */
+
 /*
- * Prunes selection choice ci by the calibrated method: like nmp_engine_run
- * for APPLY and DRY (t->data / t->src as there), filling `mask` (may be NULL)
- * and the magnitude statistics in st, and what calibration adds in *cr.
+ * The decision for selection choice ci, made by nmp_calibrate: like
+ * nmp_engine_run for APPLY (every byte of t->data written with the pruned
+ * values) and DRY, filling `mask` (may be NULL), the statistics in st (in
+ * magnitudes of the weight as it was) and what calibration adds in *cr.
  */
-nmp_status nmp_calib_prune(nmp_calib *c, size_t ci, nmp_engine *e, const nmp_mask_tensor *t, const nmp_pattern *p,
-			   nmp_mask_mode mode, uint8_t *mask, nmp_mask_stats *st, nmp_calib_weight_result *cr,
-			   nmp_error *err);
+nmp_status nmp_calib_prune(const nmp_calib *c, size_t ci, const nmp_mask_tensor *t, nmp_mask_mode mode, uint8_t *mask,
+			   nmp_mask_stats *st, nmp_calib_weight_result *cr, nmp_error *err);
 
 #endif

@@ -53,6 +53,8 @@ static const char usage_prune[] =
 	"  --calibration DATA   samples for wanda and sparsegpt: a directory of\n"
 	"                       test_data_set_*/input_*.pb, or a .safetensors file\n"
 	"  --calibration-samples N  use the first N samples (default: all)\n"
+	"  --calibration-stages N  calibrate the weights in N groups in graph order, each on\n"
+	"                       the model pruned so far (default 8; 1: all on the dense model)\n"
 	"  --damp F             sparsegpt damping, fraction of the mean diagonal (default 0.01)\n"
 	"  --ort-library PATH   libonnxruntime.so to run the model (default: search)\n"
 	"  --permute            permute channels first, so that N:M keeps more magnitude\n"
@@ -104,7 +106,7 @@ enum {
 	OPT_RULES, OPT_DEVICE, OPT_THREADS, OPT_REPORT, OPT_JSON, OPT_DRY_RUN, OPT_IN_PLACE,
 	OPT_EXTERNAL_DATA, OPT_METHOD, OPT_PERMUTE, OPT_REPORT_HTML, OPT_SAVE_MASKS,
 	OPT_GENERAL_PATH, OPT_PERMUTE_ONLY, OPT_CALIBRATION, OPT_CALIB_SAMPLES, OPT_DAMP, OPT_ORT_LIBRARY,
-	OPT_CALIB_STATS,
+	OPT_CALIB_STATS, OPT_CALIB_STAGES,
 };
 
 static const struct option long_options[] = {
@@ -137,6 +139,7 @@ static const struct option long_options[] = {
 	{ "damp", required_argument, NULL, OPT_DAMP },
 	{ "ort-library", required_argument, NULL, OPT_ORT_LIBRARY },
 	{ "calibration-stats", required_argument, NULL, OPT_CALIB_STATS },
+	{ "calibration-stages", required_argument, NULL, OPT_CALIB_STAGES },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -168,6 +171,7 @@ static const char *prune_only_name(int opt)
 	case OPT_GENERAL_PATH: return "--general-path";
 	case OPT_DAMP: return "--damp";
 	case OPT_CALIB_STATS: return "--calibration-stats";
+	case OPT_CALIB_STAGES: return "--calibration-stages";
 	default: return NULL;
 	}
 }
@@ -306,6 +310,13 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 				return usage(err, "--damp '%s': expected a positive number", optarg);
 			break;
 		case OPT_ORT_LIBRARY: cli->ort_library = optarg; break;
+		case OPT_CALIB_STAGES: {
+			long long n = strtoll(optarg, &end, 10);
+			if (end == optarg || *end || n < 1 || n > 1000000)
+				return usage(err, "--calibration-stages '%s': expected a positive number", optarg);
+			cli->calib_stages = (size_t)n;
+			break;
+		}
 		case OPT_CALIB_STATS: cli->calib_stats = optarg; break;
 		case OPT_PERMUTE: cli->permute = true; break;
 		case OPT_PERMUTE_ONLY: cli->permute = cli->permute_only = true; break;
@@ -348,6 +359,8 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 		bool calibrated = strcmp(cli->calib_method, "magnitude") != 0;
 		if (calibrated && !cli->calibration)
 			return usage(err, "--method %s needs --calibration DATA", cli->calib_method);
+		if (!calibrated && cli->calib_stages)
+			return usage(err, "%s", "--calibration-stages is for --method wanda or sparsegpt");
 		if (!calibrated && (cli->calibration || cli->damp > 0))
 			return usage(err, "%s", cli->calibration ? "--calibration is for --method wanda or sparsegpt" :
 								   "--damp is for --method sparsegpt");

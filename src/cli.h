@@ -54,6 +54,7 @@ typedef struct nmp_cli {
 	/* prune and compare */
 	const char *calibration;   /* DATA */
 	size_t calib_samples;      /* 0: all */
+	size_t calib_stages;       /* 0: default */
 	const char *ort_library;
 	const char *calib_stats;   /* hidden: statistics as safetensors (tests) */
 	bool permute;

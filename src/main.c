@@ -290,13 +290,6 @@ static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 		s = check_collisions(cli, plan.model, err);
 	if (s == NMP_OK && cli->permute)
 		s = nmp_channels_plan(&plan, NMP_PERMUTE_SEED, &channels, err);
-	if (s == NMP_OK && cli->cmd == NMP_CMD_PRUNE && calib_method(cli) != NMP_METHOD_MAGNITUDE) {
-		nmp_calib_opts co = { .method = calib_method(cli), .data = cli->calibration,
-				      .max_samples = cli->calib_samples, .damp = cli->damp,
-				      .ort_library = cli->ort_library, .threads = cli->threads,
-				      .stats_path = cli->calib_stats };
-		s = nmp_calibrate(&plan, &co, &calib, err);
-	}
 	if (s == NMP_OK)
 		s = nmp_engine_create(nmp_device_parse(cli->device), cli->threads, &engine, note, sizeof note, err);
 	if (s != NMP_OK)
@@ -304,6 +297,14 @@ static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 	if (cli->verbosity > 0) {
 		fprintf(stderr, "nmprune: %s\n", note);
 		nmp_engine_set_notes(engine, print_note, NULL);
+	}
+	if (cli->cmd == NMP_CMD_PRUNE && calib_method(cli) != NMP_METHOD_MAGNITUDE) {
+		nmp_calib_opts co = { .method = calib_method(cli), .data = cli->calibration,
+				      .max_samples = cli->calib_samples, .damp = cli->damp, .stages = cli->calib_stages,
+				      .ort_library = cli->ort_library, .threads = cli->threads,
+				      .stats_path = cli->calib_stats, .engine = engine };
+		if ((s = nmp_calibrate(&plan, &co, &calib, err)) != NMP_OK)
+			goto out;
 	}
 	if ((s = nmp_pending_create(&pending, err)) != NMP_OK)
 		goto out;

@@ -156,9 +156,11 @@ nmp_status nmp_model_save(nmp_model *m, const char *out_path, const nmp_save_opt
 /*
  * The model as one protobuf in memory (*buf, malloc'd, *len bytes) with
  * every payload inline and n_extra extra graph outputs named as given: what
- * ONNX Runtime loads to run the model.  NMP_ERR_MODEL past 2 GiB.
+ * ONNX Runtime loads to run the model.  payloads (may be NULL) replaces the
+ * values of tensor i by payloads[i] (raw layout, nbytes) where not NULL.
+ * NMP_ERR_MODEL past 2 GiB.  The model is left as it was.
  */
-nmp_status nmp_model_serialize(nmp_model *m, const char *const *extra_outputs, size_t n_extra, uint8_t **buf,
-			       size_t *len, nmp_error *err);
+nmp_status nmp_model_serialize(nmp_model *m, const void *const *payloads, const char *const *extra_outputs,
+			       size_t n_extra, uint8_t **buf, size_t *len, nmp_error *err);
 
 #endif

@@ -351,10 +351,10 @@ json_t *nmp_report_pass_json(const nmp_plan *p, const nmp_pass_result *r, const 
 		json_object_set_new(root, "permutation", permutation_json(r->channels));
 	if (r->calib)
 		json_object_set_new(root, "calibration",
-				    json_pack("{s:s,s:I,s:I,s:f,s:s}", "method", nmp_method_name(nmp_calib_method(r->calib)),
+				    json_pack("{s:s,s:I,s:I,s:I,s:f,s:s}", "method", nmp_method_name(nmp_calib_method(r->calib)),
 					      "samples", (json_int_t)nmp_calib_samples(r->calib), "tokens",
-					      (json_int_t)nmp_calib_tokens(r->calib), "seconds", nmp_calib_seconds(r->calib),
-					      "runtime", nmp_calib_runtime(r->calib)));
+					      (json_int_t)nmp_calib_tokens(r->calib), "passes", (json_int_t)nmp_calib_passes(r->calib),
+					      "seconds", nmp_calib_seconds(r->calib), "runtime", nmp_calib_runtime(r->calib)));
 	return root;
 }
 
@@ -421,10 +421,10 @@ void nmp_report_prune_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r,
 		fprintf(f, " (%.2f%%)", pct((double)r->params_zeroed, (double)r->params_total));
 	fprintf(f, "; %.3f s\n", r->seconds);
 	if (r->calib)
-		fprintf(f, "calibration: %s on %zu samples (%llu activation vectors) in %.3f s, %s\n",
+		fprintf(f, "calibration: %s on %zu samples (%llu activation vectors), %zu passes, %.3f s, %s\n",
 			nmp_method_name(nmp_calib_method(r->calib)), nmp_calib_samples(r->calib),
-			(unsigned long long)nmp_calib_tokens(r->calib), nmp_calib_seconds(r->calib),
-			nmp_calib_runtime(r->calib));
+			(unsigned long long)nmp_calib_tokens(r->calib), nmp_calib_passes(r->calib),
+			nmp_calib_seconds(r->calib), nmp_calib_runtime(r->calib));
 	if (cs)
 		permutation_text(f, cs);
 }

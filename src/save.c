@@ -763,8 +763,8 @@ out:
  * data read from its mapping), with extra graph outputs: what ONNX Runtime
  * loads to run the model on calibration data.  The model is left as it was.
  */
-nmp_status nmp_model_serialize(nmp_model *m, const char *const *extra_outputs, size_t n_extra, uint8_t **buf,
-			       size_t *len, nmp_error *err)
+nmp_status nmp_model_serialize(nmp_model *m, const void *const *payloads, const char *const *extra_outputs,
+			       size_t n_extra, uint8_t **buf, size_t *len, nmp_error *err)
 {
 	*buf = NULL;
 	*len = 0;
@@ -782,6 +782,18 @@ nmp_status nmp_model_serialize(nmp_model *m, const char *const *extra_outputs, s
 	}
 	for (size_t i = 0; i < m->n_tensors; i++) {
 		nmp_tensor *t = &m->tensors[i];
+		if (payloads && payloads[i]) { /* new values in raw layout, whatever field held the old */
+			plan[i].saved = *t->proto;
+			plan[i].swapped = true;
+			Onnx__TensorProto *p = t->proto;
+			p->has_data_location = 0;
+			p->n_external_data = 0;
+			p->n_float_data = p->n_int32_data = p->n_int64_data = p->n_double_data = p->n_uint64_data = 0;
+			p->has_raw_data = 1;
+			p->raw_data.len = t->nbytes;
+			p->raw_data.data = (uint8_t *)payloads[i];
+			continue;
+		}
 		if (t->storage != NMP_STORE_FILE && t->storage != NMP_STORE_EXTERNAL)
 			continue;
 		plan[i].saved = *t->proto;

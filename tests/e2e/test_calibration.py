@@ -138,7 +138,8 @@ def mlp_case(tmp_path, rng):
 def test_statistics_of_matmul_and_gemm_match_sums_over_tokens(tmp_path, mlp_case):
     path, model, w, X = mlp_case
     nmprune("prune", path, "--dry-run", "--method", "sparsegpt", "--calibration", tmp_path / "data.safetensors",
-            "--align", "none", "--calibration-stats", tmp_path / "st.safetensors", "-q", check=0)
+            "--align", "none", "--calibration-stats", tmp_path / "st.safetensors", "--calibration-stages", "1", "-q",
+            check=0)
     st = load_file(str(tmp_path / "st.safetensors"))
     x1 = X.reshape(-1, 64).astype(np.float64)
     np.testing.assert_allclose(st["W1.sq"], (x1 ** 2).sum(0), rtol=1e-12)
@@ -153,7 +154,7 @@ def test_conv_statistics_match_explicit_im2col(tmp_path, rng):
     save_file({"x": X}, str(tmp_path / "data.safetensors"))
     path = save(model, tmp_path / "conv.onnx")
     nmprune("prune", path, "--dry-run", "--method", "sparsegpt", "--calibration", tmp_path / "data.safetensors",
-            "--align", "none", "--calibration-stats", tmp_path / "st.safetensors", check=0)
+            "--align", "none", "--calibration-stats", tmp_path / "st.safetensors", "--calibration-stages", "1", check=0)
     st = load_file(str(tmp_path / "st.safetensors"))
     H1 = np.zeros((2, 36, 36))
     H2 = np.zeros((1, 32, 32))
@@ -179,7 +180,8 @@ def test_wanda_masks_match_reference_for_every_family(tmp_path, mlp_case, patter
     path, model, w, X = mlp_case
     out = tmp_path / "out.onnx"
     nmprune("prune", path, "-o", out, "--method", "wanda", "--calibration", tmp_path / "data.safetensors",
-            "--align", "none", "--pattern", pattern, "--save-masks", tmp_path / "m.safetensors", "-q", check=0)
+            "--align", "none", "--pattern", pattern, "--save-masks", tmp_path / "m.safetensors", "-q",
+            "--calibration-stages", "1", check=0)
     masks = load_file(str(tmp_path / "m.safetensors"))
     x1 = X.reshape(-1, 64).astype(np.float64)
     norm1 = np.sqrt((x1 ** 2).sum(0))
@@ -218,7 +220,7 @@ def test_sparsegpt_matches_reference_sweep(tmp_path, mlp_case, pattern):
     out = tmp_path / "out.onnx"
     r = nmprune("prune", path, "-o", out, "--method", "sparsegpt", "--calibration", tmp_path / "data.safetensors",
                 "--align", "none", "--pattern", pattern, "--save-masks", tmp_path / "m.safetensors", "--json",
-                check=0)
+                "--calibration-stages", "1", check=0)
     masks = load_file(str(tmp_path / "m.safetensors"))
     pruned = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
     x1 = X.reshape(-1, 64).astype(np.float64)
@@ -236,6 +238,27 @@ def test_sparsegpt_matches_reference_sweep(tmp_path, mlp_case, pattern):
     assert all(c["method"] == "sparsegpt" and c["reconstructed"] for c in cal.values())
     assert all(c["output_error"] < c["output_error_magnitude"] for c in cal.values())
     assert rep["calibration"]["samples"] == 12 and rep["calibration"]["tokens"] == 120
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_stages_calibrate_later_layers_on_the_pruned_model(tmp_path, mlp_case, method):
+    """Two stages: W2's statistics come from the model whose W1 is already as written."""
+    path, model, w, X = mlp_case
+    out = tmp_path / "o.onnx"
+    r = nmprune("prune", path, "-o", out, "--method", method, "--calibration", tmp_path / "data.safetensors",
+                "--align", "none", "--calibration-stats", tmp_path / "st.safetensors", "--calibration-stages", "2",
+                "--json", check=0)
+    st = load_file(str(tmp_path / "st.safetensors"))
+    pruned = onnx.load(str(out))
+    h2 = np.concatenate([activations(pruned, {"x": X[i]}, ["h2"])["h2"] for i in range(len(X))]).astype(np.float64)
+    np.testing.assert_allclose(st["W2.sq"], (h2 ** 2).sum(0), rtol=1e-9)
+    dense_h2 = np.concatenate([activations(model, {"x": X[i]}, ["h2"])["h2"] for i in range(len(X))]).astype(np.float64)
+    assert not np.allclose(st["W2.sq"], (dense_h2 ** 2).sum(0), rtol=1e-3)
+    if method == "sparsegpt":
+        np.testing.assert_allclose(st["W2.H"][0], h2.T @ h2, rtol=1e-9, atol=1e-9)
+    x1 = X.reshape(-1, 64).astype(np.float64)  # the first stage still sees the dense inputs
+    np.testing.assert_allclose(st["W1.sq"], (x1 ** 2).sum(0), rtol=1e-12)
+    assert json.loads(r.out)["calibration"]["passes"] == 2
 
 
 def test_sparsegpt_output_is_closer_to_dense_than_magnitude(tmp_path, mlp_case):
