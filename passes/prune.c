@@ -442,3 +442,36 @@ void nmp_pass_result_free(nmp_pass_result *r)
 	r->weights = NULL;
 	r->n = 0;
 }
+
+nmp_status nmp_prune_copy(const nmp_plan *plan, size_t ci, nmp_engine *engine, void **out, nmp_error *err)
+{
+	const nmp_model *m = plan->model;
+	const nmp_choice *ch = &plan->sel->choices[ci];
+	const nmp_candidate *cand = ch->cand;
+	const nmp_tensor *t = cand->tensor;
+	nmp_view v = { 0 }, sv = { 0 }, zv = { 0 };
+	nmp_quant_params qp;
+	nmp_mask_stats st;
+	*out = NULL;
+	uint8_t *buf = malloc(t->nbytes ? t->nbytes : 1);
+	if (!buf)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "%s: tensor '%s': out of memory", m->path, cand->name);
+	nmp_status s = nmp_model_view(m, t, &v, err);
+	if (s == NMP_OK && cand->quant.present)
+		s = nmp_quant_view(m, cand, &qp, &sv, &zv, err);
+	if (s == NMP_OK) {
+		nmp_mask_tensor mt = { .name = cand->name, .data = buf, .src = v.data, .dtype = t->dtype,
+				       .rank = (int)t->proto->n_dims, .dims = t->proto->dims, .axis = cand->axis,
+				       .out_axis = cand->out_axis, .quant = cand->quant.present ? &qp : NULL };
+		s = nmp_engine_run(engine, &mt, &ch->pattern, NMP_MASK_APPLY, NULL, &st, err);
+	}
+	nmp_view_release(&v);
+	nmp_view_release(&sv);
+	nmp_view_release(&zv);
+	if (s != NMP_OK) {
+		free(buf);
+		return s;
+	}
+	*out = buf;
+	return NMP_OK;
+}

@@ -13,7 +13,7 @@ enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112, UPPER = 121 };
 typedef void (*dgemm_fn)(int, int, int, int, int, int, double, const double *, int, const double *, int, double,
 			 double *, int);
 typedef void (*dger_fn)(int, int, int, double, const double *, int, const double *, int, double *, int);
-typedef void (*dsyrk_fn)(int, int, int, int, int, double, const double *, int, double, double *, int);
+typedef void (*ssyrk_fn)(int, int, int, int, int, float, const float *, int, float, float *, int);
 /* LAPACK, Fortran calling convention: every argument by reference, then the hidden length of the string */
 typedef void (*dpotrf_fn)(const char *, const int *, double *, const int *, int *, size_t);
 typedef void (*threads_fn)(int);
@@ -23,7 +23,7 @@ static struct {
 	const char *missing;
 	dgemm_fn dgemm;
 	dger_fn dger;
-	dsyrk_fn dsyrk;
+	ssyrk_fn ssyrk;
 	dpotrf_fn dpotrf, dpotri;
 	threads_fn set_threads;
 } B = { .once = PTHREAD_ONCE_INIT };
@@ -47,12 +47,12 @@ static void load(void)
 	}
 	*(void **)&B.dgemm = sym(blas, lapack, "cblas_dgemm");
 	*(void **)&B.dger = sym(blas, lapack, "cblas_dger");
-	*(void **)&B.dsyrk = sym(blas, lapack, "cblas_dsyrk");
+	*(void **)&B.ssyrk = sym(blas, lapack, "cblas_ssyrk");
 	*(void **)&B.dpotrf = sym(blas, lapack, "dpotrf_");
 	*(void **)&B.dpotri = sym(blas, lapack, "dpotri_");
 	*(void **)&B.set_threads = sym(blas, NULL, "openblas_set_num_threads");
-	if (!B.dgemm || !B.dger || !B.dsyrk)
-		B.missing = "CBLAS (cblas_dgemm, cblas_dger, cblas_dsyrk)";
+	if (!B.dgemm || !B.dger || !B.ssyrk)
+		B.missing = "CBLAS (cblas_dgemm, cblas_dger, cblas_ssyrk)";
 	else if (!B.dpotrf || !B.dpotri)
 		B.missing = "LAPACK (dpotrf, dpotri: apt-get install libopenblas0 or liblapack3)";
 }
@@ -78,9 +78,9 @@ void nmp_dger(int m, int n, double alpha, const double *x, const double *y, doub
 	B.dger(ROW_MAJOR, m, n, alpha, x, 1, y, 1, A, lda);
 }
 
-void nmp_dsyrk_upper_at_a(int n, int k, const double *A, int lda, double *C, int ldc)
+void nmp_ssyrk_upper_at_a(int n, int k, const float *A, int lda, float *C, int ldc)
 {
-	B.dsyrk(ROW_MAJOR, UPPER, TRANS, n, k, 1.0, A, lda, 1.0, C, ldc);
+	B.ssyrk(ROW_MAJOR, UPPER, TRANS, n, k, 1.0f, A, lda, 0.0f, C, ldc);
 }
 
 /*

@@ -26,8 +26,8 @@ void nmp_dgemm(int m, int n, int k, double alpha, const double *A, int lda, cons
 	       double *C, int ldc);
 /* A <- A + alpha x y^T; A m x n row-major. */
 void nmp_dger(int m, int n, double alpha, const double *x, const double *y, double *A, int lda);
-/* C <- C + A^T A on C's upper triangle; A k x n row-major, C n x n. */
-void nmp_dsyrk_upper_at_a(int n, int k, const double *A, int lda, double *C, int ldc);
+/* C <- A^T A on C's upper triangle, in single precision; A k x n row-major, C n x n. */
+void nmp_ssyrk_upper_at_a(int n, int k, const float *A, int lda, float *C, int ldc);
 /* Row-major upper Cholesky factor in place: A = U^T U.  0 on success. */
 int nmp_dpotrf_upper(int n, double *A);
 /* From the factor U of A, A^-1 in place on the upper triangle.  0 on success. */

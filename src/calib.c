@@ -22,7 +22,7 @@
 
 #define MAX_SPATIAL 8
 #define NMP_CALIB_STAGES 8
-#define CHUNK_ROWS 256
+#define GRAM_BUFFER (16u << 20)   /* bytes of input vectors gathered per rank-k update of H */
 
 typedef enum layer_kind { LAYER_NONE, LAYER_LINEAR, LAYER_CONV } layer_kind;
 
@@ -48,6 +48,9 @@ typedef struct target {
 	uint64_t K;                     /* inputs per group: cin_g * S */
 	double *sq;                     /* C */
 	double *H;                      /* G x K x K */
+	float *rows;                    /* input vectors not yet added to H */
+	float *gram;                    /* K x K: their products, before H (double) takes them */
+	uint64_t n_rows, cap_rows;
 	uint64_t tokens;
 	bool active;                    /* collected in the current pass */
 	/* the decision, made once its statistics are in */
@@ -249,24 +252,36 @@ static nmp_status resolve(const graph_index *gi, const nmp_choice *ch, nmp_metho
 
 /* ---- reducing activations ---------------------------------------------------------------------- */
 
-static bool act_to_double(const nmp_host_tensor *x, double *out)
+/* The activation as fp32: its own buffer when it is fp32, else a converted copy in *owned. */
+static const float *act_as_float(const nmp_host_tensor *x, float **owned)
 {
+	*owned = NULL;
+	if (x->dtype == NMP_DT_FLOAT)
+		return x->data;
+	if (x->dtype != NMP_DT_DOUBLE && x->dtype != NMP_DT_FLOAT16 && x->dtype != NMP_DT_BFLOAT16)
+		return NULL;
+	float *out = malloc((x->numel ? x->numel : 1) * sizeof *out);
+	if (!out)
+		return NULL;
 	const uint8_t *d = x->data;
 	for (uint64_t i = 0; i < x->numel; i++) {
-		switch (x->dtype) {
-		case NMP_DT_FLOAT: { float f; memcpy(&f, d + 4 * i, 4); out[i] = f; break; }
-		case NMP_DT_DOUBLE: memcpy(&out[i], d + 8 * i, 8); break;
-		case NMP_DT_FLOAT16:
-		case NMP_DT_BFLOAT16: {
+		if (x->dtype == NMP_DT_DOUBLE) {
+			double v;
+			memcpy(&v, d + 8 * i, 8);
+			out[i] = (float)v;
+		} else {
 			uint16_t h;
 			memcpy(&h, d + 2 * i, 2);
 			out[i] = nmp_half_to_float(h, x->dtype == NMP_DT_BFLOAT16);
-			break;
-		}
-		default: return false;
 		}
 	}
-	return true;
+	*owned = out;
+	return out;
+}
+
+static bool floating_type(int32_t dt)
+{
+	return dt == NMP_DT_FLOAT || dt == NMP_DT_DOUBLE || dt == NMP_DT_FLOAT16 || dt == NMP_DT_BFLOAT16;
 }
 
 /* (outer, C, inner) around the channel axis; false if it does not hold C channels. */
@@ -285,43 +300,60 @@ static bool split_axis(const nmp_host_tensor *x, int chan_axis, uint64_t C, uint
 	return true;
 }
 
-static void add_sq(target *t, const double *x, uint64_t outer, uint64_t inner)
+static void add_sq(target *t, const float *x, uint64_t outer, uint64_t inner)
 {
 	for (uint64_t o = 0; o < outer; o++)
 		for (uint64_t c = 0; c < t->C; c++) {
-			const double *p = x + (o * t->C + c) * inner;
+			const float *p = x + (o * t->C + c) * inner;
 			double s = 0;
 			for (uint64_t i = 0; i < inner; i++)
-				s += p[i] * p[i];
+				s += (double)p[i] * p[i];
 			t->sq[c] += s;
 		}
 }
 
-/* H += rows^T rows for `n` input vectors of length K. */
-static void add_gram(double *H, uint64_t K, const double *rows, uint64_t n)
+/*
+ * H += rows^T rows for n input vectors of length K: the products of a batch
+ * in single precision (twice the speed; the activations are fp32 anyway),
+ * their sum over batches in double.
+ */
+static void add_gram(double *H, float *gram, uint64_t K, const float *rows, uint64_t n)
 {
-	if (n)
-		nmp_dsyrk_upper_at_a((int)K, (int)n, rows, (int)K, H, (int)K);
+	if (!n)
+		return;
+	nmp_ssyrk_upper_at_a((int)K, (int)n, rows, (int)K, gram, (int)K);
+	for (uint64_t i = 0; i < K; i++)
+		for (uint64_t j = i; j < K; j++)
+			H[i * K + j] += gram[i * K + j];
 }
 
-static void linear_gram(target *t, const double *x, uint64_t outer, uint64_t inner, double *buf)
+/* Adds the gathered vectors to H (of group grp): few large updates run far faster than many small ones. */
+static void flush_rows(target *t, uint64_t grp)
+{
+	add_gram(t->H + grp * t->K * t->K, t->gram, t->K, t->rows, t->n_rows);
+	t->n_rows = 0;
+}
+
+/* The next free vector of the buffer, flushing into group grp's H when it is full. */
+static float *next_row(target *t, uint64_t grp)
+{
+	if (t->n_rows == t->cap_rows)
+		flush_rows(t, grp);
+	return t->rows + t->n_rows++ * t->K;
+}
+
+static void linear_gram(target *t, const float *x, uint64_t outer, uint64_t inner)
 {
 	const uint64_t K = t->K, tokens = outer * inner;
-	uint64_t filled = 0;
 	for (uint64_t tok = 0; tok < tokens; tok++) {
 		uint64_t o = tok / inner, i = tok % inner;
-		double *row = buf + filled * K;
+		float *row = next_row(t, 0);
 		if (inner == 1)
 			memcpy(row, x + o * K, K * sizeof *row);
 		else
 			for (uint64_t c = 0; c < K; c++)
 				row[c] = x[(o * K + c) * inner + i];
-		if (++filled == CHUNK_ROWS) {
-			add_gram(t->H, K, buf, filled);
-			filled = 0;
-		}
 	}
-	add_gram(t->H, K, buf, filled);
 }
 
 typedef struct conv_geom {
@@ -377,56 +409,66 @@ static bool conv_geometry(const target *t, const Onnx__NodeProto *n, const nmp_h
 	return true;
 }
 
-/* The unfolded patches of every image, per group: input k = kernel position * cin_g + channel. */
-static void conv_gram(target *t, const double *x, const nmp_host_tensor *xt, const conv_geom *g, double *buf)
+/*
+ * The unfolded patches of every image, per group: input k = kernel position *
+ * cin_g + channel.  The activation is first laid out channels last, so that
+ * each kernel position of a patch is one contiguous run of channels.
+ */
+static nmp_status conv_gram(target *t, const float *x, const nmp_host_tensor *xt, const conv_geom *g)
 {
-	const uint64_t N = (uint64_t)xt->dims[0], K = t->K, cin_g = t->cin_g;
+	const uint64_t N = (uint64_t)xt->dims[0], C = t->C, cin_g = t->cin_g;
 	uint64_t plane = 1;
 	for (int d = 0; d < g->nd; d++)
 		plane *= (uint64_t)g->in[d];
+	float *cl = malloc((N * plane * C + 1) * sizeof *cl);
+	int64_t *kpos = malloc((t->S ? t->S : 1) * MAX_SPATIAL * sizeof *kpos);
+	if (!cl || !kpos) {
+		free(cl);
+		free(kpos);
+		return NMP_ERR_NOMEM;
+	}
+	for (uint64_t n = 0; n < N; n++)
+		for (uint64_t c = 0; c < C; c++)
+			for (uint64_t p = 0; p < plane; p++)
+				cl[(n * plane + p) * C + c] = x[(n * C + c) * plane + p];
+	for (uint64_t s = 0; s < t->S; s++) { /* each kernel position's offsets, dilated */
+		uint64_t r = s;
+		for (int d = g->nd - 1; d >= 0; d--) {
+			kpos[s * MAX_SPATIAL + (uint64_t)d] = (int64_t)(r % (uint64_t)g->k[d]) * g->dil[d];
+			r /= (uint64_t)g->k[d];
+		}
+	}
 	for (uint64_t grp = 0; grp < t->G; grp++) {
-		double *H = t->H + grp * K * K;
-		uint64_t filled = 0;
 		for (uint64_t n = 0; n < N; n++)
 			for (uint64_t p = 0; p < g->positions; p++) {
-				int64_t o[MAX_SPATIAL];
+				int64_t base[MAX_SPATIAL];
 				uint64_t rem = p;
 				for (int d = g->nd - 1; d >= 0; d--) {
-					o[d] = (int64_t)(rem % (uint64_t)g->out[d]);
+					base[d] = (int64_t)(rem % (uint64_t)g->out[d]) * g->stride[d] - g->pad[d];
 					rem /= (uint64_t)g->out[d];
 				}
-				double *row = buf + filled * K;
+				float *row = next_row(t, grp);
 				for (uint64_t s = 0; s < t->S; s++) {
-					uint64_t r2 = s, off = 0;
+					uint64_t off = 0, mul = 1;
 					bool inside = true;
-					for (int d = g->nd - 1; d >= 0; d--) {
-						int64_t kd = (int64_t)(r2 % (uint64_t)g->k[d]);
-						r2 /= (uint64_t)g->k[d];
-						int64_t at = o[d] * g->stride[d] - g->pad[d] + kd * g->dil[d];
-						if (at < 0 || at >= g->in[d])
-							inside = false;
+					for (int d = g->nd - 1; d >= 0 && inside; d--) {
+						int64_t at = base[d] + kpos[s * MAX_SPATIAL + (uint64_t)d];
+						inside = at >= 0 && at < g->in[d];
+						off += (uint64_t)at * mul;
+						mul *= (uint64_t)g->in[d];
 					}
-					if (inside) {
-						uint64_t mul = 1;
-						r2 = s;
-						for (int d = g->nd - 1; d >= 0; d--) {
-							int64_t kd = (int64_t)(r2 % (uint64_t)g->k[d]);
-							r2 /= (uint64_t)g->k[d];
-							off += (uint64_t)(o[d] * g->stride[d] - g->pad[d] + kd * g->dil[d]) * mul;
-							mul *= (uint64_t)g->in[d];
-						}
-					}
-					const double *src = x + (n * t->C + grp * cin_g) * plane + off;
-					for (uint64_t c = 0; c < cin_g; c++)
-						row[s * cin_g + c] = inside ? src[c * plane] : 0;
-				}
-				if (++filled == CHUNK_ROWS) {
-					add_gram(H, K, buf, filled);
-					filled = 0;
+					if (inside)
+						memcpy(row + s * cin_g, cl + (n * plane + off) * C + grp * cin_g, cin_g * sizeof *row);
+					else
+						memset(row + s * cin_g, 0, cin_g * sizeof *row);
 				}
 			}
-		add_gram(H, K, buf, filled);
+		if (t->G > 1) /* the buffer holds one group's vectors at a time */
+			flush_rows(t, grp);
 	}
+	free(cl);
+	free(kpos);
+	return NMP_OK;
 }
 
 /* Reduces one activation of one use into its target's statistics. */
@@ -435,14 +477,13 @@ static nmp_status reduce(const nmp_plan *plan, target *t, const use_site *u, con
 {
 	const char *wname = "";
 	(void)plan;
-	double *x = malloc((xt->numel ? xt->numel : 1) * sizeof *x);
-	if (!x)
+	float *owned;
+	const float *x = act_as_float(xt, &owned);
+	if (!x && floating_type(xt->dtype))
 		return nmp_error_set(err, NMP_ERR_NOMEM, "activation '%s': out of memory", u->act);
-	if (!act_to_double(xt, x)) {
-		free(x);
+	if (!x)
 		return nmp_error_set(err, NMP_ERR_RUNTIME, "activation '%s' is %s: statistics need a floating type", u->act,
 				     nmp_dtype_name(xt->dtype));
-	}
 	uint64_t outer, inner, tokens = 0;
 	nmp_status s = NMP_OK;
 	if (!split_axis(xt, t->kind == LAYER_CONV ? 1 : u->chan_axis, t->C, &outer, &inner)) {
@@ -453,25 +494,21 @@ static nmp_status reduce(const nmp_plan *plan, target *t, const use_site *u, con
 			add_sq(t, x, outer, inner);
 		tokens = outer * inner;
 		if (t->H) {
-			double *buf = malloc(CHUNK_ROWS * t->K * sizeof *buf);
 			conv_geom g;
-			if (!buf)
-				s = nmp_error_set(err, NMP_ERR_NOMEM, "activation '%s': out of memory", u->act);
-			else if (t->kind == LAYER_LINEAR)
-				linear_gram(t, x, outer, inner, buf);
+			if (t->kind == LAYER_LINEAR)
+				linear_gram(t, x, outer, inner);
 			else if (!conv_geometry(t, u->node, xt, &g))
 				s = nmp_error_set(err, NMP_ERR_RUNTIME, "node '%s': Conv geometry does not fit activation '%s'",
 						  u->node->name ? u->node->name : "", u->act);
-			else {
-				conv_gram(t, x, xt, &g, buf);
+			else if (conv_gram(t, x, xt, &g) != NMP_OK)
+				s = nmp_error_set(err, NMP_ERR_NOMEM, "activation '%s': out of memory", u->act);
+			else
 				tokens = (uint64_t)xt->dims[0] * g.positions;
-			}
-			free(buf);
 		}
 	}
 	if (first_use)
 		t->tokens += tokens;
-	free(x);
+	free(owned);
 	return s;
 }
 
@@ -479,16 +516,22 @@ static nmp_status reduce(const nmp_plan *plan, target *t, const use_site *u, con
 
 static uint64_t stats_bytes(const target *t)
 {
-	return t->method == NMP_METHOD_SPARSEGPT ? t->G * t->K * t->K * sizeof(double) + t->C * sizeof(double) :
+	return t->method == NMP_METHOD_SPARSEGPT ?
+		       t->G * t->K * t->K * sizeof(double) + t->K * t->K * sizeof(float) + t->C * sizeof(double) + GRAM_BUFFER :
 						  t->C * sizeof(double);
 }
 
 static nmp_status alloc_stats(target *t, nmp_error *err)
 {
 	t->sq = calloc(t->C ? t->C : 1, sizeof *t->sq);
-	if (t->method == NMP_METHOD_SPARSEGPT)
+	if (t->method == NMP_METHOD_SPARSEGPT) {
 		t->H = calloc(t->G * t->K * t->K, sizeof *t->H);
-	if (!t->sq || (t->method == NMP_METHOD_SPARSEGPT && !t->H))
+		t->cap_rows = GRAM_BUFFER / (t->K * sizeof(float));
+		t->cap_rows = t->cap_rows < 64 ? 64 : t->cap_rows;
+		t->rows = malloc(t->cap_rows * t->K * sizeof *t->rows);
+		t->gram = malloc(t->K * t->K * sizeof *t->gram);
+	}
+	if (!t->sq || (t->method == NMP_METHOD_SPARSEGPT && (!t->H || !t->rows || !t->gram)))
 		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory for calibration statistics (%llu bytes)",
 				     (unsigned long long)stats_bytes(t));
 	return NMP_OK;
@@ -552,14 +595,29 @@ static nmp_status run_pass(nmp_calib *c, nmp_ort *ort, const nmp_model_input *in
 	free(payloads);
 	if (s == NMP_OK)
 		s = nmp_calib_data_open(c->o.data, inputs, n_inputs, c->o.max_samples, &data, err);
-	for (size_t k = 0; s == NMP_OK && k < nmp_calib_data_count(data); k++) {
+	/*
+	 * Samples run in batches where the data and the model allow it (the
+	 * statistics reduce over the batch axis like any other); a model that
+	 * fails on a batch (a Reshape that fixes the batch, say) goes on one
+	 * sample at a time.
+	 */
+	size_t batch = s == NMP_OK ? nmp_calib_data_batch_limit(data, 256u << 10) : 1;
+	const size_t total = s == NMP_OK ? nmp_calib_data_count(data) : 0;
+	for (size_t k = 0; s == NMP_OK && k < total;) {
 		const char *const *names;
 		const nmp_host_tensor *in;
-		size_t n_in;
+		size_t n_in, count = total - k < batch ? total - k : batch;
 		nmp_ort_outputs res = { 0 };
-		s = nmp_calib_data_sample(data, k, &names, &in, &n_in, err);
-		if (s == NMP_OK && sess)
-			s = nmp_ort_run(sess, n_in, names, in, n_outs, outs, &res, err);
+		s = nmp_calib_data_batch(data, k, count, &names, &in, &n_in, err);
+		if (s == NMP_OK && sess) {
+			nmp_error batch_err = { 0 };
+			s = nmp_ort_run(sess, n_in, names, in, n_outs, outs, &res, count > 1 ? &batch_err : err);
+			if (s != NMP_OK && count > 1) {
+				batch = 1;
+				s = NMP_OK;
+				continue;
+			}
+		}
 		for (size_t i = 0; s == NMP_OK && i < c->n; i++)
 			for (size_t u = 0; s == NMP_OK && c->t[i].active && u < c->t[i].n_uses; u++) {
 				const char *a = c->t[i].uses[u].act;
@@ -577,6 +635,7 @@ static nmp_status run_pass(nmp_calib *c, nmp_ort *ort, const nmp_model_input *in
 			}
 		if (sess && res.values)
 			nmp_ort_outputs_release(sess, &res);
+		k += count;
 	}
 	if (s == NMP_OK)
 		c->samples = nmp_calib_data_count(data);
@@ -683,8 +742,14 @@ nmp_status nmp_calibrate(const nmp_plan *plan, const nmp_calib_opts *o, nmp_cali
 			target *t = &c->t[i];
 			if (!plan->sel->choices[i].eligible)
 				continue;
-			if (t->H)
+			if (t->H) {
+				flush_rows(t, 0);
+				free(t->rows);
+				free(t->gram);
+				t->rows = NULL;
+				t->gram = NULL;
 				mirror(t->H, t->G, t->K);
+			}
 			s = decide(c, i, err);
 			if (!o->stats_path) { /* what later stages need is the decision, not the statistics */
 				free(t->H);
@@ -717,6 +782,8 @@ void nmp_calib_free(nmp_calib **pc)
 		free(c->t[i].uses);
 		free(c->t[i].sq);
 		free(c->t[i].H);
+		free(c->t[i].rows);
+		free(c->t[i].gram);
 		free(c->t[i].mask);
 		free(c->t[i].payload);
 	}

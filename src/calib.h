@@ -8,7 +8,8 @@
  * output of an in-memory copy of the model, and each sample's activation is
  * reduced as it arrives, over every axis but the channel:
  *  - wanda: per input channel, the sum of squares (norm^2);
- *  - sparsegpt: H = sum x x^T over the layer's input vectors (Conv: the
+ *  - sparsegpt: H = sum x x^T over the layer's input vectors (products of a
+ *    batch of vectors in single precision, summed in double; Conv: the
  *    unfolded patches, with strides, pads, auto_pad, dilations and groups;
  *    per group, inputs ordered kernel position major, channel minor, so that
  *    an N:M group of channels is M consecutive inputs).

@@ -545,7 +545,8 @@ static nmp_status open_safetensors(nmp_calib_data *d, nmp_error *err)
 	return s;
 }
 
-static nmp_status sample_safetensors(nmp_calib_data *d, size_t i, nmp_error *err)
+/* Samples i .. i+count-1 as one batch along axis 0 (count 1: one sample as it is). */
+static nmp_status sample_safetensors(nmp_calib_data *d, size_t i, size_t count, nmp_error *err)
 {
 	(void)err;
 	for (size_t k = 0; k < d->n_inputs; k++) {
@@ -560,12 +561,13 @@ static nmp_status sample_safetensors(nmp_calib_data *d, size_t i, nmp_error *err
 		if (e->batched) {
 			t->rank = e->rank;
 			memcpy(t->dims, e->dims, sizeof(int64_t) * (size_t)e->rank);
-			t->dims[0] = 1;
+			t->dims[0] = (int64_t)count;
 		} else {
 			t->rank = e->rank - 1;
 			memcpy(t->dims, e->dims + 1, sizeof(int64_t) * (size_t)t->rank);
+			t->dims[0] *= (int64_t)count; /* consecutive samples are consecutive rows */
 		}
-		t->numel = per;
+		t->numel = per * count;
 		/* ONNX Runtime reads inputs without writing them: the read-only mapping serves */
 		t->data = (void *)(d->map + d->data_start + e->offset + (uint64_t)i * per * (nmp_dtype_bits(e->dtype) / 8));
 		d->names[d->n++] = d->inputs[k].name;
@@ -657,7 +659,42 @@ nmp_status nmp_calib_data_sample(nmp_calib_data *d, size_t i, const char *const 
 {
 	NMP_ASSERT(i < d->count);
 	drop_sample(d);
-	nmp_status s = d->kind == DATA_SAFETENSORS ? sample_safetensors(d, i, err) : sample_dirs(d, i, err);
+	nmp_status s = d->kind == DATA_SAFETENSORS ? sample_safetensors(d, i, 1, err) : sample_dirs(d, i, err);
+	*names = d->names;
+	*tensors = d->t;
+	*n = d->n;
+	return s;
+}
+
+size_t nmp_calib_data_batch_limit(const nmp_calib_data *d, uint64_t max_bytes)
+{
+	if (d->kind != DATA_SAFETENSORS)
+		return 1;
+	uint64_t per_sample = 0;
+	for (size_t k = 0; k < d->n_inputs; k++) {
+		const st_entry *e = &d->entries[k];
+		if (e->rank == 0)
+			continue;
+		/* only an axis 0 the model leaves free can hold several samples */
+		if (d->inputs[k].rank < 1 || d->inputs[k].dims[0] > 0 || (!e->batched && e->rank < 2))
+			return 1;
+		uint64_t per = nmp_dtype_bits(e->dtype) / 8;
+		for (int a = 1; a < e->rank; a++)
+			per *= (uint64_t)e->dims[a];
+		per_sample += per;
+	}
+	uint64_t n = per_sample ? max_bytes / per_sample : 1;
+	return n < 1 ? 1 : n > 64 ? 64 : (size_t)n;
+}
+
+nmp_status nmp_calib_data_batch(nmp_calib_data *d, size_t i, size_t count, const char *const **names,
+				const nmp_host_tensor **tensors, size_t *n, nmp_error *err)
+{
+	NMP_ASSERT(count >= 1 && i + count <= d->count && (count == 1 || d->kind == DATA_SAFETENSORS));
+	if (count == 1)
+		return nmp_calib_data_sample(d, i, names, tensors, n, err);
+	drop_sample(d);
+	nmp_status s = sample_safetensors(d, i, count, err);
 	*names = d->names;
 	*tensors = d->t;
 	*n = d->n;

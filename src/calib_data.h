@@ -55,4 +55,15 @@ size_t nmp_calib_data_count(const nmp_calib_data *d);
 nmp_status nmp_calib_data_sample(nmp_calib_data *d, size_t i, const char *const **names,
 				 const nmp_host_tensor **tensors, size_t *n, nmp_error *err);
 
+/*
+ * How many samples one run may take together, concatenated along axis 0
+ * (safetensors data, inputs whose axis 0 the model leaves free; at most 64
+ * and max_bytes of inputs); 1 otherwise.
+ */
+size_t nmp_calib_data_batch_limit(const nmp_calib_data *d, uint64_t max_bytes);
+
+/* Samples i .. i+count-1 as one batch (count within the limit above). */
+nmp_status nmp_calib_data_batch(nmp_calib_data *d, size_t i, size_t count, const char *const **names,
+				const nmp_host_tensor **tensors, size_t *n, nmp_error *err);
+
 #endif

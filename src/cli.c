@@ -88,6 +88,14 @@ static const char usage_inspect[] =
 	"\n"
 	"List every candidate weight: consumers, dtype, shape, group axis, pattern,\n"
 	"eligibility and the reason when not eligible.\n"
+	"\n"
+	"  --sensitivity        rank the eligible weights by the output fidelity (mean cosine\n"
+	"                       to the dense model) when each alone is pruned (needs --calibration)\n"
+	"  --calibration DATA   samples: a directory of test_data_set_*/input_*.pb, or .safetensors\n"
+	"  --calibration-samples N  use the first N samples (default: all)\n"
+	"  --target-fidelity F  find how many of the most sensitive weights to keep dense for F\n"
+	"  --write-rules FILE   write the rules file (--rules) keeping them dense\n"
+	"  --ort-library PATH   libonnxruntime.so (default: search)\n"
 	"\n" SHARED_OPTIONS;
 
 const char *nmp_cli_usage(nmp_command cmd)
@@ -106,7 +114,7 @@ enum {
 	OPT_RULES, OPT_DEVICE, OPT_THREADS, OPT_REPORT, OPT_JSON, OPT_DRY_RUN, OPT_IN_PLACE,
 	OPT_EXTERNAL_DATA, OPT_METHOD, OPT_PERMUTE, OPT_REPORT_HTML, OPT_SAVE_MASKS,
 	OPT_GENERAL_PATH, OPT_PERMUTE_ONLY, OPT_CALIBRATION, OPT_CALIB_SAMPLES, OPT_DAMP, OPT_ORT_LIBRARY,
-	OPT_CALIB_STATS, OPT_CALIB_STAGES,
+	OPT_CALIB_STATS, OPT_CALIB_STAGES, OPT_SENSITIVITY, OPT_TARGET_FIDELITY, OPT_WRITE_RULES,
 };
 
 static const struct option long_options[] = {
@@ -140,6 +148,9 @@ static const struct option long_options[] = {
 	{ "ort-library", required_argument, NULL, OPT_ORT_LIBRARY },
 	{ "calibration-stats", required_argument, NULL, OPT_CALIB_STATS },
 	{ "calibration-stages", required_argument, NULL, OPT_CALIB_STAGES },
+	{ "sensitivity", no_argument, NULL, OPT_SENSITIVITY },
+	{ "target-fidelity", required_argument, NULL, OPT_TARGET_FIDELITY },
+	{ "write-rules", required_argument, NULL, OPT_WRITE_RULES },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -223,8 +234,11 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 		if (name && cli->cmd != NMP_CMD_PRUNE)
 			return usage(err, "%s is an option of prune only", name);
 		bool calib_opt = opt == OPT_CALIBRATION || opt == OPT_CALIB_SAMPLES || opt == OPT_ORT_LIBRARY;
-		if (calib_opt && cli->cmd != NMP_CMD_PRUNE && cli->cmd != NMP_CMD_COMPARE)
-			return usage(err, "%s is an option of prune and compare", av[optind - 1]);
+		if (calib_opt && cli->cmd == NMP_CMD_CHECK)
+			return usage(err, "%s is an option of prune, compare and inspect --sensitivity", av[optind - 1]);
+		bool sens_opt = opt == OPT_SENSITIVITY || opt == OPT_TARGET_FIDELITY || opt == OPT_WRITE_RULES;
+		if (sens_opt && cli->cmd != NMP_CMD_INSPECT)
+			return usage(err, "%s is an option of inspect", av[optind - 1]);
 		char *end;
 		switch (opt) {
 		case 'o': cli->output = optarg; break;
@@ -310,6 +324,13 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 				return usage(err, "--damp '%s': expected a positive number", optarg);
 			break;
 		case OPT_ORT_LIBRARY: cli->ort_library = optarg; break;
+		case OPT_SENSITIVITY: cli->sensitivity = true; break;
+		case OPT_TARGET_FIDELITY:
+			cli->target_fidelity = strtod(optarg, &end);
+			if (end == optarg || *end || !(cli->target_fidelity > 0 && cli->target_fidelity <= 1))
+				return usage(err, "--target-fidelity '%s': expected a cosine in (0, 1]", optarg);
+			break;
+		case OPT_WRITE_RULES: cli->write_rules = optarg; break;
 		case OPT_CALIB_STAGES: {
 			long long n = strtoll(optarg, &end, 10);
 			if (end == optarg || *end || n < 1 || n > 1000000)
@@ -341,6 +362,14 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 	}
 	if (!cli->input)
 		return usage(err, "%s", "no input model given");
+	if (cli->cmd == NMP_CMD_INSPECT) {
+		if ((cli->calibration || cli->target_fidelity > 0 || cli->write_rules) && !cli->sensitivity)
+			return usage(err, "%s", "--calibration, --target-fidelity and --write-rules go with --sensitivity");
+		if (cli->sensitivity && !cli->calibration)
+			return usage(err, "%s", "--sensitivity needs --calibration DATA");
+		if (cli->write_rules && !(cli->target_fidelity > 0))
+			return usage(err, "%s", "--write-rules needs --target-fidelity F");
+	}
 	if (cli->cmd == NMP_CMD_COMPARE) {
 		if (!cli->input2)
 			return usage(err, "%s", "compare needs DENSE.onnx and PRUNED.onnx");

@@ -57,6 +57,10 @@ typedef struct nmp_cli {
 	size_t calib_stages;       /* 0: default */
 	const char *ort_library;
 	const char *calib_stats;   /* hidden: statistics as safetensors (tests) */
+	/* inspect */
+	bool sensitivity;
+	double target_fidelity;    /* 0: none */
+	const char *write_rules;
 	bool permute;
 	bool permute_only;         /* permute, do not mask */
 	const char *report_html;

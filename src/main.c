@@ -22,6 +22,7 @@
 #include "plan.h"
 #include "prune.h"
 #include "report.h"
+#include "sensitivity.h"
 #include "version.h"
 
 typedef enum nmp_exit {
@@ -63,13 +64,90 @@ static nmp_select_opts select_opts(const nmp_cli *cli)
 	};
 }
 
+static bool same_file(const char *a, const char *b);
+
+static void sensitivity_report(const nmp_cli *cli, const nmp_plan *plan, const nmp_sensitivity_result *r)
+{
+	char dn[NMP_DISPLAY_MAX];
+	if (cli->json) {
+		json_t *ws = json_array();
+		for (size_t i = 0; i < r->n_ranked; i++) {
+			size_t ci = r->order[i];
+			const nmp_choice *ch = &plan->sel->choices[ci];
+			json_t *e = json_pack("{s:s,s:s,s:I}", "name", nmp_display_name(ch->cand->name, dn, sizeof dn),
+					      "pattern", ch->pattern.text, "rank", (json_int_t)(i + 1));
+			json_object_set_new(e, "fidelity_pruned_alone", nmp_report_ratio_json(r->fidelity[ci]));
+			json_object_set_new(e, "keep_dense", json_boolean(cli->target_fidelity > 0 && i < r->keep_dense));
+			json_array_append_new(ws, e);
+		}
+		json_t *j = json_pack("{s:s,s:s,s:s,s:I,s:I,s:f,s:o}", "tool", "nmprune", "command", "inspect", "model",
+				      plan->model->path, "samples", (json_int_t)r->samples, "runs", (json_int_t)r->runs,
+				      "elapsed_s", r->seconds, "weights", ws);
+		json_object_set_new(j, "fidelity_all_pruned", nmp_report_ratio_json(r->all_pruned));
+		if (cli->target_fidelity > 0)
+			json_object_set_new(j, "target", json_pack("{s:f,s:I,s:f,s:b}", "fidelity", cli->target_fidelity,
+								   "keep_dense", (json_int_t)r->keep_dense, "reached",
+								   r->reached, "met", r->target_met));
+		nmp_report_print(stdout, j);
+		json_decref(j);
+		return;
+	}
+	printf("%4s  %-48s  %-10s  %s\n", "RANK", "WEIGHT", "PATTERN", "FIDELITY PRUNED ALONE");
+	for (size_t i = 0; i < r->n_ranked; i++) {
+		size_t ci = r->order[i];
+		const nmp_choice *ch = &plan->sel->choices[ci];
+		printf("%4zu  %-48s  %-10s  %.6f%s\n", i + 1, nmp_display_name(ch->cand->name, dn, sizeof dn),
+		       ch->pattern.text, r->fidelity[ci], cli->target_fidelity > 0 && i < r->keep_dense ? "  (kept dense)" : "");
+	}
+	printf("every eligible weight pruned: fidelity %.6f; %zu samples, %zu runs, %.2f s\n", r->all_pruned, r->samples,
+	       r->runs, r->seconds);
+	if (cli->target_fidelity > 0)
+		printf("target %.6f: %s keeping the %zu most sensitive dense (fidelity %.6f)\n", cli->target_fidelity,
+		       r->target_met ? "met" : "not met", r->keep_dense, r->reached);
+}
+
 static nmp_status run_inspect(const nmp_cli *cli, nmp_error *err)
 {
 	nmp_plan plan;
 	nmp_select_opts so = select_opts(cli);
+	nmp_engine *engine = NULL;
+	nmp_pending *pending = NULL;
+	nmp_sensitivity_result r = { 0 };
 	nmp_status s = nmp_plan_build(cli->input, &so, &plan, err);
+	if (s != NMP_OK || !cli->sensitivity) {
+		if (s == NMP_OK)
+			s = nmp_report_inspect(stdout, &plan, cli->json, err);
+		nmp_plan_free(&plan);
+		return s;
+	}
+	if (cli->write_rules)
+		for (size_t f = 0; s == NMP_OK && f < plan.model->n_files; f++)
+			if (same_file(cli->write_rules, plan.model->files[f].path))
+				s = nmp_error_set(err, NMP_ERR_USAGE, "%s: --write-rules names %s", cli->write_rules,
+						  f == 0 ? "the input model" : "a data file of the input model");
 	if (s == NMP_OK)
-		s = nmp_report_inspect(stdout, &plan, cli->json, err);
+		s = nmp_engine_create(nmp_device_parse(cli->device), cli->threads, &engine, NULL, 0, err);
+	if (s == NMP_OK) {
+		nmp_sensitivity_opts o = { .data = cli->calibration, .max_samples = cli->calib_samples,
+					   .ort_library = cli->ort_library, .threads = cli->threads, .engine = engine,
+					   .target = cli->target_fidelity };
+		s = nmp_sensitivity(&plan, &o, &r, err);
+	}
+	if (s == NMP_OK && cli->write_rules) {
+		FILE *f;
+		s = nmp_pending_create(&pending, err);
+		if (s == NMP_OK)
+			s = nmp_pending_open(pending, cli->write_rules, "rules file", &f, err);
+		if (s == NMP_OK)
+			s = nmp_sensitivity_rules(&plan, &r, f, err);
+		if (s == NMP_OK)
+			s = nmp_pending_commit(pending, err);
+	}
+	if (s == NMP_OK)
+		sensitivity_report(cli, &plan, &r);
+	nmp_pending_free(&pending);
+	nmp_sensitivity_free(&r);
+	nmp_engine_free(&engine);
 	nmp_plan_free(&plan);
 	return s;
 }

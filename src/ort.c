@@ -5,7 +5,8 @@
  * OrtApiBase.GetApi(version).  Its entries never move: a release only
  * appends.  The positions below are those of the documented ABI; every
  * entry used lies in the part frozen since version 1, and GetApi refuses a
- * version the library does not offer.  Each function returns an OrtStatus
+ * version the library does not offer; AddSessionConfigEntry (130) has been
+ * there since API version 2.  Each function returns an OrtStatus
  * pointer, NULL on success; a failure's message is copied into nmp_error
  * and the status released.
  */
@@ -38,6 +39,7 @@ enum ort_entry {
 	ORT_SET_SESSION_GRAPH_OPTIMIZATION_LEVEL = 23,
 	ORT_SET_INTRA_OP_NUM_THREADS = 24,
 	ORT_SET_INTER_OP_NUM_THREADS = 25,
+	ORT_ADD_SESSION_CONFIG_ENTRY = 130,
 	ORT_CREATE_TENSOR_WITH_DATA_AS_ORT_VALUE = 49,
 	ORT_GET_TENSOR_MUTABLE_DATA = 51,
 	ORT_GET_TENSOR_ELEMENT_TYPE = 60,
@@ -276,6 +278,10 @@ static nmp_status configure(nmp_ort *o, void *opts, int threads, const char *lab
 	ORT_CHECK(o, ORT_CALL(o, ORT_SET_SESSION_GRAPH_OPTIMIZATION_LEVEL, OrtStatus *(*)(void *, int), opts,
 			      ORT_ENABLE_ALL),
 		  "cannot set the optimization level", label);
+	/* Between runs the statistics use the cores (BLAS): idle ONNX Runtime threads must not spin on them. */
+	ORT_CHECK(o, ORT_CALL(o, ORT_ADD_SESSION_CONFIG_ENTRY, OrtStatus *(*)(void *, const char *, const char *), opts,
+			      "session.intra_op.allow_spinning", "0"),
+		  "cannot configure threads", label);
 	return NMP_OK;
 }
 

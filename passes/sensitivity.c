@@ -1,0 +1,280 @@
+/*
+ * sensitivity.c — per-weight sensitivity and the dense set for a target
+ * fidelity (see sensitivity.h).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "calib_data.h"
+#include "dtype.h"
+#include "mask_rules.h"
+#include "ort.h"
+#include "prune.h"
+#include "report.h"
+#include "sensitivity.h"
+
+typedef struct ctx {
+	const nmp_plan *plan;
+	const nmp_sensitivity_opts *o;
+	nmp_ort *ort;
+	nmp_model_input *inputs;
+	size_t n_inputs;
+	const char **outs;            /* the model's outputs */
+	size_t n_out;
+	float **dense;                /* [sample * n_out + j]: the dense model's output, NULL when not floating */
+	uint64_t *numel;              /* per output, from the first sample */
+	size_t samples;
+	void **pruned;                /* per selection choice: its payload pruned by magnitude */
+	const void **payloads;        /* per model tensor: what the next run uses, NULL the original */
+	size_t runs;
+} ctx;
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static bool floating(int32_t dt)
+{
+	return dt == NMP_DT_FLOAT || dt == NMP_DT_DOUBLE || dt == NMP_DT_FLOAT16 || dt == NMP_DT_BFLOAT16;
+}
+
+static double at(const nmp_host_tensor *t, uint64_t i)
+{
+	const uint8_t *d = t->data;
+	switch (t->dtype) {
+	case NMP_DT_FLOAT: { float f; memcpy(&f, d + 4 * i, 4); return f; }
+	case NMP_DT_DOUBLE: { double v; memcpy(&v, d + 8 * i, 8); return v; }
+	default: { uint16_t h; memcpy(&h, d + 2 * i, 2); return nmp_half_to_float(h, t->dtype == NMP_DT_BFLOAT16); }
+	}
+}
+
+/*
+ * Runs the model with c->payloads on every sample.  Without dense outputs yet
+ * it records them; otherwise *fidelity is the mean cosine to them.
+ */
+static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
+{
+	nmp_model *m = c->plan->model;
+	uint8_t *bytes = NULL;
+	size_t len = 0;
+	nmp_ort_session *sess = NULL;
+	nmp_calib_data *data = NULL;
+	nmp_status s = nmp_model_serialize(m, c->payloads, NULL, 0, &bytes, &len, err);
+	if (s == NMP_OK)
+		s = nmp_ort_session_create(c->ort, bytes, len, m->path, c->o->threads, &sess, err);
+	free(bytes);
+	if (s == NMP_OK)
+		s = nmp_calib_data_open(c->o->data, c->inputs, c->n_inputs, c->o->max_samples, &data, err);
+	const bool record = c->dense == NULL;
+	if (s == NMP_OK && record) {
+		c->samples = nmp_calib_data_count(data);
+		c->dense = calloc(c->samples * c->n_out + 1, sizeof *c->dense);
+		c->numel = calloc(c->n_out + 1, sizeof *c->numel);
+		if (!c->dense || !c->numel)
+			s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	}
+	double sum = 0;
+	size_t terms = 0;
+	for (size_t k = 0; s == NMP_OK && k < c->samples; k++) {
+		const char *const *names;
+		const nmp_host_tensor *in;
+		size_t n_in;
+		nmp_ort_outputs res = { 0 };
+		s = nmp_calib_data_sample(data, k, &names, &in, &n_in, err);
+		if (s == NMP_OK)
+			s = nmp_ort_run(sess, n_in, names, in, c->n_out, c->outs, &res, err);
+		for (size_t j = 0; s == NMP_OK && j < c->n_out; j++) {
+			const nmp_host_tensor *t = &res.t[j];
+			float **ref = &c->dense[k * c->n_out + j];
+			if (record) {
+				if (k == 0)
+					c->numel[j] = t->numel;
+				if (!floating(t->dtype) || t->numel != c->numel[j])
+					continue;
+				if (!(*ref = malloc((t->numel ? t->numel : 1) * sizeof **ref))) {
+					s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory for the dense model's outputs");
+					break;
+				}
+				for (uint64_t i = 0; i < t->numel; i++)
+					(*ref)[i] = (float)at(t, i);
+				continue;
+			}
+			if (!*ref || t->numel != c->numel[j] || !floating(t->dtype))
+				continue;
+			double dot = 0, na = 0, nb = 0;
+			for (uint64_t i = 0; i < t->numel; i++) {
+				double a = (*ref)[i], b = at(t, i);
+				dot += a * b;
+				na += a * a;
+				nb += b * b;
+			}
+			sum += na == 0 && nb == 0 ? 1 : na == 0 || nb == 0 ? 0 : dot / sqrt(na * nb);
+			terms++;
+		}
+		if (res.values)
+			nmp_ort_outputs_release(sess, &res);
+	}
+	if (s == NMP_OK && !record)
+		*fidelity = terms ? sum / (double)terms : NAN;
+	c->runs++;
+	nmp_calib_data_free(&data);
+	nmp_ort_session_free(&sess);
+	return s;
+}
+
+static const nmp_sensitivity_result *sort_r; /* qsort has no context argument */
+
+static int most_sensitive_first(const void *a, const void *b)
+{
+	size_t x = *(const size_t *)a, y = *(const size_t *)b;
+	double fx = sort_r->fidelity[x], fy = sort_r->fidelity[y];
+	if (fx != fy)
+		return fx < fy ? -1 : 1;
+	return (x > y) - (x < y);
+}
+
+/* Every eligible weight pruned except the first k of the ranking. */
+static void prune_all_but(ctx *c, const nmp_sensitivity_result *r, size_t k)
+{
+	const nmp_model *m = c->plan->model;
+	for (size_t i = 0; i < r->n_ranked; i++) {
+		size_t ci = r->order[i];
+		c->payloads[c->plan->sel->choices[ci].cand->tensor - m->tensors] = i < k ? NULL : c->pruned[ci];
+	}
+}
+
+nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, nmp_sensitivity_result *r,
+			   nmp_error *err)
+{
+	double t0 = now();
+	memset(r, 0, sizeof *r);
+	const nmp_model *m = plan->model;
+	const nmp_selection *sel = plan->sel;
+	ctx c = { .plan = plan, .o = o };
+	nmp_status s = nmp_model_inputs(m, &c.inputs, &c.n_inputs, err);
+	if (s == NMP_OK) { /* the data is checked before the runtime is looked for */
+		nmp_calib_data *probe = NULL;
+		s = nmp_calib_data_open(o->data, c.inputs, c.n_inputs, o->max_samples, &probe, err);
+		nmp_calib_data_free(&probe);
+	}
+	if (s == NMP_OK)
+		s = nmp_ort_open(o->ort_library, &c.ort, err);
+	const Onnx__GraphProto *g = m->proto->graph;
+	c.n_out = g ? g->n_output : 0;
+	c.outs = calloc(c.n_out + 1, sizeof *c.outs);
+	c.pruned = calloc(sel->n + 1, sizeof *c.pruned);
+	c.payloads = calloc(m->n_tensors + 1, sizeof *c.payloads);
+	r->order = calloc(sel->n + 1, sizeof *r->order);
+	r->fidelity = calloc(sel->n + 1, sizeof *r->fidelity);
+	if (s == NMP_OK && (!c.outs || !c.pruned || !c.payloads || !r->order || !r->fidelity))
+		s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	for (size_t j = 0; s == NMP_OK && j < c.n_out; j++)
+		c.outs[j] = g->output[j]->name;
+	for (size_t i = 0; s == NMP_OK && i < sel->n; i++) {
+		r->fidelity[i] = NAN;
+		if (sel->choices[i].eligible) {
+			s = nmp_prune_copy(plan, i, o->engine, &c.pruned[i], err);
+			r->order[r->n_ranked++] = i;
+		}
+	}
+	double dummy;
+	if (s == NMP_OK)
+		s = run_all(&c, &dummy, err); /* the dense outputs */
+	for (size_t i = 0; s == NMP_OK && i < r->n_ranked; i++) {
+		size_t ci = r->order[i];
+		size_t ti = (size_t)(sel->choices[ci].cand->tensor - m->tensors);
+		c.payloads[ti] = c.pruned[ci];
+		s = run_all(&c, &r->fidelity[ci], err);
+		c.payloads[ti] = NULL;
+	}
+	if (s == NMP_OK) {
+		sort_r = r;
+		qsort(r->order, r->n_ranked, sizeof *r->order, most_sensitive_first);
+		prune_all_but(&c, r, 0);
+		s = run_all(&c, &r->all_pruned, err);
+	}
+	if (s == NMP_OK && o->target > 0) {
+		/* the smallest k whose fidelity reaches the target, by bisection over [0, n] */
+		size_t lo = 0, hi = r->n_ranked;
+		double at_hi = 1.0, at_lo = r->all_pruned;
+		if (at_lo >= o->target)
+			hi = 0, at_hi = at_lo;
+		while (s == NMP_OK && lo + 1 < hi) {
+			size_t mid = lo + (hi - lo) / 2;
+			double f;
+			prune_all_but(&c, r, mid);
+			s = run_all(&c, &f, err);
+			if (f >= o->target)
+				hi = mid, at_hi = f;
+			else
+				lo = mid, at_lo = f;
+		}
+		r->keep_dense = hi;
+		r->reached = at_hi;
+		r->target_met = at_hi >= o->target;
+	}
+	r->samples = c.samples;
+	r->runs = c.runs;
+	for (size_t i = 0; c.dense && i < c.samples * c.n_out; i++)
+		free(c.dense[i]);
+	free(c.dense);
+	free(c.numel);
+	for (size_t i = 0; c.pruned && i < sel->n; i++)
+		free(c.pruned[i]);
+	free(c.pruned);
+	free(c.payloads);
+	free(c.outs);
+	free(c.inputs);
+	nmp_ort_close(&c.ort);
+	r->seconds = now() - t0;
+	if (s != NMP_OK)
+		nmp_sensitivity_free(r);
+	return s;
+}
+
+void nmp_sensitivity_free(nmp_sensitivity_result *r)
+{
+	free(r->order);
+	free(r->fidelity);
+	memset(r, 0, sizeof *r);
+}
+
+/* A POSIX extended regex matching exactly this name. */
+static void exact_regex(const char *name, char *buf, size_t cap)
+{
+	size_t n = 0;
+	buf[n++] = '^';
+	for (const char *p = name; *p && n + 4 < cap; p++) {
+		if (strchr(".[]()*+?{}|^$\\", *p))
+			buf[n++] = '\\';
+		buf[n++] = *p;
+	}
+	buf[n++] = '$';
+	buf[n] = 0;
+}
+
+nmp_status nmp_sensitivity_rules(const nmp_plan *plan, const nmp_sensitivity_result *r, FILE *f, nmp_error *err)
+{
+	json_t *rules = json_array();
+	for (size_t i = 0; i < r->keep_dense && i < r->n_ranked; i++) {
+		const char *name = plan->sel->choices[r->order[i]].cand->name;
+		char re[2100];
+		exact_regex(name, re, sizeof re);
+		json_array_append_new(rules, json_pack("{s:s,s:b}", "match", re, "dense", 1));
+	}
+	char *text = json_dumps(rules, JSON_INDENT(2));
+	json_decref(rules);
+	if (!text)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	fputs(text, f);
+	fputc('\n', f);
+	free(text);
+	return NMP_OK;
+}
