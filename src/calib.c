@@ -1011,8 +1011,37 @@ static nmp_status wanda_mask(target *t, nmp_engine *e, const nmp_mask_tensor *w,
 	return s;
 }
 
+/*
+ * One group's sweep: on the GPU when the engine is CUDA's, else (or when
+ * CUDA or cuBLAS fails) on the CPU, which the note then says.
+ */
+static nmp_status solve(nmp_engine *e, double *W, uint64_t R, uint64_t K, double *H, const double *Hg, double damp,
+			const nmp_pattern *p, uint8_t *m, nmp_calib_weight_result *cr, const char *name, nmp_error *err)
+{
+	if (strcmp(nmp_engine_name(e), "cuda") == 0) {
+		double *W0 = malloc(R * K * sizeof *W0);
+		if (!W0)
+			return nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", name);
+		memcpy(W0, W, R * K * sizeof *W0);
+		nmp_error gpu_err = { 0 };
+		nmp_status s = nmp_cuda_sparsegpt_solve(W, R, K, H, damp, p, m, &cr->damp, name, &gpu_err);
+		if (s != NMP_ERR_DEVICE) {
+			free(W0);
+			if (s != NMP_OK)
+				*err = gpu_err;
+			return s;
+		}
+		snprintf(cr->note, sizeof cr->note, "sparsegpt on the CPU: %.100s", gpu_err.message);
+		memcpy(W, W0, R * K * sizeof *W0); /* the CPU starts again from the weights and the Hessian */
+		memcpy(H, Hg, K * K * sizeof *H);
+		free(W0);
+	}
+	return nmp_sparsegpt_solve(W, R, K, H, damp, p, m, &cr->damp, name, err);
+}
+
 /* recon (may be NULL: quantized) receives the reconstructed weights in flat order. */
-static nmp_status sparsegpt_mask(target *t, const nmp_mask_tensor *w, const nmp_pattern *p, const uint8_t *in,
+static nmp_status sparsegpt_mask(target *t, nmp_engine *e, const nmp_mask_tensor *w, const nmp_pattern *p,
+				 const uint8_t *in,
 				 const nmp_quant_geom *qg, const uint8_t *mask_mag, uint8_t *mask, double *recon,
 				 double damp, nmp_calib_weight_result *cr, nmp_error *err)
 {
@@ -1033,7 +1062,7 @@ static nmp_status sparsegpt_mask(target *t, const nmp_mask_tensor *w, const nmp_
 		err_mag += nmp_sparsegpt_output_error(D, R, K, Hg);
 		memcpy(D, W, R * K * sizeof *D);
 		memcpy(H, Hg, K * K * sizeof *H);
-		s = nmp_sparsegpt_solve(W, R, K, H, damp, p, m, &cr->damp, w->name, err);
+		s = solve(e, W, R, K, H, Hg, damp, p, m, cr, w->name, err);
 		if (s != NMP_OK)
 			break;
 		for (uint64_t i = 0; i < R * K; i++)
@@ -1112,7 +1141,7 @@ static nmp_status decide(nmp_calib *c, size_t ci, nmp_error *err)
 	if (s == NMP_OK && t->method == NMP_METHOD_WANDA)
 		s = wanda_mask(t, e, &w, p, mag, numel, mask_mag, t->mask, cr, err);
 	else if (s == NMP_OK)
-		s = sparsegpt_mask(t, &w, p, t->payload, &qg, mask_mag, t->mask, recon, c->o.damp, cr, err);
+		s = sparsegpt_mask(t, e, &w, p, t->payload, &qg, mask_mag, t->mask, recon, c->o.damp, cr, err);
 	if (s == NMP_OK) {
 		/* the statistics of the mask chosen, in magnitudes of the weight as it was */
 		uint64_t kept = 0;

@@ -8,6 +8,7 @@
 
 #include "blas.h"
 #include "sparsegpt.h"
+#include "sparsegpt_rules.h"
 
 bool nmp_sparsegpt_supports(const nmp_pattern *p)
 {
@@ -15,12 +16,8 @@ bool nmp_sparsegpt_supports(const nmp_pattern *p)
 }
 
 
-/*
- * U, upper triangular with H^-1 = U^T U, in place of H (row-major).  H is
- * damped first; on failure the damping grows tenfold.
- */
-static nmp_status inverse_factor(double *H, uint64_t K, double damp, double *damp_used, const char *name,
-				 nmp_error *err)
+nmp_status nmp_sparsegpt_factor(double *H, uint64_t K, double damp, double *damp_used, const char *name,
+				nmp_error *err)
 {
 	double *orig = malloc(K * K * sizeof *orig);
 	if (!orig)
@@ -75,21 +72,23 @@ static int prune_order(const void *a, const void *b)
 	return (x->i < y->i) - (x->i > y->i);
 }
 
-/* N:M at columns [c, c+M) of block row r: keep the N highest scores, ties to the lower column. */
-static void choose_nm(const double *w, const double *dd, unsigned n, unsigned m, uint8_t *keep)
+void nmp_sparsegpt_block_mask(const double *W1, const double *dd, uint64_t rows, uint64_t cnt, double sparsity,
+			      uint8_t *m1, void *scratch)
 {
-	double sc[NMP_PATTERN_MAX_M];
-	for (unsigned j = 0; j < m; j++) {
-		sc[j] = w[j] * w[j] / (dd[j] * dd[j]);
-		keep[j] = 0;
-	}
-	for (unsigned k = 0; k < n; k++) {
-		int best = -1;
-		for (unsigned j = 0; j < m; j++)
-			if (!keep[j] && (best < 0 || sc[j] > sc[best]))
-				best = (int)j;
-		keep[best] = 1;
-	}
+	scored *sc = scratch;
+	const uint64_t n = rows * cnt;
+	for (uint64_t e = 0; e < n; e++)
+		sc[e] = (scored){ nmp_sgpt_score(W1[e], dd[e % cnt]), e };
+	qsort(sc, n, sizeof *sc, prune_order);
+	uint64_t prune = (uint64_t)llround(sparsity * (double)n);
+	memset(m1, 1, n);
+	for (uint64_t e = 0; e < prune; e++)
+		m1[sc[e].i] = 0;
+}
+
+size_t nmp_sparsegpt_block_scratch(uint64_t rows)
+{
+	return rows * NMP_SPARSEGPT_BLOCK * sizeof(scored);
 }
 
 nmp_status nmp_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, double damp, const nmp_pattern *p,
@@ -99,13 +98,13 @@ nmp_status nmp_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, 
 	if (p->structured && K % p->m != 0)
 		return nmp_error_set(err, NMP_ERR_MODEL, "tensor '%s': %llu inputs are not a multiple of %u", name,
 				     (unsigned long long)K, p->m);
-	NMP_TRY(inverse_factor(H, K, damp, damp_used, name, err));
+	NMP_TRY(nmp_sparsegpt_factor(H, K, damp, damp_used, name, err));
 	const double *U = H;
 	const uint64_t B = NMP_SPARSEGPT_BLOCK;
 	double *W1 = malloc(rows * B * sizeof *W1), *E1 = malloc(rows * B * sizeof *E1), *err_col = malloc(rows * sizeof *err_col);
 	double *dd = malloc(B * sizeof *dd);
 	uint8_t *m1 = malloc(rows * B);
-	scored *sc = p->structured ? NULL : malloc(rows * B * sizeof *sc);
+	void *sc = p->structured ? NULL : malloc(nmp_sparsegpt_block_scratch(rows));
 	nmp_status s = NMP_OK;
 	if (!W1 || !E1 || !err_col || !dd || !m1 || (!p->structured && !sc)) {
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", name);
@@ -117,22 +116,12 @@ nmp_status nmp_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, 
 			memcpy(W1 + r * cnt, W + r * K + i1, cnt * sizeof *W1);
 		for (uint64_t j = 0; j < cnt; j++)
 			dd[j] = U[(i1 + j) * K + i1 + j];
-		if (!p->structured) {
-			const uint64_t n = rows * cnt;
-			for (uint64_t e = 0; e < n; e++) {
-				double w = W1[e], d = dd[e % cnt];
-				sc[e] = (scored){ w * w / (d * d), e };
-			}
-			qsort(sc, n, sizeof *sc, prune_order);
-			uint64_t prune = (uint64_t)llround(p->sparsity * (double)n);
-			memset(m1, 1, n);
-			for (uint64_t e = 0; e < prune; e++)
-				m1[sc[e].i] = 0;
-		}
+		if (!p->structured)
+			nmp_sparsegpt_block_mask(W1, dd, rows, cnt, p->sparsity, m1, sc);
 		for (uint64_t i = 0; i < cnt; i++) {
 			if (p->structured && i % p->m == 0)
 				for (uint64_t r = 0; r < rows; r++)
-					choose_nm(W1 + r * cnt + i, dd + i, p->n, p->m, m1 + r * cnt + i);
+					nmp_sgpt_choose_nm(W1 + r * cnt + i, dd + i, p->n, p->m, m1 + r * cnt + i);
 			const double d = dd[i];
 			for (uint64_t r = 0; r < rows; r++) {
 				double w = W1[r * cnt + i], q = m1[r * cnt + i] ? w : 0;

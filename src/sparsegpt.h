@@ -21,6 +21,7 @@
 #ifndef NMP_SPARSEGPT_H
 #define NMP_SPARSEGPT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "error.h"
@@ -38,6 +39,34 @@ bool nmp_sparsegpt_supports(const nmp_pattern *p);
  */
 nmp_status nmp_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, double damp, const nmp_pattern *p,
 			       uint8_t *mask, double *damp_used, const char *name, nmp_error *err);
+
+/*
+ * The factor the sweep runs on, in place of H: U upper triangular (row-major)
+ * with H^-1 = U^T U, H damped first (a zero diagonal becomes 1), the damping
+ * ten times larger after each failed factorization.  Both sweeps use it.
+ */
+nmp_status nmp_sparsegpt_factor(double *H, uint64_t K, double damp, double *damp_used, const char *name,
+				nmp_error *err);
+
+/*
+ * The P% mask of one block (rows x cnt, row-major) at its first column:
+ * round(sparsity x rows x cnt) lowest scores pruned, ties to the higher flat
+ * index; scratch holds nmp_sparsegpt_block_scratch(rows) bytes.  Shared with
+ * the GPU sweep, which brings the block to the host for it.
+ */
+void nmp_sparsegpt_block_mask(const double *W1, const double *dd, uint64_t rows, uint64_t cnt, double sparsity,
+			      uint8_t *m1, void *scratch);
+size_t nmp_sparsegpt_block_scratch(uint64_t rows);
+
+/*
+ * The same sweep on the GPU (kernels/sparsegpt.cu: cuBLAS, loaded at run
+ * time; the factorization stays on the host so that the damping decision is
+ * the CPU's), same contract; NMP_ERR_DEVICE when CUDA or cuBLAS is
+ * unavailable.  Equal to the CPU's within rounding: the masks match, the
+ * rebuilt weights to 1e-9 relative of the layer's scale.
+ */
+nmp_status nmp_cuda_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, double damp, const nmp_pattern *p,
+				    uint8_t *mask, double *damp_used, const char *name, nmp_error *err);
 
 /* tr(D H D^T) for D rows x K (row-major): the squared output error of a weight change D. */
 double nmp_sparsegpt_output_error(const double *D, uint64_t rows, uint64_t K, const double *H);

