@@ -10,7 +10,6 @@
 #include "calib_data.h"
 #include "compare.h"
 #include "dtype.h"
-#include "mask_rules.h"
 #include "model.h"
 #include "ort.h"
 
@@ -26,27 +25,6 @@ typedef struct acc {
 	double cos_sum, cos_min, diff2, ref2;
 	uint64_t rows, agree, elems, equal;
 } acc;
-
-static bool floating(int32_t dt)
-{
-	return dt == NMP_DT_FLOAT || dt == NMP_DT_DOUBLE || dt == NMP_DT_FLOAT16 || dt == NMP_DT_BFLOAT16;
-}
-
-static double value_at(const nmp_host_tensor *t, uint64_t i)
-{
-	const uint8_t *d = t->data;
-	switch (t->dtype) {
-	case NMP_DT_FLOAT: { float f; memcpy(&f, d + 4 * i, 4); return f; }
-	case NMP_DT_DOUBLE: { double v; memcpy(&v, d + 8 * i, 8); return v; }
-	case NMP_DT_FLOAT16:
-	case NMP_DT_BFLOAT16: { uint16_t h; memcpy(&h, d + 2 * i, 2); return nmp_half_to_float(h, t->dtype == NMP_DT_BFLOAT16); }
-	case NMP_DT_INT64: { int64_t v; memcpy(&v, d + 8 * i, 8); return (double)v; }
-	case NMP_DT_INT32: { int32_t v; memcpy(&v, d + 4 * i, 4); return v; }
-	case NMP_DT_UINT8: case NMP_DT_BOOL: return d[i];
-	case NMP_DT_INT8: return (int8_t)d[i];
-	default: return NAN;
-	}
-}
 
 static nmp_status open_side(side *s, const nmp_compare_opts *o, const char *path, nmp_ort *ort, nmp_error *err)
 {
@@ -88,15 +66,15 @@ static nmp_status accumulate(const nmp_compare_opts *o, const char *name, const 
 	if (!same)
 		return nmp_error_set(err, NMP_ERR_MODEL, "%s: output '%s' differs in type or shape from the dense model's",
 				     o->pruned, name);
-	if (!floating(a->dtype)) {
+	if (!nmp_host_is_floating(a->dtype)) {
 		for (uint64_t i = 0; i < a->numel; i++)
-			x->equal += value_at(a, i) == value_at(b, i);
+			x->equal += nmp_host_value(a, i) == nmp_host_value(b, i);
 		x->elems += a->numel;
 		return NMP_OK;
 	}
 	double dot = 0, na = 0, nb = 0, diff = 0;
 	for (uint64_t i = 0; i < a->numel; i++) {
-		double va = value_at(a, i), vb = value_at(b, i);
+		double va = nmp_host_value(a, i), vb = nmp_host_value(b, i);
 		dot += va * vb;
 		na += va * va;
 		nb += vb * vb;
@@ -112,9 +90,9 @@ static nmp_status accumulate(const nmp_compare_opts *o, const char *name, const 
 		for (uint64_t r = 0; r < a->numel / last; r++) {
 			uint64_t ia = 0, ib = 0;
 			for (uint64_t j = 1; j < last; j++) {
-				if (value_at(a, r * last + j) > value_at(a, r * last + ia))
+				if (nmp_host_value(a, r * last + j) > nmp_host_value(a, r * last + ia))
 					ia = j;
-				if (value_at(b, r * last + j) > value_at(b, r * last + ib))
+				if (nmp_host_value(b, r * last + j) > nmp_host_value(b, r * last + ib))
 					ib = j;
 			}
 			x->agree += ia == ib;
@@ -172,7 +150,7 @@ nmp_status nmp_compare(const nmp_compare_opts *o, nmp_compare_result *r, nmp_err
 			s = accumulate(o, names[i], &ra.t[i], &rb.t[i], &a[i], err);
 		if (s == NMP_OK && k == 0)
 			for (size_t i = 0; i < n; i++)
-				r->outputs[i].floating = floating(ra.t[i].dtype);
+				r->outputs[i].floating = nmp_host_is_floating(ra.t[i].dtype);
 		if (ra.values)
 			nmp_ort_outputs_release(d.sess, &ra);
 		if (rb.values)

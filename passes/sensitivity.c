@@ -11,7 +11,6 @@
 
 #include "calib_data.h"
 #include "dtype.h"
-#include "mask_rules.h"
 #include "ort.h"
 #include "prune.h"
 #include "report.h"
@@ -38,21 +37,6 @@ static double now(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static bool floating(int32_t dt)
-{
-	return dt == NMP_DT_FLOAT || dt == NMP_DT_DOUBLE || dt == NMP_DT_FLOAT16 || dt == NMP_DT_BFLOAT16;
-}
-
-static double at(const nmp_host_tensor *t, uint64_t i)
-{
-	const uint8_t *d = t->data;
-	switch (t->dtype) {
-	case NMP_DT_FLOAT: { float f; memcpy(&f, d + 4 * i, 4); return f; }
-	case NMP_DT_DOUBLE: { double v; memcpy(&v, d + 8 * i, 8); return v; }
-	default: { uint16_t h; memcpy(&h, d + 2 * i, 2); return nmp_half_to_float(h, t->dtype == NMP_DT_BFLOAT16); }
-	}
 }
 
 /*
@@ -96,21 +80,21 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 			if (record) {
 				if (k == 0)
 					c->numel[j] = t->numel;
-				if (!floating(t->dtype) || t->numel != c->numel[j])
+				if (!nmp_host_is_floating(t->dtype) || t->numel != c->numel[j])
 					continue;
 				if (!(*ref = malloc((t->numel ? t->numel : 1) * sizeof **ref))) {
 					s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory for the dense model's outputs");
 					break;
 				}
 				for (uint64_t i = 0; i < t->numel; i++)
-					(*ref)[i] = (float)at(t, i);
+					(*ref)[i] = (float)nmp_host_value(t, i);
 				continue;
 			}
-			if (!*ref || t->numel != c->numel[j] || !floating(t->dtype))
+			if (!*ref || t->numel != c->numel[j] || !nmp_host_is_floating(t->dtype))
 				continue;
 			double dot = 0, na = 0, nb = 0;
 			for (uint64_t i = 0; i < t->numel; i++) {
-				double a = (*ref)[i], b = at(t, i);
+				double a = (*ref)[i], b = nmp_host_value(t, i);
 				dot += a * b;
 				na += a * a;
 				nb += b * b;

@@ -279,11 +279,6 @@ static const float *act_as_float(const nmp_host_tensor *x, float **owned)
 	return out;
 }
 
-static bool floating_type(int32_t dt)
-{
-	return dt == NMP_DT_FLOAT || dt == NMP_DT_DOUBLE || dt == NMP_DT_FLOAT16 || dt == NMP_DT_BFLOAT16;
-}
-
 /* (outer, C, inner) around the channel axis; false if it does not hold C channels. */
 static bool split_axis(const nmp_host_tensor *x, int chan_axis, uint64_t C, uint64_t *outer, uint64_t *inner)
 {
@@ -479,7 +474,7 @@ static nmp_status reduce(const nmp_plan *plan, target *t, const use_site *u, con
 	(void)plan;
 	float *owned;
 	const float *x = act_as_float(xt, &owned);
-	if (!x && floating_type(xt->dtype))
+	if (!x && nmp_host_is_floating(xt->dtype))
 		return nmp_error_set(err, NMP_ERR_NOMEM, "activation '%s': out of memory", u->act);
 	if (!x)
 		return nmp_error_set(err, NMP_ERR_RUNTIME, "activation '%s' is %s: statistics need a floating type", u->act,

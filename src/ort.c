@@ -13,12 +13,15 @@
 #include <dlfcn.h>
 #include <glob.h>
 #include <limits.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "dtype.h"
+#include "mask_rules.h"
 #include "ort.h"
 
 typedef void OrtStatus;
@@ -427,4 +430,29 @@ void nmp_ort_outputs_release(nmp_ort_session *s, nmp_ort_outputs *out)
 	free(out->values);
 	free(out->t);
 	memset(out, 0, sizeof *out);
+}
+
+bool nmp_host_is_floating(int32_t dt)
+{
+	return dt == NMP_DT_FLOAT || dt == NMP_DT_DOUBLE || dt == NMP_DT_FLOAT16 || dt == NMP_DT_BFLOAT16;
+}
+
+double nmp_host_value(const nmp_host_tensor *t, uint64_t i)
+{
+	const uint8_t *d = t->data;
+	switch (t->dtype) {
+	case NMP_DT_FLOAT: { float f; memcpy(&f, d + 4 * i, 4); return f; }
+	case NMP_DT_DOUBLE: { double v; memcpy(&v, d + 8 * i, 8); return v; }
+	case NMP_DT_FLOAT16:
+	case NMP_DT_BFLOAT16: {
+		uint16_t h;
+		memcpy(&h, d + 2 * i, 2);
+		return nmp_half_to_float(h, t->dtype == NMP_DT_BFLOAT16);
+	}
+	case NMP_DT_INT64: { int64_t v; memcpy(&v, d + 8 * i, 8); return (double)v; }
+	case NMP_DT_INT32: { int32_t v; memcpy(&v, d + 4 * i, 4); return v; }
+	case NMP_DT_UINT8: case NMP_DT_BOOL: return d[i];
+	case NMP_DT_INT8: return (int8_t)d[i];
+	default: return NAN;
+	}
 }

@@ -24,6 +24,7 @@
 #ifndef NMP_ORT_H
 #define NMP_ORT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -50,6 +51,11 @@ typedef struct nmp_ort_outputs {
 	void **values;                   /* OrtValue *, released together */
 	size_t n;
 } nmp_ort_outputs;
+
+/* Is this element type one the statistics and fidelities read (FLOAT, DOUBLE, FLOAT16, BFLOAT16)? */
+bool nmp_host_is_floating(int32_t dtype);
+/* Element i of a host tensor as a double (floating and integer types; NAN for others). */
+double nmp_host_value(const nmp_host_tensor *t, uint64_t i);
 
 /* hint: --ort-library, or NULL. */
 nmp_status nmp_ort_open(const char *hint, nmp_ort **out, nmp_error *err);
