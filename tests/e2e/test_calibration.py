@@ -495,3 +495,54 @@ def test_sensitivity_errors(tmp_path, mlp_case):
                 path, check=2)
     assert "names the input model" in r.err and path.read_bytes() == before
     assert "prune, compare and inspect" in nmprune("check", path, "--calibration", data, check=2).err
+
+
+def test_external_data_model_calibrates_and_compares(tmp_path, mlp_case):
+    path, model, w, X = mlp_case
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    onnx.save(m, str(ext / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True, location="m.data",
+              size_threshold=0)
+    assert (ext / "m.data").exists()
+    out = tmp_path / "o.onnx"
+    nmprune("prune", ext / "m.onnx", "-o", out, "--method", "wanda", "--calibration", tmp_path / "data.safetensors",
+            "--align", "none", "--calibration-stages", "1", "-q", check=0)
+    nmprune("prune", path, "-o", tmp_path / "inline.onnx", "--method", "wanda", "--calibration",
+            tmp_path / "data.safetensors", "--align", "none", "--calibration-stages", "1", "-q", check=0)
+    a = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    b = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "inline.onnx")).graph.initializer}
+    assert all(np.array_equal(a[k], b[k]) for k in ("W1", "W2"))
+    r = nmprune("compare", ext / "m.onnx", out, "--calibration", tmp_path / "data.safetensors", "--json", check=0)
+    assert 0.5 < json.loads(r.out)["outputs"][0]["cosine"] < 1
+
+
+def test_quantized_weight_takes_the_calibrated_mask_and_its_zero_point(tmp_path, rng):
+    """int8 weight behind DequantizeLinear (per output channel): wanda scores |q - zp| * scale * norm."""
+    q = rng.integers(-60, 60, size=(16, 8)).astype(np.int8)
+    scale = (rng.random(8) * 0.1 + 0.01).astype(np.float32)
+    zp = rng.integers(-3, 3, size=8).astype(np.int8)
+    nodes = [helper.make_node("DequantizeLinear", ["Wq", "s", "z"], ["W"], axis=1),
+             helper.make_node("MatMul", ["x", "W"], ["y"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 16])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 8])], {"Wq": q, "s": scale, "z": zp})
+    path = save(model, tmp_path / "q.onnx")
+    X = (rng.standard_normal((50, 16)) * np.linspace(0.1, 4, 16)).astype(np.float32)
+    save_file({"x": X}, str(tmp_path / "d.safetensors"))
+    for method in ("wanda", "sparsegpt"):
+        out = tmp_path / f"{method}.onnx"
+        r = nmprune("prune", path, "-o", out, "--method", method, "--calibration", tmp_path / "d.safetensors",
+                    "--align", "none", "--save-masks", tmp_path / f"{method}.safetensors", "--json", check=0)
+        keep = load_file(str(tmp_path / f"{method}.safetensors"))["Wq"].astype(bool)
+        got = numpy_helper.to_array({t.name: t for t in onnx.load(str(out)).graph.initializer}["Wq"])
+        assert np.array_equal(got, np.where(keep, q, np.broadcast_to(zp, q.shape)))  # values kept, pruned = zp
+        mag = np.abs(q.astype(np.float64) - zp) * scale
+        norm = np.sqrt((X.astype(np.float64) ** 2).sum(0))[:, None]
+        if method == "wanda":
+            score = (mag.astype(np.float32).astype(np.float64) * norm).astype(np.float32).astype(np.float64)
+            assert np.array_equal(keep, reference.mask(q, "2:4", 0, 1, magnitude=score))
+        else:
+            cal = json.loads(r.out)["weights"][0]["calibration"]
+            assert cal["method"] == "sparsegpt" and not cal["reconstructed"] and "quantized" in cal["note"]
+        nmprune("check", out, "--align", "none", "-q", check=0)
