@@ -267,8 +267,13 @@ static nmp_status on_metadata(void *ctx, const nmp_kv **kv, size_t *n, nmp_error
 			if (w->cal.reconstructed) /* the kept values differ from the input's */
 				json_object_set_new(e, "reconstructed", json_true());
 		}
-		char dn[NMP_DISPLAY_MAX];
-		json_object_set_new(all, nmp_display_name(w->choice->cand->name, dn, sizeof dn), e);
+		/* one entry per weight: a name that repeats across subgraphs gets #2, #3 (as in the masks file) */
+		char dn[NMP_DISPLAY_MAX], key[NMP_DISPLAY_MAX + 16];
+		nmp_display_name(w->choice->cand->name, dn, sizeof dn);
+		snprintf(key, sizeof key, "%s", dn);
+		for (int k = 2; json_object_get(all, key); k++)
+			snprintf(key, sizeof key, "%s#%d", dn, k);
+		json_object_set_new(all, key, e);
 	}
 	c->weights_json = json_dumps(all, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(6));
 	json_decref(all);

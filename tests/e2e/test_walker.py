@@ -321,3 +321,22 @@ def test_inspect_text_table(tmp_path):
     assert lines[4].split()[-3:] == ["excluded", "by", "--exclude"]
     assert all(line == line.rstrip() for line in lines)
     assert lines[-1] == "4 candidate weights, 3 eligible"
+
+
+def test_same_name_in_two_scopes_gets_two_metadata_entries(tmp_path):
+    """An outer W and a subgraph's own W are two weights: nmprune.weights keeps both (W, W#2)."""
+    then = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["T"], name="then_mm")], "then", [],
+        [helper.make_tensor_value_info("T", F, None)], [w("W", (128, 16), seed=3)])
+    other = helper.make_graph([helper.make_node("Identity", ["X"], ["E"])], "else", [],
+                              [helper.make_tensor_value_info("E", F, None)])
+    m = model([
+        helper.make_node("MatMul", ["X", "W"], ["Z"], name="outer_mm"),
+        helper.make_node("If", ["C"], ["Y"], name="if", then_branch=then, else_branch=other),
+    ], [w("W", (64, 32))], inputs=(("X", F, None), ("C", TensorProto.BOOL, [])))
+    src = tmp_path / "m.onnx"
+    src.write_bytes(m.SerializeToString())
+    nmprune("prune", src, "-o", tmp_path / "o.onnx", "-q", check=0)
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "o.onnx")).metadata_props}
+    entries = json.loads(meta["nmprune.weights"])
+    assert sorted(entries) == ["W", "W#2"] and all(e["sparsity"] == 0.5 for e in entries.values())
