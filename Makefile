@@ -53,7 +53,7 @@ $(CONFIG_STAMP):
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 FAULT_SO := $(BUILD)/tests/fault_inject.so
 
-.PHONY: all help deps test test-unit test-e2e test-cuda bench-cuda gpu-bundle bench bench-quality bench-large asan test-asan valgrind install clean fuzz fuzz-corpus fuzz-run report-screenshot
+.PHONY: all help deps test test-unit test-e2e test-real test-cuda bench-cuda gpu-bundle bench bench-quality bench-large asan test-asan valgrind install clean fuzz fuzz-corpus fuzz-run report-screenshot
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/nmprune $(BUILD)/libnmprune.a ## build the tool and the library
@@ -146,6 +146,9 @@ bench: all $(BUILD)/bench/engine_bench $(BUILD)/bench/perm_bench ## benchmarks: 
 
 bench-large: all ## prune a generated 12 GB fp16 model with external data (not in bench or CI)
 	NMPRUNE=$(BUILD)/nmprune $(PYTHON) bench/bench.py large
+
+test-real: all ## the real-model tests alone (models from make deps; part of test-e2e)
+	NMPRUNE=$(BUILD)/nmprune $(PYTHON) -m pytest -q -rs tests/e2e/test_real_models.py tests/e2e/test_calibration.py -k "real or Real"
 
 bench-quality: all ## calibrated pruning on real models (wheels from make deps): fidelity, time, memory
 	NMPRUNE=$(BUILD)/nmprune $(PYTHON) bench/bench_quality.py

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -36,7 +37,7 @@ def test_inspect_finds_the_candidates(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("pattern", ["2:4", "4:8", "2:4@v4", "50%"])
+@pytest.mark.parametrize("pattern", ["2:4", "4:8", "2:4@v4", "2:4@b4x4", "2:4@t", "50%"])
 def test_pruned_model_complies_and_runs(tmp_path, name, pattern):
     src = REAL / f"{name}.onnx"
     before = src.read_bytes()
@@ -45,6 +46,7 @@ def test_pruned_model_complies_and_runs(tmp_path, name, pattern):
     rep = json.loads(r.out)
     assert rep["summary"]["done"] >= 1
     nmprune("check", out, "--pattern", pattern, "--align", "none", "-q", check=0)
+    onnx.checker.check_model(str(out), full_check=True)
     feeds = MODELS[name][2](np.random.default_rng(0))
     dense, pruned = run(src, feeds), run(out, feeds)
     assert [a.shape for a in dense] == [b.shape for b in pruned]
