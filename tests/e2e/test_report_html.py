@@ -56,3 +56,10 @@ def test_html_renders_in_chromium(tmp_path):
                     f"--screenshot={png}", f"file://{page}"], capture_output=True, timeout=120, check=True)
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20000   # a drawn page, not a blank one
+    from PIL import Image
+    import numpy as np
+    px = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    assert px.shape[:2] == (900, 1200)
+    ink = (px.sum(axis=2) < 600).mean()         # text, table rules and chart bars
+    colour = (np.ptp(px, axis=2) > 60).mean()   # the chart's coloured bars
+    assert ink > 0.01 and colour > 0.002, (ink, colour)
