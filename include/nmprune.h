@@ -79,6 +79,7 @@ typedef struct nmp_options {
 	const char *external_data;         /* save: move tensors >= 1 KiB into this file */
 	const char *masks_path;            /* save: also write the masks as safetensors */
 	bool permute;                      /* save: permute channels first (prune --permute) */
+	unsigned permute_effort;           /* the permutation search's budget times this; 0 or 1: default */
 } nmp_options;
 
 void nmp_options_init(nmp_options *o);

@@ -41,6 +41,7 @@ typedef struct slot {
 
 typedef struct ctx {
 	const nmp_plan *plan;
+	unsigned effort;            /* search budget factor */
 	const nmp_model *model;
 	const Onnx__GraphProto *g;
 	name_info *names;
@@ -1011,7 +1012,7 @@ static nmp_status search_group(ctx *c, size_t g, uint64_t seed)
 	}
 	if (s == NMP_OK) {
 		double t0 = now();
-		nmp_perm_opts po = { .n = gr->n, .m = gr->m, .block = blk, .seed = seed + g };
+		nmp_perm_opts po = { .n = gr->n, .m = gr->m, .block = blk, .seed = seed + g, .effort = c->effort };
 		if (nmp_perm_search(mag, rows, cols, &po, p, &gr->search) != 0)
 			s = nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
 		gr->seconds = now() - t0;
@@ -1081,12 +1082,12 @@ static nmp_status record_edits(ctx *c)
 	return NMP_OK;
 }
 
-nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, nmp_channels **out, nmp_error *err)
+nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, unsigned effort, nmp_channels **out, nmp_error *err)
 {
 	*out = NULL;
 	const nmp_selection *sel = plan->sel;
 	nmp_channels *o = calloc(1, sizeof *o);
-	ctx c = { .plan = plan, .model = plan->model, .g = plan->model->proto->graph, .out = o, .err = err };
+	ctx c = { .plan = plan, .effort = effort, .model = plan->model, .g = plan->model->proto->graph, .out = o, .err = err };
 	if (!o)
 		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	o->group_of = malloc((sel->n + 1) * sizeof *o->group_of);

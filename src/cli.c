@@ -60,6 +60,7 @@ static const char usage_prune[] =
 	"  --permute            permute channels first, so that N:M keeps more magnitude\n"
 	"                       (the model computes the same function before masking)\n"
 	"  --permute-only       permute channels as --permute does, but do not mask\n"
+	"  --permute-effort K   search each group K times longer (default 1; large layers gain most)\n"
 	"  --report-html FILE   write a self-contained HTML report\n"
 	"  --save-masks FILE    write the masks as safetensors\n" SHARED_OPTIONS;
 
@@ -114,7 +115,7 @@ enum {
 	OPT_RULES, OPT_DEVICE, OPT_THREADS, OPT_REPORT, OPT_JSON, OPT_DRY_RUN, OPT_IN_PLACE,
 	OPT_EXTERNAL_DATA, OPT_METHOD, OPT_PERMUTE, OPT_REPORT_HTML, OPT_SAVE_MASKS,
 	OPT_GENERAL_PATH, OPT_PERMUTE_ONLY, OPT_CALIBRATION, OPT_CALIB_SAMPLES, OPT_DAMP, OPT_ORT_LIBRARY,
-	OPT_CALIB_STATS, OPT_CALIB_STAGES, OPT_SENSITIVITY, OPT_TARGET_FIDELITY, OPT_WRITE_RULES,
+	OPT_CALIB_STATS, OPT_CALIB_STAGES, OPT_PERMUTE_EFFORT, OPT_SENSITIVITY, OPT_TARGET_FIDELITY, OPT_WRITE_RULES,
 };
 
 static const struct option long_options[] = {
@@ -139,6 +140,7 @@ static const struct option long_options[] = {
 	{ "method", required_argument, NULL, OPT_METHOD },
 	{ "permute", no_argument, NULL, OPT_PERMUTE },
 	{ "permute-only", no_argument, NULL, OPT_PERMUTE_ONLY },
+	{ "permute-effort", required_argument, NULL, OPT_PERMUTE_EFFORT },
 	{ "report-html", required_argument, NULL, OPT_REPORT_HTML },
 	{ "save-masks", required_argument, NULL, OPT_SAVE_MASKS },
 	{ "general-path", no_argument, NULL, OPT_GENERAL_PATH },
@@ -177,6 +179,7 @@ static const char *prune_only_name(int opt)
 	case OPT_METHOD: return "--method";
 	case OPT_PERMUTE: return "--permute";
 	case OPT_PERMUTE_ONLY: return "--permute-only";
+	case OPT_PERMUTE_EFFORT: return "--permute-effort";
 	case OPT_REPORT_HTML: return "--report-html";
 	case OPT_SAVE_MASKS: return "--save-masks";
 	case OPT_GENERAL_PATH: return "--general-path";
@@ -341,6 +344,13 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 		case OPT_CALIB_STATS: cli->calib_stats = optarg; break;
 		case OPT_PERMUTE: cli->permute = true; break;
 		case OPT_PERMUTE_ONLY: cli->permute = cli->permute_only = true; break;
+		case OPT_PERMUTE_EFFORT: {
+			long n = strtol(optarg, &end, 10);
+			if (end == optarg || *end || n < 1 || n > 1000)
+				return usage(err, "--permute-effort '%s': expected a factor from 1 to 1000", optarg);
+			cli->permute_effort = (unsigned)n;
+			break;
+		}
 		case OPT_REPORT_HTML: cli->report_html = optarg; break;
 		case OPT_SAVE_MASKS: cli->save_masks = optarg; break;
 		case OPT_GENERAL_PATH: cli->general_path = true; break;
@@ -383,6 +393,8 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 			cli->output = cli->input;
 		if (!cli->output && !cli->dry_run)
 			return usage(err, "%s", "prune needs -o OUT.onnx, --in-place or --dry-run");
+		if (cli->permute_effort && !cli->permute)
+			return usage(err, "%s", "--permute-effort goes with --permute or --permute-only");
 		if (cli->permute_only && cli->save_masks)
 			return usage(err, "%s", "--permute-only writes no masks: drop --save-masks");
 		bool calibrated = strcmp(cli->calib_method, "magnitude") != 0;

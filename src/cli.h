@@ -63,6 +63,7 @@ typedef struct nmp_cli {
 	const char *write_rules;
 	bool permute;
 	bool permute_only;         /* permute, do not mask */
+	unsigned permute_effort;   /* search budget factor, 0: default */
 	const char *report_html;
 	const char *save_masks;
 	bool general_path;         /* hidden: force re-serialization (tests, bench) */

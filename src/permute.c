@@ -201,9 +201,34 @@ static uint64_t next_rand(search *s)
 	return s->rng;
 }
 
+/*
+ * Descent by random swaps for large matrices (more pairs than four budgets), where one sweep over every pair
+ * costs far more than the budget: improvements spread over all the columns
+ * instead of piling up on the first ones.
+ */
+static void descend_random(search *s)
+{
+	const size_t block = s->block ? s->block : s->cols;
+	while (s->evals < s->budget) {
+		size_t p = next_rand(s) % s->cols;
+		size_t base = p / block * block;
+		size_t q = base + next_rand(s) % block;
+		if (p / s->m == q / s->m)
+			continue;
+		double ga, gb;
+		double gain = swap_gain(s, p, q, &ga, &gb);
+		if (gain > 1e-6 * (s->group[p / s->m] + s->group[q / s->m] + 1e-30))
+			do_swap(s, p, q, ga, gb);
+	}
+}
+
 /* Local descent by first-improvement swaps; returns when none improves or the budget ends. */
 static void descend(search *s)
 {
+	if ((uint64_t)s->cols * s->cols / 2 > 4 * s->budget) {
+		descend_random(s);
+		return;
+	}
 	const size_t block = s->block ? s->block : s->cols;
 	bool improved = true;
 	while (improved && s->evals < s->budget) {
@@ -298,7 +323,7 @@ int nmp_perm_search(const float *mag, size_t rows, size_t cols, const nmp_perm_o
 	uint64_t general = 6000000;
 	if ((uint64_t)o->n * o->m > 64)
 		general = general * 64 / ((uint64_t)o->n * o->m);
-	s.budget = o->budget ? o->budget : (s.t1 ? 36000000 : general) / rows + 1;
+	s.budget = o->budget ? o->budget : (s.t1 ? 36000000 : general) / rows * (o->effort > 1 ? o->effort : 1) + 1;
 
 	double best_kept = total_kept(&s); /* in the search's own (float-lane) sums */
 	memcpy(best, perm, cols * sizeof *best);

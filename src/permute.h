@@ -25,6 +25,7 @@
 typedef struct nmp_perm_opts {
 	unsigned n, m;            /* the N:M pattern */
 	uint64_t budget;          /* column-pair evaluations; 0: a default that takes under 0.1 s for 2:4 on one core */
+	unsigned effort;          /* the default budget times this (0 or 1: as is) */
 	unsigned block;           /* columns move only within blocks of this size; 0: anywhere */
 	uint64_t seed;
 } nmp_perm_opts;

@@ -303,3 +303,25 @@ def test_both_save_paths_permute_alike(suite, tmp_path, name):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert any(not np.array_equal(a[k], orig[k]) for k in a)
     assert nmprune("check", general, "-q").code == 0
+
+
+def test_permute_effort_searches_longer_and_never_keeps_less(tmp_path):
+    """The same seeded search runs K times the budget: its best order is at least as good."""
+    rng = np.random.default_rng(11)
+    W0 = rng.standard_normal((64, 512)).astype(np.float32)
+    W = rng.standard_normal((512, 64)).astype(np.float32)
+    m = _model([helper.make_node("MatMul", ["x", "W0"], ["h"], name="mm0"), helper.make_node("Relu", ["h"], ["r"]),
+                helper.make_node("MatMul", ["r", "W"], ["y"], name="mm")],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])],
+               [numpy_helper.from_array(W0, "W0"), numpy_helper.from_array(W, "W")])
+    src = save(m, tmp_path / "m.onnx")
+    kept = {}
+    for effort in (None, "6"):
+        extra = ["--permute-effort", effort] if effort else []
+        r = nmprune("prune", src, "--dry-run", "--permute", "--json", *extra, check=0)
+        groups = [g for g in json.loads(r.out)["permutation"]["groups"] if g.get("channels") == 512]
+        kept[effort] = groups[0]["kept"]
+    assert kept["6"] >= kept[None]
+    assert "--permute-effort goes with" in nmprune("prune", src, "--dry-run", "--permute-effort", "2", check=2).err
+    assert "from 1 to 1000" in nmprune("prune", src, "--dry-run", "--permute", "--permute-effort", "0", check=2).err
