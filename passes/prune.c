@@ -144,6 +144,23 @@ nmp_status nmp_quant_view(const nmp_model *m, const nmp_candidate *c, nmp_quant_
 {
 	const nmp_quant *q = &c->quant;
 	const nmp_tensor *s = q->scale, *z = q->zero_point;
+	if (q->unit_scale) { /* MatMulInteger, ConvInteger: scale 1 per zero point */
+		uint64_t n = z ? z->numel : 1;
+		if (z && z->dtype != c->tensor->dtype)
+			return nmp_error_set(err, NMP_ERR_MODEL, "%s: tensor '%s': zero point of type %s for a %s weight",
+					     m->path, c->name, nmp_dtype_name(z->dtype), nmp_dtype_name(c->tensor->dtype));
+		float *ones = malloc(n * sizeof *ones);
+		if (!ones)
+			return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+		for (uint64_t i = 0; i < n; i++)
+			ones[i] = 1.0f;
+		*sv = (nmp_view){ .data = ones, .length = n * sizeof *ones, .owned = ones };
+		if (z)
+			NMP_TRY(nmp_model_view(m, z, zv, err));
+		*qp = (nmp_quant_params){ .scale = ones, .scale_dtype = NMP_DT_FLOAT, .zero_point = z ? zv->data : NULL,
+					  .axis = q->axis, .block = 0, .n_scale = n };
+		return NMP_OK;
+	}
 	if (s->dtype != NMP_DT_FLOAT && s->dtype != NMP_DT_FLOAT16 && s->dtype != NMP_DT_BFLOAT16)
 		return nmp_error_set(err, NMP_ERR_MODEL, "%s: tensor '%s': DequantizeLinear scale of type %s",
 				     m->path, c->name, nmp_dtype_name(s->dtype));

@@ -296,11 +296,27 @@ static nmp_status trace_back(walk *w, const scope *sc, const char *name, trace *
 
 /* ---- axes ------------------------------------------------------------------------- */
 
+/* The op whose axes a consumer follows: MatMulInteger is a MatMul, ConvInteger a Conv. */
+static const char *base_op(const char *op)
+{
+	if (strcmp(op, "MatMulInteger") == 0)
+		return "MatMul";
+	if (strcmp(op, "ConvInteger") == 0)
+		return "Conv";
+	return op;
+}
+
+static bool is_recurrent(const char *op)
+{
+	return strcmp(op, "LSTM") == 0 || strcmp(op, "GRU") == 0 || strcmp(op, "RNN") == 0;
+}
+
 /* Group and output-channel axes in the consumer's coordinates, for rank r. */
 static bool consumer_axes(const Onnx__NodeProto *n, const char *op, int input, int r, int *axis,
 			  int *out)
 {
 	*out = -1;
+	op = base_op(op);
 	if (strcmp(op, "Conv") == 0) {
 		if (input != 1 || r < 3)
 			return false;
@@ -423,6 +439,31 @@ static const char *map_axes(const walk *w, const trace *t, int r, int *axis, int
 	return NULL;
 }
 
+/*
+ * A MatMulInteger or ConvInteger weight's own zero point (b_zero_point /
+ * a_zero_point, w_zero_point): per tensor, or per output channel along `out`.
+ * Its magnitude is |q - zero point|; there is no scale.
+ */
+static const char *integer_zero_point(const walk *w, const scope *sc, const Onnx__NodeProto *n, int input, int r,
+				      int out, nmp_quant *q)
+{
+	if (q->present)
+		return "unsupported path: DequantizeLinear into an integer op";
+	int zi = strcmp(op_of(n), "ConvInteger") == 0 ? 3 : (input == 1 ? 3 : 2);
+	const char *zname = (int)n->n_input > zi ? n->input[zi] : NULL;
+	q->present = true;
+	q->unit_scale = true;
+	q->scale = NULL;
+	q->zero_point = const_tensor(w, sc, zname);
+	q->axis = out >= 0 ? out : 0;
+	q->block = 0;
+	if (zname && zname[0] && !q->zero_point)
+		return "unsupported quantization: zero point is not a constant";
+	if (q->zero_point && q->zero_point->numel > 1 && (out < 0 || out >= r))
+		return "unsupported quantization: zero point per channel without an output axis";
+	return NULL;
+}
+
 /* ---- candidates --------------------------------------------------------------------- */
 
 /* Candidates are found by tensor (or, for blocked paths, by name) through a hash index. */
@@ -527,6 +568,12 @@ static nmp_status add_use(walk *w, const scope *sc, const Onnx__NodeProto *n, in
 		free(t.chain);
 		return NMP_OK;
 	}
+	if (is_recurrent(u->op)) {
+		if (!c->problem[0])
+			snprintf(c->problem, sizeof c->problem, "read by %s: recurrent weights are not pruned", u->op);
+		free(t.chain);
+		return NMP_OK;
+	}
 	int r = (int)tensor->proto->n_dims;
 	int axis, out;
 	nmp_quant q;
@@ -536,6 +583,8 @@ static nmp_status add_use(walk *w, const scope *sc, const Onnx__NodeProto *n, in
 	else
 		why = map_axes(w, &t, r, &axis, &out, &q);
 	free(t.chain);
+	if (!why && (strcmp(u->op, "MatMulInteger") == 0 || strcmp(u->op, "ConvInteger") == 0))
+		why = integer_zero_point(w, sc, n, input, r, out, &q);
 	if (why) {
 		if (!c->problem[0])
 			snprintf(c->problem, sizeof c->problem, "%s", why);
@@ -544,7 +593,7 @@ static nmp_status add_use(walk *w, const scope *sc, const Onnx__NodeProto *n, in
 	u->axis = axis;
 	u->out_axis = out;
 	/* Depthwise: several groups of one input channel each (a group=1 Conv with one input channel is not). */
-	if (strcmp(u->op, "Conv") == 0)
+	if (strcmp(base_op(u->op), "Conv") == 0)
 		u->depthwise = tensor->proto->dims[axis] == 1 && nmp_node_attr_int(u->node, "group", 1) > 1;
 	if (c->n_uses == 1) {
 		c->axis = axis;
@@ -558,8 +607,9 @@ static nmp_status add_use(walk *w, const scope *sc, const Onnx__NodeProto *n, in
 
 bool nmp_graph_is_consumer(const char *op)
 {
-	return strcmp(op, "Conv") == 0 || strcmp(op, "ConvTranspose") == 0 ||
-	       strcmp(op, "Gemm") == 0 || strcmp(op, "MatMul") == 0;
+	return strcmp(op, "Conv") == 0 || strcmp(op, "ConvTranspose") == 0 || strcmp(op, "Gemm") == 0 ||
+	       strcmp(op, "MatMul") == 0 || strcmp(op, "MatMulInteger") == 0 || strcmp(op, "ConvInteger") == 0 ||
+	       is_recurrent(op);
 }
 
 static nmp_status walk_graph(walk *w, const Onnx__GraphProto *gr, const scope *parent)
@@ -570,10 +620,13 @@ static nmp_status walk_graph(walk *w, const Onnx__GraphProto *gr, const scope *p
 		const Onnx__NodeProto *n = gr->node[i];
 		const char *op = op_of(n);
 		if (is_default_domain(n) && nmp_graph_is_consumer(op)) {
-			int last = strcmp(op, "Conv") == 0 || strcmp(op, "ConvTranspose") == 0 ? 1 : 0;
+			const char *b = base_op(op);
+			int last = strcmp(b, "Conv") == 0 || strcmp(b, "ConvTranspose") == 0 ? 1 : 0;
 			int first = last;
-			if (strcmp(op, "Gemm") == 0 || strcmp(op, "MatMul") == 0)
+			if (strcmp(b, "Gemm") == 0 || strcmp(b, "MatMul") == 0)
 				last = 1;
+			if (is_recurrent(op)) /* W and R */
+				first = 1, last = 2;
 			for (int in = first; in <= last && in < (int)n->n_input && s == NMP_OK; in++)
 				if (n->input[in] && n->input[in][0])
 					s = add_use(w, &sc, n, in);

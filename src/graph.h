@@ -2,7 +2,9 @@
  * graph.h — the graph walker: a read-only index of every weight a sparse
  * kernel could use, with the axis its consumers reduce over.
  *
- * For each Conv, ConvTranspose, Gemm and MatMul (in the main graph and in
+ * For each Conv, ConvTranspose, Gemm and MatMul, and the integer forms of
+ * dynamic quantization, MatMulInteger and ConvInteger (a weight's zero point
+ * is its own input there; a pruned element becomes it) (in the main graph and in
  * every If/Loop/Scan subgraph, where names resolve lexically and a
  * subgraph's own names shadow outer ones), each weight-side input is traced
  * back through Transpose (output axis a is input axis perm[a]),
@@ -11,6 +13,9 @@
  * are mapped into the weight's own coordinates.  A constant reached through
  * any other op is still listed, with the op that blocked it; activations are
  * not candidates at all.
+ *
+ * The weights of LSTM, GRU and RNN (W and R) are listed with their reason
+ * (no N:M kernel serves a recurrence), never pruned.
  *
  * The walker decides nothing about eligibility beyond what the graph says
  * (a path it cannot follow, uses that disagree on the axis); select.h does.
@@ -39,8 +44,9 @@ typedef struct nmp_use {
 } nmp_use;
 
 typedef struct nmp_quant {
-	bool present;                 /* the weight is behind a DequantizeLinear */
-	const nmp_tensor *scale;
+	bool present;                 /* the weight is behind a DequantizeLinear, or read by MatMulInteger/ConvInteger */
+	const nmp_tensor *scale;      /* NULL with unit_scale */
+	bool unit_scale;              /* MatMulInteger, ConvInteger: no scale, |q - zero point| is the magnitude */
 	const nmp_tensor *zero_point; /* NULL: zero point 0 */
 	int axis;                     /* quantization axis, weight coordinates */
 	int64_t block;                /* block_size, 0 for per-tensor and per-axis */

@@ -301,8 +301,13 @@ static void free_rules(rule *r, size_t n)
 
 /* ---- eligibility ------------------------------------------------------------------ */
 
+/* --ops names the float ops; MatMulInteger goes with MatMul, ConvInteger with Conv. */
 static bool op_selected(const char *ops, const char *op)
 {
+	if (strcmp(op, "MatMulInteger") == 0)
+		op = "MatMul";
+	else if (strcmp(op, "ConvInteger") == 0)
+		op = "Conv";
 	size_t n = strlen(op);
 	for (const char *p = ops; *p;) {
 		const char *q = strchr(p, ',');

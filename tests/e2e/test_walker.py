@@ -340,3 +340,63 @@ def test_same_name_in_two_scopes_gets_two_metadata_entries(tmp_path):
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "o.onnx")).metadata_props}
     entries = json.loads(meta["nmprune.weights"])
     assert sorted(entries) == ["W", "W#2"] and all(e["sparsity"] == 0.5 for e in entries.values())
+
+
+def _dynamic_quant_model():
+    """MatMulInteger with a per-column zero point and ConvInteger with a per-tensor one (what ONNX Runtime
+    runs), as dynamic quantization writes them, and an LSTM."""
+    rng = np.random.default_rng(0)
+    Wq = rng.integers(-100, 100, (64, 32)).astype(np.int8)
+    zp = rng.integers(-3, 3, 32).astype(np.int8)
+    Wc = rng.integers(-100, 100, (16, 8, 3, 3)).astype(np.int8)
+    wzp = np.array(2, np.int8)
+    Wl = rng.standard_normal((1, 64, 8)).astype(np.float32)
+    R = rng.standard_normal((1, 64, 16)).astype(np.float32)
+    nodes = [
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+        helper.make_node("MatMulInteger", ["xq", "Wq", "xz", "zp"], ["y"], name="mmi"),
+        helper.make_node("DynamicQuantizeLinear", ["img"], ["iq", "is", "iz"]),
+        helper.make_node("ConvInteger", ["iq", "Wc", "iz", "wzp"], ["c"], name="convi"),
+        helper.make_node("LSTM", ["seq", "Wl", "R"], ["h"], name="lstm", hidden_size=16),
+    ]
+    inits = [numpy_helper.from_array(a, n) for n, a in [("Wq", Wq), ("zp", zp), ("Wc", Wc), ("wzp", wzp),
+                                                           ("Wl", Wl), ("R", R)]]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [4, 64]),
+                                       helper.make_tensor_value_info("img", F, [1, 8, 6, 6]),
+                                       helper.make_tensor_value_info("seq", F, [5, 1, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT32, [4, 32]),
+                           helper.make_tensor_value_info("c", TensorProto.INT32, [1, 16, 4, 4]),
+                           helper.make_tensor_value_info("h", F, [5, 1, 1, 16])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m, Wq, zp, Wc, wzp
+
+
+def test_dynamic_quantization_weights_prune_to_their_zero_points(tmp_path):
+    import reference
+    import onnxruntime as ort
+    m, Wq, zp, Wc, wzp = _dynamic_quant_model()
+    src = tmp_path / "m.onnx"
+    src.write_bytes(m.SerializeToString())
+    cands = {c["name"]: c for c in json.loads(nmprune("inspect", src, "--align", "none", "--json", check=0).out)}
+    assert cands["Wq"]["eligible"] and cands["Wc"]["eligible"]
+    assert [c["consumers"][0]["op"] for c in cands.values()] == ["MatMulInteger", "ConvInteger", "LSTM", "LSTM"]
+    for name in ("Wl", "R"):
+        assert not cands[name]["eligible"] and cands[name]["reason"] == "read by LSTM: recurrent weights are not pruned"
+    out = tmp_path / "o.onnx"
+    nmprune("prune", src, "-o", out, "--align", "none", "-q", check=0)
+    got = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    keep = reference.mask(Wq, "2:4", 0, 1, magnitude=np.abs(Wq.astype(np.int32) - zp[None, :]).astype(np.float64))
+    assert np.array_equal(got["Wq"], np.where(keep, Wq, np.broadcast_to(zp, Wq.shape)))
+    mag = np.abs(Wc.astype(np.int32) - int(wzp)).astype(np.float64)
+    keep = reference.mask(Wc, "2:4", 1, 0, magnitude=mag)
+    assert np.array_equal(got["Wc"], np.where(keep, Wc, wzp))
+    assert np.array_equal(got["Wl"], numpy_helper.to_array([t for t in m.graph.initializer if t.name == "Wl"][0]))
+    nmprune("check", out, "--align", "none", "-q", check=0)
+    assert "op MatMulInteger not in --ops" in nmprune("inspect", src, "--ops", "Conv", check=0).out
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.standard_normal((4, 64)).astype(np.float32),
+             "img": rng.standard_normal((1, 8, 6, 6)).astype(np.float32),
+             "seq": rng.standard_normal((5, 1, 8)).astype(np.float32)}
+    outs = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert [o.shape for o in outs] == [(4, 32), (1, 16, 4, 4), (5, 1, 1, 16)]
