@@ -174,8 +174,9 @@ static nmp_status scope_build(walk *w, scope *sc, const Onnx__GraphProto *gr, co
 /* ---- tracing a consumer input back to its weight ------------------------------- */
 
 typedef struct link {
-	const Onnx__NodeProto *node; /* Transpose or DequantizeLinear (Cast, Identity are not kept) */
+	const Onnx__NodeProto *node; /* Transpose, DequantizeLinear or a scaling Mul (Cast, Identity are not kept) */
 	const scope *sc;
+	int scale_input;             /* Mul: which input is the scale */
 } link;
 
 typedef struct trace {
@@ -189,7 +190,7 @@ typedef struct trace {
 	char blocked[80];
 } trace;
 
-static nmp_status push_link(walk *w, trace *t, const Onnx__NodeProto *n, const scope *sc)
+static nmp_status push_link(walk *w, trace *t, const Onnx__NodeProto *n, const scope *sc, int scale_input)
 {
 	if (t->n_chain == t->cap_chain) {
 		size_t cap = t->cap_chain ? 2 * t->cap_chain : 8;
@@ -199,14 +200,33 @@ static nmp_status push_link(walk *w, trace *t, const Onnx__NodeProto *n, const s
 		t->chain = c;
 		t->cap_chain = cap;
 	}
-	t->chain[t->n_chain++] = (link){ n, sc };
+	t->chain[t->n_chain++] = (link){ n, sc, scale_input };
 	return NMP_OK;
 }
 
-/* How a trace passes a node's output: not at all, unseen (Cast, Identity), or recorded (Transpose, DequantizeLinear). */
+/* How a trace passes a node's output: not at all, unseen (Cast, Identity), or recorded (Transpose, DequantizeLinear, Mul). */
 enum { PASS_NONE, PASS_UNSEEN, PASS_RECORDED };
 
-static int passes_through(const entry *e)
+/*
+ * Weight-only quantization as some exporters write it: Cast(int8 weight) x
+ * scale.  The input that is a Cast's output leads to the weight, the other
+ * (an initializer or Constant) is the scale; -1 for any other Mul.
+ */
+static int scaling_mul_weight_input(const Onnx__NodeProto *n, const scope *sc)
+{
+	if (n->n_input != 2)
+		return -1;
+	for (int i = 0; i < 2; i++) {
+		const entry *a = lookup(sc, n->input[i], NULL), *b = lookup(sc, n->input[1 - i], NULL);
+		bool a_cast = a && a->kind == K_NODE && strcmp(op_of(a->node), "Cast") == 0;
+		bool b_const = b && (b->kind == K_INIT || (b->kind == K_NODE && strcmp(op_of(b->node), "Constant") == 0));
+		if (a_cast && b_const)
+			return i;
+	}
+	return -1;
+}
+
+static int passes_through(const entry *e, const scope *sc)
 {
 	if (!e || e->kind != K_NODE || !is_default_domain(e->node) || e->out_index != 0 || e->node->n_input < 1)
 		return PASS_NONE;
@@ -214,6 +234,8 @@ static int passes_through(const entry *e)
 	if (strcmp(op, "Cast") == 0 || strcmp(op, "Identity") == 0)
 		return PASS_UNSEEN;
 	if (strcmp(op, "Transpose") == 0 || strcmp(op, "DequantizeLinear") == 0)
+		return PASS_RECORDED;
+	if (strcmp(op, "Mul") == 0 && scaling_mul_weight_input(e->node, sc) >= 0)
 		return PASS_RECORDED;
 	return PASS_NONE;
 }
@@ -242,7 +264,7 @@ static nmp_status trace_back(walk *w, const scope *sc, const char *name, trace *
 			sc = e->skip_scope;
 			continue;
 		}
-		const int pass = passes_through(e);
+		const int pass = passes_through(e, where);
 		if (pass == PASS_UNSEEN) {
 			if (w->n_crossed == w->cap_crossed) {
 				size_t cap = w->cap_crossed ? 2 * w->cap_crossed : 64;
@@ -287,9 +309,12 @@ static nmp_status trace_back(walk *w, const scope *sc, const char *name, trace *
 			}
 			return NMP_OK;
 		}
+		int follow = 0;
+		if (pass == PASS_RECORDED && strcmp(op, "Mul") == 0)
+			follow = scaling_mul_weight_input(n, where);
 		if (pass == PASS_RECORDED)
-			NMP_TRY(push_link(w, t, n, where));
-		name = n->input[0];
+			NMP_TRY(push_link(w, t, n, where, 1 - follow));
+		name = n->input[follow];
 		sc = where;
 	}
 }
@@ -424,6 +449,26 @@ static const char *map_axes(const walk *w, const trace *t, int r, int *axis, int
 			return "unsupported path: two DequantizeLinear";
 		have_dq = true;
 		q->present = true;
+		if (strcmp(op_of(n), "Mul") == 0) { /* Cast(weight) x scale: zero point 0, the scale broadcast */
+			const nmp_tensor *s = const_tensor(w, t->chain[i].sc, n->input[t->chain[i].scale_input]);
+			if (!s)
+				return "unsupported quantization: scale is not a constant";
+			int sr = (int)s->proto->n_dims, a = -1;
+			if (sr > r)
+				return "unsupported quantization: Mul scale of a higher rank";
+			for (int k = 0; k < sr; k++) { /* right-aligned: scale axis k is weight axis r - sr + k */
+				if (s->proto->dims[k] == 1)
+					continue;
+				if (a >= 0)
+					return "unsupported quantization: Mul scale over several axes";
+				a = r - sr + k;
+			}
+			q->scale = s;
+			q->zero_point = NULL;
+			q->axis = a >= 0 ? a : 0;
+			q->block = 0;
+			continue;
+		}
 		int64_t a = nmp_node_attr_int(n, "axis", 1);
 		if (a < 0)
 			a += r;

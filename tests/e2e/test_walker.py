@@ -400,3 +400,34 @@ def test_dynamic_quantization_weights_prune_to_their_zero_points(tmp_path):
              "seq": rng.standard_normal((5, 1, 8)).astype(np.float32)}
     outs = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)
     assert [o.shape for o in outs] == [(4, 32), (1, 16, 4, 4), (5, 1, 1, 16)]
+
+
+@pytest.mark.parametrize("scale_shape,axis", [((32,), 1), ((64, 1), 0), ((), None)])
+def test_weight_only_int8_through_cast_and_mul(tmp_path, scale_shape, axis):
+    """W_int8 -> Cast(float) -> Mul(scale) -> MatMul: the scale broadcast is the quantization axis."""
+    import reference
+    import onnxruntime as ort
+    rng = np.random.default_rng(4)
+    Wq = rng.integers(-120, 120, (64, 32)).astype(np.int8)
+    scale = (0.01 + rng.random(scale_shape)).astype(np.float32)
+    m = model([
+        helper.make_node("Cast", ["Wq"], ["Wf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["scale", "Wf"], ["W"]),
+        helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm"),
+    ], [numpy_helper.from_array(Wq, "Wq"), numpy_helper.from_array(scale, "scale")],
+        inputs=(("X", F, [3, 64]),), outputs=(("Y", F, [3, 32]),), opset=17)
+    src = tmp_path / "m.onnx"
+    src.write_bytes(m.SerializeToString())
+    c = {c["name"]: c for c in json.loads(nmprune("inspect", src, "--align", "none", "--json", check=0).out)}["Wq"]
+    assert c["eligible"] and c["dtype"] == "INT8" and c["axis"] == 0
+    assert c["quantization"]["axis"] == (axis if axis is not None else 0)
+    out = tmp_path / "o.onnx"
+    nmprune("prune", src, "-o", out, "--align", "none", "-q", check=0)
+    got = numpy_helper.to_array([t for t in onnx.load(str(out)).graph.initializer if t.name == "Wq"][0])
+    mag = (np.abs(Wq.astype(np.float32)) * np.broadcast_to(scale, Wq.shape)).astype(np.float64)
+    keep = reference.mask(Wq, "2:4", 0, 1, magnitude=mag)
+    assert np.array_equal(got, np.where(keep, Wq, 0))
+    nmprune("check", out, "--align", "none", "-q", check=0)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    y = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    np.testing.assert_allclose(y, x @ (got.astype(np.float32) * scale), rtol=1e-5, atol=1e-4)
