@@ -770,6 +770,10 @@ static void visit(ctx *c, size_t s, uint32_t ni)
 		block(c, sl.group, "%s%s", what, NULL);
 		return;
 	}
+	if (op_is(n, "QuantizeLinear") ||
+	    (op_is(n, "DequantizeLinear") && !(find_name(c, in_name(n, 0)) != SIZE_MAX &&
+					       c->names[find_name(c, in_name(n, 0))].is_const)))
+		c->out->groups[sl.group].crosses_quant = true;
 	for (int side = 0; side < 2; side++) {
 		size_t count = side ? n->n_output : n->n_input;
 		char **io = side ? n->output : n->input;

@@ -48,6 +48,8 @@ typedef struct nmp_chan_group {
 	unsigned confine;          /* >0: channels stay inside runs of this size */
 	char blocked[256];         /* why it cannot be permuted; "" if it can */
 	char skipped[160];         /* why no search ran though it could be permuted; "" otherwise */
+	bool crosses_quant;        /* it passes an activation's QuantizeLinear or DequantizeLinear: the
+				    * reordering is exact, but int8 kernels may round differently after it */
 	size_t n_weights;          /* eligible weights read along it */
 	size_t n_tensors;          /* tensors the rewrite touches */
 	unsigned n, m;             /* the N:M searched */

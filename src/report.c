@@ -237,6 +237,8 @@ static json_t *permutation_json(const nmp_channels *cs)
 			if (gr->confine)
 				json_object_set_new(o, "confine", json_integer(gr->confine));
 		}
+		if (gr->crosses_quant)
+			json_object_set_new(o, "crosses_activation_quantization", json_true());
 		json_array_append_new(groups, o);
 	}
 	return json_pack("{s:o}", "groups", groups);
@@ -262,9 +264,11 @@ static void permutation_text(FILE *f, const nmp_channels *cs)
 				(unsigned long long)gr->channels, gr->n_weights);
 		else
 			fprintf(f, "%llu channels, %zu weights, %zu tensors rewritten; %u:%u kept magnitude +%.2f%% "
-				"(efficacy %.1f%%), %.3f s\n", (unsigned long long)gr->channels, gr->n_weights,
+				"(efficacy %.1f%%), %.3f s%s\n", (unsigned long long)gr->channels, gr->n_weights,
 				gr->n_tensors, gr->n, gr->m, pct(gr->search.kept, gr->search.kept_identity) - 100.0,
-				100.0 * nmp_perm_efficacy(&gr->search), gr->seconds);
+				100.0 * nmp_perm_efficacy(&gr->search), gr->seconds,
+				gr->crosses_quant ? "; crosses activation quantization (int8 kernels may round "
+						    "differently after reordering)" : "");
 	}
 }
 

@@ -325,3 +325,31 @@ def test_permute_effort_searches_longer_and_never_keeps_less(tmp_path):
     assert kept["6"] >= kept[None]
     assert "--permute-effort goes with" in nmprune("prune", src, "--dry-run", "--permute-effort", "2", check=2).err
     assert "from 1 to 1000" in nmprune("prune", src, "--dry-run", "--permute", "--permute-effort", "0", check=2).err
+
+
+def test_groups_that_cross_activation_quantization_say_so(tmp_path):
+    """A QDQ model: the hidden channels pass an activation's QuantizeLinear/DequantizeLinear pair."""
+    rng = np.random.default_rng(12)
+    inits = [_init(rng, "W1", (16, 32)), _init(rng, "W2", (32, 16)),
+             numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.int8), "z")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+        helper.make_node("QuantizeLinear", ["h", "s", "z"], ["hq"], name="q"),
+        helper.make_node("DequantizeLinear", ["hq", "s", "z"], ["hd"], name="dq"),
+        helper.make_node("Relu", ["hd"], ["r"]),
+        helper.make_node("MatMul", ["r", "W2"], ["y"], name="fc2"),
+    ]
+    qdq = save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16])], inits), tmp_path / "q.onnx")
+    plain = save(_model([nodes[0], helper.make_node("Relu", ["h"], ["r"]), nodes[4]],
+                        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16])], inits[:2]),
+                 tmp_path / "p.onnx")
+    for path, crosses in ((qdq, True), (plain, False)):
+        r = nmprune("prune", path, "--permute-only", "-o", tmp_path / "out.onnx", "--align", "none", "--json", check=0)
+        g = [g for g in json.loads(r.out)["permutation"]["groups"] if g["channels"] == 32][0]
+        assert "blocked" not in g
+        assert g.get("crosses_activation_quantization", False) is crosses
+    r = nmprune("prune", qdq, "--permute-only", "-o", tmp_path / "out.onnx", "--align", "none", check=0)
+    assert "crosses activation quantization" in r.err
