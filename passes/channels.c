@@ -287,10 +287,33 @@ static const char *const *const k_global_pools = k_pools + 3; /* the last three 
 
 /* Ops whose first output has the rank of their first input. */
 static const char *const k_same_rank[] = {
-	"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
-	"GlobalLpPool", "BatchNormalization", "InstanceNormalization", "LayerNormalization",
-	"RMSNormalization", "DequantizeLinear", "QuantizeLinear", "Concat", "Split", NULL,
+	"Conv", "ConvTranspose", "ConvInteger", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool",
+	"GlobalMaxPool", "GlobalLpPool", "BatchNormalization", "InstanceNormalization", "LayerNormalization",
+	"GroupNormalization", "RMSNormalization", "MeanVarianceNormalization", "LpNormalization", "LRN",
+	"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear", "Concat", "Split", "Resize", "Upsample",
+	"Pad", "Slice", "Tile", "DepthToSpace", "SpaceToDepth", "CumSum", "Trilu", "Hardmax", "TopK",
+	"ReverseSequence", "GatherElements", "ScatterElements", "ScatterND", "RoiAlign", NULL,
 };
+
+/* The number of entries of a constant 1-D input (axes, shape), or -1. */
+static int const_length(const ctx *c, const char *name)
+{
+	size_t i = name ? find_name(c, name) : SIZE_MAX;
+	if (i == SIZE_MAX || !c->names[i].is_const)
+		return -1;
+	if (c->names[i].const_rank == 0)
+		return 1;
+	return c->names[i].const_rank == 1 ? (int)c->names[i].const_dims[0] : -1;
+}
+
+/* axes as an attribute (older opsets) or as input `index`: how many, or -1. */
+static int axes_count(const ctx *c, const Onnx__NodeProto *n, size_t index)
+{
+	const Onnx__AttributeProto *a = nmp_node_attr(n, "axes");
+	if (a)
+		return (int)a->n_ints;
+	return n->n_input > index ? const_length(c, in_name(n, index)) : 0;
+}
 
 static void infer_ranks(ctx *c)
 {
@@ -316,9 +339,35 @@ static void infer_ranks(ctx *c)
 			}
 		} else if (op_in(n, k_same_rank)) {
 			r = rank_of(c, in_name(n, 0));
+			if (r < 0 && (op_is(n, "Conv") || op_is(n, "ConvTranspose") || op_is(n, "ConvInteger")))
+				r = rank_of(c, in_name(n, 1)); /* the weight's rank: [N, C, spatial...] */
 		} else if (op_is(n, "Gemm") || op_is(n, "Flatten")) {
 			r = 2;
-		} else if (op_is(n, "MatMul")) {
+		} else if (op_is(n, "Shape")) {
+			r = 1;
+		} else if (op_is(n, "Size")) {
+			r = 0;
+		} else if (op_is(n, "Unsqueeze") || op_is(n, "Squeeze")) {
+			int ri = rank_of(c, in_name(n, 0)), na = axes_count(c, n, 1);
+			if (ri >= 0 && na >= 0 && (na > 0 || op_is(n, "Unsqueeze")))
+				r = op_is(n, "Unsqueeze") ? ri + na : ri - na;
+		} else if (op_is(n, "Gather")) {
+			int rd = rank_of(c, in_name(n, 0)), ri = rank_of(c, in_name(n, 1));
+			if (rd >= 1 && ri >= 0)
+				r = rd - 1 + ri;
+		} else if (op_is(n, "Expand")) {
+			int ri = rank_of(c, in_name(n, 0)), ns = const_length(c, in_name(n, 1));
+			if (ri >= 0 && ns >= 0)
+				r = ri > ns ? ri : ns;
+		} else if (op_is(n, "ConstantOfShape")) {
+			r = const_length(c, in_name(n, 0));
+		} else if (strncmp(node_op(n), "Reduce", 6) == 0 || op_is(n, "ArgMax") || op_is(n, "ArgMin")) {
+			int ri = rank_of(c, in_name(n, 0));
+			bool keep = nmp_node_attr_int(n, "keepdims", 1) != 0;
+			int na = op_is(n, "ArgMax") || op_is(n, "ArgMin") ? 1 : axes_count(c, n, 1);
+			if (ri >= 0 && (keep || na > 0))
+				r = keep ? ri : ri - na;
+		} else if (op_is(n, "MatMul") || op_is(n, "MatMulInteger")) {
 			int ra = rank_of(c, in_name(n, 0)), rb = rank_of(c, in_name(n, 1));
 			if (ra > 0 && rb > 0)
 				r = ra == 1 && rb == 1 ? 0 : ra == 1 ? rb - 1 : rb == 1 ? ra - 1 : (ra > rb ? ra : rb);
@@ -489,6 +538,48 @@ static void rels_matmul(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 	}
 }
 
+/*
+ * Resize and Upsample move an axis's channels only where they scale it: an
+ * axis with scale 1 (or outside Resize's `axes`) passes through.  The scales
+ * must be a constant fp32 tensor; sizes alone leave the axes unknown.
+ */
+static void rels_resize(const ctx *c, const Onnx__NodeProto *n, rels *rs)
+{
+	int r = rank_of(c, in_name(n, 0));
+	const char *sname = in_name(n, op_is(n, "Upsample") ? 1 : 2);
+	size_t si = sname ? find_name(c, sname) : SIZE_MAX;
+	const nmp_tensor *t = si != SIZE_MAX && c->names[si].is_const ? c->names[si].tensor : NULL;
+	const Onnx__AttributeProto *axes = nmp_node_attr(n, "axes");
+	uint64_t want = axes ? axes->n_ints : (uint64_t)(r > 0 ? r : 0);
+	nmp_view v = { 0 };
+	nmp_error ignored = { 0 };
+	if (r < 0 || !t || t->dtype != NMP_DT_FLOAT || t->numel != want ||
+	    nmp_model_view(c->model, t, &v, &ignored) != NMP_OK) {
+		snprintf(rs->why, sizeof rs->why, "%s '%s' has no constant scales over known axes", node_op(n),
+			 node_label(n));
+		return;
+	}
+	for (int k = -r; k < 0; k++) {
+		float scale = 1.0f;
+		bool listed = !axes;
+		for (uint64_t j = 0; axes && j < axes->n_ints; j++) {
+			int64_t a = axes->ints[j] < 0 ? axes->ints[j] : axes->ints[j] - r;
+			if (a == k) {
+				listed = true;
+				memcpy(&scale, (const uint8_t *)v.data + 4 * j, 4);
+			}
+		}
+		if (listed && !axes)
+			memcpy(&scale, (const uint8_t *)v.data + 4 * (uint64_t)(k + r), 4);
+		if (scale != 1.0f)
+			continue;
+		rel *x = new_rel(rs);
+		mem(x, 0, 0, k, false);
+		mem(x, 1, 0, k, false);
+	}
+	nmp_view_release(&v);
+}
+
 static void rels_gemm(const Onnx__NodeProto *n, rels *rs)
 {
 	bool ta = nmp_node_attr_int(n, "transA", 0) != 0, tb = nmp_node_attr_int(n, "transB", 0) != 0;
@@ -560,6 +651,8 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 		rels_gemm(n, rs);
 	} else if (op_is(n, "DequantizeLinear") || op_is(n, "QuantizeLinear")) {
 		rels_quant(c, n, rs);
+	} else if (op_is(n, "Resize") || op_is(n, "Upsample")) {
+		rels_resize(c, n, rs);
 	} else if (r < 0) {
 		snprintf(rs->why, sizeof rs->why, "the rank of the input of %s '%s' is unknown", node_op(n), node_label(n));
 	} else if (op_is(n, "BatchNormalization") || op_is(n, "InstanceNormalization")) {
@@ -1114,8 +1207,18 @@ nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, unsigned effor
 	for (size_t i = 0; i < sel->n && !c.nomem; i++) {
 		const nmp_choice *ch = &sel->choices[i];
 		size_t ni = ch->eligible ? choice_name(&c, ch) : SIZE_MAX;
+		if (ch->eligible && ni == SIZE_MAX) { /* read in an If/Loop/Scan body only: say so */
+			size_t g = new_group(&c, ch->cand->name);
+			if (g == SIZE_MAX)
+				break;
+			block(&c, g, "read inside a subgraph (If, Loop or Scan body): only the main graph is permuted%s",
+			      "", NULL);
+			o->group_of[i] = (long)g;
+			o->groups[g].n_weights = 1;
+			continue;
+		}
 		if (ni == SIZE_MAX || choice_slot(&c, ch) != SIZE_MAX)
-			continue; /* not eligible, read in a subgraph only, or in a group already */
+			continue; /* not eligible, or in a group already */
 		size_t g = new_group(&c, ch->cand->name);
 		if (g == SIZE_MAX)
 			break;

@@ -254,7 +254,9 @@ def test_channels_read_in_a_subgraph_block(tmp_path):
     r = nmprune("prune", src, "-o", tmp_path / "o.onnx", "--permute", "--align", "none", "--json", check=0)
     groups = {g["from"]: g for g in json.loads(r.out)["permutation"]["groups"]}
     assert groups["W2"]["blocked"] == "'h' is read inside a subgraph of 'branch'"
-    assert "Wt" not in groups  # a weight of a subgraph is not permuted
+    # a weight of a subgraph is not permuted, and the report says why
+    assert groups["Wt"]["blocked"] == "read inside a subgraph (If, Loop or Scan body): only the main graph is permuted"
+    assert groups["Wt"]["weights"] == 1 and not groups["Wt"]["permuted"]
 
 
 def test_permute_is_deterministic_and_dry_run_agrees(suite, tmp_path):
@@ -353,3 +355,49 @@ def test_groups_that_cross_activation_quantization_say_so(tmp_path):
         assert g.get("crosses_activation_quantization", False) is crosses
     r = nmprune("prune", qdq, "--permute-only", "-o", tmp_path / "out.onnx", "--align", "none", check=0)
     assert "crosses activation quantization" in r.err
+
+
+def _embedding_ffn():
+    """An exported encoder's feed-forward block without value_info: Gather (embedding), MatMul, bias Add,
+    Gelu in its Erf form, MatMul; and a Conv pair across a Resize of the spatial axes."""
+    rng = np.random.default_rng(21)
+    inits = [_init(rng, "E", (100, 32)), _init(rng, "W1", (32, 64)), _init(rng, "b1", (64,)),
+             _init(rng, "W2", (64, 32)), _init(rng, "C1", (16, 8, 3, 3)), _init(rng, "C2", (16, 16, 1, 1)),
+             numpy_helper.from_array(np.array(1.4142135, np.float32), "sqrt2"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    nodes = [
+        helper.make_node("Gather", ["E", "ids"], ["emb"]),
+        helper.make_node("MatMul", ["emb", "W1"], ["h"], name="up"),
+        helper.make_node("Add", ["h", "b1"], ["hb"]),
+        helper.make_node("Div", ["hb", "sqrt2"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["e1"]),
+        helper.make_node("Mul", ["hb", "e1"], ["g0"]),
+        helper.make_node("Mul", ["g0", "half"], ["g"]),
+        helper.make_node("MatMul", ["g", "W2"], ["y"], name="down"),
+        helper.make_node("Conv", ["img", "C1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Resize", ["r1", "", "scales"], ["up2"], mode="nearest"),
+        helper.make_node("Conv", ["up2", "C2"], ["c2"], name="conv2"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 8]),
+                          helper.make_tensor_value_info("img", TensorProto.FLOAT, [1, 8, 6, 6])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 32]),
+                   helper.make_tensor_value_info("c2", TensorProto.FLOAT, [1, 16, 12, 12])], inits)
+
+
+def test_ranks_known_on_exports_without_value_info(tmp_path):
+    """Ranks come from Gather, the weights and Resize's scales: the FFN's 64 hidden channels and the 16 channels
+    across the Resize both move, and the model computes what it computed."""
+    src = save(_embedding_ffn(), tmp_path / "m.onnx")
+    out = tmp_path / "p.onnx"
+    r = nmprune("prune", src, "--permute-only", "-o", out, "--align", "none", "--json", check=0)
+    groups = {g["channels"]: g for g in json.loads(r.out)["permutation"]["groups"]}
+    assert "blocked" not in groups[64] and groups[64]["permuted"], groups[64]
+    assert "blocked" not in groups[16] and groups[16]["weights"] == 1, groups[16]
+    feeds = {"ids": np.array([[1, 5, 9, 33, 2, 77, 3, 0]], np.int64),
+             "img": np.random.default_rng(2).standard_normal((1, 8, 6, 6)).astype(np.float32)}
+    for a, b in zip(_outputs(src, feeds), _outputs(out, feeds)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
