@@ -466,24 +466,24 @@ static nmp_status conv_gram(target *t, const float *x, const nmp_host_tensor *xt
 	return NMP_OK;
 }
 
-/* Reduces one activation of one use into its target's statistics. */
+/* Reduces one activation of one use into its target's statistics; errors name the model and the node. */
 static nmp_status reduce(const nmp_plan *plan, target *t, const use_site *u, const nmp_host_tensor *xt, bool first_use,
 			 nmp_error *err)
 {
-	const char *wname = "";
-	(void)plan;
+	const char *path = plan->model->path, *node = u->node->name ? u->node->name : "";
 	float *owned;
 	const float *x = act_as_float(xt, &owned);
 	if (!x && nmp_host_is_floating(xt->dtype))
-		return nmp_error_set(err, NMP_ERR_NOMEM, "activation '%s': out of memory", u->act);
+		return nmp_error_set(err, NMP_ERR_NOMEM, "%s: activation '%s': out of memory", path, u->act);
 	if (!x)
-		return nmp_error_set(err, NMP_ERR_RUNTIME, "activation '%s' is %s: statistics need a floating type", u->act,
-				     nmp_dtype_name(xt->dtype));
+		return nmp_error_set(err, NMP_ERR_RUNTIME, "%s: activation '%s' is %s: statistics need a floating type",
+				     path, u->act, nmp_dtype_name(xt->dtype));
 	uint64_t outer, inner, tokens = 0;
 	nmp_status s = NMP_OK;
 	if (!split_axis(xt, t->kind == LAYER_CONV ? 1 : u->chan_axis, t->C, &outer, &inner)) {
-		s = nmp_error_set(err, NMP_ERR_RUNTIME, "activation '%s' of rank %d does not hold the %llu channels its weight reads%s",
-				  u->act, xt->rank, (unsigned long long)t->C, wname);
+		s = nmp_error_set(err, NMP_ERR_RUNTIME,
+				  "%s: node '%s': activation '%s' of rank %d does not hold the %llu channels its weight reads",
+				  path, node, u->act, xt->rank, (unsigned long long)t->C);
 	} else {
 		if (t->sq)
 			add_sq(t, x, outer, inner);
@@ -493,10 +493,10 @@ static nmp_status reduce(const nmp_plan *plan, target *t, const use_site *u, con
 			if (t->kind == LAYER_LINEAR)
 				linear_gram(t, x, outer, inner);
 			else if (!conv_geometry(t, u->node, xt, &g))
-				s = nmp_error_set(err, NMP_ERR_RUNTIME, "node '%s': Conv geometry does not fit activation '%s'",
-						  u->node->name ? u->node->name : "", u->act);
+				s = nmp_error_set(err, NMP_ERR_RUNTIME, "%s: node '%s': Conv geometry does not fit activation '%s'",
+						  path, node, u->act);
 			else if (conv_gram(t, x, xt, &g) != NMP_OK)
-				s = nmp_error_set(err, NMP_ERR_NOMEM, "activation '%s': out of memory", u->act);
+				s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: activation '%s': out of memory", path, u->act);
 			else
 				tokens = (uint64_t)xt->dims[0] * g.positions;
 		}
