@@ -1,9 +1,11 @@
 #include "channels.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "mask.h"
 #include "prune.h"
@@ -792,7 +794,7 @@ static bool slot_insert(ctx *c, uint64_t key, size_t val)
 }
 
 /* Adds (name, neg) to group g; a constant's broadcast axis (absent or of size 1) is not a slot. */
-static void link(ctx *c, size_t g, size_t name, int neg, bool is_short)
+static void link_slot(ctx *c, size_t g, size_t name, int neg, bool is_short)
 {
 	const name_info *ni = &c->names[name];
 	if (ni->is_const) {
@@ -901,7 +903,7 @@ static void visit(ctx *c, size_t s, uint32_t ni)
 				size_t oi = find_name(c, other);
 				/* a grouped Conv says which side holds one group; elsewhere it passes through */
 				if (oi != SIZE_MAX)
-					link(c, sl.group, oi, hit->any ? sl.neg : m->neg, hit->tile ? m->is_short : sl.is_short);
+					link_slot(c, sl.group, oi, hit->any ? sl.neg : m->neg, hit->tile ? m->is_short : sl.is_short);
 			}
 		}
 	}
@@ -1056,7 +1058,8 @@ static size_t choice_slot(const ctx *c, const nmp_choice *ch)
 	return ni == SIZE_MAX ? SIZE_MAX : slot_find(c, (uint64_t)ni << 8 | (uint64_t)(-choice_neg(ch)));
 }
 
-static nmp_status search_group(ctx *c, size_t g, uint64_t seed)
+/* One group's search; reads the model and writes only group g's entries (groups run in parallel). */
+static nmp_status search_group(const ctx *c, size_t g, uint64_t seed, nmp_error *err)
 {
 	nmp_chan_group *gr = &c->out->groups[g];
 	const nmp_selection *sel = c->plan->sel;
@@ -1096,7 +1099,7 @@ static nmp_status search_group(ctx *c, size_t g, uint64_t seed)
 	if (!mag || !p) {
 		free(mag);
 		free(p);
-		return nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
+		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	}
 	uint64_t at = 0;
 	nmp_status s = NMP_OK;
@@ -1104,20 +1107,20 @@ static nmp_status search_group(ctx *c, size_t g, uint64_t seed)
 		if (c->out->group_of[i] != (long)g)
 			continue;
 		/* a whole-channel weight folds into rows of one tile: its groups of M stay whole */
-		s = weight_matrix(c, &sel->choices[i], mag + at, c->err);
+		s = weight_matrix(c, &sel->choices[i], mag + at, err);
 		at += sel->choices[i].cand->tensor->numel;
 	}
 	if (s == NMP_OK) {
 		double t0 = now();
 		nmp_perm_opts po = { .n = gr->n, .m = gr->m, .block = blk, .seed = seed + g, .effort = c->effort };
 		if (nmp_perm_search(mag, rows, cols, &po, p, &gr->search) != 0)
-			s = nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
+			s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 		gr->seconds = now() - t0;
 	}
 	if (s == NMP_OK && gr->search.kept > gr->search.kept_identity) {
 		gr->perm = malloc(gr->channels * sizeof *gr->perm);
 		if (!gr->perm) {
-			s = nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
+			s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 		} else {
 			for (uint64_t k = 0; k < gr->channels; k++)
 				gr->perm[k] = (uint32_t)(k / cols * cols + p[k % cols]);
@@ -1131,7 +1134,7 @@ static nmp_status search_group(ctx *c, size_t g, uint64_t seed)
 	const uint32_t *order = gr->perm ? (gr->tile ? gr->short_perm : gr->perm) : NULL;
 	uint32_t *id = s == NMP_OK ? malloc(cols * sizeof *id) : NULL;
 	if (s == NMP_OK && !id)
-		s = nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
+		s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	for (unsigned k = 0; id && k < cols; k++)
 		id[k] = k;
 	at = 0;
@@ -1148,6 +1151,73 @@ static nmp_status search_group(ctx *c, size_t g, uint64_t seed)
 	free(mag);
 	free(p);
 	return s;
+}
+
+typedef struct search_pool {
+	const ctx *c;
+	uint64_t seed;
+	size_t next;
+	pthread_mutex_t lock;
+	nmp_status status;
+	nmp_error err;
+} search_pool;
+
+static void *search_worker(void *arg)
+{
+	search_pool *sp = arg;
+	for (;;) {
+		pthread_mutex_lock(&sp->lock);
+		size_t g = sp->next++;
+		bool stop = sp->status != NMP_OK;
+		pthread_mutex_unlock(&sp->lock);
+		if (stop || g >= sp->c->out->n_groups)
+			return NULL;
+		if (sp->c->out->groups[g].blocked[0])
+			continue;
+		nmp_error e = { 0 };
+		nmp_status s = search_group(sp->c, g, sp->seed, &e);
+		if (s != NMP_OK) {
+			pthread_mutex_lock(&sp->lock);
+			if (sp->status == NMP_OK) {
+				sp->status = s;
+				sp->err = e;
+			}
+			pthread_mutex_unlock(&sp->lock);
+		}
+	}
+}
+
+/*
+ * Every group's search, the groups spread over `threads` workers: a group's
+ * result depends on its own seed only, so the output is the same for any
+ * number of threads.
+ */
+static nmp_status search_groups(const ctx *c, uint64_t seed, int threads, nmp_error *err)
+{
+	size_t n = c->out->n_groups;
+	if (threads <= 0) {
+		long online = sysconf(_SC_NPROCESSORS_ONLN);
+		threads = online > 0 ? (int)online : 1;
+	}
+	if ((size_t)threads > n)
+		threads = n ? (int)n : 1;
+	search_pool sp = { .c = c, .seed = seed, .status = NMP_OK };
+	pthread_mutex_init(&sp.lock, NULL);
+	pthread_t *tid = calloc((size_t)threads, sizeof *tid);
+	int started = 0;
+	for (int i = 1; tid && i < threads; i++)
+		if (pthread_create(&tid[i], NULL, search_worker, &sp) == 0)
+			started = i;
+		else
+			break;
+	search_worker(&sp); /* this thread works too */
+	for (int i = 1; i <= started; i++)
+		pthread_join(tid[i], NULL);
+	free(tid);
+	pthread_mutex_destroy(&sp.lock);
+	if (sp.status != NMP_OK)
+		return nmp_error_set(err, sp.status, "%s", sp.err.message);
+	return NMP_OK;
 }
 
 static int edit_cmp(const void *a, const void *b)
@@ -1179,7 +1249,8 @@ static nmp_status record_edits(ctx *c)
 	return NMP_OK;
 }
 
-nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, unsigned effort, nmp_channels **out, nmp_error *err)
+nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, unsigned effort, int threads, nmp_channels **out,
+			     nmp_error *err)
 {
 	*out = NULL;
 	const nmp_selection *sel = plan->sel;
@@ -1227,7 +1298,7 @@ nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, unsigned effor
 		for (size_t u = 0; u < ch->cand->n_uses; u++)
 			is_short |= strcmp(ch->cand->uses[u].op, "Conv") == 0 &&
 				    nmp_node_attr_int(ch->cand->uses[u].node, "group", 1) > 1;
-		link(&c, g, ni, choice_neg(ch), is_short);
+		link_slot(&c, g, ni, choice_neg(ch), is_short);
 		while (c.expanded < c.n_slots && !c.nomem)
 			expand(&c, c.expanded++);
 	}
@@ -1243,9 +1314,8 @@ nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, unsigned effor
 		}
 	}
 	size_groups(&c);
-	for (size_t g = 0; g < o->n_groups; g++)
-		if (!o->groups[g].blocked[0] && (s = search_group(&c, g, seed)) != NMP_OK)
-			goto out;
+	if ((s = search_groups(&c, seed, threads, err)) != NMP_OK)
+		goto out;
 	s = record_edits(&c);
 out:
 	for (size_t i = 0; i < c.n_names; i++)

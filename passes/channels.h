@@ -80,8 +80,13 @@ typedef struct nmp_channels {
 /* The seed of the command and the library: the same model and options give the same output. */
 #define NMP_PERMUTE_SEED 20211206u
 
-/* effort: each group's search budget times this (0 or 1: the default). */
-nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, unsigned effort, nmp_channels **out, nmp_error *err);
+/*
+ * effort: each group's search budget times this (0 or 1: the default).
+ * threads: groups searched at once (0: all cores); the result does not
+ * depend on it.
+ */
+nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, unsigned effort, int threads, nmp_channels **out,
+			     nmp_error *err);
 void nmp_channels_free(nmp_channels **c);
 
 /* Does the rewrite touch this model tensor? */

@@ -126,7 +126,8 @@ nmp_status nmp_prune_save(nmp_session *s, const char *out_path)
 	nmp_pass_result_free(&s->result);
 	nmp_error_clear(&s->err);
 	if (s->opt.permute && !s->channels) {
-		nmp_status st = nmp_channels_plan(&s->plan, NMP_PERMUTE_SEED, s->opt.permute_effort, &s->channels, &s->err);
+		nmp_status st = nmp_channels_plan(&s->plan, NMP_PERMUTE_SEED, s->opt.permute_effort, s->opt.threads, &s->channels,
+					   &s->err);
 		if (st != NMP_OK)
 			return st;
 	}

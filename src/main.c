@@ -367,7 +367,7 @@ static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 	if (s == NMP_OK)
 		s = check_collisions(cli, plan.model, err);
 	if (s == NMP_OK && cli->permute)
-		s = nmp_channels_plan(&plan, NMP_PERMUTE_SEED, cli->permute_effort, &channels, err);
+		s = nmp_channels_plan(&plan, NMP_PERMUTE_SEED, cli->permute_effort, cli->threads, &channels, err);
 	if (s == NMP_OK)
 		s = nmp_engine_create(nmp_device_parse(cli->device), cli->threads, &engine, note, sizeof note, err);
 	if (s != NMP_OK)
