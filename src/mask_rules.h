@@ -288,14 +288,28 @@ NMP_RULE int nmp_tile_table(unsigned m, unsigned n, int *count)
 	}
 }
 
-/* A tile's kept sum: w is the tile's magnitudes, row-major; summed in row-major order. */
+/* The lowest set bit of a nonzero pattern. */
+NMP_RULE unsigned nmp_lowest_bit(uint32_t v)
+{
+#ifdef __CUDA_ARCH__
+	return (unsigned)(__ffs((int)v) - 1);
+#else
+	return (unsigned)__builtin_ctz(v);
+#endif
+}
+
+/*
+ * A tile's kept sum: w is the tile's magnitudes, row-major; summed in
+ * row-major order (the pattern's set bits, lowest first: bit 4r + c is
+ * cell (r, c)), one addition per kept cell.
+ */
 NMP_RULE double nmp_tile_score(uint16_t pat, unsigned m, const double *w)
 {
 	double s = 0;
-	for (unsigned r = 0; r < m; r++)
-		for (unsigned c = 0; c < m; c++)
-			if (pat >> (4 * r + c) & 1)
-				s += w[r * m + c];
+	for (uint32_t v = pat; v; v &= v - 1) {
+		unsigned b = nmp_lowest_bit(v);
+		s += w[(b >> 2) * m + (b & 3)];
+	}
 	return s;
 }
 
