@@ -259,42 +259,25 @@ static nmp_status tensor_to_raw(const Onnx__TensorProto *tp, const char *path, u
 	uint8_t *buf = malloc(bytes ? bytes : 1);
 	if (!buf)
 		return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", path);
-	bool ok = true;
+	bool ok = false;
 	if (tp->has_data_location && tp->data_location == ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL) {
-		ok = false;
+		/* external data is not read for samples */
 	} else if (tp->has_raw_data) {
 		ok = tp->raw_data.len == bytes;
 		if (ok)
 			memcpy(buf, tp->raw_data.data, bytes);
-	} else if (tp->data_type == NMP_DT_FLOAT) {
-		ok = tp->n_float_data == numel;
-		if (ok)
-			memcpy(buf, tp->float_data, bytes);
-	} else if (tp->data_type == NMP_DT_DOUBLE) {
-		ok = tp->n_double_data == numel;
-		if (ok)
-			memcpy(buf, tp->double_data, bytes);
-	} else if (tp->data_type == NMP_DT_INT64) {
-		ok = tp->n_int64_data == numel;
-		if (ok)
-			memcpy(buf, tp->int64_data, bytes);
-	} else if (tp->data_type == NMP_DT_UINT64 || tp->data_type == NMP_DT_UINT32) {
-		ok = tp->n_uint64_data == numel;
-		for (uint64_t i = 0; ok && i < numel; i++) {
-			if (bits == 64)
-				memcpy(buf + 8 * i, &tp->uint64_data[i], 8);
-			else {
-				uint32_t v = (uint32_t)tp->uint64_data[i];
-				memcpy(buf + 4 * i, &v, 4);
-			}
-		}
 	} else {
-		/* int32_data carries INT32, INT16, INT8, UINT16, UINT8, BOOL, FLOAT16, BFLOAT16 */
-		ok = tp->n_int32_data == numel;
-		for (uint64_t i = 0; ok && i < numel; i++) {
-			uint32_t v = (uint32_t)tp->int32_data[i];
-			memcpy(buf + (bits / 8) * i, &v, bits / 8); /* little-endian: the low bytes */
-		}
+		/* a typed field, read as model I/O reads heap payloads */
+		enum nmp_field f = tp->n_float_data ? NMP_FIELD_FLOAT_DATA : tp->n_int64_data ? NMP_FIELD_INT64_DATA :
+				   tp->n_double_data ? NMP_FIELD_DOUBLE_DATA :
+				   tp->n_uint64_data ? NMP_FIELD_UINT64_DATA : NMP_FIELD_INT32_DATA;
+		size_t have = f == NMP_FIELD_FLOAT_DATA ? tp->n_float_data : f == NMP_FIELD_INT64_DATA ? tp->n_int64_data :
+			      f == NMP_FIELD_DOUBLE_DATA ? tp->n_double_data :
+			      f == NMP_FIELD_UINT64_DATA ? tp->n_uint64_data : tp->n_int32_data;
+		nmp_tensor t = { .proto = (Onnx__TensorProto *)tp, .dtype = tp->data_type, .numel = numel, .field = f };
+		uint64_t want;
+		ok = numel == 0 || (nmp_dtype_field_count(tp->data_type, f, numel, &want) && want == have &&
+				    nmp_heap_to_raw(&t, buf));
 	}
 	if (!ok) {
 		free(buf);
