@@ -263,18 +263,8 @@ static const float *act_as_float(const nmp_host_tensor *x, float **owned)
 	float *out = malloc((x->numel ? x->numel : 1) * sizeof *out);
 	if (!out)
 		return NULL;
-	const uint8_t *d = x->data;
-	for (uint64_t i = 0; i < x->numel; i++) {
-		if (x->dtype == NMP_DT_DOUBLE) {
-			double v;
-			memcpy(&v, d + 8 * i, 8);
-			out[i] = (float)v;
-		} else {
-			uint16_t h;
-			memcpy(&h, d + 2 * i, 2);
-			out[i] = nmp_half_to_float(h, x->dtype == NMP_DT_BFLOAT16);
-		}
-	}
+	for (uint64_t i = 0; i < x->numel; i++)
+		out[i] = (float)nmp_host_value(x, i);
 	*owned = out;
 	return out;
 }
@@ -902,22 +892,12 @@ static uint16_t f32_to_half(float f, bool bf16)
 
 static double elem_value(const nmp_mask_tensor *t, const uint8_t *in, uint64_t i, const nmp_quant_geom *qg)
 {
-	switch (t->dtype) {
-	case NMP_DT_FLOAT: { float f; memcpy(&f, in + 4 * i, 4); return f; }
-	case NMP_DT_DOUBLE: { double d; memcpy(&d, in + 8 * i, 8); return d; }
-	case NMP_DT_FLOAT16:
-	case NMP_DT_BFLOAT16: {
-		uint16_t h;
-		memcpy(&h, in + 2 * i, 2);
-		return nmp_half_to_float(h, t->dtype == NMP_DT_BFLOAT16);
-	}
-	default: {
-		const nmp_quant_params *q = t->quant;
-		uint64_t qi = nmp_quant_index(qg, i);
-		int zp = q->zero_point ? nmp_quant_value(t->dtype, q->zero_point, qi) : 0;
-		return (double)(nmp_quant_value(t->dtype, in, i) - zp) * nmp_quant_scale(q->scale, q->scale_dtype, qi);
-	}
-	}
+	const nmp_quant_params *q = t->quant;
+	if (!q)
+		return nmp_host_value(&(nmp_host_tensor){ .dtype = t->dtype, .data = (void *)in }, i);
+	uint64_t qi = nmp_quant_index(qg, i);
+	int zp = q->zero_point ? nmp_quant_value(t->dtype, q->zero_point, qi) : 0;
+	return (double)(nmp_quant_value(t->dtype, in, i) - zp) * nmp_quant_scale(q->scale, q->scale_dtype, qi);
 }
 
 static void store_value(const nmp_mask_tensor *t, uint64_t i, double v)
