@@ -237,6 +237,105 @@ static void test_unstructured_reference_statistic(void **state)
 	free(t.data);
 }
 
+/* Every family's reference statistic, over several parts of the pool: the sum of the kept-count largest. */
+static void test_reference_statistic_every_family(void **state)
+{
+	(void)state;
+	static const char *patterns[] = { "2:4", "2:4@v4", "2:4@b4x4", "2:4@t", "1:4@t", "64:128", "30%" };
+	int64_t dims[2] = { 512, 320 };
+	tensor t = make_f32(2, dims, 0, 1);
+	double *v = malloc(t.numel * sizeof *v);
+	for (uint64_t i = 0; i < t.numel; i++)
+		v[i] = mag(&t, i);
+	qsort(v, t.numel, sizeof *v, cmp_desc);
+	for (size_t k = 0; k < sizeof patterns / sizeof patterns[0]; k++) {
+		nmp_mask_stats st;
+		free(run(&t, patterns[k], NMP_MASK_DRY, 3, &st));
+		double sum = 0;
+		for (uint64_t i = 0; i < st.kept; i++)
+			sum += v[i];
+		if (!(fabs(st.l1_unstructured - sum) <= 1e-12 * sum))
+			fail_msg("%s: reference %.17g, sorted sum %.17g", patterns[k], st.l1_unstructured, sum);
+	}
+	free(v);
+	free(t.data);
+}
+
+typedef struct ranked {
+	double mag;
+	uint64_t i;
+} ranked;
+
+/* Smallest first; of equal magnitudes the higher index first (it is zeroed first). */
+static int cmp_prune_order(const void *a, const void *b)
+{
+	const ranked *x = a, *y = b;
+	if (x->mag != y->mag)
+		return x->mag < y->mag ? -1 : 1;
+	return x->i > y->i ? -1 : x->i < y->i;
+}
+
+/*
+ * Element-wise P% on a tensor of many parts, its values drawn from a few
+ * magnitudes so that the threshold's ties cross the parts: the mask is the
+ * first round(P x n) of the prune order, for any thread count, in fp32 and
+ * fp16, and the kept magnitude is the reference statistic.
+ */
+static void test_unstructured_ties_across_parts(void **state)
+{
+	(void)state;
+	static const double levels[] = { 0.0, 0.25, 0.5, 0.5, 1.0, 2.0, INFINITY };
+	static const double sparsity[] = { 0.0, 0.1, 0.5, 0.7313, 0.999, 0.99999 };
+	int64_t dims[2] = { 700, 500 };
+	const uint64_t numel = 350000;
+	for (int fp16 = 0; fp16 < 2; fp16++) {
+		tensor t = { .rank = 2, .dims = { 700, 500 }, .axis = 0, .out_axis = 1, .numel = numel,
+			     .dtype = fp16 ? NMP_DT_FLOAT16 : NMP_DT_FLOAT };
+		(void)dims;
+		t.data = malloc(numel * 4);
+		ranked *order = malloc(numel * sizeof *order);
+		for (uint64_t i = 0; i < numel; i++) {
+			double x = levels[rnd() % 7];
+			if (rnd() % 5 == 0 && x != 0 && x != INFINITY)
+				x += x * 0x1p-9 * (double)(rnd() % 3); /* neighbours of a level: same bin, other keys */
+			const bool neg = rnd() & 1;
+			if (fp16) {
+				uint16_t h = x == INFINITY ? 0x7c00 : x == 0 ? 0 : (uint16_t)((15 + ilogb(x)) << 10 |
+								(uint16_t)((ldexp(x, -ilogb(x)) - 1) * 1024));
+				((uint16_t *)t.data)[i] = (uint16_t)(h | (neg ? 0x8000 : 0));
+				order[i] = (ranked){ (double)h, i };
+			} else {
+				((float *)t.data)[i] = (float)(neg ? -x : x);
+				order[i] = (ranked){ x, i };
+			}
+		}
+		qsort(order, numel, sizeof *order, cmp_prune_order);
+		for (size_t k = 0; k < sizeof sparsity / sizeof sparsity[0]; k++) {
+			char p[32];
+			snprintf(p, sizeof p, "%.4f%%", sparsity[k] * 100);
+			const uint64_t n_prune = (uint64_t)floor(sparsity[k] * (double)numel + 0.5);
+			uint8_t *want = malloc(numel);
+			memset(want, 1, numel);
+			for (uint64_t i = 0; i < n_prune; i++)
+				want[order[i].i] = 0;
+			for (int threads = 1; threads <= 8; threads += 7) {
+				nmp_mask_stats st;
+				uint8_t *mask = run(&t, p, NMP_MASK_DRY, threads, &st);
+				for (uint64_t i = 0; i < numel; i++)
+					if (mask[i] != want[i])
+						fail_msg("%s %s, %d threads: element %llu is %d, want %d", fp16 ? "fp16" : "fp32", p,
+							 threads, (unsigned long long)i, mask[i], want[i]);
+				assert_int_equal(st.kept, numel - n_prune);
+				assert_true(st.l1_unstructured == st.l1_kept);
+				free(mask);
+			}
+			free(want);
+		}
+		free(order);
+		free(t.data);
+	}
+}
+
 /* ---- adversarial values ----------------------------------------------------------------------------- */
 
 static void fill_group_and_check(const float *vals, int m, int n, const uint8_t *want)
@@ -656,6 +755,8 @@ int main(void)
 		cmocka_unit_test(test_nm_random_all_layouts),
 		cmocka_unit_test(test_nm_large_m_generic_path),
 		cmocka_unit_test(test_unstructured_reference_statistic),
+		cmocka_unit_test(test_reference_statistic_every_family),
+		cmocka_unit_test(test_unstructured_ties_across_parts),
 		cmocka_unit_test(test_ties_and_special_values),
 		cmocka_unit_test(test_fp16_subnormals_and_bf16),
 		cmocka_unit_test(test_nan_is_an_error),

@@ -52,14 +52,21 @@ static void zero_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
 	}
 }
 
-/* The structured families of the general path, then the reference statistic and the zeroing. */
-static nmp_status run_general(nmp_cpu_job *j, nmp_mask_stats *st)
+/*
+ * The general path: the pattern family, then the reference statistic and
+ * the zeroing.  bins (32-bit keys) are the scan's counts per reference bin;
+ * NULL for fp64 and for vector and block P%, which select among 64-bit keys
+ * (j->key) by radix passes.
+ */
+static nmp_status run_general(nmp_cpu_job *j, const uint64_t *bins, nmp_mask_stats *st)
 {
 	const nmp_pattern *p = j->p;
 	const unsigned gc = nmp_pattern_group_cols(p), ur = nmp_pattern_unit_rows(p);
 	nmp_cpu_acc total = { 0 };
 	nmp_status s = NMP_OK;
-	if (!p->structured) {
+	if (!p->structured && bins) {
+		s = nmp_cpu_unstructured32(j, bins, st->l1_dense, &total);
+	} else if (!p->structured) {
 		s = nmp_cpu_unstructured(j, &total);
 	} else {
 		nmp_cpu_part_fn fn = p->unit == NMP_UNIT_ELEMENT ? nmp_cpu_nm_part :
@@ -83,15 +90,20 @@ static nmp_status run_general(nmp_cpu_job *j, nmp_mask_stats *st)
 	if (s != NMP_OK)
 		return s;
 	/* Nothing is zeroed yet: the keys, in j->key or in the weight, are the original magnitudes. */
-	st->l1_unstructured = nmp_cpu_unstructured_reference(j, st->kept);
-	if (j->mode == NMP_MASK_APPLY) {
+	if (!p->structured && bins)
+		st->l1_unstructured = st->l1_kept; /* element-wise P% is unstructured pruning */
+	else if (bins)
+		s = nmp_cpu_reference32(j, bins, st->kept, &st->l1_unstructured);
+	else
+		st->l1_unstructured = nmp_cpu_unstructured_reference(j, st->kept);
+	if (s == NMP_OK && j->mode == NMP_MASK_APPLY) {
 		int parts;
 		void *none = nmp_cpu_parallel_for(j, j->numel, 1u << 18, 1, &parts, zero_part);
 		if (!none)
 			return nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
 		free(none);
 	}
-	return NMP_OK;
+	return s;
 }
 
 nmp_status nmp_cpu_run(const nmp_mask_tensor *t, const nmp_pattern *p, nmp_mask_mode mode, int threads,
@@ -100,6 +112,7 @@ nmp_status nmp_cpu_run(const nmp_mask_tensor *t, const nmp_pattern *p, nmp_mask_
 	nmp_cpu_job j = { .t = t, .p = p, .mode = mode, .threads = threads, .mask = mask, .err = err };
 	nmp_status s = NMP_OK;
 	uint8_t *own_mask = NULL;
+	uint64_t *bins = NULL;  /* 32-bit keys: the scan's counts per reference bin */
 	memset(st, 0, sizeof *st);
 
 	if (j.threads <= 0) {
@@ -139,16 +152,22 @@ nmp_status nmp_cpu_run(const nmp_mask_tensor *t, const nmp_pattern *p, nmp_mask_
 		s = nmp_cpu_fused(&j, st);
 		goto out;
 	}
-	if (mode != NMP_MASK_CHECK && !p->structured) { /* the structured families read keys from the weight */
+	bool elementwise_unstructured = !p->structured && ur == 1 && gc == 1;
+	/* 32-bit keys are read from the weight and counted in reference bins; the rest go through j->key. */
+	bool keys32 = mode != NMP_MASK_CHECK && j.kk != NMP_KK_F64 && (p->structured || elementwise_unstructured);
+	if (mode != NMP_MASK_CHECK && !p->structured && !keys32) {
 		j.key = malloc(j.numel * sizeof *j.key);
 		if (!j.key) {
 			s = nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", t->name);
 			goto out;
 		}
 	}
-	if ((s = nmp_cpu_scan(&j, st)) != NMP_OK)
+	if (keys32 && !(bins = malloc(NMP_CPU_REF_BINS * sizeof *bins))) {
+		s = nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", t->name);
 		goto out;
-	bool elementwise_unstructured = !p->structured && ur == 1 && gc == 1;
+	}
+	if ((s = keys32 ? nmp_cpu_scan32(&j, st, bins) : nmp_cpu_scan(&j, st)) != NMP_OK)
+		goto out;
 	if ((mode == NMP_MASK_CHECK || !elementwise_unstructured) && (s = nmp_cpu_build_rows(&j)) != NMP_OK)
 		goto out;
 	if (mode == NMP_MASK_CHECK) {
@@ -163,8 +182,9 @@ nmp_status nmp_cpu_run(const nmp_mask_tensor *t, const nmp_pattern *p, nmp_mask_
 		}
 		j.mask = own_mask;
 	}
-	s = run_general(&j, st);
+	s = run_general(&j, bins, st);
 out:
+	free(bins);
 	free(own_mask);
 	free_job(&j);
 	return s;

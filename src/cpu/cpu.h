@@ -38,10 +38,124 @@ typedef struct nmp_cpu_job {
 	uint32_t *qkey;                   /* quantized: magnitude bits per element */
 	uint64_t *key;                    /* unstructured: key per element (structured families read the weight) */
 	const struct nmp_cpu_ref *ref;    /* the radix pass under way, for the reference */
-	uint32_t ref_bin;                 /* fused path: the bin where the unstructured cut falls */
+	uint32_t ref_bin;                 /* the reference bin of the pass under way (reference.c) */
 	const void *part_ctx;             /* what a family's parallel parts read beyond the job */
 	const uint8_t *in;                /* where the weight is read: t->src, or t->data */
 } nmp_cpu_job;
+
+/* ---- 32-bit keys: every stored type but fp64 ------------------------------------------------ */
+
+/* The kinds of 32-bit key, for loops specialized by a constant kind. */
+enum { NMP_CK_F32, NMP_CK_F16, NMP_CK_BF16, NMP_CK_Q };
+
+static inline int nmp_cpu_kind32(const nmp_cpu_job *j)
+{
+	switch (j->t->dtype) {
+	case NMP_RT_FLOAT: return NMP_CK_F32;
+	case NMP_RT_FLOAT16: return NMP_CK_F16;
+	case NMP_RT_BFLOAT16: return NMP_CK_BF16;
+	default: return NMP_CK_Q;
+	}
+}
+
+#define NMP_CPU_INLINE static inline __attribute__((always_inline))
+
+NMP_CPU_INLINE uint32_t nmp_cpu_key32(const nmp_cpu_job *j, uint64_t i, int kind)
+{
+	const uint8_t *d = j->in;
+	if (kind == NMP_CK_F32) {
+		uint32_t b;
+		memcpy(&b, d + 4 * i, 4);
+		return b & 0x7fffffffu;
+	}
+	if (kind == NMP_CK_F16 || kind == NMP_CK_BF16) {
+		uint16_t b;
+		memcpy(&b, d + 2 * i, 2);
+		return b & 0x7fffu;
+	}
+	return j->qkey[i];
+}
+
+NMP_CPU_INLINE float nmp_cpu_mag32(uint32_t key, int kind)
+{
+	if (kind == NMP_CK_F16)
+		return nmp_f16_key_mag(key);
+	return nmp_f32_of_bits(kind == NMP_CK_BF16 ? key << 16 : key);
+}
+
+NMP_CPU_INLINE uint32_t nmp_cpu_nan_above(int kind)
+{
+	return kind == NMP_CK_F16 ? 0x7c00u : kind == NMP_CK_BF16 ? 0x7f80u : 0x7f800000u;
+}
+
+/*
+ * The reference bins (reference.c): keys of 31 bits (fp32, quantized) or 15
+ * bits (fp16, bf16) fall into NMP_CPU_REF_BINS bins by their top bits, so
+ * that one bin holds a small share of any real weight's keys.
+ */
+#define NMP_CPU_REF_BINS 4096
+
+NMP_CPU_INLINE int nmp_cpu_ref_shift(int kind)
+{
+	return kind == NMP_CK_F16 || kind == NMP_CK_BF16 ? 3 : 19;
+}
+
+/* Keys gathered from one bin, in index order within a part. */
+typedef struct nmp_cpu_cut {
+	uint32_t *key;
+	size_t n, cap;
+	bool oom;
+} nmp_cpu_cut;
+
+void nmp_cpu_cut_push(nmp_cpu_cut *c, uint32_t key);
+
+/* One part of a bin pass: the magnitude above the bin, and the keys in it. */
+typedef struct nmp_cpu_binpart {
+	double above;
+	nmp_cpu_cut cut;
+} nmp_cpu_binpart;
+
+/* Parts of a bin pass hold at least this many elements (a caller that partitions alike uses it too). */
+#define NMP_CPU_BIN_PART (1u << 16)
+
+bool nmp_cpu_have_avx2(void);
+nmp_status nmp_cpu_scan32(nmp_cpu_job *j, nmp_mask_stats *st, uint64_t *bins);
+uint32_t nmp_cpu_bin_from_top(const uint64_t *bins, uint64_t keep, uint64_t *above);
+nmp_cpu_binpart *nmp_cpu_bin_pass(nmp_cpu_job *j, uint32_t bin, int *parts);
+void nmp_cpu_bin_free(nmp_cpu_binpart *bp, int parts);
+void nmp_cpu_select_largest(uint32_t *v, size_t len, size_t n);
+nmp_status nmp_cpu_ref_finish(nmp_cpu_job *j, nmp_cpu_cut *cuts, size_t stride, int parts, uint64_t need,
+			      int kind, double *sum);
+nmp_status nmp_cpu_reference32(nmp_cpu_job *j, const uint64_t *bins, uint64_t keep, double *out);
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/* Eight keys from element i on (fp32, fp16 or bf16). */
+static inline __attribute__((target("avx2"), always_inline)) __m256i nmp_cpu_key8(const uint8_t *in, uint64_t i,
+										 int kind)
+{
+	if (kind == NMP_CK_F32)
+		return _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(in + 4 * i)),
+					_mm256_set1_epi32(0x7fffffff));
+	return _mm256_and_si256(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(in + 2 * i))),
+				_mm256_set1_epi32(0x7fff));
+}
+
+/* The magnitudes of eight keys, as nmp_cpu_mag32. */
+static inline __attribute__((target("avx2"), always_inline)) __m256 nmp_cpu_mag8(__m256i k, int kind)
+{
+	if (kind == NMP_CK_F32)
+		return _mm256_castsi256_ps(k);
+	if (kind == NMP_CK_BF16)
+		return _mm256_castsi256_ps(_mm256_slli_epi32(k, 16));
+	__m256 normal = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(0x1c000)), 13));
+	__m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(k), _mm256_set1_ps(0x1p-24f));
+	__m256 mg = _mm256_blendv_ps(sub, normal, _mm256_castsi256_ps(_mm256_cmpgt_epi32(k, _mm256_set1_epi32(0x3ff))));
+	return _mm256_blendv_ps(mg, _mm256_castsi256_ps(_mm256_set1_epi32(0x7f800000)),
+				_mm256_castsi256_ps(_mm256_cmpgt_epi32(k, _mm256_set1_epi32(0x7bff))));
+}
+#endif
 
 /* Accumulator of the general path's families. */
 typedef struct nmp_cpu_acc {
@@ -78,6 +192,7 @@ void nmp_cpu_tiles_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *acc);
 
 /* unstructured.c: P% masks, and what unstructured pruning keeps at a given count. */
 nmp_status nmp_cpu_unstructured(nmp_cpu_job *j, nmp_cpu_acc *acc);
+nmp_status nmp_cpu_unstructured32(nmp_cpu_job *j, const uint64_t *bins, double l1_dense, nmp_cpu_acc *acc);
 double nmp_cpu_unstructured_reference(nmp_cpu_job *j, uint64_t keep);
 
 /* check.c */

@@ -222,6 +222,165 @@ out:
 	return s;
 }
 
+/* ---- element-wise P% on 32-bit keys ------------------------------------------------------- */
+
+/* What the marking parts read: the threshold, and per part of the bin pass the ties after it. */
+typedef struct elem_ctx {
+	uint32_t thr;
+	uint64_t tie_prune, numel;
+	const uint64_t *ties_after;
+	int parts;
+} elem_ctx;
+
+/* Marks [b, e) from the end: above the threshold kept, below pruned, a tie pruned while fewer
+ * than tie_prune ties lie at higher indices. */
+NMP_CPU_INLINE void mark32_run(nmp_cpu_job *j, uint64_t b, uint64_t e, uint64_t *later, int kind)
+{
+	const elem_ctx *x = j->part_ctx;
+	for (uint64_t i = e; i-- > b;) {
+		const uint32_t k = nmp_cpu_key32(j, i, kind);
+		bool keep = k > x->thr;
+		if (k == x->thr)
+			keep = (*later)++ >= x->tie_prune;
+		j->mask[i] = keep;
+	}
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static void mark32_avx2(nmp_cpu_job *j, uint64_t b, uint64_t e, uint64_t *later,
+							 int kind)
+{
+	const elem_ctx *x = j->part_ctx;
+	/* Keys are below 2^31, so signed compares order them. */
+	const __m256i thr = _mm256_set1_epi32((int)x->thr);
+	uint64_t i = e;
+	for (; i >= b + 8; i -= 8) {
+		__m256i k = nmp_cpu_key8(j->in, i - 8, kind);
+		if (_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(k, thr)))) {
+			mark32_run(j, i - 8, i, later, kind);
+			continue;
+		}
+		__m256i keep = _mm256_srli_epi32(_mm256_cmpgt_epi32(k, thr), 31);
+		__m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(keep), _mm256_extracti128_si256(keep, 1));
+		_mm_storel_epi64((__m128i *)(void *)(j->mask + i - 8), _mm_packs_epi16(w16, w16));
+	}
+	mark32_run(j, b, i, later, kind);
+}
+#endif
+
+static void mark32_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
+{
+	const elem_ctx *x = j->part_ctx;
+	const int kind = nmp_cpu_kind32(j);
+	(void)accp;
+	uint64_t later = 0;
+	for (int p = 0; p < x->parts; p++)
+		if (x->numel * (uint64_t)p / (uint64_t)x->parts == b)
+			later = x->ties_after[p];
+#if defined(__x86_64__)
+	if (kind != NMP_CK_Q && nmp_cpu_have_avx2()) {
+		mark32_avx2(j, b, e, &later, kind);
+		return;
+	}
+#endif
+	switch (kind) {
+	case NMP_CK_F32: mark32_run(j, b, e, &later, NMP_CK_F32); break;
+	case NMP_CK_F16: mark32_run(j, b, e, &later, NMP_CK_F16); break;
+	case NMP_CK_BF16: mark32_run(j, b, e, &later, NMP_CK_BF16); break;
+	default: mark32_run(j, b, e, &later, NMP_CK_Q); break;
+	}
+}
+
+/*
+ * Element-wise P% on 32-bit keys, in three passes over the weight: the
+ * scan's bins (the caller's) place the threshold in one bin; a bin pass
+ * sums what lies above that bin and gathers the keys inside it, per part,
+ * from which the threshold, the ties of every part and the kept magnitude
+ * follow exactly; the marking pass then walks each part from its end.  The
+ * kept count and magnitude are what unstructured pruning keeps, so they are
+ * also the reference statistic.
+ */
+nmp_status nmp_cpu_unstructured32(nmp_cpu_job *j, const uint64_t *bins, double l1_dense, nmp_cpu_acc *total)
+{
+	const int kind = nmp_cpu_kind32(j);
+	const uint64_t numel = j->numel, n_prune = (uint64_t)floor(j->p->sparsity * (double)numel + 0.5);
+	if (n_prune == 0) {
+		memset(j->mask, 1, numel);
+		total->kept = numel;
+		total->l1_kept = l1_dense;
+		return NMP_OK;
+	}
+	/* The threshold is the n_prune-th smallest key: the (numel - n_prune + 1)-th largest. */
+	uint64_t above;
+	int parts = 0;
+	const uint32_t bin = nmp_cpu_bin_from_top(bins, numel - n_prune + 1, &above);
+	const uint64_t below = numel - above - bins[bin];
+	nmp_cpu_binpart *bp = nmp_cpu_bin_pass(j, bin, &parts);
+	uint64_t *ties = calloc((size_t)parts, sizeof *ties);
+	uint32_t *all = NULL;
+	nmp_status s = NMP_OK;
+	if (!bp || !ties) {
+		s = nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
+		goto out;
+	}
+	uint64_t n_cut = 0;
+	for (int p = 0; p < parts; p++)
+		n_cut += bp[p].cut.n;
+	if (!(all = malloc((n_cut ? n_cut : 1) * sizeof *all))) {
+		s = nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
+		goto out;
+	}
+	uint64_t at = 0;
+	for (int p = 0; p < parts; p++) {
+		if (bp[p].cut.n)
+			memcpy(all + at, bp[p].cut.key, bp[p].cut.n * sizeof *all);
+		at += bp[p].cut.n;
+	}
+	/* The (n_prune - 1 - below)-th smallest of the bin is the smallest of its n_cut - that largest. */
+	const uint64_t top = n_cut - (n_prune - 1 - below);
+	nmp_cpu_select_largest(all, (size_t)n_cut, (size_t)top);
+	uint32_t thr = all[0];
+	for (uint64_t i = 1; i < top; i++)
+		thr = all[i] < thr ? all[i] : thr;
+
+	double kept_l1 = 0;
+	uint64_t less = 0, n_ties = 0;
+	for (int p = 0; p < parts; p++) {
+		double above_l1 = bp[p].above;
+		for (size_t i = 0; i < bp[p].cut.n; i++) {
+			const uint32_t k = bp[p].cut.key[i];
+			less += k < thr;
+			ties[p] += k == thr;
+			above_l1 += k > thr ? (double)nmp_cpu_mag32(k, kind) : 0.0;
+		}
+		kept_l1 += above_l1;
+		n_ties += ties[p];
+	}
+	const uint64_t tie_prune = n_prune - below - less;
+	uint64_t after = 0;
+	for (int p = parts; p-- > 0;) { /* each part's count becomes the ties after it */
+		const uint64_t here = ties[p];
+		ties[p] = after;
+		after += here;
+	}
+	total->kept = numel - n_prune;
+	total->l1_kept = kept_l1 + (double)(n_ties - tie_prune) * nmp_cpu_mag32(thr, kind);
+
+	elem_ctx x = { .thr = thr, .tie_prune = tie_prune, .numel = numel, .ties_after = ties, .parts = parts };
+	int mparts;
+	j->part_ctx = &x;
+	void *none = nmp_cpu_parallel_for(j, numel, NMP_CPU_BIN_PART, 1, &mparts, mark32_part);
+	j->part_ctx = NULL;
+	if (!none || mparts != parts)
+		s = nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
+	free(none);
+out:
+	free(all);
+	free(ties);
+	nmp_cpu_bin_free(bp, parts);
+	return s;
+}
+
 typedef struct ref_acc {
 	uint64_t count[65536];
 	double sum[65536];
