@@ -20,6 +20,7 @@
 
 #include "dtype.h"
 #include "mask.h"
+#include "mask_rules.h"
 
 static uint64_t rng_state = 88172645463325252ull;
 
@@ -577,6 +578,84 @@ static void test_transposable(void **state)
 	check_tiles("m8n4_2d_greedy", 4, 8, false, 5);
 }
 
+/* One 4 x 4 tile's values, of a kind that strains a shortcut to the exact method. */
+static void adversarial_tile(float *v, int kind)
+{
+	const float levels[3] = { 0.25f, 0.5f, 1.0f };
+	for (int i = 0; i < 16; i++) {
+		float x = rnd_normal();
+		switch (kind) {
+		case 0: break;                                                   /* ordinary */
+		case 1: x = levels[rnd() % 3]; break;                            /* exact ties */
+		case 2: x = nextafterf(1.0f, 2.0f) * (float)(1 + rnd() % 2); break; /* near ties: an ulp apart */
+		case 3: x = 1.0f + (float)(rnd() % 4) * 0x1p-23f; break;
+		case 4: x = ldexpf(x, 110); break;                               /* beyond the filter's range */
+		case 5: x = rnd() % 5 ? x : INFINITY; break;
+		case 6: x = ldexpf(x, -120); break;                              /* subnormal and tiny */
+		case 7: x = rnd() % 4 ? 0.0f : x; break;                         /* mostly zero */
+		case 8: x = 0.0f; break;
+		default: x = rnd() & 1 ? ldexpf(x, 60) : ldexpf(x, -60); break; /* huge beside tiny */
+		}
+		v[i] = rnd() & 1 ? -x : x;
+	}
+}
+
+/*
+ * Exact transposable tiles of M = 4 choose the first tile of the shared
+ * table with the largest exact score (nmp_tile_best, mask_rules.h), however
+ * the backend gets there: on every adversarial kind, both layouts, 1:4,
+ * 2:4 and 3:4, and the kept magnitude is the sum of the chosen scores.
+ */
+static void test_transposable_matches_the_rule(void **state)
+{
+	(void)state;
+	static const uint16_t table[] = NMP_TILE_PATTERNS_INIT;
+	for (int n = 1; n <= 3; n++)
+		for (int layout = 0; layout < 2; layout++) {
+			/* layout 0: [rows, L] with the group axis last; layout 1: [L, rows], rows contiguous */
+			tensor t = { .rank = 2, .dtype = NMP_DT_FLOAT, .numel = 64 * 40 };
+			t.dims[0] = 64, t.dims[1] = 40;
+			t.axis = layout ? 0 : 1;
+			t.out_axis = layout ? 1 : 0;
+			const int rows = layout ? 40 : 64, L = layout ? 64 : 40;
+			float *x = malloc(t.numel * sizeof *x);
+			t.data = x;
+			int tile = 0;
+			for (int r0 = 0; r0 < rows; r0 += 4)
+				for (int c0 = 0; c0 < L; c0 += 4, tile++) {
+					float v[16];
+					adversarial_tile(v, tile % 10);
+					for (int i = 0; i < 16; i++)
+						x[flat_of(&t, (uint64_t)(r0 + i / 4), (uint64_t)(c0 + i % 4))] = v[i];
+				}
+			char p[16];
+			snprintf(p, sizeof p, "%d:4@t", n);
+			nmp_mask_stats st;
+			uint8_t *mask = run(&t, p, NMP_MASK_DRY, 2, &st);
+			int n_pat;
+			const uint16_t *pats = table + nmp_tile_table(4, (unsigned)n, &n_pat);
+			double kept = 0;
+			for (int r0 = 0; r0 < rows; r0 += 4)
+				for (int c0 = 0; c0 < L; c0 += 4) {
+					double w[16];
+					for (int i = 0; i < 16; i++)
+						w[i] = fabs((double)x[flat_of(&t, (uint64_t)(r0 + i / 4), (uint64_t)(c0 + i % 4))]);
+					const int best = nmp_tile_best(pats, n_pat, 4, w);
+					kept += nmp_tile_score(pats[best], 4, w);
+					for (int i = 0; i < 16; i++) {
+						uint64_t at = flat_of(&t, (uint64_t)(r0 + i / 4), (uint64_t)(c0 + i % 4));
+						if (mask[at] != (pats[best] >> i & 1))
+							fail_msg("%s layout %d, tile at (%d, %d) of kind %d: cell %d is %d", p, layout, r0,
+								 c0, ((r0 / 4) * (L / 4) + c0 / 4) % 10, i, mask[at]);
+					}
+				}
+			assert_int_equal(st.kept, t.numel * (uint64_t)n / 4);
+			assert_true(st.l1_kept == kept || fabs(st.l1_kept - kept) <= 1e-12 * kept);
+			free(mask);
+			free(x);
+		}
+}
+
 static void test_greedy_reports_deficits(void **state)
 {
 	(void)state;
@@ -762,6 +841,7 @@ int main(void)
 		cmocka_unit_test(test_nan_is_an_error),
 		cmocka_unit_test(test_vector_and_block),
 		cmocka_unit_test(test_transposable),
+		cmocka_unit_test(test_transposable_matches_the_rule),
 		cmocka_unit_test(test_greedy_reports_deficits),
 		cmocka_unit_test(test_transposable_exact_adversarial),
 		cmocka_unit_test(test_unstructured),

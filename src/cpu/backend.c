@@ -64,6 +64,8 @@ static nmp_status run_general(nmp_cpu_job *j, const uint64_t *bins, nmp_mask_sta
 	const unsigned gc = nmp_pattern_group_cols(p), ur = nmp_pattern_unit_rows(p);
 	nmp_cpu_acc total = { 0 };
 	nmp_status s = NMP_OK;
+	/* Exact 4 x 4 tiles find the reference statistic in their own pass. */
+	const bool inline_ref = bins && nmp_cpu_tiles_inline(j);
 	if (!p->structured && bins) {
 		s = nmp_cpu_unstructured32(j, bins, st->l1_dense, &total);
 	} else if (!p->structured) {
@@ -71,16 +73,28 @@ static nmp_status run_general(nmp_cpu_job *j, const uint64_t *bins, nmp_mask_sta
 	} else {
 		nmp_cpu_part_fn fn = p->unit == NMP_UNIT_ELEMENT ? nmp_cpu_nm_part :
 				     p->unit == NMP_UNIT_TILE ? nmp_cpu_tiles_part : nmp_cpu_units_part;
-		uint64_t work = (j->rows / ur) * (j->L / gc);
+		uint64_t work = (j->rows / ur) * (j->L / gc), above = 0;
+		if (inline_ref) /* exact tiles keep N per row: as many as unstructured pruning at N/M */
+			j->ref_bin = nmp_cpu_bin_from_top(bins, j->numel / p->m * p->n, &above);
 		int parts;
 		nmp_cpu_acc *acc = nmp_cpu_parallel_for(j, work, 256, sizeof(nmp_cpu_acc), &parts, fn);
 		if (!acc)
 			return nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
+		bool oom = false;
 		for (int i = 0; i < parts; i++) {
 			total.kept += acc[i].kept;
 			total.l1_kept += acc[i].l1_kept;
 			total.deficits += acc[i].deficits;
+			st->l1_unstructured += acc[i].above;
+			oom |= acc[i].cut.oom;
 		}
+		if (oom)
+			s = nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
+		else if (inline_ref)
+			s = nmp_cpu_ref_finish(j, &acc[0].cut, sizeof *acc, parts, total.kept - above,
+					       nmp_cpu_kind32(j), &st->l1_unstructured);
+		for (int i = 0; i < parts; i++)
+			free(acc[i].cut.key);
 		free(acc);
 		st->groups = work;
 	}
@@ -92,9 +106,9 @@ static nmp_status run_general(nmp_cpu_job *j, const uint64_t *bins, nmp_mask_sta
 	/* Nothing is zeroed yet: the keys, in j->key or in the weight, are the original magnitudes. */
 	if (!p->structured && bins)
 		st->l1_unstructured = st->l1_kept; /* element-wise P% is unstructured pruning */
-	else if (bins)
+	else if (bins && !inline_ref)
 		s = nmp_cpu_reference32(j, bins, st->kept, &st->l1_unstructured);
-	else
+	else if (!bins)
 		st->l1_unstructured = nmp_cpu_unstructured_reference(j, st->kept);
 	if (s == NMP_OK && j->mode == NMP_MASK_APPLY) {
 		int parts;

@@ -60,9 +60,9 @@ static inline int nmp_cpu_kind32(const nmp_cpu_job *j)
 
 #define NMP_CPU_INLINE static inline __attribute__((always_inline))
 
-NMP_CPU_INLINE uint32_t nmp_cpu_key32(const nmp_cpu_job *j, uint64_t i, int kind)
+/* The key of element i, reading the weight at d (or the quantized keys q). */
+NMP_CPU_INLINE uint32_t nmp_cpu_key32_at(const uint8_t *d, const uint32_t *q, uint64_t i, int kind)
 {
-	const uint8_t *d = j->in;
 	if (kind == NMP_CK_F32) {
 		uint32_t b;
 		memcpy(&b, d + 4 * i, 4);
@@ -73,7 +73,12 @@ NMP_CPU_INLINE uint32_t nmp_cpu_key32(const nmp_cpu_job *j, uint64_t i, int kind
 		memcpy(&b, d + 2 * i, 2);
 		return b & 0x7fffu;
 	}
-	return j->qkey[i];
+	return q[i];
+}
+
+NMP_CPU_INLINE uint32_t nmp_cpu_key32(const nmp_cpu_job *j, uint64_t i, int kind)
+{
+	return nmp_cpu_key32_at(j->in, j->qkey, i, kind);
 }
 
 NMP_CPU_INLINE float nmp_cpu_mag32(uint32_t key, int kind)
@@ -157,10 +162,16 @@ static inline __attribute__((target("avx2"), always_inline)) __m256 nmp_cpu_mag8
 }
 #endif
 
-/* Accumulator of the general path's families. */
+/*
+ * Accumulator of the general path's families.  A family that finds the
+ * reference statistic in its own pass (nmp_cpu_tiles_inline) also sums the
+ * magnitude above the reference bin j->ref_bin and gathers the keys in it.
+ */
 typedef struct nmp_cpu_acc {
 	double l1_kept;
 	uint64_t kept, deficits;
+	double above;
+	nmp_cpu_cut cut;
 } nmp_cpu_acc;
 
 typedef void (*nmp_cpu_part_fn)(nmp_cpu_job *j, uint64_t begin, uint64_t end, void *acc);
@@ -189,6 +200,8 @@ nmp_status nmp_cpu_fused(nmp_cpu_job *j, nmp_mask_stats *st);
 void nmp_cpu_nm_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *acc);
 void nmp_cpu_units_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *acc);
 void nmp_cpu_tiles_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *acc);
+/* Do the tile parts of this job find the reference statistic in their own pass? */
+bool nmp_cpu_tiles_inline(const nmp_cpu_job *j);
 
 /* unstructured.c: P% masks, and what unstructured pruning keeps at a given count. */
 nmp_status nmp_cpu_unstructured(nmp_cpu_job *j, nmp_cpu_acc *acc);

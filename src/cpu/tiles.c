@@ -63,6 +63,205 @@ static int tile_greedy(int m, int n, const double *w, uint8_t *keep)
 	return deficits;
 }
 
+/* ---- exact 4 x 4 tiles of 32-bit keys, filtered with AVX2 ------------------------------------ */
+
+/*
+ * The exact method scores every tile of the table in double, in its set
+ * bits' order, and keeps the first best.  The filter gets the same answer
+ * with far fewer exact scores: every tile's sum is first approximated in
+ * fp32, eight tiles per vector, as the sum over rows of the row's chosen
+ * cells (each row of a tile is one of the C(4, N) choices of N cells).  The
+ * approximation is within 5 fp32 roundings of the true sum and the exact
+ * score within 7 fp64 ones, so every tile whose exact score can be the
+ * largest lies within 2^-19 of the largest approximation (2^-20.6 would
+ * do); only those are scored exactly, in table order.  Approximations
+ * that could overflow or lose relative accuracy (largest below 2^-100 or
+ * above 2^100) send the tile to the full exact method.
+ */
+typedef struct tile4_tables {
+	int32_t take[3][8];        /* row choice q: the position of its k-th cell (k < N) */
+	int32_t choice[12][4][8];  /* vector v, row r, lane l: tile 8v + l's choice in row r */
+} tile4_tables;
+
+static void tile4_build(int n, const uint16_t *pats, int n_pat, tile4_tables *tb)
+{
+	int nib_of[8], n_choice = 0;
+	memset(tb, 0, sizeof *tb);
+	for (int nib = 0; nib < 16; nib++) {
+		if (__builtin_popcount((unsigned)nib) != n)
+			continue;
+		int k = 0;
+		for (int c = 0; c < 4; c++)
+			if (nib >> c & 1)
+				tb->take[k++][n_choice] = c;
+		nib_of[n_choice++] = nib;
+	}
+	for (int p = 0; p < (n_pat + 7) / 8 * 8; p++) {
+		uint16_t pat = pats[p < n_pat ? p : 0]; /* padding lanes repeat tile 0; never candidates */
+		for (int r = 0; r < 4; r++)
+			for (int q = 0; q < n_choice; q++)
+				if (nib_of[q] == (pat >> (4 * r) & 15))
+					tb->choice[p / 8][r][p % 8] = q;
+	}
+}
+
+#if defined(__x86_64__)
+/* The index of the first tile with the largest exact score; *score receives that score. */
+static inline __attribute__((target("avx2"), always_inline)) int tile4_best_avx2(const tile4_tables *tb, const uint16_t *pats, int n_pat,
+							    int n, const __m128 *rows, const double *wd, double *score)
+{
+	const int n_vec = n == 2 ? 12 : 3; /* the tables of 90 and 24 tiles; a constant where N is */
+	__m256 R[4], A[12], mx = _mm256_set1_ps(-1.0f);
+	for (int r = 0; r < 4; r++) {
+		__m256 row = _mm256_castps128_ps256(rows[r]);
+		R[r] = _mm256_permutevar8x32_ps(row, _mm256_loadu_si256((const __m256i *)(const void *)tb->take[0]));
+		for (int k = 1; k < n; k++)
+			R[r] = _mm256_add_ps(R[r], _mm256_permutevar8x32_ps(
+							   row, _mm256_loadu_si256((const __m256i *)(const void *)tb->take[k])));
+	}
+	for (int v = 0; v < n_vec; v++) {
+		__m256 a = _mm256_permutevar8x32_ps(R[0], _mm256_loadu_si256((const __m256i *)(const void *)tb->choice[v][0]));
+		for (int r = 1; r < 4; r++)
+			a = _mm256_add_ps(a, _mm256_permutevar8x32_ps(
+						     R[r], _mm256_loadu_si256((const __m256i *)(const void *)tb->choice[v][r])));
+		A[v] = a;
+		mx = _mm256_max_ps(mx, a);
+	}
+	__m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+	h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+	h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+	const float amax = _mm_cvtss_f32(h);
+	if (amax == 0.0f) { /* every cell is zero: every tile scores 0, the first wins */
+		*score = 0;
+		return 0;
+	}
+	if (!(amax >= 0x1p-100f && amax < 0x1p100f)) {
+		int best = nmp_tile_best(pats, n_pat, 4, wd);
+		*score = nmp_tile_score(pats[best], 4, wd);
+		return best;
+	}
+	const __m256 thr = _mm256_set1_ps(amax - amax * 0x1p-19f);
+	uint64_t cand[2] = { 0, 0 }; /* tile p is bit p % 64 of cand[p / 64] */
+	for (int v = 0; v < n_vec; v++)
+		cand[v >> 3] |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_cmp_ps(A[v], thr, _CMP_GE_OQ)) << (8 * (v & 7));
+	if (n_pat < 64)
+		cand[0] &= (1ull << n_pat) - 1;
+	else
+		cand[1] &= (1ull << (n_pat - 64)) - 1;
+	int best = 0;
+	double best_s = -1;
+	for (int h = 0; h < 2; h++)
+		for (uint64_t bits = cand[h]; bits; bits &= bits - 1) {
+			const int p = 64 * h + __builtin_ctzll(bits);
+			const double s = nmp_tile_score(pats[p], 4, wd);
+			if (s > best_s) {
+				best_s = s;
+				best = p;
+			}
+		}
+	*score = best_s;
+	return best;
+}
+
+/*
+ * Exact 4 x 4 tiles of 32-bit keys, in one pass: choose, mark, and sum the
+ * magnitude above the reference bin, gathering the keys in it.
+ */
+static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp_cpu_job *j, uint64_t b, uint64_t e,
+									   nmp_cpu_acc *acc, const tile4_tables *tb,
+									   const uint16_t *pats, int n_pat, int n, int kind)
+{
+	/* Locals, not the job's fields: the mask's byte stores may alias anything. */
+	const uint64_t groups = j->L / 4, rblocks = j->rows / 4, inner = j->inner;
+	const uint64_t *row_off = j->row_off;
+	uint8_t *mask = j->mask;
+	const uint8_t *in = j->in;
+	const uint32_t *qkey = j->qkey;
+	const bool rows_fast = nmp_cpu_rows_fast(j);
+	const int sh = nmp_cpu_ref_shift(kind), mk = kind == NMP_CK_Q ? NMP_CK_F32 : kind;
+	const __m256i cut = _mm256_set1_epi32((int)j->ref_bin);
+	__m256d above0 = _mm256_setzero_pd(), above1 = _mm256_setzero_pd();
+	double wd[16], kept = 0;
+	for (uint64_t it = b; it < e; it++) {
+		const uint64_t rb = rows_fast ? it % rblocks : it / groups, g = rows_fast ? it / rblocks : it % groups;
+		const uint64_t c0 = g * 4 * inner;
+		uint64_t at[16];
+		uint32_t key[16];
+		for (int r = 0; r < 4; r++) {
+			const uint64_t row = row_off[rb * 4 + (uint64_t)r] + c0;
+			for (int c = 0; c < 4; c++) {
+				at[4 * r + c] = row + (uint64_t)c * inner;
+				key[4 * r + c] = nmp_cpu_key32_at(in, qkey, at[4 * r + c], kind);
+			}
+		}
+		const __m256i k01 = _mm256_loadu_si256((const __m256i *)(const void *)key);
+		const __m256i k23 = _mm256_loadu_si256((const __m256i *)(const void *)(key + 8));
+		const __m256 m01 = nmp_cpu_mag8(k01, mk), m23 = nmp_cpu_mag8(k23, mk);
+		const __m128 rows[4] = { _mm256_castps256_ps128(m01), _mm256_extractf128_ps(m01, 1),
+					 _mm256_castps256_ps128(m23), _mm256_extractf128_ps(m23, 1) };
+		for (int r = 0; r < 4; r++)
+			_mm256_storeu_pd(wd + 4 * r, _mm256_cvtps_pd(rows[r]));
+		double score;
+		const unsigned best = pats[tile4_best_avx2(tb, pats, n_pat, n, rows, wd, &score)];
+		for (int i = 0; i < 16; i++)
+			mask[at[i]] = best >> i & 1;
+		kept += score;
+
+		/* The reference: magnitudes above the cut bin, and the rare keys inside it. */
+		const __m256i b01 = _mm256_srai_epi32(k01, sh), b23 = _mm256_srai_epi32(k23, sh);
+		const __m256 a01 = _mm256_and_ps(m01, _mm256_castsi256_ps(_mm256_cmpgt_epi32(b01, cut)));
+		const __m256 a23 = _mm256_and_ps(m23, _mm256_castsi256_ps(_mm256_cmpgt_epi32(b23, cut)));
+		above0 = _mm256_add_pd(above0, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a01)),
+							     _mm256_cvtps_pd(_mm256_castps256_ps128(a23))));
+		above1 = _mm256_add_pd(above1, _mm256_add_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(a01, 1)),
+							     _mm256_cvtps_pd(_mm256_extractf128_ps(a23, 1))));
+		unsigned in_cut = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(b01, cut))) |
+				  (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(b23, cut))) << 8;
+		for (; in_cut; in_cut &= in_cut - 1)
+			nmp_cpu_cut_push(&acc->cut, key[__builtin_ctz(in_cut)]);
+	}
+	double lanes[8];
+	_mm256_storeu_pd(lanes, above0);
+	_mm256_storeu_pd(lanes + 4, above1);
+	for (int w = 0; w < 8; w++)
+		acc->above += lanes[w];
+	acc->kept += (e - b) * 4 * (uint64_t)n;
+	acc->l1_kept += kept;
+}
+
+__attribute__((target("avx2"))) static void tiles4_avx2(nmp_cpu_job *j, uint64_t b, uint64_t e, nmp_cpu_acc *acc,
+							const uint16_t *pats, int n_pat)
+{
+	tile4_tables tb;
+	tile4_build((int)j->p->n, pats, n_pat, &tb);
+	const int kind = nmp_cpu_kind32(j);
+	/* Specialized for the common cases (constant kind and N); the rest run the same code generically. */
+	if (kind == NMP_CK_F32 && j->p->n == 2)
+		tiles4_run(j, b, e, acc, &tb, pats, n_pat, 2, NMP_CK_F32);
+	else if (kind == NMP_CK_F16 && j->p->n == 2)
+		tiles4_run(j, b, e, acc, &tb, pats, n_pat, 2, NMP_CK_F16);
+	else if (kind == NMP_CK_F32)
+		tiles4_run(j, b, e, acc, &tb, pats, n_pat, (int)j->p->n, NMP_CK_F32);
+	else if (kind == NMP_CK_F16)
+		tiles4_run(j, b, e, acc, &tb, pats, n_pat, (int)j->p->n, NMP_CK_F16);
+	else if (kind == NMP_CK_BF16)
+		tiles4_run(j, b, e, acc, &tb, pats, n_pat, (int)j->p->n, NMP_CK_BF16);
+	else
+		tiles4_run(j, b, e, acc, &tb, pats, n_pat, (int)j->p->n, NMP_CK_Q);
+}
+#endif
+
+bool nmp_cpu_tiles_inline(const nmp_cpu_job *j)
+{
+#if defined(__x86_64__)
+	return j->p->unit == NMP_UNIT_TILE && j->p->m == 4 && !j->p->greedy && j->kk != NMP_KK_F64 &&
+	       nmp_cpu_have_avx2();
+#else
+	(void)j;
+	return false;
+#endif
+}
+
 void nmp_cpu_tiles_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
 {
 	nmp_cpu_acc *acc = accp;
@@ -70,6 +269,12 @@ void nmp_cpu_tiles_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
 	const uint64_t groups = j->L / (uint64_t)m;
 	int n_pat;
 	const uint16_t *pats = tile_patterns + nmp_tile_table((unsigned)m, (unsigned)n, &n_pat);
+#if defined(__x86_64__)
+	if (nmp_cpu_tiles_inline(j)) {
+		tiles4_avx2(j, b, e, acc, pats, n_pat);
+		return;
+	}
+#endif
 	double *w = malloc((size_t)(m * m) * sizeof *w);
 	uint8_t *keep = malloc((size_t)(m * m));
 	if (!w || !keep) {
