@@ -11,15 +11,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "dtype.h"
 #include "mask.h"
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static uint16_t to_half(float f)
 {
@@ -59,20 +53,20 @@ static double time_engine(void *a)
 	memcpy(r->t.data, r->pristine, r->bytes);
 	nmp_mask_stats st;
 	nmp_error err = { 0 };
-	double t0 = now();
+	double t0 = nmp_now();
 	if (nmp_cpu_run(&r->t, &r->p, NMP_MASK_APPLY, r->threads, NULL, &st, &err) != NMP_OK) {
 		fprintf(stderr, "engine_bench: %s\n", err.message);
 		exit(1);
 	}
-	return now() - t0;
+	return nmp_now() - t0;
 }
 
 static double time_memcpy(void *a)
 {
 	run_arg *r = a;
-	double t0 = now();
+	double t0 = nmp_now();
 	memcpy(r->t.data, r->pristine, r->bytes);
-	return now() - t0;
+	return nmp_now() - t0;
 }
 
 int main(int argc, char **argv)

@@ -9,14 +9,8 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "clock.h"
 #include "permute.h"
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static uint64_t state = 42;
 static double uniform(void)
@@ -45,9 +39,9 @@ int main(void)
 					mag[i] = (float)fabs(sqrt(-2 * log(uniform())) * cos(6.283185307179586 * uniform()));
 				nmp_perm_opts o = { .n = nm[k][0], .m = nm[k][1], .seed = 1 + (uint64_t)t };
 				nmp_perm_result r;
-				double t0 = now();
+				double t0 = nmp_now();
 				nmp_perm_search(mag, rows, cols, &o, perm, &r);
-				secs += now() - t0;
+				secs += nmp_now() - t0;
 				eff += nmp_perm_efficacy(&r);
 				evals += r.evaluations;
 			}
@@ -67,10 +61,10 @@ int main(void)
 		for (unsigned effort = 1; effort <= 8; effort *= 8) {
 			nmp_perm_opts o = { .n = 2, .m = 4, .seed = 1, .effort = effort };
 			nmp_perm_result r;
-			double t0 = now();
+			double t0 = nmp_now();
 			nmp_perm_search(mag, rows, cols, &o, perm, &r);
 			printf("  %zux%-6zu 2:4  %9.1f%% %10.4f %12llu  (effort %u)\n", rows, cols, 100 * nmp_perm_efficacy(&r),
-			       now() - t0, (unsigned long long)r.evaluations, effort);
+			       nmp_now() - t0, (unsigned long long)r.evaluations, effort);
 		}
 		printf("    target: 2:4 efficacy >= 30%% on 1024x4096 in under 5 s on one core\n");
 		free(mag);

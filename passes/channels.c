@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "mask.h"
 #include "prune.h"
 
@@ -992,13 +993,6 @@ static void size_groups(ctx *c)
 	}
 }
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* Magnitudes of a candidate as rows x L, the group axis last. */
 static nmp_status weight_matrix(const ctx *c, const nmp_choice *ch, float *out, nmp_error *err)
 {
@@ -1111,11 +1105,11 @@ static nmp_status search_group(const ctx *c, size_t g, uint64_t seed, nmp_error 
 		at += sel->choices[i].cand->tensor->numel;
 	}
 	if (s == NMP_OK) {
-		double t0 = now();
+		double t0 = nmp_now();
 		nmp_perm_opts po = { .n = gr->n, .m = gr->m, .block = blk, .seed = seed + g, .effort = c->effort };
 		if (nmp_perm_search(mag, rows, cols, &po, p, &gr->search) != 0)
 			s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
-		gr->seconds = now() - t0;
+		gr->seconds = nmp_now() - t0;
 	}
 	if (s == NMP_OK && gr->search.kept > gr->search.kept_identity) {
 		gr->perm = malloc(gr->channels * sizeof *gr->perm);

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "calib_data.h"
+#include "clock.h"
 #include "compare.h"
 #include "dtype.h"
 #include "model.h"
@@ -101,16 +102,9 @@ static nmp_status accumulate(const nmp_compare_opts *o, const char *name, const 
 	return NMP_OK;
 }
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 nmp_status nmp_compare(const nmp_compare_opts *o, nmp_compare_result *r, nmp_error *err)
 {
-	double t0 = now();
+	double t0 = nmp_now();
 	memset(r, 0, sizeof *r);
 	side d = { 0 }, p = { 0 };
 	nmp_ort *ort = NULL;
@@ -175,7 +169,7 @@ nmp_status nmp_compare(const nmp_compare_opts *o, nmp_compare_result *r, nmp_err
 	close_side(&d);
 	close_side(&p);
 	nmp_ort_close(&ort);
-	r->seconds = now() - t0;
+	r->seconds = nmp_now() - t0;
 	if (s != NMP_OK)
 		nmp_compare_free(r);
 	return s;

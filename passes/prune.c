@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "report.h"
 #include "version.h"
 
@@ -130,13 +131,6 @@ static void masks_free(prune_ctx *c)
 	free(c->masks->offset);
 	free(c->masks);
 	c->masks = NULL;
-}
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 nmp_status nmp_quant_view(const nmp_model *m, const nmp_candidate *c, nmp_quant_params *qp, nmp_view *sv,
@@ -370,7 +364,7 @@ static nmp_status before_commit(void *ctx, nmp_error *err)
 {
 	prune_ctx *c = ctx;
 	totals(c);
-	c->r->seconds = now() - c->t0;
+	c->r->seconds = nmp_now() - c->t0;
 	if (c->o->before_commit)
 		return c->o->before_commit(c->o->commit_ctx, c->r, err);
 	return NMP_OK;
@@ -379,7 +373,7 @@ static nmp_status before_commit(void *ctx, nmp_error *err)
 nmp_status nmp_prune(const nmp_plan *plan, const nmp_prune_opts *o, nmp_pass_result *r, nmp_error *err)
 {
 	NMP_TRY(result_init(plan, r, err));
-	prune_ctx c = { .plan = plan, .o = o, .engine = o->engine, .r = r, .t0 = now(),
+	prune_ctx c = { .plan = plan, .o = o, .engine = o->engine, .r = r, .t0 = nmp_now(),
 			.mode = o->dry_run ? NMP_MASK_DRY : NMP_MASK_APPLY, .pending = o->pending };
 	nmp_pending *own = NULL;
 	r->channels = o->channels;
@@ -443,18 +437,18 @@ out:
 	free(c.choice_of);
 	free(c.weights_json);
 	free(c.calib_json);
-	r->seconds = now() - c.t0;
+	r->seconds = nmp_now() - c.t0;
 	return s;
 }
 
 nmp_status nmp_check(const nmp_plan *plan, nmp_engine *engine, nmp_pass_result *r, nmp_error *err)
 {
-	double t0 = now();
+	double t0 = nmp_now();
 	NMP_TRY(result_init(plan, r, err));
 	prune_ctx c = { .plan = plan, .engine = engine, .r = r, .mode = NMP_MASK_CHECK };
 	nmp_status s = run_views(&c, err);
 	totals(&c);
-	r->seconds = now() - t0;
+	r->seconds = nmp_now() - t0;
 	return s;
 }
 

@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "calib_data.h"
+#include "clock.h"
 #include "dtype.h"
 #include "ort.h"
 #include "prune.h"
@@ -31,13 +32,6 @@ typedef struct ctx {
 	const void **payloads;        /* per model tensor: what the next run uses, NULL the original */
 	size_t runs;
 } ctx;
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /*
  * Runs the model with c->payloads on every sample.  Without dense outputs yet
@@ -137,7 +131,7 @@ static void prune_all_but(ctx *c, const nmp_sensitivity_result *r, size_t k)
 nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, nmp_sensitivity_result *r,
 			   nmp_error *err)
 {
-	double t0 = now();
+	double t0 = nmp_now();
 	memset(r, 0, sizeof *r);
 	const nmp_model *m = plan->model;
 	const nmp_selection *sel = plan->sel;
@@ -217,7 +211,7 @@ nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, 
 	free(c.outs);
 	free(c.inputs);
 	nmp_ort_close(&c.ort);
-	r->seconds = now() - t0;
+	r->seconds = nmp_now() - t0;
 	if (s != NMP_OK)
 		nmp_sensitivity_free(r);
 	return s;

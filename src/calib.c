@@ -13,6 +13,7 @@
 #include "blas.h"
 #include "calib.h"
 #include "calib_data.h"
+#include "clock.h"
 #include "dtype.h"
 #include "mask_rules.h"
 #include "ort.h"
@@ -80,13 +81,6 @@ const char *nmp_method_name(nmp_method m)
 	case NMP_METHOD_SPARSEGPT: return "sparsegpt";
 	default: return "magnitude";
 	}
-}
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 nmp_status nmp_calib_check(const nmp_plan *plan, nmp_method method, nmp_error *err)
@@ -645,7 +639,7 @@ static nmp_status decide(nmp_calib *c, size_t ci, nmp_error *err);
 nmp_status nmp_calibrate(const nmp_plan *plan, const nmp_calib_opts *o, nmp_calib **out, nmp_error *err)
 {
 	*out = NULL;
-	double t0 = now();
+	double t0 = nmp_now();
 	NMP_TRY(nmp_calib_check(plan, o->method, err));
 	nmp_calib *c = calloc(1, sizeof *c);
 	if (!c)
@@ -749,7 +743,7 @@ nmp_status nmp_calibrate(const nmp_plan *plan, const nmp_calib_opts *o, nmp_cali
 			c->tokens = c->t[i].tokens;
 	free(inputs);
 	nmp_ort_close(&ort);
-	c->seconds = now() - t0;
+	c->seconds = nmp_now() - t0;
 	if (s != NMP_OK) {
 		nmp_calib_free(&c);
 		return s;
