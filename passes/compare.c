@@ -81,7 +81,7 @@ static nmp_status accumulate(const nmp_compare_opts *o, const char *name, const 
 		nb += vb * vb;
 		diff += (va - vb) * (va - vb);
 	}
-	double cos = na == 0 && nb == 0 ? 1 : na == 0 || nb == 0 ? 0 : dot / sqrt(na * nb);
+	double cos = nmp_cosine(dot, na, nb);
 	x->cos_sum += cos;
 	x->cos_min = fmin(x->cos_min, cos);
 	x->diff2 += diff;

@@ -18,6 +18,7 @@
 #ifndef NMP_COMPARE_H
 #define NMP_COMPARE_H
 
+#include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -49,6 +50,12 @@ typedef struct nmp_compare_result {
 	double seconds;
 	char runtime[96];
 } nmp_compare_result;
+
+/* The cosine of two vectors from their dot product and squared norms: 1 when both are zero, 0 when one is. */
+static inline double nmp_cosine(double dot, double na, double nb)
+{
+	return na == 0 && nb == 0 ? 1 : na == 0 || nb == 0 ? 0 : dot / sqrt(na * nb);
+}
 
 nmp_status nmp_compare(const nmp_compare_opts *o, nmp_compare_result *r, nmp_error *err);
 void nmp_compare_free(nmp_compare_result *r);

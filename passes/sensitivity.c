@@ -11,6 +11,7 @@
 
 #include "calib_data.h"
 #include "clock.h"
+#include "compare.h"
 #include "dtype.h"
 #include "ort.h"
 #include "prune.h"
@@ -93,7 +94,7 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 				na += a * a;
 				nb += b * b;
 			}
-			sum += na == 0 && nb == 0 ? 1 : na == 0 || nb == 0 ? 0 : dot / sqrt(na * nb);
+			sum += nmp_cosine(dot, na, nb);
 			terms++;
 		}
 		if (res.values)
