@@ -60,20 +60,18 @@ static inline int nmp_cpu_kind32(const nmp_cpu_job *j)
 
 #define NMP_CPU_INLINE static inline __attribute__((always_inline))
 
+/* The key kind of mask_rules.h that a 32-bit kind follows (quantized keys are fp32 bits). */
+NMP_CPU_INLINE nmp_key_kind nmp_cpu_kk32(int kind)
+{
+	return kind == NMP_CK_F16 ? NMP_KK_F16 : kind == NMP_CK_BF16 ? NMP_KK_BF16 : NMP_KK_F32;
+}
+
 /* The key of element i, reading the weight at d (or the quantized keys q). */
 NMP_CPU_INLINE uint32_t nmp_cpu_key32_at(const uint8_t *d, const uint32_t *q, uint64_t i, int kind)
 {
-	if (kind == NMP_CK_F32) {
-		uint32_t b;
-		memcpy(&b, d + 4 * i, 4);
-		return b & 0x7fffffffu;
-	}
-	if (kind == NMP_CK_F16 || kind == NMP_CK_BF16) {
-		uint16_t b;
-		memcpy(&b, d + 2 * i, 2);
-		return b & 0x7fffu;
-	}
-	return q[i];
+	if (kind == NMP_CK_Q)
+		return q[i];
+	return (uint32_t)nmp_float_key(kind == NMP_CK_F32 ? NMP_RT_FLOAT : NMP_RT_FLOAT16, d, i); /* bf16: 16 bits too */
 }
 
 NMP_CPU_INLINE uint32_t nmp_cpu_key32(const nmp_cpu_job *j, uint64_t i, int kind)
@@ -81,11 +79,10 @@ NMP_CPU_INLINE uint32_t nmp_cpu_key32(const nmp_cpu_job *j, uint64_t i, int kind
 	return nmp_cpu_key32_at(j->in, j->qkey, i, kind);
 }
 
+/* The magnitude of a key, as nmp_key_mag gives it (exact in fp32 for every 32-bit kind). */
 NMP_CPU_INLINE float nmp_cpu_mag32(uint32_t key, int kind)
 {
-	if (kind == NMP_CK_F16)
-		return nmp_f16_key_mag(key);
-	return nmp_f32_of_bits(kind == NMP_CK_BF16 ? key << 16 : key);
+	return (float)nmp_key_mag(nmp_cpu_kk32(kind), key);
 }
 
 NMP_CPU_INLINE uint32_t nmp_cpu_nan_above(int kind)

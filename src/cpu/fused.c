@@ -11,7 +11,6 @@
  * the choosing pass sums what lies above that bin and keeps the few keys
  * inside it, which are selected exactly at the end.
  */
-#include <math.h>
 #include <stdlib.h>
 
 #include "cpu.h"
