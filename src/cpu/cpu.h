@@ -126,6 +126,7 @@ uint32_t nmp_cpu_bin_from_top(const uint64_t *bins, uint64_t keep, uint64_t *abo
 nmp_cpu_binpart *nmp_cpu_bin_pass(nmp_cpu_job *j, uint32_t bin, int *parts);
 void nmp_cpu_bin_free(nmp_cpu_binpart *bp, int parts);
 void nmp_cpu_select_largest(uint32_t *v, size_t len, size_t n);
+uint32_t *nmp_cpu_cut_gather(const nmp_cpu_cut *cuts, size_t stride, int parts, size_t *n);
 nmp_status nmp_cpu_ref_finish(nmp_cpu_job *j, nmp_cpu_cut *cuts, size_t stride, int parts, uint64_t need,
 			      int kind, double *sum);
 nmp_status nmp_cpu_reference32(nmp_cpu_job *j, const uint64_t *bins, uint64_t keep, double *out);

@@ -270,18 +270,17 @@ void nmp_cpu_select_largest(uint32_t *v, size_t len, size_t n)
 }
 
 /*
- * The sum of the `need` largest keys gathered in cuts (parts of them,
- * `stride` bytes apart), added to *sum.
+ * The keys of the parts' cuts (parts of them, `stride` bytes apart) in one
+ * array, in part order; *n receives their count.  NULL when out of memory.
  */
-nmp_status nmp_cpu_ref_finish(nmp_cpu_job *j, nmp_cpu_cut *cuts, size_t stride, int parts, uint64_t need,
-			      int kind, double *sum)
+uint32_t *nmp_cpu_cut_gather(const nmp_cpu_cut *cuts, size_t stride, int parts, size_t *n)
 {
-	size_t n = 0;
+	*n = 0;
 	for (int p = 0; p < parts; p++)
-		n += ((nmp_cpu_cut *)(void *)((char *)cuts + (size_t)p * stride))->n;
-	uint32_t *all = malloc((n ? n : 1) * sizeof *all);
+		*n += ((const nmp_cpu_cut *)(const void *)((const char *)cuts + (size_t)p * stride))->n;
+	uint32_t *all = malloc((*n ? *n : 1) * sizeof *all);
 	if (!all)
-		return nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
+		return NULL;
 	size_t at = 0;
 	for (int p = 0; p < parts; p++) {
 		const nmp_cpu_cut *c = (const nmp_cpu_cut *)(const void *)((const char *)cuts + (size_t)p * stride);
@@ -289,6 +288,17 @@ nmp_status nmp_cpu_ref_finish(nmp_cpu_job *j, nmp_cpu_cut *cuts, size_t stride, 
 			memcpy(all + at, c->key, c->n * sizeof *all);
 		at += c->n;
 	}
+	return all;
+}
+
+/* The sum of the `need` largest keys gathered in cuts (as nmp_cpu_cut_gather takes them), added to *sum. */
+nmp_status nmp_cpu_ref_finish(nmp_cpu_job *j, nmp_cpu_cut *cuts, size_t stride, int parts, uint64_t need,
+			      int kind, double *sum)
+{
+	size_t n;
+	uint32_t *all = nmp_cpu_cut_gather(cuts, stride, parts, &n);
+	if (!all)
+		return nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
 	if (need > n)
 		need = n;
 	nmp_cpu_select_largest(all, n, (size_t)need);

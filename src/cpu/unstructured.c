@@ -323,18 +323,10 @@ nmp_status nmp_cpu_unstructured32(nmp_cpu_job *j, const uint64_t *bins, double l
 		s = nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
 		goto out;
 	}
-	uint64_t n_cut = 0;
-	for (int p = 0; p < parts; p++)
-		n_cut += bp[p].cut.n;
-	if (!(all = malloc((n_cut ? n_cut : 1) * sizeof *all))) {
+	size_t n_cut;
+	if (!(all = nmp_cpu_cut_gather(&bp[0].cut, sizeof *bp, parts, &n_cut))) {
 		s = nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
 		goto out;
-	}
-	uint64_t at = 0;
-	for (int p = 0; p < parts; p++) {
-		if (bp[p].cut.n)
-			memcpy(all + at, bp[p].cut.key, bp[p].cut.n * sizeof *all);
-		at += bp[p].cut.n;
 	}
 	/* The (n_prune - 1 - below)-th smallest of the bin is the smallest of its n_cut - that largest. */
 	const uint64_t top = n_cut - (n_prune - 1 - below);
