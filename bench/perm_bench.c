@@ -51,23 +51,45 @@ int main(void)
 			free(perm);
 		}
 	printf("    target: 2:4 efficacy >= 35%% in under 0.1 s per matrix on one core\n");
-	/* A layer at real size: the default budget, and --permute-effort 8. */
+	/*
+	 * A layer at real size, with the default budget and --permute-effort 8,
+	 * on two matrices: iid |N(0,1)|, and the same with a log-normal scale
+	 * per input channel (sigma 0.5), as trained weights have.  With iid
+	 * values over 1024 rows a column's advantage in one row is cancelled in
+	 * the others: no order gains much, so that row shows what the search
+	 * does where there is little to find.
+	 */
 	{
 		const size_t rows = 1024, cols = 4096;
 		float *mag = malloc(rows * cols * sizeof *mag);
+		float *scale = malloc(cols * sizeof *scale);
 		uint32_t *perm = malloc(cols * sizeof *perm);
-		for (size_t i = 0; i < rows * cols; i++)
-			mag[i] = (float)fabs(sqrt(-2 * log(uniform())) * cos(6.283185307179586 * uniform()));
-		for (unsigned effort = 1; effort <= 8; effort *= 8) {
-			nmp_perm_opts o = { .n = 2, .m = 4, .seed = 1, .effort = effort };
-			nmp_perm_result r;
-			double t0 = nmp_now();
-			nmp_perm_search(mag, rows, cols, &o, perm, &r);
-			printf("  %zux%-6zu 2:4  %9.1f%% %10.4f %12llu  (effort %u)\n", rows, cols, 100 * nmp_perm_efficacy(&r),
-			       nmp_now() - t0, (unsigned long long)r.evaluations, effort);
+		double met_eff = 0, met_secs = 0;
+		for (int scaled = 0; scaled <= 1; scaled++) {
+			for (size_t c = 0; c < cols; c++)
+				scale[c] = scaled ? (float)exp(0.5 * sqrt(-2 * log(uniform())) * cos(6.283185307179586 * uniform()))
+						  : 1.0f;
+			for (size_t i = 0; i < rows * cols; i++)
+				mag[i] = scale[i % cols] *
+					 (float)fabs(sqrt(-2 * log(uniform())) * cos(6.283185307179586 * uniform()));
+			for (unsigned effort = 1; effort <= 8; effort *= 8) {
+				nmp_perm_opts o = { .n = 2, .m = 4, .seed = 1, .effort = effort };
+				nmp_perm_result r;
+				double t0 = nmp_now();
+				nmp_perm_search(mag, rows, cols, &o, perm, &r);
+				double secs = nmp_now() - t0;
+				printf("  %zux%-6zu 2:4  %9.1f%% %10.4f %12llu  (effort %u, %s)\n", rows, cols,
+				       100 * nmp_perm_efficacy(&r), secs, (unsigned long long)r.evaluations, effort,
+				       scaled ? "per-channel scales" : "iid");
+				if (scaled && effort == 1)
+					met_eff = nmp_perm_efficacy(&r), met_secs = secs;
+			}
 		}
-		printf("    target: 2:4 efficacy >= 30%% on 1024x4096 in under 5 s on one core\n");
+		printf("    target: 2:4 efficacy >= 30%% on 1024x4096 in under 5 s on one core "
+		       "(per-channel scales, default effort): %s\n",
+		       met_eff >= 0.30 && met_secs < 5 ? "met" : "NOT met");
 		free(mag);
+		free(scale);
 		free(perm);
 	}
 	return 0;

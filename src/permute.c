@@ -74,79 +74,132 @@ typedef struct search {
 	double *group;       /* kept magnitude of each group, over all rows */
 	float *scratch;      /* m values of one row */
 	uint64_t evals, budget, rng;
-	/* 2:4: per group and row, the three largest magnitudes and where the top two are */
-	float *t1, *t2, *t3;
-	uint8_t *p1, *p2;
+	/*
+	 * The summary a swap is scored from.  With position i of group g
+	 * emptied, a row with the newcomer v keeps x + max(v, y): y is the N-th
+	 * largest of the other M - 1 values (0 when N = M) and x the sum of
+	 * their N largest less y.  y holds y per group, position and row (rows
+	 * contiguous), x the sum of x over the rows, per group and position, so
+	 * a swap costs two passes over the rows whatever N and M.
+	 */
+	float *y;
+	double *x;
 } search;
 
-/* Refreshes the 2:4 summary of group g (its three largest per row, top-two positions). */
-static void summarize_24(search *s, size_t g)
+/*
+ * One row of the summary in general.  With s_0 >= ... >= s_{M-1} the row and
+ * S the sum of its N largest, emptying a position that holds v leaves
+ * x = S - v and y = s_N when v >= s_{N-1} (v was kept), else x = S - s_{N-1}
+ * and y = s_{N-1}.  Ties give the same values whichever equal element is
+ * taken to be the one removed.
+ */
+static void summarize_nm(search *s, size_t g)
 {
-	for (size_t r = 0; r < s->rows; r++) {
-		float v[4];
-		for (unsigned i = 0; i < 4; i++)
-			v[i] = s->colmag[(size_t)s->perm[g * 4 + i] * s->rows + r];
-		uint8_t a = 0;
-		for (uint8_t i = 1; i < 4; i++)
-			if (v[i] > v[a])
-				a = i;
-		uint8_t b = a == 0 ? 1 : 0;
-		for (uint8_t i = 0; i < 4; i++)
-			if (i != a && v[i] > v[b])
-				b = i;
-		float third = -1;
-		for (uint8_t i = 0; i < 4; i++)
-			if (i != a && i != b && v[i] > third)
-				third = v[i];
-		size_t k = g * s->rows + r;
-		s->t1[k] = v[a];
-		s->t2[k] = v[b];
-		s->t3[k] = third;
-		s->p1[k] = a;
-		s->p2[k] = b;
+	const size_t rows = s->rows;
+	const unsigned n = s->n, m = s->m;
+	float *y = s->y + g * m * rows;
+	double *x = s->x + g * m;
+	for (unsigned i = 0; i < m; i++)
+		x[i] = 0;
+	for (size_t r = 0; r < rows; r++) {
+		float v[MAX_M];
+		for (unsigned i = 0; i < m; i++)
+			v[i] = s->scratch[i] = s->colmag[(size_t)s->perm[g * m + i] * rows + r];
+		float top = (float)select_top(s->scratch, m, n); /* the N largest first */
+		float nth = s->scratch[0], next = 0;
+		for (unsigned i = 1; i < n; i++)
+			nth = s->scratch[i] < nth ? s->scratch[i] : nth;
+		for (unsigned i = n; i < m; i++)
+			next = s->scratch[i] > next ? s->scratch[i] : next;
+		for (unsigned i = 0; i < m; i++) {
+			bool kept = v[i] >= nth;
+			x[i] += (double)(kept ? top - v[i] : top - nth);
+			y[(size_t)i * rows + r] = kept ? next : nth;
+		}
 	}
 }
 
-/* 2:4 kept magnitude of group g with position `pos` holding column `col`: O(1) a row. */
-static double group_kept_24(const search *s, size_t g, unsigned pos, uint32_t col)
+/*
+ * One row of the 2:4 summary.  With s0 >= s1 >= s2 the three largest of the
+ * row, emptying a position that holds v leaves x = (v >= s0 ? s1 : s0) and
+ * y = (v >= s1 ? s2 : s1); with ties the values agree whichever equal
+ * element is taken to be the one removed.
+ */
+static inline void row_24(float v0, float v1, float v2, float v3, float x[4], float y[4])
 {
-	const float *t1 = s->t1 + g * s->rows, *t2 = s->t2 + g * s->rows, *t3 = s->t3 + g * s->rows;
-	const uint8_t *p1 = s->p1 + g * s->rows, *p2 = s->p2 + g * s->rows;
-	const float *in = s->colmag + (size_t)col * s->rows;
-	/* Eight float lanes, summed in double at the end: the loop vectorizes. */
+	float h01 = v0 > v1 ? v0 : v1, l01 = v0 > v1 ? v1 : v0;
+	float h23 = v2 > v3 ? v2 : v3, l23 = v2 > v3 ? v3 : v2;
+	/* The smaller pair top and the larger pair bottom are the second and third (the other bottom is last). */
+	float s0 = h01 > h23 ? h01 : h23, m1 = h01 > h23 ? h23 : h01;
+	float m2 = l01 > l23 ? l01 : l23;
+	float s1 = m1 > m2 ? m1 : m2, s2 = m1 > m2 ? m2 : m1;
+	const float v[4] = { v0, v1, v2, v3 };
+	for (int i = 0; i < 4; i++) {
+		x[i] = v[i] >= s0 ? s1 : s0;
+		y[i] = v[i] >= s1 ? s2 : s1;
+	}
+}
+
+/* Refreshes the 2:4 summary of group g: sums in eight float lanes per position, as sum_max does. */
+__attribute__((target_clones("avx2", "default"))) static void summarize_24(search *s, size_t g)
+{
+	const size_t rows = s->rows;
+	const float *c0 = s->colmag + (size_t)s->perm[g * 4] * rows, *c1 = s->colmag + (size_t)s->perm[g * 4 + 1] * rows;
+	const float *c2 = s->colmag + (size_t)s->perm[g * 4 + 2] * rows, *c3 = s->colmag + (size_t)s->perm[g * 4 + 3] * rows;
+	float *y = s->y + g * 4 * rows;
+	float lane[4][8] = { { 0 } };
+	size_t r = 0;
+	for (; r + 8 <= rows; r += 8)
+		for (int k = 0; k < 8; k++) {
+			size_t q = r + (size_t)k;
+			float x[4], yy[4];
+			row_24(c0[q], c1[q], c2[q], c3[q], x, yy);
+			for (int i = 0; i < 4; i++) {
+				lane[i][k] += x[i];
+				y[(size_t)i * rows + q] = yy[i];
+			}
+		}
+	double xs[4] = { 0, 0, 0, 0 };
+	for (; r < rows; r++) {
+		float x[4], yy[4];
+		row_24(c0[r], c1[r], c2[r], c3[r], x, yy);
+		for (int i = 0; i < 4; i++) {
+			xs[i] += (double)x[i];
+			y[(size_t)i * rows + r] = yy[i];
+		}
+	}
+	for (int i = 0; i < 4; i++) {
+		for (int k = 0; k < 8; k++)
+			xs[i] += lane[i][k];
+		s->x[g * 4 + i] = xs[i];
+	}
+}
+
+/*
+ * The sum over rows of max(in, y): eight float lanes, each taking every
+ * eighth row in order, added in double at the end.  The order is fixed, so
+ * every build and instruction set gives the same sum.
+ */
+__attribute__((target_clones("avx2", "default"))) static double sum_max(const float *in, const float *y, size_t rows)
+{
 	float lane[8] = { 0 };
 	size_t r = 0;
-	for (; r + 8 <= s->rows; r += 8)
-		for (int k = 0; k < 8; k++) {
-			size_t i = r + (size_t)k;
-			/* The two largest that remain, x >= y; with b added the top two are x + max(y, b). */
-			float x = pos == p1[i] ? t2[i] : t1[i];
-			float y = (pos == p1[i] || pos == p2[i]) ? t3[i] : t2[i];
-			lane[k] += x + (in[i] > y ? in[i] : y);
-		}
+	for (; r + 8 <= rows; r += 8)
+		for (int k = 0; k < 8; k++)
+			lane[k] += in[r + (size_t)k] > y[r + (size_t)k] ? in[r + (size_t)k] : y[r + (size_t)k];
 	double total = 0;
-	for (; r < s->rows; r++) {
-		float x = pos == p1[r] ? t2[r] : t1[r];
-		float y = (pos == p1[r] || pos == p2[r]) ? t3[r] : t2[r];
-		total += (double)x + (double)(in[r] > y ? in[r] : y);
-	}
+	for (; r < rows; r++)
+		total += (double)(in[r] > y[r] ? in[r] : y[r]);
 	for (int k = 0; k < 8; k++)
 		total += lane[k];
 	return total;
 }
 
-static double group_kept(search *s, size_t g, size_t swap_out, uint32_t swap_in)
+/* Kept magnitude of group g with position `pos` holding column `col`. */
+static double group_kept(const search *s, size_t g, unsigned pos, uint32_t col)
 {
-	double total = 0;
-	for (size_t r = 0; r < s->rows; r++) {
-		for (unsigned i = 0; i < s->m; i++) {
-			size_t pos = g * s->m + i;
-			uint32_t c = pos == swap_out ? swap_in : s->perm[pos];
-			s->scratch[i] = s->colmag[(size_t)c * s->rows + r];
-		}
-		total += top_sum(s->scratch, s->m, s->n);
-	}
-	return total;
+	const size_t slot = g * s->m + pos;
+	return s->x[slot] + sum_max(s->colmag + (size_t)col * s->rows, s->y + slot * s->rows, s->rows);
 }
 
 static double total_kept(const search *s)
@@ -161,23 +214,26 @@ static double total_kept(const search *s)
 static double swap_gain(search *s, size_t p, size_t q, double *ga, double *gb)
 {
 	size_t a = p / s->m, b = q / s->m;
-	if (s->t1) {
-		*ga = group_kept_24(s, a, (unsigned)(p % 4), s->perm[q]);
-		*gb = group_kept_24(s, b, (unsigned)(q % 4), s->perm[p]);
-	} else {
-		*ga = group_kept(s, a, p, s->perm[q]);
-		*gb = group_kept(s, b, q, s->perm[p]);
-	}
+	*ga = group_kept(s, a, (unsigned)(p % s->m), s->perm[q]);
+	*gb = group_kept(s, b, (unsigned)(q % s->m), s->perm[p]);
 	s->evals++;
 	return *ga + *gb - s->group[a] - s->group[b];
 }
 
-/* Sets group g's kept magnitude (and 2:4 summary) from the current order. */
+static void summarize(search *s, size_t g)
+{
+	if (s->n == 2 && s->m == 4)
+		summarize_24(s, g);
+	else
+		summarize_nm(s, g);
+}
+
+/* Sets group g's summary and kept magnitude from the current order. */
 static void refresh(search *s, size_t g)
 {
-	if (s->t1)
-		summarize_24(s, g);
-	s->group[g] = group_kept(s, g, (size_t)-1, 0);
+	summarize(s, g);
+	/* In the evaluator's own sums, so that a swap that changes nothing gains exactly 0. */
+	s->group[g] = group_kept(s, g, 0, s->perm[g * s->m]);
 }
 
 static void do_swap(search *s, size_t p, size_t q, double ga, double gb)
@@ -187,10 +243,8 @@ static void do_swap(search *s, size_t p, size_t q, double ga, double gb)
 	s->perm[q] = t;
 	s->group[p / s->m] = ga;
 	s->group[q / s->m] = gb;
-	if (s->t1) {
-		summarize_24(s, p / s->m);
-		summarize_24(s, q / s->m);
-	}
+	summarize(s, p / s->m);
+	summarize(s, q / s->m);
 }
 
 static uint64_t next_rand(search *s)
@@ -276,11 +330,12 @@ int nmp_perm_search(const float *mag, size_t rows, size_t cols, const nmp_perm_o
 	/*
 	 * A swap must join two groups of M inside one block (a grouped conv's
 	 * channels stay in their group).  Where every block lies within one
-	 * group of M, nothing can move: the identity is the answer.
+	 * group of M, nothing can move: the identity is the answer.  Nor is
+	 * there anything to search when N is 0 or M: every order keeps the same.
 	 */
 	const size_t blk = o->block ? o->block : cols;
 	bool movable = false;
-	for (size_t b0 = 0; b0 < cols && !movable; b0 += blk)
+	for (size_t b0 = 0; b0 < cols && !movable && o->n > 0 && o->n < o->m; b0 += blk)
 		movable = (b0 / o->m + 1) * o->m < (b0 + blk < cols ? b0 + blk : cols);
 	if (!movable) {
 		res->kept_identity = res->kept = nmp_perm_kept(mag, rows, cols, o->n, o->m, perm);
@@ -291,21 +346,14 @@ int nmp_perm_search(const float *mag, size_t rows, size_t cols, const nmp_perm_o
 	s.group = malloc((cols / o->m) * sizeof *s.group);
 	s.scratch = malloc(o->m * sizeof *s.scratch);
 	uint32_t *best = malloc(cols * sizeof *best);
-	size_t cells = rows * (cols / o->m);
-	if (o->n == 2 && o->m == 4) {
-		s.t1 = malloc(cells * sizeof *s.t1);
-		s.t2 = malloc(cells * sizeof *s.t2);
-		s.t3 = malloc(cells * sizeof *s.t3);
-		s.p1 = malloc(cells);
-		s.p2 = malloc(cells);
-	}
-	bool fast_ok = !(o->n == 2 && o->m == 4) || (s.t1 && s.t2 && s.t3 && s.p1 && s.p2);
-	if (!colmag || !s.group || !s.scratch || !best || !fast_ok) {
+	s.y = malloc(rows * cols * sizeof *s.y);
+	s.x = malloc(cols * sizeof *s.x);
+	if (!colmag || !s.group || !s.scratch || !best || !s.y || !s.x) {
 		free(colmag);
 		free(s.group);
 		free(s.scratch);
 		free(best);
-		free(s.t1), free(s.t2), free(s.t3), free(s.p1), free(s.p2);
+		free(s.y), free(s.x);
 		return -1;
 	}
 	for (size_t r = 0; r < rows; r++)
@@ -315,15 +363,15 @@ int nmp_perm_search(const float *mag, size_t rows, size_t cols, const nmp_perm_o
 	for (size_t g = 0; g < cols / o->m; g++)
 		refresh(&s, g);
 	/*
-	 * The default budget, in row evaluations so that time does not depend on
-	 * the shape: 36M with the 2:4 evaluator (under 0.1 s on one core), 6M with
-	 * the general one, whose evaluations cost several times more, and fewer
-	 * where one costs more than 64 operations (about N x M: 16:32 gets 1/8).
+	 * The default budget, in row evaluations, scaled to the work: 128 per
+	 * weight (a layer twice the size gets twice the search) and at least
+	 * 144M, about 0.05 s for a small matrix and 0.6 s for 1024 x 4096 on one
+	 * core.  A swap's score costs the same for any N:M; the summary
+	 * refreshed after a swap costs more for larger M, but swaps are few.
 	 */
-	uint64_t general = 6000000;
-	if ((uint64_t)o->n * o->m > 64)
-		general = general * 64 / ((uint64_t)o->n * o->m);
-	s.budget = o->budget ? o->budget : (s.t1 ? 36000000 : general) / rows * (o->effort > 1 ? o->effort : 1) + 1;
+	const uint64_t work = (uint64_t)rows * cols;
+	const uint64_t row_evals = 128 * work > 144000000 ? 128 * work : 144000000;
+	s.budget = o->budget ? o->budget : row_evals / rows * (o->effort > 1 ? o->effort : 1) + 1;
 
 	double best_kept = total_kept(&s); /* in the search's own (float-lane) sums */
 	memcpy(best, perm, cols * sizeof *best);
@@ -367,7 +415,7 @@ int nmp_perm_search(const float *mag, size_t rows, size_t cols, const nmp_perm_o
 	free(s.group);
 	free(s.scratch);
 	free(best);
-	free(s.t1), free(s.t2), free(s.t3), free(s.p1), free(s.p2);
+	free(s.y), free(s.x);
 	return 0;
 }
 

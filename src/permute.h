@@ -13,8 +13,8 @@
  * improves, a deterministic perturbation (a few random swaps) and another
  * descent, keeping the best order seen.  The work is bounded by a number of
  * column-pair evaluations, not by time, so results do not depend on the
- * machine.  Columns may be confined to blocks (grouped convolutions: a
- * channel must stay in its group).
+ * machine; the default grows with the matrix.  Columns may be confined to
+ * blocks (grouped convolutions: a channel must stay in its group).
  */
 #ifndef NMP_PERMUTE_H
 #define NMP_PERMUTE_H
@@ -24,7 +24,7 @@
 
 typedef struct nmp_perm_opts {
 	unsigned n, m;            /* the N:M pattern */
-	uint64_t budget;          /* column-pair evaluations; 0: a default that takes under 0.1 s for 2:4 on one core */
+	uint64_t budget;          /* column-pair evaluations; 0: a default scaled to rows x cols */
 	unsigned effort;          /* the default budget times this (0 or 1: as is) */
 	unsigned block;           /* columns move only within blocks of this size; 0: anywhere */
 	uint64_t seed;

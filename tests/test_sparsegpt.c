@@ -146,7 +146,7 @@ static void test_reconstruction_beats_the_magnitude_mask(void **state)
 				D[r * K + g + j] = keep[j] ? 0 : W0[r * K + g + j];
 		}
 	double e_mag = nmp_sparsegpt_output_error(D, R, K, H);
-	printf("[ ERROR    ] output error: sparsegpt %.4g, magnitude %.4g\n", e_sgpt, e_mag);
+	printf("           output error: sparsegpt %.4g, magnitude %.4g\n", e_sgpt, e_mag);
 	assert_true(e_sgpt < 0.5 * e_mag);
 	free(H), free(Hc), free(W), free(W0), free(D), free(mask);
 }
