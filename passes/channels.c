@@ -14,6 +14,7 @@
 #define MAX_RANK 32
 #define MAX_MEMBERS 64
 #define MAX_RELS 40
+#define MAX_SYMS 8  /* entries of a computed shape followed symbolically */
 
 /* ---- the main graph's names -------------------------------------------------------- */
 
@@ -21,6 +22,18 @@ typedef struct ref {
 	uint32_t node;
 	int32_t input;              /* -1: read inside one of the node's subgraphs */
 } ref;
+
+/*
+ * One entry of a small integer vector the graph computes, typically a shape:
+ * a constant, or the size of axis `axis` of the tensor named `name` (as
+ * Shape reads it), or unknown.
+ */
+typedef struct dim_sym {
+	int64_t value;
+	int32_t name;               /* name index for a size, -1 otherwise */
+	int16_t axis;               /* axis of that name, counted from 0 */
+	bool known;                 /* a constant */
+} dim_sym;
 
 typedef struct name_info {
 	const char *name;
@@ -32,6 +45,9 @@ typedef struct name_info {
 	bool is_const;              /* also a Constant with a list or scalar attribute */
 	int const_rank;
 	int64_t const_dims[MAX_RANK];
+	int vlen;                   /* a 1-D tensor's length when known (shapes computed at run time), else -1 */
+	dim_sym *syms;              /* its entries (one for a scalar), when followed; NULL otherwise */
+	int n_syms;
 	bool graph_input, graph_output;
 } name_info;
 
@@ -101,7 +117,7 @@ static size_t intern(ctx *c, const char *name)
 		return SIZE_MAX;
 	c->names = n;
 	i = c->n_names++;
-	c->names[i] = (name_info){ .name = name, .producer = -1, .rank = -1 };
+	c->names[i] = (name_info){ .name = name, .producer = -1, .rank = -1, .vlen = -1 };
 	size_t h = (size_t)nmp_str_hash(name) & (c->name_cap - 1);
 	while (c->name_map[h] != SIZE_MAX)
 		h = (h + 1) & (c->name_cap - 1);
@@ -148,6 +164,7 @@ static void set_const(name_info *n, const nmp_tensor *t)
 	for (int d = 0; d < n->const_rank; d++)
 		n->const_dims[d] = t->proto->dims[d];
 	n->rank = n->const_rank;
+	n->vlen = n->const_rank == 1 && n->const_dims[0] <= INT32_MAX ? (int)n->const_dims[0] : -1;
 }
 
 static void subgraph_refs(ctx *c, const Onnx__GraphProto *g, uint32_t owner);
@@ -233,6 +250,7 @@ static nmp_status build_index(ctx *c)
 					c->names[o].const_rank = list ? 1 : 0;
 					c->names[o].const_dims[0] = (int64_t)(a->n_floats + a->n_ints + a->n_strings);
 					c->names[o].rank = c->names[o].const_rank;
+					c->names[o].vlen = list ? (int)c->names[o].const_dims[0] : -1;
 				}
 			}
 		}
@@ -318,6 +336,232 @@ static int axes_count(const ctx *c, const Onnx__NodeProto *n, size_t index)
 	return n->n_input > index ? const_length(c, in_name(n, index)) : 0;
 }
 
+static int vlen_of(const ctx *c, const char *name)
+{
+	size_t i = name ? find_name(c, name) : SIZE_MAX;
+	return i == SIZE_MAX ? -1 : c->names[i].vlen;
+}
+
+/*
+ * The values of a constant integer input with at most `cap` entries (an
+ * int64 or int32 initializer or Constant, or a Constant's value_ints), or -1.
+ */
+static int const_ints(const ctx *c, const char *name, int64_t *out, int cap)
+{
+	size_t i = name ? find_name(c, name) : SIZE_MAX;
+	if (i == SIZE_MAX || !c->names[i].is_const)
+		return -1;
+	const nmp_tensor *t = c->names[i].tensor;
+	if (!t) {
+		const Onnx__AttributeProto *a = c->names[i].producer >= 0 && c->g->node[c->names[i].producer]->n_attribute
+			? c->g->node[c->names[i].producer]->attribute[0] : NULL;
+		if (!a || !a->name || (strcmp(a->name, "value_ints") != 0 && strcmp(a->name, "value_int") != 0))
+			return -1;
+		int n = strcmp(a->name, "value_int") == 0 ? 1 : (int)a->n_ints;
+		if (n > cap)
+			return -1;
+		for (int k = 0; k < n; k++)
+			out[k] = n == 1 && !a->n_ints ? a->i : a->ints[k];
+		return n;
+	}
+	if ((t->dtype != NMP_DT_INT64 && t->dtype != NMP_DT_INT32) || t->numel > (uint64_t)cap)
+		return -1;
+	nmp_view v = { 0 };
+	nmp_error ignored = { 0 };
+	if (nmp_model_view(c->model, t, &v, &ignored) != NMP_OK)
+		return -1;
+	for (uint64_t k = 0; k < t->numel; k++) {
+		if (t->dtype == NMP_DT_INT64) {
+			memcpy(&out[k], (const uint8_t *)v.data + 8 * k, 8);
+		} else {
+			int32_t x;
+			memcpy(&x, (const uint8_t *)v.data + 4 * k, 4);
+			out[k] = x;
+		}
+	}
+	nmp_view_release(&v);
+	return (int)t->numel;
+}
+
+/* Where a slice over `len` entries starts once ONNX has clamped it. */
+static int64_t slice_first(int64_t len, int64_t start, int64_t step)
+{
+	start = start < 0 ? (start < -len ? -1 : start + len) : start;
+	if (step > 0)
+		return start < 0 ? 0 : start > len ? len : start;
+	return start < 0 ? 0 : start > len - 1 ? len - 1 : start;
+}
+
+/* ONNX's clamping of a slice over `len` entries: how many it takes, or -1 for a step of 0. */
+static int64_t slice_count(int64_t len, int64_t start, int64_t end, int64_t step)
+{
+	if (step == 0 || step == INT64_MIN)
+		return -1;
+	if (len == 0)
+		return 0;
+	start = slice_first(len, start, step);
+	end = end < 0 ? (end < -len ? -1 : end + len) : end;
+	if (step > 0) {
+		end = end < 0 ? 0 : end > len ? len : end;
+		return end > start ? 1 + (end - start - 1) / step : 0;
+	}
+	end = end > len - 1 ? len - 1 : end;
+	return start > end ? 1 + (start - end - 1) / -step : 0;
+}
+
+/*
+ * The length of a 1-D integer tensor a node computes, where the graph
+ * builds a shape at run time (Shape, Slice, Gather, Concat, Unsqueeze and
+ * element-wise arithmetic over them), so that Reshape, Expand and
+ * ConstantOfShape know their output rank.  -1 when it is not evident.
+ */
+static int infer_vlen(const ctx *c, const Onnx__NodeProto *n)
+{
+	if (op_is(n, "Shape")) {
+		int64_t r = rank_of(c, in_name(n, 0));
+		if (r < 0)
+			return -1;
+		int64_t start = nmp_node_attr_int(n, "start", 0), end = nmp_node_attr_int(n, "end", r);
+		return (int)slice_count(r, start, end, 1);
+	}
+	if (op_is(n, "Identity") || op_is(n, "Cast"))
+		return vlen_of(c, in_name(n, 0));
+	if (op_is(n, "Slice")) {
+		int64_t len = vlen_of(c, in_name(n, 0)), st[1], en[1], ax[1] = { 0 }, sp[1] = { 1 };
+		bool attrs = n->n_input < 2; /* opset 1-9: starts, ends and axes are attributes */
+		const Onnx__AttributeProto *as = nmp_node_attr(n, "starts"), *ae = nmp_node_attr(n, "ends");
+		const Onnx__AttributeProto *aa = nmp_node_attr(n, "axes");
+		if (len < 0)
+			return -1;
+		if (attrs) {
+			if (!as || !ae || as->n_ints != 1 || ae->n_ints != 1 || (aa && aa->n_ints != 1))
+				return -1;
+			st[0] = as->ints[0], en[0] = ae->ints[0], ax[0] = aa ? aa->ints[0] : 0;
+		} else if (const_ints(c, in_name(n, 1), st, 1) != 1 || const_ints(c, in_name(n, 2), en, 1) != 1 ||
+			   (in_name(n, 3) && const_ints(c, in_name(n, 3), ax, 1) != 1) ||
+			   (in_name(n, 4) && const_ints(c, in_name(n, 4), sp, 1) != 1)) {
+			return -1;
+		}
+		if (ax[0] != 0 && ax[0] != -1)
+			return -1;
+		int64_t k = slice_count(len, st[0], en[0], sp[0]);
+		return k >= 0 && k <= INT32_MAX ? (int)k : -1;
+	}
+	if (op_is(n, "Concat")) {
+		int64_t axis = nmp_node_attr_int(n, "axis", 0), total = 0;
+		if (axis != 0 && axis != -1)
+			return -1;
+		for (size_t k = 0; k < n->n_input; k++) {
+			int l = vlen_of(c, in_name(n, k));
+			if (l < 0 || rank_of(c, in_name(n, k)) != 1)
+				return -1;
+			total += l;
+		}
+		return total <= INT32_MAX ? (int)total : -1;
+	}
+	if (op_is(n, "Unsqueeze"))
+		return rank_of(c, in_name(n, 0)) == 0 && axes_count(c, n, 1) == 1 ? 1 : -1;
+	if (op_is(n, "Gather")) {
+		if (rank_of(c, in_name(n, 0)) != 1 || rank_of(c, in_name(n, 1)) != 1)
+			return -1;
+		return vlen_of(c, in_name(n, 1));
+	}
+	if (op_in(n, k_elementwise)) {
+		/* Broadcasting vectors and scalars: the longer length, the others 1. */
+		int len = -1;
+		for (size_t k = 0; k < n->n_input; k++) {
+			if (!in_name(n, k))
+				continue;
+			int rk = rank_of(c, in_name(n, k)), l = rk == 0 ? 1 : rk == 1 ? vlen_of(c, in_name(n, k)) : -1;
+			if (l < 0 || (len > 1 && l > 1 && l != len))
+				return -1;
+			len = l > len ? l : len;
+		}
+		return len;
+	}
+	return -1;
+}
+
+/* The entries of a small integer vector or scalar: followed ones, or a constant's values; the count or -1. */
+static int syms_of(const ctx *c, const char *name, dim_sym *out)
+{
+	size_t i = name ? find_name(c, name) : SIZE_MAX;
+	if (i == SIZE_MAX)
+		return -1;
+	if (c->names[i].syms) {
+		memcpy(out, c->names[i].syms, (size_t)c->names[i].n_syms * sizeof *out);
+		return c->names[i].n_syms;
+	}
+	int64_t v[MAX_SYMS];
+	int n = c->names[i].const_rank <= 1 ? const_ints(c, name, v, MAX_SYMS) : -1;
+	for (int k = 0; k < n; k++)
+		out[k] = (dim_sym){ .value = v[k], .name = -1, .known = true };
+	return n;
+}
+
+/* The entries of node n's first output, where it builds a shape from Shape, Slice, Gather, Unsqueeze, Concat. */
+static int infer_syms(const ctx *c, const Onnx__NodeProto *n, dim_sym *out)
+{
+	dim_sym in[MAX_SYMS];
+	int64_t idx[MAX_SYMS];
+	if (op_is(n, "Shape")) {
+		size_t x = find_name(c, in_name(n, 0));
+		int r = rank_of(c, in_name(n, 0));
+		if (x == SIZE_MAX || r < 0)
+			return -1;
+		int64_t start = slice_first(r, nmp_node_attr_int(n, "start", 0), 1);
+		int64_t k = slice_count(r, nmp_node_attr_int(n, "start", 0), nmp_node_attr_int(n, "end", r), 1);
+		if (k < 0 || k > MAX_SYMS)
+			return -1;
+		for (int64_t j = 0; j < k; j++)
+			out[j] = (dim_sym){ .name = (int32_t)x, .axis = (int16_t)(start + j) };
+		return (int)k;
+	}
+	if (op_is(n, "Identity") || op_is(n, "Cast") || (op_is(n, "Unsqueeze") && rank_of(c, in_name(n, 0)) == 0))
+		return syms_of(c, in_name(n, 0), out);
+	if (op_is(n, "Concat")) {
+		int total = 0;
+		for (size_t k = 0; k < n->n_input; k++) {
+			int m = syms_of(c, in_name(n, k), in);
+			if (m < 0 || total + m > MAX_SYMS || rank_of(c, in_name(n, k)) != 1)
+				return -1;
+			memcpy(out + total, in, (size_t)m * sizeof *in);
+			total += m;
+		}
+		return total;
+	}
+	if (op_is(n, "Gather")) {
+		int m = syms_of(c, in_name(n, 0), in), k = const_ints(c, in_name(n, 1), idx, MAX_SYMS);
+		int ri = rank_of(c, in_name(n, 1));
+		if (m < 0 || k < 0 || ri > 1 || nmp_node_attr_int(n, "axis", 0) != 0)
+			return -1;
+		for (int j = 0; j < k; j++) {
+			int64_t at = idx[j] < 0 ? idx[j] + m : idx[j];
+			if (at < 0 || at >= m)
+				return -1;
+			out[j] = in[at];
+		}
+		return k;
+	}
+	if (op_is(n, "Slice") && n->n_input >= 3) {
+		int m = syms_of(c, in_name(n, 0), in);
+		int64_t st, en, ax = 0, sp = 1;
+		if (m < 0 || const_ints(c, in_name(n, 1), &st, 1) != 1 || const_ints(c, in_name(n, 2), &en, 1) != 1 ||
+		    (in_name(n, 3) && const_ints(c, in_name(n, 3), &ax, 1) != 1) ||
+		    (in_name(n, 4) && const_ints(c, in_name(n, 4), &sp, 1) != 1) || (ax != 0 && ax != -1))
+			return -1;
+		int64_t k = slice_count(m, st, en, sp);
+		if (k < 0)
+			return -1;
+		/* Where the slice starts, clamped as slice_count clamps it. */
+		int64_t first = slice_first(m, st, sp);
+		for (int64_t j = 0; j < k; j++)
+			out[j] = in[first + j * sp];
+		return (int)k;
+	}
+	return -1;
+}
+
 static void infer_ranks(ctx *c)
 {
 	const Onnx__GraphProto *g = c->g;
@@ -326,7 +570,17 @@ static void infer_ranks(ctx *c)
 		if (n->n_output == 0)
 			continue;
 		size_t o = find_name(c, n->output[0]);
-		if (o == SIZE_MAX || c->names[o].rank >= 0)
+		if (o == SIZE_MAX)
+			continue;
+		if (c->names[o].vlen < 0)
+			c->names[o].vlen = infer_vlen(c, n);
+		dim_sym syms[MAX_SYMS];
+		int ns = c->names[o].syms ? -1 : infer_syms(c, n, syms);
+		if (ns > 0 && (c->names[o].syms = malloc((size_t)ns * sizeof *syms)) != NULL) {
+			memcpy(c->names[o].syms, syms, (size_t)ns * sizeof *syms);
+			c->names[o].n_syms = ns;
+		}
+		if (c->names[o].rank >= 0)
 			continue;
 		int r = -1;
 		if (op_in(n, k_elementwise)) {
@@ -359,11 +613,11 @@ static void infer_ranks(ctx *c)
 			if (rd >= 1 && ri >= 0)
 				r = rd - 1 + ri;
 		} else if (op_is(n, "Expand")) {
-			int ri = rank_of(c, in_name(n, 0)), ns = const_length(c, in_name(n, 1));
+			int ri = rank_of(c, in_name(n, 0)), ns = vlen_of(c, in_name(n, 1));
 			if (ri >= 0 && ns >= 0)
 				r = ri > ns ? ri : ns;
 		} else if (op_is(n, "ConstantOfShape")) {
-			r = const_length(c, in_name(n, 0));
+			r = vlen_of(c, in_name(n, 0));
 		} else if (strncmp(node_op(n), "Reduce", 6) == 0 || op_is(n, "ArgMax") || op_is(n, "ArgMin")) {
 			int ri = rank_of(c, in_name(n, 0));
 			bool keep = nmp_node_attr_int(n, "keepdims", 1) != 0;
@@ -375,9 +629,7 @@ static void infer_ranks(ctx *c)
 			if (ra > 0 && rb > 0)
 				r = ra == 1 && rb == 1 ? 0 : ra == 1 ? rb - 1 : rb == 1 ? ra - 1 : (ra > rb ? ra : rb);
 		} else if (op_is(n, "Reshape")) {
-			size_t si = find_name(c, in_name(n, 1));
-			if (si != SIZE_MAX && c->names[si].is_const && c->names[si].const_rank == 1)
-				r = (int)c->names[si].const_dims[0];
+			r = vlen_of(c, in_name(n, 1)); /* a constant shape, or one the graph computes */
 		} else if (op_is(n, "Transpose")) {
 			const Onnx__AttributeProto *p = nmp_node_attr(n, "perm");
 			r = p && p->n_ints ? (int)p->n_ints : rank_of(c, in_name(n, 0));
@@ -631,6 +883,46 @@ static void rels_quant(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 	}
 }
 
+/*
+ * Reshape keeps an axis where the new shape repeats the sizes of every axis
+ * before it (or every axis after it): the elements along it stay in their
+ * order, their index unchanged.  The new shape's entries are known as sizes
+ * of the input (Shape of the same tensor, or 0 when allowzero is off) or
+ * not at all; a shape computed from constants alone moves no channels.
+ */
+static void rels_reshape(const ctx *c, const Onnx__NodeProto *n, int r, rels *rs)
+{
+	dim_sym sh[MAX_SYMS];
+	size_t x = find_name(c, in_name(n, 0));
+	int k = syms_of(c, in_name(n, 1), sh);
+	bool allowzero = nmp_node_attr_int(n, "allowzero", 0) != 0;
+	if (r < 0 || k < 0 || x == SIZE_MAX)
+		return;
+	int front = 0, back = 0;
+	for (int j = 0; j < k && j < r; j++) {
+		bool same = (sh[j].name == (int32_t)x && sh[j].axis == j) || (sh[j].known && sh[j].value == 0 && !allowzero);
+		if (!same)
+			break;
+		front++;
+	}
+	for (int j = 1; j <= k && j <= r; j++) {
+		if (sh[k - j].name != (int32_t)x || sh[k - j].axis != r - j)
+			break;
+		back++;
+	}
+	for (int j = 0; j < k && j < r; j++) {
+		if (j >= front && k - j > back)
+			continue;
+		/* axis j of the output: from the front, or the same distance from the end */
+		int from = j < front ? j : r - (k - j);
+		if (from < 0 || from >= r)
+			continue;
+		rel *e = new_rel(rs);
+		mem(e, 0, 0, from - r, false);
+		mem(e, 1, 0, j - k, false);
+	}
+}
+
 static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 {
 	rs->n = 0;
@@ -713,6 +1005,13 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 					mem(x, 1, i, k, false);
 			mem(x, 0, 0, k, false);
 		}
+	} else if (op_is(n, "Reshape")) {
+		rels_reshape(c, n, r, rs);
+	} else if (op_is(n, "Shape") || op_is(n, "Size")) {
+		/* They read sizes only: any axis may be reordered, and nothing they give moves. */
+		rel *e = new_rel(rs);
+		e->any = true;
+		mem(e, 0, 0, -1, false);
 	} else if (op_is(n, "Flatten")) {
 		/* Flattening [N, C, 1, ...] at axis 1 keeps the channels: after global pooling. */
 		size_t pi = find_name(c, in_name(n, 0));
@@ -1312,8 +1611,10 @@ nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, unsigned effor
 		goto out;
 	s = record_edits(&c);
 out:
-	for (size_t i = 0; i < c.n_names; i++)
+	for (size_t i = 0; i < c.n_names; i++) {
 		free(c.names[i].refs);
+		free(c.names[i].syms);
+	}
 	free(c.names);
 	free(c.name_map);
 	free(c.slots);

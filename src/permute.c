@@ -363,15 +363,19 @@ int nmp_perm_search(const float *mag, size_t rows, size_t cols, const nmp_perm_o
 	for (size_t g = 0; g < cols / o->m; g++)
 		refresh(&s, g);
 	/*
-	 * The default budget, in row evaluations, scaled to the work: 128 per
-	 * weight (a layer twice the size gets twice the search) and at least
-	 * 144M, about 0.05 s for a small matrix and 0.6 s for 1024 x 4096 on one
-	 * core.  A swap's score costs the same for any N:M; the summary
-	 * refreshed after a swap costs more for larger M, but swaps are few.
+	 * The default budget, scaled to the work: 128 row evaluations per weight
+	 * (a layer twice the size gets twice the search) and at least 144M,
+	 * about 0.05 s for a small matrix and 0.6 s for 1024 x 4096 on one core,
+	 * but no more than 20000 evaluations per column, which a matrix of a few
+	 * columns would spend on the same few pairs.  A swap's score costs the
+	 * same for any N:M; the summary refreshed after a swap costs more for
+	 * larger M, but swaps are few.
 	 */
 	const uint64_t work = (uint64_t)rows * cols;
-	const uint64_t row_evals = 128 * work > 144000000 ? 128 * work : 144000000;
-	s.budget = o->budget ? o->budget : row_evals / rows * (o->effort > 1 ? o->effort : 1) + 1;
+	uint64_t evals = (128 * work > 144000000 ? 128 * work : 144000000) / rows;
+	if (evals > 20000 * (uint64_t)cols && 128 * work <= 144000000)
+		evals = 20000 * (uint64_t)cols;
+	s.budget = o->budget ? o->budget : evals * (o->effort > 1 ? o->effort : 1) + 1;
 
 	double best_kept = total_kept(&s); /* in the search's own (float-lane) sums */
 	memcpy(best, perm, cols * sizeof *best);

@@ -403,6 +403,63 @@ def test_ranks_known_on_exports_without_value_info(tmp_path):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
 
 
+def _flatten_by_computed_shape(variant):
+    """A recogniser's neck as exporters write it, without value_info: Conv, Relu, then Reshape to [N, C, H*W] by a
+    shape the graph computes from Shape (Slice, Gather, Unsqueeze and Concat; or Shape's start and end), a
+    Transpose and a MatMul reading the 16 channels."""
+    rng = np.random.default_rng(5)
+    inits = [_init(rng, "C1", (16, 8, 1, 1)), _init(rng, "W", (8 if variant == "other_tensor" else 16, 32)),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"),
+             numpy_helper.from_array(np.array(1, np.int64), "ch"),
+             numpy_helper.from_array(np.array([0], np.int64), "axes0"),
+             numpy_helper.from_array(np.array([-1], np.int64), "rest")]
+    nodes = [helper.make_node("Conv", ["img", "C1"], ["c1"], name="conv"),
+             helper.make_node("Relu", ["c1"], ["r1"])]
+    if variant == "slice_gather":
+        nodes += [helper.make_node("Shape", ["r1"], ["s"]),
+                  helper.make_node("Slice", ["s", "zero", "one"], ["n"]),
+                  helper.make_node("Gather", ["s", "ch"], ["c"]),
+                  helper.make_node("Unsqueeze", ["c", "axes0"], ["cu"]),
+                  helper.make_node("Concat", ["n", "cu", "rest"], ["shape"], axis=0)]
+    else:  # shape_start_end; other_tensor takes the sizes of the Conv's input, not of the tensor reshaped
+        nodes += [helper.make_node("Shape", ["img" if variant == "other_tensor" else "r1"], ["nc"], start=0, end=-2),
+                  helper.make_node("Concat", ["nc", "rest"], ["shape"], axis=0)]
+    nodes += [helper.make_node("Reshape", ["r1", "shape"], ["f"]),
+              helper.make_node("Transpose", ["f"], ["t"], perm=[0, 2, 1]),
+              helper.make_node("MatMul", ["t", "W"], ["y"], name="mm")]
+    return _model(nodes, [helper.make_tensor_value_info("img", TensorProto.FLOAT, [1, 8, 1, 6])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12 if variant == "other_tensor" else 6,
+                                                                           32])], inits)
+
+
+def test_reshape_to_the_sizes_of_another_tensor_is_blocked(tmp_path):
+    """[1, 16, 1, 6] reshaped to [1, 8, 12] by the sizes of another tensor mixes the channels: the group that
+    reaches it stops there."""
+    src = save(_flatten_by_computed_shape("other_tensor"), tmp_path / "m.onnx")
+    r = nmprune("prune", src, "--permute-only", "-o", tmp_path / "p.onnx", "--align", "none", "--json", check=0)
+    (group,) = [g for g in json.loads(r.out)["permutation"]["groups"] if g["from"] == "W"]
+    assert group["blocked"] == "Reshape 'f' mixes or reorders the channels of 'f'", group
+
+
+@pytest.mark.parametrize("variant", ["slice_gather", "shape_start_end"])
+def test_rank_of_a_reshape_to_a_computed_shape(tmp_path, variant):
+    """The shape's length is known from the ops that compute it, so the Reshape's rank is, and the 16 channels move
+    from the Conv to the MatMul; the model computes what it computed."""
+    src = save(_flatten_by_computed_shape(variant), tmp_path / "m.onnx")
+    out = tmp_path / "p.onnx"
+    r = nmprune("prune", src, "--permute-only", "-o", out, "--align", "none", "--json", check=0)
+    groups = json.loads(r.out)["permutation"]["groups"]
+    (group,) = [g for g in groups if g["channels"] == 16 and "blocked" not in g]
+    assert group["permuted"], group
+    before, after = _weights(src), _weights(out)
+    assert not np.array_equal(before["W"], after["W"])   # its rows
+    assert not np.array_equal(before["C1"], after["C1"])  # and the Conv's output channels that feed them
+    feeds = {"img": np.random.default_rng(2).standard_normal((1, 8, 1, 6)).astype(np.float32)}
+    for a, b in zip(_outputs(src, feeds), _outputs(out, feeds)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
 def test_groups_searched_in_parallel_give_the_same_output(suite, tmp_path):
     """Groups are spread over threads; each depends on its own seed only."""
     src = suite / "resnet.onnx"

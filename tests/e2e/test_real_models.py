@@ -54,14 +54,15 @@ def test_pruned_model_complies_and_runs(tmp_path, name, pattern):
     assert src.read_bytes() == before
 
 
-@pytest.mark.parametrize("name", ["ppocrv4_rec", "ppocrv4_det"])
-def test_permutation_keeps_the_function_of_real_models(tmp_path, name):
-    """--permute-only rewrites channels across real Conv stacks: outputs stay those of the input model."""
+@pytest.mark.parametrize("name,permuted", [("ppocrv4_rec", 16), ("ppocrv4_det", 18)])
+def test_permutation_keeps_the_function_of_real_models(tmp_path, name, permuted):
+    """--permute-only rewrites channels across real Conv stacks (the recogniser's through a Reshape to a shape
+    the graph computes from Shape): outputs stay those of the input model."""
     src = REAL / f"{name}.onnx"
     out = tmp_path / "p.onnx"
     r = nmprune("prune", src, "--permute-only", "-o", out, "--json", check=0)
     groups = json.loads(r.out)["permutation"]["groups"]
-    assert sum(1 for g in groups if g.get("permuted")) >= 10
+    assert sum(1 for g in groups if g.get("permuted")) == permuted, [g.get("blocked") for g in groups]
     feeds = MODELS[name][2](np.random.default_rng(1))
     for a, b in zip(run(src, feeds), run(out, feeds)):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
