@@ -393,7 +393,7 @@ def section_permute():
     import json
 
     exe = os.environ.get("PERM_BENCH", str(ROOT / "build" / "bench" / "perm_bench"))
-    print("\n== channel permutation search: seeded random |N(0,1)| matrices, one core, mean of 5 ==")
+    print("\n== channel permutation search: seeded random matrices, one core ==")
     sys.stdout.flush()
     subprocess.run([exe], check=True)
 
