@@ -14,7 +14,7 @@
 #define MAX_RANK 32
 #define MAX_MEMBERS 64
 #define MAX_RELS 40
-#define MAX_SYMS 8  /* entries of a computed shape followed symbolically */
+#define MAX_SYMS MAX_RANK /* entries of a computed shape followed */
 
 /* ---- the main graph's names -------------------------------------------------------- */
 
@@ -26,7 +26,7 @@ typedef struct ref {
 /*
  * One entry of a small integer vector the graph computes, typically a shape:
  * a constant, or the size of axis `axis` of the tensor named `name` (as
- * Shape reads it), or unknown.
+ * Shape reads it), or unknown (neither).
  */
 typedef struct dim_sym {
 	int64_t value;
@@ -45,8 +45,7 @@ typedef struct name_info {
 	bool is_const;              /* also a Constant with a list or scalar attribute */
 	int const_rank;
 	int64_t const_dims[MAX_RANK];
-	int vlen;                   /* a 1-D tensor's length when known (shapes computed at run time), else -1 */
-	dim_sym *syms;              /* its entries (one for a scalar), when followed; NULL otherwise */
+	dim_sym *syms;              /* a computed shape's entries (one for a scalar), when followed; else NULL */
 	int n_syms;
 	bool graph_input, graph_output;
 } name_info;
@@ -117,7 +116,7 @@ static size_t intern(ctx *c, const char *name)
 		return SIZE_MAX;
 	c->names = n;
 	i = c->n_names++;
-	c->names[i] = (name_info){ .name = name, .producer = -1, .rank = -1, .vlen = -1 };
+	c->names[i] = (name_info){ .name = name, .producer = -1, .rank = -1 };
 	size_t h = (size_t)nmp_str_hash(name) & (c->name_cap - 1);
 	while (c->name_map[h] != SIZE_MAX)
 		h = (h + 1) & (c->name_cap - 1);
@@ -164,7 +163,6 @@ static void set_const(name_info *n, const nmp_tensor *t)
 	for (int d = 0; d < n->const_rank; d++)
 		n->const_dims[d] = t->proto->dims[d];
 	n->rank = n->const_rank;
-	n->vlen = n->const_rank == 1 && n->const_dims[0] <= INT32_MAX ? (int)n->const_dims[0] : -1;
 }
 
 static void subgraph_refs(ctx *c, const Onnx__GraphProto *g, uint32_t owner);
@@ -250,7 +248,6 @@ static nmp_status build_index(ctx *c)
 					c->names[o].const_rank = list ? 1 : 0;
 					c->names[o].const_dims[0] = (int64_t)(a->n_floats + a->n_ints + a->n_strings);
 					c->names[o].rank = c->names[o].const_rank;
-					c->names[o].vlen = list ? (int)c->names[o].const_dims[0] : -1;
 				}
 			}
 		}
@@ -336,10 +333,16 @@ static int axes_count(const ctx *c, const Onnx__NodeProto *n, size_t index)
 	return n->n_input > index ? const_length(c, in_name(n, index)) : 0;
 }
 
+/* A 1-D tensor's length: a constant's, or a computed shape's that was followed; else -1. */
 static int vlen_of(const ctx *c, const char *name)
 {
 	size_t i = name ? find_name(c, name) : SIZE_MAX;
-	return i == SIZE_MAX ? -1 : c->names[i].vlen;
+	if (i == SIZE_MAX || c->names[i].rank != 1)
+		return -1;
+	const name_info *v = &c->names[i];
+	if (v->syms)
+		return v->n_syms;
+	return v->is_const && v->const_rank == 1 && v->const_dims[0] <= INT32_MAX ? (int)v->const_dims[0] : -1;
 }
 
 /*
@@ -410,79 +413,10 @@ static int64_t slice_count(int64_t len, int64_t start, int64_t end, int64_t step
 }
 
 /*
- * The length of a 1-D integer tensor a node computes, where the graph
- * builds a shape at run time (Shape, Slice, Gather, Concat, Unsqueeze and
- * element-wise arithmetic over them), so that Reshape, Expand and
- * ConstantOfShape know their output rank.  -1 when it is not evident.
+ * The entries of a small integer vector or scalar: those followed, a
+ * constant's values, or unknown entries where only its length is known;
+ * the count, or -1.
  */
-static int infer_vlen(const ctx *c, const Onnx__NodeProto *n)
-{
-	if (op_is(n, "Shape")) {
-		int64_t r = rank_of(c, in_name(n, 0));
-		if (r < 0)
-			return -1;
-		int64_t start = nmp_node_attr_int(n, "start", 0), end = nmp_node_attr_int(n, "end", r);
-		return (int)slice_count(r, start, end, 1);
-	}
-	if (op_is(n, "Identity") || op_is(n, "Cast"))
-		return vlen_of(c, in_name(n, 0));
-	if (op_is(n, "Slice")) {
-		int64_t len = vlen_of(c, in_name(n, 0)), st[1], en[1], ax[1] = { 0 }, sp[1] = { 1 };
-		bool attrs = n->n_input < 2; /* opset 1-9: starts, ends and axes are attributes */
-		const Onnx__AttributeProto *as = nmp_node_attr(n, "starts"), *ae = nmp_node_attr(n, "ends");
-		const Onnx__AttributeProto *aa = nmp_node_attr(n, "axes");
-		if (len < 0)
-			return -1;
-		if (attrs) {
-			if (!as || !ae || as->n_ints != 1 || ae->n_ints != 1 || (aa && aa->n_ints != 1))
-				return -1;
-			st[0] = as->ints[0], en[0] = ae->ints[0], ax[0] = aa ? aa->ints[0] : 0;
-		} else if (const_ints(c, in_name(n, 1), st, 1) != 1 || const_ints(c, in_name(n, 2), en, 1) != 1 ||
-			   (in_name(n, 3) && const_ints(c, in_name(n, 3), ax, 1) != 1) ||
-			   (in_name(n, 4) && const_ints(c, in_name(n, 4), sp, 1) != 1)) {
-			return -1;
-		}
-		if (ax[0] != 0 && ax[0] != -1)
-			return -1;
-		int64_t k = slice_count(len, st[0], en[0], sp[0]);
-		return k >= 0 && k <= INT32_MAX ? (int)k : -1;
-	}
-	if (op_is(n, "Concat")) {
-		int64_t axis = nmp_node_attr_int(n, "axis", 0), total = 0;
-		if (axis != 0 && axis != -1)
-			return -1;
-		for (size_t k = 0; k < n->n_input; k++) {
-			int l = vlen_of(c, in_name(n, k));
-			if (l < 0 || rank_of(c, in_name(n, k)) != 1)
-				return -1;
-			total += l;
-		}
-		return total <= INT32_MAX ? (int)total : -1;
-	}
-	if (op_is(n, "Unsqueeze"))
-		return rank_of(c, in_name(n, 0)) == 0 && axes_count(c, n, 1) == 1 ? 1 : -1;
-	if (op_is(n, "Gather")) {
-		if (rank_of(c, in_name(n, 0)) != 1 || rank_of(c, in_name(n, 1)) != 1)
-			return -1;
-		return vlen_of(c, in_name(n, 1));
-	}
-	if (op_in(n, k_elementwise)) {
-		/* Broadcasting vectors and scalars: the longer length, the others 1. */
-		int len = -1;
-		for (size_t k = 0; k < n->n_input; k++) {
-			if (!in_name(n, k))
-				continue;
-			int rk = rank_of(c, in_name(n, k)), l = rk == 0 ? 1 : rk == 1 ? vlen_of(c, in_name(n, k)) : -1;
-			if (l < 0 || (len > 1 && l > 1 && l != len))
-				return -1;
-			len = l > len ? l : len;
-		}
-		return len;
-	}
-	return -1;
-}
-
-/* The entries of a small integer vector or scalar: followed ones, or a constant's values; the count or -1. */
 static int syms_of(const ctx *c, const char *name, dim_sym *out)
 {
 	size_t i = name ? find_name(c, name) : SIZE_MAX;
@@ -494,12 +428,43 @@ static int syms_of(const ctx *c, const char *name, dim_sym *out)
 	}
 	int64_t v[MAX_SYMS];
 	int n = c->names[i].const_rank <= 1 ? const_ints(c, name, v, MAX_SYMS) : -1;
+	if (n >= 0) {
+		for (int k = 0; k < n; k++)
+			out[k] = (dim_sym){ .value = v[k], .name = -1, .known = true };
+		return n;
+	}
+	n = vlen_of(c, name);
+	if (n > MAX_SYMS)
+		return -1;
 	for (int k = 0; k < n; k++)
-		out[k] = (dim_sym){ .value = v[k], .name = -1, .known = true };
+		out[k] = (dim_sym){ .name = -1 };
 	return n;
 }
 
-/* The entries of node n's first output, where it builds a shape from Shape, Slice, Gather, Unsqueeze, Concat. */
+/* A Slice's start, end, axis and step when it takes one of each (attributes before opset 10). */
+static bool slice_params(const ctx *c, const Onnx__NodeProto *n, int64_t *st, int64_t *en, int64_t *ax, int64_t *sp)
+{
+	*ax = 0, *sp = 1;
+	if (n->n_input < 2) {
+		const Onnx__AttributeProto *as = nmp_node_attr(n, "starts"), *ae = nmp_node_attr(n, "ends");
+		const Onnx__AttributeProto *aa = nmp_node_attr(n, "axes");
+		if (!as || !ae || as->n_ints != 1 || ae->n_ints != 1 || (aa && aa->n_ints != 1))
+			return false;
+		*st = as->ints[0], *en = ae->ints[0], *ax = aa ? aa->ints[0] : 0;
+		return true;
+	}
+	return const_ints(c, in_name(n, 1), st, 1) == 1 && const_ints(c, in_name(n, 2), en, 1) == 1 &&
+	       (!in_name(n, 3) || const_ints(c, in_name(n, 3), ax, 1) == 1) &&
+	       (!in_name(n, 4) || const_ints(c, in_name(n, 4), sp, 1) == 1);
+}
+
+/*
+ * The entries of node n's first output where the graph builds a shape at
+ * run time (Shape, Slice, Gather, Unsqueeze, Concat, Cast, and element-wise
+ * arithmetic over them, whose entries are unknown but whose length is not),
+ * so that Reshape, Expand and ConstantOfShape know their output rank and
+ * Reshape which axes it keeps.  The count, or -1 when it is not evident.
+ */
 static int infer_syms(const ctx *c, const Onnx__NodeProto *n, dim_sym *out)
 {
 	dim_sym in[MAX_SYMS];
@@ -511,19 +476,23 @@ static int infer_syms(const ctx *c, const Onnx__NodeProto *n, dim_sym *out)
 			return -1;
 		int64_t start = slice_first(r, nmp_node_attr_int(n, "start", 0), 1);
 		int64_t k = slice_count(r, nmp_node_attr_int(n, "start", 0), nmp_node_attr_int(n, "end", r), 1);
-		if (k < 0 || k > MAX_SYMS)
+		if (k > MAX_SYMS)
 			return -1;
 		for (int64_t j = 0; j < k; j++)
 			out[j] = (dim_sym){ .name = (int32_t)x, .axis = (int16_t)(start + j) };
 		return (int)k;
 	}
-	if (op_is(n, "Identity") || op_is(n, "Cast") || (op_is(n, "Unsqueeze") && rank_of(c, in_name(n, 0)) == 0))
+	if (op_is(n, "Identity") || op_is(n, "Cast") ||
+	    (op_is(n, "Unsqueeze") && rank_of(c, in_name(n, 0)) == 0 && axes_count(c, n, 1) == 1))
 		return syms_of(c, in_name(n, 0), out);
 	if (op_is(n, "Concat")) {
+		int64_t axis = nmp_node_attr_int(n, "axis", 0);
 		int total = 0;
+		if (axis != 0 && axis != -1)
+			return -1;
 		for (size_t k = 0; k < n->n_input; k++) {
-			int m = syms_of(c, in_name(n, k), in);
-			if (m < 0 || total + m > MAX_SYMS || rank_of(c, in_name(n, k)) != 1)
+			int m = rank_of(c, in_name(n, k)) == 1 ? syms_of(c, in_name(n, k), in) : -1;
+			if (m < 0 || total + m > MAX_SYMS)
 				return -1;
 			memcpy(out + total, in, (size_t)m * sizeof *in);
 			total += m;
@@ -531,33 +500,48 @@ static int infer_syms(const ctx *c, const Onnx__NodeProto *n, dim_sym *out)
 		return total;
 	}
 	if (op_is(n, "Gather")) {
-		int m = syms_of(c, in_name(n, 0), in), k = const_ints(c, in_name(n, 1), idx, MAX_SYMS);
-		int ri = rank_of(c, in_name(n, 1));
-		if (m < 0 || k < 0 || ri > 1 || nmp_node_attr_int(n, "axis", 0) != 0)
+		int m = syms_of(c, in_name(n, 0), in), ri = rank_of(c, in_name(n, 1));
+		int k = const_ints(c, in_name(n, 1), idx, MAX_SYMS);
+		if (rank_of(c, in_name(n, 0)) != 1 || ri > 1 || ri < 0 || nmp_node_attr_int(n, "axis", 0) != 0)
 			return -1;
+		if (k < 0) { /* indices known by their length only */
+			k = ri == 0 ? 1 : vlen_of(c, in_name(n, 1));
+			for (int j = 0; j < k && k <= MAX_SYMS; j++)
+				out[j] = (dim_sym){ .name = -1 };
+			return k <= MAX_SYMS ? k : -1;
+		}
 		for (int j = 0; j < k; j++) {
 			int64_t at = idx[j] < 0 ? idx[j] + m : idx[j];
-			if (at < 0 || at >= m)
+			if (m < 0 || at < 0 || at >= m)
 				return -1;
 			out[j] = in[at];
 		}
 		return k;
 	}
-	if (op_is(n, "Slice") && n->n_input >= 3) {
+	if (op_is(n, "Slice")) {
 		int m = syms_of(c, in_name(n, 0), in);
-		int64_t st, en, ax = 0, sp = 1;
-		if (m < 0 || const_ints(c, in_name(n, 1), &st, 1) != 1 || const_ints(c, in_name(n, 2), &en, 1) != 1 ||
-		    (in_name(n, 3) && const_ints(c, in_name(n, 3), &ax, 1) != 1) ||
-		    (in_name(n, 4) && const_ints(c, in_name(n, 4), &sp, 1) != 1) || (ax != 0 && ax != -1))
+		int64_t st, en, ax, sp;
+		if (m < 0 || !slice_params(c, n, &st, &en, &ax, &sp) || (ax != 0 && ax != -1))
 			return -1;
-		int64_t k = slice_count(m, st, en, sp);
-		if (k < 0)
-			return -1;
-		/* Where the slice starts, clamped as slice_count clamps it. */
-		int64_t first = slice_first(m, st, sp);
+		int64_t k = slice_count(m, st, en, sp), first = slice_first(m, st, sp);
 		for (int64_t j = 0; j < k; j++)
 			out[j] = in[first + j * sp];
 		return (int)k;
+	}
+	if (op_in(n, k_elementwise)) {
+		/* Broadcasting vectors and scalars: the longer length, the others 1; the values are not followed. */
+		int len = -1;
+		for (size_t k = 0; k < n->n_input; k++) {
+			if (!in_name(n, k))
+				continue;
+			int rk = rank_of(c, in_name(n, k)), l = rk == 0 ? 1 : rk == 1 ? vlen_of(c, in_name(n, k)) : -1;
+			if (l < 0 || l > MAX_SYMS || (len > 1 && l > 1 && l != len))
+				return -1;
+			len = l > len ? l : len;
+		}
+		for (int j = 0; j < len; j++)
+			out[j] = (dim_sym){ .name = -1 };
+		return len;
 	}
 	return -1;
 }
@@ -572,11 +556,9 @@ static void infer_ranks(ctx *c)
 		size_t o = find_name(c, n->output[0]);
 		if (o == SIZE_MAX)
 			continue;
-		if (c->names[o].vlen < 0)
-			c->names[o].vlen = infer_vlen(c, n);
 		dim_sym syms[MAX_SYMS];
-		int ns = c->names[o].syms ? -1 : infer_syms(c, n, syms);
-		if (ns > 0 && (c->names[o].syms = malloc((size_t)ns * sizeof *syms)) != NULL) {
+		int ns = c->names[o].syms || c->names[o].is_const ? -1 : infer_syms(c, n, syms);
+		if (ns >= 0 && (c->names[o].syms = malloc((size_t)(ns ? ns : 1) * sizeof *syms)) != NULL) {
 			memcpy(c->names[o].syms, syms, (size_t)ns * sizeof *syms);
 			c->names[o].n_syms = ns;
 		}
