@@ -10,12 +10,10 @@ enum { K_INIT = 1, K_INPUT, K_NODE };
 
 typedef struct entry {
 	const char *name;
-	int kind;
-	const Onnx__TensorProto *init;
-	const Onnx__NodeProto *node;
-	int out_index;
-	bool is_const;
-	bool graph_input;
+	union {
+		const Onnx__TensorProto *init; /* K_INIT */
+		const Onnx__NodeProto *node;   /* K_NODE */
+	};
 	/*
 	 * For the output of an Identity or Cast: the first name past the run of
 	 * them it starts, and that name's scope, once a trace has crossed it
@@ -23,13 +21,24 @@ typedef struct entry {
 	 */
 	const char *skip_name;
 	const struct scope *skip_scope;
+	int32_t out_index;
+	uint8_t kind;
+	bool is_const;
+	bool graph_input;
 } entry;
 
+/*
+ * The names a graph defines, in a dense array, found through an open-addressed
+ * table of 32-bit indices (entry + 1; 0 is empty) at most 3/4 full: a graph of
+ * millions of initializers costs about 45 bytes a name.
+ */
 typedef struct scope {
 	const struct scope *parent;
 	const Onnx__GraphProto *graph;
-	entry *slots;
-	size_t cap;
+	entry *entries;
+	size_t n_entries;
+	uint32_t *table;
+	size_t cap;                  /* power of two */
 } scope;
 
 uint64_t nmp_str_hash(const char *s)
@@ -40,19 +49,26 @@ uint64_t nmp_str_hash(const char *s)
 	return h;
 }
 
-static entry *slot(const scope *sc, const char *name)
+/* The table cell that holds `name`, or the empty cell where it would go. */
+static uint32_t *cell(const scope *sc, const char *name)
 {
 	size_t h = (size_t)nmp_str_hash(name) & (sc->cap - 1);
-	while (sc->slots[h].name && strcmp(sc->slots[h].name, name) != 0)
+	while (sc->table[h] && strcmp(sc->entries[sc->table[h] - 1].name, name) != 0)
 		h = (h + 1) & (sc->cap - 1);
-	return &sc->slots[h];
+	return &sc->table[h];
+}
+
+static entry *find(const scope *sc, const char *name)
+{
+	uint32_t i = *cell(sc, name);
+	return i ? &sc->entries[i - 1] : NULL;
 }
 
 static const entry *lookup(const scope *sc, const char *name, const scope **where)
 {
 	for (; sc; sc = sc->parent) {
-		const entry *e = slot(sc, name);
-		if (e->name) {
+		const entry *e = find(sc, name);
+		if (e) {
 			if (where)
 				*where = sc;
 			return e;
@@ -122,37 +138,54 @@ static bool node_outputs_const(const scope *sc, const Onnx__NodeProto *n)
 	return true;
 }
 
+/* Defines `name` in `sc` unless it is there already: NULL then, and *old says where. */
+static entry *define(scope *sc, const char *name, entry **old)
+{
+	uint32_t *c = cell(sc, name);
+	if (*c) {
+		*old = &sc->entries[*c - 1];
+		return NULL;
+	}
+	entry *e = &sc->entries[sc->n_entries++];
+	*c = (uint32_t)sc->n_entries;
+	*e = (entry){ .name = name };
+	return e;
+}
+
 static nmp_status scope_build(walk *w, scope *sc, const Onnx__GraphProto *gr, const scope *parent)
 {
-	size_t n = gr->n_initializer + gr->n_input + 1;
+	size_t n = gr->n_initializer + gr->n_input;
 	for (size_t i = 0; i < gr->n_node; i++)
 		n += gr->node[i]->n_output;
-	sc->parent = parent;
-	sc->graph = gr;
-	sc->cap = 16;
-	while (sc->cap < 2 * n)
+	*sc = (scope){ .parent = parent, .graph = gr, .cap = 16 };
+	if (n >= UINT32_MAX / 2)
+		return nmp_error_set(w->err, NMP_ERR_MODEL, "%s: graph '%s': %zu names, more than nmprune indexes",
+				     w->m->path, graph_name(gr), n);
+	while (sc->cap < n + n / 3 + 1)
 		sc->cap *= 2;
-	sc->slots = calloc(sc->cap, sizeof *sc->slots);
-	if (!sc->slots)
+	sc->entries = malloc((n ? n : 1) * sizeof *sc->entries);
+	sc->table = calloc(sc->cap, sizeof *sc->table);
+	if (!sc->entries || !sc->table)
 		return nmp_error_set(w->err, NMP_ERR_NOMEM, "%s: out of memory", w->m->path);
 
+	entry *e, *old;
 	for (size_t i = 0; i < gr->n_initializer; i++) {
 		const char *name = gr->initializer[i]->name ? gr->initializer[i]->name : "";
-		entry *e = slot(sc, name);
-		if (e->name)
+		if (!(e = define(sc, name, &old)))
 			return dup_name(w, gr, name);
-		*e = (entry){ .name = name, .kind = K_INIT, .init = gr->initializer[i], .is_const = true };
+		e->kind = K_INIT;
+		e->init = gr->initializer[i];
+		e->is_const = true;
 	}
 	for (size_t i = 0; i < gr->n_input; i++) {
 		const char *name = gr->input[i]->name ? gr->input[i]->name : "";
-		entry *e = slot(sc, name);
-		if (e->name && e->kind == K_INIT) {
-			e->graph_input = true; /* an overridable initializer */
+		if (!(e = define(sc, name, &old))) {
+			if (old->kind != K_INIT)
+				return dup_name(w, gr, name);
+			old->graph_input = true; /* an overridable initializer */
 			continue;
 		}
-		if (e->name)
-			return dup_name(w, gr, name);
-		*e = (entry){ .name = name, .kind = K_INPUT };
+		e->kind = K_INPUT;
 	}
 	for (size_t i = 0; i < gr->n_node; i++) {
 		const Onnx__NodeProto *nd = gr->node[i];
@@ -161,14 +194,21 @@ static nmp_status scope_build(walk *w, scope *sc, const Onnx__GraphProto *gr, co
 			const char *name = nd->output[o];
 			if (!name || !name[0])
 				continue;
-			entry *e = slot(sc, name);
-			if (e->name)
+			if (!(e = define(sc, name, &old)))
 				return dup_name(w, gr, name);
-			*e = (entry){ .name = name, .kind = K_NODE, .node = nd, .out_index = (int)o,
-				      .is_const = c };
+			e->kind = K_NODE;
+			e->node = nd;
+			e->out_index = (int32_t)o;
+			e->is_const = c;
 		}
 	}
 	return NMP_OK;
+}
+
+static void scope_free(scope *sc)
+{
+	free(sc->entries);
+	free(sc->table);
 }
 
 /* ---- tracing a consumer input back to its weight ------------------------------- */
@@ -685,7 +725,7 @@ static nmp_status walk_graph(walk *w, const Onnx__GraphProto *gr, const scope *p
 				s = walk_graph(w, at->graphs[k], &sc);
 		}
 	}
-	free(sc.slots);
+	scope_free(&sc);
 	return s;
 }
 
