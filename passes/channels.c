@@ -43,8 +43,8 @@ typedef struct name_info {
 	int rank;                   /* -1 unknown */
 	const nmp_tensor *tensor;   /* the value of a constant (initializer, Constant node) */
 	bool is_const;              /* also a Constant with a list or scalar attribute */
-	int const_rank;
-	int64_t const_dims[MAX_RANK];
+	int const_rank;             /* -1: no shape known */
+	int64_t list_len;           /* a Constant's list attribute: its length, its one dim */
 	dim_sym *syms;              /* a computed shape's entries (one for a scalar), when followed; else NULL */
 	int n_syms;
 	bool graph_input, graph_output;
@@ -64,7 +64,7 @@ typedef struct ctx {
 	const Onnx__GraphProto *g;
 	name_info *names;
 	size_t n_names, cap_names;
-	size_t *name_map;           /* open addressing over names, SIZE_MAX empty */
+	uint32_t *name_map;         /* open addressing over names, at most 3/4 full, UINT32_MAX empty */
 	size_t name_cap;
 	slot *slots;                /* in the order found: each group's are expanded breadth first */
 	size_t n_slots, cap_slots, expanded;
@@ -98,7 +98,7 @@ static size_t find_name(const ctx *c, const char *name)
 	if (!name || !name[0])
 		return SIZE_MAX;
 	size_t h = (size_t)nmp_str_hash(name) & (c->name_cap - 1);
-	while (c->name_map[h] != SIZE_MAX) {
+	while (c->name_map[h] != UINT32_MAX) {
 		if (strcmp(c->names[c->name_map[h]].name, name) == 0)
 			return c->name_map[h];
 		h = (h + 1) & (c->name_cap - 1);
@@ -118,9 +118,9 @@ static size_t intern(ctx *c, const char *name)
 	i = c->n_names++;
 	c->names[i] = (name_info){ .name = name, .producer = -1, .rank = -1 };
 	size_t h = (size_t)nmp_str_hash(name) & (c->name_cap - 1);
-	while (c->name_map[h] != SIZE_MAX)
+	while (c->name_map[h] != UINT32_MAX)
 		h = (h + 1) & (c->name_cap - 1);
-	c->name_map[h] = i;
+	c->name_map[h] = (uint32_t)i;
 	return i;
 }
 
@@ -160,9 +160,13 @@ static void set_const(name_info *n, const nmp_tensor *t)
 	n->is_const = true;
 	n->tensor = t;
 	n->const_rank = t && t->proto->n_dims <= MAX_RANK ? (int)t->proto->n_dims : -1;
-	for (int d = 0; d < n->const_rank; d++)
-		n->const_dims[d] = t->proto->dims[d];
 	n->rank = n->const_rank;
+}
+
+/* Size d of a constant (d < const_rank): the tensor's dims, or a Constant list's length. */
+static int64_t const_dim(const name_info *n, int d)
+{
+	return n->tensor ? n->tensor->proto->dims[d] : n->list_len;
 }
 
 static void subgraph_refs(ctx *c, const Onnx__GraphProto *g, uint32_t owner);
@@ -204,8 +208,11 @@ static nmp_status build_index(ctx *c)
 	size_t total = g->n_initializer + g->n_input + g->n_output + 1;
 	for (size_t i = 0; i < g->n_node; i++)
 		total += g->node[i]->n_input + g->node[i]->n_output;
+	if (total >= UINT32_MAX / 2)
+		return nmp_error_set(c->err, NMP_ERR_MODEL, "graph '%s': %zu names, more than nmprune indexes",
+				     g->name ? g->name : "", total);
 	c->name_cap = 64;
-	while (c->name_cap < 2 * total)
+	while (c->name_cap < total + total / 3 + 1)
 		c->name_cap *= 2;
 	c->name_map = malloc(c->name_cap * sizeof *c->name_map);
 	if (!c->name_map)
@@ -246,7 +253,7 @@ static nmp_status build_index(ctx *c)
 					c->names[o].is_const = true;
 					bool list = a->n_floats || a->n_ints || a->n_strings;
 					c->names[o].const_rank = list ? 1 : 0;
-					c->names[o].const_dims[0] = (int64_t)(a->n_floats + a->n_ints + a->n_strings);
+					c->names[o].list_len = (int64_t)(a->n_floats + a->n_ints + a->n_strings);
 					c->names[o].rank = c->names[o].const_rank;
 				}
 			}
@@ -321,7 +328,7 @@ static int const_length(const ctx *c, const char *name)
 		return -1;
 	if (c->names[i].const_rank == 0)
 		return 1;
-	return c->names[i].const_rank == 1 ? (int)c->names[i].const_dims[0] : -1;
+	return c->names[i].const_rank == 1 ? (int)const_dim(&c->names[i], 0) : -1;
 }
 
 /* axes as an attribute (older opsets) or as input `index`: how many, or -1. */
@@ -342,7 +349,7 @@ static int vlen_of(const ctx *c, const char *name)
 	const name_info *v = &c->names[i];
 	if (v->syms)
 		return v->n_syms;
-	return v->is_const && v->const_rank == 1 && v->const_dims[0] <= INT32_MAX ? (int)v->const_dims[0] : -1;
+	return v->is_const && v->const_rank == 1 && const_dim(v, 0) <= INT32_MAX ? (int)const_dim(v, 0) : -1;
 }
 
 /*
@@ -730,7 +737,7 @@ static void rels_conv(const ctx *c, const Onnx__NodeProto *n, rels *rs, bool tra
 			 transpose ? "is transposed" : "a weight of unknown shape");
 		return;
 	}
-	int64_t cout = w->const_dims[0], cin_g = w->const_dims[1];
+	int64_t cout = const_dim(w, 0), cin_g = const_dim(w, 1);
 	if (cin_g == 1 && cout == groups) { /* depthwise: channel c in, channel c out */
 		rel *d = new_rel(rs);
 		mem(d, 0, 0, ch, false);
@@ -848,7 +855,7 @@ static void rels_quant(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 	}
 	uint64_t ns = 1;
 	for (int d = 0; d < s->const_rank; d++)
-		ns *= (uint64_t)s->const_dims[d];
+		ns *= (uint64_t)const_dim(s, d);
 	int qa = norm_axis(nmp_node_attr_int(n, "axis", 1), r);
 	int64_t block = nmp_node_attr_int(n, "block_size", 0);
 	for (int k = -r; k < 0; k++) {
@@ -1085,7 +1092,7 @@ static void link_slot(ctx *c, size_t g, size_t name, int neg, bool is_short)
 			block(c, g, "constant '%s' has no shape%s", ni->name, NULL);
 			return;
 		}
-		if (pos < 0 || ni->const_dims[pos] == 1)
+		if (pos < 0 || const_dim(ni, pos) == 1)
 			return;
 	}
 	uint64_t key = (uint64_t)name << 8 | (uint64_t)(-neg);
@@ -1241,7 +1248,7 @@ static uint64_t slot_len(const ctx *c, const slot *s)
 	const name_info *ni = &c->names[s->name];
 	if (!ni->is_const || ni->const_rank + s->neg < 0)
 		return 0;
-	return (uint64_t)ni->const_dims[ni->const_rank + s->neg];
+	return (uint64_t)const_dim(ni, ni->const_rank + s->neg);
 }
 
 /* Each group's channel count from its constants, in one pass over the slots. */
