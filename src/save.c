@@ -315,14 +315,74 @@ static void sink_append(ProtobufCBuffer *b, size_t len, const uint8_t *data)
 
 /* Where each tensor goes in the output. */
 typedef struct plan_entry {
-	bool external;         /* lands in the output's data file */
-	bool swapped;          /* proto fields changed for packing */
 	uint64_t out_offset;   /* in the data file, or in the .onnx after packing */
-	Onnx__TensorProto saved;
-	Onnx__StringStringEntryProto ext_entries[3];
-	Onnx__StringStringEntryProto *ext_ptrs[3];
-	char ext_offset[24], ext_length[24];
+	uint32_t ext;          /* external: its entry in plan.ext + 1; 0 inline */
 } plan_entry;
+
+/* The external_data entries of a tensor moved to the data file. */
+typedef struct ext_entry {
+	Onnx__StringStringEntryProto kv[3];
+	Onnx__StringStringEntryProto *ptrs[3];
+	char offset[24], length[24];
+} ext_entry;
+
+/*
+ * The tensors whose protos are changed for packing, with their fields as they
+ * were: only tensors with a payload, so a model of millions of empty
+ * initializers costs 16 bytes each here.
+ */
+typedef struct save_plan {
+	plan_entry *at;        /* one per tensor */
+	ext_entry *ext;
+	size_t n_ext;
+	size_t *swapped;       /* tensor indices */
+	Onnx__TensorProto *saved;
+	size_t n_swapped, cap_swapped;
+} save_plan;
+
+static bool plan_alloc(save_plan *p, size_t n_tensors)
+{
+	*p = (save_plan){ .at = calloc(n_tensors ? n_tensors : 1, sizeof *p->at) };
+	return p->at != NULL;
+}
+
+static void plan_free(save_plan *p)
+{
+	free(p->at);
+	free(p->ext);
+	free(p->swapped);
+	free(p->saved);
+}
+
+/* Room for `n` saved protos; called before any is saved. */
+static bool plan_reserve(save_plan *p, size_t n)
+{
+	NMP_ASSERT(p->n_swapped == 0);
+	if (n <= p->cap_swapped)
+		return true;
+	free(p->swapped);
+	free(p->saved);
+	p->swapped = malloc(n * sizeof *p->swapped);
+	p->saved = malloc(n * sizeof *p->saved);
+	p->cap_swapped = p->swapped && p->saved ? n : 0;
+	return p->cap_swapped != 0;
+}
+
+/* Saves tensor i's proto fields and returns the proto, to be changed. */
+static Onnx__TensorProto *plan_swap(save_plan *p, nmp_model *m, size_t i)
+{
+	NMP_ASSERT(p->n_swapped < p->cap_swapped);
+	p->swapped[p->n_swapped] = i;
+	p->saved[p->n_swapped++] = *m->tensors[i].proto;
+	return m->tensors[i].proto;
+}
+
+static void restore_protos(nmp_model *m, save_plan *p)
+{
+	for (size_t k = 0; k < p->n_swapped; k++)
+		*m->tensors[p->swapped[k]].proto = p->saved[k];
+	p->n_swapped = 0;
+}
 
 static bool raw_convertible(const nmp_tensor *t)
 {
@@ -357,7 +417,7 @@ static void point_inline(const nmp_model *m, const nmp_tensor *t, Onnx__TensorPr
 	}
 }
 
-static void point_external(plan_entry *e, Onnx__TensorProto *p, const char *location)
+static void point_external(ext_entry *e, Onnx__TensorProto *p, const char *location)
 {
 	p->has_raw_data = 0;
 	p->raw_data.len = 0;
@@ -366,41 +426,38 @@ static void point_external(plan_entry *e, Onnx__TensorProto *p, const char *loca
 	p->has_data_location = 1;
 	p->data_location = ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL;
 	const char *keys[3] = { "location", "offset", "length" };
-	const char *vals[3] = { location, e->ext_offset, e->ext_length };
+	const char *vals[3] = { location, e->offset, e->length };
 	for (int i = 0; i < 3; i++) {
 		Onnx__StringStringEntryProto init = ONNX__STRING_STRING_ENTRY_PROTO__INIT;
-		e->ext_entries[i] = init;
-		e->ext_entries[i].key = (char *)keys[i];
-		e->ext_entries[i].value = (char *)vals[i];
-		e->ext_ptrs[i] = &e->ext_entries[i];
+		e->kv[i] = init;
+		e->kv[i].key = (char *)keys[i];
+		e->kv[i].value = (char *)vals[i];
+		e->ptrs[i] = &e->kv[i];
 	}
 	p->n_external_data = 3;
-	p->external_data = e->ext_ptrs;
+	p->external_data = e->ptrs;
 }
 
-static void restore_protos(nmp_model *m, plan_entry *plan)
+/* Points every payload at its bytes for packing: inline in the input, or in the data file. */
+static bool swap_in(nmp_model *m, save_plan *plan, const char *location)
 {
-	for (size_t i = 0; i < m->n_tensors; i++) {
-		if (plan[i].swapped) {
-			*m->tensors[i].proto = plan[i].saved;
-			plan[i].swapped = false;
-		}
-	}
-}
-
-static void swap_in(nmp_model *m, plan_entry *plan, const char *location)
-{
+	size_t n = 0;
+	for (size_t i = 0; i < m->n_tensors; i++)
+		n += plan->at[i].ext || m->tensors[i].storage == NMP_STORE_FILE;
+	if (!plan_reserve(plan, n))
+		return false;
 	for (size_t i = 0; i < m->n_tensors; i++) {
 		nmp_tensor *t = &m->tensors[i];
-		if (!plan[i].external && t->storage != NMP_STORE_FILE)
+		uint32_t ext = plan->at[i].ext;
+		if (!ext && t->storage != NMP_STORE_FILE)
 			continue;
-		plan[i].saved = *t->proto;
-		plan[i].swapped = true;
-		if (plan[i].external)
-			point_external(&plan[i], t->proto, location);
+		Onnx__TensorProto *p = plan_swap(plan, m, i);
+		if (ext)
+			point_external(&plan->ext[ext - 1], p, location);
 		else
-			point_inline(m, t, t->proto);
+			point_inline(m, t, p);
 	}
+	return true;
 }
 
 static uint64_t align_up(uint64_t v, uint64_t a)
@@ -408,19 +465,20 @@ static uint64_t align_up(uint64_t v, uint64_t a)
 	return (v + a - 1) / a * a;
 }
 
-static nmp_status write_external(nmp_model *m, plan_entry *plan, out_file *data, nmp_error *err)
+static nmp_status write_external(nmp_model *m, save_plan *plan, out_file *data, nmp_error *err)
 {
 	static const uint8_t zeros[EXT_ALIGN_LARGE];
 	for (size_t i = 0; i < m->n_tensors; i++) {
 		const nmp_tensor *t = &m->tensors[i];
-		if (!plan[i].external)
+		if (!plan->at[i].ext)
 			continue;
+		ext_entry *e = &plan->ext[plan->at[i].ext - 1];
 		uint64_t align = t->nbytes >= EXT_ALIGN_LARGE ? EXT_ALIGN_LARGE : EXT_ALIGN_SMALL;
 		uint64_t at = align_up(data->size, align);
 		NMP_TRY(write_all(data, zeros, (size_t)(at - data->size), err));
-		plan[i].out_offset = at;
-		snprintf(plan[i].ext_offset, sizeof plan[i].ext_offset, "%llu", (unsigned long long)at);
-		snprintf(plan[i].ext_length, sizeof plan[i].ext_length, "%llu", (unsigned long long)t->nbytes);
+		plan->at[i].out_offset = at;
+		snprintf(e->offset, sizeof e->offset, "%llu", (unsigned long long)at);
+		snprintf(e->length, sizeof e->length, "%llu", (unsigned long long)t->nbytes);
 		if (t->storage == NMP_STORE_HEAP) {
 			void *buf = malloc(t->nbytes ? t->nbytes : 1);
 			if (!buf)
@@ -651,15 +709,18 @@ static nmp_status save_general(nmp_model *m, const nmp_save_opts *o, const char 
 			       nmp_error *err)
 {
 	nmp_status s = NMP_OK;
-	plan_entry *plan = calloc(m->n_tensors ? m->n_tensors : 1, sizeof *plan);
+	save_plan plan;
+	bool planned = plan_alloc(&plan, m->n_tensors);
 	pack_sink sink = { .base = { .append = sink_append }, .m = m, .err = err };
 	meta_swap ms = { 0 };
 	char data_path[PATH_MAX];
 	const char *location = NULL;
 	uint64_t threshold = o->external_threshold ? o->external_threshold : 1024;
 
-	if (!plan)
+	if (!planned) {
+		plan_free(&plan);
 		return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
+	}
 
 	/* Heap payloads are re-encoded by packing, so they are visited first. */
 	for (size_t i = 0; i < o->n_visit && s == NMP_OK; i++)
@@ -671,27 +732,32 @@ static nmp_status save_general(nmp_model *m, const nmp_save_opts *o, const char 
 	bool externalize = o->external_data != NULL;
 	if (!externalize) {
 		/* Would the model pass 2 GiB inline?  Then move the large tensors out. */
-		swap_in(m, plan, "");
+		if (!swap_in(m, &plan, "")) {
+			s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
+			goto out;
+		}
 		uint64_t size = protobuf_c_message_get_packed_size(&m->proto->base);
-		restore_protos(m, plan);
+		restore_protos(m, &plan);
 		if (size + META_MARGIN > proto_limit(o)) {
 			externalize = true;
 			res->auto_external = true;
 		}
 	}
-	bool any_external = false;
 	for (size_t i = 0; i < m->n_tensors; i++) {
 		const nmp_tensor *t = &m->tensors[i];
-		plan[i].external = t->storage == NMP_STORE_EXTERNAL ||
-				   (externalize && t->nbytes >= threshold && raw_convertible(t));
-		any_external |= plan[i].external;
+		if (t->storage == NMP_STORE_EXTERNAL || (externalize && t->nbytes >= threshold && raw_convertible(t)))
+			plan.at[i].ext = (uint32_t)++plan.n_ext; /* fewer than 2^32 tensors: see model.c */
 	}
-	if (any_external) {
+	if (plan.n_ext > 0) {
+		if (!(plan.ext = calloc(plan.n_ext, sizeof *plan.ext))) {
+			s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
+			goto out;
+		}
 		s = data_file_name(m, out_path, o->external_data, data_path, sizeof data_path, &location, err);
 		if (s == NMP_OK)
 			s = out_open(data, data_path, mode, err);
 		if (s == NMP_OK)
-			s = write_external(m, plan, data, err);
+			s = write_external(m, &plan, data, err);
 		if (s != NMP_OK)
 			goto out;
 		snprintf(res->data_path, sizeof res->data_path, "%s", data_path);
@@ -710,7 +776,7 @@ static nmp_status save_general(nmp_model *m, const nmp_save_opts *o, const char 
 	}
 	for (size_t i = 0; i < o->n_visit; i++) {
 		const nmp_tensor *t = &m->tensors[o->visit[i]];
-		if (t->storage == NMP_STORE_FILE && !plan[o->visit[i]].external && t->length > 0)
+		if (t->storage == NMP_STORE_FILE && !plan.at[o->visit[i]].ext && t->length > 0)
 			sink.keys[sink_slot(&sink, m->files[0].map + t->offset)] = m->files[0].map + t->offset;
 	}
 
@@ -718,10 +784,13 @@ static nmp_status save_general(nmp_model *m, const nmp_save_opts *o, const char 
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
 		goto out;
 	}
-	swap_in(m, plan, location);
+	if (!swap_in(m, &plan, location)) {
+		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
+		goto out;
+	}
 	protobuf_c_message_pack_to_buffer(&m->proto->base, &sink.base);
 	sink_flush(&sink);
-	restore_protos(m, plan);
+	restore_protos(m, &plan);
 	meta_restore(m->proto, &ms);
 	s = sink.status;
 	if (s == NMP_OK && onnx->size > proto_limit(o))
@@ -735,8 +804,8 @@ static nmp_status save_general(nmp_model *m, const nmp_save_opts *o, const char 
 		const nmp_tensor *t = &m->tensors[ti];
 		if (t->storage == NMP_STORE_HEAP || t->storage == NMP_STORE_NONE)
 			continue;
-		if (plan[ti].external) {
-			s = visit_window(o, ti, data, plan[ti].out_offset, t->length, err);
+		if (plan.at[ti].ext) {
+			s = visit_window(o, ti, data, plan.at[ti].out_offset, t->length, err);
 		} else if (t->length == 0) {
 			s = o->on_payload(o->ctx, ti, NULL, NULL, 0, err);
 		} else {
@@ -749,12 +818,12 @@ static nmp_status save_general(nmp_model *m, const nmp_save_opts *o, const char 
 	if (s == NMP_OK)
 		s = finish_metadata(onnx, o, err);
 out:
-	restore_protos(m, plan);
+	restore_protos(m, &plan);
 	meta_restore(m->proto, &ms);
 	free(sink.buf);
 	free(sink.keys);
 	free(sink.offsets);
-	free(plan);
+	plan_free(&plan);
 	return s;
 }
 
@@ -771,11 +840,16 @@ nmp_status nmp_model_serialize(nmp_model *m, const void *const *payloads, const 
 	Onnx__GraphProto *g = m->proto->graph;
 	if (!g)
 		return nmp_error_set(err, NMP_ERR_MODEL, "%s: no graph", m->path);
-	plan_entry *plan = calloc(m->n_tensors ? m->n_tensors : 1, sizeof *plan);
+	size_t n_swaps = 0;
+	for (size_t i = 0; i < m->n_tensors; i++)
+		n_swaps += (payloads && payloads[i]) || m->tensors[i].storage == NMP_STORE_FILE ||
+			   m->tensors[i].storage == NMP_STORE_EXTERNAL;
+	save_plan plan;
+	bool planned = plan_alloc(&plan, 0) && plan_reserve(&plan, n_swaps);
 	Onnx__ValueInfoProto *extra = calloc(n_extra ? n_extra : 1, sizeof *extra);
 	Onnx__ValueInfoProto **outs = calloc(g->n_output + n_extra + 1, sizeof *outs);
-	if (!plan || !extra || !outs) {
-		free(plan);
+	if (!planned || !extra || !outs) {
+		plan_free(&plan);
 		free(extra);
 		free(outs);
 		return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
@@ -783,9 +857,7 @@ nmp_status nmp_model_serialize(nmp_model *m, const void *const *payloads, const 
 	for (size_t i = 0; i < m->n_tensors; i++) {
 		nmp_tensor *t = &m->tensors[i];
 		if (payloads && payloads[i]) { /* new values in raw layout, whatever field held the old */
-			plan[i].saved = *t->proto;
-			plan[i].swapped = true;
-			Onnx__TensorProto *p = t->proto;
+			Onnx__TensorProto *p = plan_swap(&plan, m, i);
 			p->has_data_location = 0;
 			p->n_external_data = 0;
 			p->n_float_data = p->n_int32_data = p->n_int64_data = p->n_double_data = p->n_uint64_data = 0;
@@ -796,12 +868,10 @@ nmp_status nmp_model_serialize(nmp_model *m, const void *const *payloads, const 
 		}
 		if (t->storage != NMP_STORE_FILE && t->storage != NMP_STORE_EXTERNAL)
 			continue;
-		plan[i].saved = *t->proto;
-		plan[i].swapped = true;
+		Onnx__TensorProto *p = plan_swap(&plan, m, i);
 		if (t->storage == NMP_STORE_FILE) {
-			point_inline(m, t, t->proto);
+			point_inline(m, t, p);
 		} else {
-			Onnx__TensorProto *p = t->proto;
 			p->has_data_location = 0;
 			p->data_location = ONNX__TENSOR_PROTO__DATA_LOCATION__DEFAULT;
 			p->n_external_data = 0;
@@ -834,8 +904,8 @@ nmp_status nmp_model_serialize(nmp_model *m, const void *const *payloads, const 
 		*len = protobuf_c_message_pack(&m->proto->base, *buf);
 	g->output = saved_outs;
 	g->n_output = saved_n;
-	restore_protos(m, plan);
-	free(plan);
+	restore_protos(m, &plan);
+	plan_free(&plan);
 	free(extra);
 	free(outs);
 	return s;
