@@ -15,8 +15,8 @@
 
 typedef struct tensor_index {
 	const Onnx__TensorProto **keys;
-	size_t *vals;
-	size_t cap; /* power of two */
+	uint32_t *vals;
+	size_t cap; /* power of two, at most 3/4 full */
 } tensor_index;
 
 static size_t ptr_hash(const void *p, size_t cap)
@@ -34,10 +34,10 @@ static int index_build(nmp_model *m)
 	if (!ix)
 		return 0;
 	ix->cap = 16;
-	while (ix->cap < 2 * m->n_tensors)
+	while (ix->cap < m->n_tensors + m->n_tensors / 3 + 1)
 		ix->cap *= 2;
 	ix->keys = calloc(ix->cap, sizeof *ix->keys);
-	ix->vals = calloc(ix->cap, sizeof *ix->vals);
+	ix->vals = malloc(ix->cap * sizeof *ix->vals);
 	m->index = ix;
 	if (!ix->keys || !ix->vals)
 		return 0;
@@ -46,7 +46,7 @@ static int index_build(nmp_model *m)
 		while (ix->keys[h])
 			h = (h + 1) & (ix->cap - 1);
 		ix->keys[h] = m->tensors[i].proto;
-		ix->vals[h] = i;
+		ix->vals[h] = (uint32_t)i;
 	}
 	return 1;
 }
@@ -72,12 +72,105 @@ const nmp_tensor *nmp_model_tensor_of(const nmp_model *m, const Onnx__TensorProt
 	return NULL;
 }
 
+/* ---- protobuf-c's allocations --------------------------------------- */
+
+/*
+ * protobuf-c's allocations.  A model's structure is millions of small pieces
+ * (names, dims, node and tensor messages) that live exactly as long as the
+ * model, so those up to ARENA_SMALL bytes are carved from large chunks, 8-byte
+ * aligned, with no per-allocation header or rounding; larger ones (repeated
+ * fields' arrays, protobuf-c's scratch space) come from malloc.  Freeing a
+ * piece of a chunk does nothing: the chunks go with the model.  A failure is
+ * noted, so that out of memory is not reported as a bad model.
+ */
+#define ARENA_SMALL 2048
+#define ARENA_CHUNK (1u << 20)
+
+typedef struct proto_arena {
+	uint8_t **chunks;          /* sorted by address, each ARENA_CHUNK bytes */
+	size_t n_chunks, cap_chunks;
+	uint8_t *cur;              /* free space in the newest chunk */
+	size_t left;
+	bool oom;
+} proto_arena;
+
+static bool arena_owns(const proto_arena *a, const void *p)
+{
+	size_t lo = 0, hi = a->n_chunks; /* the last chunk starting at or before p */
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if ((uintptr_t)a->chunks[mid] <= (uintptr_t)p)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo > 0 && (uintptr_t)p - (uintptr_t)a->chunks[lo - 1] < ARENA_CHUNK;
+}
+
+static bool arena_add_chunk(proto_arena *a)
+{
+	if (a->n_chunks == a->cap_chunks) {
+		size_t cap = a->cap_chunks ? 2 * a->cap_chunks : 64;
+		uint8_t **c = realloc(a->chunks, cap * sizeof *c);
+		if (!c)
+			return false;
+		a->chunks = c;
+		a->cap_chunks = cap;
+	}
+	uint8_t *chunk = malloc(ARENA_CHUNK);
+	if (!chunk)
+		return false;
+	size_t at = a->n_chunks;
+	while (at > 0 && (uintptr_t)a->chunks[at - 1] > (uintptr_t)chunk)
+		at--;
+	memmove(&a->chunks[at + 1], &a->chunks[at], (a->n_chunks - at) * sizeof *a->chunks);
+	a->chunks[at] = chunk;
+	a->n_chunks++;
+	a->cur = chunk;
+	a->left = ARENA_CHUNK;
+	return true;
+}
+
+static void *arena_alloc(void *data, size_t size)
+{
+	proto_arena *a = data;
+	void *p = NULL;
+	if (size > ARENA_SMALL) {
+		p = malloc(size);
+	} else {
+		size = size ? (size + 7) & ~(size_t)7 : 8;
+		if (size > a->left && !arena_add_chunk(a))
+			size = 0;
+		else
+			p = a->cur, a->cur += size, a->left -= size;
+	}
+	if (!p)
+		a->oom = true;
+	return p;
+}
+
+static void arena_free(void *data, void *p)
+{
+	if (p && !arena_owns(data, p))
+		free(p);
+}
+
+static void arena_destroy(proto_arena *a)
+{
+	if (!a)
+		return;
+	for (size_t i = 0; i < a->n_chunks; i++)
+		free(a->chunks[i]);
+	free(a->chunks);
+	free(a);
+}
+
 /* ---- loading ---------------------------------------------------------- */
 
 typedef struct load_ctx {
 	nmp_model *m;
 	nmp_skeleton skel;
-	size_t cap_tensors;
+	size_t cap_tensors;        /* counted before the array is allocated */
 	nmp_error *err;
 } load_ctx;
 
@@ -86,23 +179,14 @@ static nmp_status nomem(load_ctx *c)
 	return nmp_error_set(c->err, NMP_ERR_NOMEM, "%s: out of memory", c->m->path);
 }
 
-/* Every TensorProto anywhere in the model, found through the descriptors. */
-static nmp_status collect_tensors(load_ctx *c, ProtobufCMessage *msg)
+/* Calls fn on every TensorProto anywhere in the model, found through the descriptors. */
+static void each_tensor(load_ctx *c, ProtobufCMessage *msg, void (*fn)(load_ctx *, Onnx__TensorProto *))
 {
 	const ProtobufCMessageDescriptor *d = msg->descriptor;
-	nmp_model *m = c->m;
 
 	if (d == &onnx__tensor_proto__descriptor) {
-		if (m->n_tensors == c->cap_tensors) {
-			size_t n = c->cap_tensors ? 2 * c->cap_tensors : 64;
-			nmp_tensor *t = realloc(m->tensors, n * sizeof *t);
-			if (!t)
-				return nomem(c);
-			m->tensors = t;
-			c->cap_tensors = n;
-		}
-		m->tensors[m->n_tensors++] = (nmp_tensor){ .proto = (Onnx__TensorProto *)msg };
-		return NMP_OK;
+		fn(c, (Onnx__TensorProto *)msg);
+		return;
 	}
 	for (unsigned i = 0; i < d->n_fields; i++) {
 		const ProtobufCFieldDescriptor *f = &d->fields[i];
@@ -113,13 +197,39 @@ static nmp_status collect_tensors(load_ctx *c, ProtobufCMessage *msg)
 			size_t n = *(size_t *)((char *)msg + f->quantifier_offset);
 			ProtobufCMessage **arr = *(ProtobufCMessage ***)member;
 			for (size_t j = 0; j < n; j++)
-				NMP_TRY(collect_tensors(c, arr[j]));
+				each_tensor(c, arr[j], fn);
 		} else {
 			ProtobufCMessage *sub = *(ProtobufCMessage **)member;
 			if (sub)
-				NMP_TRY(collect_tensors(c, sub));
+				each_tensor(c, sub, fn);
 		}
 	}
+}
+
+static void count_tensor(load_ctx *c, Onnx__TensorProto *t)
+{
+	(void)t;
+	c->cap_tensors++;
+}
+
+static void add_tensor(load_ctx *c, Onnx__TensorProto *t)
+{
+	c->m->tensors[c->m->n_tensors++] = (nmp_tensor){ .proto = t };
+}
+
+/* Every TensorProto in walk order, in an array of exactly their number. */
+static nmp_status collect_tensors(load_ctx *c)
+{
+	ProtobufCMessage *root = &c->m->proto->base;
+	c->cap_tensors = 0;
+	each_tensor(c, root, count_tensor);
+	if (c->cap_tensors >= UINT32_MAX)
+		return nmp_error_set(c->err, NMP_ERR_MODEL, "%s: %zu tensors, more than nmprune indexes",
+				     c->m->path, c->cap_tensors);
+	c->m->tensors = malloc((c->cap_tensors ? c->cap_tensors : 1) * sizeof *c->m->tensors);
+	if (!c->m->tensors)
+		return nomem(c);
+	each_tensor(c, root, add_tensor);
 	return NMP_OK;
 }
 
@@ -308,11 +418,11 @@ static nmp_status take_markers(load_ctx *c, nmp_tensor *t, const nmp_span **raw,
 			else
 				(*n_double)++;
 		}
-		free(u->data);
+		arena_free(c->m->arena, u->data);
 	}
 	msg->n_unknown_fields = keep;
 	if (keep == 0) {
-		free(msg->unknown_fields);
+		arena_free(c->m->arena, msg->unknown_fields);
 		msg->unknown_fields = NULL;
 	}
 	return NMP_OK;
@@ -429,21 +539,6 @@ static nmp_status resolve_tensor(load_ctx *c, nmp_tensor *t)
 	return NMP_OK;
 }
 
-/* protobuf-c's allocations, noting a failure so that out of memory is not reported as a bad model. */
-static void *counted_alloc(void *data, size_t size)
-{
-	void *p = malloc(size);
-	if (!p && data)
-		*(bool *)data = true;
-	return p;
-}
-
-static void counted_free(void *data, void *p)
-{
-	(void)data;
-	free(p);
-}
-
 static nmp_status check_model_header(load_ctx *c)
 {
 	const Onnx__ModelProto *p = c->m->proto;
@@ -526,21 +621,24 @@ nmp_status nmp_model_load(const char *path, nmp_model **out, nmp_error *err)
 			      &onnx__tensor_proto__descriptor, 1, path, &c.skel, err);
 	if (s != NMP_OK)
 		goto fail;
-	bool oom = false;
-	ProtobufCAllocator alloc = { .alloc = counted_alloc, .free = counted_free, .allocator_data = &oom };
+	if (!(m->arena = calloc(1, sizeof(proto_arena)))) {
+		s = nomem(&c);
+		goto fail;
+	}
+	ProtobufCAllocator alloc = { .alloc = arena_alloc, .free = arena_free, .allocator_data = m->arena };
 	m->proto = onnx__model_proto__unpack(&alloc, c.skel.len, c.skel.data);
 	free(c.skel.data);
 	c.skel.data = NULL;
 	if (!m->proto) {
 		/* protobuf-c says NULL for both: which it was decides between exit 4 and exit 3. */
-		s = oom ? nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory while parsing the model", path)
+		s = ((proto_arena *)m->arena)->oom ? nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory while parsing the model", path)
 			: nmp_error_set(err, NMP_ERR_MODEL, "%s: not a valid ONNX model (protobuf parse failed)", path);
 		goto fail;
 	}
 	s = check_model_header(&c);
 	if (s != NMP_OK)
 		goto fail;
-	s = collect_tensors(&c, &m->proto->base);
+	s = collect_tensors(&c);
 	if (s != NMP_OK)
 		goto fail;
 	for (size_t i = 0; i < m->n_tensors && s == NMP_OK; i++)
@@ -566,8 +664,10 @@ void nmp_model_free(nmp_model **pm)
 	if (!m)
 		return;
 	if (m->proto)
-		onnx__model_proto__free_unpacked(m->proto, &(ProtobufCAllocator){ .alloc = counted_alloc,
-										     .free = counted_free });
+		onnx__model_proto__free_unpacked(m->proto, &(ProtobufCAllocator){ .alloc = arena_alloc,
+										     .free = arena_free,
+										     .allocator_data = m->arena });
+	arena_destroy(m->arena);
 	for (size_t i = 0; i < m->n_files; i++) {
 		nmp_data_file *f = &m->files[i];
 		if (f->map)

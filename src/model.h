@@ -39,13 +39,13 @@ typedef enum nmp_storage {
 typedef struct nmp_tensor {
 	Onnx__TensorProto *proto;  /* borrowed */
 	const char *name;          /* "" when unnamed */
-	int32_t dtype;
 	uint64_t numel;
 	uint64_t nbytes;           /* raw-layout size; 0 when the type has none */
+	uint64_t offset, length;   /* span in that file, for FILE and EXTERNAL */
+	int32_t dtype;
+	unsigned file;             /* 0: the model file, k > 0: external file k */
 	enum nmp_field field;      /* field holding the payload (RAW_DATA for external) */
 	nmp_storage storage;
-	unsigned file;             /* 0: the model file, k > 0: external file k */
-	uint64_t offset, length;   /* span in that file, for FILE and EXTERNAL */
 } nmp_tensor;
 
 typedef struct nmp_data_file {
@@ -67,6 +67,7 @@ typedef struct nmp_model {
 	size_t n_files;
 	bool has_own_metadata;     /* metadata_props already holds nmprune.* keys */
 	void *index;               /* TensorProto -> tensor lookup (private) */
+	void *arena;               /* where protobuf-c's small allocations live (private) */
 } nmp_model;
 
 nmp_status nmp_model_load(const char *path, nmp_model **out, nmp_error *err);
