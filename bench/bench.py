@@ -3,7 +3,7 @@
 the same run (cp of the same file, or the reference tool).
 
     make bench                      # everything
-    python3 bench/bench.py io       # one section: io, engine, prune
+    python3 bench/bench.py io       # one section: io, engine, prune, reference, permute, structure
 Set BENCH_DIR to put the generated 1.2 GB model elsewhere (default bench/out).
 """
 import os
@@ -434,14 +434,74 @@ def section_permute():
           " output, or an op that mixes channels)")
 
 
+def make_structure(path, kind, n):
+    """A file that is all structure: n empty named initializers, or a chain of n Relu nodes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    g = onnx.GraphProto(name="g")
+    g.input.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8]))
+    g.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8]))
+    g.initializer.append(numpy_helper.from_array(np.ones((8, 8), np.float32), "W"))
+    prev = "x"
+    if kind == "nodes":
+        for i in range(n):
+            node = g.node.add()
+            node.op_type = "Relu"
+            node.input.append(prev)
+            prev = f"t{i}"
+            node.output.append(prev)
+    else:
+        for i in range(n):
+            t = g.initializer.add()
+            t.name, t.data_type = f"e{i}", TensorProto.FLOAT
+            t.dims.append(0)
+    g.node.append(helper.make_node("MatMul", [prev, "W"], ["y"]))
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    path.write_bytes(model.SerializeToString())
+
+
+def section_structure():
+    """Files of millions of messages: peak memory per message, against the reference loader."""
+    cases = [("initializers", 3_000_000), ("nodes", 1_000_000)]
+    print(f"\n== structure-heavy files: peak RSS against the file and ONNX's own loader, median of {REPEAT} ==")
+    out = OUT / "structure-out.onnx"
+    data = OUT / "structure-out.data"
+    for kind, n in cases:
+        model = OUT / f"structure-{kind}-{n}.onnx"
+        if not model.exists():
+            OUT.mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, __file__, "--make-structure", str(model), kind, str(n)], check=True)
+        size = model.stat().st_size
+        print(f"  {model.name}: {size / 1e6:.1f} MB, {n:,} {kind}")
+        cp_wall, _ = measure(["cp", str(model), str(out)], cleanup=[out])
+        ow, orss = measure([sys.executable, "-c", f"import onnx; onnx.load({str(model)!r})"])
+        print(f"  {'onnx.load (Python)':<34} {ow:7.3f} s  {ow / cp_wall:6.1f}x cp   "
+              f"peak RSS {orss / 2**20:7.1f} MiB ({orss / size:5.1f}x file, {orss / n:5.0f} B per {kind[:-1]})")
+        runs = [("prune (copy path)", ["prune", model, "-o", out, "-q"]),
+                ("prune --external-data (general)", ["prune", model, "-o", out, "--external-data", data, "-q"]),
+                ("prune --permute", ["prune", model, "-o", out, "--permute", "-q"])]
+        worst = 0
+        for name, argv in runs:
+            w, r = measure([NMPRUNE, *argv], cleanup=[out, data])
+            worst = max(worst, r)
+            print(f"  {name:<34} {w:7.3f} s  {w / cp_wall:6.1f}x cp   "
+                  f"peak RSS {r / 2**20:7.1f} MiB ({r / size:5.1f}x file, {r / n:5.0f} B per {kind[:-1]})")
+        print(f"    nmprune's worst peak is {worst / orss:.2f}x onnx.load's")
+    out.unlink(missing_ok=True)
+    data.unlink(missing_ok=True)
+
+
 SECTIONS = {"io": section_io, "engine": section_engine, "prune": section_prune, "reference": section_reference,
-            "permute": section_permute}
+            "permute": section_permute, "structure": section_structure}
 EXTRA = {"large": section_large}
 
 
 def main(argv):
     if len(argv) > 1 and argv[1] == "--make-transformer":
         make_transformer(Path(argv[2]), int(argv[3]), int(argv[4]), int(argv[5]), argv[6])
+        return
+    if len(argv) > 1 and argv[1] == "--make-structure":
+        make_structure(Path(argv[2]), argv[3], int(argv[4]))
         return
     names = argv[1:] or list(SECTIONS)
     known = {**SECTIONS, **EXTRA}

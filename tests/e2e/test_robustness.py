@@ -435,9 +435,12 @@ def test_exact_tiles_are_bounded_and_greedy_needs_tiles(bert, tmp_path):
                     reason="AddressSanitizer reserves more address space than the limit this test sets")
 def test_out_of_memory_is_an_io_error(tmp_path):
     import resource
-    inits = [helper.make_tensor(f"e{i}", TensorProto.FLOAT, [0], []) for i in range(300000)]
-    onnx.save(helper.make_model(helper.make_graph([], "g", [], [], inits), opset_imports=[helper.make_opsetid("", 17)]),
-              tmp_path / "many.onnx")
+    g = helper.make_graph([], "g", [], [])
+    for i in range(1000000):  # about 300 MB of structure, far past the limit below
+        t = g.initializer.add()
+        t.name, t.data_type = f"e{i}", TensorProto.FLOAT
+        t.dims.append(0)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "many.onnx")
 
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (128 << 20, 128 << 20))
