@@ -1,6 +1,5 @@
 #include "channels.h"
 
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +8,7 @@
 
 #include "clock.h"
 #include "mask.h"
+#include "parallel.h"
 #include "prune.h"
 
 #define MAX_RANK 32
@@ -1435,38 +1435,17 @@ static nmp_status search_group(const ctx *c, size_t g, uint64_t seed, nmp_error 
 	return s;
 }
 
-typedef struct search_pool {
+typedef struct search_run {
 	const ctx *c;
 	uint64_t seed;
-	size_t next;
-	pthread_mutex_t lock;
-	nmp_status status;
-	nmp_error err;
-} search_pool;
+} search_run;
 
-static void *search_worker(void *arg)
+static nmp_status search_item(void *arg, size_t g, nmp_error *err)
 {
-	search_pool *sp = arg;
-	for (;;) {
-		pthread_mutex_lock(&sp->lock);
-		size_t g = sp->next++;
-		bool stop = sp->status != NMP_OK;
-		pthread_mutex_unlock(&sp->lock);
-		if (stop || g >= sp->c->out->n_groups)
-			return NULL;
-		if (sp->c->out->groups[g].blocked[0])
-			continue;
-		nmp_error e = { 0 };
-		nmp_status s = search_group(sp->c, g, sp->seed, &e);
-		if (s != NMP_OK) {
-			pthread_mutex_lock(&sp->lock);
-			if (sp->status == NMP_OK) {
-				sp->status = s;
-				sp->err = e;
-			}
-			pthread_mutex_unlock(&sp->lock);
-		}
-	}
+	const search_run *r = arg;
+	if (r->c->out->groups[g].blocked[0])
+		return NMP_OK;
+	return search_group(r->c, g, r->seed, err);
 }
 
 /*
@@ -1476,30 +1455,12 @@ static void *search_worker(void *arg)
  */
 static nmp_status search_groups(const ctx *c, uint64_t seed, int threads, nmp_error *err)
 {
-	size_t n = c->out->n_groups;
 	if (threads <= 0) {
 		long online = sysconf(_SC_NPROCESSORS_ONLN);
 		threads = online > 0 ? (int)online : 1;
 	}
-	if ((size_t)threads > n)
-		threads = n ? (int)n : 1;
-	search_pool sp = { .c = c, .seed = seed, .status = NMP_OK };
-	pthread_mutex_init(&sp.lock, NULL);
-	pthread_t *tid = calloc((size_t)threads, sizeof *tid);
-	int started = 0;
-	for (int i = 1; tid && i < threads; i++)
-		if (pthread_create(&tid[i], NULL, search_worker, &sp) == 0)
-			started = i;
-		else
-			break;
-	search_worker(&sp); /* this thread works too */
-	for (int i = 1; i <= started; i++)
-		pthread_join(tid[i], NULL);
-	free(tid);
-	pthread_mutex_destroy(&sp.lock);
-	if (sp.status != NMP_OK)
-		return nmp_error_set(err, sp.status, "%s", sp.err.message);
-	return NMP_OK;
+	search_run r = { .c = c, .seed = seed };
+	return nmp_parallel(threads, c->out->n_groups, search_item, &r, err);
 }
 
 static int edit_cmp(const void *a, const void *b)

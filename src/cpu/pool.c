@@ -4,12 +4,10 @@
  * accumulator, so the caller combines the results in part order and gets
  * the same sums however the parts were scheduled.
  */
-#include <pthread.h>
 #include <stdlib.h>
 
+#include "parallel.h"
 #include "cpu.h"
-
-#define NMP_CPU_MAX_THREADS 256
 
 typedef struct pool_for {
 	nmp_cpu_part_fn fn;
@@ -18,23 +16,16 @@ typedef struct pool_for {
 	int parts;
 	void *accs;
 	size_t acc_size;
-	int next;
-	pthread_mutex_t lock;
 } pool_for;
 
-static void *pool_worker(void *arg)
+static nmp_status run_part(void *ctx, size_t part, nmp_error *err)
 {
-	pool_for *f = arg;
-	for (;;) {
-		pthread_mutex_lock(&f->lock);
-		int part = f->next++;
-		pthread_mutex_unlock(&f->lock);
-		if (part >= f->parts)
-			return NULL;
-		uint64_t b = f->n * (uint64_t)part / (uint64_t)f->parts;
-		uint64_t e = f->n * (uint64_t)(part + 1) / (uint64_t)f->parts;
-		f->fn(f->j, b, e, (char *)f->accs + (size_t)part * f->acc_size);
-	}
+	(void)err;
+	pool_for *f = ctx;
+	uint64_t b = f->n * (uint64_t)part / (uint64_t)f->parts;
+	uint64_t e = f->n * (uint64_t)(part + 1) / (uint64_t)f->parts;
+	f->fn(f->j, b, e, (char *)f->accs + part * f->acc_size);
+	return NMP_OK;
 }
 
 void *nmp_cpu_parallel_for(nmp_cpu_job *j, uint64_t n, uint64_t min_per_part, size_t acc_size, int *parts_out,
@@ -50,17 +41,7 @@ void *nmp_cpu_parallel_for(nmp_cpu_job *j, uint64_t n, uint64_t min_per_part, si
 	f.accs = calloc(parts, acc_size ? acc_size : 1);
 	if (!f.accs)
 		return NULL;
-	pthread_mutex_init(&f.lock, NULL);
-	int nt = threads < (int)parts ? threads : (int)parts;
-	pthread_t tid[NMP_CPU_MAX_THREADS];
-	int started = 0;
-	for (int i = 1; i < nt && i < NMP_CPU_MAX_THREADS; i++)
-		if (pthread_create(&tid[started], NULL, pool_worker, &f) == 0)
-			started++;
-	pool_worker(&f);
-	for (int i = 0; i < started; i++)
-		pthread_join(tid[i], NULL);
-	pthread_mutex_destroy(&f.lock);
+	nmp_parallel(threads, (size_t)parts, run_part, &f, NULL);
 	*parts_out = (int)parts;
 	return f.accs;
 }
