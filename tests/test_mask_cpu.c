@@ -600,33 +600,53 @@ static void adversarial_tile(float *v, int kind)
 	}
 }
 
+/* fp16 bits of an adversarial kind: ordinary, exact ties, zeros, subnormals, infinities. */
+static uint16_t adversarial_half(int kind)
+{
+	static const uint16_t levels[3] = { 0x3400, 0x3800, 0x3c00 };
+	uint16_t sign = (uint16_t)(rnd() % 2 ? 0x8000 : 0);
+	switch (kind % 5) {
+	case 0: return sign | (uint16_t)(rnd() % 0x7c00);
+	case 1: return sign | levels[rnd() % 3];
+	case 2: return rnd() % 3 ? sign | levels[rnd() % 3] : sign;
+	case 3: return sign | (uint16_t)(rnd() % 0x400);
+	default: return sign | (uint16_t)(rnd() % 4 ? rnd() % 0x7c00 : 0x7c00);
+	}
+}
+
 /*
  * Exact transposable tiles of M = 4 choose the first tile of the shared
  * table with the largest exact score (nmp_tile_best, mask_rules.h), however
- * the backend gets there: on every adversarial kind, both layouts, 1:4,
+ * the backend gets there: on every adversarial kind, fp32 and fp16, both
+ * layouts (rows contiguous or not), 1:4,
  * 2:4 and 3:4, and the kept magnitude is the sum of the chosen scores.
  */
 static void test_transposable_matches_the_rule(void **state)
 {
 	(void)state;
 	static const uint16_t table[] = NMP_TILE_PATTERNS_INIT;
+	for (int fp16 = 0; fp16 < 2; fp16++)
 	for (int n = 1; n <= 3; n++)
 		for (int layout = 0; layout < 2; layout++) {
 			/* layout 0: [rows, L] with the group axis last; layout 1: [L, rows], rows contiguous */
-			tensor t = { .rank = 2, .dtype = NMP_DT_FLOAT, .numel = 64 * 40 };
+			tensor t = { .rank = 2, .dtype = fp16 ? NMP_DT_FLOAT16 : NMP_DT_FLOAT, .numel = 64 * 40 };
 			t.dims[0] = 64, t.dims[1] = 40;
 			t.axis = layout ? 0 : 1;
 			t.out_axis = layout ? 1 : 0;
 			const int rows = layout ? 40 : 64, L = layout ? 64 : 40;
 			float *x = malloc(t.numel * sizeof *x);
-			t.data = x;
+			uint16_t *h = malloc(t.numel * sizeof *h);
+			t.data = fp16 ? (void *)h : (void *)x;
 			int tile = 0;
 			for (int r0 = 0; r0 < rows; r0 += 4)
 				for (int c0 = 0; c0 < L; c0 += 4, tile++) {
 					float v[16];
 					adversarial_tile(v, tile % 10);
-					for (int i = 0; i < 16; i++)
-						x[flat_of(&t, (uint64_t)(r0 + i / 4), (uint64_t)(c0 + i % 4))] = v[i];
+					for (int i = 0; i < 16; i++) {
+						uint64_t at = flat_of(&t, (uint64_t)(r0 + i / 4), (uint64_t)(c0 + i % 4));
+						x[at] = v[i];
+						h[at] = adversarial_half(tile);
+					}
 				}
 			char p[16];
 			snprintf(p, sizeof p, "%d:4@t", n);
@@ -638,21 +658,24 @@ static void test_transposable_matches_the_rule(void **state)
 			for (int r0 = 0; r0 < rows; r0 += 4)
 				for (int c0 = 0; c0 < L; c0 += 4) {
 					double w[16];
-					for (int i = 0; i < 16; i++)
-						w[i] = fabs((double)x[flat_of(&t, (uint64_t)(r0 + i / 4), (uint64_t)(c0 + i % 4))]);
+					for (int i = 0; i < 16; i++) {
+						uint64_t at = flat_of(&t, (uint64_t)(r0 + i / 4), (uint64_t)(c0 + i % 4));
+						w[i] = fp16 ? (double)nmp_f16_key_mag(h[at] & 0x7fffu) : fabs((double)x[at]);
+					}
 					const int best = nmp_tile_best(pats, n_pat, 4, w);
 					kept += nmp_tile_score(pats[best], 4, w);
 					for (int i = 0; i < 16; i++) {
 						uint64_t at = flat_of(&t, (uint64_t)(r0 + i / 4), (uint64_t)(c0 + i % 4));
 						if (mask[at] != (pats[best] >> i & 1))
-							fail_msg("%s layout %d, tile at (%d, %d) of kind %d: cell %d is %d", p, layout, r0,
-								 c0, ((r0 / 4) * (L / 4) + c0 / 4) % 10, i, mask[at]);
+							fail_msg("%s %s layout %d, tile at (%d, %d): cell %d is %d", p,
+								 fp16 ? "fp16" : "fp32", layout, r0, c0, i, mask[at]);
 					}
 				}
 			assert_int_equal(st.kept, t.numel * (uint64_t)n / 4);
 			assert_true(st.l1_kept == kept || fabs(st.l1_kept - kept) <= 1e-12 * kept);
 			free(mask);
 			free(x);
+			free(h);
 		}
 }
 

@@ -163,6 +163,23 @@ static inline __attribute__((target("avx2"), always_inline)) int tile4_best_avx2
 	return best;
 }
 
+/* Four adjacent fp32 or fp16 elements from element `at`: their 32-bit keys (nmp_float_key). */
+static inline __attribute__((target("avx2"), always_inline)) __m128i tile4_column_keys(const uint8_t *in, uint64_t at,
+										      int kind)
+{
+	if (kind == NMP_CK_F32)
+		return _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)(in + 4 * at)),
+				     _mm_set1_epi32(0x7fffffff));
+	return _mm_and_si128(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(in + 2 * at))),
+			     _mm_set1_epi32(0x7fff));
+}
+
+/* Mask bytes of four adjacent cells: byte r is bit r of the index. */
+static const uint32_t tile4_spread[16] = {
+	0x00000000, 0x00000001, 0x00000100, 0x00000101, 0x00010000, 0x00010001, 0x00010100, 0x00010101,
+	0x01000000, 0x01000001, 0x01000100, 0x01000101, 0x01010000, 0x01010001, 0x01010100, 0x01010101,
+};
+
 /*
  * Exact 4 x 4 tiles of 32-bit keys, in one pass: choose, mark, and sum the
  * magnitude above the reference bin, gathering the keys in it.
@@ -182,20 +199,31 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 	const __m256i cut = _mm256_set1_epi32((int)j->ref_bin);
 	__m256d above0 = _mm256_setzero_pd(), above1 = _mm256_setzero_pd();
 	double wd[16], kept = 0;
+	/* A tile whose four rows are adjacent elements is read and marked a column at a time. */
+	const bool by_column = kind == NMP_CK_F32 || kind == NMP_CK_F16;
 	for (uint64_t it = b; it < e; it++) {
 		const uint64_t rb = rows_fast ? it % rblocks : it / groups, g = rows_fast ? it / rblocks : it % groups;
 		const uint64_t c0 = g * 4 * inner;
-		uint64_t at[16];
+		const uint64_t *ro = row_off + rb * 4;
+		const bool columns = by_column && ro[3] - ro[0] == 3; /* offsets rise, so the rows are adjacent */
 		uint32_t key[16];
-		for (int r = 0; r < 4; r++) {
-			const uint64_t row = row_off[rb * 4 + (uint64_t)r] + c0;
-			for (int c = 0; c < 4; c++) {
-				at[4 * r + c] = row + (uint64_t)c * inner;
-				key[4 * r + c] = nmp_cpu_key32_at(in, qkey, at[4 * r + c], kind);
+		__m256i k01, k23;
+		if (columns) {
+			__m128 col[4]; /* lane r of col[c]: the key of cell (r, c) */
+			for (int c = 0; c < 4; c++)
+				col[c] = _mm_castsi128_ps(tile4_column_keys(in, ro[0] + c0 + (uint64_t)c * inner, kind));
+			_MM_TRANSPOSE4_PS(col[0], col[1], col[2], col[3]);
+			k01 = _mm256_castps_si256(_mm256_set_m128(col[1], col[0]));
+			k23 = _mm256_castps_si256(_mm256_set_m128(col[3], col[2]));
+		} else {
+			for (int r = 0; r < 4; r++) {
+				const uint64_t row = ro[r] + c0;
+				for (int c = 0; c < 4; c++)
+					key[4 * r + c] = nmp_cpu_key32_at(in, qkey, row + (uint64_t)c * inner, kind);
 			}
+			k01 = _mm256_loadu_si256((const __m256i *)(const void *)key);
+			k23 = _mm256_loadu_si256((const __m256i *)(const void *)(key + 8));
 		}
-		const __m256i k01 = _mm256_loadu_si256((const __m256i *)(const void *)key);
-		const __m256i k23 = _mm256_loadu_si256((const __m256i *)(const void *)(key + 8));
 		const __m256 m01 = nmp_cpu_mag8(k01, mk), m23 = nmp_cpu_mag8(k23, mk);
 		const __m128 rows[4] = { _mm256_castps256_ps128(m01), _mm256_extractf128_ps(m01, 1),
 					 _mm256_castps256_ps128(m23), _mm256_extractf128_ps(m23, 1) };
@@ -203,8 +231,17 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 			_mm256_storeu_pd(wd + 4 * r, _mm256_cvtps_pd(rows[r]));
 		double score;
 		const unsigned best = pats[tile4_best_avx2(tb, pats, n_pat, n, rows, wd, &score)];
-		for (int i = 0; i < 16; i++)
-			mask[at[i]] = best >> i & 1;
+		if (columns) {
+			for (int c = 0; c < 4; c++) {
+				const unsigned nib = (best >> c & 1) | (best >> (c + 3) & 2) | (best >> (c + 6) & 4) |
+						     (best >> (c + 9) & 8);
+				memcpy(mask + ro[0] + c0 + (uint64_t)c * inner, &tile4_spread[nib], 4);
+			}
+		} else {
+			for (int r = 0; r < 4; r++)
+				for (int c = 0; c < 4; c++)
+					mask[ro[r] + c0 + (uint64_t)c * inner] = best >> (4 * r + c) & 1;
+		}
 		kept += score;
 
 		/* The reference: magnitudes above the cut bin, and the rare keys inside it. */
@@ -217,6 +254,10 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 							     _mm256_cvtps_pd(_mm256_extractf128_ps(a23, 1))));
 		unsigned in_cut = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(b01, cut))) |
 				  (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(b23, cut))) << 8;
+		if (in_cut && columns) {
+			_mm256_storeu_si256((__m256i *)(void *)key, k01);
+			_mm256_storeu_si256((__m256i *)(void *)(key + 8), k23);
+		}
 		for (; in_cut; in_cut &= in_cut - 1)
 			nmp_cpu_cut_push(&acc->cut, key[__builtin_ctz(in_cut)]);
 	}
