@@ -75,7 +75,7 @@ const nmp_tensor *nmp_model_tensor_of(const nmp_model *m, const Onnx__TensorProt
 /* ---- protobuf-c's allocations --------------------------------------- */
 
 /*
- * protobuf-c's allocations.  A model's structure is millions of small pieces
+ * A model's structure is millions of small pieces
  * (names, dims, node and tensor messages) that live exactly as long as the
  * model, so those up to ARENA_SMALL bytes are carved from large chunks, 8-byte
  * aligned, with no per-allocation header or rounding; larger ones (repeated
@@ -139,10 +139,11 @@ static void *arena_alloc(void *data, size_t size)
 		p = malloc(size);
 	} else {
 		size = size ? (size + 7) & ~(size_t)7 : 8;
-		if (size > a->left && !arena_add_chunk(a))
-			size = 0;
-		else
-			p = a->cur, a->cur += size, a->left -= size;
+		if (size <= a->left || arena_add_chunk(a)) {
+			p = a->cur;
+			a->cur += size;
+			a->left -= size;
+		}
 	}
 	if (!p)
 		a->oom = true;
