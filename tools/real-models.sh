@@ -33,3 +33,7 @@ fetch magika==1.0.3 magika/models/standard_v3_3/model.onnx magika_standard_v3_3.
 fetch rapidocr_onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx ppocrv4_rec.onnx
 # OCR text detector (PP-OCRv4 DB, Conv only), 4.7 MB
 fetch rapidocr_onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx ppocrv4_det.onnx
+# voice activity detector (Conv + LSTM); the full model runs inside the two
+# branches of an If (16 kHz and 8 kHz), the op15 export has no If, 2.3 / 1.3 MB
+fetch silero-vad==6.2.3 silero_vad/data/silero_vad.onnx silero_vad.onnx
+fetch silero-vad==6.2.3 silero_vad/data/silero_vad_16k_op15.onnx silero_vad_16k_op15.onnx

@@ -18,7 +18,16 @@ MODELS = {
     "magika_standard_v3_3": (3, 1, lambda r: {"bytes": r.integers(0, 257, size=(2, 2048)).astype(np.int32)}),
     "ppocrv4_rec": (47, 17, lambda r: {"x": r.standard_normal((2, 3, 48, 320)).astype(np.float32)}),
     "ppocrv4_det": (64, 28, lambda r: {"x": r.standard_normal((1, 3, 160, 192)).astype(np.float32)}),
+    "silero_vad": (20, 6, lambda r: _vad_feeds(r)),
+    "silero_vad_16k_op15": (10, 3, lambda r: _vad_feeds(r)),
 }
+
+
+def _vad_feeds(r):
+    """Two 512-sample windows of 16 kHz audio and an LSTM state (the If model takes its 16 kHz branch)."""
+    return {"input": (0.1 * r.standard_normal((2, 512))).astype(np.float32),
+            "state": (0.1 * r.standard_normal((2, 2, 128))).astype(np.float32),
+            "sr": np.array(16000, dtype=np.int64)}
 
 pytestmark = pytest.mark.skipif(not all((REAL / f"{m}.onnx").exists() for m in MODELS),
                                 reason="real models not unpacked: run make deps")
@@ -55,7 +64,7 @@ def test_pruned_model_complies_and_runs(tmp_path, name, pattern):
 
 
 @pytest.mark.parametrize("inferred", [False, True], ids=["as-exported", "onnx-shape-inference"])
-@pytest.mark.parametrize("name,permuted", [("ppocrv4_rec", 16), ("ppocrv4_det", 18)])
+@pytest.mark.parametrize("name,permuted", [("ppocrv4_rec", 16), ("ppocrv4_det", 18), ("silero_vad_16k_op15", 3)])
 def test_permutation_keeps_the_function_of_real_models(tmp_path, name, permuted, inferred):
     """--permute-only rewrites channels across real Conv stacks (the recogniser's through a Reshape to a shape
     the graph computes from Shape): outputs stay those of the input model.  The exports carry no value_info;
@@ -64,7 +73,7 @@ def test_permutation_keeps_the_function_of_real_models(tmp_path, name, permuted,
     src = REAL / f"{name}.onnx"
     if inferred:
         m = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
-        assert len(m.graph.value_info) > 500
+        assert len(m.graph.value_info) > 100
         src = tmp_path / "inferred.onnx"
         onnx.save(m, str(src))
     out = tmp_path / "p.onnx"
@@ -75,6 +84,20 @@ def test_permutation_keeps_the_function_of_real_models(tmp_path, name, permuted,
     for a, b in zip(run(src, feeds), run(out, feeds)):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
     assert out.read_bytes() != src.read_bytes()  # channels did move
+
+
+def test_groups_inside_if_branches_say_why(tmp_path):
+    """The full VAD model runs inside an If's two branches: each branch's conv stack is a group, reported as
+    blocked with its reason (only the main graph is permuted), and the model is written unchanged in function."""
+    src = REAL / "silero_vad.onnx"
+    out = tmp_path / "p.onnx"
+    r = nmprune("prune", src, "--permute-only", "-o", out, "--json", check=0)
+    groups = json.loads(r.out)["permutation"]["groups"]
+    assert len(groups) == 6 and not any(g.get("permuted") for g in groups), groups
+    assert all("inside a subgraph" in g["blocked"] for g in groups), [g["blocked"] for g in groups]
+    feeds = MODELS["silero_vad"][2](np.random.default_rng(2))
+    for a, b in zip(run(src, feeds), run(out, feeds)):
+        np.testing.assert_array_equal(b, a)
 
 
 def _weights(path):
