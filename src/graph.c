@@ -647,15 +647,16 @@ static nmp_status add_use(walk *w, const scope *sc, const Onnx__NodeProto *n, in
 	c->graph_input |= t.graph_input;
 	c->from_constant |= t.from_constant;
 
-	if (t.blocked[0]) {
-		if (!c->problem[0])
-			snprintf(c->problem, sizeof c->problem, "%s", t.blocked);
-		free(t.chain);
-		return NMP_OK;
-	}
+	/* A recurrent consumer decides, whatever path leads to it: the weight is listed, never pruned. */
 	if (is_recurrent(u->op)) {
 		if (!c->problem[0])
 			snprintf(c->problem, sizeof c->problem, "read by %s: recurrent weights are not pruned", u->op);
+		free(t.chain);
+		return NMP_OK;
+	}
+	if (t.blocked[0]) {
+		if (!c->problem[0])
+			snprintf(c->problem, sizeof c->problem, "%s", t.blocked);
 		free(t.chain);
 		return NMP_OK;
 	}

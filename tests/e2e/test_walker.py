@@ -372,6 +372,28 @@ def _dynamic_quant_model():
     return m, Wq, zp, Wc, wzp
 
 
+def test_recurrent_weights_behind_unsqueeze_say_they_are_recurrent(tmp_path):
+    """PyTorch exports an LSTM's W and R as Unsqueeze of 2-D initializers: the candidate is listed, not
+    pruned, and the reason is the LSTM, not the path to it."""
+    rng = np.random.default_rng(0)
+    W2, R2 = rng.standard_normal((64, 8)).astype(np.float32), rng.standard_normal((64, 16)).astype(np.float32)
+    axes = np.array([0], np.int64)
+    nodes = [helper.make_node("Unsqueeze", ["W2", "axes"], ["W"]), helper.make_node("Unsqueeze", ["R2", "axes"], ["R"]),
+             helper.make_node("LSTM", ["seq", "W", "R"], ["h"], name="lstm", hidden_size=16)]
+    inits = [numpy_helper.from_array(a, n) for n, a in [("W2", W2), ("R2", R2), ("axes", axes)]]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("seq", TensorProto.FLOAT, [5, 1, 8])],
+                          [helper.make_tensor_value_info("h", TensorProto.FLOAT, [5, 1, 1, 16])], inits)
+    src = tmp_path / "m.onnx"
+    src.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    cands = json.loads(nmprune("inspect", src, "--align", "none", "--json", check=0).out)
+    assert [c["consumers"][0]["op"] for c in cands] == ["LSTM", "LSTM"]
+    assert all(not c["eligible"] and c["reason"] == "read by LSTM: recurrent weights are not pruned" for c in cands)
+    out = tmp_path / "o.onnx"
+    r = nmprune("prune", src, "-o", out, "--align", "none", "--json", check=0)
+    assert json.loads(r.out)["summary"]["done"] == 0
+    assert {t.name: numpy_helper.to_array(t).tobytes() for t in onnx.load(str(out)).graph.initializer}["W2"] == W2.tobytes()
+
+
 def test_dynamic_quantization_weights_prune_to_their_zero_points(tmp_path):
     import reference
     import onnxruntime as ort
