@@ -145,6 +145,16 @@ static inline __attribute__((target("avx2"), always_inline)) __m256i nmp_cpu_key
 				_mm256_set1_epi32(0x7fff));
 }
 
+/* Four keys from element i on, as nmp_cpu_key8 (for runs of four that may end the tensor). */
+static inline __attribute__((target("avx2"), always_inline)) __m128i nmp_cpu_key4(const uint8_t *in, uint64_t i,
+										 int kind)
+{
+	if (kind == NMP_CK_F32)
+		return _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)(in + 4 * i)), _mm_set1_epi32(0x7fffffff));
+	return _mm_and_si128(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(in + 2 * i))),
+			     _mm_set1_epi32(0x7fff));
+}
+
 /* The magnitudes of eight keys, as nmp_cpu_mag32. */
 static inline __attribute__((target("avx2"), always_inline)) __m256 nmp_cpu_mag8(__m256i k, int kind)
 {

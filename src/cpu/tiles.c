@@ -163,17 +163,6 @@ static inline __attribute__((target("avx2"), always_inline)) int tile4_best_avx2
 	return best;
 }
 
-/* Four adjacent fp32 or fp16 elements from element `at`: their 32-bit keys (nmp_float_key). */
-static inline __attribute__((target("avx2"), always_inline)) __m128i tile4_column_keys(const uint8_t *in, uint64_t at,
-										      int kind)
-{
-	if (kind == NMP_CK_F32)
-		return _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)(in + 4 * at)),
-				     _mm_set1_epi32(0x7fffffff));
-	return _mm_and_si128(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(in + 2 * at))),
-			     _mm_set1_epi32(0x7fff));
-}
-
 /* Mask bytes of four adjacent cells: byte r is bit r of the index. */
 static const uint32_t tile4_spread[16] = {
 	0x00000000, 0x00000001, 0x00000100, 0x00000101, 0x00010000, 0x00010001, 0x00010100, 0x00010101,
@@ -211,7 +200,7 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 		if (columns) {
 			__m128 col[4]; /* lane r of col[c]: the key of cell (r, c) */
 			for (int c = 0; c < 4; c++)
-				col[c] = _mm_castsi128_ps(tile4_column_keys(in, ro[0] + c0 + (uint64_t)c * inner, kind));
+				col[c] = _mm_castsi128_ps(nmp_cpu_key4(in, ro[0] + c0 + (uint64_t)c * inner, kind));
 			_MM_TRANSPOSE4_PS(col[0], col[1], col[2], col[3]);
 			k01 = _mm256_castps_si256(_mm256_set_m128(col[1], col[0]));
 			k23 = _mm256_castps_si256(_mm256_set_m128(col[3], col[2]));
