@@ -61,7 +61,10 @@ typedef struct ctx {
 	const nmp_plan *plan;
 	unsigned effort;            /* search budget factor */
 	const nmp_model *model;
-	const Onnx__GraphProto *g;
+	const Onnx__GraphProto *g;  /* the graph analysed: the main graph or a subgraph */
+	const struct ctx *parent;   /* the graph enclosing g; NULL for the main graph */
+	char where[200];            /* how messages name g: "the main graph", "the then_branch of 'If_0'" */
+	size_t first_group;         /* the groups found in g are first_group and after */
 	name_info *names;
 	size_t n_names, cap_names;
 	uint32_t *name_map;         /* open addressing over names, at most 3/4 full, UINT32_MAX empty */
@@ -71,8 +74,9 @@ typedef struct ctx {
 	uint64_t *slot_keys;        /* open addressing over slot keys (slot_hash) */
 	size_t *slot_vals;
 	size_t slot_cap;
-	nmp_channels *out;
-	size_t cap_groups;
+	nmp_channels *out;          /* shared by every graph's analysis, as are what follows */
+	size_t *cap_groups, *cap_edits;
+	const uint32_t *choice_at;  /* per model tensor: its selection choice + 1 (grouped), 0 none */
 	nmp_error *err;
 	bool nomem;
 } ctx;
@@ -194,6 +198,17 @@ static void subgraph_refs(ctx *c, const Onnx__GraphProto *g, uint32_t owner)
 	}
 }
 
+/* What the graphs around c's graph know of a name it reads from them, or NULL. */
+static const name_info *outer_name(const ctx *c, const char *name)
+{
+	for (const ctx *p = c->parent; p; p = p->parent) {
+		size_t i = find_name(p, name);
+		if (i != SIZE_MAX)
+			return &p->names[i];
+	}
+	return NULL;
+}
+
 static int shape_rank(const Onnx__ValueInfoProto *v)
 {
 	if (!v->type || v->type->value_case != ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE || !v->type->tensor_type ||
@@ -269,6 +284,14 @@ static nmp_status build_index(ctx *c)
 	}
 	for (size_t i = 0; i < g->n_node; i++)
 		node_subgraph_refs(c, g->node[i], (uint32_t)i);
+	/* a name a subgraph reads from the graphs around it: its rank from there, nothing else */
+	for (size_t i = 0; c->parent && i < c->n_names; i++) {
+		name_info *ni = &c->names[i];
+		const name_info *o = ni->producer < 0 && !ni->is_const && !ni->graph_input ? outer_name(c, ni->name)
+											    : NULL;
+		if (o && ni->rank < 0)
+			ni->rank = o->rank;
+	}
 	if (c->nomem)
 		return nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
 	return NMP_OK;
@@ -1203,13 +1226,16 @@ static void expand(ctx *c, size_t s)
 	const slot sl = c->slots[s];
 	const name_info *ni = &c->names[sl.name];
 	if (ni->graph_input)
-		block(c, sl.group, "'%s' is a graph input%s", ni->name, NULL);
+		block(c, sl.group, c->parent ? "'%s' is an input of %s" : "'%s' is a graph input%s", ni->name,
+		      c->parent ? c->where : NULL);
 	if (ni->graph_output)
-		block(c, sl.group, "'%s' is a graph output%s", ni->name, NULL);
+		block(c, sl.group, c->parent ? "'%s' is an output of %s" : "'%s' is a graph output%s", ni->name,
+		      c->parent ? c->where : NULL);
 	if (ni->is_const && !ni->tensor)
 		block(c, sl.group, "Constant '%s' holds an attribute list, not a tensor%s", ni->name, NULL);
 	if (!ni->is_const && ni->producer < 0 && !ni->graph_input)
-		block(c, sl.group, "'%s' has no producer in the main graph%s", ni->name, NULL);
+		block(c, sl.group, outer_name(c, ni->name) ? "'%s' comes from outside %s" : "'%s' has no producer in %s",
+		      ni->name, c->where);
 	if (ni->tensor && (nmp_dtype_bits(ni->tensor->dtype) % 8 != 0 || ni->tensor->dtype == NMP_DT_STRING))
 		block(c, sl.group, "tensor '%s' is of type %s, which is not permuted", ni->name,
 		      nmp_dtype_name(ni->tensor->dtype));
@@ -1231,7 +1257,7 @@ static void expand(ctx *c, size_t s)
 static size_t new_group(ctx *c, const char *label)
 {
 	nmp_channels *o = c->out;
-	nmp_chan_group *g = grow(o->groups, &c->cap_groups, o->n_groups + 1, sizeof *g, &c->nomem);
+	nmp_chan_group *g = grow(o->groups, c->cap_groups, o->n_groups + 1, sizeof *g, &c->nomem);
 	if (!g)
 		return SIZE_MAX;
 	o->groups = g;
@@ -1269,7 +1295,7 @@ static void size_groups(ctx *c)
 			block(c, s->group, "'%s' does not have the group's %s channels", c->names[s->name].name, a);
 		}
 	}
-	for (size_t g = 0; g < c->out->n_groups; g++) {
+	for (size_t g = c->first_group; g < c->out->n_groups; g++) {
 		const nmp_chan_group *gr = &c->out->groups[g];
 		if (gr->blocked[0])
 			continue;
@@ -1317,11 +1343,17 @@ static nmp_status weight_matrix(const ctx *c, const nmp_choice *ch, float *out, 
 	return s;
 }
 
-/* The main-graph name of a choice's weight, or SIZE_MAX (a subgraph's, or shadowed). */
+/* Does a choice's weight belong in a channel group: an eligible tensor with a group axis. */
+static bool grouped(const nmp_choice *ch)
+{
+	return ch->eligible && ch->cand->tensor && ch->cand->axis >= 0;
+}
+
+/* The name of a choice's weight in c's graph, or SIZE_MAX (another graph's, or shadowed). */
 static size_t choice_name(const ctx *c, const nmp_choice *ch)
 {
 	const nmp_candidate *cand = ch->cand;
-	if (!cand->tensor || cand->axis < 0)
+	if (!grouped(ch))
 		return SIZE_MAX;
 	size_t ni = find_name(c, cand->name);
 	return ni != SIZE_MAX && c->names[ni].tensor == cand->tensor ? ni : SIZE_MAX;
@@ -1469,27 +1501,155 @@ static int edit_cmp(const void *a, const void *b)
 	return x->tensor < y->tensor ? -1 : x->tensor > y->tensor ? 1 : x->axis - y->axis;
 }
 
-static nmp_status record_edits(ctx *c)
+/* The edits of every slot of g that holds a tensor, in groups that may move; which do is known after the search. */
+static void record_edits(ctx *c)
 {
 	nmp_channels *o = c->out;
-	size_t cap = 0;
 	for (size_t i = 0; i < c->n_slots; i++) {
 		const slot *s = &c->slots[i];
 		const name_info *ni = &c->names[s->name];
-		if (!o->groups[s->group].perm || !ni->tensor)
+		if (o->groups[s->group].blocked[0] || !ni->tensor)
 			continue;
-		nmp_chan_edit *e = grow(o->edits, &cap, o->n_edits + 1, sizeof *e, &c->nomem);
+		nmp_chan_edit *e = grow(o->edits, c->cap_edits, o->n_edits + 1, sizeof *e, &c->nomem);
 		if (!e)
-			return nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
+			return;
 		o->edits = e;
 		o->edits[o->n_edits++] = (nmp_chan_edit){ .tensor = (size_t)(ni->tensor - c->model->tensors),
 							  .axis = ni->const_rank + s->neg, .group = s->group,
 							  .short_axis = s->is_short };
-		o->groups[s->group].n_tensors++;
 	}
-	if (o->n_edits)
-		qsort(o->edits, o->n_edits, sizeof *o->edits, edit_cmp);
-	return NMP_OK;
+}
+
+/* Keeps the edits of the groups the search gave an order, sorted by tensor. */
+static void keep_permuted_edits(nmp_channels *o)
+{
+	size_t kept = 0;
+	for (size_t i = 0; i < o->n_edits; i++) {
+		nmp_chan_group *g = &o->groups[o->edits[i].group];
+		if (!g->perm)
+			continue;
+		g->n_tensors++;
+		o->edits[kept++] = o->edits[i];
+	}
+	o->n_edits = kept;
+	if (kept)
+		qsort(o->edits, kept, sizeof *o->edits, edit_cmp);
+}
+
+static void ctx_free(ctx *c)
+{
+	for (size_t i = 0; i < c->n_names; i++) {
+		free(c->names[i].refs);
+		free(c->names[i].syms);
+	}
+	free(c->names);
+	free(c->name_map);
+	free(c->slots);
+	free(c->slot_keys);
+	free(c->slot_vals);
+}
+
+static nmp_status analyse_subgraphs(const ctx *c);
+
+static int size_cmp(const void *a, const void *b)
+{
+	size_t x = *(const size_t *)a, y = *(const size_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* The eligible choices whose weight is a constant of g, in selection order; NULL when out of memory. */
+static size_t *graph_choices(const ctx *c, size_t *n)
+{
+	size_t *mine = malloc((c->n_names ? c->n_names : 1) * sizeof *mine);
+	if (!mine)
+		return NULL;
+	*n = 0;
+	for (size_t i = 0; i < c->n_names; i++) {
+		const nmp_tensor *t = c->names[i].tensor;
+		uint32_t at = t ? c->choice_at[t - c->model->tensors] : 0;
+		if (at)
+			mine[(*n)++] = at - 1;
+	}
+	qsort(mine, *n, sizeof *mine, size_cmp);
+	return mine;
+}
+
+/*
+ * One graph's channel groups: every eligible weight whose tensor the graph
+ * defines starts one, unless it is in one already.  A subgraph (an If
+ * branch, a Loop or Scan body) is analysed on its own, as a graph whose
+ * inputs, outputs and the names it reads from the graphs around it all
+ * block; the enclosing graph in turn blocks a group that a subgraph reads.
+ */
+static nmp_status analyse_graph(ctx *c)
+{
+	const nmp_selection *sel = c->plan->sel;
+	nmp_channels *o = c->out;
+	nmp_status s = build_index(c);
+	if (s != NMP_OK)
+		return s;
+	infer_ranks(c);
+	c->first_group = o->n_groups;
+	size_t n_mine = 0, *mine = graph_choices(c, &n_mine);
+	if (!mine)
+		return nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
+	for (size_t k = 0; k < n_mine && !c->nomem; k++) {
+		const nmp_choice *ch = &sel->choices[mine[k]];
+		size_t ni = choice_name(c, ch);
+		if (ni == SIZE_MAX || choice_slot(c, ch) != SIZE_MAX)
+			continue; /* its name here is another tensor's, or it is in a group already */
+		size_t g = new_group(c, ch->cand->name);
+		if (g == SIZE_MAX)
+			break;
+		/* the weight of a grouped Conv holds one group of its input channels */
+		bool is_short = false;
+		for (size_t u = 0; u < ch->cand->n_uses; u++)
+			is_short |= strcmp(ch->cand->uses[u].op, "Conv") == 0 &&
+				    nmp_node_attr_int(ch->cand->uses[u].node, "group", 1) > 1;
+		link_slot(c, g, ni, choice_neg(ch), is_short);
+		while (c->expanded < c->n_slots && !c->nomem)
+			expand(c, c->expanded++);
+	}
+	for (size_t k = 0; k < n_mine && !c->nomem; k++) {
+		size_t sl = choice_slot(c, &sel->choices[mine[k]]);
+		if (sl != SIZE_MAX) {
+			o->group_of[mine[k]] = (long)c->slots[sl].group;
+			o->groups[c->slots[sl].group].n_weights++;
+		}
+	}
+	free(mine);
+	size_groups(c);
+	record_edits(c);
+	if (c->nomem)
+		return nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
+	return analyse_subgraphs(c);
+}
+
+static nmp_status analyse_subgraph(const ctx *c, const Onnx__GraphProto *g, const char *attr,
+				   const Onnx__NodeProto *owner)
+{
+	ctx sub = { .plan = c->plan, .effort = c->effort, .model = c->model, .g = g, .parent = c, .out = c->out,
+		    .cap_groups = c->cap_groups, .cap_edits = c->cap_edits, .choice_at = c->choice_at, .err = c->err };
+	snprintf(sub.where, sizeof sub.where, "the %s of '%s'", attr ? attr : "subgraph", node_label(owner));
+	nmp_status s = analyse_graph(&sub);
+	ctx_free(&sub);
+	return s;
+}
+
+static nmp_status analyse_subgraphs(const ctx *c)
+{
+	nmp_status s = NMP_OK;
+	for (size_t i = 0; i < c->g->n_node && s == NMP_OK; i++) {
+		const Onnx__NodeProto *n = c->g->node[i];
+		for (size_t a = 0; a < n->n_attribute && s == NMP_OK; a++) {
+			const Onnx__AttributeProto *at = n->attribute[a];
+			if (at->g)
+				s = analyse_subgraph(c, at->g, at->name, n);
+			for (size_t k = 0; k < at->n_graphs && s == NMP_OK; k++)
+				s = analyse_subgraph(c, at->graphs[k], at->name, n);
+		}
+	}
+	return s;
 }
 
 nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, unsigned effort, int threads, nmp_channels **out,
@@ -1498,7 +1658,10 @@ nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, unsigned effor
 	*out = NULL;
 	const nmp_selection *sel = plan->sel;
 	nmp_channels *o = calloc(1, sizeof *o);
-	ctx c = { .plan = plan, .effort = effort, .model = plan->model, .g = plan->model->proto->graph, .out = o, .err = err };
+	size_t cap_groups = 0, cap_edits = 0;
+	uint32_t *choice_at = NULL; /* per model tensor: its grouped choice + 1, 0 none */
+	ctx c = { .plan = plan, .effort = effort, .model = plan->model, .g = plan->model->proto->graph,
+		  .where = "the main graph", .out = o, .cap_groups = &cap_groups, .cap_edits = &cap_edits, .err = err };
 	if (!o)
 		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	o->group_of = malloc((sel->n + 1) * sizeof *o->group_of);
@@ -1509,67 +1672,26 @@ nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, unsigned effor
 		s = c.g ? nmp_error_set(err, NMP_ERR_NOMEM, "out of memory") : NMP_OK;
 		goto out;
 	}
-	for (size_t i = 0; i < sel->n; i++) {
-		o->group_of[i] = -1;
-		o->kept_identity[i] = o->kept_permuted[i] = -1; /* until a search measures them */
-	}
-	if ((s = build_index(&c)) != NMP_OK)
-		goto out;
-	infer_ranks(&c);
-
-	/* One group from every eligible weight's input channels not already in one. */
-	for (size_t i = 0; i < sel->n && !c.nomem; i++) {
-		const nmp_choice *ch = &sel->choices[i];
-		size_t ni = ch->eligible ? choice_name(&c, ch) : SIZE_MAX;
-		if (ch->eligible && ni == SIZE_MAX) { /* read in an If/Loop/Scan body only: say so */
-			size_t g = new_group(&c, ch->cand->name);
-			if (g == SIZE_MAX)
-				break;
-			block(&c, g, "read inside a subgraph (If, Loop or Scan body): only the main graph is permuted%s",
-			      "", NULL);
-			o->group_of[i] = (long)g;
-			o->groups[g].n_weights = 1;
-			continue;
-		}
-		if (ni == SIZE_MAX || choice_slot(&c, ch) != SIZE_MAX)
-			continue; /* not eligible, or in a group already */
-		size_t g = new_group(&c, ch->cand->name);
-		if (g == SIZE_MAX)
-			break;
-		/* the weight of a grouped Conv holds one group of its input channels */
-		bool is_short = false;
-		for (size_t u = 0; u < ch->cand->n_uses; u++)
-			is_short |= strcmp(ch->cand->uses[u].op, "Conv") == 0 &&
-				    nmp_node_attr_int(ch->cand->uses[u].node, "group", 1) > 1;
-		link_slot(&c, g, ni, choice_neg(ch), is_short);
-		while (c.expanded < c.n_slots && !c.nomem)
-			expand(&c, c.expanded++);
-	}
-	if (c.nomem) {
+	choice_at = calloc(plan->model->n_tensors ? plan->model->n_tensors : 1, sizeof *choice_at);
+	if (!choice_at) {
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 		goto out;
 	}
 	for (size_t i = 0; i < sel->n; i++) {
-		size_t sl = sel->choices[i].eligible ? choice_slot(&c, &sel->choices[i]) : SIZE_MAX;
-		if (sl != SIZE_MAX) {
-			o->group_of[i] = (long)c.slots[sl].group;
-			o->groups[c.slots[sl].group].n_weights++;
-		}
+		o->group_of[i] = -1;
+		o->kept_identity[i] = o->kept_permuted[i] = -1; /* until a search measures them */
+		if (grouped(&sel->choices[i]))
+			choice_at[sel->choices[i].cand->tensor - plan->model->tensors] = (uint32_t)(i + 1);
 	}
-	size_groups(&c);
+	c.choice_at = choice_at;
+	if ((s = analyse_graph(&c)) != NMP_OK)
+		goto out;
 	if ((s = search_groups(&c, seed, threads, err)) != NMP_OK)
 		goto out;
-	s = record_edits(&c);
+	keep_permuted_edits(o);
 out:
-	for (size_t i = 0; i < c.n_names; i++) {
-		free(c.names[i].refs);
-		free(c.names[i].syms);
-	}
-	free(c.names);
-	free(c.name_map);
-	free(c.slots);
-	free(c.slot_keys);
-	free(c.slot_vals);
+	free(choice_at);
+	ctx_free(&c);
 	if (s != NMP_OK)
 		nmp_channels_free(&o);
 	*out = o;

@@ -25,7 +25,10 @@
  * group's eligible weights stacked as rows, with their common element-wise
  * N:M pattern.  The rewrite then happens as the model is saved: each touched
  * tensor's payload is gathered along its permuted axes (nmp_channels_apply).
- * The main graph only: a weight read inside a subgraph is not permuted.
+ * Each If branch and Loop or Scan body is analysed as a graph of its own:
+ * its inputs, its outputs and the names it reads from the graphs around it
+ * block there, and a name a subgraph reads blocks in the graph that defines
+ * it, so no tensor is reordered for one graph and read unordered in another.
  *
  * Memory: a group's eligible weights as fp32 magnitudes, during its search.
  * Ownership: nmp_channels_plan allocates; nmp_channels_free releases.  The

@@ -141,6 +141,52 @@ def captured():
                   [_init(rng, "W1", (16, 16)), _init(rng, "W2", (16, 16))])
 
 
+def bodies():
+    """Weights inside subgraphs, each body a graph of its own: an If whose then_branch holds an MLP on the outer
+    'x' (its hidden channels move, its input channels come from outside), whose else_branch nests another If
+    with Constant-node weights, and a Loop whose body runs an MLP on its carried state."""
+    rng = np.random.default_rng(9)
+    f32 = TensorProto.FLOAT
+
+    def const(name, shape):
+        return helper.make_node("Constant", [], [name], name=name, value=_init(rng, name, shape))
+
+    def mlp(x, w1, w2, y, prefix):
+        return [helper.make_node("MatMul", [x, w1], [f"{prefix}.h"], name=f"{prefix}.fc1"),
+                helper.make_node("Relu", [f"{prefix}.h"], [f"{prefix}.r"]),
+                helper.make_node("MatMul", [f"{prefix}.r", w2], [y], name=f"{prefix}.fc2")]
+
+    then = helper.make_graph(mlp("x", "Wa", "Wb", "t", "then"), "then", [],
+                             [helper.make_tensor_value_info("t", f32, [4, 16])],
+                             [_init(rng, "Wa", (16, 32)), _init(rng, "Wb", (32, 16))])
+    inner_then = helper.make_graph([const("Wc1", (16, 32)), const("Wc2", (32, 16))] + mlp("x", "Wc1", "Wc2", "u", "in"),
+                                   "inner_then", [], [helper.make_tensor_value_info("u", f32, [4, 16])])
+    inner_else = helper.make_graph([helper.make_node("Identity", ["x"], ["v"])], "inner_else", [],
+                                   [helper.make_tensor_value_info("v", f32, [4, 16])])
+    other = helper.make_graph([helper.make_node("If", ["cond2"], ["w"], name="inner", then_branch=inner_then,
+                                                else_branch=inner_else)], "else", [],
+                              [helper.make_tensor_value_info("w", f32, [4, 16])])
+    body = helper.make_graph(
+        mlp("s_in", "Wl1", "Wl2", "s_out", "loop") + [helper.make_node("Identity", ["c_in"], ["c_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_in", f32, [4, 16])],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_out", f32, [4, 16])],
+        [_init(rng, "Wl1", (16, 32)), numpy_helper.from_array((0.2 * rng.standard_normal((32, 16))).astype(
+            np.float32), "Wl2")])
+    nodes = [
+        helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then, else_branch=other),
+        helper.make_node("Loop", ["trips", "go", "x"], ["z"], name="loop", body=body),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", f32, [4, 16]),
+                          helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                          helper.make_tensor_value_info("cond2", TensorProto.BOOL, [])],
+                  [helper.make_tensor_value_info("y", f32, [4, 16]), helper.make_tensor_value_info("z", f32, [4, 16])],
+                  [numpy_helper.from_array(np.array(3, np.int64), "trips"),
+                   numpy_helper.from_array(np.array(True), "go")])
+
+
 ZOO = {"conv_zoo": conv_zoo, "mlp_zoo": mlp_zoo}
 # groups each model has that must be permuted
 PERMUTED = {"resnet": 2, "bert": 2, "bert_int8": 2, "bert_fp16": 2, "conv_zoo": 2, "mlp_zoo": 2}
@@ -169,7 +215,19 @@ def _feeds(path):
 
 
 def _weights(path):
-    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    """Every initializer and Constant value, in every graph, by name."""
+    out = {}
+
+    def walk(g):
+        out.update({t.name: numpy_helper.to_array(t) for t in g.initializer})
+        for n in g.node:
+            for a in n.attribute:
+                if a.name == "value" and n.op_type == "Constant":
+                    out[n.output[0]] = numpy_helper.to_array(a.t)
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    walk(sub)
+    walk(onnx.load(str(path)).graph)
+    return out
 
 
 @pytest.mark.parametrize("name", sorted(PERMUTED))
@@ -254,9 +312,35 @@ def test_channels_read_in_a_subgraph_block(tmp_path):
     r = nmprune("prune", src, "-o", tmp_path / "o.onnx", "--permute", "--align", "none", "--json", check=0)
     groups = {g["from"]: g for g in json.loads(r.out)["permutation"]["groups"]}
     assert groups["W2"]["blocked"] == "'h' is read inside a subgraph of 'branch'"
-    # a weight of a subgraph is not permuted, and the report says why
-    assert groups["Wt"]["blocked"] == "read inside a subgraph (If, Loop or Scan body): only the main graph is permuted"
+    # the branch is analysed as a graph of its own: there, 'h' comes from the graph around it
+    assert groups["Wt"]["blocked"] == "'h' comes from outside the then_branch of 'branch'"
     assert groups["Wt"]["weights"] == 1 and not groups["Wt"]["permuted"]
+
+
+def test_weights_inside_if_and_loop_bodies_are_permuted(tmp_path):
+    """Every If branch and Loop body, nested ones too, is a graph of its own: the channels it keeps inside move,
+    those from its inputs or from the graphs around it block; both branches and the loop compute what they did."""
+    src = save(bodies(), tmp_path / "b.onnx")
+    out, pruned = tmp_path / "o.onnx", tmp_path / "p.onnx"
+    r = nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "--json", check=0)
+    groups = {g["from"]: g for g in json.loads(r.out)["permutation"]["groups"]}
+    assert groups["Wa"]["blocked"] == "'x' comes from outside the then_branch of 'branch'"
+    assert groups["Wc1"]["blocked"] == "'x' comes from outside the then_branch of 'inner'"
+    assert groups["Wl1"]["blocked"] == "'s_in' is an input of the body of 'loop'"
+    for w in ("Wb", "Wc2", "Wl2"):  # the hidden channels: the first weight's outputs, the second's inputs
+        assert groups[w]["permuted"] and groups[w]["channels"] == 32 and groups[w]["tensors"] == 2, groups[w]
+    assert len(groups) == 6
+    for cond, cond2 in ((True, False), (False, True), (False, False)):
+        feeds = {"x": np.random.default_rng(4).standard_normal((4, 16)).astype(np.float32),
+                 "cond": np.array(cond), "cond2": np.array(cond2)}
+        for a, b in zip(_outputs(src, feeds), _outputs(out, feeds)):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+    original, moved = _weights(src), _weights(out)
+    for w in ("Wb", "Wc2", "Wl2"):  # rows reordered, none lost
+        assert not np.array_equal(original[w], moved[w])
+        assert sorted(map(tuple, original[w])) == sorted(map(tuple, moved[w]))
+    nmprune("prune", src, "-o", pruned, "--permute", "--align", "none", "-q", check=0)
+    assert nmprune("check", pruned, "--align", "none", "-q").code == 0
 
 
 def test_permute_is_deterministic_and_dry_run_agrees(suite, tmp_path):

@@ -86,18 +86,28 @@ def test_permutation_keeps_the_function_of_real_models(tmp_path, name, permuted,
     assert out.read_bytes() != src.read_bytes()  # channels did move
 
 
-def test_groups_inside_if_branches_say_why(tmp_path):
-    """The full VAD model runs inside an If's two branches: each branch's conv stack is a group, reported as
-    blocked with its reason (only the main graph is permuted), and the model is written unchanged in function."""
+def test_groups_inside_if_branches_are_permuted(tmp_path):
+    """The full VAD model runs inside an If's two branches (8 kHz and 16 kHz): each branch is analysed as a graph
+    of its own, its three conv groups move like those of the export without the If, and both branches still
+    compute what they did.  --permute then prunes the permuted Constant weights of both branches."""
     src = REAL / "silero_vad.onnx"
     out = tmp_path / "p.onnx"
     r = nmprune("prune", src, "--permute-only", "-o", out, "--json", check=0)
     groups = json.loads(r.out)["permutation"]["groups"]
-    assert len(groups) == 6 and not any(g.get("permuted") for g in groups), groups
-    assert all("inside a subgraph" in g["blocked"] for g in groups), [g["blocked"] for g in groups]
-    feeds = MODELS["silero_vad"][2](np.random.default_rng(2))
-    for a, b in zip(run(src, feeds), run(out, feeds)):
-        np.testing.assert_array_equal(b, a)
+    assert sorted(g["from"].split("__")[-1] for g in groups if g.get("permuted")) == sorted(
+        f"encoder.{k}.reparam_conv.weight" for k in (1, 2, 3) for _ in range(2)), groups
+    assert len(groups) == 6 and all(g["tensors"] == 3 and g["kept"] > g["kept_unpermuted"] for g in groups)
+    assert {g["from"].split("__")[0] for g in groups} == {"If_0_then_branch", "If_0_else_branch"}
+    for rate, window in ((16000, 512), (8000, 256)):  # the If's condition: one run through each branch
+        feeds = MODELS["silero_vad"][2](np.random.default_rng(2))
+        feeds["sr"] = np.array(rate, dtype=np.int64)
+        feeds["input"] = feeds["input"][:, :window].copy()
+        for a, b in zip(run(src, feeds), run(out, feeds)):
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(a).max()))
+    assert out.read_bytes() != src.read_bytes()
+    pruned = tmp_path / "pp.onnx"
+    nmprune("prune", src, "--permute", "-o", pruned, "-q", check=0)
+    assert nmprune("check", pruned, "-q").code == 0
 
 
 def _weights(path):
