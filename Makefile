@@ -52,6 +52,8 @@ $(CONFIG_STAMP):
 
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 FAULT_SO := $(BUILD)/tests/fault_inject.so
+# The libFuzzer harnesses built as plain programs that replay files (fuzz/replay.c).
+FUZZ_REPLAY := $(BUILD)/tests/replay_fuzz_model $(BUILD)/tests/replay_fuzz_parsers
 
 .PHONY: all help deps test test-unit test-e2e test-real test-cuda bench-cuda gpu-bundle bench bench-quality bench-large asan test-asan valgrind install clean fuzz fuzz-corpus fuzz-run report-screenshot
 .DEFAULT_GOAL := all
@@ -109,6 +111,10 @@ $(BUILD)/bench/engine_bench: bench/engine_bench.c $(BUILD)/libnmprune.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $< $(BUILD)/libnmprune.a $(LDLIBS)
 
+$(BUILD)/tests/replay_%: fuzz/%.c fuzz/replay.c $(BUILD)/libnmprune.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ fuzz/$*.c fuzz/replay.c $(BUILD)/libnmprune.a $(LDLIBS)
+
 $(FAULT_SO): tests/fault_inject.c
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -fPIC -shared -Wall -Wextra -Werror -o $@ $< -ldl
@@ -137,7 +143,7 @@ bench-cuda: ## on a GPU: kernel bandwidth beside a device copy, the engine with 
 gpu-bundle: ## build with CUDA and pack what the GPU machine needs into .gpu/ (tools/gpu-bundle.sh)
 	./tools/gpu-bundle.sh
 
-test-e2e: all $(FAULT_SO) ## run the end-to-end tests of the command line
+test-e2e: all $(FAULT_SO) $(FUZZ_REPLAY) ## run the end-to-end tests of the command line
 	NMPRUNE=$(BUILD)/nmprune FAULT_SO=$(FAULT_SO) $(PYTHON) -m pytest -q -rs tests/e2e
 
 bench: all $(BUILD)/bench/engine_bench $(BUILD)/bench/perm_bench ## benchmarks: ratios against cp and the reference tools, same run

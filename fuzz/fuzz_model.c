@@ -37,7 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	nmp_engine *engine = NULL;
 	nmp_channels *channels = NULL;
-	if (size % 2 == 0 && nmp_channels_plan(&plan, NMP_PERMUTE_SEED, &channels, &err) != NMP_OK)
+	if (size % 2 == 0 && nmp_channels_plan(&plan, NMP_PERMUTE_SEED, 1, 1, &channels, &err) != NMP_OK)
 		channels = NULL;
 	if (nmp_engine_create(NMP_DEVICE_CPU, 1, &engine, NULL, 0, &err) == NMP_OK) {
 		nmp_pass_result r;

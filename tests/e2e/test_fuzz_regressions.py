@@ -37,3 +37,34 @@ def test_fuzz_regression(tmp_path, case):
         code, rss = _run(["prune", model, "--dry-run", "-q"])
         assert code in (0, 3, 4), code
     assert rss < 256 * 1024, rss
+
+
+def _replay(harness, files):
+    """The libFuzzer harness built as a plain program (fuzz/replay.c), over files."""
+    exe = Path(NMPRUNE).parent / "tests" / f"replay_{harness}"
+    p = subprocess.run([exe, *map(str, files)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == f"{len(files)} inputs replayed", p.stdout
+
+
+def test_parsers_harness_replays_its_regressions():
+    _replay("fuzz_parsers", [c for c in CASES if c.name.startswith("parsers-")] or [DEMO])
+
+
+def test_model_harness_runs_every_generated_model_with_and_without_permutation(tmp_path):
+    """The model harness permutes on inputs of even size: each model is replayed as it is and with an unknown
+    field of three bytes appended (field 1000, varint 0), so both halves run on every graph the tests build,
+    subgraph bodies included."""
+    import sys
+    from test_permute import blockers, bodies, captured, conv_zoo, mlp_zoo
+    from conftest import save
+    subprocess.run([sys.executable, str(ROOT / "models" / "make_models.py"), "all", str(tmp_path)], check=True)
+    for make in (blockers, bodies, captured, conv_zoo, mlp_zoo):
+        save(make(), tmp_path / f"{make.__name__}.onnx")
+    files = []
+    for model in sorted(tmp_path.glob("*.onnx")) + [DEMO] + [c for c in CASES if c.name.startswith("model-")]:
+        padded = tmp_path / f"{model.name}.odd"
+        padded.write_bytes(model.read_bytes() + b"\xc0\x3e\x00")
+        files += [model, padded]
+    assert len(files) >= 24
+    _replay("fuzz_model", files)
