@@ -902,8 +902,118 @@ static void rels_quant(const ctx *c, const Onnx__NodeProto *n, rels *rs)
  * of the input (Shape of the same tensor, or 0 when allowzero is off) or
  * not at all; a shape computed from constants alone moves no channels.
  */
+/*
+ * A constant reshaped to a constant shape that only adds or drops axes of
+ * size 1, as exporters shape a bias [C] to [1, C, 1, 1]: its other axes keep
+ * their order.  False when that is not the case, or not known.
+ */
+static bool rels_reshape_units(const ctx *c, const Onnx__NodeProto *n, rels *rs)
+{
+	size_t x = find_name(c, in_name(n, 0));
+	const nmp_tensor *t = x == SIZE_MAX ? NULL : c->names[x].tensor;
+	int64_t sh[MAX_SYMS];
+	int k = t ? const_ints(c, in_name(n, 1), sh, MAX_SYMS) : -1;
+	int r = t ? c->names[x].const_rank : -1;
+	if (k < 0 || r < 0)
+		return false;
+	bool allowzero = nmp_node_attr_int(n, "allowzero", 0) != 0;
+	int minus = -1;
+	uint64_t known = 1;
+	for (int j = 0; j < k; j++) {
+		if (sh[j] == 0 && !allowzero) {
+			if (j >= r)
+				return false;
+			sh[j] = t->proto->dims[j];
+		}
+		if (sh[j] == -1 && minus < 0) {
+			minus = j;
+			continue;
+		}
+		if (sh[j] < 0 || (uint64_t)sh[j] > t->numel)
+			return false;
+		known *= (uint64_t)sh[j];
+		if (known > t->numel)
+			return false;
+	}
+	if (minus >= 0) {
+		if (!known || t->numel % known)
+			return false;
+		sh[minus] = (int64_t)(t->numel / known);
+	}
+	int a = 0, b = 0, n_rel = rs->n;
+	for (;;) {
+		while (a < r && t->proto->dims[a] == 1)
+			a++;
+		while (b < k && sh[b] == 1)
+			b++;
+		if (a == r || b == k)
+			break;
+		if (t->proto->dims[a] != sh[b])
+			break;
+		rel *e = new_rel(rs);
+		mem(e, 0, 0, a - r, false);
+		mem(e, 1, 0, b - k, false);
+		a++;
+		b++;
+	}
+	if (a == r && b == k)
+		return true;
+	rs->n = n_rel; /* the axes regroup: nothing carries */
+	return false;
+}
+
+/* The axes an Unsqueeze inserts or a Squeeze drops, as bits of `r` axes; false when not known. */
+static bool unit_axes(const ctx *c, const Onnx__NodeProto *n, int r, uint64_t *bits)
+{
+	int64_t v[MAX_RANK];
+	int k = -1;
+	const Onnx__AttributeProto *a = nmp_node_attr(n, "axes");
+	if (a && a->n_ints <= MAX_RANK) {
+		k = (int)a->n_ints;
+		memcpy(v, a->ints, (size_t)k * sizeof *v);
+	} else if (!a && n->n_input > 1) {
+		k = const_ints(c, in_name(n, 1), v, MAX_RANK);
+	}
+	if (k < 0 || r > MAX_RANK)
+		return false;
+	*bits = 0;
+	for (int i = 0; i < k; i++) {
+		int64_t x = v[i] < 0 ? v[i] + r : v[i];
+		if (x < 0 || x >= r || (*bits >> x & 1))
+			return false;
+		*bits |= 1ull << x;
+	}
+	return true;
+}
+
+/* Unsqueeze and Squeeze: every other axis, in order, with the same axis of the other side. */
+static void rels_unsqueeze(const ctx *c, const Onnx__NodeProto *n, int r, rels *rs)
+{
+	bool un = op_is(n, "Unsqueeze");
+	uint64_t bits;
+	int na = axes_count(c, n, 1);
+	int ro = un ? r + na : r - na; /* rank of the output */
+	if (na < 0 || ro < 0 || !unit_axes(c, n, un ? ro : r, &bits))
+		return;
+	for (int i = 0, j = 0; i < r && j < ro; i++, j++) {
+		if (un)
+			while (j < ro && (bits >> j & 1))
+				j++;
+		else
+			while (i < r && (bits >> i & 1))
+				i++;
+		if (i == r || j == ro)
+			break;
+		rel *e = new_rel(rs);
+		mem(e, 0, 0, i - r, false);
+		mem(e, 1, 0, j - ro, false);
+	}
+}
+
 static void rels_reshape(const ctx *c, const Onnx__NodeProto *n, int r, rels *rs)
 {
+	if (rels_reshape_units(c, n, rs))
+		return;
 	dim_sym sh[MAX_SYMS];
 	size_t x = find_name(c, in_name(n, 0));
 	int k = syms_of(c, in_name(n, 1), sh);
@@ -1019,6 +1129,8 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 		}
 	} else if (op_is(n, "Reshape")) {
 		rels_reshape(c, n, r, rs);
+	} else if ((op_is(n, "Unsqueeze") || op_is(n, "Squeeze")) && n->n_output == 1) {
+		rels_unsqueeze(c, n, r, rs);
 	} else if (op_is(n, "Shape") || op_is(n, "Size")) {
 		/* They read sizes only: any axis may be reordered, and nothing they give moves. */
 		rel *e = new_rel(rs);

@@ -33,6 +33,9 @@ fetch magika==1.0.3 magika/models/standard_v3_3/model.onnx magika_standard_v3_3.
 fetch rapidocr_onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx ppocrv4_rec.onnx
 # OCR text detector (PP-OCRv4 DB, Conv only), 4.7 MB
 fetch rapidocr_onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx ppocrv4_det.onnx
+# OCR text-direction classifier (MobileNetV3 with squeeze-and-excitation, its
+# biases reshaped from [C] to [1, C, 1, 1] in the graph), 0.6 MB
+fetch rapidocr_onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx ppocr_cls.onnx
 # voice activity detector (Conv + LSTM); the full model runs inside the two
 # branches of an If (16 kHz and 8 kHz), the op15 export has no If, 2.3 / 1.3 MB
 fetch silero-vad==6.2.3 silero_vad/data/silero_vad.onnx silero_vad.onnx

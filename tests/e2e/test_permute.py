@@ -103,6 +103,41 @@ def mlp_zoo():
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 16])], inits)
 
 
+def shape_zoo():
+    """Biases shaped for broadcasting in the graph, as exporters leave them: a [16] bias through Reshape to
+    [1, -1, 1, 1] and a [16] scale through Unsqueeze on axes [0, 2, 3] move with the 16 channels; 32 pooled
+    channels through Squeeze of axes [2, 3] into a MatMul; a [2, 8] constant reshaped to [16] regroups its
+    axes and blocks."""
+    rng = np.random.default_rng(10)
+    inits = [_init(rng, "W1", (16, 8, 3, 3)), _init(rng, "b1", (16,)), _init(rng, "s1", (16,)),
+             _init(rng, "W2", (32, 16, 1, 1)), _init(rng, "W3", (32, 10)), _init(rng, "W4", (16, 16)),
+             _init(rng, "bq", (2, 8)), _init(rng, "W5", (16, 8)),
+             numpy_helper.from_array(np.array([1, -1, 1, 1], np.int64), "to4d"),
+             numpy_helper.from_array(np.array([0, 2, 3], np.int64), "unit"),
+             numpy_helper.from_array(np.array([2, 3], np.int64), "spatial"),
+             numpy_helper.from_array(np.array([16], np.int64), "flat")]
+    nodes = [
+        helper.make_node("Conv", ["x", "W1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["b1", "to4d"], ["rb1"], name="bias4d"),
+        helper.make_node("Add", ["c1", "rb1"], ["a1"]),
+        helper.make_node("Unsqueeze", ["s1", "unit"], ["us1"], name="scale4d"),
+        helper.make_node("Mul", ["a1", "us1"], ["m1"]),
+        helper.make_node("Relu", ["m1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "W2"], ["c2"], name="conv2"),
+        helper.make_node("GlobalAveragePool", ["c2"], ["gp"]),
+        helper.make_node("Squeeze", ["gp", "spatial"], ["sq"], name="squeeze"),
+        helper.make_node("MatMul", ["sq", "W3"], ["y"], name="head"),
+        helper.make_node("MatMul", ["x2", "W4"], ["h"], name="fc4"),
+        helper.make_node("Reshape", ["bq", "flat"], ["rq"], name="regroup"),
+        helper.make_node("Add", ["h", "rq"], ["hq"]),
+        helper.make_node("MatMul", ["hq", "W5"], ["y2"], name="fc5"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 6, 6]),
+                          helper.make_tensor_value_info("x2", TensorProto.FLOAT, [4, 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 10]),
+                   helper.make_tensor_value_info("y2", TensorProto.FLOAT, [4, 8])], inits)
+
+
 def blockers():
     """Each eligible weight reads channels that something blocks."""
     rng = np.random.default_rng(7)
@@ -187,9 +222,9 @@ def bodies():
                    numpy_helper.from_array(np.array(True), "go")])
 
 
-ZOO = {"conv_zoo": conv_zoo, "mlp_zoo": mlp_zoo}
+ZOO = {"conv_zoo": conv_zoo, "mlp_zoo": mlp_zoo, "shape_zoo": shape_zoo}
 # groups each model has that must be permuted
-PERMUTED = {"resnet": 2, "bert": 2, "bert_int8": 2, "bert_fp16": 2, "conv_zoo": 2, "mlp_zoo": 2}
+PERMUTED = {"resnet": 2, "bert": 2, "bert_int8": 2, "bert_fp16": 2, "conv_zoo": 2, "mlp_zoo": 2, "shape_zoo": 2}
 
 
 def _path(suite, tmp_path, name):
@@ -305,6 +340,24 @@ def test_blocked_groups_name_their_reason(tmp_path):
     assert (tmp_path / "o.onnx").read_bytes() == (tmp_path / "plain.onnx").read_bytes()
     text = nmprune("prune", src, "-o", tmp_path / "o2.onnx", "--permute", "--align", "none", check=0).err
     assert "group 1 from 'W2': blocked: Reshape 'reshape' mixes or reorders the channels of 'b'" in text
+
+
+def test_unit_axes_carry_the_channels_and_regrouping_blocks(tmp_path):
+    src = save(shape_zoo(), tmp_path / "s.onnx")
+    r = nmprune("prune", src, "-o", tmp_path / "o.onnx", "--permute-only", "--align", "none", "--json", check=0)
+    groups = {g["from"]: g for g in json.loads(r.out)["permutation"]["groups"]}
+    assert groups["W2"]["permuted"] and groups["W2"]["channels"] == 16
+    assert groups["W2"]["tensors"] == 4  # W1's outputs, b1, s1, W2's inputs
+    assert groups["W3"]["permuted"] and groups["W3"]["channels"] == 32 and groups["W3"]["tensors"] == 2
+    assert groups["W5"]["blocked"] == "Reshape 'regroup' mixes or reorders the channels of 'rq'"
+    assert groups["W1"]["blocked"] == "'x' is a graph input"
+    moved, original = _weights(tmp_path / "o.onnx"), _weights(src)
+    order = [next(j for j in range(16) if np.array_equal(moved["W1"][i], original["W1"][j])) for i in range(16)]
+    rows = [next(j for j in range(32) if np.array_equal(moved["W3"][i], original["W3"][j])) for i in range(32)]
+    assert order != list(range(16)) and rows != list(range(32))
+    np.testing.assert_array_equal(moved["b1"], original["b1"][order])
+    np.testing.assert_array_equal(moved["s1"], original["s1"][order])
+    np.testing.assert_array_equal(moved["W2"], original["W2"][rows][:, order])
 
 
 def test_channels_read_in_a_subgraph_block(tmp_path):

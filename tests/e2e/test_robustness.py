@@ -235,14 +235,15 @@ def test_empty_grouped_conv_under_permute(tmp_path):
 
 def random_cnn(path, seed):
     """A random chain of the ops the permutation follows: plain, grouped and depthwise convs with
-    BatchNormalization, activations, residual joins, per-channel Mul, and a QDQ pair."""
+    BatchNormalization, activations, residual joins, per-channel Mul, a QDQ pair, a [C] bias reshaped or
+    unsqueezed to [1, C, 1, 1], and an Unsqueeze/Squeeze round trip of the activation."""
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
     width = int(rng.choice([32, 64]))
     x = conv_bn(rng, nodes, inits, "x", "stem", 8, width, 3)
     skip = x
     for i in range(int(rng.integers(3, 7))):
-        kind = rng.choice(["conv", "grouped", "depthwise", "residual", "mul", "qdq", "act"])
+        kind = rng.choice(["conv", "grouped", "depthwise", "residual", "mul", "qdq", "act", "bias", "unit"])
         y = f"n{i}"
         if kind == "conv":
             x = conv_bn(rng, nodes, inits, x, y, width, width, int(rng.choice([1, 3])))
@@ -262,6 +263,20 @@ def random_cnn(path, seed):
             nodes += [helper.make_node("QuantizeLinear", [x, f"{y}.sc", f"{y}.zp"], [f"{y}.q"]),
                       helper.make_node("DequantizeLinear", [f"{y}.q", f"{y}.sc", f"{y}.zp"], [y])]
             x = y
+        elif kind == "bias":
+            inits += [init(rng, f"{y}.b", (width,)),
+                      numpy_helper.from_array(np.array([1, -1, 1, 1] if rng.random() < 0.5 else [0, 2, 3], np.int64),
+                                              f"{y}.shape")]
+            op = "Reshape" if inits[-1].dims[0] == 4 else "Unsqueeze"
+            nodes += [helper.make_node(op, [f"{y}.b", f"{y}.shape"], [f"{y}.b4"]),
+                      helper.make_node(str(rng.choice(["Add", "Mul"])), [x, f"{y}.b4"], [y])]
+            x = y
+        elif kind == "unit":
+            inits.append(numpy_helper.from_array(np.array([int(rng.choice([0, 2, -1]))], np.int64), f"{y}.ax"))
+            nodes += [helper.make_node("Unsqueeze", [x, f"{y}.ax"], [f"{y}.u"]),
+                      helper.make_node("Relu", [f"{y}.u"], [f"{y}.r"]),
+                      helper.make_node("Squeeze", [f"{y}.r", f"{y}.ax"], [y])]
+            x = y
         else:
             nodes.append(helper.make_node(str(rng.choice(["Relu", "Sigmoid", "Tanh"])), [x], [y]))
             x = y
@@ -275,7 +290,7 @@ def random_cnn(path, seed):
     return path
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(16))
 def test_random_graphs_keep_their_function(tmp_path, seed):
     """Invariant: --permute-only never changes what a model computes, and ends within a bound."""
     model = random_cnn(tmp_path / "m.onnx", seed)
