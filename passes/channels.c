@@ -1485,7 +1485,7 @@ static size_t choice_slot(const ctx *c, const nmp_choice *ch)
 }
 
 /* One group's search; reads the model and writes only group g's entries (groups run in parallel). */
-static nmp_status search_group(const ctx *c, size_t g, uint64_t seed, nmp_error *err)
+static nmp_status search_group(const ctx *c, size_t g, uint64_t seed, int threads, nmp_error *err)
 {
 	nmp_chan_group *gr = &c->out->groups[g];
 	const nmp_selection *sel = c->plan->sel;
@@ -1538,7 +1538,8 @@ static nmp_status search_group(const ctx *c, size_t g, uint64_t seed, nmp_error 
 	}
 	if (s == NMP_OK) {
 		double t0 = nmp_now();
-		nmp_perm_opts po = { .n = gr->n, .m = gr->m, .block = blk, .seed = seed + g, .effort = c->effort };
+		nmp_perm_opts po = { .n = gr->n, .m = gr->m, .block = blk, .seed = seed + g, .effort = c->effort,
+				     .threads = threads };
 		if (nmp_perm_search(mag, rows, cols, &po, p, &gr->search) != 0)
 			s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 		gr->seconds = nmp_now() - t0;
@@ -1582,6 +1583,7 @@ static nmp_status search_group(const ctx *c, size_t g, uint64_t seed, nmp_error 
 typedef struct search_run {
 	const ctx *c;
 	uint64_t seed;
+	int inner;                  /* workers for each group's own search */
 } search_run;
 
 static nmp_status search_item(void *arg, size_t g, nmp_error *err)
@@ -1589,7 +1591,7 @@ static nmp_status search_item(void *arg, size_t g, nmp_error *err)
 	const search_run *r = arg;
 	if (r->c->out->groups[g].blocked[0])
 		return NMP_OK;
-	return search_group(r->c, g, r->seed, err);
+	return search_group(r->c, g, r->seed, r->inner, err);
 }
 
 /*
@@ -1603,7 +1605,11 @@ static nmp_status search_groups(const ctx *c, uint64_t seed, int threads, nmp_er
 		long online = sysconf(_SC_NPROCESSORS_ONLN);
 		threads = online > 0 ? (int)online : 1;
 	}
-	search_run r = { .c = c, .seed = seed };
+	size_t open = 0;
+	for (size_t g = 0; g < c->out->n_groups; g++)
+		open += !c->out->groups[g].blocked[0];
+	/* few groups: the rest of the workers go into each group's search */
+	search_run r = { .c = c, .seed = seed, .inner = open && (size_t)threads > open ? threads / (int)open : 1 };
 	return nmp_parallel(threads, c->out->n_groups, search_item, &r, err);
 }
 

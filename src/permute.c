@@ -1,5 +1,7 @@
 #include "permute.h"
 
+#include "parallel.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -84,6 +86,9 @@ typedef struct search {
 	 */
 	float *y;
 	double *x;
+	uint32_t *parted_order;  /* set where the descent is parted: one entry per group */
+	float *parted_scratch;   /* M floats per part */
+	int threads;
 } search;
 
 /*
@@ -276,11 +281,80 @@ static void descend_random(search *s)
 	}
 }
 
+/*
+ * The parted random descent (permute.h): PARTS parts of at least
+ * PART_GROUPS groups each, rounds of a 32nd of the budget.
+ */
+#define PARTS 8
+#define PART_GROUPS 16
+
+typedef struct parted {
+	search *s;
+	const uint32_t *order;     /* the round's shuffled groups: part k holds its k-th share */
+	size_t n_parts;
+	uint64_t seeds[PARTS];
+	uint64_t budget;           /* evaluations per part this round */
+	uint64_t evals[PARTS];
+	float *scratch;            /* M floats per part */
+} parted;
+
+/* Random swaps among part k's groups, with the part's own stream and scratch. */
+static nmp_status descend_part(void *arg, size_t k, nmp_error *err)
+{
+	(void)err;
+	parted *pt = arg;
+	const size_t n_groups = pt->s->cols / pt->s->m;
+	const uint32_t *mine = pt->order + k * n_groups / pt->n_parts;
+	const size_t n = (k + 1) * n_groups / pt->n_parts - k * n_groups / pt->n_parts;
+	search s = *pt->s; /* shares the order, the summaries and the kept sums: part k writes its groups' only */
+	s.scratch = pt->scratch + k * s.m;
+	s.rng = pt->seeds[k];
+	s.evals = 0;
+	while (s.evals < pt->budget) {
+		size_t a = next_rand(&s) % n, b = (a + 1 + next_rand(&s) % (n - 1)) % n;
+		size_t p = mine[a] * s.m + next_rand(&s) % s.m, q = mine[b] * s.m + next_rand(&s) % s.m;
+		double ga, gb;
+		double gain = swap_gain(&s, p, q, &ga, &gb);
+		if (gain > 1e-6 * (s.group[p / s.m] + s.group[q / s.m] + 1e-30))
+			do_swap(&s, p, q, ga, gb);
+	}
+	pt->evals[k] = s.evals;
+	return NMP_OK;
+}
+
+static void descend_parted(search *s, uint32_t *order, float *scratch, int threads)
+{
+	const size_t n_groups = s->cols / s->m;
+	parted pt = { .s = s, .order = order, .scratch = scratch };
+	pt.n_parts = n_groups / PART_GROUPS < PARTS ? n_groups / PART_GROUPS : PARTS;
+	const uint64_t round = s->budget / 32 > 1024 * pt.n_parts ? s->budget / 32 : 1024 * pt.n_parts;
+	for (size_t g = 0; g < n_groups; g++)
+		order[g] = (uint32_t)g;
+	while (s->evals < s->budget) {
+		for (size_t g = n_groups - 1; g > 0; g--) { /* Fisher-Yates */
+			size_t j = next_rand(s) % (g + 1);
+			uint32_t t = order[g];
+			order[g] = order[j];
+			order[j] = t;
+		}
+		for (size_t k = 0; k < pt.n_parts; k++)
+			pt.seeds[k] = next_rand(s) | 1;
+		uint64_t left = s->budget - s->evals;
+		pt.budget = ((left < round ? left : round) + pt.n_parts - 1) / pt.n_parts;
+		nmp_parallel(threads, pt.n_parts, descend_part, &pt, NULL);
+		for (size_t k = 0; k < pt.n_parts; k++)
+			s->evals += pt.evals[k];
+	}
+}
+
 /* Local descent by first-improvement swaps; returns when none improves or the budget ends. */
 static void descend(search *s)
 {
 	if ((uint64_t)s->cols * s->cols / 2 > 4 * s->budget) {
-		descend_random(s);
+		if (s->parted_order)
+			descend_parted(s, s->parted_order, s->parted_scratch, s->threads);
+		else
+			descend_random(s);
 		return;
 	}
 	const size_t block = s->block ? s->block : s->cols;
@@ -376,6 +450,18 @@ int nmp_perm_search(const float *mag, size_t rows, size_t cols, const nmp_perm_o
 	if (evals > 20000 * (uint64_t)cols && 128 * work <= 144000000)
 		evals = 20000 * (uint64_t)cols;
 	s.budget = o->budget ? o->budget : evals * (o->effort > 1 ? o->effort : 1) + 1;
+	/* parted where the descent is random and columns move anywhere; the sizes alone decide, never threads */
+	if ((uint64_t)cols * cols / 2 > 4 * s.budget && (!o->block || o->block >= cols) &&
+	    cols / o->m >= 2 * PART_GROUPS) {
+		s.parted_order = malloc((cols / o->m) * sizeof *s.parted_order);
+		s.parted_scratch = malloc(PARTS * o->m * sizeof *s.parted_scratch);
+		s.threads = o->threads;
+		if (!s.parted_order || !s.parted_scratch) {
+			free(s.parted_order), free(s.parted_scratch);
+			free(colmag), free(s.group), free(s.scratch), free(best), free(s.y), free(s.x);
+			return -1;
+		}
+	}
 
 	double best_kept = total_kept(&s); /* in the search's own (float-lane) sums */
 	memcpy(best, perm, cols * sizeof *best);
@@ -420,6 +506,7 @@ int nmp_perm_search(const float *mag, size_t rows, size_t cols, const nmp_perm_o
 	free(s.scratch);
 	free(best);
 	free(s.y), free(s.x);
+	free(s.parted_order), free(s.parted_scratch);
 	return 0;
 }
 

@@ -15,6 +15,13 @@
  * column-pair evaluations, not by time, so results do not depend on the
  * machine; the default grows with the matrix.  Columns may be confined to
  * blocks (grouped convolutions: a channel must stay in its group).
+ *
+ * On large matrices (far more column pairs than the budget) the descent
+ * tries random swaps instead, in rounds: each round deals the groups of M
+ * into a fixed number of parts, by a seeded shuffle, and each part swaps
+ * only among its own groups with its own seeded stream.  The parts touch
+ * disjoint groups, so they run on `threads` workers and the result is the
+ * same for any number of them.
  */
 #ifndef NMP_PERMUTE_H
 #define NMP_PERMUTE_H
@@ -28,6 +35,8 @@ typedef struct nmp_perm_opts {
 	unsigned effort;          /* the default budget times this (0 or 1: as is) */
 	unsigned block;           /* columns move only within blocks of this size; 0: anywhere */
 	uint64_t seed;
+	int threads;              /* workers for one large search (0 or 1: the calling thread); the
+				   * result does not depend on it */
 } nmp_perm_opts;
 
 typedef struct nmp_perm_result {

@@ -175,6 +175,39 @@ static void test_search_reaches_the_optimum(void **state)
 			}
 }
 
+/*
+ * A large search (far more pairs than its budget) runs in parted rounds:
+ * the order found is the same for 1, 2, 3 and 8 workers, for 2:4 and 4:8,
+ * it is a permutation, keeps more than the identity, and spends its budget
+ * (to within one round's rounding per part).
+ */
+static void test_parted_search_is_the_same_on_any_number_of_threads(void **state)
+{
+	(void)state;
+	static const unsigned nm[][2] = { { 2, 4 }, { 4, 8 } };
+	const size_t rows = 16, cols = 1024;
+	float *mag = malloc(rows * cols * sizeof *mag);
+	uint32_t *first = malloc(cols * sizeof *first), *perm = malloc(cols * sizeof *perm);
+	for (size_t i = 0; i < rows * cols; i++)
+		mag[i] = rnd() * (1.0f + (float)(i % cols % 7)); /* columns of unequal scale: something to find */
+	for (size_t k = 0; k < 2; k++) {
+		static const int threads[] = { 1, 2, 3, 8 };
+		for (size_t t = 0; t < 4; t++) {
+			nmp_perm_opts o = { .n = nm[k][0], .m = nm[k][1], .budget = 50000, .seed = 5, .threads = threads[t] };
+			nmp_perm_result r;
+			assert_int_equal(nmp_perm_search(mag, rows, cols, &o, t ? perm : first, &r), 0);
+			assert_permutation(t ? perm : first, cols, 0);
+			assert_true(r.kept > r.kept_identity);
+			assert_true(r.evaluations >= o.budget && r.evaluations <= o.budget + 8 + 1);
+			if (t)
+				assert_memory_equal(perm, first, cols * sizeof *perm);
+		}
+	}
+	free(mag);
+	free(first);
+	free(perm);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -182,6 +215,7 @@ int main(void)
 		cmocka_unit_test(test_ideal_order_is_kept_and_planted_order_undone),
 		cmocka_unit_test(test_kept_is_the_sum_of_the_n_largest),
 		cmocka_unit_test(test_search_reaches_the_optimum),
+		cmocka_unit_test(test_parted_search_is_the_same_on_any_number_of_threads),
 	};
 	return cmocka_run_group_tests_name("permute", tests, NULL, NULL);
 }

@@ -608,3 +608,27 @@ def test_groups_searched_in_parallel_give_the_same_output(suite, tmp_path):
     assert (tmp_path / "o1.onnx").read_bytes() == (tmp_path / "o2.onnx").read_bytes() == (tmp_path / "o3.onnx").read_bytes()
     assert reps["1"] == reps["2"] == reps["3"]
     assert sum(g["permuted"] for g in reps["1"]) >= 2
+
+
+def test_one_large_group_searched_on_several_threads_gives_the_same_output(tmp_path):
+    """A single group of 8192 channels (far more column pairs than its budget) is searched in parted rounds
+    whose parts run at once: the output is the same on 1, 2 and 3 threads, and computes what the input does."""
+    rng = np.random.default_rng(11)
+    scale = np.exp(0.5 * rng.standard_normal(8192)).astype(np.float32)  # channels of unequal size, as trained
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 8192)).astype(np.float32) * scale, "W1"),
+             numpy_helper.from_array(rng.standard_normal((8192, 64)).astype(np.float32) * scale[:, None], "W2")]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2"], ["y"], name="down")]
+    src = save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])], inits), tmp_path / "wide.onnx")
+    reps = {}
+    for t in ("1", "2", "3"):
+        r = nmprune("prune", src, "-o", tmp_path / f"o{t}.onnx", "--permute-only", "--threads", t, "--json", check=0)
+        reps[t] = [{k: v for k, v in g.items() if k != "search_s"} for g in json.loads(r.out)["permutation"]["groups"]]
+    assert (tmp_path / "o1.onnx").read_bytes() == (tmp_path / "o2.onnx").read_bytes() == (tmp_path / "o3.onnx").read_bytes()
+    assert reps["1"] == reps["2"] == reps["3"]
+    (group,) = [g for g in reps["1"] if g["channels"] == 8192]
+    assert group["permuted"] and group["efficacy"] > 0.2, group
+    feeds = {"x": rng.standard_normal((4, 64)).astype(np.float32)}
+    for a, b in zip(_outputs(src, feeds), _outputs(tmp_path / "o2.onnx", feeds)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
