@@ -36,6 +36,9 @@ fetch rapidocr_onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_PP-OCRv4_det_in
 # OCR text-direction classifier (MobileNetV3 with squeeze-and-excitation, its
 # biases reshaped from [C] to [1, C, 1, 1] in the graph), 0.6 MB
 fetch rapidocr_onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx ppocr_cls.onnx
+# object detector (YOLOv8n at 320 px: C2f blocks that Split and Concat the
+# channels, SiLU, Resize, a DFL head), 12.2 MB
+fetch nudenet==3.4.2 nudenet/320n.onnx yolov8n_320.onnx
 # voice activity detector (Conv + LSTM); the full model runs inside the two
 # branches of an If (16 kHz and 8 kHz), the op15 export has no If, 2.3 / 1.3 MB
 fetch silero-vad==6.2.3 silero_vad/data/silero_vad.onnx silero_vad.onnx

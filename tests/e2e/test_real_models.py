@@ -19,6 +19,7 @@ MODELS = {
     "ppocrv4_rec": (47, 17, lambda r: {"x": r.standard_normal((2, 3, 48, 320)).astype(np.float32)}),
     "ppocrv4_det": (64, 28, lambda r: {"x": r.standard_normal((1, 3, 160, 192)).astype(np.float32)}),
     "ppocr_cls": (54, 12, lambda r: {"x": r.standard_normal((2, 3, 48, 192)).astype(np.float32)}),
+    "yolov8n_320": (64, 59, lambda r: {"images": r.random((1, 3, 320, 320)).astype(np.float32)}),
     "silero_vad": (20, 6, lambda r: _vad_feeds(r)),
     "silero_vad_16k_op15": (10, 3, lambda r: _vad_feeds(r)),
 }
@@ -66,7 +67,7 @@ def test_pruned_model_complies_and_runs(tmp_path, name, pattern):
 
 @pytest.mark.parametrize("inferred", [False, True], ids=["as-exported", "onnx-shape-inference"])
 @pytest.mark.parametrize("name,permuted", [("ppocrv4_rec", 16), ("ppocrv4_det", 18), ("ppocr_cls", 5),
-                                           ("silero_vad_16k_op15", 3)])
+                                           ("yolov8n_320", 29), ("silero_vad_16k_op15", 3)])
 def test_permutation_keeps_the_function_of_real_models(tmp_path, name, permuted, inferred):
     """--permute-only rewrites channels across real Conv stacks (the recogniser's through a Reshape to a shape
     the graph computes from Shape): outputs stay those of the input model.  The exports carry no value_info;
