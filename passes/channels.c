@@ -20,7 +20,7 @@
 
 typedef struct ref {
 	uint32_t node;
-	int32_t input;              /* -1: read inside one of the node's subgraphs */
+	int32_t input;              /* -1 - k: read inside the node's k-th subgraph (attribute order) */
 } ref;
 
 /*
@@ -48,6 +48,10 @@ typedef struct name_info {
 	dim_sym *syms;              /* a computed shape's entries (one for a scalar), when followed; else NULL */
 	int n_syms;
 	bool graph_input, graph_output;
+	/* a constant read only inside one subgraph (the deleg_sub-th of node deleg_node): that subgraph's
+	 * analysis owns it; -1 otherwise */
+	int32_t deleg_sub;
+	uint32_t deleg_node;
 } name_info;
 
 typedef struct slot {
@@ -63,6 +67,8 @@ typedef struct ctx {
 	const nmp_model *model;
 	const Onnx__GraphProto *g;  /* the graph analysed: the main graph or a subgraph */
 	const struct ctx *parent;   /* the graph enclosing g; NULL for the main graph */
+	uint32_t owner;             /* g is the sub-th subgraph of the parent's node `owner` */
+	int32_t sub;
 	char where[200];            /* how messages name g: "the main graph", "the then_branch of 'If_0'" */
 	size_t first_group;         /* the groups found in g are first_group and after */
 	name_info *names;
@@ -120,7 +126,7 @@ static size_t intern(ctx *c, const char *name)
 		return SIZE_MAX;
 	c->names = n;
 	i = c->n_names++;
-	c->names[i] = (name_info){ .name = name, .producer = -1, .rank = -1 };
+	c->names[i] = (name_info){ .name = name, .producer = -1, .rank = -1, .deleg_sub = -1 };
 	size_t h = (size_t)nmp_str_hash(name) & (c->name_cap - 1);
 	while (c->name_map[h] != UINT32_MAX)
 		h = (h + 1) & (c->name_cap - 1);
@@ -173,28 +179,41 @@ static int64_t const_dim(const name_info *n, int d)
 	return n->tensor ? n->tensor->proto->dims[d] : n->list_len;
 }
 
-static void subgraph_refs(ctx *c, const Onnx__GraphProto *g, uint32_t owner);
+static void subgraph_refs(ctx *c, const Onnx__GraphProto *g, uint32_t owner, int32_t sub);
 
-/* Every outer name the subgraphs of node n read, recorded as read by `owner`. */
-static void node_subgraph_refs(ctx *c, const Onnx__NodeProto *n, uint32_t owner)
+/*
+ * Every outer name the subgraphs of node n read, recorded as read by node
+ * `owner` inside its subgraph `sub`; sub < 0: n is the owner, and each of
+ * its subgraphs is numbered in attribute order.
+ */
+static void node_subgraph_refs(ctx *c, const Onnx__NodeProto *n, uint32_t owner, int32_t sub)
 {
+	int32_t k = 0;
 	for (size_t a = 0; a < n->n_attribute; a++) {
 		const Onnx__AttributeProto *at = n->attribute[a];
 		if (at->g)
-			subgraph_refs(c, at->g, owner);
-		for (size_t k = 0; k < at->n_graphs; k++)
-			subgraph_refs(c, at->graphs[k], owner);
+			subgraph_refs(c, at->g, owner, sub >= 0 ? sub : k++);
+		for (size_t j = 0; j < at->n_graphs; j++)
+			subgraph_refs(c, at->graphs[j], owner, sub >= 0 ? sub : k++);
 	}
 }
 
-static void subgraph_refs(ctx *c, const Onnx__GraphProto *g, uint32_t owner)
+/* The entry of the enclosing graph's constant that c's graph alone reads (and so owns), or NULL. */
+static const name_info *owned_outer(const ctx *c, const char *name)
+{
+	size_t i = c->parent && name ? find_name(c->parent, name) : SIZE_MAX;
+	const name_info *p = i != SIZE_MAX ? &c->parent->names[i] : NULL;
+	return p && p->deleg_sub == c->sub && p->deleg_node == c->owner ? p : NULL;
+}
+
+static void subgraph_refs(ctx *c, const Onnx__GraphProto *g, uint32_t owner, int32_t sub)
 {
 	for (size_t i = 0; i < g->n_node; i++) {
 		const Onnx__NodeProto *n = g->node[i];
-		for (size_t k = 0; k < n->n_input; k++)
-			if (find_name(c, n->input[k]) != SIZE_MAX)
-				add_ref(c, n->input[k], owner, -1);
-		node_subgraph_refs(c, n, owner);
+		for (size_t k = 0; k < n->n_input; k++) /* an owned constant passes on to the subgraph that reads it */
+			if (find_name(c, n->input[k]) != SIZE_MAX || owned_outer(c, n->input[k]))
+				add_ref(c, n->input[k], owner, -1 - sub);
+		node_subgraph_refs(c, n, owner, sub);
 	}
 }
 
@@ -217,12 +236,31 @@ static int shape_rank(const Onnx__ValueInfoProto *v)
 	return (int)v->type->tensor_type->shape->n_dim;
 }
 
+/* The inputs of every node in the subgraphs of g's nodes, at any depth. */
+static size_t nested_inputs(const Onnx__GraphProto *g)
+{
+	size_t total = 0;
+	for (size_t i = 0; i < g->n_node; i++)
+		for (size_t a = 0; a < g->node[i]->n_attribute; a++) {
+			const Onnx__AttributeProto *at = g->node[i]->attribute[a];
+			for (size_t k = 0; k < at->n_graphs + (at->g != NULL); k++) {
+				const Onnx__GraphProto *s = k < at->n_graphs ? at->graphs[k] : at->g;
+				for (size_t j = 0; j < s->n_node; j++)
+					total += s->node[j]->n_input;
+				total += nested_inputs(s);
+			}
+		}
+	return total;
+}
+
 static nmp_status build_index(ctx *c)
 {
 	const Onnx__GraphProto *g = c->g;
 	size_t total = g->n_initializer + g->n_input + g->n_output + 1;
 	for (size_t i = 0; i < g->n_node; i++)
 		total += g->node[i]->n_input + g->node[i]->n_output;
+	if (c->parent) /* a subgraph also indexes the owned constants that its own subgraphs read */
+		total += nested_inputs(g);
 	if (total >= UINT32_MAX / 2)
 		return nmp_error_set(c->err, NMP_ERR_MODEL, "graph '%s': %zu names, more than nmprune indexes",
 				     g->name ? g->name : "", total);
@@ -283,14 +321,36 @@ static nmp_status build_index(ctx *c)
 			c->names[k].rank = shape_rank(g->value_info[i]);
 	}
 	for (size_t i = 0; i < g->n_node; i++)
-		node_subgraph_refs(c, g->node[i], (uint32_t)i);
-	/* a name a subgraph reads from the graphs around it: its rank from there, nothing else */
+		node_subgraph_refs(c, g->node[i], (uint32_t)i, -1);
+	/*
+	 * A name this subgraph reads from the graphs around it lends its rank,
+	 * and nothing else, unless it is a constant of the enclosing graph that
+	 * only this subgraph reads: then it is this subgraph's to move.
+	 */
 	for (size_t i = 0; c->parent && i < c->n_names; i++) {
 		name_info *ni = &c->names[i];
-		const name_info *o = ni->producer < 0 && !ni->is_const && !ni->graph_input ? outer_name(c, ni->name)
-											    : NULL;
+		if (ni->producer >= 0 || ni->is_const || ni->graph_input)
+			continue;
+		const name_info *p = owned_outer(c, ni->name);
+		if (p) {
+			set_const(ni, p->tensor);
+			continue;
+		}
+		const name_info *o = outer_name(c, ni->name);
 		if (o && ni->rank < 0)
 			ni->rank = o->rank;
+	}
+	/* the constants read only inside one subgraph, which that subgraph's analysis owns */
+	for (size_t i = 0; i < c->n_names; i++) {
+		name_info *ni = &c->names[i];
+		bool one = ni->tensor && ni->n_refs && !ni->graph_input && !ni->graph_output;
+		for (size_t r = 0; one && r < ni->n_refs; r++)
+			one = ni->refs[r].input < 0 && ni->refs[r].node == ni->refs[0].node &&
+			      ni->refs[r].input == ni->refs[0].input;
+		if (one) {
+			ni->deleg_node = ni->refs[0].node;
+			ni->deleg_sub = -1 - ni->refs[0].input;
+		}
 	}
 	if (c->nomem)
 		return nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
@@ -1683,7 +1743,7 @@ static size_t *graph_choices(const ctx *c, size_t *n)
 		return NULL;
 	*n = 0;
 	for (size_t i = 0; i < c->n_names; i++) {
-		const nmp_tensor *t = c->names[i].tensor;
+		const nmp_tensor *t = c->names[i].deleg_sub < 0 ? c->names[i].tensor : NULL; /* not a subgraph's */
 		uint32_t at = t ? c->choice_at[t - c->model->tensors] : 0;
 		if (at)
 			mine[(*n)++] = at - 1;
@@ -1743,12 +1803,14 @@ static nmp_status analyse_graph(ctx *c)
 	return analyse_subgraphs(c);
 }
 
-static nmp_status analyse_subgraph(const ctx *c, const Onnx__GraphProto *g, const char *attr,
-				   const Onnx__NodeProto *owner)
+static nmp_status analyse_subgraph(const ctx *c, const Onnx__GraphProto *g, const char *attr, uint32_t owner,
+				   int32_t k)
 {
-	ctx sub = { .plan = c->plan, .effort = c->effort, .model = c->model, .g = g, .parent = c, .out = c->out,
-		    .cap_groups = c->cap_groups, .cap_edits = c->cap_edits, .choice_at = c->choice_at, .err = c->err };
-	snprintf(sub.where, sizeof sub.where, "the %s of '%s'", attr ? attr : "subgraph", node_label(owner));
+	ctx sub = { .plan = c->plan, .effort = c->effort, .model = c->model, .g = g, .parent = c, .owner = owner,
+		    .sub = k, .out = c->out, .cap_groups = c->cap_groups, .cap_edits = c->cap_edits,
+		    .choice_at = c->choice_at, .err = c->err };
+	snprintf(sub.where, sizeof sub.where, "the %s of '%s'", attr ? attr : "subgraph",
+		 node_label(c->g->node[owner]));
 	nmp_status s = analyse_graph(&sub);
 	ctx_free(&sub);
 	return s;
@@ -1759,12 +1821,13 @@ static nmp_status analyse_subgraphs(const ctx *c)
 	nmp_status s = NMP_OK;
 	for (size_t i = 0; i < c->g->n_node && s == NMP_OK; i++) {
 		const Onnx__NodeProto *n = c->g->node[i];
+		int32_t k = 0; /* numbered as node_subgraph_refs numbers them */
 		for (size_t a = 0; a < n->n_attribute && s == NMP_OK; a++) {
 			const Onnx__AttributeProto *at = n->attribute[a];
 			if (at->g)
-				s = analyse_subgraph(c, at->g, at->name, n);
-			for (size_t k = 0; k < at->n_graphs && s == NMP_OK; k++)
-				s = analyse_subgraph(c, at->graphs[k], at->name, n);
+				s = analyse_subgraph(c, at->g, at->name, (uint32_t)i, k++);
+			for (size_t j = 0; j < at->n_graphs && s == NMP_OK; j++)
+				s = analyse_subgraph(c, at->graphs[j], at->name, (uint32_t)i, k++);
 		}
 	}
 	return s;
@@ -1804,6 +1867,19 @@ nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, unsigned effor
 	c.choice_at = choice_at;
 	if ((s = analyse_graph(&c)) != NMP_OK)
 		goto out;
+	/* every eligible weight is in the report: one no graph's analysis reached says so */
+	for (size_t i = 0; i < sel->n; i++) {
+		if (!grouped(&sel->choices[i]) || o->group_of[i] >= 0)
+			continue;
+		size_t g = new_group(&c, sel->choices[i].cand->name);
+		if (g == SIZE_MAX) {
+			s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		block(&c, g, "'%s' is read where the permutation does not follow it%s", sel->choices[i].cand->name, NULL);
+		o->group_of[i] = (long)g;
+		o->groups[g].n_weights = 1;
+	}
 	if ((s = search_groups(&c, seed, threads, err)) != NMP_OK)
 		goto out;
 	keep_permuted_edits(o);

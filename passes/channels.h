@@ -29,6 +29,8 @@
  * its inputs, its outputs and the names it reads from the graphs around it
  * block there, and a name a subgraph reads blocks in the graph that defines
  * it, so no tensor is reordered for one graph and read unordered in another.
+ * The exception is a constant that one subgraph alone reads: it is handed to
+ * that subgraph's analysis, as if defined there.
  *
  * Memory: a group's eligible weights as fp32 magnitudes, during its search.
  * Ownership: nmp_channels_plan allocates; nmp_channels_free releases.  The

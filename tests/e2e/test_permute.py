@@ -179,7 +179,9 @@ def captured():
 def bodies():
     """Weights inside subgraphs, each body a graph of its own: an If whose then_branch holds an MLP on the outer
     'x' (its hidden channels move, its input channels come from outside), whose else_branch nests another If
-    with Constant-node weights, and a Loop whose body runs an MLP on its carried state."""
+    whose MLP has a Constant-node weight and a main-graph weight that only it reads, and a Loop whose body runs
+    an MLP on its carried state with one weight of its own and one from the main graph.  'Wz', read by the
+    then_branch and by the loop body, stays where it is."""
     rng = np.random.default_rng(9)
     f32 = TensorProto.FLOAT
 
@@ -191,10 +193,14 @@ def bodies():
                 helper.make_node("Relu", [f"{prefix}.h"], [f"{prefix}.r"]),
                 helper.make_node("MatMul", [f"{prefix}.r", w2], [y], name=f"{prefix}.fc2")]
 
-    then = helper.make_graph(mlp("x", "Wa", "Wb", "t", "then"), "then", [],
+    def plus_wz(x, y, prefix):
+        return [helper.make_node("MatMul", [x, "Wz"], [f"{prefix}.z"], name=f"{prefix}.fcz"),
+                helper.make_node("Add", [f"{prefix}.m", f"{prefix}.z"], [y])]
+
+    then = helper.make_graph(mlp("x", "Wa", "Wb", "then.m", "then") + plus_wz("x", "t", "then"), "then", [],
                              [helper.make_tensor_value_info("t", f32, [4, 16])],
                              [_init(rng, "Wa", (16, 32)), _init(rng, "Wb", (32, 16))])
-    inner_then = helper.make_graph([const("Wc1", (16, 32)), const("Wc2", (32, 16))] + mlp("x", "Wc1", "Wc2", "u", "in"),
+    inner_then = helper.make_graph([const("Wc1", (16, 32))] + mlp("x", "Wc1", "Wc2", "u", "in"),
                                    "inner_then", [], [helper.make_tensor_value_info("u", f32, [4, 16])])
     inner_else = helper.make_graph([helper.make_node("Identity", ["x"], ["v"])], "inner_else", [],
                                    [helper.make_tensor_value_info("v", f32, [4, 16])])
@@ -202,24 +208,26 @@ def bodies():
                                                 else_branch=inner_else)], "else", [],
                               [helper.make_tensor_value_info("w", f32, [4, 16])])
     body = helper.make_graph(
-        mlp("s_in", "Wl1", "Wl2", "s_out", "loop") + [helper.make_node("Identity", ["c_in"], ["c_out"])], "body",
+        mlp("s_in", "Wl1", "Wl2", "loop.m", "loop") + plus_wz("s_in", "s_out", "loop") +
+        [helper.make_node("Identity", ["c_in"], ["c_out"])], "body",
         [helper.make_tensor_value_info("i", TensorProto.INT64, []),
          helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
          helper.make_tensor_value_info("s_in", f32, [4, 16])],
         [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
          helper.make_tensor_value_info("s_out", f32, [4, 16])],
-        [_init(rng, "Wl1", (16, 32)), numpy_helper.from_array((0.2 * rng.standard_normal((32, 16))).astype(
-            np.float32), "Wl2")])
+        [_init(rng, "Wl1", (16, 32))])
     nodes = [
         helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then, else_branch=other),
         helper.make_node("Loop", ["trips", "go", "x"], ["z"], name="loop", body=body),
     ]
+    small = lambda name, shape: numpy_helper.from_array((0.2 * rng.standard_normal(shape)).astype(np.float32), name)
     return _model(nodes, [helper.make_tensor_value_info("x", f32, [4, 16]),
                           helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
                           helper.make_tensor_value_info("cond2", TensorProto.BOOL, [])],
                   [helper.make_tensor_value_info("y", f32, [4, 16]), helper.make_tensor_value_info("z", f32, [4, 16])],
                   [numpy_helper.from_array(np.array(3, np.int64), "trips"),
-                   numpy_helper.from_array(np.array(True), "go")])
+                   numpy_helper.from_array(np.array(True), "go"), _init(rng, "Wc2", (32, 16)),
+                   small("Wl2", (32, 16)), small("Wz", (16, 16))])
 
 
 ZOO = {"conv_zoo": conv_zoo, "mlp_zoo": mlp_zoo, "shape_zoo": shape_zoo}
@@ -380,9 +388,13 @@ def test_weights_inside_if_and_loop_bodies_are_permuted(tmp_path):
     assert groups["Wa"]["blocked"] == "'x' comes from outside the then_branch of 'branch'"
     assert groups["Wc1"]["blocked"] == "'x' comes from outside the then_branch of 'inner'"
     assert groups["Wl1"]["blocked"] == "'s_in' is an input of the body of 'loop'"
-    for w in ("Wb", "Wc2", "Wl2"):  # the hidden channels: the first weight's outputs, the second's inputs
+    # read by two subgraphs: neither may move it alone
+    assert groups["Wz"]["blocked"] == "'Wz' is read inside a subgraph of 'branch'"
+    # the hidden channels: the first weight's outputs, the second's inputs; Wc2 (main graph, read two levels
+    # down) and Wl2 (main graph) belong to the subgraph that alone reads them
+    for w in ("Wb", "Wc2", "Wl2"):
         assert groups[w]["permuted"] and groups[w]["channels"] == 32 and groups[w]["tensors"] == 2, groups[w]
-    assert len(groups) == 6
+    assert len(groups) == 7
     for cond, cond2 in ((True, False), (False, True), (False, False)):
         feeds = {"x": np.random.default_rng(4).standard_normal((4, 16)).astype(np.float32),
                  "cond": np.array(cond), "cond2": np.array(cond2)}
