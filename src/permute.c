@@ -252,6 +252,21 @@ static void do_swap(search *s, size_t p, size_t q, double ga, double gb)
 	summarize(s, q / s->m);
 }
 
+/*
+ * Scores the swap of positions p and q (different groups) and makes it when
+ * it gains more than float rounding of the sums, so that a swap never undoes
+ * itself.  True when it was made.
+ */
+static bool try_swap(search *s, size_t p, size_t q)
+{
+	double ga, gb;
+	double gain = swap_gain(s, p, q, &ga, &gb);
+	bool gains = gain > 1e-6 * (s->group[p / s->m] + s->group[q / s->m] + 1e-30);
+	if (gains)
+		do_swap(s, p, q, ga, gb);
+	return gains;
+}
+
 static uint64_t next_rand(search *s)
 {
 	s->rng ^= s->rng << 13;
@@ -272,12 +287,8 @@ static void descend_random(search *s)
 		size_t p = next_rand(s) % s->cols;
 		size_t base = p / block * block;
 		size_t q = base + next_rand(s) % block;
-		if (p / s->m == q / s->m)
-			continue;
-		double ga, gb;
-		double gain = swap_gain(s, p, q, &ga, &gb);
-		if (gain > 1e-6 * (s->group[p / s->m] + s->group[q / s->m] + 1e-30))
-			do_swap(s, p, q, ga, gb);
+		if (p / s->m != q / s->m)
+			try_swap(s, p, q);
 	}
 }
 
@@ -313,10 +324,7 @@ static nmp_status descend_part(void *arg, size_t k, nmp_error *err)
 	while (s.evals < pt->budget) {
 		size_t a = next_rand(&s) % n, b = (a + 1 + next_rand(&s) % (n - 1)) % n;
 		size_t p = mine[a] * s.m + next_rand(&s) % s.m, q = mine[b] * s.m + next_rand(&s) % s.m;
-		double ga, gb;
-		double gain = swap_gain(&s, p, q, &ga, &gb);
-		if (gain > 1e-6 * (s.group[p / s.m] + s.group[q / s.m] + 1e-30))
-			do_swap(&s, p, q, ga, gb);
+		try_swap(&s, p, q);
 	}
 	pt->evals[k] = s.evals;
 	return NMP_OK;
@@ -363,15 +371,8 @@ static void descend(search *s)
 		improved = false;
 		for (size_t p = 0; p < s->cols && s->evals < s->budget; p++) {
 			size_t end = (p / block + 1) * block;
-			for (size_t q = (p / s->m + 1) * s->m; q < end && s->evals < s->budget; q++) {
-				double ga, gb;
-				double gain = swap_gain(s, p, q, &ga, &gb);
-				/* Above float rounding of the sums, so a swap never undoes itself. */
-				if (gain > 1e-6 * (s->group[p / s->m] + s->group[q / s->m] + 1e-30)) {
-					do_swap(s, p, q, ga, gb);
-					improved = true;
-				}
-			}
+			for (size_t q = (p / s->m + 1) * s->m; q < end && s->evals < s->budget; q++)
+				improved |= try_swap(s, p, q);
 		}
 	}
 }
