@@ -179,23 +179,38 @@ static int64_t const_dim(const name_info *n, int d)
 	return n->tensor ? n->tensor->proto->dims[d] : n->list_len;
 }
 
+/*
+ * Node n's k-th subgraph, or NULL past the last: its attributes in order,
+ * each one's graph, then its list of graphs.  This numbering names a
+ * subgraph in refs and in the hand-over of owned constants.
+ */
+static const Onnx__GraphProto *node_subgraph(const Onnx__NodeProto *n, int32_t k, const char **attr)
+{
+	for (size_t a = 0; a < n->n_attribute; a++) {
+		const Onnx__AttributeProto *at = n->attribute[a];
+		if (attr)
+			*attr = at->name;
+		if (at->g && k-- == 0)
+			return at->g;
+		if ((size_t)k < at->n_graphs)
+			return at->graphs[k];
+		k -= (int32_t)at->n_graphs;
+	}
+	return NULL;
+}
+
 static void subgraph_refs(ctx *c, const Onnx__GraphProto *g, uint32_t owner, int32_t sub);
 
 /*
  * Every outer name the subgraphs of node n read, recorded as read by node
  * `owner` inside its subgraph `sub`; sub < 0: n is the owner, and each of
- * its subgraphs is numbered in attribute order.
+ * its subgraphs by its own number.
  */
 static void node_subgraph_refs(ctx *c, const Onnx__NodeProto *n, uint32_t owner, int32_t sub)
 {
-	int32_t k = 0;
-	for (size_t a = 0; a < n->n_attribute; a++) {
-		const Onnx__AttributeProto *at = n->attribute[a];
-		if (at->g)
-			subgraph_refs(c, at->g, owner, sub >= 0 ? sub : k++);
-		for (size_t j = 0; j < at->n_graphs; j++)
-			subgraph_refs(c, at->graphs[j], owner, sub >= 0 ? sub : k++);
-	}
+	const Onnx__GraphProto *s;
+	for (int32_t k = 0; (s = node_subgraph(n, k, NULL)) != NULL; k++)
+		subgraph_refs(c, s, owner, sub >= 0 ? sub : k);
 }
 
 /* The entry of the enclosing graph's constant that c's graph alone reads (and so owns), or NULL. */
@@ -240,15 +255,12 @@ static int shape_rank(const Onnx__ValueInfoProto *v)
 static size_t nested_inputs(const Onnx__GraphProto *g)
 {
 	size_t total = 0;
+	const Onnx__GraphProto *s;
 	for (size_t i = 0; i < g->n_node; i++)
-		for (size_t a = 0; a < g->node[i]->n_attribute; a++) {
-			const Onnx__AttributeProto *at = g->node[i]->attribute[a];
-			for (size_t k = 0; k < at->n_graphs + (at->g != NULL); k++) {
-				const Onnx__GraphProto *s = k < at->n_graphs ? at->graphs[k] : at->g;
-				for (size_t j = 0; j < s->n_node; j++)
-					total += s->node[j]->n_input;
-				total += nested_inputs(s);
-			}
+		for (int32_t k = 0; (s = node_subgraph(g->node[i], k, NULL)) != NULL; k++) {
+			for (size_t j = 0; j < s->n_node; j++)
+				total += s->node[j]->n_input;
+			total += nested_inputs(s);
 		}
 	return total;
 }
@@ -956,13 +968,6 @@ static void rels_quant(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 }
 
 /*
- * Reshape keeps an axis where the new shape repeats the sizes of every axis
- * before it (or every axis after it): the elements along it stay in their
- * order, their index unchanged.  The new shape's entries are known as sizes
- * of the input (Shape of the same tensor, or 0 when allowzero is off) or
- * not at all; a shape computed from constants alone moves no channels.
- */
-/*
  * A constant reshaped to a constant shape that only adds or drops axes of
  * size 1, as exporters shape a bias [C] to [1, C, 1, 1]: its other axes keep
  * their order.  False when that is not the case, or not known.
@@ -1070,6 +1075,15 @@ static void rels_unsqueeze(const ctx *c, const Onnx__NodeProto *n, int r, rels *
 	}
 }
 
+/*
+ * Reshape keeps an axis where the new shape repeats the sizes of every axis
+ * before it (or every axis after it): the elements along it stay in their
+ * order, their index unchanged.  The new shape's entries are known as sizes
+ * of the input (Shape of the same tensor, or 0 when allowzero is off) or
+ * not at all; otherwise a shape computed from constants moves no channels,
+ * unless it only adds or drops axes of size 1 of a constant
+ * (rels_reshape_units).
+ */
 static void rels_reshape(const ctx *c, const Onnx__NodeProto *n, int r, rels *rs)
 {
 	if (rels_reshape_units(c, n, rs))
@@ -1819,17 +1833,11 @@ static nmp_status analyse_subgraph(const ctx *c, const Onnx__GraphProto *g, cons
 static nmp_status analyse_subgraphs(const ctx *c)
 {
 	nmp_status s = NMP_OK;
-	for (size_t i = 0; i < c->g->n_node && s == NMP_OK; i++) {
-		const Onnx__NodeProto *n = c->g->node[i];
-		int32_t k = 0; /* numbered as node_subgraph_refs numbers them */
-		for (size_t a = 0; a < n->n_attribute && s == NMP_OK; a++) {
-			const Onnx__AttributeProto *at = n->attribute[a];
-			if (at->g)
-				s = analyse_subgraph(c, at->g, at->name, (uint32_t)i, k++);
-			for (size_t j = 0; j < at->n_graphs && s == NMP_OK; j++)
-				s = analyse_subgraph(c, at->graphs[j], at->name, (uint32_t)i, k++);
-		}
-	}
+	const Onnx__GraphProto *g;
+	const char *attr;
+	for (size_t i = 0; i < c->g->n_node && s == NMP_OK; i++)
+		for (int32_t k = 0; s == NMP_OK && (g = node_subgraph(c->g->node[i], k, &attr)) != NULL; k++)
+			s = analyse_subgraph(c, g, attr, (uint32_t)i, k);
 	return s;
 }
 
