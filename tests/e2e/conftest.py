@@ -53,6 +53,22 @@ def save(model, path):
     return Path(path)
 
 
+def weights(path):
+    """Every initializer and Constant node value, in the main graph and every subgraph, by name."""
+    out = {}
+
+    def walk(g):
+        out.update({t.name: numpy_helper.to_array(t) for t in g.initializer})
+        for n in g.node:
+            for a in n.attribute:
+                if a.name == "value" and n.op_type == "Constant":
+                    out[n.output[0]] = numpy_helper.to_array(a.t)
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    walk(sub)
+    walk(onnx.load(str(path)).graph)
+    return out
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

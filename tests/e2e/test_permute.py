@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ROOT, nmprune, save
+from conftest import ROOT, nmprune, save, weights
 import reference
 
 
@@ -257,22 +257,6 @@ def _feeds(path):
     return feeds
 
 
-def _weights(path):
-    """Every initializer and Constant value, in every graph, by name."""
-    out = {}
-
-    def walk(g):
-        out.update({t.name: numpy_helper.to_array(t) for t in g.initializer})
-        for n in g.node:
-            for a in n.attribute:
-                if a.name == "value" and n.op_type == "Constant":
-                    out[n.output[0]] = numpy_helper.to_array(a.t)
-                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                    walk(sub)
-    walk(onnx.load(str(path)).graph)
-    return out
-
-
 @pytest.mark.parametrize("name", sorted(PERMUTED))
 def test_permuted_model_computes_the_same(suite, tmp_path, name):
     src = _path(suite, tmp_path, name)
@@ -281,7 +265,7 @@ def test_permuted_model_computes_the_same(suite, tmp_path, name):
             "-q", check=0)
     groups = json.loads((tmp_path / "r.json").read_text())["permutation"]["groups"]
     assert sum(g["permuted"] for g in groups) == PERMUTED[name], groups
-    before, after = _weights(src), _weights(out)
+    before, after = weights(src), weights(out)
     changed = [k for k in before if not np.array_equal(before[k], after[k])]
     assert changed, "nothing was permuted"
     for k in changed:  # a permutation moves values, never changes them
@@ -322,8 +306,8 @@ def test_permute_then_mask(suite, tmp_path, name):
 
     if name in ("bert_int8", "mlp_zoo"):
         return  # quantized weights: the masks are checked by check above
-    masked = _weights(permuted)
-    for k, w in _weights(only).items():
+    masked = weights(permuted)
+    for k, w in weights(only).items():
         meta = next((x for x in json.loads((tmp_path / "perm.json").read_text())["weights"]
                      if x["name"] == k and "sparsity" in x), None)
         if meta is None:
@@ -359,7 +343,7 @@ def test_unit_axes_carry_the_channels_and_regrouping_blocks(tmp_path):
     assert groups["W3"]["permuted"] and groups["W3"]["channels"] == 32 and groups["W3"]["tensors"] == 2
     assert groups["W5"]["blocked"] == "Reshape 'regroup' mixes or reorders the channels of 'rq'"
     assert groups["W1"]["blocked"] == "'x' is a graph input"
-    moved, original = _weights(tmp_path / "o.onnx"), _weights(src)
+    moved, original = weights(tmp_path / "o.onnx"), weights(src)
     order = [next(j for j in range(16) if np.array_equal(moved["W1"][i], original["W1"][j])) for i in range(16)]
     rows = [next(j for j in range(32) if np.array_equal(moved["W3"][i], original["W3"][j])) for i in range(32)]
     assert order != list(range(16)) and rows != list(range(32))
@@ -400,7 +384,7 @@ def test_weights_inside_if_and_loop_bodies_are_permuted(tmp_path):
                  "cond": np.array(cond), "cond2": np.array(cond2)}
         for a, b in zip(_outputs(src, feeds), _outputs(out, feeds)):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
-    original, moved = _weights(src), _weights(out)
+    original, moved = weights(src), weights(out)
     for w in ("Wb", "Wc2", "Wl2"):  # rows reordered, none lost
         assert not np.array_equal(original[w], moved[w])
         assert sorted(map(tuple, original[w])) == sorted(map(tuple, moved[w]))
@@ -448,7 +432,7 @@ def test_both_save_paths_permute_alike(suite, tmp_path, name):
     copy, general = tmp_path / "copy.onnx", tmp_path / "general.onnx"
     nmprune("prune", src, "-o", copy, "--permute", "-q", check=0)
     nmprune("prune", src, "-o", general, "--permute", "--general-path", "-q", check=0)
-    a, b, orig = _weights(copy), _weights(general), _weights(src)
+    a, b, orig = weights(copy), weights(general), weights(src)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -601,7 +585,7 @@ def test_rank_of_a_reshape_to_a_computed_shape(tmp_path, variant):
     groups = json.loads(r.out)["permutation"]["groups"]
     (group,) = [g for g in groups if g["channels"] == 16 and "blocked" not in g]
     assert group["permuted"], group
-    before, after = _weights(src), _weights(out)
+    before, after = weights(src), weights(out)
     assert not np.array_equal(before["W"], after["W"])   # its rows
     assert not np.array_equal(before["C1"], after["C1"])  # and the Conv's output channels that feed them
     feeds = {"img": np.random.default_rng(2).standard_normal((1, 8, 1, 6)).astype(np.float32)}

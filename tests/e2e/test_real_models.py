@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from conftest import nmprune
+from conftest import nmprune, weights
 
 REAL = Path(__file__).resolve().parents[2] / ".cache" / "real-models"
 
@@ -113,19 +113,6 @@ def test_groups_inside_if_branches_are_permuted(tmp_path):
     assert nmprune("check", pruned, "-q").code == 0
 
 
-def _weights(path):
-    """Initializers and Constant node values by name."""
-    from onnx import numpy_helper
-    m = onnx.load(str(path))
-    out = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
-    for n in m.graph.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    out[n.output[0]] = numpy_helper.to_array(a.t)
-    return out
-
-
 @pytest.mark.parametrize("name", ["ppocrv4_rec", "ppocrv4_det"])
 @pytest.mark.parametrize("pattern", ["2:4", "4:8", "2:4@v4", "2:4@b4x4", "50%"])
 def test_real_weights_match_the_reference_masks(tmp_path, name, pattern):
@@ -135,7 +122,7 @@ def test_real_weights_match_the_reference_masks(tmp_path, name, pattern):
     out = tmp_path / "o.onnx"
     nmprune("prune", src, "-o", out, "--pattern", pattern, "--align", "none", "-q", check=0)
     cands = json.loads(nmprune("inspect", src, "--pattern", pattern, "--align", "none", "--json", check=0).out)
-    dense, pruned = _weights(src), _weights(out)
+    dense, pruned = weights(src), weights(out)
     checked = 0
     for c in cands:
         if not c["eligible"]:
