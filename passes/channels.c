@@ -179,37 +179,17 @@ static int64_t const_dim(const name_info *n, int d)
 	return n->tensor ? n->tensor->proto->dims[d] : n->list_len;
 }
 
-/*
- * Node n's k-th subgraph, or NULL past the last: its attributes in order,
- * each one's graph, then its list of graphs.  This numbering names a
- * subgraph in refs and in the hand-over of owned constants.
- */
-static const Onnx__GraphProto *node_subgraph(const Onnx__NodeProto *n, int32_t k, const char **attr)
-{
-	for (size_t a = 0; a < n->n_attribute; a++) {
-		const Onnx__AttributeProto *at = n->attribute[a];
-		if (attr)
-			*attr = at->name;
-		if (at->g && k-- == 0)
-			return at->g;
-		if ((size_t)k < at->n_graphs)
-			return at->graphs[k];
-		k -= (int32_t)at->n_graphs;
-	}
-	return NULL;
-}
-
 static void subgraph_refs(ctx *c, const Onnx__GraphProto *g, uint32_t owner, int32_t sub);
 
 /*
  * Every outer name the subgraphs of node n read, recorded as read by node
  * `owner` inside its subgraph `sub`; sub < 0: n is the owner, and each of
- * its subgraphs by its own number.
+ * its subgraphs by its number in nmp_node_subgraph, as analyse_subgraphs numbers them.
  */
 static void node_subgraph_refs(ctx *c, const Onnx__NodeProto *n, uint32_t owner, int32_t sub)
 {
 	const Onnx__GraphProto *s;
-	for (int32_t k = 0; (s = node_subgraph(n, k, NULL)) != NULL; k++)
+	for (int32_t k = 0; (s = nmp_node_subgraph(n, k, NULL)) != NULL; k++)
 		subgraph_refs(c, s, owner, sub >= 0 ? sub : k);
 }
 
@@ -257,7 +237,7 @@ static size_t nested_inputs(const Onnx__GraphProto *g)
 	size_t total = 0;
 	const Onnx__GraphProto *s;
 	for (size_t i = 0; i < g->n_node; i++)
-		for (int32_t k = 0; (s = node_subgraph(g->node[i], k, NULL)) != NULL; k++) {
+		for (int32_t k = 0; (s = nmp_node_subgraph(g->node[i], k, NULL)) != NULL; k++) {
 			for (size_t j = 0; j < s->n_node; j++)
 				total += s->node[j]->n_input;
 			total += nested_inputs(s);
@@ -1836,7 +1816,7 @@ static nmp_status analyse_subgraphs(const ctx *c)
 	const Onnx__GraphProto *g;
 	const char *attr;
 	for (size_t i = 0; i < c->g->n_node && s == NMP_OK; i++)
-		for (int32_t k = 0; s == NMP_OK && (g = node_subgraph(c->g->node[i], k, &attr)) != NULL; k++)
+		for (int32_t k = 0; s == NMP_OK && (g = nmp_node_subgraph(c->g->node[i], k, &attr)) != NULL; k++)
 			s = analyse_subgraph(c, g, attr, (uint32_t)i, k);
 	return s;
 }

@@ -106,6 +106,21 @@ int64_t nmp_node_attr_int(const Onnx__NodeProto *n, const char *name, int64_t df
 	return a && a->has_i ? a->i : dflt;
 }
 
+const Onnx__GraphProto *nmp_node_subgraph(const Onnx__NodeProto *n, int32_t k, const char **attr)
+{
+	for (size_t a = 0; a < n->n_attribute; a++) {
+		const Onnx__AttributeProto *at = n->attribute[a];
+		if (attr)
+			*attr = at->name;
+		if (at->g && k-- == 0)
+			return at->g;
+		if ((size_t)k < at->n_graphs)
+			return at->graphs[k];
+		k -= (int32_t)at->n_graphs;
+	}
+	return NULL;
+}
+
 /* ---- walk state -------------------------------------------------------------- */
 
 typedef struct walk {
@@ -718,13 +733,9 @@ static nmp_status walk_graph(walk *w, const Onnx__GraphProto *gr, const scope *p
 					s = add_use(w, &sc, n, in);
 		}
 		/* Subgraphs are walked where their node stands, so order stays topological. */
-		for (size_t a = 0; a < n->n_attribute && s == NMP_OK; a++) {
-			const Onnx__AttributeProto *at = n->attribute[a];
-			if (at->g)
-				s = walk_graph(w, at->g, &sc);
-			for (size_t k = 0; k < at->n_graphs && s == NMP_OK; k++)
-				s = walk_graph(w, at->graphs[k], &sc);
-		}
+		const Onnx__GraphProto *sub;
+		for (int32_t k = 0; s == NMP_OK && (sub = nmp_node_subgraph(n, k, NULL)) != NULL; k++)
+			s = walk_graph(w, sub, &sc);
 	}
 	scope_free(&sc);
 	return s;
@@ -733,14 +744,10 @@ static nmp_status walk_graph(walk *w, const Onnx__GraphProto *gr, const scope *p
 static size_t count_nodes(const Onnx__GraphProto *gr)
 {
 	size_t n = gr->n_node;
+	const Onnx__GraphProto *sub;
 	for (size_t i = 0; i < gr->n_node; i++)
-		for (size_t a = 0; a < gr->node[i]->n_attribute; a++) {
-			const Onnx__AttributeProto *at = gr->node[i]->attribute[a];
-			if (at->g)
-				n += count_nodes(at->g);
-			for (size_t k = 0; k < at->n_graphs; k++)
-				n += count_nodes(at->graphs[k]);
-		}
+		for (int32_t k = 0; (sub = nmp_node_subgraph(gr->node[i], k, NULL)) != NULL; k++)
+			n += count_nodes(sub);
 	return n;
 }
 

@@ -83,6 +83,13 @@ uint64_t nmp_str_hash(const char *s);
 const Onnx__AttributeProto *nmp_node_attr(const Onnx__NodeProto *n, const char *name);
 int64_t nmp_node_attr_int(const Onnx__NodeProto *n, const char *name, int64_t dflt);
 
+/*
+ * Node n's k-th subgraph, or NULL past the last: its attributes in order,
+ * each one's graph, then its list of graphs.  *attr (when attr is not NULL)
+ * receives the attribute's name.
+ */
+const Onnx__GraphProto *nmp_node_subgraph(const Onnx__NodeProto *n, int32_t k, const char **attr);
+
 /* True for the op types the walker treats as consumers. */
 bool nmp_graph_is_consumer(const char *op);
 
