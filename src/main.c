@@ -375,6 +375,9 @@ static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 	if (cli->verbosity > 0) {
 		fprintf(stderr, "nmprune: %s\n", note);
 		nmp_engine_set_notes(engine, print_note, NULL);
+		if (plan.model->n_kept)
+			fprintf(stderr, "nmprune: %zu initializers that nothing reads are kept as they are, unparsed\n",
+				plan.model->n_kept);
 	}
 	if (cli->cmd == NMP_CMD_PRUNE && calib_method(cli) != NMP_METHOD_MAGNITUDE) {
 		nmp_calib_opts co = { .method = calib_method(cli), .data = cli->calibration,

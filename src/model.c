@@ -92,6 +92,8 @@ typedef struct proto_arena {
 	uint8_t *cur;              /* free space in the newest chunk */
 	size_t left;
 	bool oom;
+	const uint8_t *map;        /* the model file: kept initializer records point into it */
+	size_t map_size;
 } proto_arena;
 
 static bool arena_owns(const proto_arena *a, const void *p)
@@ -152,7 +154,8 @@ static void *arena_alloc(void *data, size_t size)
 
 static void arena_free(void *data, void *p)
 {
-	if (p && !arena_owns(data, p))
+	const proto_arena *a = data;
+	if (p && !arena_owns(a, p) && !((const uint8_t *)p >= a->map && (const uint8_t *)p < a->map + a->map_size))
 		free(p);
 }
 
@@ -180,15 +183,19 @@ static nmp_status nomem(load_ctx *c)
 	return nmp_error_set(c->err, NMP_ERR_NOMEM, "%s: out of memory", c->m->path);
 }
 
-/* Calls fn on every TensorProto anywhere in the model, found through the descriptors. */
-static void each_tensor(load_ctx *c, ProtobufCMessage *msg, void (*fn)(load_ctx *, Onnx__TensorProto *))
+/*
+ * Calls fn on every message of type `want` anywhere in msg, found through the
+ * descriptors.  A TensorProto holds no tensor or graph, so the walk stops there.
+ */
+static nmp_status each_message(load_ctx *c, ProtobufCMessage *msg, const ProtobufCMessageDescriptor *want,
+			       nmp_status (*fn)(load_ctx *, ProtobufCMessage *))
 {
 	const ProtobufCMessageDescriptor *d = msg->descriptor;
 
-	if (d == &onnx__tensor_proto__descriptor) {
-		fn(c, (Onnx__TensorProto *)msg);
-		return;
-	}
+	if (d == want)
+		NMP_TRY(fn(c, msg));
+	if (d == &onnx__tensor_proto__descriptor)
+		return NMP_OK;
 	for (unsigned i = 0; i < d->n_fields; i++) {
 		const ProtobufCFieldDescriptor *f = &d->fields[i];
 		if (f->type != PROTOBUF_C_TYPE_MESSAGE)
@@ -198,24 +205,27 @@ static void each_tensor(load_ctx *c, ProtobufCMessage *msg, void (*fn)(load_ctx 
 			size_t n = *(size_t *)((char *)msg + f->quantifier_offset);
 			ProtobufCMessage **arr = *(ProtobufCMessage ***)member;
 			for (size_t j = 0; j < n; j++)
-				each_tensor(c, arr[j], fn);
+				NMP_TRY(each_message(c, arr[j], want, fn));
 		} else {
 			ProtobufCMessage *sub = *(ProtobufCMessage **)member;
 			if (sub)
-				each_tensor(c, sub, fn);
+				NMP_TRY(each_message(c, sub, want, fn));
 		}
 	}
+	return NMP_OK;
 }
 
-static void count_tensor(load_ctx *c, Onnx__TensorProto *t)
+static nmp_status count_tensor(load_ctx *c, ProtobufCMessage *t)
 {
 	(void)t;
 	c->cap_tensors++;
+	return NMP_OK;
 }
 
-static void add_tensor(load_ctx *c, Onnx__TensorProto *t)
+static nmp_status add_tensor(load_ctx *c, ProtobufCMessage *t)
 {
-	c->m->tensors[c->m->n_tensors++] = (nmp_tensor){ .proto = t };
+	c->m->tensors[c->m->n_tensors++] = (nmp_tensor){ .proto = (Onnx__TensorProto *)t };
+	return NMP_OK;
 }
 
 /* Every TensorProto in walk order, in an array of exactly their number. */
@@ -223,14 +233,42 @@ static nmp_status collect_tensors(load_ctx *c)
 {
 	ProtobufCMessage *root = &c->m->proto->base;
 	c->cap_tensors = 0;
-	each_tensor(c, root, count_tensor);
+	NMP_TRY(each_message(c, root, &onnx__tensor_proto__descriptor, count_tensor));
 	if (c->cap_tensors >= UINT32_MAX)
 		return nmp_error_set(c->err, NMP_ERR_MODEL, "%s: %zu tensors, more than nmprune indexes",
 				     c->m->path, c->cap_tensors);
 	c->m->tensors = malloc((c->cap_tensors ? c->cap_tensors : 1) * sizeof *c->m->tensors);
 	if (!c->m->tensors)
 		return nomem(c);
-	each_tensor(c, root, add_tensor);
+	return each_message(c, root, &onnx__tensor_proto__descriptor, add_tensor);
+}
+
+/*
+ * A graph's markers of initializer records kept as bytes (wire.h) become one
+ * unknown field each, which protobuf-c packs as its tag then its data: field
+ * 5's tag, then the records' bytes after their first tag, straight from the
+ * mapping.  The records are the graph's last fields when it is packed.
+ */
+static nmp_status restore_kept(load_ctx *c, ProtobufCMessage *g)
+{
+	for (unsigned i = 0; i < g->n_unknown_fields; i++) {
+		ProtobufCMessageUnknownField *u = &g->unknown_fields[i];
+		if (u->tag != NMP_WIRE_MARKER_FIELD)
+			continue;
+		uint64_t idx, tag;
+		const nmp_span *s;
+		if (nmp_varint_get(u->data, u->data + u->len, &idx) == 0 || idx >= c->skel.n_spans ||
+		    (s = &c->skel.spans[idx])->field != NMP_SPAN_KEPT_INITIALIZERS)
+			return nmp_error_set(c->err, NMP_ERR_MODEL, "%s: corrupt initializer marker", c->m->path);
+		const uint8_t *at = c->m->files[0].map + s->offset;
+		size_t n = nmp_varint_get(at, at + s->length, &tag);
+		NMP_ASSERT(n > 0 && tag == (5u << 3 | PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED));
+		arena_free(c->m->arena, u->data);
+		u->tag = 5;
+		u->wire_type = PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
+		u->len = s->length - n;
+		u->data = (uint8_t *)at + n;
+	}
 	return NMP_OK;
 }
 
@@ -619,13 +657,17 @@ nmp_status nmp_model_load(const char *path, nmp_model **out, nmp_error *err)
 	m->files[0].map = map;
 
 	s = nmp_wire_skeleton(map, (size_t)st.st_size, &onnx__model_proto__descriptor,
-			      &onnx__tensor_proto__descriptor, 1, path, &c.skel, err);
+			      &onnx__tensor_proto__descriptor, NMP_WIRE_FILE_MAPPING | NMP_WIRE_KEEP_UNREAD,
+			      path, &c.skel, err);
 	if (s != NMP_OK)
 		goto fail;
 	if (!(m->arena = calloc(1, sizeof(proto_arena)))) {
 		s = nomem(&c);
 		goto fail;
 	}
+	((proto_arena *)m->arena)->map = map;
+	((proto_arena *)m->arena)->map_size = (size_t)st.st_size;
+	m->n_kept = c.skel.n_kept;
 	ProtobufCAllocator alloc = { .alloc = arena_alloc, .free = arena_free, .allocator_data = m->arena };
 	m->proto = onnx__model_proto__unpack(&alloc, c.skel.len, c.skel.data);
 	free(c.skel.data);
@@ -637,6 +679,8 @@ nmp_status nmp_model_load(const char *path, nmp_model **out, nmp_error *err)
 		goto fail;
 	}
 	s = check_model_header(&c);
+	if (s == NMP_OK && m->n_kept)
+		s = each_message(&c, &m->proto->base, &onnx__graph_proto__descriptor, restore_kept);
 	if (s != NMP_OK)
 		goto fail;
 	s = collect_tensors(&c);

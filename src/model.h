@@ -65,6 +65,7 @@ typedef struct nmp_model {
 	size_t n_tensors;
 	nmp_data_file *files;      /* files[0] is the model file itself */
 	size_t n_files;
+	size_t n_kept;             /* initializer records nothing reads, kept as bytes (wire.h) */
 	bool has_own_metadata;     /* metadata_props already holds nmprune.* keys */
 	void *index;               /* TensorProto -> tensor lookup (private) */
 	void *arena;               /* where protobuf-c's small allocations live (private) */

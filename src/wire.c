@@ -5,6 +5,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "onnx.pb-c.h"
+
 size_t nmp_varint_size(uint64_t v)
 {
 	size_t n = 1;
@@ -43,6 +45,12 @@ size_t nmp_varint_get(const uint8_t *p, const uint8_t *end, uint64_t *v)
 
 enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_SGROUP = 3, WT_EGROUP = 4, WT_I32 = 5 };
 
+typedef struct name_entry {
+	const uint8_t *p;
+	uint32_t len;
+	uint32_t hash;
+} name_entry;
+
 /*
  * Both passes run the same walk.  The measuring pass validates, records the
  * spans and the skeleton size of every sub-message in pre-order; the writing
@@ -64,6 +72,11 @@ typedef struct skel_ctx {
 
 	uint8_t *out;
 	size_t out_len;
+
+	int keep_unread;           /* NMP_WIRE_KEEP_UNREAD, and nothing ruled it out */
+	name_entry *names;         /* open addressing, power-of-two capacity */
+	size_t n_names, cap_names;
+	size_t n_kept;
 
 	/* For a file mapping: pages behind the cursor are dropped as it passes. */
 	int drop_pages;
@@ -124,66 +137,332 @@ static int is_bulk_field(const skel_ctx *c, const ProtobufCMessageDescriptor *d,
 	return d == c->bulk && (field == 9 || field == 4 || field == 10);
 }
 
+/* One field as found on the wire. */
+typedef struct wire_field {
+	const uint8_t *start;     /* its tag */
+	const uint8_t *payload;   /* a LEN field's bytes; the value's otherwise */
+	const uint8_t *next;      /* just past it */
+	uint64_t plen;            /* a LEN field's length */
+	uint64_t number;
+	size_t tag_len;
+	unsigned wt;
+} wire_field;
+
+/* Reads the field at p; on error sets *why and *at and returns 0. */
+static int read_field(const uint8_t *p, const uint8_t *end, wire_field *w, const char **why,
+		      const uint8_t **at)
+{
+	uint64_t tag;
+	size_t n = nmp_varint_get(p, end, &tag);
+	*at = p;
+	if (n == 0)
+		return *why = "truncated field tag", 0;
+	w->start = p;
+	w->tag_len = n;
+	w->number = tag >> 3;
+	w->wt = (unsigned)(tag & 7);
+	w->plen = 0;
+	p += n;
+	w->payload = p;
+	if (w->number == 0 || w->number > NMP_WIRE_MARKER_FIELD)
+		return *why = "invalid field number", 0;
+	*at = p;
+	switch (w->wt) {
+	case WT_VARINT: {
+		uint64_t v;
+		n = nmp_varint_get(p, end, &v);
+		if (n == 0)
+			return *why = "truncated varint", 0;
+		p += n;
+		break;
+	}
+	case WT_I64:
+		if ((size_t)(end - p) < 8)
+			return *why = "truncated fixed64", 0;
+		p += 8;
+		break;
+	case WT_I32:
+		if ((size_t)(end - p) < 4)
+			return *why = "truncated fixed32", 0;
+		p += 4;
+		break;
+	case WT_LEN:
+		n = nmp_varint_get(p, end, &w->plen);
+		if (n == 0)
+			return *why = "truncated length", 0;
+		p += n;
+		if (w->plen > (uint64_t)(end - p)) {
+			*at = w->start;
+			return *why = "field length past the end of its message", 0;
+		}
+		w->payload = p;
+		p += w->plen;
+		break;
+	default:
+		*at = w->start;
+		return *why = "unsupported wire type", 0;
+	}
+	w->next = p;
+	return 1;
+}
+
+static nmp_status next_field(skel_ctx *c, const uint8_t *p, const uint8_t *end, wire_field *w)
+{
+	const char *why;
+	const uint8_t *at;
+	return read_field(p, end, w, &why, &at) ? NMP_OK : skel_fail(c, at, why);
+}
+
+/* ---- names that something reads -------------------------------------- */
+
+/*
+ * The names read anywhere in the model: node inputs (in every graph and
+ * function) and graph inputs and outputs.  An initializer whose name is not
+ * among them is read by nothing, so its record may stay as bytes.  The set
+ * points into the buffer; it over-approximates, which only keeps more.
+ */
+static uint32_t name_hash(const uint8_t *p, uint64_t len)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	for (uint64_t i = 0; i < len; i++)
+		h = (h ^ p[i]) * 0x100000001b3ull;
+	return (uint32_t)(h ^ (h >> 32));
+}
+
+static size_t names_find(const skel_ctx *c, const uint8_t *p, uint64_t len, uint32_t h)
+{
+	size_t i = h & (c->cap_names - 1);
+	for (; c->names[i].p; i = (i + 1) & (c->cap_names - 1))
+		if (c->names[i].hash == h && c->names[i].len == len && memcmp(c->names[i].p, p, len) == 0)
+			break;
+	return i;
+}
+
+static int names_add(skel_ctx *c, const uint8_t *p, uint64_t len)
+{
+	if (len == 0)
+		return 1; /* "" is an absent optional input: it reads nothing */
+	if (len > UINT32_MAX)
+		return 0;
+	if (4 * (c->n_names + 1) > 3 * c->cap_names) {
+		size_t old_cap = c->cap_names;
+		name_entry *old = c->names;
+		c->cap_names = old_cap ? 2 * old_cap : 1024;
+		c->names = calloc(c->cap_names, sizeof *c->names);
+		if (!c->names) {
+			c->names = old;
+			c->cap_names = old_cap;
+			return 0;
+		}
+		for (size_t i = 0; i < old_cap; i++)
+			if (old[i].p)
+				c->names[names_find(c, old[i].p, old[i].len, old[i].hash)] = old[i];
+		free(old);
+	}
+	uint32_t h = name_hash(p, len);
+	size_t i = names_find(c, p, len, h);
+	if (!c->names[i].p) {
+		c->names[i] = (name_entry){ .p = p, .len = (uint32_t)len, .hash = h };
+		c->n_names++;
+	}
+	return 1;
+}
+
+static int names_has(const skel_ctx *c, const uint8_t *p, uint64_t len)
+{
+	return c->cap_names && c->names[names_find(c, p, len, name_hash(p, len))].p != NULL;
+}
+
+/*
+ * Collects the read names below one message.  `take_name`: the message is a
+ * graph input or output, whose field 1 is its name.  Returns 0 when the model
+ * cannot be read this way (malformed, training_info's bindings, out of
+ * memory): then nothing is kept as bytes, and the skeleton passes report any
+ * error.
+ */
+static int collect_reads(skel_ctx *c, const ProtobufCMessageDescriptor *d, const uint8_t *p,
+			 const uint8_t *end, unsigned depth, int take_name)
+{
+	if (depth > NMP_WIRE_MAX_DEPTH)
+		return 0;
+	while (p < end) {
+		wire_field w;
+		const char *why;
+		const uint8_t *at;
+		if (!read_field(p, end, &w, &why, &at))
+			return 0;
+		p = w.next;
+		drop_behind(c, p);
+		if (w.wt != WT_LEN)
+			continue;
+		if (take_name) {
+			if (w.number == 1 && !names_add(c, w.payload, w.plen))
+				return 0;
+			continue;
+		}
+		if (d == &onnx__node_proto__descriptor && w.number == 1) {
+			if (!names_add(c, w.payload, w.plen))
+				return 0;
+			continue;
+		}
+		if (d == &onnx__model_proto__descriptor && w.number == 20)
+			return 0; /* training_info binds initializers by name: keep every record */
+		const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, (unsigned)w.number);
+		if (!f || f->type != PROTOBUF_C_TYPE_MESSAGE || f->descriptor == c->bulk)
+			continue;
+		int io = d == &onnx__graph_proto__descriptor && (w.number == 11 || w.number == 12);
+		if (!collect_reads(c, f->descriptor, w.payload, w.payload + w.plen, depth + 1, io))
+			return 0;
+	}
+	return 1;
+}
+
+/* ---- initializers kept as bytes --------------------------------------- */
+
+/* Does a known field's wire type agree with the schema, as protobuf-c's parser requires? */
+static int wire_type_fits(const ProtobufCFieldDescriptor *f, const wire_field *w)
+{
+	unsigned want;
+	size_t fixed = 0;
+	switch (f->type) {
+	case PROTOBUF_C_TYPE_MESSAGE:
+	case PROTOBUF_C_TYPE_STRING:
+	case PROTOBUF_C_TYPE_BYTES:
+		return w->wt == WT_LEN;
+	case PROTOBUF_C_TYPE_SFIXED32:
+	case PROTOBUF_C_TYPE_FIXED32:
+	case PROTOBUF_C_TYPE_FLOAT:
+		want = WT_I32;
+		fixed = 4;
+		break;
+	case PROTOBUF_C_TYPE_SFIXED64:
+	case PROTOBUF_C_TYPE_FIXED64:
+	case PROTOBUF_C_TYPE_DOUBLE:
+		want = WT_I64;
+		fixed = 8;
+		break;
+	default:
+		want = WT_VARINT;
+		break;
+	}
+	if (w->wt == want)
+		return 1;
+	if (w->wt != WT_LEN || f->label != PROTOBUF_C_LABEL_REPEATED)
+		return 0;
+	/* Packed: whole elements only. */
+	if (fixed)
+		return w->plen % fixed == 0;
+	for (const uint8_t *q = w->payload, *e = w->payload + w->plen; q < e;) {
+		uint64_t v;
+		size_t n = nmp_varint_get(q, e, &v);
+		if (n == 0)
+			return 0;
+		q += n;
+	}
+	return 1;
+}
+
+/*
+ * The checks protobuf-c's parser would make on a message that it will not
+ * see: every field well formed, known fields of the wire type the schema
+ * gives, sub-messages likewise.
+ */
+static nmp_status check_message(skel_ctx *c, const ProtobufCMessageDescriptor *d, const uint8_t *p,
+				const uint8_t *end, unsigned depth)
+{
+	if (depth > NMP_WIRE_MAX_DEPTH)
+		return skel_fail(c, p, "messages nested too deeply");
+	while (p < end) {
+		wire_field w;
+		NMP_TRY(next_field(c, p, end, &w));
+		p = w.next;
+		if (w.number == NMP_WIRE_MARKER_FIELD)
+			return skel_fail(c, w.start, "reserved field number");
+		const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, (unsigned)w.number);
+		if (!f)
+			continue;
+		if (!wire_type_fits(f, &w))
+			return skel_fail(c, w.start, "wrong wire type for its field");
+		if (f->type == PROTOBUF_C_TYPE_MESSAGE)
+			NMP_TRY(check_message(c, f->descriptor, w.payload, w.payload + w.plen, depth + 1));
+	}
+	return NMP_OK;
+}
+
+/*
+ * Is this GraphProto field an initializer record to keep as bytes: one that
+ * nothing reads, with no external data (whose location is checked on load),
+ * small enough never to be moved to an external data file?
+ */
+static int keep_as_bytes(const skel_ctx *c, const ProtobufCMessageDescriptor *d, const wire_field *w)
+{
+	if (!c->keep_unread || d != &onnx__graph_proto__descriptor || w->number != 5 || w->wt != WT_LEN ||
+	    w->plen >= NMP_WIRE_KEEP_MAX)
+		return 0;
+	const uint8_t *name = w->payload, *p = w->payload, *end = w->payload + w->plen;
+	uint64_t name_len = 0;
+	while (p < end) {
+		wire_field t;
+		const char *why;
+		const uint8_t *at;
+		if (!read_field(p, end, &t, &why, &at))
+			return 0;
+		p = t.next;
+		if (t.number == 13 || t.number == 14 || t.number == NMP_WIRE_MARKER_FIELD)
+			return 0;
+		if (t.number == 8 && t.wt == WT_LEN) { /* the last one wins, as protobuf's parser has it */
+			name = t.payload;
+			name_len = t.plen;
+		}
+	}
+	return !names_has(c, name, name_len);
+}
+
 static nmp_status skel_message(skel_ctx *c, const ProtobufCMessageDescriptor *d,
 			       const uint8_t *p, const uint8_t *end, unsigned depth,
 			       uint64_t *size_out)
 {
 	uint64_t size = 0;
+	const uint8_t *run_end = NULL; /* end of the run of kept records this message is in */
+	size_t run = 0;
 
 	if (depth > NMP_WIRE_MAX_DEPTH)
 		return skel_fail(c, p, "messages nested too deeply");
 
 	while (p < end) {
-		const uint8_t *field_start = p;
-		uint64_t tag;
-		size_t n = nmp_varint_get(p, end, &tag);
-		if (n == 0)
-			return skel_fail(c, p, "truncated field tag");
-		p += n;
-		const size_t tag_len = n;
-		uint64_t number = tag >> 3;
-		unsigned wt = (unsigned)(tag & 7);
-		if (number == 0 || number > NMP_WIRE_MARKER_FIELD)
-			return skel_fail(c, field_start, "invalid field number");
-		if (number == NMP_WIRE_MARKER_FIELD && d == c->bulk)
-			return skel_fail(c, field_start, "reserved field number");
+		wire_field w;
+		NMP_TRY(next_field(c, p, end, &w));
+		p = w.next;
+		if (w.number == NMP_WIRE_MARKER_FIELD && (d == c->bulk || d == &onnx__graph_proto__descriptor))
+			return skel_fail(c, w.start, "reserved field number");
 
-		const uint8_t *payload = p;
-		uint64_t plen = 0;
-		switch (wt) {
-		case WT_VARINT: {
-			uint64_t v;
-			n = nmp_varint_get(p, end, &v);
-			if (n == 0)
-				return skel_fail(c, p, "truncated varint");
-			p += n;
-			break;
-		}
-		case WT_I64:
-			if ((size_t)(end - p) < 8)
-				return skel_fail(c, p, "truncated fixed64");
-			p += 8;
-			break;
-		case WT_I32:
-			if ((size_t)(end - p) < 4)
-				return skel_fail(c, p, "truncated fixed32");
-			p += 4;
-			break;
-		case WT_LEN:
-			n = nmp_varint_get(p, end, &plen);
-			if (n == 0)
-				return skel_fail(c, p, "truncated length");
-			p += n;
-			if (plen > (uint64_t)(end - p))
-				return skel_fail(c, field_start, "field length past the end of its message");
-			payload = p;
-			p += plen;
-			break;
-		default:
-			return skel_fail(c, field_start, "unsupported wire type");
+		if (keep_as_bytes(c, d, &w)) {
+			/* Consecutive records share one marker and one span. */
+			if (w.start != run_end) {
+				if (!c->writing) {
+					if (!grow((void **)&c->spans, &c->cap_spans, c->n_spans + 1, sizeof *c->spans))
+						return nmp_error_set(c->err, NMP_ERR_NOMEM, "%s: out of memory", c->what);
+					run = c->n_spans++;
+					c->spans[run] = (nmp_span){ .offset = (uint64_t)(w.start - c->base),
+								    .field = NMP_SPAN_KEPT_INITIALIZERS };
+				} else {
+					run = c->span_cursor++;
+					emit_varint(c, (uint64_t)NMP_WIRE_MARKER_FIELD << 3 | WT_VARINT);
+					emit_varint(c, run);
+				}
+				size += nmp_varint_size((uint64_t)NMP_WIRE_MARKER_FIELD << 3) + nmp_varint_size(run);
+			}
+			if (!c->writing) {
+				NMP_TRY(check_message(c, c->bulk, w.payload, w.payload + w.plen, depth + 1));
+				c->spans[run].length += (uint64_t)(w.next - w.start);
+				c->n_kept++;
+			}
+			run_end = w.next;
+			drop_behind(c, p);
+			continue;
 		}
 
-		if (wt == WT_LEN && is_bulk_field(c, d, number)) {
+		if (w.wt == WT_LEN && is_bulk_field(c, d, w.number)) {
 			/* Payload bytes stay in the file; the skeleton keeps a marker. */
 			size_t idx;
 			if (!c->writing) {
@@ -191,9 +470,9 @@ static nmp_status skel_message(skel_ctx *c, const ProtobufCMessageDescriptor *d,
 					return nmp_error_set(c->err, NMP_ERR_NOMEM, "%s: out of memory", c->what);
 				idx = c->n_spans++;
 				c->spans[idx] = (nmp_span){
-					.offset = (uint64_t)(payload - c->base),
-					.length = plen,
-					.field = (uint32_t)number,
+					.offset = (uint64_t)(w.payload - c->base),
+					.length = w.plen,
+					.field = (uint32_t)w.number,
 				};
 			} else {
 				idx = c->span_cursor++;
@@ -206,32 +485,33 @@ static nmp_status skel_message(skel_ctx *c, const ProtobufCMessageDescriptor *d,
 		}
 
 		const ProtobufCFieldDescriptor *f =
-			protobuf_c_message_descriptor_get_field(d, (unsigned)number);
-		if (wt == WT_LEN && f && f->type == PROTOBUF_C_TYPE_MESSAGE) {
+			protobuf_c_message_descriptor_get_field(d, (unsigned)w.number);
+		if (w.wt == WT_LEN && f && f->type == PROTOBUF_C_TYPE_MESSAGE) {
 			size_t slot;
 			uint64_t child = 0;
+			const uint8_t *sub = w.payload, *sub_end = w.payload + w.plen;
 			/* Tag bytes are copied as found, so a non-minimal tag survives. */
 			if (!c->writing) {
 				if (!grow((void **)&c->sizes, &c->cap_sizes, c->n_sizes + 1, sizeof *c->sizes))
 					return nmp_error_set(c->err, NMP_ERR_NOMEM, "%s: out of memory", c->what);
 				slot = c->n_sizes++;
-				NMP_TRY(skel_message(c, f->descriptor, payload, payload + plen, depth + 1, &child));
+				NMP_TRY(skel_message(c, f->descriptor, sub, sub_end, depth + 1, &child));
 				c->sizes[slot] = child;
 			} else {
 				slot = c->cursor++;
 				child = c->sizes[slot];
-				emit(c, field_start, tag_len);
+				emit(c, w.start, w.tag_len);
 				emit_varint(c, child);
-				NMP_TRY(skel_message(c, f->descriptor, payload, payload + plen, depth + 1, &child));
+				NMP_TRY(skel_message(c, f->descriptor, sub, sub_end, depth + 1, &child));
 			}
-			size += tag_len + nmp_varint_size(child) + child;
+			size += w.tag_len + nmp_varint_size(child) + child;
 			continue;
 		}
 
 		/* Anything else, known or unknown to the schema, is kept verbatim. */
 		if (c->writing)
-			emit(c, field_start, (size_t)(p - field_start));
-		size += (uint64_t)(p - field_start);
+			emit(c, w.start, (size_t)(p - w.start));
+		size += (uint64_t)(p - w.start);
 	}
 	*size_out = size;
 	return NMP_OK;
@@ -239,11 +519,11 @@ static nmp_status skel_message(skel_ctx *c, const ProtobufCMessageDescriptor *d,
 
 nmp_status nmp_wire_skeleton(const uint8_t *buf, size_t len,
 			     const ProtobufCMessageDescriptor *root,
-			     const ProtobufCMessageDescriptor *bulk, int file_mapping,
+			     const ProtobufCMessageDescriptor *bulk, unsigned flags,
 			     const char *what, nmp_skeleton *out, nmp_error *err)
 {
 	skel_ctx c = { .base = buf, .bulk = bulk, .what = what, .err = err };
-	if (file_mapping) {
+	if (flags & NMP_WIRE_FILE_MAPPING) {
 		c.drop_pages = 1;
 		c.page = (uintptr_t)sysconf(_SC_PAGESIZE);
 		c.dropped = (uintptr_t)buf;
@@ -252,6 +532,11 @@ nmp_status nmp_wire_skeleton(const uint8_t *buf, size_t len,
 	nmp_status s;
 
 	memset(out, 0, sizeof *out);
+	if ((flags & NMP_WIRE_KEEP_UNREAD) && root == &onnx__model_proto__descriptor &&
+	    bulk == &onnx__tensor_proto__descriptor) {
+		c.keep_unread = collect_reads(&c, root, buf, buf + len, 0, 0);
+		c.dropped = (uintptr_t)buf;
+	}
 	s = skel_message(&c, root, buf, buf + len, 0, &total);
 	if (s != NMP_OK)
 		goto fail;
@@ -268,13 +553,16 @@ nmp_status nmp_wire_skeleton(const uint8_t *buf, size_t len,
 	NMP_ASSERT(s == NMP_OK && again == total && c.out_len == total);
 
 	free(c.sizes);
+	free(c.names);
 	out->data = c.out;
 	out->len = c.out_len;
 	out->spans = c.spans;
 	out->n_spans = c.n_spans;
+	out->n_kept = c.n_kept;
 	return NMP_OK;
 fail:
 	free(c.sizes);
+	free(c.names);
 	free(c.spans);
 	free(c.out);
 	return s;

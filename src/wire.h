@@ -29,10 +29,28 @@
 /* Message nesting limit (a subgraph costs three levels: graph, node, attribute). */
 #define NMP_WIRE_MAX_DEPTH 192
 
+/*
+ * Initializers kept as bytes (NMP_WIRE_KEEP_UNREAD): a GraphProto.initializer
+ * record that no node input, graph input or graph output names anywhere in
+ * the model, with no external data, of fewer than NMP_WIRE_KEEP_MAX bytes, is
+ * read by nothing nmprune does.  Each run of such records in a graph becomes
+ * one marker and one span (field NMP_SPAN_KEPT_INITIALIZERS, offset at the
+ * first record's tag), so a model of millions of them costs what its graph
+ * structure costs.  They are checked as protobuf-c would check them (wire
+ * well formed, wire types as the schema says), not as tensors.
+ */
+#define NMP_SPAN_KEPT_INITIALIZERS 0u
+#define NMP_WIRE_KEEP_MAX 1024u
+
+enum {
+	NMP_WIRE_FILE_MAPPING = 1, /* buf is a page-aligned read-only file mapping: pages may be dropped once read */
+	NMP_WIRE_KEEP_UNREAD = 2,  /* keep unread initializer records as bytes (see above) */
+};
+
 typedef struct nmp_span {
 	uint64_t offset;  /* payload bytes, relative to the start of the buffer */
 	uint64_t length;
-	uint32_t field;   /* TensorProto field number the bytes belong to */
+	uint32_t field;   /* TensorProto field number the bytes belong to, or NMP_SPAN_KEPT_INITIALIZERS */
 } nmp_span;
 
 typedef struct nmp_skeleton {
@@ -40,17 +58,18 @@ typedef struct nmp_skeleton {
 	size_t len;
 	nmp_span *spans;
 	size_t n_spans;
+	size_t n_kept;    /* initializer records kept as bytes */
 } nmp_skeleton;
 
 /*
  * Builds the skeleton of `buf` (a serialized `root` message).  `bulk` is the
- * TensorProto descriptor.  `file_mapping` says `buf` is a page-aligned
- * read-only file mapping whose pages may be dropped once read (never pass it
- * for heap memory).  `what` names the buffer in error messages.
+ * TensorProto descriptor.  `flags` are NMP_WIRE_* (never FILE_MAPPING for
+ * heap memory; KEEP_UNREAD only for an ONNX ModelProto).  `what` names the
+ * buffer in error messages.
  */
 nmp_status nmp_wire_skeleton(const uint8_t *buf, size_t len,
 			     const ProtobufCMessageDescriptor *root,
-			     const ProtobufCMessageDescriptor *bulk, int file_mapping,
+			     const ProtobufCMessageDescriptor *bulk, unsigned flags,
 			     const char *what, nmp_skeleton *out, nmp_error *err);
 void nmp_skeleton_free(nmp_skeleton *s);
 

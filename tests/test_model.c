@@ -510,10 +510,130 @@ static void test_in_place_keeps_mode(void **state)
 	free(tt.values);
 }
 
+/* The initializer named `name` in g, or NULL. */
+static Onnx__TensorProto *init_named(const Onnx__GraphProto *g, const char *name)
+{
+	for (size_t i = 0; i < g->n_initializer; i++)
+		if (strcmp(g->initializer[i]->name ? g->initializer[i]->name : "", name) == 0)
+			return g->initializer[i];
+	return NULL;
+}
+
+/* Every initializer of `want` is in `got`, encoded to the same bytes, and no other. */
+static void expect_same_initializers(const Onnx__GraphProto *want, const uint8_t *buf, size_t len)
+{
+	Onnx__ModelProto *m = onnx__model_proto__unpack(NULL, len, buf);
+	assert_non_null(m);
+	const Onnx__GraphProto *got = m->graph;
+	assert_int_equal(got->n_initializer, want->n_initializer);
+	for (size_t i = 0; i < want->n_initializer; i++) {
+		const Onnx__TensorProto *w = want->initializer[i];
+		const Onnx__TensorProto *g = init_named(got, w->name ? w->name : "");
+		assert_non_null(g);
+		size_t lw = onnx__tensor_proto__get_packed_size(w), lg = onnx__tensor_proto__get_packed_size(g);
+		assert_int_equal(lw, lg);
+		uint8_t *bw = malloc(lw + 1), *bg = malloc(lg + 1);
+		onnx__tensor_proto__pack(w, bw);
+		onnx__tensor_proto__pack(g, bg);
+		assert_memory_equal(bw, bg, lw);
+		free(bw);
+		free(bg);
+	}
+	assert_int_equal(got->n_node, 1);
+	assert_string_equal(got->node[0]->op_type, "MatMul");
+	onnx__model_proto__free_unpacked(m, NULL);
+}
+
+/*
+ * Initializers that nothing reads are kept as bytes, not parsed: they are no
+ * tensors of the model, and every way of writing it gives them back as they
+ * were (the general path puts them after the graph's other fields).
+ */
+static void test_unread_initializers_round_trip(void **state)
+{
+	fixture *f = *state;
+	tu_tensor a, w;
+	tu_float_tensor(&a, "A", 2, 2);
+	tu_float_tensor(&w, "W", 4, 4);
+	Onnx__TensorProto b = ONNX__TENSOR_PROTO__INIT, c = ONNX__TENSOR_PROTO__INIT;
+	int64_t b_dims[1] = { 3 }, b_vals[3] = { -1, 0, 1 << 20 }, c_dims[1] = { 0 };
+	b.name = "B";
+	b.has_data_type = 1;
+	b.data_type = NMP_DT_INT64;
+	b.n_dims = 1;
+	b.dims = b_dims;
+	b.n_int64_data = 3;
+	b.int64_data = b_vals;
+	c.n_dims = 1;                         /* unnamed and empty */
+	c.dims = c_dims;
+	Onnx__TensorProto *inits[4] = { &a.t, &w.t, &b, &c };
+
+	Onnx__NodeProto node = ONNX__NODE_PROTO__INIT;
+	char *ins[2] = { "X", "W" }, *outs[1] = { "Y" };
+	node.op_type = "MatMul";
+	node.n_input = 2;
+	node.input = ins;
+	node.n_output = 1;
+	node.output = outs;
+	Onnx__NodeProto *nodes[1] = { &node };
+	Onnx__GraphProto g = ONNX__GRAPH_PROTO__INIT;
+	g.name = "g";
+	g.n_node = 1;
+	g.node = nodes;
+	g.n_initializer = 4;
+	g.initializer = inits;
+	Onnx__ModelProto model = ONNX__MODEL_PROTO__INIT;
+	model.has_ir_version = 1;
+	model.ir_version = 8;
+	model.graph = &g;
+	size_t len = onnx__model_proto__get_packed_size(&model);
+	uint8_t *in = malloc(len);
+	onnx__model_proto__pack(&model, in);
+	tu_write(f->in, in, len);
+
+	nmp_model *m = NULL;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_model_load(f->in, &m, &err), NMP_OK);
+	assert_int_equal(m->n_kept, 3);
+	assert_int_equal(m->n_tensors, 1);
+	assert_string_equal(m->tensors[0].name, "W");
+	assert_int_equal(m->proto->graph->n_initializer, 1);
+
+	/* The copy path: the same bytes. */
+	nmp_save_opts o = { 0 };
+	assert_int_equal(nmp_model_save(m, f->out, &o, NULL, &err), NMP_OK);
+	size_t out_len;
+	uint8_t *out = tu_read(f->out, &out_len);
+	assert_int_equal(out_len, len);
+	assert_memory_equal(out, in, len);
+	free(out);
+
+	/* The general path: the same initializers, each encoded as it was. */
+	o.force_general = true;
+	assert_int_equal(nmp_model_save(m, f->out, &o, NULL, &err), NMP_OK);
+	out = tu_read(f->out, &out_len);
+	assert_int_equal(out_len, len);
+	expect_same_initializers(&g, out, out_len);
+	free(out);
+
+	/* The copy handed to ONNX Runtime. */
+	uint8_t *ser;
+	size_t ser_len;
+	assert_int_equal(nmp_model_serialize(m, NULL, NULL, 0, &ser, &ser_len, &err), NMP_OK);
+	expect_same_initializers(&g, ser, ser_len);
+	free(ser);
+
+	nmp_model_free(&m);
+	free(in);
+	free(a.values);
+	free(w.values);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_raw_tensor_is_file_resident, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unread_initializers_round_trip, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_typed_fields, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_payload_length_checks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dims_checks, setup, teardown),

@@ -172,6 +172,332 @@ static void test_bad_wire_types(void **state)
 	assert_non_null(strstr(err.message, "invalid field number"));
 }
 
+/* ---- initializers kept as bytes --------------------------------------- */
+
+static uint8_t *pack_model(Onnx__GraphProto *g, Onnx__TrainingInfoProto *training, size_t *len)
+{
+	Onnx__ModelProto model = ONNX__MODEL_PROTO__INIT;
+	Onnx__TrainingInfoProto *trainings[1] = { training };
+	model.has_ir_version = 1;
+	model.ir_version = 8;
+	model.graph = g;
+	model.n_training_info = training ? 1 : 0;
+	model.training_info = trainings;
+	*len = onnx__model_proto__get_packed_size(&model);
+	uint8_t *buf = malloc(*len);
+	onnx__model_proto__pack(&model, buf);
+	return buf;
+}
+
+/* An initializer's record as GraphProto holds it: tag of field 5, length, message. */
+static uint8_t *pack_record(Onnx__TensorProto *t, size_t *len)
+{
+	size_t n = onnx__tensor_proto__get_packed_size(t);
+	uint8_t *rec = malloc(n + 11);
+	rec[0] = 5u << 3 | 2;
+	size_t h = 1 + nmp_varint_put(rec + 1, n);
+	onnx__tensor_proto__pack(t, rec + h);
+	*len = h + n;
+	return rec;
+}
+
+static size_t kept_spans(const nmp_skeleton *sk, const nmp_span **first)
+{
+	size_t n = 0;
+	*first = NULL;
+	for (size_t i = 0; i < sk->n_spans; i++) {
+		if (sk->spans[i].field != NMP_SPAN_KEPT_INITIALIZERS)
+			continue;
+		if (!n++)
+			*first = &sk->spans[i];
+	}
+	return n;
+}
+
+static void test_unread_initializers_kept_as_bytes(void **state)
+{
+	(void)state;
+	/* A, B, C and an unnamed one: read by nothing (a node's "" input is an
+	 * absent one); W by the MatMul; G is a graph input, O an output; D has
+	 * external data, E is 1 KiB: those two are parsed although unread. */
+	tu_tensor a, b, w, c, d, e, gi, o;
+	Onnx__TensorProto u = ONNX__TENSOR_PROTO__INIT;
+	tu_float_tensor(&a, "A", 2, 2);
+	tu_float_tensor(&b, "B", 1, 3);
+	tu_float_tensor(&w, "W", 4, 4);
+	tu_float_tensor(&c, "C", 1, 1);
+	tu_float_tensor(&d, "D", 2, 2);
+	tu_make_external(&d, "d.bin", "0", "16");
+	tu_float_tensor(&e, "E", 16, 16);
+	tu_float_tensor(&gi, "G", 1, 2);
+	tu_float_tensor(&o, "O", 1, 2);
+	Onnx__TensorProto *inits[] = { &a.t, &b.t, &w.t, &c.t, &u, &d.t, &e.t, &gi.t, &o.t };
+
+	Onnx__NodeProto node = ONNX__NODE_PROTO__INIT;
+	char *ins[3] = { "X", "W", "" }, *outs[1] = { "Y" };
+	node.op_type = "MatMul";
+	node.n_input = 3;
+	node.input = ins;
+	node.n_output = 1;
+	node.output = outs;
+	Onnx__NodeProto *nodes[1] = { &node };
+	Onnx__ValueInfoProto vx = ONNX__VALUE_INFO_PROTO__INIT, vg = ONNX__VALUE_INFO_PROTO__INIT,
+			     vy = ONNX__VALUE_INFO_PROTO__INIT, vo = ONNX__VALUE_INFO_PROTO__INIT;
+	vx.name = "X";
+	vg.name = "G";
+	vy.name = "Y";
+	vo.name = "O";
+	Onnx__ValueInfoProto *gin[2] = { &vx, &vg }, *gout[2] = { &vy, &vo };
+	Onnx__GraphProto g = ONNX__GRAPH_PROTO__INIT;
+	g.n_node = 1;
+	g.node = nodes;
+	g.n_initializer = sizeof inits / sizeof inits[0];
+	g.initializer = inits;
+	g.n_input = 2;
+	g.input = gin;
+	g.n_output = 2;
+	g.output = gout;
+	size_t len;
+	uint8_t *buf = pack_model(&g, NULL, &len);
+
+	nmp_skeleton sk;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_wire_skeleton(buf, len, &onnx__model_proto__descriptor, &onnx__tensor_proto__descriptor,
+					   NMP_WIRE_KEEP_UNREAD, "k.onnx", &sk, &err), NMP_OK);
+	assert_int_equal(sk.n_kept, 4);
+	const nmp_span *run;
+	assert_int_equal(kept_spans(&sk, &run), 2);
+	/* The first run is A's and B's records, byte for byte; the second C's and the unnamed one's. */
+	size_t la, lb, lc, lu;
+	uint8_t *ra = pack_record(&a.t, &la), *rb = pack_record(&b.t, &lb), *rc = pack_record(&c.t, &lc);
+	uint8_t *ru = pack_record(&u, &lu);
+	assert_int_equal(run[0].length, la + lb);
+	assert_memory_equal(buf + run[0].offset, ra, la);
+	assert_memory_equal(buf + run[0].offset + la, rb, lb);
+	const nmp_span *second = NULL;
+	for (size_t i = run - sk.spans + 1; i < sk.n_spans && !second; i++)
+		if (sk.spans[i].field == NMP_SPAN_KEPT_INITIALIZERS)
+			second = &sk.spans[i];
+	assert_non_null(second);
+	assert_int_equal(second->length, lc + lu);
+	assert_memory_equal(buf + second->offset, rc, lc);
+	assert_memory_equal(buf + second->offset + lc, ru, lu);
+
+	Onnx__ModelProto *m = onnx__model_proto__unpack(NULL, sk.len, sk.data);
+	assert_non_null(m);
+	const char *want[] = { "W", "D", "E", "G", "O" };
+	assert_int_equal(m->graph->n_initializer, 5);
+	for (size_t i = 0; i < 5; i++)
+		assert_string_equal(m->graph->initializer[i]->name, want[i]);
+	assert_int_equal(m->graph->base.n_unknown_fields, 2);
+	assert_int_equal(m->graph->base.unknown_fields[0].tag, NMP_WIRE_MARKER_FIELD);
+	onnx__model_proto__free_unpacked(m, NULL);
+	nmp_skeleton_free(&sk);
+
+	/* Without the flag every record is parsed. */
+	assert_int_equal(nmp_wire_skeleton(buf, len, &onnx__model_proto__descriptor, &onnx__tensor_proto__descriptor,
+					   0, "k.onnx", &sk, &err), NMP_OK);
+	assert_int_equal(sk.n_kept, 0);
+	assert_int_equal(kept_spans(&sk, &run), 0);
+	nmp_skeleton_free(&sk);
+
+	free(ra);
+	free(rb);
+	free(rc);
+	free(ru);
+	free(buf);
+	tu_tensor *all[] = { &a, &b, &w, &c, &d, &e, &gi, &o };
+	for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+		free(all[i]->values);
+}
+
+/* A name read inside a subgraph counts; training_info's bindings turn keeping off. */
+static void test_reads_in_subgraphs_and_training(void **state)
+{
+	(void)state;
+	tu_tensor s, t;
+	tu_float_tensor(&s, "S", 1, 2);
+	tu_float_tensor(&t, "T", 1, 2);
+	Onnx__TensorProto *inits[2] = { &s.t, &t.t };
+
+	Onnx__NodeProto inner = ONNX__NODE_PROTO__INIT, outer = ONNX__NODE_PROTO__INIT;
+	char *inner_in[1] = { "S" }, *inner_out[1] = { "s2" }, *outer_in[1] = { "cond" }, *outer_out[1] = { "y" };
+	inner.op_type = "Identity";
+	inner.n_input = 1;
+	inner.input = inner_in;
+	inner.n_output = 1;
+	inner.output = inner_out;
+	Onnx__NodeProto *inner_nodes[1] = { &inner };
+	Onnx__GraphProto branch = ONNX__GRAPH_PROTO__INIT;
+	branch.n_node = 1;
+	branch.node = inner_nodes;
+	Onnx__AttributeProto at = ONNX__ATTRIBUTE_PROTO__INIT;
+	at.name = "then_branch";
+	at.g = &branch;
+	Onnx__AttributeProto *attrs[1] = { &at };
+	outer.op_type = "If";
+	outer.n_input = 1;
+	outer.input = outer_in;
+	outer.n_output = 1;
+	outer.output = outer_out;
+	outer.n_attribute = 1;
+	outer.attribute = attrs;
+	Onnx__NodeProto *nodes[1] = { &outer };
+	Onnx__GraphProto g = ONNX__GRAPH_PROTO__INIT;
+	g.n_node = 1;
+	g.node = nodes;
+	g.n_initializer = 2;
+	g.initializer = inits;
+
+	size_t len;
+	uint8_t *buf = pack_model(&g, NULL, &len);
+	nmp_skeleton sk;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_wire_skeleton(buf, len, &onnx__model_proto__descriptor, &onnx__tensor_proto__descriptor,
+					   NMP_WIRE_KEEP_UNREAD, "sub", &sk, &err), NMP_OK);
+	assert_int_equal(sk.n_kept, 1);
+	Onnx__ModelProto *m = onnx__model_proto__unpack(NULL, sk.len, sk.data);
+	assert_int_equal(m->graph->n_initializer, 1);
+	assert_string_equal(m->graph->initializer[0]->name, "S");
+	onnx__model_proto__free_unpacked(m, NULL);
+	nmp_skeleton_free(&sk);
+	free(buf);
+
+	Onnx__TrainingInfoProto training = ONNX__TRAINING_INFO_PROTO__INIT;
+	buf = pack_model(&g, &training, &len);
+	assert_int_equal(nmp_wire_skeleton(buf, len, &onnx__model_proto__descriptor, &onnx__tensor_proto__descriptor,
+					   NMP_WIRE_KEEP_UNREAD, "train", &sk, &err), NMP_OK);
+	assert_int_equal(sk.n_kept, 0);
+	nmp_skeleton_free(&sk);
+	free(buf);
+	free(s.values);
+	free(t.values);
+}
+
+/* A model of one unread initializer whose message is `body`. */
+static uint8_t *model_with_record(const uint8_t *body, size_t n, size_t *len)
+{
+	uint8_t graph[256];
+	size_t h = 0;
+	graph[h++] = 5u << 3 | 2;
+	h += nmp_varint_put(graph + h, n);
+	memcpy(graph + h, body, n);
+	h += n;
+	uint8_t *out = malloc(h + 16);
+	size_t k = 0;
+	out[k++] = 1u << 3;
+	out[k++] = 8;
+	out[k++] = 7u << 3 | 2;
+	k += nmp_varint_put(out + k, h);
+	memcpy(out + k, graph, h);
+	*len = k + h;
+	return out;
+}
+
+/*
+ * Does nmprune's load of the structure accept what protobuf-c's parser
+ * accepts?  The record must be one kept as bytes (no external data fields):
+ * the others' payloads are checked later, as tensors.
+ */
+static void expect_agreement(const uint8_t *buf, size_t len, const char *what)
+{
+	Onnx__ModelProto *whole = onnx__model_proto__unpack(NULL, len, buf);
+	nmp_skeleton sk;
+	nmp_error err = { 0 };
+	int ours = nmp_wire_skeleton(buf, len, &onnx__model_proto__descriptor, &onnx__tensor_proto__descriptor,
+				     NMP_WIRE_KEEP_UNREAD, what, &sk, &err) == NMP_OK;
+	if (ours) {
+		Onnx__ModelProto *skel = onnx__model_proto__unpack(NULL, sk.len, sk.data);
+		ours = skel != NULL;
+		assert_int_equal(sk.n_kept, 1);
+		if (skel)
+			onnx__model_proto__free_unpacked(skel, NULL);
+		nmp_skeleton_free(&sk);
+	}
+	if (ours != (whole != NULL))
+		fail_msg("%s: protobuf-c %s it, nmprune %s it (%s)", what, whole ? "accepts" : "refuses",
+			 ours ? "accepts" : "refuses", err.message);
+	if (whole)
+		onnx__model_proto__free_unpacked(whole, NULL);
+}
+
+static void test_kept_records_checked_as_protobuf_c_would(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *what;
+		uint8_t body[16];
+		size_t n;
+	} cases[] = {
+		{ "dims as varints", { 0x08, 0x02, 0x08, 0x03 }, 4 },
+		{ "dims packed", { 0x0a, 0x02, 0x02, 0x03 }, 4 },
+		{ "dims packed, cut varint", { 0x0a, 0x02, 0x02, 0x83 }, 4 },
+		{ "dims as fixed32", { 0x0d, 1, 0, 0, 0 }, 5 },
+		{ "data_type as bytes", { 0x12, 0x01, 0x01 }, 3 },
+		{ "name as a varint", { 0x40, 0x01 }, 2 },
+		{ "name", { 0x42, 0x01, 'x' }, 3 },
+		{ "float_data packed", { 0x22, 0x04, 0, 0, 0x80, 0x3f }, 6 },
+		{ "float_data packed, 6 bytes", { 0x22, 0x06, 0, 0, 0x80, 0x3f, 0, 0 }, 8 },
+		{ "float_data as fixed32", { 0x25, 0, 0, 0x80, 0x3f }, 5 },
+		{ "double_data as fixed32", { 0x55, 0, 0, 0x80, 0x3f }, 5 },
+		{ "segment with a bad begin", { 0x1a, 0x02, 0x0d, 0x00 }, 4 },
+		{ "unknown field 99", { 0x98, 0x06, 0x05 }, 3 },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		size_t len;
+		uint8_t *buf = model_with_record(cases[i].body, cases[i].n, &len);
+		expect_agreement(buf, len, cases[i].what);
+		free(buf);
+	}
+
+	/* Random records: fields of random numbers and wire types, valid framing, no external data. */
+	uint64_t seed = 0x9e3779b97f4a7c15ull;
+	for (int trial = 0; trial < 20000; trial++) {
+		uint8_t body[64];
+		size_t n = 0;
+		int fields = 1 + (int)((seed >> 40) % 4);
+		for (int k = 0; k < fields; k++) {
+			seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+			unsigned number = 1 + (unsigned)((seed >> 33) % 17), wt = (unsigned)((seed >> 50) % 6);
+			if (number == 13 || number == 14)
+				number += 4;
+			if (wt == 3 || wt == 4)
+				wt = 2;
+			n += nmp_varint_put(body + n, number << 3 | wt);
+			unsigned payload = (unsigned)((seed >> 20) % 6);
+			if (wt == 0) {
+				body[n++] = (uint8_t)(seed >> 8) & 0x7f;
+			} else if (wt == 1 || wt == 5) {
+				memset(body + n, (int)(seed >> 12) & 0xff, wt == 1 ? 8 : 4);
+				n += wt == 1 ? 8 : 4;
+			} else {
+				body[n++] = (uint8_t)payload;
+				for (unsigned q = 0; q < payload; q++)
+					body[n++] = (uint8_t)(seed >> (q * 7));
+			}
+		}
+		size_t len;
+		uint8_t *buf = model_with_record(body, n, &len);
+		char what[32];
+		snprintf(what, sizeof what, "random record %d", trial);
+		expect_agreement(buf, len, what);
+		free(buf);
+	}
+}
+
+/* The marker's field number in a graph would be taken for a marker: refused. */
+static void test_marker_field_in_graph_refused(void **state)
+{
+	(void)state;
+	const uint8_t model[] = { 0x08, 0x08, 0x3a, 0x06, 0xf8, 0xff, 0xff, 0xff, 0x0f, 0x00 };
+	nmp_skeleton sk;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_wire_skeleton(model, sizeof model, &onnx__model_proto__descriptor,
+					   &onnx__tensor_proto__descriptor, NMP_WIRE_KEEP_UNREAD, "r", &sk, &err),
+			 NMP_ERR_MODEL);
+	assert_non_null(strstr(err.message, "reserved field number"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -180,6 +506,10 @@ int main(void)
 		cmocka_unit_test(test_truncated_input_names_offset),
 		cmocka_unit_test(test_nesting_limit),
 		cmocka_unit_test(test_bad_wire_types),
+		cmocka_unit_test(test_unread_initializers_kept_as_bytes),
+		cmocka_unit_test(test_reads_in_subgraphs_and_training),
+		cmocka_unit_test(test_kept_records_checked_as_protobuf_c_would),
+		cmocka_unit_test(test_marker_field_in_graph_refused),
 	};
 	return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
 }

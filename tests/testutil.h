@@ -84,19 +84,29 @@ static inline int tu_count_files(const char *dir)
 }
 
 /*
- * A one-node model: Y = MatMul(X, W) with W the given initializer(s).
- * The tensors are borrowed; the caller owns them.
+ * A model Y = MatMul(X, W) with W the first initializer; a Sum node reads the
+ * others, so that none is an initializer that nothing reads (those the loader
+ * keeps as bytes, unparsed).  The tensors are borrowed; the caller owns them.
  */
 static inline void tu_write_model(const char *path, Onnx__TensorProto **inits, size_t n_inits)
 {
 	Onnx__ModelProto model = ONNX__MODEL_PROTO__INIT;
 	Onnx__GraphProto graph = ONNX__GRAPH_PROTO__INIT;
-	Onnx__NodeProto node = ONNX__NODE_PROTO__INIT;
+	Onnx__NodeProto node = ONNX__NODE_PROTO__INIT, rest = ONNX__NODE_PROTO__INIT;
 	Onnx__OperatorSetIdProto opset = ONNX__OPERATOR_SET_ID_PROTO__INIT;
 	Onnx__OperatorSetIdProto *opsets[1] = { &opset };
-	Onnx__NodeProto *nodes[1] = { &node };
+	Onnx__NodeProto *nodes[2] = { &node, &rest };
 	char *ins[2] = { "X", inits[0]->name };
-	char *outs[1] = { "Y" };
+	char *outs[1] = { "Y" }, *rest_outs[1] = { "Z" };
+	char **rest_ins = calloc(n_inits, sizeof *rest_ins);
+
+	for (size_t i = 1; i < n_inits; i++)
+		rest_ins[i - 1] = inits[i]->name;
+	rest.op_type = "Sum";
+	rest.n_input = n_inits - 1;
+	rest.input = rest_ins;
+	rest.n_output = 1;
+	rest.output = rest_outs;
 
 	opset.domain = "";
 	opset.has_version = 1;
@@ -108,7 +118,7 @@ static inline void tu_write_model(const char *path, Onnx__TensorProto **inits, s
 	node.n_output = 1;
 	node.output = outs;
 	graph.name = "g";
-	graph.n_node = 1;
+	graph.n_node = n_inits > 1 ? 2 : 1;
 	graph.node = nodes;
 	graph.n_initializer = n_inits;
 	graph.initializer = inits;
@@ -124,6 +134,7 @@ static inline void tu_write_model(const char *path, Onnx__TensorProto **inits, s
 	onnx__model_proto__pack(&model, buf);
 	tu_write(path, buf, len);
 	free(buf);
+	free(rest_ins);
 }
 
 /* A float tensor [rows, cols] with raw_data, values i + 1. */

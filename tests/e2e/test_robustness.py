@@ -446,21 +446,58 @@ def test_exact_tiles_are_bounded_and_greedy_needs_tiles(bert, tmp_path):
     assert r.code == 2 and "not transposable" in r.err, r
 
 
+def many_initializers(path, n, read):
+    """n empty float initializers; a Concat reads them all when `read`, and a MatMul reads W."""
+    rng = np.random.default_rng(5)
+    names = [f"e{i}" for i in range(n)]
+    nodes = [helper.make_node("MatMul", ["X", "W"], ["Y"])]
+    if read:
+        nodes.append(helper.make_node("Concat", names, ["Z"], axis=0))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 64])],
+                          [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "W")])
+    for name in names:
+        t = g.initializer.add()
+        t.name, t.data_type = name, TensorProto.FLOAT
+        t.dims.append(0)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def limit_address_space():
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (128 << 20, 128 << 20))
+
+
 @pytest.mark.skipif("ASAN_OPTIONS" in __import__("os").environ,
                     reason="AddressSanitizer reserves more address space than the limit this test sets")
 def test_out_of_memory_is_an_io_error(tmp_path):
-    import resource
-    g = helper.make_graph([], "g", [], [])
-    for i in range(1000000):  # about 300 MB of structure, far past the limit below
-        t = g.initializer.add()
-        t.name, t.data_type = f"e{i}", TensorProto.FLOAT
-        t.dims.append(0)
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "many.onnx")
-
-    def limit():
-        resource.setrlimit(resource.RLIMIT_AS, (128 << 20, 128 << 20))
-    p = subprocess.run([NMPRUNE, "inspect", str(tmp_path / "many.onnx")], capture_output=True, text=True, preexec_fn=limit)
+    many_initializers(tmp_path / "many.onnx", 1000000, read=True)  # about 400 MB of structure
+    p = subprocess.run([NMPRUNE, "inspect", str(tmp_path / "many.onnx")], capture_output=True, text=True,
+                       preexec_fn=limit_address_space)
     assert p.returncode == 4 and "out of memory" in p.stderr and "not a valid ONNX model" not in p.stderr, p.stderr
+
+
+@pytest.mark.skipif("ASAN_OPTIONS" in __import__("os").environ,
+                    reason="AddressSanitizer reserves more address space than the limit this test sets")
+@pytest.mark.parametrize("extra", [[], ["--external-data", "out.data"]], ids=["copy", "general"])
+def test_unread_initializers_cost_no_memory(tmp_path, extra):
+    """A million initializers that nothing reads pass through as bytes, in the memory a small model takes."""
+    src = tmp_path / "many.onnx"
+    many_initializers(src, 1000000, read=False)
+    out = tmp_path / "out.onnx"
+    p = subprocess.run([NMPRUNE, "prune", str(src), "-o", str(out), "--pattern", "2:4", "-q", *extra],
+                       capture_output=True, text=True, preexec_fn=limit_address_space, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    a, b = onnx.load(str(src)), onnx.load(str(out))
+    assert len(b.graph.initializer) == len(a.graph.initializer) == 1000001
+    want = {t.name: t.SerializeToString() for t in a.graph.initializer if t.name != "W"}
+    got = {t.name: t.SerializeToString() for t in b.graph.initializer if t.name != "W"}
+    assert got == want
+    w = numpy_helper.to_array(next(t for t in b.graph.initializer if t.name == "W"),
+                              base_dir=str(tmp_path))
+    assert ((w.T.reshape(64, 16, 4) != 0).sum(axis=2) == 2).all()  # 2:4 along K, the MatMul reduction axis
+    r = nmprune("prune", src, "--dry-run", "--pattern", "2:4", "-v")
+    assert "1000000 initializers that nothing reads are kept as they are" in r.err, r.err
 
 
 @pytest.mark.parametrize("regex", ["((a{255}){255}){255}", "(" * 22 + "a" + ")+" * 22, "((((x*)*)*)*)" * 3 + "(y{9}){99}{0}"])
