@@ -4,6 +4,7 @@ sizes wrap are refused; the permutation search ends on every graph, blocks what
 it cannot follow, and a permuted model computes what the original computes."""
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -485,8 +486,8 @@ def test_unread_initializers_cost_no_memory(tmp_path, extra):
     src = tmp_path / "many.onnx"
     many_initializers(src, 1000000, read=False)
     out = tmp_path / "out.onnx"
-    p = subprocess.run([NMPRUNE, "prune", str(src), "-o", str(out), "--pattern", "2:4", "-q", *extra],
-                       capture_output=True, text=True, preexec_fn=limit_address_space, cwd=tmp_path)
+    p = subprocess.run([os.path.abspath(NMPRUNE), "prune", str(src), "-o", str(out), "--pattern", "2:4", "-q",
+                        *extra], capture_output=True, text=True, preexec_fn=limit_address_space, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     a, b = onnx.load(str(src)), onnx.load(str(out))
     assert len(b.graph.initializer) == len(a.graph.initializer) == 1000001
