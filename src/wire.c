@@ -142,22 +142,21 @@ typedef struct wire_field {
 	const uint8_t *start;     /* its tag */
 	const uint8_t *payload;   /* a LEN field's bytes; the value's otherwise */
 	const uint8_t *next;      /* just past it */
+	const uint8_t *bad;       /* where it went wrong, when it did */
 	uint64_t plen;            /* a LEN field's length */
 	uint64_t number;
 	size_t tag_len;
 	unsigned wt;
 } wire_field;
 
-/* Reads the field at p; on error sets *why and *at and returns 0. */
-static int read_field(const uint8_t *p, const uint8_t *end, wire_field *w, const char **why,
-		      const uint8_t **at)
+/* Reads the field at p: NULL, or what is wrong with it (at w->bad). */
+static const char *read_field(const uint8_t *p, const uint8_t *end, wire_field *w)
 {
 	uint64_t tag;
 	size_t n = nmp_varint_get(p, end, &tag);
-	*at = p;
+	w->start = w->bad = p;
 	if (n == 0)
-		return *why = "truncated field tag", 0;
-	w->start = p;
+		return "truncated field tag";
 	w->tag_len = n;
 	w->number = tag >> 3;
 	w->wt = (unsigned)(tag & 7);
@@ -165,52 +164,51 @@ static int read_field(const uint8_t *p, const uint8_t *end, wire_field *w, const
 	p += n;
 	w->payload = p;
 	if (w->number == 0 || w->number > NMP_WIRE_MARKER_FIELD)
-		return *why = "invalid field number", 0;
-	*at = p;
+		return "invalid field number";
+	w->bad = p;
 	switch (w->wt) {
 	case WT_VARINT: {
 		uint64_t v;
 		n = nmp_varint_get(p, end, &v);
 		if (n == 0)
-			return *why = "truncated varint", 0;
+			return "truncated varint";
 		p += n;
 		break;
 	}
 	case WT_I64:
 		if ((size_t)(end - p) < 8)
-			return *why = "truncated fixed64", 0;
+			return "truncated fixed64";
 		p += 8;
 		break;
 	case WT_I32:
 		if ((size_t)(end - p) < 4)
-			return *why = "truncated fixed32", 0;
+			return "truncated fixed32";
 		p += 4;
 		break;
 	case WT_LEN:
 		n = nmp_varint_get(p, end, &w->plen);
 		if (n == 0)
-			return *why = "truncated length", 0;
+			return "truncated length";
 		p += n;
 		if (w->plen > (uint64_t)(end - p)) {
-			*at = w->start;
-			return *why = "field length past the end of its message", 0;
+			w->bad = w->start;
+			return "field length past the end of its message";
 		}
 		w->payload = p;
 		p += w->plen;
 		break;
 	default:
-		*at = w->start;
-		return *why = "unsupported wire type", 0;
+		w->bad = w->start;
+		return "unsupported wire type";
 	}
 	w->next = p;
-	return 1;
+	return NULL;
 }
 
 static nmp_status next_field(skel_ctx *c, const uint8_t *p, const uint8_t *end, wire_field *w)
 {
-	const char *why;
-	const uint8_t *at;
-	return read_field(p, end, w, &why, &at) ? NMP_OK : skel_fail(c, at, why);
+	const char *why = read_field(p, end, w);
+	return why ? skel_fail(c, w->bad, why) : NMP_OK;
 }
 
 /* ---- names that something reads -------------------------------------- */
@@ -287,9 +285,7 @@ static int collect_reads(skel_ctx *c, const ProtobufCMessageDescriptor *d, const
 		return 0;
 	while (p < end) {
 		wire_field w;
-		const char *why;
-		const uint8_t *at;
-		if (!read_field(p, end, &w, &why, &at))
+		if (read_field(p, end, &w))
 			return 0;
 		p = w.next;
 		drop_behind(c, p);
@@ -403,9 +399,7 @@ static int keep_as_bytes(const skel_ctx *c, const ProtobufCMessageDescriptor *d,
 	uint64_t name_len = 0;
 	while (p < end) {
 		wire_field t;
-		const char *why;
-		const uint8_t *at;
-		if (!read_field(p, end, &t, &why, &at))
+		if (read_field(p, end, &t))
 			return 0;
 		p = t.next;
 		if (t.number == 13 || t.number == 14 || t.number == NMP_WIRE_MARKER_FIELD)

@@ -568,13 +568,8 @@ static void test_unread_initializers_round_trip(void **state)
 	c.dims = c_dims;
 	Onnx__TensorProto *inits[4] = { &a.t, &w.t, &b, &c };
 
-	Onnx__NodeProto node = ONNX__NODE_PROTO__INIT;
 	char *ins[2] = { "X", "W" }, *outs[1] = { "Y" };
-	node.op_type = "MatMul";
-	node.n_input = 2;
-	node.input = ins;
-	node.n_output = 1;
-	node.output = outs;
+	Onnx__NodeProto node = tu_node("MatMul", ins, 2, outs, 1);
 	Onnx__NodeProto *nodes[1] = { &node };
 	Onnx__GraphProto g = ONNX__GRAPH_PROTO__INIT;
 	g.name = "g";

@@ -233,13 +233,8 @@ static void test_unread_initializers_kept_as_bytes(void **state)
 	tu_float_tensor(&o, "O", 1, 2);
 	Onnx__TensorProto *inits[] = { &a.t, &b.t, &w.t, &c.t, &u, &d.t, &e.t, &gi.t, &o.t };
 
-	Onnx__NodeProto node = ONNX__NODE_PROTO__INIT;
 	char *ins[3] = { "X", "W", "" }, *outs[1] = { "Y" };
-	node.op_type = "MatMul";
-	node.n_input = 3;
-	node.input = ins;
-	node.n_output = 1;
-	node.output = outs;
+	Onnx__NodeProto node = tu_node("MatMul", ins, 3, outs, 1);
 	Onnx__NodeProto *nodes[1] = { &node };
 	Onnx__ValueInfoProto vx = ONNX__VALUE_INFO_PROTO__INIT, vg = ONNX__VALUE_INFO_PROTO__INIT,
 			     vy = ONNX__VALUE_INFO_PROTO__INIT, vo = ONNX__VALUE_INFO_PROTO__INIT;
@@ -320,13 +315,9 @@ static void test_reads_in_subgraphs_and_training(void **state)
 	tu_float_tensor(&t, "T", 1, 2);
 	Onnx__TensorProto *inits[2] = { &s.t, &t.t };
 
-	Onnx__NodeProto inner = ONNX__NODE_PROTO__INIT, outer = ONNX__NODE_PROTO__INIT;
 	char *inner_in[1] = { "S" }, *inner_out[1] = { "s2" }, *outer_in[1] = { "cond" }, *outer_out[1] = { "y" };
-	inner.op_type = "Identity";
-	inner.n_input = 1;
-	inner.input = inner_in;
-	inner.n_output = 1;
-	inner.output = inner_out;
+	Onnx__NodeProto inner = tu_node("Identity", inner_in, 1, inner_out, 1);
+	Onnx__NodeProto outer = tu_node("If", outer_in, 1, outer_out, 1);
 	Onnx__NodeProto *inner_nodes[1] = { &inner };
 	Onnx__GraphProto branch = ONNX__GRAPH_PROTO__INIT;
 	branch.n_node = 1;
@@ -335,11 +326,6 @@ static void test_reads_in_subgraphs_and_training(void **state)
 	at.name = "then_branch";
 	at.g = &branch;
 	Onnx__AttributeProto *attrs[1] = { &at };
-	outer.op_type = "If";
-	outer.n_input = 1;
-	outer.input = outer_in;
-	outer.n_output = 1;
-	outer.output = outer_out;
 	outer.n_attribute = 1;
 	outer.attribute = attrs;
 	Onnx__NodeProto *nodes[1] = { &outer };

@@ -83,6 +83,18 @@ static inline int tu_count_files(const char *dir)
 	return n;
 }
 
+/* A node of `op` over the given names (borrowed). */
+static inline Onnx__NodeProto tu_node(const char *op, char **ins, size_t n_in, char **outs, size_t n_out)
+{
+	Onnx__NodeProto n = ONNX__NODE_PROTO__INIT;
+	n.op_type = (char *)op;
+	n.n_input = n_in;
+	n.input = ins;
+	n.n_output = n_out;
+	n.output = outs;
+	return n;
+}
+
 /*
  * A model Y = MatMul(X, W) with W the first initializer; a Sum node reads the
  * others, so that none is an initializer that nothing reads (those the loader
@@ -92,7 +104,7 @@ static inline void tu_write_model(const char *path, Onnx__TensorProto **inits, s
 {
 	Onnx__ModelProto model = ONNX__MODEL_PROTO__INIT;
 	Onnx__GraphProto graph = ONNX__GRAPH_PROTO__INIT;
-	Onnx__NodeProto node = ONNX__NODE_PROTO__INIT, rest = ONNX__NODE_PROTO__INIT;
+	Onnx__NodeProto node, rest;
 	Onnx__OperatorSetIdProto opset = ONNX__OPERATOR_SET_ID_PROTO__INIT;
 	Onnx__OperatorSetIdProto *opsets[1] = { &opset };
 	Onnx__NodeProto *nodes[2] = { &node, &rest };
@@ -102,21 +114,13 @@ static inline void tu_write_model(const char *path, Onnx__TensorProto **inits, s
 
 	for (size_t i = 1; i < n_inits; i++)
 		rest_ins[i - 1] = inits[i]->name;
-	rest.op_type = "Sum";
-	rest.n_input = n_inits - 1;
-	rest.input = rest_ins;
-	rest.n_output = 1;
-	rest.output = rest_outs;
+	rest = tu_node("Sum", rest_ins, n_inits - 1, rest_outs, 1);
 
 	opset.domain = "";
 	opset.has_version = 1;
 	opset.version = 17;
-	node.op_type = "MatMul";
+	node = tu_node("MatMul", ins, 2, outs, 1);
 	node.name = "mm";
-	node.n_input = 2;
-	node.input = ins;
-	node.n_output = 1;
-	node.output = outs;
 	graph.name = "g";
 	graph.n_node = n_inits > 1 ? 2 : 1;
 	graph.node = nodes;
