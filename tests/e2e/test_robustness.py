@@ -562,3 +562,40 @@ def test_reports_tell_the_truth(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "relu.onnx")
     r = nmprune("prune", tmp_path / "relu.onnx", "--dry-run")
     assert "0 of 0 parameters in candidate weights zeroed;" in r.err and "100.00%" not in r.err, r
+
+
+def test_unread_initializer_checked_as_protobuf(tmp_path):
+    """An initializer nothing reads is not parsed, but its wire is checked as protobuf-c's parser would
+    check it (protobuf-c refuses a known field of the wrong wire type; upb would keep it as unknown)."""
+    g = helper.make_graph([helper.make_node("MatMul", ["X", "W"], ["Y"])], "g",
+                          [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 8])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 8])],
+                          [numpy_helper.from_array(np.ones((8, 8), np.float32), "W")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    graph = model.graph.SerializeToString()
+    model.ClearField("graph")
+    head = model.SerializeToString()
+
+    def with_record(record, name):
+        body = graph + bytes([0x2a, len(record)]) + record
+        n, size = bytearray(), len(body)
+        while size >= 0x80:
+            n.append(size & 0x7f | 0x80)
+            size >>= 7
+        n.append(size)
+        path = tmp_path / name
+        path.write_bytes(head + bytes([0x3a]) + bytes(n) + body)
+        return path
+
+    bad = with_record(bytes([0x0d, 1, 0, 0, 0]), "bad.onnx")  # dims (varint) as a fixed32
+    r = nmprune("prune", bad, "-o", tmp_path / "out.onnx")
+    assert r.code == 3 and "wrong wire type for its field at byte offset" in r.err, r
+    assert not (tmp_path / "out.onnx").exists()
+
+    # dims say 2 elements, no data: not a valid tensor, but nothing reads it, so it passes as it was.
+    odd = with_record(bytes([0x08, 0x02, 0x10, 0x01, 0x42, 0x01, ord("z")]), "odd.onnx")
+    r = nmprune("prune", odd, "-o", tmp_path / "out.onnx", "--external-data", tmp_path / "out.data")
+    assert r.code == 0, r
+    z = next(t for t in onnx.load(str(tmp_path / "out.onnx"), load_external_data=False).graph.initializer
+             if t.name == "z")
+    assert list(z.dims) == [2] and z.data_type == TensorProto.FLOAT and not z.raw_data
