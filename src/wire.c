@@ -287,8 +287,8 @@ static int collect_reads(skel_ctx *c, const ProtobufCMessageDescriptor *d, const
 		wire_field w;
 		if (read_field(p, end, &w))
 			return 0;
+		drop_behind(c, w.start); /* not w.next: the walk may yet descend into this field */
 		p = w.next;
-		drop_behind(c, p);
 		if (w.wt != WT_LEN)
 			continue;
 		if (take_name) {

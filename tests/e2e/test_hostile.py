@@ -97,6 +97,20 @@ def test_graph_cycle(tmp_path):
     assert secs < 10 and not (tmp_path / "o.onnx").exists()
 
 
+def test_loading_never_keeps_the_weights_mapped(tmp_path):
+    """The passes over the structure drop the pages behind them: 1000 weights of 128 KiB, nothing to prune."""
+    rng = np.random.default_rng(1)
+    ws = [numpy_helper.from_array(rng.standard_normal((64, 512)).astype(np.float32), f"w{i}") for i in range(1000)]
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"a{i}"]) for i in range(1000)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [1, 64])],
+                          [helper.make_tensor_value_info("a0", F, [1, 512])], ws)
+    src = save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    for cmd in (["prune", src, "-o", tmp_path / "o.onnx", "--include", "^none$", "-q"], ["inspect", src]):
+        code, err, _, rss = _measured(cmd)
+        assert code == 0, err
+        assert rss < 48 * 1024, (cmd[0], rss)  # the file is 128 MiB
+
+
 def test_declared_sizes_far_beyond_the_file(tmp_path):
     # 2^50 elements declared, a few bytes present: refused before anything is allocated for them.
     t = TensorProto(name="w", data_type=F, dims=[1 << 25, 1 << 25], raw_data=b"\0" * 16)
