@@ -41,14 +41,6 @@ typedef struct scope {
 	size_t cap;                  /* power of two */
 } scope;
 
-uint64_t nmp_str_hash(const char *s)
-{
-	uint64_t h = 1469598103934665603ull;
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 1099511628211ull;
-	return h;
-}
-
 /* The table cell that holds `name`, or the empty cell where it would go. */
 static uint32_t *cell(const scope *sc, const char *name)
 {

@@ -31,6 +31,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "hash.h"
 #include "model.h"
 
 typedef struct nmp_use {
@@ -75,9 +76,6 @@ typedef struct nmp_graph {
 
 nmp_status nmp_graph_walk(const nmp_model *m, nmp_graph **out, nmp_error *err);
 void nmp_graph_free(nmp_graph **g);
-
-/* FNV-1a of a name, for the name tables. */
-uint64_t nmp_str_hash(const char *s);
 
 /* A node's attribute by name, or NULL; an INT attribute's value, or dflt. */
 const Onnx__AttributeProto *nmp_node_attr(const Onnx__NodeProto *n, const char *name);

@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "hash.h"
 #include "onnx.pb-c.h"
 
 size_t nmp_varint_size(uint64_t v)
@@ -219,14 +220,6 @@ static nmp_status next_field(skel_ctx *c, const uint8_t *p, const uint8_t *end, 
  * among them is read by nothing, so its record may stay as bytes.  The set
  * points into the buffer; it over-approximates, which only keeps more.
  */
-static uint32_t name_hash(const uint8_t *p, uint64_t len)
-{
-	uint64_t h = 0xcbf29ce484222325ull;
-	for (uint64_t i = 0; i < len; i++)
-		h = (h ^ p[i]) * 0x100000001b3ull;
-	return (uint32_t)(h ^ (h >> 32));
-}
-
 static size_t names_find(const skel_ctx *c, const uint8_t *p, uint64_t len, uint32_t h)
 {
 	size_t i = h & (c->cap_names - 1);
@@ -257,7 +250,7 @@ static int names_add(skel_ctx *c, const uint8_t *p, uint64_t len)
 				c->names[names_find(c, old[i].p, old[i].len, old[i].hash)] = old[i];
 		free(old);
 	}
-	uint32_t h = name_hash(p, len);
+	uint32_t h = (uint32_t)nmp_hash_bytes(p, len);
 	size_t i = names_find(c, p, len, h);
 	if (!c->names[i].p) {
 		c->names[i] = (name_entry){ .p = p, .len = (uint32_t)len, .hash = h };
@@ -268,7 +261,7 @@ static int names_add(skel_ctx *c, const uint8_t *p, uint64_t len)
 
 static int names_has(const skel_ctx *c, const uint8_t *p, uint64_t len)
 {
-	return c->cap_names && c->names[names_find(c, p, len, name_hash(p, len))].p != NULL;
+	return c->cap_names && c->names[names_find(c, p, len, (uint32_t)nmp_hash_bytes(p, len))].p != NULL;
 }
 
 /*
