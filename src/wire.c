@@ -405,6 +405,27 @@ static int keep_as_bytes(const skel_ctx *c, const ProtobufCMessageDescriptor *d,
 	return !names_has(c, name, name_len);
 }
 
+/*
+ * A marker in place of the bytes `s` describes: the measuring pass records the
+ * span, the writing pass writes the marker with the same index.  *idx is that
+ * index; the marker's size is added to *size.
+ */
+static nmp_status put_marker(skel_ctx *c, nmp_span s, size_t *idx, uint64_t *size)
+{
+	if (!c->writing) {
+		if (!grow((void **)&c->spans, &c->cap_spans, c->n_spans + 1, sizeof *c->spans))
+			return nmp_error_set(c->err, NMP_ERR_NOMEM, "%s: out of memory", c->what);
+		*idx = c->n_spans++;
+		c->spans[*idx] = s;
+	} else {
+		*idx = c->span_cursor++;
+		emit_varint(c, (uint64_t)NMP_WIRE_MARKER_FIELD << 3 | WT_VARINT);
+		emit_varint(c, *idx);
+	}
+	*size += nmp_varint_size((uint64_t)NMP_WIRE_MARKER_FIELD << 3) + nmp_varint_size(*idx);
+	return NMP_OK;
+}
+
 static nmp_status skel_message(skel_ctx *c, const ProtobufCMessageDescriptor *d,
 			       const uint8_t *p, const uint8_t *end, unsigned depth,
 			       uint64_t *size_out)
@@ -425,20 +446,10 @@ static nmp_status skel_message(skel_ctx *c, const ProtobufCMessageDescriptor *d,
 
 		if (keep_as_bytes(c, d, &w)) {
 			/* Consecutive records share one marker and one span. */
-			if (w.start != run_end) {
-				if (!c->writing) {
-					if (!grow((void **)&c->spans, &c->cap_spans, c->n_spans + 1, sizeof *c->spans))
-						return nmp_error_set(c->err, NMP_ERR_NOMEM, "%s: out of memory", c->what);
-					run = c->n_spans++;
-					c->spans[run] = (nmp_span){ .offset = (uint64_t)(w.start - c->base),
-								    .field = NMP_SPAN_KEPT_INITIALIZERS };
-				} else {
-					run = c->span_cursor++;
-					emit_varint(c, (uint64_t)NMP_WIRE_MARKER_FIELD << 3 | WT_VARINT);
-					emit_varint(c, run);
-				}
-				size += nmp_varint_size((uint64_t)NMP_WIRE_MARKER_FIELD << 3) + nmp_varint_size(run);
-			}
+			if (w.start != run_end)
+				NMP_TRY(put_marker(c, (nmp_span){ .offset = (uint64_t)(w.start - c->base),
+								  .field = NMP_SPAN_KEPT_INITIALIZERS },
+						   &run, &size));
 			if (!c->writing) {
 				NMP_TRY(check_message(c, c->bulk, w.payload, w.payload + w.plen, depth + 1));
 				c->spans[run].length += (uint64_t)(w.next - w.start);
@@ -452,21 +463,9 @@ static nmp_status skel_message(skel_ctx *c, const ProtobufCMessageDescriptor *d,
 		if (w.wt == WT_LEN && is_bulk_field(c, d, w.number)) {
 			/* Payload bytes stay in the file; the skeleton keeps a marker. */
 			size_t idx;
-			if (!c->writing) {
-				if (!grow((void **)&c->spans, &c->cap_spans, c->n_spans + 1, sizeof *c->spans))
-					return nmp_error_set(c->err, NMP_ERR_NOMEM, "%s: out of memory", c->what);
-				idx = c->n_spans++;
-				c->spans[idx] = (nmp_span){
-					.offset = (uint64_t)(w.payload - c->base),
-					.length = w.plen,
-					.field = (uint32_t)w.number,
-				};
-			} else {
-				idx = c->span_cursor++;
-				emit_varint(c, (uint64_t)NMP_WIRE_MARKER_FIELD << 3 | WT_VARINT);
-				emit_varint(c, idx);
-			}
-			size += nmp_varint_size((uint64_t)NMP_WIRE_MARKER_FIELD << 3) + nmp_varint_size(idx);
+			NMP_TRY(put_marker(c, (nmp_span){ .offset = (uint64_t)(w.payload - c->base), .length = w.plen,
+							  .field = (uint32_t)w.number },
+					   &idx, &size));
 			drop_behind(c, p);
 			continue;
 		}
