@@ -75,9 +75,12 @@ typedef struct skel_ctx {
 	size_t out_len;
 
 	int keep_unread;           /* NMP_WIRE_KEEP_UNREAD, and nothing ruled it out */
+	int keep_compact;          /* NMP_WIRE_KEEP_COMPACT too */
 	name_entry *names;         /* open addressing, power-of-two capacity */
 	size_t n_names, cap_names;
 	size_t n_kept;
+	uint64_t *compact;         /* the compact read records kept, at their tags */
+	size_t n_compact, cap_compact;
 
 	/* For a file mapping: pages behind the cursor are dropped as it passes. */
 	int drop_pages;
@@ -378,31 +381,108 @@ static nmp_status check_message(skel_ctx *c, const ProtobufCMessageDescriptor *d
 	return NMP_OK;
 }
 
+int nmp_wire_tensor_read(const uint8_t *p, size_t len, int64_t *dims, nmp_wire_tensor *t)
+{
+	const uint8_t *end = p + len;
+	*t = (nmp_wire_tensor){ .name = p };
+	while (p < end) {
+		wire_field w;
+		if (read_field(p, end, &w))
+			return 0;
+		p = w.next;
+		switch (w.number) {
+		case 1: /* dims: varints, packed or one by one */
+			if (w.wt == WT_VARINT) {
+				uint64_t v;
+				nmp_varint_get(w.payload, w.next, &v);
+				if (dims)
+					dims[t->n_dims] = (int64_t)v;
+				t->n_dims++;
+				break;
+			}
+			for (const uint8_t *q = w.payload, *e = w.payload + w.plen; q < e;) {
+				uint64_t v;
+				size_t n = nmp_varint_get(q, e, &v);
+				if (n == 0)
+					return 0;
+				if (dims)
+					dims[t->n_dims] = (int64_t)v;
+				t->n_dims++;
+				q += n;
+			}
+			break;
+		case 2: { /* an int32: the varint's low 32 bits, as protobuf-c reads it */
+			uint64_t v;
+			if (w.wt != WT_VARINT)
+				return 0;
+			nmp_varint_get(w.payload, w.next, &v);
+			t->data_type = (int32_t)(uint32_t)v;
+			t->has_data_type = 1;
+			break;
+		}
+		case 8:
+			if (w.wt != WT_LEN)
+				return 0;
+			t->name = w.payload;
+			t->name_len = w.plen;
+			break;
+		case 4:
+		case 9:
+		case 10:
+			if (w.wt != WT_LEN || t->field)
+				return 0;
+			t->field = (uint32_t)w.number;
+			t->payload = w.payload;
+			t->payload_len = w.plen;
+			break;
+		case 12: /* doc_string */
+			break;
+		default:
+			if (w.number <= 16)
+				return 0; /* segment, typed data, strings, external data, metadata */
+			break;
+		}
+	}
+	return 1;
+}
+
+/* What becomes of a GraphProto field. */
+enum { PARSE, KEEP_UNREAD, KEEP_COMPACT };
+
 /*
- * Is this GraphProto field an initializer record to keep as bytes: one that
- * nothing reads, with no external data (whose location is checked on load),
- * small enough never to be moved to an external data file?
+ * Is this GraphProto field an initializer record to keep as bytes: one with
+ * no external data (whose location is checked on load), small enough never to
+ * be moved to an external data file, that nothing reads (or, with
+ * keep_compact, that is compact)?
  */
 static int keep_as_bytes(const skel_ctx *c, const ProtobufCMessageDescriptor *d, const wire_field *w)
 {
 	if (!c->keep_unread || d != &onnx__graph_proto__descriptor || w->number != 5 || w->wt != WT_LEN ||
 	    w->plen >= NMP_WIRE_KEEP_MAX)
-		return 0;
+		return PARSE;
+	/* Written back as protobuf-c writes: the tag, the length and the first field's tag minimal. */
+	if (w->tag_len != 1 || (size_t)(w->payload - w->start) != 1 + nmp_varint_size(w->plen))
+		return PARSE;
 	const uint8_t *name = w->payload, *p = w->payload, *end = w->payload + w->plen;
 	uint64_t name_len = 0;
 	while (p < end) {
 		wire_field t;
 		if (read_field(p, end, &t))
-			return 0;
+			return PARSE;
+		if (p == w->payload && t.tag_len != nmp_varint_size(t.number << 3))
+			return PARSE;
 		p = t.next;
 		if (t.number == 13 || t.number == 14 || t.number == NMP_WIRE_MARKER_FIELD)
-			return 0;
+			return PARSE;
 		if (t.number == 8 && t.wt == WT_LEN) { /* the last one wins, as protobuf's parser has it */
 			name = t.payload;
 			name_len = t.plen;
 		}
 	}
-	return !names_has(c, name, name_len);
+	if (!names_has(c, name, name_len))
+		return KEEP_UNREAD;
+	nmp_wire_tensor t;
+	return c->keep_compact && nmp_wire_tensor_read(w->payload, (size_t)w->plen, NULL, &t) ? KEEP_COMPACT : PARSE;
 }
 
 /*
@@ -433,6 +513,7 @@ static nmp_status skel_message(skel_ctx *c, const ProtobufCMessageDescriptor *d,
 	uint64_t size = 0;
 	const uint8_t *run_end = NULL; /* end of the run of kept records this message is in */
 	size_t run = 0;
+	uint64_t parsed = 0;           /* a graph's initializer records parsed so far */
 
 	if (depth > NMP_WIRE_MAX_DEPTH)
 		return skel_fail(c, p, "messages nested too deeply");
@@ -444,16 +525,26 @@ static nmp_status skel_message(skel_ctx *c, const ProtobufCMessageDescriptor *d,
 		if (w.number == NMP_WIRE_MARKER_FIELD && (d == c->bulk || d == &onnx__graph_proto__descriptor))
 			return skel_fail(c, w.start, "reserved field number");
 
-		if (keep_as_bytes(c, d, &w)) {
+		int keep = parsed < UINT32_MAX ? keep_as_bytes(c, d, &w) : PARSE;
+		if (keep == PARSE && d == &onnx__graph_proto__descriptor && w.number == 5)
+			parsed++;
+		if (keep != PARSE) {
 			/* Consecutive records share one marker and one span. */
 			if (w.start != run_end)
 				NMP_TRY(put_marker(c, (nmp_span){ .offset = (uint64_t)(w.start - c->base),
-								  .field = NMP_SPAN_KEPT_INITIALIZERS },
+								  .field = NMP_SPAN_KEPT_INITIALIZERS,
+								  .before = (uint32_t)parsed },
 						   &run, &size));
 			if (!c->writing) {
 				NMP_TRY(check_message(c, c->bulk, w.payload, w.payload + w.plen, depth + 1));
 				c->spans[run].length += (uint64_t)(w.next - w.start);
-				c->n_kept++;
+				if (keep == KEEP_UNREAD) {
+					c->n_kept++;
+				} else {
+					if (!grow((void **)&c->compact, &c->cap_compact, c->n_compact + 1, sizeof *c->compact))
+						return nmp_error_set(c->err, NMP_ERR_NOMEM, "%s: out of memory", c->what);
+					c->compact[c->n_compact++] = (uint64_t)(w.start - c->base);
+				}
 			}
 			run_end = w.next;
 			drop_behind(c, p);
@@ -521,6 +612,7 @@ nmp_status nmp_wire_skeleton(const uint8_t *buf, size_t len,
 	if ((flags & NMP_WIRE_KEEP_UNREAD) && root == &onnx__model_proto__descriptor &&
 	    bulk == &onnx__tensor_proto__descriptor) {
 		c.keep_unread = collect_reads(&c, root, buf, buf + len, 0, 0);
+		c.keep_compact = c.keep_unread && (flags & NMP_WIRE_KEEP_COMPACT);
 		c.dropped = (uintptr_t)buf;
 	}
 	s = skel_message(&c, root, buf, buf + len, 0, &total);
@@ -545,10 +637,13 @@ nmp_status nmp_wire_skeleton(const uint8_t *buf, size_t len,
 	out->spans = c.spans;
 	out->n_spans = c.n_spans;
 	out->n_kept = c.n_kept;
+	out->compact = c.compact;
+	out->n_compact = c.n_compact;
 	return NMP_OK;
 fail:
 	free(c.sizes);
 	free(c.names);
+	free(c.compact);
 	free(c.spans);
 	free(c.out);
 	return s;
@@ -558,5 +653,6 @@ void nmp_skeleton_free(nmp_skeleton *s)
 {
 	free(s->data);
 	free(s->spans);
+	free(s->compact);
 	memset(s, 0, sizeof *s);
 }

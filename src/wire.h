@@ -37,20 +37,31 @@
  * one marker and one span (field NMP_SPAN_KEPT_INITIALIZERS, offset at the
  * first record's tag), so a model of millions of them costs what its graph
  * structure costs.  They are checked as protobuf-c would check them (wire
- * well formed, wire types as the schema says), not as tensors.
+ * well formed, wire types as the schema says), not as tensors.  Only records
+ * that protobuf-c would write back byte for byte are kept (minimal tags and
+ * length), so that a writer may put each back where it was.
  */
 #define NMP_SPAN_KEPT_INITIALIZERS 0u
 #define NMP_WIRE_KEEP_MAX 1024u
 
+/*
+ * Read initializers kept as bytes too (NMP_WIRE_KEEP_COMPACT): a record under
+ * NMP_WIRE_KEEP_MAX bytes that something does read joins the runs when it is
+ * compact (nmp_wire_tensor_read), and its offset is listed in the skeleton,
+ * so that the loader describes it from its bytes (name, type, dims, payload
+ * span) without protobuf-c's message for it.
+ */
 enum {
 	NMP_WIRE_FILE_MAPPING = 1, /* buf is a page-aligned read-only file mapping: pages may be dropped once read */
 	NMP_WIRE_KEEP_UNREAD = 2,  /* keep unread initializer records as bytes (see above) */
+	NMP_WIRE_KEEP_COMPACT = 4, /* with KEEP_UNREAD: keep compact read ones too, listed */
 };
 
 typedef struct nmp_span {
 	uint64_t offset;  /* payload bytes, relative to the start of the buffer */
 	uint64_t length;
 	uint32_t field;   /* TensorProto field number the bytes belong to, or NMP_SPAN_KEPT_INITIALIZERS */
+	uint32_t before;  /* kept: how many of the graph's initializers that are parsed come before it */
 } nmp_span;
 
 typedef struct nmp_skeleton {
@@ -58,7 +69,9 @@ typedef struct nmp_skeleton {
 	size_t len;
 	nmp_span *spans;
 	size_t n_spans;
-	size_t n_kept;    /* initializer records kept as bytes */
+	size_t n_kept;    /* unread initializer records kept as bytes */
+	uint64_t *compact; /* offsets (at the record's tag) of the read ones kept, ascending */
+	size_t n_compact;
 } nmp_skeleton;
 
 /*
@@ -72,6 +85,30 @@ nmp_status nmp_wire_skeleton(const uint8_t *buf, size_t len,
 			     const ProtobufCMessageDescriptor *bulk, unsigned flags,
 			     const char *what, nmp_skeleton *out, nmp_error *err);
 void nmp_skeleton_free(nmp_skeleton *s);
+
+/*
+ * A compact TensorProto: name, data_type, dims, doc_string and unknown fields,
+ * and at most one payload field, once: raw_data, or packed float_data or
+ * double_data.  Anything else (typed varint data, strings, segments, external
+ * data) is not compact.
+ */
+typedef struct nmp_wire_tensor {
+	const uint8_t *name;      /* not terminated; the last name field wins */
+	uint64_t name_len;
+	int32_t data_type;
+	int has_data_type;
+	size_t n_dims;
+	uint32_t field;           /* 9, 4 or 10; 0 without a payload */
+	const uint8_t *payload;
+	uint64_t payload_len;
+} nmp_wire_tensor;
+
+/*
+ * Reads a TensorProto's bytes (already checked as protobuf-c would check
+ * them) into *t; `dims`, when not NULL, receives the n_dims dims (counted by
+ * a first call with NULL).  Returns 0 when the tensor is not compact.
+ */
+int nmp_wire_tensor_read(const uint8_t *p, size_t len, int64_t *dims, nmp_wire_tensor *t);
 
 /* Varint helpers shared with the writer. */
 size_t nmp_varint_size(uint64_t v);

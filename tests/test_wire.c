@@ -471,6 +471,216 @@ static void test_kept_records_checked_as_protobuf_c_would(void **state)
 	}
 }
 
+/*
+ * With KEEP_COMPACT, small records that something reads are kept too when
+ * they are compact, and listed; each run says how many parsed initializers
+ * of its graph come before it.  Records that protobuf-c would write back
+ * differently (a tag or length not in its shortest form) are parsed.
+ */
+static void test_compact_read_records(void **state)
+{
+	(void)state;
+	tu_tensor a, w, u;
+	tu_float_tensor(&a, "A", 2, 2);
+	tu_float_tensor(&w, "W", 2, 3);
+	tu_float_tensor(&u, "U", 1, 1);
+	w.t.has_raw_data = 0;
+	w.t.n_float_data = 6;
+	w.t.float_data = w.values;
+	Onnx__TensorProto i = ONNX__TENSOR_PROTO__INIT;
+	int64_t i_dims[1] = { 2 }, i_vals[2] = { 7, -7 };
+	i.name = "I";
+	i.has_data_type = 1;
+	i.data_type = 7; /* int64 */
+	i.n_dims = 1;
+	i.dims = i_dims;
+	i.n_int64_data = 2;
+	i.int64_data = i_vals;
+	Onnx__TensorProto *inits[] = { &a.t, &i, &w.t, &u.t };
+	char *ins[3] = { "A", "I", "W" }, *outs[1] = { "Y" };
+	Onnx__NodeProto node = tu_node("Sum", ins, 3, outs, 1);
+	Onnx__NodeProto *nodes[1] = { &node };
+	Onnx__GraphProto g = ONNX__GRAPH_PROTO__INIT;
+	g.n_node = 1;
+	g.node = nodes;
+	g.n_initializer = 4;
+	g.initializer = inits;
+	size_t len, la, li, lw;
+	uint8_t *buf = pack_model(&g, NULL, &len);
+	uint8_t *ra = pack_record(&a.t, &la), *ri = pack_record(&i, &li), *rw = pack_record(&w.t, &lw);
+
+	nmp_skeleton sk;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_wire_skeleton(buf, len, &onnx__model_proto__descriptor, &onnx__tensor_proto__descriptor,
+					   NMP_WIRE_KEEP_UNREAD | NMP_WIRE_KEEP_COMPACT, "c.onnx", &sk, &err), NMP_OK);
+	assert_int_equal(sk.n_kept, 1);
+	assert_int_equal(sk.n_compact, 2);
+	const nmp_span *run;
+	assert_int_equal(kept_spans(&sk, &run), 2);
+	assert_memory_equal(buf + sk.compact[0], ra, la);
+	assert_memory_equal(buf + sk.compact[1], rw, lw);
+	assert_int_equal(sk.compact[1], sk.compact[0] + la + li);
+	assert_int_equal(run[0].offset, sk.compact[0]);
+	assert_int_equal(run[0].before, 0);
+	const nmp_span *second = NULL;
+	for (size_t k = run - sk.spans + 1; k < sk.n_spans && !second; k++)
+		if (sk.spans[k].field == NMP_SPAN_KEPT_INITIALIZERS)
+			second = &sk.spans[k];
+	assert_int_equal(second->offset, sk.compact[1]);
+	assert_int_equal(second->before, 1); /* after I, parsed */
+	Onnx__ModelProto *m = onnx__model_proto__unpack(NULL, sk.len, sk.data);
+	assert_int_equal(m->graph->n_initializer, 1);
+	assert_string_equal(m->graph->initializer[0]->name, "I");
+	onnx__model_proto__free_unpacked(m, NULL);
+	nmp_skeleton_free(&sk);
+
+	/* Without KEEP_COMPACT, only U. */
+	assert_int_equal(nmp_wire_skeleton(buf, len, &onnx__model_proto__descriptor, &onnx__tensor_proto__descriptor,
+					   NMP_WIRE_KEEP_UNREAD, "c.onnx", &sk, &err), NMP_OK);
+	assert_int_equal(sk.n_kept, 1);
+	assert_int_equal(sk.n_compact, 0);
+	nmp_skeleton_free(&sk);
+
+	/* A's record with its length in two bytes, then with its tag in two: parsed, not kept. */
+	size_t glen = onnx__graph_proto__get_packed_size(&g);
+	uint8_t *graph = malloc(glen);
+	onnx__graph_proto__pack(&g, graph);
+	const uint8_t *hit = memmem(graph, glen, ra, la);
+	assert_non_null(hit);
+	size_t at = (size_t)(hit - graph);
+	for (int variant = 0; variant < 2; variant++) {
+		uint8_t *odd = malloc(glen + 32);
+		size_t k = 0;
+		odd[k++] = 1u << 3; /* ir_version 8 */
+		odd[k++] = 8;
+		odd[k++] = 7u << 3 | 2;
+		k += nmp_varint_put(odd + k, glen + 1);
+		memcpy(odd + k, graph, at);
+		k += at;
+		if (variant == 0) {
+			odd[k++] = 5u << 3 | 2;
+			odd[k++] = (uint8_t)((la - 2) | 0x80);
+			odd[k++] = 0;
+		} else {
+			odd[k++] = (5u << 3 | 2) | 0x80;
+			odd[k++] = 0;
+			odd[k++] = (uint8_t)(la - 2);
+		}
+		memcpy(odd + k, graph + at + 2, glen - at - 2);
+		k += glen - at - 2;
+		Onnx__ModelProto *check = onnx__model_proto__unpack(NULL, k, odd);
+		assert_non_null(check); /* protobuf-c reads it */
+		assert_int_equal(check->graph->n_initializer, 4);
+		onnx__model_proto__free_unpacked(check, NULL);
+		assert_int_equal(nmp_wire_skeleton(odd, k, &onnx__model_proto__descriptor, &onnx__tensor_proto__descriptor,
+						   NMP_WIRE_KEEP_UNREAD | NMP_WIRE_KEEP_COMPACT, "c.onnx", &sk, &err), NMP_OK);
+		assert_int_equal(sk.n_compact, 1); /* W only */
+		assert_int_equal(sk.n_kept, 1);
+		nmp_skeleton_free(&sk);
+		free(odd);
+	}
+	free(graph);
+	free(ra);
+	free(ri);
+	free(rw);
+	free(buf);
+	free(a.values);
+	free(w.values);
+	free(u.values);
+}
+
+/*
+ * nmp_wire_tensor_read against protobuf-c's parser, on random records: when
+ * it calls a record compact, protobuf-c finds nothing else in it, and both
+ * read the same name, type, dims and payload.
+ */
+static void test_wire_tensor_read_agrees_with_protobuf_c(void **state)
+{
+	(void)state;
+	uint64_t seed = 0x2545f4914f6cdd1dull;
+	size_t compact = 0, refused = 0;
+	for (int trial = 0; trial < 40000; trial++) {
+		uint8_t body[96];
+		size_t n = 0;
+		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+		int fields = (int)((seed >> 40) % 5);
+		for (int k = 0; k < fields; k++) {
+			seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+			static const unsigned numbers[] = { 1, 1, 2, 8, 8, 9, 4, 10, 12, 5, 7, 13, 99 };
+			unsigned number = numbers[(seed >> 33) % (sizeof numbers / sizeof numbers[0])];
+			unsigned wt = number == 2 || (number == 1 && (seed >> 60) % 2) ? 0 : 2;
+			if ((seed >> 58) % 16 == 0)
+				wt = (unsigned)((seed >> 20) % 6) == 1 ? 1 : 5; /* a wire type the schema may not allow */
+			n += nmp_varint_put(body + n, number << 3 | wt);
+			if (wt == 0) {
+				n += nmp_varint_put(body + n, (seed >> 3) % 2 ? (seed >> 7) & 0xfff : ~(uint64_t)0 - (seed & 0xff));
+			} else if (wt == 1 || wt == 5) {
+				memset(body + n, (int)(seed >> 12) & 0xff, wt == 1 ? 8 : 4);
+				n += wt == 1 ? 8 : 4;
+			} else {
+				unsigned payload = number == 10 ? 8 * (unsigned)((seed >> 20) % 3) :
+						   number == 4 ? 4 * (unsigned)((seed >> 20) % 4) : (unsigned)((seed >> 20) % 9);
+				body[n++] = (uint8_t)payload;
+				for (unsigned q = 0; q < payload; q++)
+					body[n++] = number == 1 ? (uint8_t)((seed >> (q * 5)) & 0x7f) : (uint8_t)(seed >> (q * 7));
+			}
+		}
+		Onnx__TensorProto *t = onnx__tensor_proto__unpack(NULL, n, body);
+		nmp_wire_tensor w;
+		int ours = nmp_wire_tensor_read(body, n, NULL, &w);
+		if (!t) /* malformed: the skeleton refuses it before it is read (see above) */
+			continue;
+		if (!ours) {
+			refused++;
+			onnx__tensor_proto__free_unpacked(t, NULL);
+			continue;
+		}
+		compact++;
+		assert_int_equal(t->n_int32_data + t->n_int64_data + t->n_string_data + t->n_uint64_data +
+				 t->n_external_data, 0);
+		assert_null(t->segment);
+		assert_false(t->has_data_location);
+		int64_t dims[96];
+		assert_int_equal(nmp_wire_tensor_read(body, n, dims, &w), 1);
+		assert_int_equal(w.n_dims, t->n_dims);
+		for (size_t k = 0; k < w.n_dims; k++)
+			assert_int_equal(dims[k], t->dims[k]);
+		assert_int_equal(w.has_data_type, t->has_data_type);
+		if (w.has_data_type)
+			assert_int_equal(w.data_type, t->data_type);
+		if (t->name) { /* protobuf-c's copy ends at a NUL the bytes may hold */
+			assert_true(strlen(t->name) <= w.name_len);
+			assert_memory_equal(w.name, t->name, strlen(t->name));
+		} else {
+			assert_int_equal(w.name_len, 0);
+		}
+		switch (w.field) {
+		case 9:
+			assert_true(t->has_raw_data);
+			assert_int_equal(w.payload_len, t->raw_data.len);
+			assert_memory_equal(w.payload, t->raw_data.data, w.payload_len);
+			break;
+		case 4:
+			assert_int_equal(w.payload_len, 4 * t->n_float_data);
+			assert_memory_equal(w.payload, t->float_data, w.payload_len);
+			break;
+		case 10:
+			assert_int_equal(w.payload_len, 8 * t->n_double_data);
+			assert_memory_equal(w.payload, t->double_data, w.payload_len);
+			break;
+		default:
+			assert_int_equal(w.field, 0);
+			assert_false(t->has_raw_data);
+			assert_int_equal(t->n_float_data + t->n_double_data, 0);
+		}
+		onnx__tensor_proto__free_unpacked(t, NULL);
+	}
+	/* Both kinds met often enough to mean something. */
+	print_message("%zu compact, %zu not\n", compact, refused);
+	assert_true(compact > 2000);
+	assert_true(refused > 2000);
+}
+
 /* The marker's field number in a graph would be taken for a marker: refused. */
 static void test_marker_field_in_graph_refused(void **state)
 {
@@ -496,6 +706,8 @@ int main(void)
 		cmocka_unit_test(test_reads_in_subgraphs_and_training),
 		cmocka_unit_test(test_kept_records_checked_as_protobuf_c_would),
 		cmocka_unit_test(test_marker_field_in_graph_refused),
+		cmocka_unit_test(test_compact_read_records),
+		cmocka_unit_test(test_wire_tensor_read_agrees_with_protobuf_c),
 	};
 	return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
 }
