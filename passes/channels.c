@@ -169,14 +169,14 @@ static void set_const(name_info *n, const nmp_tensor *t)
 {
 	n->is_const = true;
 	n->tensor = t;
-	n->const_rank = t && t->proto->n_dims <= MAX_RANK ? (int)t->proto->n_dims : -1;
+	n->const_rank = t && t->n_dims <= MAX_RANK ? (int)t->n_dims : -1;
 	n->rank = n->const_rank;
 }
 
 /* Size d of a constant (d < const_rank): the tensor's dims, or a Constant list's length. */
 static int64_t const_dim(const name_info *n, int d)
 {
-	return n->tensor ? n->tensor->proto->dims[d] : n->list_len;
+	return n->tensor ? n->tensor->dims[d] : n->list_len;
 }
 
 static void subgraph_refs(ctx *c, const Onnx__GraphProto *g, uint32_t owner, int32_t sub);
@@ -248,7 +248,8 @@ static size_t nested_inputs(const Onnx__GraphProto *g)
 static nmp_status build_index(ctx *c)
 {
 	const Onnx__GraphProto *g = c->g;
-	size_t total = g->n_initializer + g->n_input + g->n_output + 1;
+	size_t n_init = nmp_model_n_initializers(c->model, g);
+	size_t total = n_init + g->n_input + g->n_output + 1;
 	for (size_t i = 0; i < g->n_node; i++)
 		total += g->node[i]->n_input + g->node[i]->n_output;
 	if (c->parent) /* a subgraph also indexes the owned constants that its own subgraphs read */
@@ -264,10 +265,11 @@ static nmp_status build_index(ctx *c)
 		return nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
 	memset(c->name_map, 0xff, c->name_cap * sizeof *c->name_map);
 
-	for (size_t i = 0; i < g->n_initializer; i++) {
-		size_t k = intern(c, g->initializer[i]->name);
+	for (size_t i = 0; i < n_init; i++) {
+		const nmp_tensor *t = nmp_model_initializer(c->model, g, i);
+		size_t k = intern(c, t->name);
 		if (k != SIZE_MAX)
-			set_const(&c->names[k], nmp_model_tensor_of(c->model, g->initializer[i]));
+			set_const(&c->names[k], t);
 	}
 	for (size_t i = 0; i < g->n_input; i++) {
 		size_t k = intern(c, g->input[i]->name);
@@ -968,7 +970,7 @@ static bool rels_reshape_units(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 		if (sh[j] == 0 && !allowzero) {
 			if (j >= r)
 				return false;
-			sh[j] = t->proto->dims[j];
+			sh[j] = t->dims[j];
 		}
 		if (sh[j] == -1 && minus < 0) {
 			minus = j;
@@ -987,13 +989,13 @@ static bool rels_reshape_units(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 	}
 	int a = 0, b = 0, n_rel = rs->n;
 	for (;;) {
-		while (a < r && t->proto->dims[a] == 1)
+		while (a < r && t->dims[a] == 1)
 			a++;
 		while (b < k && sh[b] == 1)
 			b++;
 		if (a == r || b == k)
 			break;
-		if (t->proto->dims[a] != sh[b])
+		if (t->dims[a] != sh[b])
 			break;
 		rel *e = new_rel(rs);
 		mem(e, 0, 0, a - r, false);
@@ -1488,14 +1490,14 @@ static nmp_status weight_matrix(const ctx *c, const nmp_choice *ch, float *out, 
 		s = nmp_quant_view(c->model, cand, &qp, &sv, &zv, err);
 	if (s == NMP_OK) {
 		nmp_mask_tensor mt = { .name = cand->name, .data = (void *)v.data, .dtype = t->dtype,
-				       .rank = (int)t->proto->n_dims, .dims = t->proto->dims, .axis = cand->axis,
+				       .rank = (int)t->n_dims, .dims = t->dims, .axis = cand->axis,
 				       .out_axis = cand->out_axis, .quant = cand->quant.present ? &qp : NULL };
 		s = nmp_cpu_magnitudes(&mt, flat, err);
 	}
 	if (s == NMP_OK) {
-		uint64_t len = (uint64_t)t->proto->dims[cand->axis], inner = 1;
-		for (size_t d = (size_t)cand->axis + 1; d < t->proto->n_dims; d++)
-			inner *= (uint64_t)t->proto->dims[d];
+		uint64_t len = (uint64_t)t->dims[cand->axis], inner = 1;
+		for (size_t d = (size_t)cand->axis + 1; d < t->n_dims; d++)
+			inner *= (uint64_t)t->dims[d];
 		uint64_t outer = len ? t->numel / len / inner : 0;
 		for (uint64_t o = 0; o < outer; o++)
 			for (uint64_t l = 0; l < len; l++)
@@ -1528,7 +1530,7 @@ static size_t choice_name(const ctx *c, const nmp_choice *ch)
 /* The group axis of a choice's weight, counted from the end. */
 static int choice_neg(const nmp_choice *ch)
 {
-	return ch->cand->axis - (int)ch->cand->tensor->proto->n_dims;
+	return ch->cand->axis - (int)ch->cand->tensor->n_dims;
 }
 
 /* The slot of a choice's weight along its group axis, or SIZE_MAX. */
@@ -1976,9 +1978,9 @@ nmp_status nmp_channels_apply(const nmp_channels *c, const nmp_model *m, size_t 
 		const nmp_chan_edit *ed = &c->edits[e];
 		const nmp_chan_group *g = &c->groups[ed->group];
 		const uint32_t *perm = ed->short_axis ? g->short_perm : g->perm;
-		uint64_t len = (uint64_t)t->proto->dims[ed->axis], inner = esz;
-		for (size_t d = (size_t)ed->axis + 1; d < t->proto->n_dims; d++)
-			inner *= (uint64_t)t->proto->dims[d];
+		uint64_t len = (uint64_t)t->dims[ed->axis], inner = esz;
+		for (size_t d = (size_t)ed->axis + 1; d < t->n_dims; d++)
+			inner *= (uint64_t)t->dims[d];
 		if (e > first) {
 			memcpy(tmp, data, length);
 			src = tmp;

@@ -67,8 +67,8 @@ static nmp_status masks_begin(prune_ctx *c, const char *path, nmp_error *err)
 			continue;
 		const nmp_tensor *t = ch->cand->tensor;
 		json_t *shape = json_array();
-		for (size_t d = 0; d < t->proto->n_dims; d++)
-			json_array_append_new(shape, json_integer(t->proto->dims[d]));
+		for (size_t d = 0; d < t->n_dims; d++)
+			json_array_append_new(shape, json_integer(t->dims[d]));
 		char key[NMP_DISPLAY_MAX + 16], dn[NMP_DISPLAY_MAX];
 		nmp_display_name(ch->cand->name, dn, sizeof dn); /* JSON keys must be valid UTF-8 */
 		snprintf(key, sizeof key, "%s", dn);
@@ -217,8 +217,8 @@ static nmp_status run_one(prune_ctx *c, size_t ci, void *data, const void *src, 
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: tensor '%s': out of memory", m->path, cand->name);
 	if (s == NMP_OK) {
 		nmp_mask_tensor mt = {
-			.name = cand->name, .data = data, .src = src, .dtype = t->dtype, .rank = (int)t->proto->n_dims,
-			.dims = t->proto->dims, .axis = cand->axis, .out_axis = cand->out_axis,
+			.name = cand->name, .data = data, .src = src, .dtype = t->dtype, .rank = (int)t->n_dims,
+			.dims = t->dims, .axis = cand->axis, .out_axis = cand->out_axis,
 			.quant = cand->quant.present ? &qp : NULL,
 		};
 		if (c->o && c->o->calib) {
@@ -477,7 +477,7 @@ nmp_status nmp_prune_copy(const nmp_plan *plan, size_t ci, nmp_engine *engine, v
 		s = nmp_quant_view(m, cand, &qp, &sv, &zv, err);
 	if (s == NMP_OK) {
 		nmp_mask_tensor mt = { .name = cand->name, .data = buf, .src = v.data, .dtype = t->dtype,
-				       .rank = (int)t->proto->n_dims, .dims = t->proto->dims, .axis = cand->axis,
+				       .rank = (int)t->n_dims, .dims = t->dims, .axis = cand->axis,
 				       .out_axis = cand->out_axis, .quant = cand->quant.present ? &qp : NULL };
 		s = nmp_engine_run(engine, &mt, &ch->pattern, NMP_MASK_APPLY, NULL, &st, err);
 	}

@@ -100,6 +100,7 @@ nmp_status nmp_calib_check(const nmp_plan *plan, nmp_method method, nmp_error *e
 /* ---- the graph side: which activation feeds each weight ---------------------------------------- */
 
 typedef struct graph_index {
+	const nmp_model *m;
 	const Onnx__GraphProto *g;
 	const Onnx__NodeProto **nodes;   /* sorted by address */
 	size_t n_nodes;
@@ -141,10 +142,10 @@ static bool carries_directly(const graph_index *gi, const char *name, const char
 	return false;
 }
 
-static bool is_initializer(const Onnx__GraphProto *g, const char *name)
+static bool is_initializer(const graph_index *gi, const char *name)
 {
-	for (size_t i = 0; i < g->n_initializer; i++)
-		if (g->initializer[i]->name && strcmp(g->initializer[i]->name, name) == 0)
+	for (size_t i = 0, n = nmp_model_n_initializers(gi->m, gi->g); i < n; i++)
+		if (strcmp(nmp_model_initializer(gi->m, gi->g, i)->name, name) == 0)
 			return true;
 	return false;
 }
@@ -156,8 +157,8 @@ static nmp_status resolve(const graph_index *gi, const nmp_choice *ch, nmp_metho
 {
 	const nmp_candidate *c = ch->cand;
 	const nmp_tensor *w = c->tensor;
-	const int64_t *dims = w->proto->dims;
-	const int rank = (int)w->proto->n_dims;
+	const int64_t *dims = w->dims;
+	const int rank = (int)w->n_dims;
 	t->method = method;
 	t->G = 1;
 	t->S = 1;
@@ -200,7 +201,7 @@ static nmp_status resolve(const graph_index *gi, const nmp_choice *ch, nmp_metho
 			return NMP_OK;
 		}
 		s->act = n->input[other];
-		if (is_initializer(gi->g, s->act)) {
+		if (is_initializer(gi, s->act)) {
 			FALL_BACK(t, "its consumer's other input is a constant: pruned by magnitude");
 			return NMP_OK;
 		}
@@ -653,7 +654,7 @@ nmp_status nmp_calibrate(const nmp_plan *plan, const nmp_calib_opts *o, nmp_cali
 	c->n = plan->sel->n;
 	c->t = calloc(c->n ? c->n : 1, sizeof *c->t);
 	const Onnx__GraphProto *g = plan->model->proto->graph;
-	graph_index gi = { .g = g, .n_nodes = g ? g->n_node : 0 };
+	graph_index gi = { .m = plan->model, .g = g, .n_nodes = g ? g->n_node : 0 };
 	gi.nodes = calloc(gi.n_nodes + 1, sizeof *gi.nodes);
 	nmp_status s = c->t && gi.nodes ? NMP_OK : nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	for (size_t i = 0; s == NMP_OK && i < gi.n_nodes; i++)
@@ -1090,7 +1091,7 @@ static nmp_status decide(nmp_calib *c, size_t ci, nmp_error *err)
 			    (calibrated && t->method == NMP_METHOD_SPARSEGPT && !cand->quant.present && !recon)))
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: tensor '%s': out of memory", m->path, cand->name);
 	nmp_mask_tensor w = { .name = cand->name, .data = t->payload, .dtype = cand->tensor->dtype,
-			      .rank = (int)cand->tensor->proto->n_dims, .dims = cand->tensor->proto->dims,
+			      .rank = (int)cand->tensor->n_dims, .dims = cand->tensor->dims,
 			      .axis = cand->axis, .out_axis = cand->out_axis, .quant = cand->quant.present ? &qp : NULL };
 	nmp_quant_geom qg = { 0 };
 	if (s == NMP_OK) {

@@ -64,8 +64,8 @@ nmp_status nmp_model_inputs(const nmp_model *m, nmp_model_input **out, size_t *n
 		nmp_model_input *x = &in[k++];
 		x->name = v->name ? v->name : "";
 		x->rank = -1;
-		for (size_t j = 0; j < g->n_initializer; j++)
-			if (g->initializer[j]->name && strcmp(g->initializer[j]->name, x->name) == 0)
+		for (size_t j = 0, n_init = nmp_model_n_initializers(m, g); j < n_init; j++)
+			if (strcmp(nmp_model_initializer(m, g, j)->name, x->name) == 0)
 				x->optional = true;
 		const Onnx__TypeProto *tp = v->type;
 		if (!tp || tp->value_case != ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE || !tp->tensor_type) {

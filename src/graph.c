@@ -11,7 +11,7 @@ enum { K_INIT = 1, K_INPUT, K_NODE };
 typedef struct entry {
 	const char *name;
 	union {
-		const Onnx__TensorProto *init; /* K_INIT */
+		const nmp_tensor *init;        /* K_INIT */
 		const Onnx__NodeProto *node;   /* K_NODE */
 	};
 	/*
@@ -161,7 +161,8 @@ static entry *define(scope *sc, const char *name, entry **old)
 
 static nmp_status scope_build(walk *w, scope *sc, const Onnx__GraphProto *gr, const scope *parent)
 {
-	size_t n = gr->n_initializer + gr->n_input;
+	size_t n_init = nmp_model_n_initializers(w->m, gr);
+	size_t n = n_init + gr->n_input;
 	for (size_t i = 0; i < gr->n_node; i++)
 		n += gr->node[i]->n_output;
 	*sc = (scope){ .parent = parent, .graph = gr, .cap = 16 };
@@ -176,12 +177,12 @@ static nmp_status scope_build(walk *w, scope *sc, const Onnx__GraphProto *gr, co
 		return nmp_error_set(w->err, NMP_ERR_NOMEM, "%s: out of memory", w->m->path);
 
 	entry *e, *old;
-	for (size_t i = 0; i < gr->n_initializer; i++) {
-		const char *name = gr->initializer[i]->name ? gr->initializer[i]->name : "";
-		if (!(e = define(sc, name, &old)))
-			return dup_name(w, gr, name);
+	for (size_t i = 0; i < n_init; i++) {
+		const nmp_tensor *t = nmp_model_initializer(w->m, gr, i);
+		if (!(e = define(sc, t->name, &old)))
+			return dup_name(w, gr, t->name);
 		e->kind = K_INIT;
-		e->init = gr->initializer[i];
+		e->init = t;
 		e->is_const = true;
 	}
 	for (size_t i = 0; i < gr->n_input; i++) {
@@ -229,7 +230,7 @@ typedef struct link {
 typedef struct trace {
 	link *chain;
 	size_t n_chain, cap_chain;
-	const Onnx__TensorProto *tensor;
+	const nmp_tensor *tensor;
 	const char *name;
 	bool graph_input;
 	bool from_constant;
@@ -341,7 +342,7 @@ static nmp_status trace_back(walk *w, const scope *sc, const char *name, trace *
 			t->is_weight = true;
 			t->name = e->name;
 			if (v && v->t) {
-				t->tensor = v->t;
+				t->tensor = nmp_model_tensor_of(w->m, v->t);
 				t->from_constant = true;
 			} else {
 				snprintf(t->blocked, sizeof t->blocked, "unsupported path: Constant without a tensor value");
@@ -461,7 +462,7 @@ static const nmp_tensor *const_tensor(const walk *w, const scope *sc, const char
 	if (!e)
 		return NULL;
 	if (e->kind == K_INIT)
-		return nmp_model_tensor_of(w->m, e->init);
+		return e->init;
 	if (e->kind == K_NODE && strcmp(op_of(e->node), "Constant") == 0) {
 		const Onnx__AttributeProto *v = nmp_node_attr(e->node, "value");
 		return v && v->t ? nmp_model_tensor_of(w->m, v->t) : NULL;
@@ -500,11 +501,11 @@ static const char *map_axes(const walk *w, const trace *t, int r, int *axis, int
 			const nmp_tensor *s = const_tensor(w, t->chain[i].sc, n->input[t->chain[i].scale_input]);
 			if (!s)
 				return "unsupported quantization: scale is not a constant";
-			int sr = (int)s->proto->n_dims, a = -1;
+			int sr = (int)s->n_dims, a = -1;
 			if (sr > r)
 				return "unsupported quantization: Mul scale of a higher rank";
 			for (int k = 0; k < sr; k++) { /* right-aligned: scale axis k is weight axis r - sr + k */
-				if (s->proto->dims[k] == 1)
+				if (s->dims[k] == 1)
 					continue;
 				if (a >= 0)
 					return "unsupported quantization: Mul scale over several axes";
@@ -632,7 +633,7 @@ static nmp_status add_use(walk *w, const scope *sc, const Onnx__NodeProto *n, in
 		free(t.chain);
 		return s;
 	}
-	const nmp_tensor *tensor = t.tensor ? nmp_model_tensor_of(w->m, t.tensor) : NULL;
+	const nmp_tensor *tensor = t.tensor;
 	nmp_candidate *c = find_or_add(w, tensor, t.name ? t.name : n->input[input]);
 	if (!c) {
 		free(t.chain);
@@ -667,7 +668,7 @@ static nmp_status add_use(walk *w, const scope *sc, const Onnx__NodeProto *n, in
 		free(t.chain);
 		return NMP_OK;
 	}
-	int r = (int)tensor->proto->n_dims;
+	int r = (int)tensor->n_dims;
 	int axis, out;
 	nmp_quant q;
 	const char *why = NULL;
@@ -687,7 +688,7 @@ static nmp_status add_use(walk *w, const scope *sc, const Onnx__NodeProto *n, in
 	u->out_axis = out;
 	/* Depthwise: several groups of one input channel each (a group=1 Conv with one input channel is not). */
 	if (strcmp(base_op(u->op), "Conv") == 0)
-		u->depthwise = tensor->proto->dims[axis] == 1 && nmp_node_attr_int(u->node, "group", 1) > 1;
+		u->depthwise = tensor->dims[axis] == 1 && nmp_node_attr_int(u->node, "group", 1) > 1;
 	if (c->n_uses == 1) {
 		c->axis = axis;
 		c->out_axis = out;

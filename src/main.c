@@ -378,6 +378,9 @@ static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 		if (plan.model->n_kept)
 			fprintf(stderr, "nmprune: %zu initializers that nothing reads are kept as they are, unparsed\n",
 				plan.model->n_kept);
+		if (plan.model->n_compact)
+			fprintf(stderr, "nmprune: %zu small initializers are read from their bytes, without a parsed copy\n",
+				plan.model->n_compact);
 	}
 	if (cli->cmd == NMP_CMD_PRUNE && calib_method(cli) != NMP_METHOD_MAGNITUDE) {
 		nmp_calib_opts co = { .method = calib_method(cli), .data = cli->calibration,

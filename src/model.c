@@ -33,15 +33,16 @@ static int index_build(nmp_model *m)
 	tensor_index *ix = calloc(1, sizeof *ix);
 	if (!ix)
 		return 0;
+	size_t n = m->n_tensors - m->n_compact; /* the compact ones have no proto */
 	ix->cap = 16;
-	while (ix->cap < m->n_tensors + m->n_tensors / 3 + 1)
+	while (ix->cap < n + n / 3 + 1)
 		ix->cap *= 2;
 	ix->keys = calloc(ix->cap, sizeof *ix->keys);
 	ix->vals = malloc(ix->cap * sizeof *ix->vals);
 	m->index = ix;
 	if (!ix->keys || !ix->vals)
 		return 0;
-	for (size_t i = 0; i < m->n_tensors; i++) {
+	for (size_t i = 0; i < n; i++) {
 		size_t h = ptr_hash(m->tensors[i].proto, ix->cap);
 		while (ix->keys[h])
 			h = (h + 1) & (ix->cap - 1);
@@ -70,6 +71,53 @@ const nmp_tensor *nmp_model_tensor_of(const nmp_model *m, const Onnx__TensorProt
 		if (ix->keys[h] == t)
 			return &m->tensors[ix->vals[h]];
 	return NULL;
+}
+
+/* ---- graph -> its compact tensors ------------------------------------- */
+
+typedef struct graph_kept {
+	const Onnx__GraphProto *graph;
+	size_t first, n;           /* in nmp_model.tensors */
+} graph_kept;
+
+typedef struct graph_table {
+	graph_kept *at;            /* sorted by graph */
+	size_t n, cap;
+} graph_table;
+
+static const graph_kept *graph_find(const nmp_model *m, const Onnx__GraphProto *g)
+{
+	const graph_table *gt = m->graphs;
+	size_t lo = 0, hi = gt ? gt->n : 0;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if ((uintptr_t)gt->at[mid].graph < (uintptr_t)g)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return gt && lo < gt->n && gt->at[lo].graph == g ? &gt->at[lo] : NULL;
+}
+
+size_t nmp_model_n_initializers(const nmp_model *m, const Onnx__GraphProto *g)
+{
+	const graph_kept *k = graph_find(m, g);
+	return g->n_initializer + (k ? k->n : 0);
+}
+
+const nmp_tensor *nmp_model_initializer(const nmp_model *m, const Onnx__GraphProto *g, size_t i)
+{
+	if (i < g->n_initializer)
+		return nmp_model_tensor_of(m, g->initializer[i]);
+	const graph_kept *k = graph_find(m, g);
+	NMP_ASSERT(k && i - g->n_initializer < k->n);
+	return &m->tensors[k->first + (i - g->n_initializer)];
+}
+
+static int by_graph(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t)((const graph_kept *)a)->graph, y = (uintptr_t)((const graph_kept *)b)->graph;
+	return x < y ? -1 : x > y;
 }
 
 /* ---- protobuf-c's allocations --------------------------------------- */
@@ -152,6 +200,21 @@ static void *arena_alloc(void *data, size_t size)
 	return p;
 }
 
+/* A piece that lives as long as the model, whatever its size up to a chunk. */
+static void *arena_carve(proto_arena *a, size_t size)
+{
+	NMP_ASSERT(size <= ARENA_CHUNK);
+	size = size ? (size + 7) & ~(size_t)7 : 8;
+	if (size > a->left && !arena_add_chunk(a)) {
+		a->oom = true;
+		return NULL;
+	}
+	void *p = a->cur;
+	a->cur += size;
+	a->left -= size;
+	return p;
+}
+
 static void arena_free(void *data, void *p)
 {
 	const proto_arena *a = data;
@@ -175,6 +238,7 @@ typedef struct load_ctx {
 	nmp_model *m;
 	nmp_skeleton skel;
 	size_t cap_tensors;        /* counted before the array is allocated */
+	size_t cap_runs;
 	nmp_error *err;
 } load_ctx;
 
@@ -228,29 +292,108 @@ static nmp_status add_tensor(load_ctx *c, ProtobufCMessage *t)
 	return NMP_OK;
 }
 
-/* Every TensorProto in walk order, in an array of exactly their number. */
+static nmp_status restore_kept(load_ctx *c, ProtobufCMessage *g);
+
+/*
+ * Every TensorProto in walk order, then the compact records graph by graph,
+ * in an array of exactly their number.
+ */
 static nmp_status collect_tensors(load_ctx *c)
 {
 	ProtobufCMessage *root = &c->m->proto->base;
 	c->cap_tensors = 0;
 	NMP_TRY(each_message(c, root, &onnx__tensor_proto__descriptor, count_tensor));
+	c->cap_tensors += c->skel.n_compact;
 	if (c->cap_tensors >= UINT32_MAX)
 		return nmp_error_set(c->err, NMP_ERR_MODEL, "%s: %zu tensors, more than nmprune indexes",
 				     c->m->path, c->cap_tensors);
 	c->m->tensors = malloc((c->cap_tensors ? c->cap_tensors : 1) * sizeof *c->m->tensors);
 	if (!c->m->tensors)
 		return nomem(c);
-	return each_message(c, root, &onnx__tensor_proto__descriptor, add_tensor);
+	NMP_TRY(each_message(c, root, &onnx__tensor_proto__descriptor, add_tensor));
+	if (c->skel.n_kept + c->skel.n_compact == 0)
+		return NMP_OK;
+	if (!(c->m->graphs = calloc(1, sizeof(graph_table))))
+		return nomem(c);
+	NMP_TRY(each_message(c, root, &onnx__graph_proto__descriptor, restore_kept));
+	NMP_ASSERT(c->m->n_compact == c->skel.n_compact);
+	graph_table *gt = c->m->graphs;
+	qsort(gt->at, gt->n, sizeof *gt->at, by_graph);
+	return NMP_OK;
+}
+
+static nmp_status resolve_fields(load_ctx *c, nmp_tensor *t, const nmp_span *raw, const nmp_span *packed,
+				 size_t n_float, size_t n_double);
+
+/*
+ * The compact record whose tag is at `at`, in run `run` (wire.h): described
+ * from its bytes and checked as a parsed one would be, through a TensorProto
+ * on the stack that holds what the record says.
+ */
+static nmp_status add_compact(load_ctx *c, uint64_t at, uint32_t run)
+{
+	nmp_model *m = c->m;
+	proto_arena *a = m->arena;
+	const uint8_t *map = m->files[0].map, *p = map + at, *end = map + m->files[0].size;
+	uint64_t tag, len;
+	size_t n = nmp_varint_get(p, end, &tag);
+	p += n;
+	p += nmp_varint_get(p, end, &len);
+	nmp_wire_tensor w;
+	int compact = nmp_wire_tensor_read(p, (size_t)len, NULL, &w);
+	NMP_ASSERT(compact);
+	if (w.n_dims > UINT32_MAX || w.name_len >= ARENA_CHUNK)
+		return nmp_error_set(c->err, NMP_ERR_MODEL, "%s: initializer at byte offset %llu: too large a record",
+				     m->path, (unsigned long long)at);
+	int64_t *dims = w.n_dims ? arena_carve(a, w.n_dims * sizeof *dims) : NULL;
+	char *name = arena_carve(a, w.name_len + 1);
+	if ((w.n_dims && !dims) || !name)
+		return nomem(c);
+	nmp_wire_tensor_read(p, (size_t)len, dims, &w);
+	memcpy(name, w.name, w.name_len);
+	name[w.name_len] = '\0';
+
+	Onnx__TensorProto tp = ONNX__TENSOR_PROTO__INIT;
+	tp.name = name;
+	tp.n_dims = w.n_dims;
+	tp.dims = dims;
+	tp.has_data_type = w.has_data_type;
+	tp.data_type = w.data_type;
+	nmp_span payload = { .offset = (uint64_t)(w.payload - map), .length = w.payload_len, .field = w.field };
+	nmp_tensor *t = &m->tensors[m->n_tensors++];
+	*t = (nmp_tensor){ .proto = &tp, .kept_run = run };
+	m->n_compact++;
+	nmp_status s = resolve_fields(c, t, w.field == 9 ? &payload : NULL, w.field == 4 || w.field == 10 ? &payload : NULL,
+				      w.field == 4, w.field == 10);
+	t->proto = NULL;
+	return s;
+}
+
+/* The first of the compact records at or after file offset `at`. */
+static size_t compact_from(const nmp_skeleton *sk, uint64_t at)
+{
+	size_t lo = 0, hi = sk->n_compact;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (sk->compact[mid] < at)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
 }
 
 /*
  * A graph's markers of initializer records kept as bytes (wire.h) become one
  * unknown field each, which protobuf-c packs as its tag then its data: field
  * 5's tag, then the records' bytes after their first tag, straight from the
- * mapping.  The records are the graph's last fields when it is packed.
+ * mapping.  The records are the graph's last fields when it is packed.  The
+ * compact records among them become the graph's last tensors.
  */
 static nmp_status restore_kept(load_ctx *c, ProtobufCMessage *g)
 {
+	nmp_model *m = c->m;
+	size_t first = m->n_tensors;
 	for (unsigned i = 0; i < g->n_unknown_fields; i++) {
 		ProtobufCMessageUnknownField *u = &g->unknown_fields[i];
 		if (u->tag != NMP_WIRE_MARKER_FIELD)
@@ -259,15 +402,42 @@ static nmp_status restore_kept(load_ctx *c, ProtobufCMessage *g)
 		const nmp_span *s;
 		if (nmp_varint_get(u->data, u->data + u->len, &idx) == 0 || idx >= c->skel.n_spans ||
 		    (s = &c->skel.spans[idx])->field != NMP_SPAN_KEPT_INITIALIZERS)
-			return nmp_error_set(c->err, NMP_ERR_MODEL, "%s: corrupt initializer marker", c->m->path);
-		const uint8_t *at = c->m->files[0].map + s->offset;
+			return nmp_error_set(c->err, NMP_ERR_MODEL, "%s: corrupt initializer marker", m->path);
+		const uint8_t *at = m->files[0].map + s->offset;
 		size_t n = nmp_varint_get(at, at + s->length, &tag);
 		NMP_ASSERT(n > 0 && tag == (5u << 3 | PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED));
-		arena_free(c->m->arena, u->data);
+		arena_free(m->arena, u->data);
 		u->tag = 5;
 		u->wire_type = PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
 		u->len = s->length - n;
 		u->data = (uint8_t *)at + n;
+
+		if (m->n_runs == c->cap_runs) {
+			size_t cap = c->cap_runs ? 2 * c->cap_runs : 16;
+			nmp_kept_run *r = realloc(m->runs, cap * sizeof *r);
+			if (!r)
+				return nomem(c);
+			m->runs = r;
+			c->cap_runs = cap;
+		}
+		m->runs[m->n_runs++] = (nmp_kept_run){ .graph = (const Onnx__GraphProto *)g, .offset = s->offset,
+						       .length = s->length, .before = s->before };
+		for (size_t k = compact_from(&c->skel, s->offset);
+		     k < c->skel.n_compact && c->skel.compact[k] < s->offset + s->length; k++)
+			NMP_TRY(add_compact(c, c->skel.compact[k], (uint32_t)m->n_runs));
+	}
+	if (m->n_tensors > first) {
+		graph_table *gt = m->graphs;
+		if (gt->n == gt->cap) {
+			size_t cap = gt->cap ? 2 * gt->cap : 8;
+			graph_kept *at = realloc(gt->at, cap * sizeof *at);
+			if (!at)
+				return nomem(c);
+			gt->at = at;
+			gt->cap = cap;
+		}
+		gt->at[gt->n++] = (graph_kept){ .graph = (const Onnx__GraphProto *)g, .first = first,
+						.n = m->n_tensors - first };
 	}
 	return NMP_OK;
 }
@@ -479,13 +649,29 @@ static nmp_status split_packed(load_ctx *c, nmp_tensor *t)
 
 static nmp_status resolve_tensor(load_ctx *c, nmp_tensor *t)
 {
-	Onnx__TensorProto *p = t->proto;
 	const nmp_span *raw, *packed;
 	size_t n_float, n_double;
 
+	t->name = t->proto->name ? t->proto->name : "";
+	NMP_TRY(take_markers(c, t, &raw, &packed, &n_float, &n_double));
+	return resolve_fields(c, t, raw, packed, n_float, n_double);
+}
+
+/*
+ * Describes a tensor from its proto's fields and its payload spans (raw, the
+ * first packed one, and how many packed of each type), checking that they
+ * agree with its dims and type.
+ */
+static nmp_status resolve_fields(load_ctx *c, nmp_tensor *t, const nmp_span *raw, const nmp_span *packed,
+				 size_t n_float, size_t n_double)
+{
+	const Onnx__TensorProto *p = t->proto;
 	t->name = p->name ? p->name : "";
 	t->dtype = p->has_data_type ? p->data_type : NMP_DT_UNDEFINED;
-	NMP_TRY(take_markers(c, t, &raw, &packed, &n_float, &n_double));
+	if (p->n_dims > UINT32_MAX)
+		return bad_tensor(c, t, "%zu dims, more than nmprune handles", p->n_dims);
+	t->dims = p->dims;
+	t->n_dims = (uint32_t)p->n_dims;
 
 	uint64_t numel = 1;
 	for (size_t i = 0; i < p->n_dims; i++) {
@@ -657,7 +843,8 @@ nmp_status nmp_model_load(const char *path, nmp_model **out, nmp_error *err)
 	m->files[0].map = map;
 
 	s = nmp_wire_skeleton(map, (size_t)st.st_size, &onnx__model_proto__descriptor,
-			      &onnx__tensor_proto__descriptor, NMP_WIRE_FILE_MAPPING | NMP_WIRE_KEEP_UNREAD,
+			      &onnx__tensor_proto__descriptor,
+			      NMP_WIRE_FILE_MAPPING | NMP_WIRE_KEEP_UNREAD | NMP_WIRE_KEEP_COMPACT,
 			      path, &c.skel, err);
 	if (s != NMP_OK)
 		goto fail;
@@ -679,14 +866,11 @@ nmp_status nmp_model_load(const char *path, nmp_model **out, nmp_error *err)
 		goto fail;
 	}
 	s = check_model_header(&c);
-	if (s == NMP_OK && m->n_kept)
-		s = each_message(&c, &m->proto->base, &onnx__graph_proto__descriptor, restore_kept);
+	if (s == NMP_OK)
+		s = collect_tensors(&c);
 	if (s != NMP_OK)
 		goto fail;
-	s = collect_tensors(&c);
-	if (s != NMP_OK)
-		goto fail;
-	for (size_t i = 0; i < m->n_tensors && s == NMP_OK; i++)
+	for (size_t i = 0; i < m->n_tensors - m->n_compact && s == NMP_OK; i++)
 		s = resolve_tensor(&c, &m->tensors[i]);
 	if (s != NMP_OK)
 		goto fail;
@@ -723,6 +907,10 @@ void nmp_model_free(nmp_model **pm)
 	}
 	free(m->files);
 	free(m->tensors);
+	free(m->runs);
+	if (m->graphs)
+		free(((graph_table *)m->graphs)->at);
+	free(m->graphs);
 	index_free(m->index);
 	free(m->path);
 	free(m->dir);

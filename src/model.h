@@ -36,9 +36,20 @@ typedef enum nmp_storage {
 	NMP_STORE_HEAP,     /* decoded into the message by protobuf-c (varint fields) */
 } nmp_storage;
 
+/*
+ * A tensor of the model.  Most have their TensorProto; a small initializer
+ * that nodes read may instead be kept as its bytes in the file (a compact
+ * record, wire.h), which costs a tenth as much: then `proto` is NULL,
+ * `kept_run` names the run of records it lies in, and the description here
+ * is all there is.  Its payload is always in the model file, and what the
+ * writers do with it is to copy it, or mask it where it lies.
+ */
 typedef struct nmp_tensor {
-	Onnx__TensorProto *proto;  /* borrowed */
+	Onnx__TensorProto *proto;  /* borrowed; NULL for a compact record */
 	const char *name;          /* "" when unnamed */
+	const int64_t *dims;
+	uint32_t n_dims;
+	uint32_t kept_run;         /* compact: its run in nmp_model.runs, plus 1; 0 otherwise */
 	uint64_t numel;
 	uint64_t nbytes;           /* raw-layout size; 0 when the type has none */
 	uint64_t offset, length;   /* span in that file, for FILE and EXTERNAL */
@@ -57,6 +68,17 @@ typedef struct nmp_data_file {
 	ino_t ino;
 } nmp_data_file;
 
+/*
+ * A run of adjacent initializer records kept as bytes (wire.h), each record
+ * with its tag: after the graph's `before` first parsed initializers.  The
+ * graph holds it as an unknown field until a writer puts it back in place.
+ */
+typedef struct nmp_kept_run {
+	const Onnx__GraphProto *graph;
+	uint64_t offset, length;   /* in the model file */
+	uint32_t before;
+} nmp_kept_run;
+
 typedef struct nmp_model {
 	char *path;
 	char *dir;                 /* directory holding the model, for external data */
@@ -66,6 +88,10 @@ typedef struct nmp_model {
 	nmp_data_file *files;      /* files[0] is the model file itself */
 	size_t n_files;
 	size_t n_kept;             /* initializer records nothing reads, kept as bytes (wire.h) */
+	size_t n_compact;          /* tensors that are compact records, the last ones of `tensors` */
+	nmp_kept_run *runs;        /* every run, graph by graph, each graph's in file order */
+	size_t n_runs;
+	void *graphs;              /* graph -> its compact tensors (private) */
 	bool has_own_metadata;     /* metadata_props already holds nmprune.* keys */
 	void *index;               /* TensorProto -> tensor lookup (private) */
 	void *arena;               /* where protobuf-c's small allocations live (private) */
@@ -76,6 +102,13 @@ void nmp_model_free(nmp_model **m);
 
 /* The tensor record of a TensorProto of this model, or NULL. */
 const nmp_tensor *nmp_model_tensor_of(const nmp_model *m, const Onnx__TensorProto *t);
+
+/*
+ * Graph g's initializers, parsed and compact alike: the i-th of
+ * nmp_model_n_initializers(m, g), the parsed ones first in their order.
+ */
+size_t nmp_model_n_initializers(const nmp_model *m, const Onnx__GraphProto *g);
+const nmp_tensor *nmp_model_initializer(const nmp_model *m, const Onnx__GraphProto *g, size_t i);
 
 /*
  * A read-only view of a tensor's payload in its raw layout (little-endian,

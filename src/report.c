@@ -31,9 +31,9 @@ void nmp_report_shape(const nmp_tensor *t, char *buf, size_t cap)
 		return;
 	}
 	used += (size_t)snprintf(buf, cap, "[");
-	for (size_t i = 0; i < t->proto->n_dims && used < cap; i++)
+	for (size_t i = 0; i < t->n_dims && used < cap; i++)
 		used += (size_t)snprintf(buf + used, cap - used, "%s%lld", i ? "," : "",
-					 (long long)t->proto->dims[i]);
+					 (long long)t->dims[i]);
 	if (used < cap)
 		snprintf(buf + used, cap - used, "]");
 }
@@ -64,8 +64,8 @@ json_t *nmp_report_inspect_json(const nmp_plan *p)
 				      "graph_input", c->graph_input, "constant", c->from_constant);
 		if (c->tensor) {
 			json_t *shape = json_array();
-			for (size_t k = 0; k < c->tensor->proto->n_dims; k++)
-				json_array_append_new(shape, json_integer(c->tensor->proto->dims[k]));
+			for (size_t k = 0; k < c->tensor->n_dims; k++)
+				json_array_append_new(shape, json_integer(c->tensor->dims[k]));
 			json_object_set_new(o, "dtype", json_string(nmp_dtype_name(c->tensor->dtype)));
 			json_object_set_new(o, "shape", shape);
 		} else {
@@ -74,7 +74,7 @@ json_t *nmp_report_inspect_json(const nmp_plan *p)
 		}
 		json_object_set_new(o, "axis", c->axis >= 0 ? json_integer(c->axis) : json_null());
 		json_object_set_new(o, "axis_length", c->axis >= 0 && c->tensor
-				    ? json_integer(c->tensor->proto->dims[c->axis]) : json_null());
+				    ? json_integer(c->tensor->dims[c->axis]) : json_null());
 		json_object_set_new(o, "reason", ch->eligible ? json_null() : json_string(ch->reason));
 		if (c->quant.present)
 			json_object_set_new(o, "quantization", json_pack("{s:i,s:I}", "axis", c->quant.axis,
@@ -118,7 +118,7 @@ nmp_status nmp_report_inspect(FILE *f, const nmp_plan *p, bool json, nmp_error *
 		nmp_report_shape(c->tensor, shape, sizeof shape);
 		if (c->axis >= 0 && c->tensor) {
 			snprintf(axis, sizeof axis, "%d", c->axis);
-			snprintf(len, sizeof len, "%lld", (long long)c->tensor->proto->dims[c->axis]);
+			snprintf(len, sizeof len, "%lld", (long long)c->tensor->dims[c->axis]);
 		}
 		char line[1024];
 		snprintf(line, sizeof line, "%-*s  %-*s  %-9s  %-*s  %4s  %6s  %-10s  %-8s  %s", wn, nmp_display_name(c->name, dn, sizeof dn),

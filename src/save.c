@@ -253,6 +253,231 @@ static nmp_status finish_metadata(out_file *onnx, const nmp_save_opts *o, nmp_er
 
 /* ---- the general path ------------------------------------------------------ */
 
+/*
+ * Where chosen input bytes landed in the output: a table from a pointer into
+ * the input mapping (a payload's first byte, or the first of a run of kept
+ * initializer records) to the output offset where the writer appended it.
+ */
+typedef struct landing {
+	const void **keys;
+	uint64_t *offsets;
+	size_t cap;            /* power of two, at most half full */
+} landing;
+
+static bool landing_init(landing *l, size_t n)
+{
+	l->cap = 16;
+	while (l->cap < 2 * (n + 1))
+		l->cap *= 2;
+	l->keys = calloc(l->cap, sizeof *l->keys);
+	l->offsets = calloc(l->cap, sizeof *l->offsets);
+	return l->keys && l->offsets;
+}
+
+static void landing_free(landing *l)
+{
+	free(l->keys);
+	free(l->offsets);
+}
+
+static size_t landing_slot(const landing *l, const void *p)
+{
+	uint64_t x = (uint64_t)(uintptr_t)p * 0x9e3779b97f4a7c15ull;
+	size_t h = (size_t)(x >> 17) & (l->cap - 1);
+	while (l->keys[h] && l->keys[h] != p)
+		h = (h + 1) & (l->cap - 1);
+	return h;
+}
+
+static void landing_want(landing *l, const void *p)
+{
+	l->keys[landing_slot(l, p)] = p;
+}
+
+/* Called with each append: notes where a wanted pointer lands. */
+static void landing_note(landing *l, const void *p, uint64_t at)
+{
+	size_t h = landing_slot(l, p);
+	if (l->keys[h] == p)
+		l->offsets[h] = at;
+}
+
+static uint64_t landing_at(const landing *l, const void *p)
+{
+	size_t h = landing_slot(l, p);
+	NMP_ASSERT(l->keys[h] == p);
+	return l->offsets[h];
+}
+
+/* ---- kept initializer records, back in place ----------------------------- */
+
+/*
+ * A message type without fields.  A record kept as bytes is packed as one of
+ * these among its graph's initializers, with one unknown field: the record's
+ * first field's tag, then the rest of its bytes from the mapping.  protobuf-c
+ * writes the element's tag and length, so the record comes out as it was
+ * (wire.h keeps only records whose encodings are the ones it writes), where
+ * it was.
+ */
+static const ProtobufCMessageDescriptor kept_record_descriptor = {
+	.magic = PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+	.name = "nmprune.KeptRecord",
+	.short_name = "KeptRecord",
+	.c_name = "NmpKeptRecord",
+	.package_name = "nmprune",
+	.sizeof_message = sizeof(ProtobufCMessage),
+};
+
+typedef struct kept_record {
+	ProtobufCMessage base;
+	ProtobufCMessageUnknownField field;
+} kept_record;
+
+/* A graph's fields as they were, while its records stand among its initializers. */
+typedef struct graph_fields {
+	Onnx__GraphProto *g;
+	size_t n_initializer;
+	Onnx__TensorProto **initializer;
+	unsigned n_unknown_fields;
+	ProtobufCMessageUnknownField *unknown_fields;
+} graph_fields;
+
+typedef struct kept_swap {
+	graph_fields *saved;
+	size_t n_saved;
+	kept_record *records;
+	Onnx__TensorProto **arrays;            /* the graphs' new initializer arrays, back to back */
+	ProtobufCMessageUnknownField *unknowns; /* the graphs' other unknown fields, back to back */
+} kept_swap;
+
+/* The record at p (its tag): the unknown field that stands for it, and where the next begins. */
+static const uint8_t *kept_record_at(const uint8_t *p, const uint8_t *end, ProtobufCMessageUnknownField *f,
+				     unsigned *n_fields)
+{
+	uint64_t len, tag;
+	p += 1; /* the tag of GraphProto.initializer, one byte */
+	p += nmp_varint_get(p, end, &len);
+	*n_fields = 0;
+	if (len > 0) {
+		size_t n = nmp_varint_get(p, p + len, &tag);
+		NMP_ASSERT(n > 0);
+		*f = (ProtobufCMessageUnknownField){ .tag = (uint32_t)(tag >> 3),
+						     .wire_type = (ProtobufCWireType)(tag & 7),
+						     .len = (size_t)len - n, .data = (uint8_t *)p + n };
+		*n_fields = 1;
+	}
+	return p + len;
+}
+
+/*
+ * The pointer the writer appends first when it packs a compact record's run
+ * (the data of its first non-empty record), and the distance from there to
+ * the tensor's payload: the run's records come out back to back, as they were.
+ */
+static const uint8_t *landing_key(const nmp_model *m, const nmp_tensor *t, uint64_t *delta)
+{
+	const uint8_t *map = m->files[0].map;
+	*delta = 0;
+	if (!t->kept_run)
+		return map + t->offset;
+	const nmp_kept_run *r = &m->runs[t->kept_run - 1];
+	NMP_ASSERT(t->offset >= r->offset && t->offset + t->length <= r->offset + r->length);
+	const uint8_t *p = map + r->offset, *end = map + r->offset + r->length;
+	for (;;) {
+		ProtobufCMessageUnknownField f;
+		unsigned n;
+		p = kept_record_at(p, end, &f, &n);
+		if (n) {
+			*delta = t->offset - (uint64_t)(f.data - map);
+			return f.data;
+		}
+		NMP_ASSERT(p < end);
+	}
+}
+
+static void kept_restore(kept_swap *ks)
+{
+	for (size_t i = 0; i < ks->n_saved; i++) {
+		graph_fields *sf = &ks->saved[i];
+		sf->g->n_initializer = sf->n_initializer;
+		sf->g->initializer = sf->initializer;
+		sf->g->base.n_unknown_fields = sf->n_unknown_fields;
+		sf->g->base.unknown_fields = sf->unknown_fields;
+	}
+	free(ks->saved);
+	free(ks->records);
+	free(ks->arrays);
+	free(ks->unknowns);
+	memset(ks, 0, sizeof *ks);
+}
+
+/*
+ * Puts every run of kept records back among its graph's initializers, where
+ * it was in the file, for packing; kept_restore undoes it.  False when out
+ * of memory (nothing changed).
+ */
+static bool kept_swap_in(nmp_model *m, kept_swap *ks)
+{
+	memset(ks, 0, sizeof *ks);
+	if (m->n_runs == 0)
+		return true;
+	size_t n_graphs = 0, n_slots = 0, n_unknown = 0;
+	for (size_t i = 0; i < m->n_runs; i++) {
+		if (i == 0 || m->runs[i].graph != m->runs[i - 1].graph) {
+			n_graphs++;
+			n_slots += m->runs[i].graph->n_initializer;
+			n_unknown += m->runs[i].graph->base.n_unknown_fields;
+		}
+	}
+	size_t n_records = m->n_kept + m->n_compact;
+	ks->saved = calloc(n_graphs, sizeof *ks->saved);
+	ks->records = calloc(n_records ? n_records : 1, sizeof *ks->records);
+	ks->arrays = malloc((n_slots + n_records + 1) * sizeof *ks->arrays);
+	ks->unknowns = malloc((n_unknown + 1) * sizeof *ks->unknowns);
+	if (!ks->saved || !ks->records || !ks->arrays || !ks->unknowns) {
+		kept_restore(ks);
+		return false;
+	}
+	const uint8_t *map = m->files[0].map;
+	size_t rec = 0, slot = 0, unk = 0;
+	for (size_t i = 0; i < m->n_runs;) {
+		Onnx__GraphProto *g = (Onnx__GraphProto *)m->runs[i].graph;
+		ks->saved[ks->n_saved++] = (graph_fields){ g, g->n_initializer, g->initializer,
+							   g->base.n_unknown_fields, g->base.unknown_fields };
+		Onnx__TensorProto **arr = ks->arrays + slot;
+		size_t k = 0, parsed = 0;
+		for (; i < m->n_runs && m->runs[i].graph == g; i++) {
+			const nmp_kept_run *r = &m->runs[i];
+			NMP_ASSERT(r->before >= parsed && r->before <= g->n_initializer);
+			while (parsed < r->before)
+				arr[k++] = g->initializer[parsed++];
+			for (const uint8_t *p = map + r->offset, *end = p + r->length; p < end;) {
+				NMP_ASSERT(rec < n_records);
+				kept_record *kr = &ks->records[rec++];
+				kr->base.descriptor = &kept_record_descriptor;
+				p = kept_record_at(p, end, &kr->field, &kr->base.n_unknown_fields);
+				kr->base.unknown_fields = kr->base.n_unknown_fields ? &kr->field : NULL;
+				arr[k++] = (Onnx__TensorProto *)(void *)kr;
+			}
+		}
+		while (parsed < g->n_initializer)
+			arr[k++] = g->initializer[parsed++];
+		slot += k;
+		ProtobufCMessageUnknownField *others = ks->unknowns + unk;
+		unsigned n_others = 0;
+		for (unsigned u = 0; u < g->base.n_unknown_fields; u++)
+			if (g->base.unknown_fields[u].tag != 5) /* the runs: GraphProto.initializer is no unknown field otherwise */
+				others[n_others++] = g->base.unknown_fields[u];
+		unk += n_others;
+		g->n_initializer = k;
+		g->initializer = arr;
+		g->base.n_unknown_fields = n_others;
+		g->base.unknown_fields = n_others ? others : NULL;
+	}
+	NMP_ASSERT(rec == n_records);
+	return true;
+}
+
 typedef struct pack_sink {
 	ProtobufCBuffer base;
 	out_file *f;
@@ -261,20 +486,8 @@ typedef struct pack_sink {
 	size_t used;
 	nmp_status status;
 	nmp_error *err;
-	/* payload pointer -> output offset, for the visits after packing */
-	const void **keys;
-	uint64_t *offsets;
-	size_t cap;
+	landing at;            /* for the visits after packing */
 } pack_sink;
-
-static size_t sink_slot(const pack_sink *k, const void *p)
-{
-	uint64_t x = (uint64_t)(uintptr_t)p * 0x9e3779b97f4a7c15ull;
-	size_t h = (size_t)(x >> 17) & (k->cap - 1);
-	while (k->keys[h] && k->keys[h] != p)
-		h = (h + 1) & (k->cap - 1);
-	return h;
-}
 
 static void sink_flush(pack_sink *k)
 {
@@ -289,9 +502,7 @@ static void sink_append(ProtobufCBuffer *b, size_t len, const uint8_t *data)
 	pack_sink *k = (pack_sink *)b;
 	if (k->status != NMP_OK || len == 0)
 		return;
-	size_t h = sink_slot(k, data);
-	if (k->keys[h] == data)
-		k->offsets[h] = k->f->size + k->used;
+	landing_note(&k->at, data, k->f->size + k->used);
 
 	const nmp_data_file *in = &k->m->files[0];
 	if (len >= (64u << 10) && data >= in->map && data + len <= in->map + in->size) {
@@ -443,14 +654,14 @@ static bool swap_in(nmp_model *m, save_plan *plan, const char *location)
 {
 	size_t n = 0;
 	for (size_t i = 0; i < m->n_tensors; i++)
-		n += plan->at[i].ext || m->tensors[i].storage == NMP_STORE_FILE;
+		n += plan->at[i].ext || (m->tensors[i].storage == NMP_STORE_FILE && !m->tensors[i].kept_run);
 	if (!plan_reserve(plan, n))
 		return false;
 	for (size_t i = 0; i < m->n_tensors; i++) {
 		nmp_tensor *t = &m->tensors[i];
 		uint32_t ext = plan->at[i].ext;
-		if (!ext && t->storage != NMP_STORE_FILE)
-			continue;
+		if (!ext && (t->storage != NMP_STORE_FILE || t->kept_run))
+			continue; /* a compact record goes as its bytes are */
 		Onnx__TensorProto *p = plan_swap(plan, m, i);
 		if (ext)
 			point_external(&plan->ext[ext - 1], p, location);
@@ -712,6 +923,7 @@ static nmp_status save_general(nmp_model *m, const nmp_save_opts *o, const char 
 	save_plan plan;
 	bool planned = plan_alloc(&plan, m->n_tensors);
 	pack_sink sink = { .base = { .append = sink_append }, .m = m, .err = err };
+	kept_swap ks = { 0 };
 	meta_swap ms = { 0 };
 	char data_path[PATH_MAX];
 	const char *location = NULL;
@@ -745,7 +957,8 @@ static nmp_status save_general(nmp_model *m, const nmp_save_opts *o, const char 
 	}
 	for (size_t i = 0; i < m->n_tensors; i++) {
 		const nmp_tensor *t = &m->tensors[i];
-		if (t->storage == NMP_STORE_EXTERNAL || (externalize && t->nbytes >= threshold && raw_convertible(t)))
+		if (t->storage == NMP_STORE_EXTERNAL ||
+		    (externalize && t->nbytes >= threshold && raw_convertible(t) && !t->kept_run))
 			plan.at[i].ext = (uint32_t)++plan.n_ext; /* fewer than 2^32 tensors: see model.c */
 	}
 	if (plan.n_ext > 0) {
@@ -765,31 +978,28 @@ static nmp_status save_general(nmp_model *m, const nmp_save_opts *o, const char 
 
 	sink.f = onnx;
 	sink.buf = malloc(SINK_BUF);
-	sink.cap = 16;
-	while (sink.cap < 2 * (o->n_visit + 1))
-		sink.cap *= 2;
-	sink.keys = calloc(sink.cap, sizeof *sink.keys);
-	sink.offsets = calloc(sink.cap, sizeof *sink.offsets);
-	if (!sink.buf || !sink.keys || !sink.offsets) {
+	if (!sink.buf || !landing_init(&sink.at, o->n_visit)) {
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
 		goto out;
 	}
 	for (size_t i = 0; i < o->n_visit; i++) {
 		const nmp_tensor *t = &m->tensors[o->visit[i]];
+		uint64_t delta;
 		if (t->storage == NMP_STORE_FILE && !plan.at[o->visit[i]].ext && t->length > 0)
-			sink.keys[sink_slot(&sink, m->files[0].map + t->offset)] = m->files[0].map + t->offset;
+			landing_want(&sink.at, landing_key(m, t, &delta));
 	}
 
 	if (m->has_own_metadata && o->n_visit > 0 && !meta_filter(m->proto, &ms)) {
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
 		goto out;
 	}
-	if (!swap_in(m, &plan, location)) {
+	if (!swap_in(m, &plan, location) || !kept_swap_in(m, &ks)) {
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
 		goto out;
 	}
 	protobuf_c_message_pack_to_buffer(&m->proto->base, &sink.base);
 	sink_flush(&sink);
+	kept_restore(&ks);
 	restore_protos(m, &plan);
 	meta_restore(m->proto, &ms);
 	s = sink.status;
@@ -809,22 +1019,58 @@ static nmp_status save_general(nmp_model *m, const nmp_save_opts *o, const char 
 		} else if (t->length == 0) {
 			s = o->on_payload(o->ctx, ti, NULL, NULL, 0, err);
 		} else {
-			const void *key = m->files[0].map + t->offset;
-			size_t h = sink_slot(&sink, key);
-			NMP_ASSERT(sink.keys[h] == key);
-			s = visit_window(o, ti, onnx, sink.offsets[h], t->length, err);
+			uint64_t delta;
+			const uint8_t *key = landing_key(m, t, &delta);
+			s = visit_window(o, ti, onnx, landing_at(&sink.at, key) + delta, t->length, err);
 		}
 	}
 	if (s == NMP_OK)
 		s = finish_metadata(onnx, o, err);
 out:
+	kept_restore(&ks);
 	restore_protos(m, &plan);
 	meta_restore(m->proto, &ms);
 	free(sink.buf);
-	free(sink.keys);
-	free(sink.offsets);
+	landing_free(&sink.at);
 	plan_free(&plan);
 	return s;
+}
+
+/* Packing into memory, noting where the wanted runs of kept records land. */
+typedef struct mem_sink {
+	ProtobufCBuffer base;
+	uint8_t *buf;
+	size_t used, cap;
+	landing at;
+} mem_sink;
+
+static void mem_append(ProtobufCBuffer *b, size_t len, const uint8_t *data)
+{
+	mem_sink *k = (mem_sink *)b;
+	NMP_ASSERT(len <= k->cap - k->used);
+	landing_note(&k->at, data, k->used);
+	memcpy(k->buf + k->used, data, len);
+	k->used += len;
+}
+
+/* Packs the model into buf (exactly size bytes), then writes the new values of compact records in it. */
+static size_t pack_in_memory(const nmp_model *m, mem_sink *sink, const void *const *payloads, uint8_t *buf,
+			     size_t size)
+{
+	sink->buf = buf;
+	sink->cap = size;
+	protobuf_c_message_pack_to_buffer(&m->proto->base, &sink->base);
+	NMP_ASSERT(sink->used == size);
+	for (size_t i = 0; payloads && i < m->n_tensors; i++) {
+		const nmp_tensor *t = &m->tensors[i];
+		if (!t->kept_run || !payloads[i] || t->length == 0)
+			continue;
+		NMP_ASSERT(t->length == t->nbytes);
+		uint64_t delta;
+		const uint8_t *key = landing_key(m, t, &delta);
+		memcpy(buf + landing_at(&sink->at, key) + delta, payloads[i], t->length);
+	}
+	return sink->used;
 }
 
 /*
@@ -840,22 +1086,35 @@ nmp_status nmp_model_serialize(nmp_model *m, const void *const *payloads, const 
 	Onnx__GraphProto *g = m->proto->graph;
 	if (!g)
 		return nmp_error_set(err, NMP_ERR_MODEL, "%s: no graph", m->path);
-	size_t n_swaps = 0;
-	for (size_t i = 0; i < m->n_tensors; i++)
-		n_swaps += (payloads && payloads[i]) || m->tensors[i].storage == NMP_STORE_FILE ||
-			   m->tensors[i].storage == NMP_STORE_EXTERNAL;
+	size_t n_swaps = 0, n_kept = 0;
+	for (size_t i = 0; i < m->n_tensors; i++) {
+		const nmp_tensor *t = &m->tensors[i];
+		if (t->kept_run)
+			n_kept += payloads && payloads[i] && t->length > 0;
+		else
+			n_swaps += (payloads && payloads[i]) || t->storage == NMP_STORE_FILE ||
+				   t->storage == NMP_STORE_EXTERNAL;
+	}
 	save_plan plan;
-	bool planned = plan_alloc(&plan, 0) && plan_reserve(&plan, n_swaps);
+	mem_sink sink = { .base = { .append = mem_append } };
+	bool planned = plan_alloc(&plan, 0) && plan_reserve(&plan, n_swaps) && landing_init(&sink.at, n_kept);
 	Onnx__ValueInfoProto *extra = calloc(n_extra ? n_extra : 1, sizeof *extra);
 	Onnx__ValueInfoProto **outs = calloc(g->n_output + n_extra + 1, sizeof *outs);
 	if (!planned || !extra || !outs) {
 		plan_free(&plan);
+		landing_free(&sink.at);
 		free(extra);
 		free(outs);
 		return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
 	}
 	for (size_t i = 0; i < m->n_tensors; i++) {
 		nmp_tensor *t = &m->tensors[i];
+		if (t->kept_run) { /* packed as its bytes are; new values go in once they are packed */
+			uint64_t delta;
+			if (payloads && payloads[i] && t->length > 0)
+				landing_want(&sink.at, landing_key(m, t, &delta));
+			continue;
+		}
 		if (payloads && payloads[i]) { /* new values in raw layout, whatever field held the old */
 			Onnx__TensorProto *p = plan_swap(&plan, m, i);
 			p->has_data_location = 0;
@@ -894,18 +1153,23 @@ nmp_status nmp_model_serialize(nmp_model *m, const void *const *payloads, const 
 	g->output = outs;
 	g->n_output += n_extra;
 	nmp_status s = NMP_OK;
+	kept_swap ks;
 	size_t size = protobuf_c_message_get_packed_size(&m->proto->base);
-	if (size > NMP_PROTO_LIMIT)
+	if (!kept_swap_in(m, &ks))
+		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
+	else if (size > NMP_PROTO_LIMIT)
 		s = nmp_error_set(err, NMP_ERR_MODEL, "%s: %zu bytes with its data inline: ONNX Runtime loads at most 2 GiB "
 				  "from memory", m->path, size);
 	else if (!(*buf = malloc(size ? size : 1)))
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory for a copy of %zu bytes", m->path, size);
 	else
-		*len = protobuf_c_message_pack(&m->proto->base, *buf);
+		*len = pack_in_memory(m, &sink, payloads, *buf, size);
+	kept_restore(&ks);
 	g->output = saved_outs;
 	g->n_output = saved_n;
 	restore_protos(m, &plan);
 	plan_free(&plan);
+	landing_free(&sink.at);
 	free(extra);
 	free(outs);
 	return s;

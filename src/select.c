@@ -424,9 +424,9 @@ static void decide(nmp_choice *ch, const nmp_select_opts *o, nmp_align align, co
 		}
 	}
 	const nmp_tensor *t = c->tensor;
-	ch->cols = (uint64_t)t->proto->dims[c->axis];
+	ch->cols = (uint64_t)t->dims[c->axis];
 	ch->rows = ch->cols ? t->numel / ch->cols : 0;
-	ch->out_channels = c->out_axis >= 0 ? (uint64_t)t->proto->dims[c->out_axis] : 1;
+	ch->out_channels = c->out_axis >= 0 ? (uint64_t)t->dims[c->out_axis] : 1;
 	const char *why = dtype_problem(c);
 	if (why) {
 		snprintf(ch->reason, sizeof ch->reason, "%s", why);

@@ -66,7 +66,16 @@ static void test_raw_tensor_is_file_resident(void **state)
 	assert_int_equal(t->nbytes, 512);
 	assert_int_equal(t->storage, NMP_STORE_FILE);
 	assert_int_equal(t->field, NMP_FIELD_RAW_DATA);
-	assert_ptr_equal(nmp_model_tensor_of(m, m->proto->graph->initializer[0]), t);
+	/* 512 bytes that a node reads: a compact record, described from its bytes (wire.h). */
+	assert_null(t->proto);
+	assert_int_equal(t->kept_run, 1);
+	assert_int_equal(m->n_compact, 1);
+	assert_int_equal(t->n_dims, 2);
+	assert_int_equal(t->dims[0], 8);
+	assert_int_equal(t->dims[1], 16);
+	assert_int_equal(m->proto->graph->n_initializer, 0);
+	assert_int_equal(nmp_model_n_initializers(m, m->proto->graph), 1);
+	assert_ptr_equal(nmp_model_initializer(m, m->proto->graph, 0), t);
 
 	nmp_view v;
 	assert_int_equal(nmp_model_view(m, t, &v, &err), NMP_OK);
@@ -100,13 +109,18 @@ static void test_typed_fields(void **state)
 	nmp_model *m = NULL;
 	nmp_error err = { 0 };
 	assert_int_equal(nmp_model_load(f->in, &m, &err), NMP_OK);
-	assert_int_equal(m->tensors[0].storage, NMP_STORE_FILE);
-	assert_int_equal(m->tensors[0].field, NMP_FIELD_FLOAT_DATA);
-	assert_int_equal(m->tensors[0].length, 24);
-	assert_int_equal(m->tensors[1].storage, NMP_STORE_HEAP);
-	assert_int_equal(m->tensors[1].nbytes, 8);
+	/* H's varints are parsed; A, packed float_data, is a compact record, listed after it. */
+	assert_string_equal(m->tensors[1].name, "A");
+	assert_int_equal(m->tensors[1].kept_run, 1);
+	assert_int_equal(m->tensors[1].storage, NMP_STORE_FILE);
+	assert_int_equal(m->tensors[1].field, NMP_FIELD_FLOAT_DATA);
+	assert_int_equal(m->tensors[1].length, 24);
+	assert_string_equal(m->tensors[0].name, "H");
+	assert_non_null(m->tensors[0].proto);
+	assert_int_equal(m->tensors[0].storage, NMP_STORE_HEAP);
+	assert_int_equal(m->tensors[0].nbytes, 8);
 	nmp_view v;
-	assert_int_equal(nmp_model_view(m, &m->tensors[1], &v, &err), NMP_OK);
+	assert_int_equal(nmp_model_view(m, &m->tensors[0], &v, &err), NMP_OK);
 	const uint16_t want[4] = { 0x3c00, 0xbc00, 0x0001, 0x7c00 };
 	assert_memory_equal(v.data, want, 8);
 	nmp_view_release(&v);
@@ -302,6 +316,8 @@ static void test_save_copy_and_general_agree(void **state)
 	nmp_save_opts o = { .visit = visit, .n_visit = 1, .on_payload = zero_even,
 			    .on_metadata = two_entries, .ctx = &log };
 	nmp_save_result res;
+	assert_non_null(m->tensors[0].proto); /* 4 KiB: parsed, not a compact record */
+	assert_ptr_equal(nmp_model_tensor_of(m, m->proto->graph->initializer[0]), &m->tensors[0]);
 	assert_int_equal(nmp_model_save(m, f->out, &o, &res, &err), NMP_OK);
 	assert_false(res.general_path);
 	assert_int_equal(log.calls, 1);
@@ -547,7 +563,7 @@ static void expect_same_initializers(const Onnx__GraphProto *want, const uint8_t
 /*
  * Initializers that nothing reads are kept as bytes, not parsed: they are no
  * tensors of the model, and every way of writing it gives them back as they
- * were (the general path puts them after the graph's other fields).
+ * were, where they were.
  */
 static void test_unread_initializers_round_trip(void **state)
 {
@@ -592,7 +608,8 @@ static void test_unread_initializers_round_trip(void **state)
 	assert_int_equal(m->n_kept, 3);
 	assert_int_equal(m->n_tensors, 1);
 	assert_string_equal(m->tensors[0].name, "W");
-	assert_int_equal(m->proto->graph->n_initializer, 1);
+	assert_int_equal(m->tensors[0].kept_run, 1); /* read, and compact */
+	assert_int_equal(m->proto->graph->n_initializer, 0);
 
 	/* The copy path: the same bytes. */
 	nmp_save_opts o = { 0 };
@@ -603,11 +620,12 @@ static void test_unread_initializers_round_trip(void **state)
 	assert_memory_equal(out, in, len);
 	free(out);
 
-	/* The general path: the same initializers, each encoded as it was. */
+	/* The general path: the records back in place, so the same bytes. */
 	o.force_general = true;
 	assert_int_equal(nmp_model_save(m, f->out, &o, NULL, &err), NMP_OK);
 	out = tu_read(f->out, &out_len);
 	assert_int_equal(out_len, len);
+	assert_memory_equal(out, in, len);
 	expect_same_initializers(&g, out, out_len);
 	free(out);
 
@@ -615,7 +633,8 @@ static void test_unread_initializers_round_trip(void **state)
 	uint8_t *ser;
 	size_t ser_len;
 	assert_int_equal(nmp_model_serialize(m, NULL, NULL, 0, &ser, &ser_len, &err), NMP_OK);
-	expect_same_initializers(&g, ser, ser_len);
+	assert_int_equal(ser_len, len);
+	assert_memory_equal(ser, in, len);
 	free(ser);
 
 	nmp_model_free(&m);
@@ -624,11 +643,128 @@ static void test_unread_initializers_round_trip(void **state)
 	free(w.values);
 }
 
+/* The tensor named `name` of the model at `path`, as floats (n of them). */
+static void expect_floats(const char *path, const char *name, const float *want, size_t n)
+{
+	nmp_model *m = NULL;
+	nmp_error err = { 0 };
+	if (nmp_model_load(path, &m, &err) != NMP_OK)
+		fail_msg("%s", err.message);
+	const nmp_tensor *t = NULL;
+	for (size_t i = 0; i < m->n_tensors; i++)
+		if (strcmp(m->tensors[i].name, name) == 0)
+			t = &m->tensors[i];
+	assert_non_null(t);
+	assert_int_equal(t->numel, n);
+	nmp_view v;
+	assert_int_equal(nmp_model_view(m, t, &v, &err), NMP_OK);
+	assert_memory_equal(v.data, want, n * sizeof *want);
+	nmp_view_release(&v);
+	nmp_model_free(&m);
+}
+
+/*
+ * Compact records (small initializers that nodes read, kept as their bytes)
+ * are masked where they lie on every path: the copy path, the general path
+ * (which packs their run as one piece), external data (they stay inline), and
+ * the in-memory copy for ONNX Runtime with new values; a parsed tensor beside
+ * them is written as before.
+ */
+static void test_compact_records_on_every_path(void **state)
+{
+	fixture *f = *state;
+	tu_tensor a, w, big;
+	tu_float_tensor(&a, "A", 2, 3);
+	tu_float_tensor(&w, "W", 4, 4);
+	tu_float_tensor(&big, "L", 32, 32);
+	w.t.has_raw_data = 0; /* packed float_data */
+	w.t.n_float_data = 16;
+	w.t.float_data = w.values;
+	Onnx__TensorProto *inits[3] = { &a.t, &big.t, &w.t };
+	tu_write_model(f->in, inits, 3);
+
+	nmp_model *m = NULL;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_model_load(f->in, &m, &err), NMP_OK);
+	assert_int_equal(m->n_tensors, 3);
+	assert_int_equal(m->n_compact, 2);
+	assert_string_equal(m->tensors[0].name, "L");
+	assert_string_equal(m->tensors[1].name, "A");
+	assert_string_equal(m->tensors[2].name, "W");
+	assert_int_equal(m->n_runs, 2); /* L parts them */
+	assert_int_equal(m->tensors[1].kept_run, 1);
+	assert_int_equal(m->tensors[2].kept_run, 2);
+
+	float w_want[16], a_want[6], l_want[1024];
+	for (int i = 0; i < 16; i++)
+		w_want[i] = i % 2 ? (float)(i + 1) : 0.0f;
+	for (int i = 0; i < 6; i++)
+		a_want[i] = (float)(i + 1);
+	for (int i = 0; i < 1024; i++)
+		l_want[i] = i % 2 ? (float)(i + 1) : 0.0f;
+
+	size_t visit[2] = { 2, 0 };
+	visit_log log = { 0 };
+	nmp_save_opts o = { .visit = visit, .n_visit = 2, .on_payload = zero_even, .ctx = &log };
+	nmp_save_result res;
+	const char *data_name = "out.data";
+	uint8_t *copied = NULL;
+	size_t copied_len = 0;
+	for (int path = 0; path < 3; path++) {
+		o.force_general = path == 1;
+		o.external_data = path == 2 ? data_name : NULL;
+		o.external_threshold = path == 2 ? 16 : 0; /* W and A stay inline all the same */
+		assert_int_equal(nmp_model_save(m, f->out, &o, &res, &err), NMP_OK);
+		assert_int_equal(res.general_path, path > 0);
+		expect_floats(f->out, "W", w_want, 16);
+		expect_floats(f->out, "A", a_want, 6);
+		expect_floats(f->out, "L", l_want, 1024);
+		size_t len;
+		uint8_t *bytes = tu_read(f->out, &len);
+		if (path == 0) { /* the copy */
+			copied = bytes;
+			copied_len = len;
+			continue;
+		}
+		if (path == 1) { /* re-serialized: the records back where they were, so the same bytes */
+			assert_int_equal(len, copied_len);
+			assert_memory_equal(bytes, copied, len);
+		}
+		free(bytes);
+	}
+	free(copied);
+	assert_int_equal(log.calls, 6);
+
+	/* New values for W and L in the copy handed to ONNX Runtime. */
+	float w_new[16], l_new[1024];
+	for (int i = 0; i < 16; i++)
+		w_new[i] = -(float)i;
+	for (int i = 0; i < 1024; i++)
+		l_new[i] = 0.5f * (float)i;
+	const void *payloads[3] = { l_new, NULL, w_new };
+	uint8_t *ser;
+	size_t ser_len;
+	assert_int_equal(nmp_model_serialize(m, payloads, NULL, 0, &ser, &ser_len, &err), NMP_OK);
+	tu_write(f->out, ser, ser_len);
+	free(ser);
+	expect_floats(f->out, "W", w_new, 16);
+	expect_floats(f->out, "A", a_want, 6);
+	expect_floats(f->out, "L", l_new, 1024);
+
+	/* And the input is as it was. */
+	expect_floats(f->in, "W", w.values, 16);
+	nmp_model_free(&m);
+	free(a.values);
+	free(w.values);
+	free(big.values);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_raw_tensor_is_file_resident, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unread_initializers_round_trip, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_compact_records_on_every_path, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_typed_fields, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_payload_length_checks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dims_checks, setup, teardown),
