@@ -140,10 +140,16 @@ static void add_ref(ctx *c, const char *name, uint32_t node, int32_t input)
 	if (i == SIZE_MAX)
 		return;
 	name_info *n = &c->names[i];
-	ref *r = grow(n->refs, &n->cap_refs, n->n_refs + 1, sizeof *r, &c->nomem);
-	if (!r)
-		return;
-	n->refs = r;
+	if (n->n_refs == n->cap_refs) { /* most names have one or two readers: start small */
+		size_t cap = n->cap_refs ? 2 * n->cap_refs : 2;
+		ref *r = realloc(n->refs, cap * sizeof *r);
+		if (!r) {
+			c->nomem = true;
+			return;
+		}
+		n->refs = r;
+		n->cap_refs = cap;
+	}
 	n->refs[n->n_refs++] = (ref){ node, input };
 }
 

@@ -39,7 +39,7 @@ typedef enum nmp_storage {
 /*
  * A tensor of the model.  Most have their TensorProto; a small initializer
  * that nodes read may instead be kept as its bytes in the file (a compact
- * record, wire.h), which costs a tenth as much: then `proto` is NULL,
+ * record, wire.h), which costs far less: then `proto` is NULL,
  * `kept_run` names the run of records it lies in, and the description here
  * is all there is.  Its payload is always in the model file, and what the
  * writers do with it is to copy it, or mask it where it lies.
