@@ -371,8 +371,9 @@ static const uint8_t *kept_record_at(const uint8_t *p, const uint8_t *end, Proto
 
 /*
  * The pointer the writer appends first when it packs a compact record's run
- * (the data of its first non-empty record), and the distance from there to
- * the tensor's payload: the run's records come out back to back, as they were.
+ * (the run itself in the main graph, else the data of its first non-empty
+ * record), and the distance from there to the tensor's payload: the run's
+ * records come out back to back, as they were.
  */
 static const uint8_t *landing_key(const nmp_model *m, const nmp_tensor *t, uint64_t *delta)
 {
@@ -382,6 +383,10 @@ static const uint8_t *landing_key(const nmp_model *m, const nmp_tensor *t, uint6
 		return map + t->offset;
 	const nmp_kept_run *r = &m->runs[t->kept_run - 1];
 	NMP_ASSERT(t->offset >= r->offset && t->offset + t->length <= r->offset + r->length);
+	if (r->graph == m->proto->graph) { /* the main graph's runs are appended whole (pack_model) */
+		*delta = t->offset - r->offset;
+		return map + r->offset;
+	}
 	const uint8_t *p = map + r->offset, *end = map + r->offset + r->length;
 	for (;;) {
 		ProtobufCMessageUnknownField f;
@@ -411,25 +416,45 @@ static void kept_restore(kept_swap *ks)
 	memset(ks, 0, sizeof *ks);
 }
 
+/* How many records the runs of graph g (none: NULL) hold. */
+static size_t count_records(const nmp_model *m, const Onnx__GraphProto *g)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < m->n_runs; i++) {
+		if (m->runs[i].graph != g)
+			continue;
+		const uint8_t *p = m->files[0].map + m->runs[i].offset, *end = p + m->runs[i].length;
+		while (p < end) {
+			ProtobufCMessageUnknownField f;
+			unsigned k;
+			p = kept_record_at(p, end, &f, &k);
+			n++;
+		}
+	}
+	return n;
+}
+
 /*
- * Puts every run of kept records back among its graph's initializers, where
- * it was in the file, for packing; kept_restore undoes it.  False when out
- * of memory (nothing changed).
+ * Puts every run of kept records of the subgraphs back among its graph's
+ * initializers, where it was in the file, for packing (the main graph's are
+ * written whole by pack_model); kept_restore undoes it.  False when out of
+ * memory (nothing changed).
  */
 static bool kept_swap_in(nmp_model *m, kept_swap *ks)
 {
 	memset(ks, 0, sizeof *ks);
-	if (m->n_runs == 0)
-		return true;
+	const Onnx__GraphProto *main_graph = m->proto->graph;
 	size_t n_graphs = 0, n_slots = 0, n_unknown = 0;
 	for (size_t i = 0; i < m->n_runs; i++) {
-		if (i == 0 || m->runs[i].graph != m->runs[i - 1].graph) {
+		if (m->runs[i].graph != main_graph && (i == 0 || m->runs[i].graph != m->runs[i - 1].graph)) {
 			n_graphs++;
 			n_slots += m->runs[i].graph->n_initializer;
 			n_unknown += m->runs[i].graph->base.n_unknown_fields;
 		}
 	}
-	size_t n_records = m->n_kept + m->n_compact;
+	if (n_graphs == 0)
+		return true;
+	size_t n_records = m->n_kept + m->n_compact - count_records(m, main_graph);
 	ks->saved = calloc(n_graphs, sizeof *ks->saved);
 	ks->records = calloc(n_records ? n_records : 1, sizeof *ks->records);
 	ks->arrays = malloc((n_slots + n_records + 1) * sizeof *ks->arrays);
@@ -442,6 +467,10 @@ static bool kept_swap_in(nmp_model *m, kept_swap *ks)
 	size_t rec = 0, slot = 0, unk = 0;
 	for (size_t i = 0; i < m->n_runs;) {
 		Onnx__GraphProto *g = (Onnx__GraphProto *)m->runs[i].graph;
+		if (g == main_graph) {
+			i++;
+			continue;
+		}
 		ks->saved[ks->n_saved++] = (graph_fields){ g, g->n_initializer, g->initializer,
 							   g->base.n_unknown_fields, g->base.unknown_fields };
 		Onnx__TensorProto **arr = ks->arrays + slot;
@@ -476,6 +505,91 @@ static bool kept_swap_in(nmp_model *m, kept_swap *ks)
 	}
 	NMP_ASSERT(rec == n_records);
 	return true;
+}
+
+/*
+ * Packs a copy of `msg` that holds only its fields numbered in [lo, hi), and
+ * its unknown fields when `unknown` is given (n of them).
+ */
+static void pack_fields(const ProtobufCMessage *msg, unsigned lo, unsigned hi,
+			const ProtobufCMessageUnknownField *unknown, unsigned n_unknown, ProtobufCBuffer *out)
+{
+	union {
+		Onnx__ModelProto model;
+		Onnx__GraphProto graph;
+	} copy;
+	const ProtobufCMessageDescriptor *d = msg->descriptor;
+	NMP_ASSERT(d->sizeof_message <= sizeof copy);
+	memcpy(&copy, msg, d->sizeof_message);
+	ProtobufCMessage *c = (ProtobufCMessage *)(void *)&copy;
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const ProtobufCFieldDescriptor *f = &d->fields[i];
+		if (f->id >= lo && f->id < hi)
+			continue;
+		if (f->label == PROTOBUF_C_LABEL_REPEATED)
+			*(size_t *)((char *)c + f->quantifier_offset) = 0;
+		else if (f->type == PROTOBUF_C_TYPE_STRING || f->type == PROTOBUF_C_TYPE_MESSAGE)
+			*(void **)((char *)c + f->offset) = NULL;
+		else
+			*(protobuf_c_boolean *)((char *)c + f->quantifier_offset) = 0; /* proto2 optional: has_ */
+	}
+	c->n_unknown_fields = unknown ? n_unknown : 0;
+	c->unknown_fields = unknown ? (ProtobufCMessageUnknownField *)unknown : NULL;
+	protobuf_c_message_pack_to_buffer(c, out);
+}
+
+static void put_header(ProtobufCBuffer *out, unsigned field, uint64_t len)
+{
+	uint8_t h[16];
+	size_t n = nmp_varint_put(h, (uint64_t)field << 3 | PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED);
+	n += nmp_varint_put(h + n, len);
+	out->append(out, n, h);
+}
+
+/*
+ * Packs the model as protobuf-c would, except that the main graph's runs of
+ * kept records are appended straight from the mapping among its
+ * initializers, where they were in the file: the model's fields before
+ * `graph`, the graph's before `initializer`, the initializers and runs, the
+ * graph's later fields, the model's later fields.  The subgraphs' runs must
+ * be swapped in (kept_swap_in).  `others` has room for the graph's unknown
+ * fields.
+ */
+static void pack_model(const nmp_model *m, ProtobufCBuffer *out, ProtobufCMessageUnknownField *others)
+{
+	const Onnx__ModelProto *mp = m->proto;
+	const Onnx__GraphProto *g = mp->graph;
+	bool runs = false;
+	for (size_t i = 0; i < m->n_runs && !runs; i++)
+		runs = m->runs[i].graph == g;
+	if (!runs) {
+		protobuf_c_message_pack_to_buffer(&mp->base, out);
+		return;
+	}
+	pack_fields(&mp->base, 0, 7, NULL, 0, out);
+	put_header(out, 7, protobuf_c_message_get_packed_size(&g->base));
+	pack_fields(&g->base, 0, 5, NULL, 0, out);
+	size_t parsed = 0;
+	for (size_t i = 0; i < m->n_runs; i++) {
+		const nmp_kept_run *r = &m->runs[i];
+		if (r->graph != g)
+			continue;
+		for (; parsed < r->before; parsed++) {
+			put_header(out, 5, protobuf_c_message_get_packed_size(&g->initializer[parsed]->base));
+			protobuf_c_message_pack_to_buffer(&g->initializer[parsed]->base, out);
+		}
+		out->append(out, (size_t)r->length, m->files[0].map + r->offset);
+	}
+	for (; parsed < g->n_initializer; parsed++) {
+		put_header(out, 5, protobuf_c_message_get_packed_size(&g->initializer[parsed]->base));
+		protobuf_c_message_pack_to_buffer(&g->initializer[parsed]->base, out);
+	}
+	unsigned n_others = 0;
+	for (unsigned u = 0; u < g->base.n_unknown_fields; u++)
+		if (g->base.unknown_fields[u].tag != 5) /* the runs, written above */
+			others[n_others++] = g->base.unknown_fields[u];
+	pack_fields(&g->base, 6, UINT_MAX, others, n_others, out);
+	pack_fields(&mp->base, 8, UINT_MAX, mp->base.unknown_fields, mp->base.n_unknown_fields, out);
 }
 
 typedef struct pack_sink {
@@ -924,6 +1038,7 @@ static nmp_status save_general(nmp_model *m, const nmp_save_opts *o, const char 
 	bool planned = plan_alloc(&plan, m->n_tensors);
 	pack_sink sink = { .base = { .append = sink_append }, .m = m, .err = err };
 	kept_swap ks = { 0 };
+	ProtobufCMessageUnknownField *others = NULL;
 	meta_swap ms = { 0 };
 	char data_path[PATH_MAX];
 	const char *location = NULL;
@@ -993,11 +1108,12 @@ static nmp_status save_general(nmp_model *m, const nmp_save_opts *o, const char 
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
 		goto out;
 	}
-	if (!swap_in(m, &plan, location) || !kept_swap_in(m, &ks)) {
+	others = malloc((m->proto->graph->base.n_unknown_fields + 1) * sizeof *others);
+	if (!others || !swap_in(m, &plan, location) || !kept_swap_in(m, &ks)) {
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
 		goto out;
 	}
-	protobuf_c_message_pack_to_buffer(&m->proto->base, &sink.base);
+	pack_model(m, &sink.base, others);
 	sink_flush(&sink);
 	kept_restore(&ks);
 	restore_protos(m, &plan);
@@ -1028,6 +1144,7 @@ static nmp_status save_general(nmp_model *m, const nmp_save_opts *o, const char 
 		s = finish_metadata(onnx, o, err);
 out:
 	kept_restore(&ks);
+	free(others);
 	restore_protos(m, &plan);
 	meta_restore(m->proto, &ms);
 	free(sink.buf);
@@ -1055,11 +1172,11 @@ static void mem_append(ProtobufCBuffer *b, size_t len, const uint8_t *data)
 
 /* Packs the model into buf (exactly size bytes), then writes the new values of compact records in it. */
 static size_t pack_in_memory(const nmp_model *m, mem_sink *sink, const void *const *payloads, uint8_t *buf,
-			     size_t size)
+			     size_t size, ProtobufCMessageUnknownField *others)
 {
 	sink->buf = buf;
 	sink->cap = size;
-	protobuf_c_message_pack_to_buffer(&m->proto->base, &sink->base);
+	pack_model(m, &sink->base, others);
 	NMP_ASSERT(sink->used == size);
 	for (size_t i = 0; payloads && i < m->n_tensors; i++) {
 		const nmp_tensor *t = &m->tensors[i];
@@ -1153,9 +1270,10 @@ nmp_status nmp_model_serialize(nmp_model *m, const void *const *payloads, const 
 	g->output = outs;
 	g->n_output += n_extra;
 	nmp_status s = NMP_OK;
-	kept_swap ks;
+	kept_swap ks = { 0 };
 	size_t size = protobuf_c_message_get_packed_size(&m->proto->base);
-	if (!kept_swap_in(m, &ks))
+	ProtobufCMessageUnknownField *others = malloc((g->base.n_unknown_fields + 1) * sizeof *others);
+	if (!others || !kept_swap_in(m, &ks))
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", m->path);
 	else if (size > NMP_PROTO_LIMIT)
 		s = nmp_error_set(err, NMP_ERR_MODEL, "%s: %zu bytes with its data inline: ONNX Runtime loads at most 2 GiB "
@@ -1163,8 +1281,9 @@ nmp_status nmp_model_serialize(nmp_model *m, const void *const *payloads, const 
 	else if (!(*buf = malloc(size ? size : 1)))
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory for a copy of %zu bytes", m->path, size);
 	else
-		*len = pack_in_memory(m, &sink, payloads, *buf, size);
+		*len = pack_in_memory(m, &sink, payloads, *buf, size, others);
 	kept_restore(&ks);
+	free(others);
 	g->output = saved_outs;
 	g->n_output = saved_n;
 	restore_protos(m, &plan);

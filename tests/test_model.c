@@ -759,12 +759,174 @@ static void test_compact_records_on_every_path(void **state)
 	free(big.values);
 }
 
+static size_t index_of(const nmp_model *m, const char *name)
+{
+	for (size_t i = 0; i < m->n_tensors; i++)
+		if (strcmp(m->tensors[i].name, name) == 0)
+			return i;
+	fail_msg("no tensor '%s'", name);
+	return 0;
+}
+
+/*
+ * Kept records in subgraphs as in the main graph: an If whose branches hold
+ * small read initializers, an unread one and large parsed ones.  Every writer
+ * gives the records back where they were (the general path's bytes are the
+ * copy's), with the visited payloads masked wherever they lie.
+ */
+static void test_kept_records_in_subgraphs(void **state)
+{
+	fixture *f = *state;
+	tu_tensor mm, l, s1, u1, t1, v1, s2, b2;
+	tu_float_tensor(&mm, "M", 2, 2);
+	tu_float_tensor(&l, "L", 32, 32);
+	tu_float_tensor(&s1, "S1", 2, 4);
+	tu_float_tensor(&u1, "U1", 1, 3);
+	tu_float_tensor(&t1, "T1", 20, 20);
+	tu_float_tensor(&v1, "V1", 3, 3);
+	tu_float_tensor(&s2, "S2", 1, 8);
+	tu_float_tensor(&b2, "B2", 24, 24);
+
+	char *then_ins[3] = { "S1", "T1", "V1" }, *then_outs[1] = { "o1" };
+	Onnx__NodeProto then_sum = tu_node("Sum", then_ins, 3, then_outs, 1), *then_nodes[1] = { &then_sum };
+	Onnx__TensorProto *then_inits[4] = { &s1.t, &u1.t, &t1.t, &v1.t };
+	Onnx__ValueInfoProto o1 = ONNX__VALUE_INFO_PROTO__INIT, o2 = ONNX__VALUE_INFO_PROTO__INIT;
+	o1.name = "o1";
+	o2.name = "o2";
+	Onnx__ValueInfoProto *then_out[1] = { &o1 }, *else_out[1] = { &o2 };
+	Onnx__GraphProto then_g = ONNX__GRAPH_PROTO__INIT, else_g = ONNX__GRAPH_PROTO__INIT;
+	then_g.name = "then";
+	then_g.n_node = 1;
+	then_g.node = then_nodes;
+	then_g.n_initializer = 4;
+	then_g.initializer = then_inits;
+	then_g.n_output = 1;
+	then_g.output = then_out;
+	char *else_ins[2] = { "S2", "B2" }, *else_outs[1] = { "o2" };
+	Onnx__NodeProto else_sum = tu_node("Sum", else_ins, 2, else_outs, 1), *else_nodes[1] = { &else_sum };
+	Onnx__TensorProto *else_inits[2] = { &s2.t, &b2.t };
+	else_g.name = "else";
+	else_g.n_node = 1;
+	else_g.node = else_nodes;
+	else_g.n_initializer = 2;
+	else_g.initializer = else_inits;
+	else_g.n_output = 1;
+	else_g.output = else_out;
+
+	Onnx__AttributeProto at = ONNX__ATTRIBUTE_PROTO__INIT, ae = ONNX__ATTRIBUTE_PROTO__INIT;
+	at.name = "then_branch";
+	at.has_type = 1;
+	at.type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__GRAPH;
+	at.g = &then_g;
+	ae = at;
+	ae.name = "else_branch";
+	ae.g = &else_g;
+	Onnx__AttributeProto *attrs[2] = { &at, &ae };
+	char *if_ins[1] = { "C" }, *if_outs[1] = { "Y" }, *sum_ins[2] = { "M", "L" }, *sum_outs[1] = { "Z" };
+	Onnx__NodeProto if_node = tu_node("If", if_ins, 1, if_outs, 1), sum = tu_node("Sum", sum_ins, 2, sum_outs, 1);
+	if_node.n_attribute = 2;
+	if_node.attribute = attrs;
+	Onnx__NodeProto *nodes[2] = { &sum, &if_node };
+	Onnx__TensorProto *inits[2] = { &mm.t, &l.t };
+	Onnx__ValueInfoProto c = ONNX__VALUE_INFO_PROTO__INIT, y = ONNX__VALUE_INFO_PROTO__INIT,
+			     z = ONNX__VALUE_INFO_PROTO__INIT;
+	c.name = "C";
+	y.name = "Y";
+	z.name = "Z";
+	Onnx__ValueInfoProto *ins[1] = { &c }, *outs[2] = { &y, &z };
+	Onnx__GraphProto g = ONNX__GRAPH_PROTO__INIT;
+	g.name = "g";
+	g.n_node = 2;
+	g.node = nodes;
+	g.n_initializer = 2;
+	g.initializer = inits;
+	g.n_input = 1;
+	g.input = ins;
+	g.n_output = 2;
+	g.output = outs;
+	Onnx__ModelProto model = ONNX__MODEL_PROTO__INIT;
+	model.has_ir_version = 1;
+	model.ir_version = 8;
+	model.producer_name = "nmprune-tests";
+	model.graph = &g;
+	size_t len = onnx__model_proto__get_packed_size(&model);
+	uint8_t *in = malloc(len);
+	onnx__model_proto__pack(&model, in);
+	tu_write(f->in, in, len);
+
+	nmp_model *m = NULL;
+	nmp_error err = { 0 };
+	assert_int_equal(nmp_model_load(f->in, &m, &err), NMP_OK);
+	assert_int_equal(m->n_compact, 4);   /* M, S1, V1, S2 */
+	assert_int_equal(m->n_kept, 1);      /* U1 */
+	assert_int_equal(m->n_runs, 4);      /* [M], [S1 U1], [V1], [S2] */
+	assert_int_equal(m->n_tensors, 7);
+	assert_int_equal(nmp_model_n_initializers(m, m->proto->graph), 2);
+
+	/* Nothing to change: every writer gives back the input's bytes. */
+	nmp_save_opts o = { .force_general = true };
+	assert_int_equal(nmp_model_save(m, f->out, &o, NULL, &err), NMP_OK);
+	size_t out_len;
+	uint8_t *out = tu_read(f->out, &out_len);
+	assert_int_equal(out_len, len);
+	assert_memory_equal(out, in, len);
+	free(out);
+	uint8_t *ser;
+	size_t ser_len;
+	assert_int_equal(nmp_model_serialize(m, NULL, NULL, 0, &ser, &ser_len, &err), NMP_OK);
+	assert_int_equal(ser_len, len);
+	assert_memory_equal(ser, in, len);
+	free(ser);
+
+	/* M, S1 (compact, main graph and subgraph) and T1 (parsed) masked: the copy and the general path agree. */
+	size_t visit[3] = { index_of(m, "S1"), index_of(m, "M"), index_of(m, "T1") };
+	visit_log log = { 0 };
+	o = (nmp_save_opts){ .visit = visit, .n_visit = 3, .on_payload = zero_even, .ctx = &log };
+	assert_int_equal(nmp_model_save(m, f->out, &o, NULL, &err), NMP_OK);
+	char *gen = tu_path(f->dir, "gen.onnx");
+	o.force_general = true;
+	assert_int_equal(nmp_model_save(m, gen, &o, NULL, &err), NMP_OK);
+	size_t a_len, b_len;
+	uint8_t *a = tu_read(f->out, &a_len), *b = tu_read(gen, &b_len);
+	assert_int_equal(a_len, b_len);
+	assert_memory_equal(a, b, a_len);
+	free(a);
+	free(b);
+	float s1_want[8], m_want[4];
+	for (int i = 0; i < 8; i++)
+		s1_want[i] = i % 2 ? (float)(i + 1) : 0.0f;
+	for (int i = 0; i < 4; i++)
+		m_want[i] = i % 2 ? (float)(i + 1) : 0.0f;
+	expect_floats(gen, "S1", s1_want, 8);
+	expect_floats(gen, "M", m_want, 4);
+	expect_floats(gen, "V1", v1.values, 9);
+	free(gen);
+
+	/* New values for a subgraph's compact record in the copy for ONNX Runtime. */
+	const void **payloads = calloc(m->n_tensors, sizeof *payloads);
+	float s2_new[8] = { 8, 7, 6, 5, 4, 3, 2, 1 };
+	payloads[index_of(m, "S2")] = s2_new;
+	assert_int_equal(nmp_model_serialize(m, payloads, NULL, 0, &ser, &ser_len, &err), NMP_OK);
+	tu_write(f->out, ser, ser_len);
+	free(ser);
+	free(payloads);
+	expect_floats(f->out, "S2", s2_new, 8);
+	expect_floats(f->out, "V1", v1.values, 9);
+
+	nmp_model_free(&m);
+	free(in);
+	tu_tensor *all[] = { &mm, &l, &s1, &u1, &t1, &v1, &s2, &b2 };
+	for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+		free(all[i]->values);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_raw_tensor_is_file_resident, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unread_initializers_round_trip, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_compact_records_on_every_path, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_kept_records_in_subgraphs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_typed_fields, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_payload_length_checks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dims_checks, setup, teardown),
