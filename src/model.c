@@ -341,10 +341,7 @@ static nmp_status add_compact(load_ctx *c, uint64_t at, uint32_t run)
 	p += nmp_varint_get(p, end, &len);
 	nmp_wire_tensor w;
 	int compact = nmp_wire_tensor_read(p, (size_t)len, NULL, &w);
-	NMP_ASSERT(compact);
-	if (w.n_dims > UINT32_MAX || w.name_len >= ARENA_CHUNK)
-		return nmp_error_set(c->err, NMP_ERR_MODEL, "%s: initializer at byte offset %llu: too large a record",
-				     m->path, (unsigned long long)at);
+	NMP_ASSERT(compact && len < NMP_WIRE_KEEP_MAX); /* so its dims and name fit a chunk */
 	int64_t *dims = w.n_dims ? arena_carve(a, w.n_dims * sizeof *dims) : NULL;
 	char *name = arena_carve(a, w.name_len + 1);
 	if ((w.n_dims && !dims) || !name)
@@ -369,6 +366,22 @@ static nmp_status add_compact(load_ctx *c, uint64_t at, uint32_t run)
 	return s;
 }
 
+/* Grows the array *p (of *cap elements of `elem` bytes) to hold `need`, doubling. */
+static bool room_for(void *p, size_t *cap, size_t need, size_t elem)
+{
+	if (need <= *cap)
+		return true;
+	size_t n = *cap ? 2 * *cap : 16;
+	while (n < need)
+		n *= 2;
+	void *q = realloc(*(void **)p, n * elem);
+	if (!q)
+		return false;
+	*(void **)p = q;
+	*cap = n;
+	return true;
+}
+
 /* The first of the compact records at or after file offset `at`. */
 static size_t compact_from(const nmp_skeleton *sk, uint64_t at)
 {
@@ -387,8 +400,9 @@ static size_t compact_from(const nmp_skeleton *sk, uint64_t at)
  * A graph's markers of initializer records kept as bytes (wire.h) become one
  * unknown field each, which protobuf-c packs as its tag then its data: field
  * 5's tag, then the records' bytes after their first tag, straight from the
- * mapping.  The records are the graph's last fields when it is packed.  The
- * compact records among them become the graph's last tensors.
+ * mapping.  Packed so, they would follow the graph's other fields; the
+ * writers put them back where they were instead (nmp_model.runs, save.c).
+ * The compact records among them become the graph's last tensors.
  */
 static nmp_status restore_kept(load_ctx *c, ProtobufCMessage *g)
 {
@@ -412,14 +426,8 @@ static nmp_status restore_kept(load_ctx *c, ProtobufCMessage *g)
 		u->len = s->length - n;
 		u->data = (uint8_t *)at + n;
 
-		if (m->n_runs == c->cap_runs) {
-			size_t cap = c->cap_runs ? 2 * c->cap_runs : 16;
-			nmp_kept_run *r = realloc(m->runs, cap * sizeof *r);
-			if (!r)
-				return nomem(c);
-			m->runs = r;
-			c->cap_runs = cap;
-		}
+		if (!room_for(&m->runs, &c->cap_runs, m->n_runs + 1, sizeof *m->runs))
+			return nomem(c);
 		m->runs[m->n_runs++] = (nmp_kept_run){ .graph = (const Onnx__GraphProto *)g, .offset = s->offset,
 						       .length = s->length, .before = s->before };
 		for (size_t k = compact_from(&c->skel, s->offset);
@@ -428,14 +436,8 @@ static nmp_status restore_kept(load_ctx *c, ProtobufCMessage *g)
 	}
 	if (m->n_tensors > first) {
 		graph_table *gt = m->graphs;
-		if (gt->n == gt->cap) {
-			size_t cap = gt->cap ? 2 * gt->cap : 8;
-			graph_kept *at = realloc(gt->at, cap * sizeof *at);
-			if (!at)
-				return nomem(c);
-			gt->at = at;
-			gt->cap = cap;
-		}
+		if (!room_for(&gt->at, &gt->cap, gt->n + 1, sizeof *gt->at))
+			return nomem(c);
 		gt->at[gt->n++] = (graph_kept){ .graph = (const Onnx__GraphProto *)g, .first = first,
 						.n = m->n_tensors - first };
 	}

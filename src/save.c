@@ -416,7 +416,7 @@ static void kept_restore(kept_swap *ks)
 	memset(ks, 0, sizeof *ks);
 }
 
-/* How many records the runs of graph g (none: NULL) hold. */
+/* How many records the runs of graph g hold. */
 static size_t count_records(const nmp_model *m, const Onnx__GraphProto *g)
 {
 	size_t n = 0;
@@ -530,8 +530,10 @@ static void pack_fields(const ProtobufCMessage *msg, unsigned lo, unsigned hi,
 			*(size_t *)((char *)c + f->quantifier_offset) = 0;
 		else if (f->type == PROTOBUF_C_TYPE_STRING || f->type == PROTOBUF_C_TYPE_MESSAGE)
 			*(void **)((char *)c + f->offset) = NULL;
+		else if (f->quantifier_offset) /* proto2 optional: has_ */
+			*(protobuf_c_boolean *)((char *)c + f->quantifier_offset) = 0;
 		else
-			*(protobuf_c_boolean *)((char *)c + f->quantifier_offset) = 0; /* proto2 optional: has_ */
+			NMP_ASSERT(!"a field that cannot be left out"); /* onnx.proto has none */
 	}
 	c->n_unknown_fields = unknown ? n_unknown : 0;
 	c->unknown_fields = unknown ? (ProtobufCMessageUnknownField *)unknown : NULL;

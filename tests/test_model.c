@@ -560,6 +560,20 @@ static void expect_same_initializers(const Onnx__GraphProto *want, const uint8_t
 	onnx__model_proto__free_unpacked(m, NULL);
 }
 
+/* A model of graph g (IR version 8), packed into *len bytes. */
+static uint8_t *pack_graph(Onnx__GraphProto *g, size_t *len)
+{
+	Onnx__ModelProto model = ONNX__MODEL_PROTO__INIT;
+	model.has_ir_version = 1;
+	model.ir_version = 8;
+	model.producer_name = "nmprune-tests";
+	model.graph = g;
+	*len = onnx__model_proto__get_packed_size(&model);
+	uint8_t *buf = malloc(*len);
+	onnx__model_proto__pack(&model, buf);
+	return buf;
+}
+
 /*
  * Initializers that nothing reads are kept as bytes, not parsed: they are no
  * tensors of the model, and every way of writing it gives them back as they
@@ -593,13 +607,8 @@ static void test_unread_initializers_round_trip(void **state)
 	g.node = nodes;
 	g.n_initializer = 4;
 	g.initializer = inits;
-	Onnx__ModelProto model = ONNX__MODEL_PROTO__INIT;
-	model.has_ir_version = 1;
-	model.ir_version = 8;
-	model.graph = &g;
-	size_t len = onnx__model_proto__get_packed_size(&model);
-	uint8_t *in = malloc(len);
-	onnx__model_proto__pack(&model, in);
+	size_t len;
+	uint8_t *in = pack_graph(&g, &len);
 	tu_write(f->in, in, len);
 
 	nmp_model *m = NULL;
@@ -844,14 +853,8 @@ static void test_kept_records_in_subgraphs(void **state)
 	g.input = ins;
 	g.n_output = 2;
 	g.output = outs;
-	Onnx__ModelProto model = ONNX__MODEL_PROTO__INIT;
-	model.has_ir_version = 1;
-	model.ir_version = 8;
-	model.producer_name = "nmprune-tests";
-	model.graph = &g;
-	size_t len = onnx__model_proto__get_packed_size(&model);
-	uint8_t *in = malloc(len);
-	onnx__model_proto__pack(&model, in);
+	size_t len;
+	uint8_t *in = pack_graph(&g, &len);
 	tu_write(f->in, in, len);
 
 	nmp_model *m = NULL;

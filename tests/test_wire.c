@@ -622,7 +622,7 @@ static void test_wire_tensor_read_agrees_with_protobuf_c(void **state)
 						   number == 4 ? 4 * (unsigned)((seed >> 20) % 4) : (unsigned)((seed >> 20) % 9);
 				body[n++] = (uint8_t)payload;
 				for (unsigned q = 0; q < payload; q++)
-					body[n++] = number == 1 ? (uint8_t)((seed >> (q * 5)) & 0x7f) : (uint8_t)(seed >> (q * 7));
+					body[n++] = number == 1 ? (uint8_t)((seed >> (q * 5 % 64)) & 0x7f) : (uint8_t)(seed >> (q * 7 % 64));
 			}
 		}
 		Onnx__TensorProto *t = onnx__tensor_proto__unpack(NULL, n, body);
