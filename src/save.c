@@ -416,20 +416,14 @@ static void kept_restore(kept_swap *ks)
 	memset(ks, 0, sizeof *ks);
 }
 
-/* How many records the runs of graph g hold. */
-static size_t count_records(const nmp_model *m, const Onnx__GraphProto *g)
+/* How many records a run holds. */
+static size_t count_records(const nmp_model *m, const nmp_kept_run *r)
 {
 	size_t n = 0;
-	for (size_t i = 0; i < m->n_runs; i++) {
-		if (m->runs[i].graph != g)
-			continue;
-		const uint8_t *p = m->files[0].map + m->runs[i].offset, *end = p + m->runs[i].length;
-		while (p < end) {
-			ProtobufCMessageUnknownField f;
-			unsigned k;
-			p = kept_record_at(p, end, &f, &k);
-			n++;
-		}
+	for (const uint8_t *p = m->files[0].map + r->offset, *end = p + r->length; p < end; n++) {
+		ProtobufCMessageUnknownField f;
+		unsigned k;
+		p = kept_record_at(p, end, &f, &k);
 	}
 	return n;
 }
@@ -444,9 +438,12 @@ static bool kept_swap_in(nmp_model *m, kept_swap *ks)
 {
 	memset(ks, 0, sizeof *ks);
 	const Onnx__GraphProto *main_graph = m->proto->graph;
-	size_t n_graphs = 0, n_slots = 0, n_unknown = 0;
+	size_t n_graphs = 0, n_slots = 0, n_unknown = 0, n_records = 0;
 	for (size_t i = 0; i < m->n_runs; i++) {
-		if (m->runs[i].graph != main_graph && (i == 0 || m->runs[i].graph != m->runs[i - 1].graph)) {
+		if (m->runs[i].graph == main_graph)
+			continue;
+		n_records += count_records(m, &m->runs[i]);
+		if (i == 0 || m->runs[i].graph != m->runs[i - 1].graph) {
 			n_graphs++;
 			n_slots += m->runs[i].graph->n_initializer;
 			n_unknown += m->runs[i].graph->base.n_unknown_fields;
@@ -454,7 +451,6 @@ static bool kept_swap_in(nmp_model *m, kept_swap *ks)
 	}
 	if (n_graphs == 0)
 		return true;
-	size_t n_records = m->n_kept + m->n_compact - count_records(m, main_graph);
 	ks->saved = calloc(n_graphs, sizeof *ks->saved);
 	ks->records = calloc(n_records ? n_records : 1, sizeof *ks->records);
 	ks->arrays = malloc((n_slots + n_records + 1) * sizeof *ks->arrays);
