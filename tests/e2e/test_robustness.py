@@ -482,26 +482,32 @@ def test_out_of_memory_is_an_io_error(tmp_path):
     assert p.returncode == 4 and "out of memory" in p.stderr and "not a valid ONNX model" not in p.stderr, p.stderr
 
 
+def prune_many_under_limit(tmp_path, n, read, mib, extra):
+    """Prunes many_initializers(n, read) 2:4 under an address-space limit of `mib` MiB: W is pruned along K,
+    the MatMul's reduction axis, and every other record comes back as it was, where it was."""
+    src = tmp_path / "many.onnx"
+    many_initializers(src, n, read=read)
+    out = tmp_path / "out.onnx"
+    p = subprocess.run([os.path.abspath(NMPRUNE), "prune", str(src), "-o", str(out), "--pattern", "2:4", "-q",
+                        *extra], capture_output=True, text=True, preexec_fn=lambda: resource_limit(mib), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    a, b = onnx.load(str(src)), onnx.load(str(out))
+    assert len(b.graph.initializer) == len(a.graph.initializer) == n + 1
+    assert [t.name for t in b.graph.initializer] == [t.name for t in a.graph.initializer]
+    assert b.graph.initializer[0].name == "W"
+    assert [t.SerializeToString() for t in b.graph.initializer[1:]] == \
+        [t.SerializeToString() for t in a.graph.initializer[1:]]
+    w = numpy_helper.to_array(b.graph.initializer[0], base_dir=str(tmp_path))
+    assert ((w.T.reshape(64, 16, 4) != 0).sum(axis=2) == 2).all()
+    return src
+
+
 @pytest.mark.skipif("ASAN_OPTIONS" in __import__("os").environ,
                     reason="AddressSanitizer reserves more address space than the limit this test sets")
 @pytest.mark.parametrize("extra", [[], ["--external-data", "out.data"]], ids=["copy", "general"])
 def test_unread_initializers_cost_no_memory(tmp_path, extra):
     """A million initializers that nothing reads pass through as bytes, in the memory a small model takes."""
-    src = tmp_path / "many.onnx"
-    many_initializers(src, 1000000, read=False)
-    out = tmp_path / "out.onnx"
-    p = subprocess.run([os.path.abspath(NMPRUNE), "prune", str(src), "-o", str(out), "--pattern", "2:4", "-q",
-                        *extra], capture_output=True, text=True, preexec_fn=limit_address_space, cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
-    a, b = onnx.load(str(src)), onnx.load(str(out))
-    assert len(b.graph.initializer) == len(a.graph.initializer) == 1000001
-    assert [t.name for t in b.graph.initializer] == [t.name for t in a.graph.initializer]  # where they were
-    want = {t.name: t.SerializeToString() for t in a.graph.initializer if t.name != "W"}
-    got = {t.name: t.SerializeToString() for t in b.graph.initializer if t.name != "W"}
-    assert got == want
-    w = numpy_helper.to_array(next(t for t in b.graph.initializer if t.name == "W"),
-                              base_dir=str(tmp_path))
-    assert ((w.T.reshape(64, 16, 4) != 0).sum(axis=2) == 2).all()  # 2:4 along K, the MatMul reduction axis
+    src = prune_many_under_limit(tmp_path, 1000000, False, 128, extra)
     r = nmprune("prune", src, "--dry-run", "--pattern", "2:4", "-v")
     assert "1000000 initializers that nothing reads are kept as they are" in r.err, r.err
 
@@ -512,18 +518,7 @@ def test_unread_initializers_cost_no_memory(tmp_path, extra):
 def test_read_initializers_cost_little_memory(tmp_path, extra):
     """Half a million small initializers that a node reads are described from their bytes (under 192 MiB of
     address space, where parsing each into a message needs more), and come back as they were, where they were."""
-    src = tmp_path / "many.onnx"
-    many_initializers(src, 500000, read=True)
-    out = tmp_path / "out.onnx"
-    p = subprocess.run([os.path.abspath(NMPRUNE), "prune", str(src), "-o", str(out), "--pattern", "2:4", "-q",
-                        *extra], capture_output=True, text=True, preexec_fn=lambda: resource_limit(192), cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
-    a, b = onnx.load(str(src)), onnx.load(str(out))
-    assert [t.name for t in b.graph.initializer] == [t.name for t in a.graph.initializer]
-    assert [t.SerializeToString() for t in b.graph.initializer[1:]] == \
-        [t.SerializeToString() for t in a.graph.initializer[1:]]
-    w = numpy_helper.to_array(b.graph.initializer[0], base_dir=str(tmp_path))
-    assert ((w.T.reshape(64, 16, 4) != 0).sum(axis=2) == 2).all()
+    src = prune_many_under_limit(tmp_path, 500000, True, 192, extra)
     r = nmprune("prune", src, "--dry-run", "--pattern", "2:4", "-v")
     assert "500000 small initializers are read from their bytes" in r.err, r.err
 
