@@ -58,8 +58,23 @@ typedef struct slot {
 	uint32_t name;
 	int neg;                    /* axis counted from the end: -1 is the last */
 	bool is_short;              /* holds one tile of the group's channels */
-	size_t group;
+	size_t group;               /* while growing: the component; then the group of this run */
+	uint64_t off;               /* once divided: where the group's channels begin on this axis */
 } slot;
+
+/*
+ * A Concat or Split along a channel axis: the whole tensor's channels (the
+ * Concat's output, the Split's input) are the parts' one after another.
+ */
+typedef struct seg {
+	uint32_t node;
+	int neg;                    /* the axis divided, counted from the end */
+	size_t whole;               /* the whole's slot */
+	size_t *part;               /* each part's slot; SIZE_MAX: a constant of one channel, or none */
+	uint64_t *len;              /* each part's channels, 0 while unknown */
+	size_t n_parts;
+	bool ok;                    /* every count known, adding up to the whole's */
+} seg;
 
 typedef struct ctx {
 	const nmp_plan *plan;
@@ -80,8 +95,11 @@ typedef struct ctx {
 	uint64_t *slot_keys;        /* open addressing over slot keys (slot_hash) */
 	size_t *slot_vals;
 	size_t slot_cap;
+	seg *segs;                  /* the Concats and Splits the groups reached along their axis */
+	size_t n_segs, cap_segs;
+	uint8_t *seg_seen;          /* per node: recorded in segs */
 	nmp_channels *out;          /* shared by every graph's analysis, as are what follows */
-	size_t *cap_groups, *cap_edits;
+	size_t *cap_groups, *cap_edits, *cap_parts;
 	const uint32_t *choice_at;  /* per model tensor: its selection choice + 1 (grouped), 0 none */
 	nmp_error *err;
 	bool nomem;
@@ -1331,6 +1349,120 @@ static void constrain(ctx *c, size_t g, const rel *r, const char *node)
 	}
 }
 
+static size_t new_group(ctx *c, const char *label);
+static void expand(ctx *c, size_t s);
+
+/* The axis, counted from the end, along which a Concat or Split divides channels; 0: none. */
+static int seg_axis(const ctx *c, const Onnx__NodeProto *n)
+{
+	bool std_domain = !n->domain || !n->domain[0] || strcmp(n->domain, "ai.onnx") == 0;
+	if (!std_domain || (!op_is(n, "Concat") && !op_is(n, "Split")))
+		return 0;
+	int r = rank_of(c, in_name(n, 0));
+	int ax = r > 0 ? norm_axis(nmp_node_attr_int(n, "axis", 0), r) : 0;
+	return ax >= -r && ax < 0 ? ax : 0;
+}
+
+/* Is `name` one of the tensors whose channels node n divides or joins (not Split's sizes)? */
+static bool seg_side(const Onnx__NodeProto *n, const char *name)
+{
+	if (op_is(n, "Split") && in_name(n, 0) && strcmp(in_name(n, 0), name) == 0)
+		return true;
+	char **io = op_is(n, "Concat") ? n->input : n->output;
+	size_t count = op_is(n, "Concat") ? n->n_input : n->n_output;
+	for (size_t k = 0; k < count; k++)
+		if (io[k] && strcmp(io[k], name) == 0)
+			return true;
+	return op_is(n, "Concat") && n->n_output && n->output[0] && strcmp(n->output[0], name) == 0;
+}
+
+/*
+ * The slot of (name, neg), the first of a component of its own when it has
+ * none yet; SIZE_MAX when it can have none (no name, or a constant of one
+ * channel along neg, which no order moves).
+ */
+static size_t seg_slot(ctx *c, const char *name, int neg)
+{
+	size_t ni = find_name(c, name);
+	if (ni == SIZE_MAX)
+		return SIZE_MAX;
+	uint64_t key = (uint64_t)ni << 8 | (uint64_t)(-neg);
+	size_t s = slot_find(c, key);
+	if (s != SIZE_MAX)
+		return s;
+	size_t g = new_group(c, name);
+	if (g == SIZE_MAX)
+		return SIZE_MAX;
+	link_slot(c, g, ni, neg, false);
+	s = slot_find(c, key);
+	if (s == SIZE_MAX)
+		c->out->n_groups--; /* nothing of it moves: no component */
+	return s;
+}
+
+/* Records a Concat or Split that slot s reaches along the axis it divides; seed_segs gives its sides slots. */
+static void cross_seg(ctx *c, size_t s, uint32_t ni)
+{
+	const Onnx__NodeProto *n = c->g->node[ni];
+	if (c->slots[s].is_short) {
+		block(c, c->slots[s].group, "%s '%s' divides channels that a grouped Conv reads one group at a time",
+		      node_op(n), node_label(n));
+		return;
+	}
+	if (!c->seg_seen && !(c->seg_seen = calloc(c->g->n_node, 1))) {
+		c->nomem = true;
+		return;
+	}
+	if (c->seg_seen[ni])
+		return;
+	c->seg_seen[ni] = 1;
+	seg *e = grow(c->segs, &c->cap_segs, c->n_segs + 1, sizeof *e, &c->nomem);
+	if (!e)
+		return;
+	c->segs = e;
+	size_t count = op_is(n, "Concat") ? n->n_input : n->n_output;
+	e = &c->segs[c->n_segs];
+	*e = (seg){ .node = ni, .neg = c->slots[s].neg, .whole = SIZE_MAX, .n_parts = count,
+		    .part = malloc((count ? count : 1) * sizeof *e->part), .len = calloc(count ? count : 1, sizeof *e->len) };
+	if (!e->part || !e->len) {
+		free(e->part);
+		free(e->len);
+		c->nomem = true;
+		return;
+	}
+	c->n_segs++;
+}
+
+/*
+ * Gives both sides of every Concat and Split recorded a slot: a side in no
+ * component yet starts one, grown whole before the next side is looked at,
+ * so that no component is started inside another's reach.
+ */
+static void seed_segs(ctx *c)
+{
+	for (size_t i = 0; i < c->n_segs && !c->nomem; i++) { /* seeding may record more */
+		const Onnx__NodeProto *n = c->g->node[c->segs[i].node];
+		bool concat = op_is(n, "Concat");
+		for (size_t k = 0; k <= c->segs[i].n_parts && !c->nomem; k++) {
+			seg *e = &c->segs[i];
+			const char *name = k == e->n_parts ? (concat ? (n->n_output ? n->output[0] : NULL) : in_name(n, 0))
+							 : (concat ? in_name(n, k) : n->output[k]);
+			size_t sl = seg_slot(c, name, e->neg);
+			while (c->expanded < c->n_slots && !c->nomem)
+				expand(c, c->expanded++);
+			e = &c->segs[i]; /* expanding may have moved the list */
+			if (k == e->n_parts) {
+				e->whole = sl;
+				continue;
+			}
+			e->part[k] = sl;
+			size_t pi = sl == SIZE_MAX ? find_name(c, name) : SIZE_MAX;
+			if (pi != SIZE_MAX && c->names[pi].is_const && c->names[pi].const_rank + e->neg >= 0)
+				e->len[k] = 1; /* a constant's one channel */
+		}
+	}
+}
+
 /* Relates slot s to what node `ni` ties it to. */
 static void visit(ctx *c, size_t s, uint32_t ni)
 {
@@ -1338,6 +1470,11 @@ static void visit(ctx *c, size_t s, uint32_t ni)
 	const Onnx__NodeProto *n = c->g->node[ni];
 	const char *name = c->names[sl.name].name;
 	const char *label = node_label(n);
+	int seg_neg = seg_axis(c, n);
+	if (seg_neg && seg_neg == sl.neg && seg_side(n, name)) {
+		cross_seg(c, s, ni);
+		return;
+	}
 	rels rs;
 	build_rels(c, n, &rs);
 	bool lost = rs.lost;
@@ -1469,6 +1606,334 @@ static void size_groups(ctx *c)
 			block(c, s->group, "'%s' does not have the group's %s channels", c->names[s->name].name, a);
 		}
 	}
+}
+
+/* ---- channels a Concat or Split divides ------------------------------------------------- */
+
+typedef struct cutset {
+	uint64_t *v;                /* sorted, each strictly inside (0, channels) */
+	size_t n, cap;
+} cutset;
+
+/* Adds cut x; true if it is new. */
+static bool cut_add(cutset *cs, uint64_t x, bool *nomem)
+{
+	size_t lo = 0, hi = cs->n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (cs->v[mid] < x)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < cs->n && cs->v[lo] == x)
+		return false;
+	uint64_t *v = grow(cs->v, &cs->cap, cs->n + 1, sizeof *v, nomem);
+	if (!v)
+		return false;
+	cs->v = v;
+	memmove(v + lo + 1, v + lo, (cs->n - lo) * sizeof *v);
+	v[lo] = x;
+	cs->n++;
+	return true;
+}
+
+/* Where run j of a component with cuts cs begins. */
+static uint64_t run_start(const cutset *cs, size_t j)
+{
+	return j ? cs->v[j - 1] : 0;
+}
+
+static size_t comp_of(const ctx *c, size_t slot)
+{
+	return c->slots[slot].group;
+}
+
+/*
+ * Fills in what one Concat or Split tells of channel counts: a Split's sizes
+ * (its input or attribute, or equal parts), the whole as the parts' sum, one
+ * unknown part as what the others leave.  True if a component learnt its count.
+ */
+static bool seg_counts(ctx *c, seg *e)
+{
+	const Onnx__NodeProto *n = c->g->node[e->node];
+	nmp_chan_group *gs = c->out->groups;
+	uint64_t whole = e->whole == SIZE_MAX ? 0 : gs[comp_of(c, e->whole)].channels;
+	for (size_t k = 0; k < e->n_parts; k++)
+		if (e->part[k] != SIZE_MAX)
+			e->len[k] = gs[comp_of(c, e->part[k])].channels;
+	if (op_is(n, "Split")) {
+		int64_t size[MAX_MEMBERS];
+		int ns = -1;
+		const Onnx__AttributeProto *a = nmp_node_attr(n, "split");
+		if (a && a->n_ints <= MAX_MEMBERS) {
+			ns = (int)a->n_ints;
+			for (int k = 0; k < ns; k++)
+				size[k] = a->ints[k];
+		} else if (!a && in_name(n, 1)) {
+			ns = const_ints(c, in_name(n, 1), size, MAX_MEMBERS);
+		} else if (!a && whole && e->n_parts <= MAX_MEMBERS) { /* equal parts, the last one smaller */
+			uint64_t chunk = (whole + e->n_parts - 1) / e->n_parts;
+			ns = (int)e->n_parts;
+			for (int k = 0; k < ns; k++)
+				size[k] = (uint64_t)k * chunk < whole ? (int64_t)(whole - (uint64_t)k * chunk < chunk
+										? whole - (uint64_t)k * chunk : chunk) : 0;
+		}
+		for (int k = 0; ns == (int)e->n_parts && k < ns; k++)
+			if (!e->len[k] && size[k] > 0)
+				e->len[k] = (uint64_t)size[k];
+	}
+	uint64_t sum = 0;
+	size_t unknown = 0, at = 0;
+	for (size_t k = 0; k < e->n_parts; k++) {
+		sum += e->len[k];
+		if (!e->len[k]) {
+			unknown++;
+			at = k;
+		}
+	}
+	if (!whole && !unknown)
+		whole = sum;
+	else if (whole && unknown == 1 && sum < whole)
+		e->len[at] = whole - sum;
+	bool learnt = false;
+	for (size_t k = 0; k < e->n_parts; k++) {
+		nmp_chan_group *p = e->part[k] == SIZE_MAX ? NULL : &gs[comp_of(c, e->part[k])];
+		if (p && !p->channels && e->len[k]) {
+			p->channels = e->len[k];
+			learnt = true;
+		}
+	}
+	if (e->whole != SIZE_MAX && !gs[comp_of(c, e->whole)].channels && whole) {
+		gs[comp_of(c, e->whole)].channels = whole;
+		learnt = true;
+	}
+	return learnt;
+}
+
+/* Every count known, adding up, and no component on both sides. */
+static bool seg_sound(const ctx *c, const seg *e)
+{
+	if (e->whole == SIZE_MAX)
+		return false;
+	size_t w = comp_of(c, e->whole);
+	uint64_t sum = 0;
+	for (size_t k = 0; k < e->n_parts; k++) {
+		if (!e->len[k] || (e->part[k] != SIZE_MAX && comp_of(c, e->part[k]) == w))
+			return false;
+		sum += e->len[k];
+	}
+	return sum == c->out->groups[w].channels;
+}
+
+static size_t uf_find(size_t *parent, size_t a)
+{
+	while (parent[a] != a) {
+		parent[a] = parent[parent[a]];
+		a = parent[a];
+	}
+	return a;
+}
+
+static void uf_join(size_t *parent, size_t a, size_t b)
+{
+	a = uf_find(parent, a);
+	b = uf_find(parent, b);
+	if (a != b) /* the earlier component's run stands for the group: its label names it */
+		parent[a > b ? a : b] = a < b ? a : b;
+}
+
+static unsigned gcd_u(unsigned a, unsigned b)
+{
+	while (b) {
+		unsigned t = a % b;
+		a = b;
+		b = t;
+	}
+	return a;
+}
+
+/* Folds component group `from` (a run of `len` channels of it) into group `into`. */
+static void merge_group(nmp_chan_group *into, const nmp_chan_group *from, uint64_t len)
+{
+	if (!into->blocked[0] && from->blocked[0])
+		snprintf(into->blocked, sizeof into->blocked, "%s", from->blocked);
+	if (!into->blocked[0] && into->channels != len)
+		snprintf(into->blocked, sizeof into->blocked, "a Concat or Split joins runs of %llu and %llu channels",
+			 (unsigned long long)into->channels, (unsigned long long)len);
+	if (!into->blocked[0] && from->tile && into->tile && from->tile != into->tile)
+		snprintf(into->blocked, sizeof into->blocked, "grouped convolutions of different group sizes read '%s'",
+			 into->label);
+	into->tile = into->tile ? into->tile : from->tile;
+	into->confine = into->confine && from->confine ? gcd_u(into->confine, from->confine)
+						       : into->confine + from->confine;
+	into->crosses_quant |= from->crosses_quant;
+}
+
+/*
+ * Turns the components grown so far (c->out->groups from first_group on)
+ * into groups: cuts every component where a Concat or Split it meets along
+ * the channels has a part begin, until the cuts agree on both sides; makes
+ * each run between cuts one unit; joins the units each Concat or Split
+ * equates; and gives each slot one entry per run, with its group and offset.
+ */
+static void divide_groups(ctx *c)
+{
+	nmp_channels *o = c->out;
+	const size_t first = c->first_group, nc = o->n_groups - first;
+	cutset *cuts = calloc(nc ? nc : 1, sizeof *cuts);
+	size_t *base = malloc((nc + 1) * sizeof *base), *parent = NULL, *unit_group = NULL;
+	nmp_chan_group *made = NULL;
+	slot *runs = NULL;
+	if (!cuts || !base)
+		goto nomem;
+	bool more = true;
+	while (more) { /* counts: each pass learns at least one, or ends */
+		more = false;
+		for (size_t i = 0; i < c->n_segs; i++)
+			more |= seg_counts(c, &c->segs[i]);
+	}
+	for (size_t i = 0; i < c->n_segs; i++) {
+		seg *e = &c->segs[i];
+		e->ok = seg_sound(c, e);
+		const Onnx__NodeProto *n = c->g->node[e->node];
+		for (size_t k = 0; !e->ok && k <= e->n_parts; k++) {
+			size_t sl = k < e->n_parts ? e->part[k] : e->whole;
+			if (sl != SIZE_MAX)
+				block(c, comp_of(c, sl), "the channel counts of %s '%s' are unknown or do not add up",
+				      node_op(n), node_label(n));
+		}
+	}
+	more = true;
+	while (more && !c->nomem) { /* cuts: each pass adds at least one, and each is below its count */
+		more = false;
+		for (size_t i = 0; i < c->n_segs; i++) {
+			const seg *e = &c->segs[i];
+			if (!e->ok)
+				continue;
+			cutset *w = &cuts[comp_of(c, e->whole) - first];
+			uint64_t at = 0;
+			for (size_t k = 0; k < e->n_parts; k++) {
+				if (at)
+					more |= cut_add(w, at, &c->nomem);
+				if (e->part[k] != SIZE_MAX) {
+					cutset *p = &cuts[comp_of(c, e->part[k]) - first];
+					for (size_t j = 0; j < p->n; j++)
+						more |= cut_add(w, at + p->v[j], &c->nomem);
+					for (size_t j = 0; j < w->n; j++)
+						if (w->v[j] > at && w->v[j] < at + e->len[k])
+							more |= cut_add(p, w->v[j] - at, &c->nomem);
+				}
+				at += e->len[k];
+			}
+		}
+	}
+	if (c->nomem)
+		goto nomem;
+	base[0] = 0;
+	for (size_t w = 0; w < nc; w++) {
+		nmp_chan_group *gr = &o->groups[first + w];
+		for (size_t j = 0; j < cuts[w].n && !gr->blocked[0]; j++)
+			if (gr->tile || (gr->confine && cuts[w].v[j] % gr->confine))
+				block(c, first + w, "a Concat or Split divides the channels of '%s' inside a grouped Conv's group%s",
+				      gr->label, NULL);
+		base[w + 1] = base[w] + cuts[w].n + 1;
+	}
+	const size_t n_units = base[nc];
+	parent = malloc((n_units ? n_units : 1) * sizeof *parent);
+	unit_group = malloc((n_units ? n_units : 1) * sizeof *unit_group);
+	made = calloc(n_units ? n_units : 1, sizeof *made);
+	if (!parent || !unit_group || !made)
+		goto nomem;
+	for (size_t u = 0; u < n_units; u++)
+		parent[u] = u;
+	for (size_t i = 0; i < c->n_segs; i++) {
+		const seg *e = &c->segs[i];
+		if (!e->ok)
+			continue;
+		size_t w = comp_of(c, e->whole) - first, j = 0;
+		uint64_t at = 0;
+		for (size_t k = 0; k < e->n_parts; k++) {
+			while (j < cuts[w].n && run_start(&cuts[w], j + 1) <= at)
+				j++; /* the whole's run that begins where part k does */
+			if (e->part[k] != SIZE_MAX) {
+				size_t p = comp_of(c, e->part[k]) - first;
+				for (size_t q = 0; q <= cuts[p].n && j + q <= cuts[w].n; q++)
+					uf_join(parent, base[w] + j + q, base[p] + q);
+			}
+			at += e->len[k];
+		}
+	}
+	size_t n_made = 0;
+	for (size_t u = 0; u < n_units; u++)
+		unit_group[u] = SIZE_MAX;
+	for (size_t w = 0; w < nc; w++) {
+		const nmp_chan_group *comp = &o->groups[first + w];
+		for (size_t j = 0; j <= cuts[w].n; j++) {
+			uint64_t end = j < cuts[w].n ? cuts[w].v[j] : comp->channels;
+			uint64_t len = comp->channels ? end - run_start(&cuts[w], j) : 0;
+			size_t root = uf_find(parent, base[w] + j);
+			if (unit_group[root] == SIZE_MAX) { /* roots come first: the least unit of each set */
+				unit_group[root] = n_made;
+				made[n_made] = *comp;
+				made[n_made].channels = len;
+				if (cuts[w].n) /* the run it stands for: "name[start:end]" */
+					snprintf(made[n_made].label, sizeof made[n_made].label, "%.120s[%llu:%llu]",
+						 comp->label, (unsigned long long)run_start(&cuts[w], j),
+						 (unsigned long long)end);
+				n_made++;
+			} else {
+				merge_group(&made[unit_group[root]], comp, len);
+			}
+			unit_group[base[w] + j] = unit_group[root];
+		}
+	}
+	nmp_chan_group *gs = grow(o->groups, c->cap_groups, first + n_made, sizeof *gs, &c->nomem);
+	size_t n_runs = 0;
+	for (size_t i = 0; i < c->n_slots; i++)
+		n_runs += cuts[comp_of(c, i) - first].n + 1;
+	runs = malloc((n_runs ? n_runs : 1) * sizeof *runs);
+	if ((!gs && first + n_made) || !runs)
+		goto nomem;
+	o->groups = gs;
+	if (n_made)
+		memcpy(gs + first, made, n_made * sizeof *made);
+	n_runs = 0;
+	for (size_t i = 0; i < c->n_slots; i++) {
+		size_t w = comp_of(c, i) - first;
+		for (size_t j = 0; j <= cuts[w].n; j++) {
+			runs[n_runs] = c->slots[i];
+			runs[n_runs].group = first + unit_group[base[w] + j];
+			runs[n_runs++].off = run_start(&cuts[w], j);
+		}
+	}
+	o->n_groups = first + n_made;
+	free(c->slots);
+	c->slots = runs;
+	c->n_slots = c->cap_slots = n_runs;
+	runs = NULL;
+	free(c->slot_keys); /* the runs are listed, not looked up */
+	free(c->slot_vals);
+	c->slot_keys = NULL;
+	c->slot_vals = NULL;
+	c->slot_cap = 0;
+	goto out;
+nomem:
+	c->nomem = true;
+out:
+	for (size_t w = 0; cuts && w < nc; w++)
+		free(cuts[w].v);
+	free(cuts);
+	free(base);
+	free(parent);
+	free(unit_group);
+	free(made);
+	free(runs);
+}
+
+/* Blocks each group whose channel count is unknown, or that its grouped convolutions do not divide. */
+static void check_groups(ctx *c)
+{
 	for (size_t g = c->first_group; g < c->out->n_groups; g++) {
 		const nmp_chan_group *gr = &c->out->groups[g];
 		if (gr->blocked[0])
@@ -1481,8 +1946,9 @@ static void size_groups(ctx *c)
 	}
 }
 
-/* Magnitudes of a candidate as rows x L, the group axis last. */
-static nmp_status weight_matrix(const ctx *c, const nmp_choice *ch, float *out, nmp_error *err)
+/* Magnitudes of a candidate's group-axis channels [off, off + width) as rows x width. */
+static nmp_status weight_matrix(const ctx *c, const nmp_choice *ch, uint64_t off, uint64_t width, float *out,
+				nmp_error *err)
 {
 	const nmp_candidate *cand = ch->cand;
 	const nmp_tensor *t = cand->tensor;
@@ -1506,9 +1972,9 @@ static nmp_status weight_matrix(const ctx *c, const nmp_choice *ch, float *out, 
 			inner *= (uint64_t)t->dims[d];
 		uint64_t outer = len ? t->numel / len / inner : 0;
 		for (uint64_t o = 0; o < outer; o++)
-			for (uint64_t l = 0; l < len; l++)
+			for (uint64_t l = off; l < off + width; l++)
 				for (uint64_t i = 0; i < inner; i++)
-					out[(o * inner + i) * len + l] = flat[(o * len + l) * inner + i];
+					out[(o * inner + i) * width + l - off] = flat[(o * len + l) * inner + i];
 	}
 	nmp_view_release(&v);
 	nmp_view_release(&sv);
@@ -1546,20 +2012,61 @@ static size_t choice_slot(const ctx *c, const nmp_choice *ch)
 	return ni == SIZE_MAX ? SIZE_MAX : slot_find(c, (uint64_t)ni << 8 | (uint64_t)(-choice_neg(ch)));
 }
 
-/* One group's search; reads the model and writes only group g's entries (groups run in parallel). */
+/*
+ * The parts of the eligible weights of c's graph: each run of channels of a
+ * weight's group axis that one group holds, in channel order.
+ */
+static void record_parts(ctx *c)
+{
+	nmp_channels *o = c->out;
+	const nmp_selection *sel = c->plan->sel;
+	for (size_t i = 0; i < c->n_slots && !c->nomem; i++) {
+		const slot *s = &c->slots[i];
+		const name_info *ni = &c->names[s->name];
+		uint32_t at = ni->tensor && ni->deleg_sub < 0 ? c->choice_at[ni->tensor - c->model->tensors] : 0;
+		if (!at || choice_name(c, &sel->choices[at - 1]) != s->name || s->neg != choice_neg(&sel->choices[at - 1]))
+			continue;
+		nmp_chan_part *pt = grow(o->parts, c->cap_parts, o->n_parts + 1, sizeof *pt, &c->nomem);
+		if (!pt)
+			return;
+		o->parts = pt;
+		const nmp_chan_group *gr = &o->groups[s->group];
+		bool counted = false; /* a weight counts once in a group, however many of its runs it holds */
+		for (size_t k = o->n_parts; k-- > 0 && o->parts[k].choice == at - 1 && !counted;)
+			counted = o->parts[k].group == s->group;
+		o->parts[o->n_parts++] = (nmp_chan_part){ .choice = at - 1, .group = s->group, .offset = s->off,
+							  .length = s->is_short ? gr->tile : gr->channels,
+							  .kept_identity = -1, .kept_permuted = -1 };
+		if (o->group_of[at - 1] < 0)
+			o->group_of[at - 1] = (long)s->group;
+		if (!counted)
+			o->groups[s->group].n_weights++;
+	}
+}
+
+/* The rows a part adds to its group's matrix of `cols` columns (a whole-channel run folds into tiles). */
+static uint64_t part_rows(const nmp_chan_part *pt, const nmp_choice *ch, unsigned cols)
+{
+	const nmp_tensor *t = ch->cand->tensor;
+	return t->numel / (uint64_t)t->dims[ch->cand->axis] * (pt->length / cols);
+}
+
+/* One group's search; reads the model and writes only group g's entries and parts (groups run in parallel). */
 static nmp_status search_group(const ctx *c, size_t g, uint64_t seed, int threads, nmp_error *err)
 {
 	nmp_chan_group *gr = &c->out->groups[g];
 	const nmp_selection *sel = c->plan->sel;
+	nmp_chan_part *parts = c->out->parts;
 	const unsigned cols = gr->tile ? gr->tile : (unsigned)gr->channels;
 	uint64_t rows = 0;
-	for (size_t i = 0; i < sel->n; i++) {
-		if (c->out->group_of[i] != (long)g)
+	for (size_t i = 0; i < c->out->n_parts; i++) {
+		if (parts[i].group != g)
 			continue;
-		const nmp_pattern *p = &sel->choices[i].pattern;
+		const nmp_choice *ch = &sel->choices[parts[i].choice];
+		const nmp_pattern *p = &ch->pattern;
 		if (!p->structured || p->unit != NMP_UNIT_ELEMENT) {
 			snprintf(gr->skipped, sizeof gr->skipped, "weight '%s' has pattern %s; the search is for element-wise N:M",
-				 sel->choices[i].cand->name, p->text);
+				 ch->cand->name, p->text);
 			return NMP_OK;
 		}
 		if (gr->m && (p->n != gr->n || p->m != gr->m)) {
@@ -1568,7 +2075,13 @@ static nmp_status search_group(const ctx *c, size_t g, uint64_t seed, int thread
 		}
 		gr->n = p->n;
 		gr->m = p->m;
-		rows += sel->choices[i].cand->tensor->numel / cols;
+		if (parts[i].offset % p->m) {
+			snprintf(gr->skipped, sizeof gr->skipped, "channels %llu to %llu of '%s' do not begin a group of %u",
+				 (unsigned long long)parts[i].offset,
+				 (unsigned long long)(parts[i].offset + parts[i].length - 1), ch->cand->name, p->m);
+			return NMP_OK;
+		}
+		rows += part_rows(&parts[i], ch, cols);
 	}
 	if (!gr->m)
 		return NMP_OK;
@@ -1591,12 +2104,12 @@ static nmp_status search_group(const ctx *c, size_t g, uint64_t seed, int thread
 	}
 	uint64_t at = 0;
 	nmp_status s = NMP_OK;
-	for (size_t i = 0; i < sel->n && s == NMP_OK; i++) {
-		if (c->out->group_of[i] != (long)g)
+	for (size_t i = 0; i < c->out->n_parts && s == NMP_OK; i++) {
+		if (parts[i].group != g)
 			continue;
 		/* a whole-channel weight folds into rows of one tile: its groups of M stay whole */
-		s = weight_matrix(c, &sel->choices[i], mag + at, err);
-		at += sel->choices[i].cand->tensor->numel;
+		s = weight_matrix(c, &sel->choices[parts[i].choice], parts[i].offset, parts[i].length, mag + at, err);
+		at += part_rows(&parts[i], &sel->choices[parts[i].choice], cols) * cols;
 	}
 	if (s == NMP_OK) {
 		double t0 = nmp_now();
@@ -1619,7 +2132,7 @@ static nmp_status search_group(const ctx *c, size_t g, uint64_t seed, int thread
 			}
 		}
 	}
-	/* each weight's kept magnitude, without and with the order found */
+	/* each part's kept magnitude, without and with the order found */
 	const uint32_t *order = gr->perm ? (gr->tile ? gr->short_perm : gr->perm) : NULL;
 	uint32_t *id = s == NMP_OK ? malloc(cols * sizeof *id) : NULL;
 	if (s == NMP_OK && !id)
@@ -1627,19 +2140,74 @@ static nmp_status search_group(const ctx *c, size_t g, uint64_t seed, int thread
 	for (unsigned k = 0; id && k < cols; k++)
 		id[k] = k;
 	at = 0;
-	for (size_t i = 0; i < sel->n && s == NMP_OK; i++) {
-		if (c->out->group_of[i] != (long)g)
+	for (size_t i = 0; i < c->out->n_parts && s == NMP_OK; i++) {
+		if (parts[i].group != g)
 			continue;
-		uint64_t r = sel->choices[i].cand->tensor->numel / cols;
-		c->out->kept_identity[i] = nmp_perm_kept(mag + at, r, cols, gr->n, gr->m, id);
-		c->out->kept_permuted[i] = order ? nmp_perm_kept(mag + at, r, cols, gr->n, gr->m, order)
-						 : c->out->kept_identity[i];
-		at += sel->choices[i].cand->tensor->numel;
+		uint64_t r = part_rows(&parts[i], &sel->choices[parts[i].choice], cols);
+		parts[i].kept_identity = nmp_perm_kept(mag + at, r, cols, gr->n, gr->m, id);
+		parts[i].kept_permuted = order ? nmp_perm_kept(mag + at, r, cols, gr->n, gr->m, order)
+					       : parts[i].kept_identity;
+		at += r * cols;
 	}
 	free(id);
 	free(mag);
 	free(p);
 	return s;
+}
+
+/* order[offset + k] = offset + group g's order[k] over the run of `len` channels it moves, if it has one. */
+static void compose_run(const nmp_chan_group *g, uint64_t len, uint64_t offset, uint32_t *order)
+{
+	const uint32_t *perm = len == g->channels ? g->perm : g->short_perm; /* else the run holds one tile */
+	for (uint64_t k = 0; perm && k < len; k++)
+		order[offset + k] = (uint32_t)(offset + perm[k]);
+}
+
+/*
+ * Each weight's kept magnitude without and with the orders found: its one
+ * part's, or, when groups share its channels, the whole weight's with every
+ * run in its group's order.  A weight none of whose groups was searched keeps -1.
+ */
+static nmp_status weigh_choices(const ctx *c, nmp_error *err)
+{
+	nmp_channels *o = c->out;
+	const nmp_chan_part *parts = o->parts;
+	for (size_t i = 0, j; i < o->n_parts; i = j) {
+		size_t ch = parts[i].choice;
+		bool searched = false;
+		for (j = i; j < o->n_parts && parts[j].choice == ch; j++)
+			searched |= parts[j].kept_identity >= 0;
+		if (!searched)
+			continue;
+		if (j - i == 1) {
+			o->kept_identity[ch] = parts[i].kept_identity;
+			o->kept_permuted[ch] = parts[i].kept_permuted;
+			continue;
+		}
+		const nmp_choice *choice = &c->plan->sel->choices[ch];
+		const nmp_tensor *t = choice->cand->tensor;
+		uint64_t len = (uint64_t)t->dims[choice->cand->axis];
+		float *mag = malloc((t->numel ? t->numel : 1) * sizeof *mag);
+		uint32_t *id = malloc(len * sizeof *id), *order = malloc(len * sizeof *order);
+		nmp_status s = mag && id && order ? NMP_OK : nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+		for (uint64_t k = 0; s == NMP_OK && k < len; k++)
+			id[k] = order[k] = (uint32_t)k;
+		for (size_t q = i; s == NMP_OK && q < j; q++)
+			compose_run(&o->groups[parts[q].group], parts[q].length, parts[q].offset, order);
+		if (s == NMP_OK)
+			s = weight_matrix(c, choice, 0, len, mag, err);
+		if (s == NMP_OK) {
+			unsigned n = choice->pattern.n, m = choice->pattern.m;
+			o->kept_identity[ch] = nmp_perm_kept(mag, t->numel / len, len, n, m, id);
+			o->kept_permuted[ch] = nmp_perm_kept(mag, t->numel / len, len, n, m, order);
+		}
+		free(mag);
+		free(id);
+		free(order);
+		if (s != NMP_OK)
+			return s;
+	}
+	return NMP_OK;
 }
 
 typedef struct search_run {
@@ -1675,10 +2243,53 @@ static nmp_status search_groups(const ctx *c, uint64_t seed, int threads, nmp_er
 	return nmp_parallel(threads, c->out->n_groups, search_item, &r, err);
 }
 
+/*
+ * Drops the groups that no eligible weight reads (a run of a Concat that
+ * only ineligible weights read): there is nothing to search or report.
+ */
+static void drop_weightless(nmp_channels *o, size_t n_choices)
+{
+	size_t *to = malloc((o->n_groups ? o->n_groups : 1) * sizeof *to);
+	if (!to)
+		return; /* kept: they do no harm */
+	size_t kept = 0;
+	for (size_t g = 0; g < o->n_groups; g++) {
+		to[g] = o->groups[g].n_weights ? kept : SIZE_MAX;
+		if (o->groups[g].n_weights)
+			o->groups[kept++] = o->groups[g];
+	}
+	o->n_groups = kept;
+	for (size_t i = 0; i < o->n_parts; i++)
+		o->parts[i].group = to[o->parts[i].group];
+	size_t n = 0;
+	for (size_t i = 0; i < o->n_edits; i++)
+		if (to[o->edits[i].group] != SIZE_MAX) {
+			o->edits[n] = o->edits[i];
+			o->edits[n++].group = to[o->edits[i].group];
+		}
+	o->n_edits = n;
+	for (size_t i = 0; i < n_choices; i++)
+		if (o->group_of[i] >= 0)
+			o->group_of[i] = (long)to[o->group_of[i]];
+	free(to);
+}
+
+static int part_cmp(const void *a, const void *b)
+{
+	const nmp_chan_part *x = a, *y = b;
+	if (x->choice != y->choice)
+		return x->choice < y->choice ? -1 : 1;
+	return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
 static int edit_cmp(const void *a, const void *b)
 {
 	const nmp_chan_edit *x = a, *y = b;
-	return x->tensor < y->tensor ? -1 : x->tensor > y->tensor ? 1 : x->axis - y->axis;
+	if (x->tensor != y->tensor)
+		return x->tensor < y->tensor ? -1 : 1;
+	if (x->axis != y->axis)
+		return x->axis - y->axis;
+	return x->offset < y->offset ? -1 : x->offset > y->offset;
 }
 
 /* The edits of every slot of g that holds a tensor, in groups that may move; which do is known after the search. */
@@ -1696,7 +2307,7 @@ static void record_edits(ctx *c)
 		o->edits = e;
 		o->edits[o->n_edits++] = (nmp_chan_edit){ .tensor = (size_t)(ni->tensor - c->model->tensors),
 							  .axis = ni->const_rank + s->neg, .group = s->group,
-							  .short_axis = s->is_short };
+							  .short_axis = s->is_short, .offset = s->off };
 	}
 }
 
@@ -1704,16 +2315,20 @@ static void record_edits(ctx *c)
 static void keep_permuted_edits(nmp_channels *o)
 {
 	size_t kept = 0;
-	for (size_t i = 0; i < o->n_edits; i++) {
-		nmp_chan_group *g = &o->groups[o->edits[i].group];
-		if (!g->perm)
-			continue;
-		g->n_tensors++;
-		o->edits[kept++] = o->edits[i];
-	}
+	for (size_t i = 0; i < o->n_edits; i++)
+		if (o->groups[o->edits[i].group].perm)
+			o->edits[kept++] = o->edits[i];
 	o->n_edits = kept;
 	if (kept)
 		qsort(o->edits, kept, sizeof *o->edits, edit_cmp);
+	for (size_t i = 0, t0 = 0; i < kept; i++) { /* a tensor counts once in each group that moves it */
+		if (o->edits[i].tensor != o->edits[t0].tensor)
+			t0 = i;
+		bool seen = false;
+		for (size_t k = t0; k < i && !seen; k++)
+			seen = o->edits[k].group == o->edits[i].group;
+		o->groups[o->edits[i].group].n_tensors += !seen;
+	}
 }
 
 static void ctx_free(ctx *c)
@@ -1727,6 +2342,12 @@ static void ctx_free(ctx *c)
 	free(c->slots);
 	free(c->slot_keys);
 	free(c->slot_vals);
+	for (size_t i = 0; i < c->n_segs; i++) {
+		free(c->segs[i].part);
+		free(c->segs[i].len);
+	}
+	free(c->segs);
+	free(c->seg_seen);
 }
 
 static nmp_status analyse_subgraphs(const ctx *c);
@@ -1790,15 +2411,13 @@ static nmp_status analyse_graph(ctx *c)
 		while (c->expanded < c->n_slots && !c->nomem)
 			expand(c, c->expanded++);
 	}
-	for (size_t k = 0; k < n_mine && !c->nomem; k++) {
-		size_t sl = choice_slot(c, &sel->choices[mine[k]]);
-		if (sl != SIZE_MAX) {
-			o->group_of[mine[k]] = (long)c->slots[sl].group;
-			o->groups[c->slots[sl].group].n_weights++;
-		}
-	}
 	free(mine);
+	seed_segs(c);
 	size_groups(c);
+	if (!c->nomem)
+		divide_groups(c);
+	check_groups(c);
+	record_parts(c);
 	record_edits(c);
 	if (c->nomem)
 		return nmp_error_set(c->err, NMP_ERR_NOMEM, "out of memory");
@@ -1809,7 +2428,7 @@ static nmp_status analyse_subgraph(const ctx *c, const Onnx__GraphProto *g, cons
 				   int32_t k)
 {
 	ctx sub = { .plan = c->plan, .effort = c->effort, .model = c->model, .g = g, .parent = c, .owner = owner,
-		    .sub = k, .out = c->out, .cap_groups = c->cap_groups, .cap_edits = c->cap_edits,
+		    .sub = k, .out = c->out, .cap_groups = c->cap_groups, .cap_edits = c->cap_edits, .cap_parts = c->cap_parts,
 		    .choice_at = c->choice_at, .err = c->err };
 	snprintf(sub.where, sizeof sub.where, "the %s of '%s'", attr ? attr : "subgraph",
 		 node_label(c->g->node[owner]));
@@ -1835,10 +2454,11 @@ nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, unsigned effor
 	*out = NULL;
 	const nmp_selection *sel = plan->sel;
 	nmp_channels *o = calloc(1, sizeof *o);
-	size_t cap_groups = 0, cap_edits = 0;
+	size_t cap_groups = 0, cap_edits = 0, cap_parts = 0;
 	uint32_t *choice_at = NULL; /* per model tensor: its grouped choice + 1, 0 none */
 	ctx c = { .plan = plan, .effort = effort, .model = plan->model, .g = plan->model->proto->graph,
-		  .where = "the main graph", .out = o, .cap_groups = &cap_groups, .cap_edits = &cap_edits, .err = err };
+		  .where = "the main graph", .out = o, .cap_groups = &cap_groups, .cap_edits = &cap_edits,
+		  .cap_parts = &cap_parts, .err = err };
 	if (!o)
 		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	o->group_of = malloc((sel->n + 1) * sizeof *o->group_of);
@@ -1876,7 +2496,10 @@ nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, unsigned effor
 		o->group_of[i] = (long)g;
 		o->groups[g].n_weights = 1;
 	}
-	if ((s = search_groups(&c, seed, threads, err)) != NMP_OK)
+	drop_weightless(o, sel->n);
+	if (o->n_parts)
+		qsort(o->parts, o->n_parts, sizeof *o->parts, part_cmp);
+	if ((s = search_groups(&c, seed, threads, err)) != NMP_OK || (s = weigh_choices(&c, err)) != NMP_OK)
 		goto out;
 	keep_permuted_edits(o);
 out:
@@ -1899,6 +2522,7 @@ void nmp_channels_free(nmp_channels **cp)
 	}
 	free(c->groups);
 	free(c->edits);
+	free(c->parts);
 	free(c->group_of);
 	free(c->kept_identity);
 	free(c->kept_permuted);
@@ -1919,6 +2543,21 @@ static size_t first_edit(const nmp_channels *c, size_t tensor)
 			hi = mid;
 	}
 	return lo;
+}
+
+const nmp_chan_part *nmp_channels_parts(const nmp_channels *c, size_t choice, size_t *n)
+{
+	size_t lo = 0, hi = c->n_parts;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (c->parts[mid].choice < choice)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (*n = 0; lo + *n < c->n_parts && c->parts[lo + *n].choice == choice;)
+		(*n)++;
+	return *n ? &c->parts[lo] : NULL;
 }
 
 bool nmp_channels_touches(const nmp_channels *c, size_t tensor)
@@ -1970,8 +2609,10 @@ nmp_status nmp_channels_apply(const nmp_channels *c, const nmp_model *m, size_t 
 				     (unsigned long long)(t->numel * esz));
 	if (length == 0)
 		return NMP_OK; /* an empty tensor has nothing to reorder (and no payload to read) */
+	bool several = c->edits[first].axis != c->edits[last - 1].axis;
 	uint8_t *tmp = NULL;
-	if (!src || last - first > 1) {
+	uint32_t *order = NULL;
+	if (!src || several) {
 		tmp = malloc(length ? length : 1);
 		if (!tmp)
 			return nmp_error_set(err, NMP_ERR_NOMEM, "%s: tensor '%s': out of memory", m->path, t->name);
@@ -1980,13 +2621,40 @@ nmp_status nmp_channels_apply(const nmp_channels *c, const nmp_model *m, size_t 
 		memcpy(tmp, data, length);
 		src = tmp;
 	}
-	for (size_t e = first; e < last; e++) {
+	for (size_t e = first, f; e < last; e = f) {
 		const nmp_chan_edit *ed = &c->edits[e];
 		const nmp_chan_group *g = &c->groups[ed->group];
-		const uint32_t *perm = ed->short_axis ? g->short_perm : g->perm;
 		uint64_t len = (uint64_t)t->dims[ed->axis], inner = esz;
 		for (size_t d = (size_t)ed->axis + 1; d < t->n_dims; d++)
 			inner *= (uint64_t)t->dims[d];
+		for (f = e; f < last && c->edits[f].axis == ed->axis;)
+			f++;
+		const uint32_t *perm = ed->short_axis ? g->short_perm : g->perm;
+		if (f - e > 1 || ed->offset || (!ed->short_axis && g->channels != len)) {
+			/* runs of the axis in several groups' orders, or one run of it: one order for the axis */
+			uint32_t *o = realloc(order, len * sizeof *order);
+			if (!o) {
+				free(tmp);
+				free(order);
+				return nmp_error_set(err, NMP_ERR_NOMEM, "%s: tensor '%s': out of memory", m->path,
+						     t->name);
+			}
+			order = o;
+			for (uint64_t k = 0; k < len; k++)
+				order[k] = (uint32_t)k;
+			for (size_t r = e; r < f; r++) {
+				const nmp_chan_group *rg = &c->groups[c->edits[r].group];
+				uint64_t run = c->edits[r].short_axis ? rg->tile : rg->channels;
+				if (c->edits[r].offset + run > len) {
+					free(tmp);
+					free(order);
+					return nmp_error_set(err, NMP_ERR_MODEL, "%s: tensor '%s': a permuted run ends past axis %d",
+							     m->path, t->name, ed->axis);
+				}
+				compose_run(rg, run, c->edits[r].offset, order);
+			}
+			perm = order;
+		}
 		if (e > first) {
 			memcpy(tmp, data, length);
 			src = tmp;
@@ -1994,5 +2662,6 @@ nmp_status nmp_channels_apply(const nmp_channels *c, const nmp_model *m, size_t 
 		gather(data, src, len ? t->numel * esz / (len * inner) : 0, len, inner, perm);
 	}
 	free(tmp);
+	free(order);
 	return NMP_OK;
 }

@@ -21,6 +21,15 @@
  * as consumers the same order repeats in every group (the weight holds one
  * group's channels), as producers channels stay inside their group.
  *
+ * A Concat or Split along the channels divides them: the whole tensor's
+ * channels are its parts' channels one after another.  Each such axis is
+ * cut where any part begins, on both sides, until the cuts agree, and every
+ * run between two cuts is a group of its own, joined with the runs the
+ * Concat or Split equates it to.  So a weight's group axis may hold several
+ * groups, each in its own run of channels (nmp_chan_part), and a group may
+ * hold several runs of one tensor (a C2f block concatenates a branch and the
+ * residual sum of that branch).  Each group's order stays inside its run.
+ *
  * The search (permute.h) runs once per group on the magnitudes of the
  * group's eligible weights stacked as rows, with their common element-wise
  * N:M pattern.  The rewrite then happens as the model is saved: each touched
@@ -69,15 +78,26 @@ typedef struct nmp_chan_edit {
 	int axis;                  /* axis of that tensor */
 	size_t group;
 	bool short_axis;           /* the axis holds one tile of the group's channels */
+	uint64_t offset;           /* the group's channels are [offset, offset + its count) of the axis */
 } nmp_chan_edit;
+
+/* The run of an eligible weight's group axis that one group holds. */
+typedef struct nmp_chan_part {
+	size_t choice;             /* selection choice */
+	size_t group;
+	uint64_t offset, length;   /* channels [offset, offset + length) of the weight's group axis */
+	double kept_identity, kept_permuted; /* the run's kept magnitude; -1 until its group's search */
+} nmp_chan_part;
 
 typedef struct nmp_channels {
 	nmp_chan_group *groups;
 	size_t n_groups;
-	nmp_chan_edit *edits;      /* sorted by tensor; only groups with a permutation */
+	nmp_chan_edit *edits;      /* sorted by tensor, axis and offset; only groups with a permutation */
 	size_t n_edits;
-	/* per selection choice: the group it reads from (-1 none), and its kept magnitude
-	 * without and with the permutation (equal when none; -1 when its group was not searched) */
+	nmp_chan_part *parts;      /* every graph's, sorted by choice, then offset */
+	size_t n_parts;
+	/* per selection choice: the group of its first channels (-1 none), and its kept magnitude
+	 * without and with the permutation (equal when none; -1 when none of its groups was searched) */
 	long *group_of;
 	double *kept_identity, *kept_permuted;
 } nmp_channels;
@@ -93,6 +113,9 @@ typedef struct nmp_channels {
 nmp_status nmp_channels_plan(const nmp_plan *plan, uint64_t seed, unsigned effort, int threads, nmp_channels **out,
 			     nmp_error *err);
 void nmp_channels_free(nmp_channels **c);
+
+/* The parts of selection choice `choice`: *n of them, from the returned one; NULL and 0 for none. */
+const nmp_chan_part *nmp_channels_parts(const nmp_channels *c, size_t choice, size_t *n);
 
 /* Does the rewrite touch this model tensor? */
 bool nmp_channels_touches(const nmp_channels *c, size_t tensor);

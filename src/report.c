@@ -330,6 +330,16 @@ json_t *nmp_report_pass_json(const nmp_plan *p, const nmp_pass_result *r, const 
 		const nmp_channels *cs = r->channels;
 		if (cs && cs->group_of[i] >= 0) {
 			json_object_set_new(o, "permutation_group", json_integer(cs->group_of[i]));
+			size_t n_runs;
+			const nmp_chan_part *run = nmp_channels_parts(cs, i, &n_runs);
+			if (n_runs > 1) { /* a Concat or Split divides its channels among groups */
+				json_t *runs = json_array();
+				for (size_t k = 0; k < n_runs; k++)
+					json_array_append_new(runs, json_pack("{s:I,s:I,s:I}", "group", (json_int_t)run[k].group,
+									      "offset", (json_int_t)run[k].offset,
+									      "channels", (json_int_t)run[k].length));
+				json_object_set_new(o, "permutation_runs", runs);
+			}
 			if (w->done && cs->kept_identity[i] >= 0 && w->stats.l1_dense > 0)
 				json_object_set_new(o, "kept_l1_ratio_unpermuted",
 						    nmp_report_ratio_json(nmp_report_ratio(cs->kept_identity[i], w->stats.l1_dense)));

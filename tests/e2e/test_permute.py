@@ -149,12 +149,47 @@ def blockers():
         helper.make_node("Reshape", ["a", "shape"], ["b"], name="reshape"),
         helper.make_node("MatMul", ["b", "W2"], ["c"], name="fc2"),
         helper.make_node("MatMul", ["c", "W3"], ["d"], name="fc3"),
-        helper.make_node("Concat", ["d", "d"], ["e"], name="concat", axis=1),
+        helper.make_node("Concat", ["x3", "x4"], ["e"], name="concat", axis=1),
         helper.make_node("MatMul", ["e", "W4"], ["y"], name="fc4"),
     ]
-    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+    return _model(nodes, [helper.make_tensor_value_info(x, TensorProto.FLOAT, [4, 16]) for x in ("x", "x3", "x4")],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8]),
                    helper.make_tensor_value_info("c", TensorProto.FLOAT, [4, 16])], inits)
+
+
+def csp_zoo():
+    """A C2f block and an SPPF block as YOLOv8 exports them.  C2f: a Conv's 32 channels split in two
+    (sizes from an input), the second half through a residual bottleneck, and [first half, second half,
+    bottleneck sum] concatenated into a Conv.  SPPF: a Conv's output and two MaxPools of it concatenated
+    into a Conv, then pooled into a Gemm."""
+    rng = np.random.default_rng(11)
+    inits = [_init(rng, "W1", (32, 8, 1, 1)), _init(rng, "B1", (32,)),
+             numpy_helper.from_array(np.array([16, 16], np.int64), "halves"),
+             _init(rng, "Wm1", (16, 16, 3, 3)), _init(rng, "Wm2", (16, 16, 3, 3)),
+             _init(rng, "W2", (32, 48, 1, 1)), _init(rng, "B2", (32,)),
+             _init(rng, "W3", (32, 96, 1, 1)), _init(rng, "W4", (32, 10))]
+    nodes = [
+        helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], name="cv1"),
+        helper.make_node("Sigmoid", ["c1"], ["g1"]),
+        helper.make_node("Mul", ["c1", "g1"], ["a1"]),
+        helper.make_node("Split", ["a1", "halves"], ["y0", "y1"], name="split", axis=1),
+        helper.make_node("Conv", ["y1", "Wm1"], ["m1"], name="m.cv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["m1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "Wm2"], ["m2"], name="m.cv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["y1", "m2"], ["y2"], name="residual"),
+        helper.make_node("Concat", ["y0", "y1", "y2"], ["cat"], name="cat", axis=1),
+        helper.make_node("Conv", ["cat", "W2", "B2"], ["c2"], name="cv2"),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("MaxPool", ["r2"], ["p1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("MaxPool", ["p1"], ["p2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["r2", "p1", "p2"], ["pools"], name="sppf", axis=-3),
+        helper.make_node("Conv", ["pools", "W3"], ["c3"], name="cv3"),
+        helper.make_node("GlobalAveragePool", ["c3"], ["gp"]),
+        helper.make_node("Flatten", ["gp"], ["fl"]),
+        helper.make_node("Gemm", ["fl", "W4"], ["y"], name="head"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
 
 
 def captured():
@@ -230,9 +265,10 @@ def bodies():
                    small("Wl2", (32, 16)), small("Wz", (16, 16))])
 
 
-ZOO = {"conv_zoo": conv_zoo, "mlp_zoo": mlp_zoo, "shape_zoo": shape_zoo}
+ZOO = {"conv_zoo": conv_zoo, "mlp_zoo": mlp_zoo, "shape_zoo": shape_zoo, "csp_zoo": csp_zoo}
 # groups each model has that must be permuted
-PERMUTED = {"resnet": 2, "bert": 2, "bert_int8": 2, "bert_fp16": 2, "conv_zoo": 2, "mlp_zoo": 2, "shape_zoo": 2}
+PERMUTED = {"resnet": 2, "bert": 2, "bert_int8": 2, "bert_fp16": 2, "conv_zoo": 2, "mlp_zoo": 2, "shape_zoo": 2,
+            "csp_zoo": 5}
 
 
 def _path(suite, tmp_path, name):
@@ -325,13 +361,171 @@ def test_blocked_groups_name_their_reason(tmp_path):
     assert groups["W1"]["blocked"] == "'x' is a graph input"
     assert groups["W2"]["blocked"] == "Reshape 'reshape' mixes or reorders the channels of 'b'"
     assert groups["W3"]["blocked"] == "'c' is a graph output"
-    assert groups["W4"]["blocked"] == "Concat 'concat' mixes or reorders the channels of 'e'"
+    # neither graph input's channel count is known, so where each begins in 'e' is not
+    assert groups["W4"]["blocked"] == "the channel counts of Concat 'concat' are unknown or do not add up"
     assert not any(g["permuted"] for g in groups.values())
     # nothing permuted: the output is what plain pruning writes
     nmprune("prune", src, "-o", tmp_path / "plain.onnx", "--align", "none", "-q", check=0)
     assert (tmp_path / "o.onnx").read_bytes() == (tmp_path / "plain.onnx").read_bytes()
     text = nmprune("prune", src, "-o", tmp_path / "o2.onnx", "--permute", "--align", "none", check=0).err
     assert "group 1 from 'W2': blocked: Reshape 'reshape' mixes or reorders the channels of 'b'" in text
+
+
+def _column_order(before, after):
+    """The old column of each new column of a 2-D view, matched by its values whatever order its rows took
+    (random weights: no two columns hold the same values)."""
+    cols = {tuple(np.sort(before[:, j])): j for j in range(before.shape[1])}
+    return np.array([cols[tuple(np.sort(after[:, j]))] for j in range(after.shape[1])])
+
+
+def test_concat_and_split_divide_the_channels_into_runs(tmp_path):
+    """A Concat or Split along the channels divides them: each run moves in its own group's order, inside the
+    run, and the runs a Concat equates (a branch and its residual sum; a Conv output and its MaxPools) share
+    one order."""
+    src = save(csp_zoo(), tmp_path / "c.onnx")
+    out = tmp_path / "o.onnx"
+    r = nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "--json", check=0)
+    rep = json.loads(r.out)
+    groups = rep["permutation"]["groups"]
+    by_weight = {w["name"]: w for w in rep["weights"]}
+    assert [g["from"] for g in groups if "blocked" in g] == ["W1"]
+    assert groups[by_weight["W1"]["permutation_group"]]["blocked"] == "'x' is a graph input"
+
+    runs = [(x["offset"], x["channels"]) for x in by_weight["W2"]["permutation_runs"]]
+    assert runs == [(0, 16), (16, 16), (32, 16)]
+    first, branch, residual = (x["group"] for x in by_weight["W2"]["permutation_runs"])
+    assert branch == residual != first
+    assert by_weight["Wm1"]["permutation_group"] == branch and "permutation_runs" not in by_weight["Wm1"]
+    sppf = by_weight["W3"]["permutation_runs"]
+    assert [(x["offset"], x["channels"]) for x in sppf] == [(0, 32), (32, 32), (64, 32)]
+    assert len({x["group"] for x in sppf}) == 1 and groups[sppf[0]["group"]]["channels"] == 32
+    assert all(groups[g]["permuted"] for g in (first, branch, sppf[0]["group"]))
+    assert groups[branch]["weights"] == 2 and groups[first]["weights"] == 1
+
+    before, after = weights(src), weights(out)
+    w2 = _column_order(before["W2"][:, :, 0, 0], after["W2"][:, :, 0, 0])
+    w3 = _column_order(before["W3"][:, :, 0, 0], after["W3"][:, :, 0, 0])
+    for order, width in ((w2, 16), (w3, 32)):
+        for at in range(0, len(order), width):  # every run keeps its channels
+            assert sorted(order[at:at + width]) == list(range(at, at + width))
+    np.testing.assert_array_equal(w2[16:32] - 16, w2[32:48] - 32)  # the residual sum moves as the branch
+    np.testing.assert_array_equal(w3[:32], w3[32:64] - 32)
+    np.testing.assert_array_equal(w3[:32], w3[64:] - 64)
+    assert not np.array_equal(w2[:16], np.arange(16)) and not np.array_equal(w2[16:32], np.arange(16, 32))
+    # the producers' output channels follow: W1's rows are [first half's order, branch's order]
+    rows = _column_order(before["W1"][:, :, 0, 0].T, after["W1"][:, :, 0, 0].T)
+    np.testing.assert_array_equal(rows, w2[:32])
+    np.testing.assert_array_equal(after["B1"], before["B1"][w2[:32]])
+    np.testing.assert_array_equal(_column_order(before["Wm2"].reshape(16, -1).T, after["Wm2"].reshape(16, -1).T),
+                                  w2[16:32] - 16)
+
+
+def _concat_of(parts, opset=17):
+    """MatMuls whose outputs (parts[k] channels each) are concatenated into the 16 rows of W."""
+    rng = np.random.default_rng(12)
+    inits, nodes, names = [_init(rng, "W", (16, 8))], [], []
+    for k, width in enumerate(parts):
+        inits.append(_init(rng, f"P{k}", (16, width)))
+        nodes.append(helper.make_node("MatMul", ["x", f"P{k}"], [f"h{k}"], name=f"fc{k}"))
+        names.append(f"h{k}")
+    nodes += [helper.make_node("Concat", names, ["cat"], name="cat", axis=1),
+              helper.make_node("MatMul", ["cat", "W"], ["y"], name="fc")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], inits, opset)
+
+
+def test_runs_that_straddle_groups_of_m_are_not_searched(tmp_path):
+    """A Concat of 6 and 10 channels: at 2:4 the run at 6 begins inside a group of four, and the first run
+    has 6 channels: neither is searched, and nothing moves."""
+    src = save(_concat_of([6, 10]), tmp_path / "c.onnx")
+    r = nmprune("prune", src, "-o", tmp_path / "o.onnx", "--permute", "--align", "none", "--json", check=0)
+    rep = json.loads(r.out)
+    w = next(x for x in rep["weights"] if x["name"] == "W")
+    groups = rep["permutation"]["groups"]
+    head, tail = (groups[x["group"]] for x in w["permutation_runs"])
+    assert head["skipped"] == "6 channels do not fall into groups of 4"
+    assert tail["skipped"] == "channels 6 to 15 of 'W' do not begin a group of 4"
+    assert not any(g["permuted"] for g in groups)
+    nmprune("prune", src, "-o", tmp_path / "plain.onnx", "--align", "none", "-q", check=0)
+    assert (tmp_path / "o.onnx").read_bytes() == (tmp_path / "plain.onnx").read_bytes()
+    # aligned runs (8 and 8) move
+    src = save(_concat_of([8, 8]), tmp_path / "a.onnx")
+    r = nmprune("prune", src, "-o", tmp_path / "o.onnx", "--permute", "--align", "none", "--json", check=0)
+    rep = json.loads(r.out)
+    w = next(x for x in rep["weights"] if x["name"] == "W")
+    assert [(x["offset"], x["channels"]) for x in w["permutation_runs"]] == [(0, 8), (8, 8)]
+    assert all(rep["permutation"]["groups"][x["group"]]["permuted"] for x in w["permutation_runs"])
+    assert w["kept_l1_ratio"] > w["kept_l1_ratio_unpermuted"]
+
+
+def test_cuts_pass_both_ways_and_counts_follow_from_the_whole(tmp_path):
+    """Concat [h0 (16), h1 (16)], then Split [8, 24]: the Split's cut at 8 also cuts h0, and so P0's output
+    channels, into two runs.  And a Concat of h and a graph input of unknown width: the input's count is what
+    W leaves, so h's run still moves while the input's blocks."""
+    rng = np.random.default_rng(13)
+    inits = [_init(rng, n, s) for n, s in (("P0", (16, 16)), ("P1", (16, 16)), ("Wa", (8, 8)), ("Wb", (24, 8)))]
+    inits.append(numpy_helper.from_array(np.array([8, 24], np.int64), "sizes"))
+    nodes = [helper.make_node("MatMul", ["x", "P0"], ["h0"]), helper.make_node("MatMul", ["x", "P1"], ["h1"]),
+             helper.make_node("Concat", ["h0", "h1"], ["cat"], name="cat", axis=-1),
+             helper.make_node("Split", ["cat", "sizes"], ["s0", "s1"], name="split", axis=1),
+             helper.make_node("MatMul", ["s0", "Wa"], ["ya"]), helper.make_node("MatMul", ["s1", "Wb"], ["yb"])]
+    outs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, [4, 8]) for y in ("ya", "yb")]
+    src = save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])], outs, inits),
+               tmp_path / "s.onnx")
+    out = tmp_path / "o.onnx"
+    rep = json.loads(nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "--json", check=0).out)
+    by_weight = {w["name"]: w for w in rep["weights"]}
+    groups = rep["permutation"]["groups"]
+    wb = by_weight["Wb"]["permutation_runs"]
+    assert [(x["offset"], x["channels"]) for x in wb] == [(0, 8), (8, 16)]
+    assert all(groups[x["group"]]["permuted"] for x in wb) and groups[by_weight["Wa"]["permutation_group"]]["permuted"]
+    before, after = weights(src), weights(out)
+    p0 = _column_order(before["P0"], after["P0"])  # h0's channels: [s0's order, the start of s1's]
+    np.testing.assert_array_equal(p0, np.concatenate([_column_order(before["Wa"].T, after["Wa"].T),
+                                                      _column_order(before["Wb"].T, after["Wb"].T)[:8] + 8]))
+    assert sorted(p0[:8]) == list(range(8)) and not np.array_equal(p0, np.arange(16))
+    feeds = _feeds(src)
+    for want, have in zip(_outputs(src, feeds), _outputs(out, feeds)):
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+    inits = [_init(rng, "P", (16, 16)), _init(rng, "W", (24, 8))]
+    nodes = [helper.make_node("MatMul", ["x", "P"], ["h"]),
+             helper.make_node("Concat", ["h", "x2"], ["cat"], name="cat", axis=1),
+             helper.make_node("MatMul", ["cat", "W"], ["y"])]
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16]),
+           helper.make_tensor_value_info("x2", TensorProto.FLOAT, [4, "n"])]
+    src = save(_model(nodes, ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], inits),
+               tmp_path / "g.onnx")
+    rep = json.loads(nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "--json", check=0).out)
+    w = next(x for x in rep["weights"] if x["name"] == "W")
+    head, tail = (rep["permutation"]["groups"][x["group"]] for x in w["permutation_runs"])
+    assert [(x["offset"], x["channels"]) for x in w["permutation_runs"]] == [(0, 16), (16, 8)]
+    assert head["permuted"] and tail["blocked"] == "'x2' is a graph input"
+
+
+def test_runs_no_eligible_weight_reads_are_no_groups(tmp_path):
+    """h (16) split in two: the first half is read only by an excluded weight, so it forms no group and
+    stays in place; the second half moves with Wa's rows."""
+    rng = np.random.default_rng(14)
+    inits = [_init(rng, "P", (16, 16)), _init(rng, "Wz", (8, 4)), _init(rng, "Wa", (8, 4)),
+             numpy_helper.from_array(np.array([8, 8], np.int64), "halves")]
+    nodes = [helper.make_node("MatMul", ["x", "P"], ["h"]),
+             helper.make_node("Split", ["h", "halves"], ["s0", "s1"], name="split", axis=1),
+             helper.make_node("MatMul", ["s0", "Wz"], ["yz"]), helper.make_node("MatMul", ["s1", "Wa"], ["ya"])]
+    outs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, [4, 4]) for y in ("yz", "ya")]
+    src = save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])], outs, inits),
+               tmp_path / "h.onnx")
+    out = tmp_path / "o.onnx"
+    rep = json.loads(nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "--exclude", "^Wz$",
+                             "--json", check=0).out)
+    groups = rep["permutation"]["groups"]
+    assert sorted(g["from"] for g in groups) == ["P", "Wa"] and all(g["weights"] == 1 for g in groups)
+    assert groups[next(w for w in rep["weights"] if w["name"] == "Wa")["permutation_group"]]["permuted"]
+    before, after = weights(src), weights(out)
+    order = _column_order(before["P"], after["P"])
+    np.testing.assert_array_equal(order[:8], np.arange(8))
+    np.testing.assert_array_equal(order[8:] - 8, _column_order(before["Wa"].T, after["Wa"].T))
+    np.testing.assert_array_equal(after["Wz"], before["Wz"])
 
 
 def test_unit_axes_carry_the_channels_and_regrouping_blocks(tmp_path):

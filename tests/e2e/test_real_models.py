@@ -66,8 +66,8 @@ def test_pruned_model_complies_and_runs(tmp_path, name, pattern):
 
 
 @pytest.mark.parametrize("inferred", [False, True], ids=["as-exported", "onnx-shape-inference"])
-@pytest.mark.parametrize("name,permuted", [("ppocrv4_rec", 16), ("ppocrv4_det", 18), ("ppocr_cls", 5),
-                                           ("yolov8n_320", 29), ("silero_vad_16k_op15", 3)])
+@pytest.mark.parametrize("name,permuted", [("ppocrv4_rec", 16), ("ppocrv4_det", 22), ("ppocr_cls", 5),
+                                           ("yolov8n_320", 56), ("silero_vad_16k_op15", 3)])
 def test_permutation_keeps_the_function_of_real_models(tmp_path, name, permuted, inferred):
     """--permute-only rewrites channels across real Conv stacks (the recogniser's through a Reshape to a shape
     the graph computes from Shape): outputs stay those of the input model.  The exports carry no value_info;

@@ -237,14 +237,17 @@ def test_empty_grouped_conv_under_permute(tmp_path):
 def random_cnn(path, seed):
     """A random chain of the ops the permutation follows: plain, grouped and depthwise convs with
     BatchNormalization, activations, residual joins, per-channel Mul, a QDQ pair, a [C] bias reshaped or
-    unsqueezed to [1, C, 1, 1], and an Unsqueeze/Squeeze round trip of the activation."""
+    unsqueezed to [1, C, 1, 1], an Unsqueeze/Squeeze round trip of the activation, and the channel Split and
+    Concat of CSP blocks (random part sizes, some not multiples of M; parts reordered, a residual branch,
+    a part read twice) and of SPPF blocks (MaxPools of one tensor concatenated)."""
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
     width = int(rng.choice([32, 64]))
     x = conv_bn(rng, nodes, inits, "x", "stem", 8, width, 3)
     skip = x
     for i in range(int(rng.integers(3, 7))):
-        kind = rng.choice(["conv", "grouped", "depthwise", "residual", "mul", "qdq", "act", "bias", "unit"])
+        kind = rng.choice(["conv", "grouped", "depthwise", "residual", "mul", "qdq", "act", "bias", "unit", "csp",
+                           "sppf"])
         y = f"n{i}"
         if kind == "conv":
             x = conv_bn(rng, nodes, inits, x, y, width, width, int(rng.choice([1, 3])))
@@ -278,6 +281,31 @@ def random_cnn(path, seed):
                       helper.make_node("Relu", [f"{y}.u"], [f"{y}.r"]),
                       helper.make_node("Squeeze", [f"{y}.r", f"{y}.ax"], [y])]
             x = y
+        elif kind == "csp":
+            cuts = sorted(rng.choice(np.arange(2, width - 1), size=int(rng.integers(1, 3)), replace=False))
+            if rng.random() < 0.7:  # mostly runs that groups of 4 and 8 divide
+                cuts = sorted({max(8, min(width - 8, int(c) // 8 * 8)) for c in cuts})
+            sizes = np.diff([0, *cuts, width]).astype(np.int64)
+            inits.append(numpy_helper.from_array(sizes, f"{y}.sizes"))
+            parts = [f"{y}.p{k}" for k in range(len(sizes))]
+            nodes.append(helper.make_node("Split", [x, f"{y}.sizes"], parts, axis=1))
+            last = int(sizes[-1])
+            branch = conv_bn(rng, nodes, inits, parts[-1], f"{y}.br", last, last, 3)
+            nodes.append(helper.make_node("Add", [parts[-1], branch], [f"{y}.sum"]))
+            cat = [parts[int(k)] for k in rng.permutation(len(parts))] + [f"{y}.sum"]
+            if rng.random() < 0.5:
+                cat.append(parts[0])
+            total = int(sum(sizes)) + last + (int(sizes[0]) if len(cat) > len(parts) + 1 else 0)
+            nodes.append(helper.make_node("Concat", cat, [f"{y}.cat"], axis=int(rng.choice([1, -3]))))
+            x = conv_bn(rng, nodes, inits, f"{y}.cat", y, total, width, 1)
+        elif kind == "sppf":
+            pools = [x]
+            for k in range(int(rng.integers(1, 4))):
+                nodes.append(helper.make_node("MaxPool", [pools[-1]], [f"{y}.mp{k}"], kernel_shape=[3, 3],
+                                              pads=[1, 1, 1, 1]))
+                pools.append(f"{y}.mp{k}")
+            nodes.append(helper.make_node("Concat", pools, [f"{y}.cat"], axis=1))
+            x = conv_bn(rng, nodes, inits, f"{y}.cat", y, width * len(pools), width, 1)
         else:
             nodes.append(helper.make_node(str(rng.choice(["Relu", "Sigmoid", "Tanh"])), [x], [y]))
             x = y
