@@ -2532,12 +2532,14 @@ void nmp_channels_free(nmp_channels **cp)
 
 /* ---- the rewrite ------------------------------------------------------------------------ */
 
-static size_t first_edit(const nmp_channels *c, size_t tensor)
+/* The first of n records (stride bytes apart) whose size_t field at `field` is not below key; they are sorted by it. */
+static size_t lower_bound(const void *records, size_t n, size_t stride, size_t field, size_t key)
 {
-	size_t lo = 0, hi = c->n_edits;
+	size_t lo = 0, hi = n;
 	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (c->edits[mid].tensor < tensor)
+		size_t mid = lo + (hi - lo) / 2, v;
+		memcpy(&v, (const char *)records + mid * stride + field, sizeof v);
+		if (v < key)
 			lo = mid + 1;
 		else
 			hi = mid;
@@ -2545,16 +2547,14 @@ static size_t first_edit(const nmp_channels *c, size_t tensor)
 	return lo;
 }
 
+static size_t first_edit(const nmp_channels *c, size_t tensor)
+{
+	return lower_bound(c->edits, c->n_edits, sizeof *c->edits, offsetof(nmp_chan_edit, tensor), tensor);
+}
+
 const nmp_chan_part *nmp_channels_parts(const nmp_channels *c, size_t choice, size_t *n)
 {
-	size_t lo = 0, hi = c->n_parts;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (c->parts[mid].choice < choice)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
+	size_t lo = lower_bound(c->parts, c->n_parts, sizeof *c->parts, offsetof(nmp_chan_part, choice), choice);
 	for (*n = 0; lo + *n < c->n_parts && c->parts[lo + *n].choice == choice;)
 		(*n)++;
 	return *n ? &c->parts[lo] : NULL;
