@@ -1236,11 +1236,29 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 
 /* ---- growing a group -------------------------------------------------------------------- */
 
-static void block(ctx *c, size_t g, const char *fmt, const char *a, const char *b)
+/* Records why gr cannot be permuted, unless it has a reason already: the first one found stands. */
+static void block_group(nmp_chan_group *gr, const char *fmt, const char *a, const char *b)
 {
-	nmp_chan_group *gr = &c->out->groups[g];
 	if (!gr->blocked[0])
 		snprintf(gr->blocked, sizeof gr->blocked, fmt, a, b ? b : "");
+}
+
+static void block(ctx *c, size_t g, const char *fmt, const char *a, const char *b)
+{
+	block_group(&c->out->groups[g], fmt, a, b);
+}
+
+/* The runs two confinements leave channels in: those of the gcd; 0 is none. */
+static unsigned confine_join(unsigned a, unsigned b)
+{
+	if (!a || !b)
+		return a + b;
+	while (b) {
+		unsigned t = a % b;
+		a = b;
+		b = t;
+	}
+	return a;
 }
 
 /* Slot keys: (name index << 8) | -axis; stored as key + 1 so that 0 marks an empty cell. */
@@ -1338,15 +1356,7 @@ static void constrain(ctx *c, size_t g, const rel *r, const char *node)
 			block(c, g, "grouped convolutions of different group sizes read it (at '%s')%s", node, NULL);
 		gr->tile = r->tile;
 	}
-	if (r->confine) {
-		unsigned a = gr->confine ? gr->confine : r->confine, b = r->confine;
-		while (b) { /* channels confined by both: runs of the gcd */
-			unsigned t = a % b;
-			a = b;
-			b = t;
-		}
-		gr->confine = a;
-	}
+	gr->confine = confine_join(gr->confine, r->confine);
 }
 
 static size_t new_group(ctx *c, const char *label);
@@ -1743,30 +1753,21 @@ static void uf_join(size_t *parent, size_t a, size_t b)
 		parent[a > b ? a : b] = a < b ? a : b;
 }
 
-static unsigned gcd_u(unsigned a, unsigned b)
-{
-	while (b) {
-		unsigned t = a % b;
-		a = b;
-		b = t;
-	}
-	return a;
-}
-
 /* Folds component group `from` (a run of `len` channels of it) into group `into`. */
 static void merge_group(nmp_chan_group *into, const nmp_chan_group *from, uint64_t len)
 {
-	if (!into->blocked[0] && from->blocked[0])
-		snprintf(into->blocked, sizeof into->blocked, "%s", from->blocked);
-	if (!into->blocked[0] && into->channels != len)
-		snprintf(into->blocked, sizeof into->blocked, "a Concat or Split joins runs of %llu and %llu channels",
-			 (unsigned long long)into->channels, (unsigned long long)len);
-	if (!into->blocked[0] && from->tile && into->tile && from->tile != into->tile)
-		snprintf(into->blocked, sizeof into->blocked, "grouped convolutions of different group sizes read '%s'",
-			 into->label);
+	if (from->blocked[0])
+		block_group(into, "%s%s", from->blocked, NULL);
+	if (into->channels != len) {
+		char a[24], b[24];
+		snprintf(a, sizeof a, "%llu", (unsigned long long)into->channels);
+		snprintf(b, sizeof b, "%llu", (unsigned long long)len);
+		block_group(into, "a Concat or Split joins runs of %s and %s channels", a, b);
+	}
+	if (from->tile && into->tile && from->tile != into->tile)
+		block_group(into, "grouped convolutions of different group sizes read '%s'%s", into->label, NULL);
 	into->tile = into->tile ? into->tile : from->tile;
-	into->confine = into->confine && from->confine ? gcd_u(into->confine, from->confine)
-						       : into->confine + from->confine;
+	into->confine = confine_join(into->confine, from->confine);
 	into->crosses_quant |= from->crosses_quant;
 }
 
