@@ -63,8 +63,10 @@ typedef struct slot {
 } slot;
 
 /*
- * A Concat or Split along a channel axis: the whole tensor's channels (the
- * Concat's output, the Split's input) are the parts' one after another.
+ * A Concat, Split or Slice along a channel axis: the whole tensor's channels
+ * (the Concat's output, the Split's or Slice's input) are the parts' one
+ * after another; a Slice's one part begins `pre` channels in, and the
+ * channels around it are read by nothing there.
  */
 typedef struct seg {
 	uint32_t node;
@@ -73,6 +75,9 @@ typedef struct seg {
 	size_t *part;               /* each part's slot; SIZE_MAX: a constant of one channel, or none */
 	uint64_t *len;              /* each part's channels, 0 while unknown */
 	size_t n_parts;
+	bool slice;
+	int64_t start, end;         /* a Slice's bounds, as given */
+	uint64_t pre;               /* the channels before the first part: a Slice's start, once clamped */
 	bool ok;                    /* every count known, adding up to the whole's */
 } seg;
 
@@ -95,7 +100,7 @@ typedef struct ctx {
 	uint64_t *slot_keys;        /* open addressing over slot keys (slot_hash) */
 	size_t *slot_vals;
 	size_t slot_cap;
-	seg *segs;                  /* the Concats and Splits the groups reached along their axis */
+	seg *segs;                  /* the Concats, Splits and Slices the groups reached along their axis */
 	size_t n_segs, cap_segs;
 	uint8_t *seg_seen;          /* per node: recorded in segs */
 	nmp_channels *out;          /* shared by every graph's analysis, as are what follows */
@@ -549,21 +554,79 @@ static int syms_of(const ctx *c, const char *name, dim_sym *out)
 	return n;
 }
 
-/* A Slice's start, end, axis and step when it takes one of each (attributes before opset 10). */
-static bool slice_params(const ctx *c, const Onnx__NodeProto *n, int64_t *st, int64_t *en, int64_t *ax, int64_t *sp)
+/*
+ * A Slice's starts, ends, axes and steps (attributes before opset 10), at
+ * most MAX_RANK of each, axes as given (absent: 0, 1, ...; absent steps: 1);
+ * the count, or -1 when they are not constants or do not agree.
+ */
+static int slice_spec(const ctx *c, const Onnx__NodeProto *n, int64_t *st, int64_t *en, int64_t *ax, int64_t *sp)
 {
-	*ax = 0, *sp = 1;
+	int k;
 	if (n->n_input < 2) {
 		const Onnx__AttributeProto *as = nmp_node_attr(n, "starts"), *ae = nmp_node_attr(n, "ends");
 		const Onnx__AttributeProto *aa = nmp_node_attr(n, "axes");
-		if (!as || !ae || as->n_ints != 1 || ae->n_ints != 1 || (aa && aa->n_ints != 1))
-			return false;
-		*st = as->ints[0], *en = ae->ints[0], *ax = aa ? aa->ints[0] : 0;
-		return true;
+		if (!as || !ae || as->n_ints != ae->n_ints || as->n_ints > MAX_RANK || (aa && aa->n_ints != as->n_ints))
+			return -1;
+		k = (int)as->n_ints;
+		for (int i = 0; i < k; i++)
+			st[i] = as->ints[i], en[i] = ae->ints[i], ax[i] = aa ? aa->ints[i] : i, sp[i] = 1;
+		return k;
 	}
-	return const_ints(c, in_name(n, 1), st, 1) == 1 && const_ints(c, in_name(n, 2), en, 1) == 1 &&
-	       (!in_name(n, 3) || const_ints(c, in_name(n, 3), ax, 1) == 1) &&
-	       (!in_name(n, 4) || const_ints(c, in_name(n, 4), sp, 1) == 1);
+	k = const_ints(c, in_name(n, 1), st, MAX_RANK);
+	if (k < 0 || const_ints(c, in_name(n, 2), en, MAX_RANK) != k ||
+	    (in_name(n, 3) && const_ints(c, in_name(n, 3), ax, MAX_RANK) != k) ||
+	    (in_name(n, 4) && const_ints(c, in_name(n, 4), sp, MAX_RANK) != k))
+		return -1;
+	for (int i = 0; i < k; i++) {
+		if (!in_name(n, 3))
+			ax[i] = i;
+		if (!in_name(n, 4))
+			sp[i] = 1;
+	}
+	return k;
+}
+
+/* A Slice's start, end, axis and step when it takes one of each. */
+static bool slice_params(const ctx *c, const Onnx__NodeProto *n, int64_t *st, int64_t *en, int64_t *ax, int64_t *sp)
+{
+	int64_t s[MAX_RANK], e[MAX_RANK], a[MAX_RANK], p[MAX_RANK];
+	if (slice_spec(c, n, s, e, a, p) != 1)
+		return false;
+	*st = s[0], *en = e[0], *ax = a[0], *sp = p[0];
+	return true;
+}
+
+/*
+ * The axes, as bits counted from the last, that a Slice over `r` axes cuts
+ * (bit -neg - 1 for axis neg), and each one's start, end and step indexed by
+ * -neg - 1, the step 0 where the graph computes them; false when the axes
+ * are not known or name an axis twice.
+ */
+static bool slice_axes(const ctx *c, const Onnx__NodeProto *n, int r, uint64_t *bits, int64_t *st, int64_t *en,
+		       int64_t *sp)
+{
+	int64_t s[MAX_RANK], e[MAX_RANK], a[MAX_RANK], p[MAX_RANK];
+	int k = r > 0 && r <= MAX_RANK ? slice_spec(c, n, s, e, a, p) : -1;
+	if (k < 0 && r > 0 && r <= MAX_RANK && n->n_input >= 2) { /* bounds computed: which axes they cut */
+		k = in_name(n, 3) ? const_ints(c, in_name(n, 3), a, MAX_RANK) : vlen_of(c, in_name(n, 1));
+		for (int i = 0; i < k && k <= MAX_RANK; i++) {
+			if (!in_name(n, 3))
+				a[i] = i;
+			s[i] = e[i] = p[i] = 0;
+		}
+		k = k <= MAX_RANK ? k : -1;
+	}
+	*bits = 0;
+	for (int i = 0; i < k; i++) {
+		if (a[i] < -r || a[i] >= r)
+			return false;
+		int at = (int)(a[i] < 0 ? -a[i] - 1 : r - 1 - a[i]);
+		if (*bits >> at & 1)
+			return false;
+		*bits |= 1ull << at;
+		st[at] = s[i], en[at] = e[i], sp[at] = p[i];
+	}
+	return k >= 0;
 }
 
 /*
@@ -1207,6 +1270,23 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 					mem(x, 1, i, k, false);
 			mem(x, 0, 0, k, false);
 		}
+	} else if (op_is(n, "Slice")) {
+		/* The axes it leaves whole pass through; a run it takes of an axis it cuts is a part (seg_divides). */
+		uint64_t cut;
+		int64_t st[MAX_RANK], en[MAX_RANK], sp[MAX_RANK];
+		if (!slice_axes(c, n, r, &cut, st, en, sp)) {
+			snprintf(rs->why, sizeof rs->why, "the axes that Slice '%s' cuts are not known", node_label(n));
+			return;
+		}
+		for (int k = -r; k < 0; k++) {
+			if (cut >> (-k - 1) & 1)
+				continue;
+			rel *x = new_rel(rs);
+			mem(x, 0, 0, k, false);
+			mem(x, 1, 0, k, false);
+		}
+		snprintf(rs->why, sizeof rs->why, "Slice '%s' takes channels by a step other than 1 or by bounds it computes",
+			 node_label(n));
 	} else if (op_is(n, "Reshape")) {
 		rels_reshape(c, n, r, rs);
 	} else if ((op_is(n, "Unsqueeze") || op_is(n, "Squeeze")) && n->n_output == 1) {
@@ -1362,22 +1442,34 @@ static void constrain(ctx *c, size_t g, const rel *r, const char *node)
 static size_t new_group(ctx *c, const char *label);
 static void expand(ctx *c, size_t s);
 
-/* The axis, counted from the end, along which a Concat or Split divides channels; 0: none. */
-static int seg_axis(const ctx *c, const Onnx__NodeProto *n)
+/*
+ * Does node n divide channels along axis neg (counted from the end): a
+ * Concat or Split along it, or a Slice that takes one run of it (a step of 1,
+ * constant bounds, which go to *start and *end)?
+ */
+static bool seg_divides(const ctx *c, const Onnx__NodeProto *n, int neg, int64_t *start, int64_t *end)
 {
 	bool std_domain = !n->domain || !n->domain[0] || strcmp(n->domain, "ai.onnx") == 0;
-	if (!std_domain || (!op_is(n, "Concat") && !op_is(n, "Split")))
-		return 0;
 	int r = rank_of(c, in_name(n, 0));
-	int ax = r > 0 ? norm_axis(nmp_node_attr_int(n, "axis", 0), r) : 0;
-	return ax >= -r && ax < 0 ? ax : 0;
+	if (!std_domain || r <= 0 || neg < -r)
+		return false;
+	if (op_is(n, "Concat") || op_is(n, "Split"))
+		return norm_axis(nmp_node_attr_int(n, "axis", 0), r) == neg;
+	uint64_t cut;
+	int64_t st[MAX_RANK], en[MAX_RANK], sp[MAX_RANK];
+	if (!op_is(n, "Slice") || !slice_axes(c, n, r, &cut, st, en, sp) || !(cut >> (-neg - 1) & 1) ||
+	    sp[-neg - 1] != 1)
+		return false;
+	*start = st[-neg - 1];
+	*end = en[-neg - 1];
+	return true;
 }
 
-/* Is `name` one of the tensors whose channels node n divides or joins (not Split's sizes)? */
+/* Is `name` one of the tensors whose channels node n divides or joins (not Split's sizes, Slice's bounds)? */
 static bool seg_side(const Onnx__NodeProto *n, const char *name)
 {
-	if (op_is(n, "Split") && in_name(n, 0) && strcmp(in_name(n, 0), name) == 0)
-		return true;
+	if (!op_is(n, "Concat") && in_name(n, 0) && strcmp(in_name(n, 0), name) == 0)
+		return true; /* a Split's or Slice's whole */
 	char **io = op_is(n, "Concat") ? n->input : n->output;
 	size_t count = op_is(n, "Concat") ? n->n_input : n->n_output;
 	for (size_t k = 0; k < count; k++)
@@ -1410,8 +1502,11 @@ static size_t seg_slot(ctx *c, const char *name, int neg)
 	return s;
 }
 
-/* Records a Concat or Split that slot s reaches along the axis it divides; seed_segs gives its sides slots. */
-static void cross_seg(ctx *c, size_t s, uint32_t ni)
+/*
+ * Records a Concat, Split or Slice that slot s reaches along the axis it
+ * divides (a Slice's bounds: start, end); seed_segs gives its sides slots.
+ */
+static void cross_seg(ctx *c, size_t s, uint32_t ni, int64_t start, int64_t end)
 {
 	const Onnx__NodeProto *n = c->g->node[ni];
 	if (c->slots[s].is_short) {
@@ -1430,9 +1525,11 @@ static void cross_seg(ctx *c, size_t s, uint32_t ni)
 	if (!e)
 		return;
 	c->segs = e;
-	size_t count = op_is(n, "Concat") ? n->n_input : n->n_output;
+	bool slice = op_is(n, "Slice");
+	size_t count = op_is(n, "Concat") ? n->n_input : slice ? 1 : n->n_output;
 	e = &c->segs[c->n_segs];
-	*e = (seg){ .node = ni, .neg = c->slots[s].neg, .whole = SIZE_MAX, .n_parts = count,
+	*e = (seg){ .node = ni, .neg = c->slots[s].neg, .whole = SIZE_MAX, .n_parts = count, .slice = slice,
+		    .start = start, .end = end,
 		    .part = malloc((count ? count : 1) * sizeof *e->part), .len = calloc(count ? count : 1, sizeof *e->len) };
 	if (!e->part || !e->len) {
 		free(e->part);
@@ -1444,7 +1541,7 @@ static void cross_seg(ctx *c, size_t s, uint32_t ni)
 }
 
 /*
- * Gives both sides of every Concat and Split recorded a slot: a side in no
+ * Gives both sides of every Concat, Split and Slice recorded a slot: a side in no
  * component yet starts one, grown whole before the next side is looked at,
  * so that no component is started inside another's reach.
  */
@@ -1480,9 +1577,9 @@ static void visit(ctx *c, size_t s, uint32_t ni)
 	const Onnx__NodeProto *n = c->g->node[ni];
 	const char *name = c->names[sl.name].name;
 	const char *label = node_label(n);
-	int seg_neg = seg_axis(c, n);
-	if (seg_neg && seg_neg == sl.neg && seg_side(n, name)) {
-		cross_seg(c, s, ni);
+	int64_t start = 0, end = 0;
+	if (seg_divides(c, n, sl.neg, &start, &end) && seg_side(n, name)) {
+		cross_seg(c, s, ni, start, end);
 		return;
 	}
 	rels rs;
@@ -1618,7 +1715,7 @@ static void size_groups(ctx *c)
 	}
 }
 
-/* ---- channels a Concat or Split divides ------------------------------------------------- */
+/* ---- channels a Concat, Split or Slice divides ----------------------------------------- */
 
 typedef struct cutset {
 	uint64_t *v;                /* sorted, each strictly inside (0, channels) */
@@ -1660,9 +1757,10 @@ static size_t comp_of(const ctx *c, size_t slot)
 }
 
 /*
- * Fills in what one Concat or Split tells of channel counts: a Split's sizes
- * (its input or attribute, or equal parts), the whole as the parts' sum, one
- * unknown part as what the others leave.  True if a component learnt its count.
+ * Fills in what one Concat, Split or Slice tells of channel counts: a
+ * Split's sizes (its input or attribute, or equal parts), the whole as the
+ * parts' sum, one unknown part as what the others leave, a Slice's part
+ * from its bounds over the whole.  True if a component learnt its count.
  */
 static bool seg_counts(ctx *c, seg *e)
 {
@@ -1672,6 +1770,21 @@ static bool seg_counts(ctx *c, seg *e)
 	for (size_t k = 0; k < e->n_parts; k++)
 		if (e->part[k] != SIZE_MAX)
 			e->len[k] = gs[comp_of(c, e->part[k])].channels;
+	if (e->slice) {
+		nmp_chan_group *p = e->part[0] == SIZE_MAX ? NULL : &gs[comp_of(c, e->part[0])];
+		uint64_t len = p ? p->channels : 0;
+		if (!whole && len && e->start >= 0 && e->end > e->start && (uint64_t)(e->end - e->start) > len) {
+			/* a part shorter than its bounds ends where the whole does: the whole is start + len */
+			gs[comp_of(c, e->whole)].channels = (uint64_t)e->start + len;
+			return true;
+		}
+		int64_t count = whole ? slice_count((int64_t)whole, e->start, e->end, 1) : 0;
+		e->pre = whole ? (uint64_t)slice_first((int64_t)whole, e->start, 1) : 0;
+		if (!p || len || count <= 0)
+			return false;
+		e->len[0] = p->channels = (uint64_t)count;
+		return true;
+	}
 	if (op_is(n, "Split")) {
 		int64_t size[MAX_MEMBERS];
 		int ns = -1;
@@ -1721,12 +1834,20 @@ static bool seg_counts(ctx *c, seg *e)
 	return learnt;
 }
 
-/* Every count known, adding up, and no component on both sides. */
+/*
+ * Every count known, adding up, and no component on both sides; but a Slice
+ * may take every channel of its own component (a part of the whole's
+ * component has the whole's count, which its bounds must then give).
+ */
 static bool seg_sound(const ctx *c, const seg *e)
 {
 	if (e->whole == SIZE_MAX)
 		return false;
 	size_t w = comp_of(c, e->whole);
+	uint64_t whole = c->out->groups[w].channels;
+	if (e->slice)
+		return whole && e->part[0] != SIZE_MAX && e->len[0] &&
+		       (int64_t)e->len[0] == slice_count((int64_t)whole, e->start, e->end, 1);
 	uint64_t sum = 0;
 	for (size_t k = 0; k < e->n_parts; k++) {
 		if (!e->len[k] || (e->part[k] != SIZE_MAX && comp_of(c, e->part[k]) == w))
@@ -1762,7 +1883,7 @@ static void merge_group(nmp_chan_group *into, const nmp_chan_group *from, uint64
 		char a[24], b[24];
 		snprintf(a, sizeof a, "%llu", (unsigned long long)into->channels);
 		snprintf(b, sizeof b, "%llu", (unsigned long long)len);
-		block_group(into, "a Concat or Split joins runs of %s and %s channels", a, b);
+		block_group(into, "a Concat, Split or Slice joins runs of %s and %s channels", a, b);
 	}
 	if (from->tile && into->tile && from->tile != into->tile)
 		block_group(into, "grouped convolutions of different group sizes read '%s'%s", into->label, NULL);
@@ -1773,9 +1894,9 @@ static void merge_group(nmp_chan_group *into, const nmp_chan_group *from, uint64
 
 /*
  * Turns the components grown so far (c->out->groups from first_group on)
- * into groups: cuts every component where a Concat or Split it meets along
- * the channels has a part begin, until the cuts agree on both sides; makes
- * each run between cuts one unit; joins the units each Concat or Split
+ * into groups: cuts every component where a Concat, Split or Slice it meets
+ * along the channels has a part begin or end, until the cuts agree on both
+ * sides; makes each run between cuts one unit; joins the units each node
  * equates; and gives each slot one entry per run, with its group and offset.
  */
 static void divide_groups(ctx *c)
@@ -1813,7 +1934,7 @@ static void divide_groups(ctx *c)
 			if (!e->ok)
 				continue;
 			cutset *w = &cuts[comp_of(c, e->whole) - first];
-			uint64_t at = 0;
+			uint64_t at = e->pre;
 			for (size_t k = 0; k < e->n_parts; k++) {
 				if (at)
 					more |= cut_add(w, at, &c->nomem);
@@ -1827,6 +1948,8 @@ static void divide_groups(ctx *c)
 				}
 				at += e->len[k];
 			}
+			if (at < o->groups[comp_of(c, e->whole)].channels) /* a Slice ends before the whole does */
+				more |= cut_add(w, at, &c->nomem);
 		}
 	}
 	if (c->nomem)
@@ -1836,7 +1959,7 @@ static void divide_groups(ctx *c)
 		nmp_chan_group *gr = &o->groups[first + w];
 		for (size_t j = 0; j < cuts[w].n && !gr->blocked[0]; j++)
 			if (gr->tile || (gr->confine && cuts[w].v[j] % gr->confine))
-				block(c, first + w, "a Concat or Split divides the channels of '%s' inside a grouped Conv's group%s",
+				block(c, first + w, "a Concat, Split or Slice divides the channels of '%s' inside a grouped Conv's group%s",
 				      gr->label, NULL);
 		base[w + 1] = base[w] + cuts[w].n + 1;
 	}
@@ -1853,7 +1976,7 @@ static void divide_groups(ctx *c)
 		if (!e->ok)
 			continue;
 		size_t w = comp_of(c, e->whole) - first, j = 0;
-		uint64_t at = 0;
+		uint64_t at = e->pre;
 		for (size_t k = 0; k < e->n_parts; k++) {
 			while (j < cuts[w].n && run_start(&cuts[w], j + 1) <= at)
 				j++; /* the whole's run that begins where part k does */

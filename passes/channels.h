@@ -22,10 +22,11 @@
  * group's channels), as producers channels stay inside their group.
  *
  * A Concat or Split along the channels divides them: the whole tensor's
- * channels are its parts' channels one after another.  Each such axis is
- * cut where any part begins, on both sides, until the cuts agree, and every
- * run between two cuts is a group of its own, joined with the runs the
- * Concat or Split equates it to.  So a weight's group axis may hold several
+ * channels are its parts' channels one after another.  A Slice that takes a
+ * run of the channels (a step of 1, constant bounds) is a Split whose one
+ * part is that run.  Each such axis is cut where any part begins or ends, on
+ * both sides, until the cuts agree, and every run between two cuts is a
+ * group of its own, joined with the runs the node equates it to.  So a weight's group axis may hold several
  * groups, each in its own run of channels (nmp_chan_part), and a group may
  * hold several runs of one tensor (a C2f block concatenates a branch and the
  * residual sum of that branch).  Each group's order stays inside its run.

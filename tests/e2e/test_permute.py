@@ -528,6 +528,133 @@ def test_runs_no_eligible_weight_reads_are_no_groups(tmp_path):
     np.testing.assert_array_equal(after["Wz"], before["Wz"])
 
 
+def _ints(name, values):
+    return numpy_helper.from_array(np.array(values, np.int64), name)
+
+
+def test_slices_take_runs_of_the_channels(tmp_path):
+    """Three Slices of r = relu(x @ P), 32 channels: [8:24] into W1, the last 8 (bounds -8 to INT64_MAX) into
+    W2, and all of them (0 to 10^9, as jax2tf writes a whole axis) into W3.  The Slices cut r, and P's columns,
+    into runs of 8, 16 and 8: each run moves in its own order, the run W1 reads in W1's order and the one W2 reads
+    in W2's; the Slices' bounds stay as they are."""
+    rng = np.random.default_rng(15)
+    inits = [_init(rng, "P", (16, 32)), _init(rng, "W1", (16, 8)), _init(rng, "W2", (8, 8)), _init(rng, "W3", (32, 8)),
+             _ints("s1", [8]), _ints("e1", [24]), _ints("ax", [1]), _ints("s2", [-8]), _ints("e2", [2**63 - 1]),
+             _ints("s3", [0]), _ints("e3", [10**9]), _ints("one", [1])]
+    nodes = [helper.make_node("MatMul", ["x", "P"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Slice", ["r", "s1", "e1", "ax"], ["a"], name="mid"),
+             helper.make_node("Slice", ["r", "s2", "e2", "ax", "one"], ["b"], name="tail"),
+             helper.make_node("Slice", ["r", "s3", "e3", "ax"], ["c"], name="all"),
+             helper.make_node("MatMul", ["a", "W1"], ["y1"]), helper.make_node("MatMul", ["b", "W2"], ["y2"]),
+             helper.make_node("MatMul", ["c", "W3"], ["y3"])]
+    outs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, [4, 8]) for y in ("y1", "y2", "y3")]
+    src = save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])], outs, inits),
+               tmp_path / "s.onnx")
+    out = tmp_path / "o.onnx"
+    rep = json.loads(nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "--json", check=0).out)
+    by_weight = {w["name"]: w for w in rep["weights"]}
+    groups = rep["permutation"]["groups"]
+    runs = by_weight["W3"]["permutation_runs"]
+    assert [(x["offset"], x["channels"]) for x in runs] == [(0, 8), (8, 16), (24, 8)]
+    assert [x["group"] for x in runs[1:]] == [by_weight["W1"]["permutation_group"],
+                                              by_weight["W2"]["permutation_group"]]
+    assert all(groups[x["group"]]["permuted"] for x in runs)
+    before, after = weights(src), weights(out)
+    order = _column_order(before["P"], after["P"])
+    assert sorted(order[:8]) == list(range(8)) and not np.array_equal(order, np.arange(32))
+    np.testing.assert_array_equal(order[8:24] - 8, _column_order(before["W1"].T, after["W1"].T))
+    np.testing.assert_array_equal(order[24:] - 24, _column_order(before["W2"].T, after["W2"].T))
+    np.testing.assert_array_equal(order, _column_order(before["W3"].T, after["W3"].T))
+    for k in ("s1", "e1", "s2", "e2", "s3", "e3"):
+        np.testing.assert_array_equal(after[k], before[k])
+    feeds = _feeds(src)
+    for want, have in zip(_outputs(src, feeds), _outputs(out, feeds)):
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("opset", [9, 17])
+def test_slices_of_other_axes_pass_the_channels(tmp_path, opset):
+    """A crop of the spatial axes (bounds as inputs from opset 10, attributes before) leaves the channels whole:
+    the group between the two Convs moves through it, and a Slice that takes a run of the channels
+    (attributes: [8:24] of 32) makes that run a group of its own."""
+    rng = np.random.default_rng(16)
+    inits = [_init(rng, "W1", (32, 8, 3, 3)), _init(rng, "W2", (16, 32, 1, 1)), _init(rng, "W3", (8, 16, 1, 1))]
+    if opset < 10:
+        crop = helper.make_node("Slice", ["c1"], ["s"], name="crop", starts=[1, 1], ends=[-1, 10**9], axes=[2, 3])
+        run = helper.make_node("Slice", ["c1"], ["t"], name="run", starts=[8], ends=[24], axes=[-3])
+    else:
+        inits += [_ints("st", [1, 1]), _ints("en", [-1, 10**9]), _ints("ax", [2, -1]),
+                  _ints("rs", [8]), _ints("re", [24]), _ints("ra", [1])]
+        crop = helper.make_node("Slice", ["c1", "st", "en", "ax"], ["s"], name="crop")
+        run = helper.make_node("Slice", ["c1", "rs", "re", "ra"], ["t"], name="run")
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], pads=[1, 1, 1, 1]), crop, run,
+             helper.make_node("Conv", ["s", "W2"], ["y"]), helper.make_node("Conv", ["t", "W3"], ["z"])]
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 6, 7]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 8, 8, 8])]
+    src = save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])], outs, inits,
+                      opset), tmp_path / "c.onnx")
+    out = tmp_path / "o.onnx"
+    rep = json.loads(nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "--json", check=0).out)
+    by_weight = {w["name"]: w for w in rep["weights"]}
+    w2 = by_weight["W2"]["permutation_runs"]
+    assert [(x["offset"], x["channels"]) for x in w2] == [(0, 8), (8, 16), (24, 8)]
+    assert w2[1]["group"] == by_weight["W3"]["permutation_group"]
+    assert all(rep["permutation"]["groups"][x["group"]]["permuted"] for x in w2)
+    before, after = weights(src), weights(out)
+    order = _column_order(before["W2"][:, :, 0, 0], after["W2"][:, :, 0, 0])
+    np.testing.assert_array_equal(order[8:24] - 8, _column_order(before["W3"][:, :, 0, 0], after["W3"][:, :, 0, 0]))
+    np.testing.assert_array_equal(after["W1"], before["W1"][order])
+    feeds = _feeds(src)
+    for want, have in zip(_outputs(src, feeds), _outputs(out, feeds)):
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("variant,reason", [
+    ("step", "Slice 'slice' takes channels by a step other than 1 or by bounds it computes"),
+    ("bounds", "Slice 'slice' takes channels by a step other than 1 or by bounds it computes"),
+    ("axes", "the axes that Slice 'slice' cuts are not known"),
+    ("reshape", "Reshape 'reshape' mixes or reorders the channels of 'm'"),
+    ("broadcast", "the channel counts of Slice 'slice' are unknown or do not add up"),
+])
+def test_slices_that_cannot_carry_the_channels_block(tmp_path, variant, reason):
+    """Every other channel, bounds or axes from a graph input: the Slice blocks, saying why.  A whole Slice
+    (0 to 10^9) of a tensor whose own count is not known: the count follows from the part (the bounds go past
+    it), so the group reaches the Reshape before it and blocks there, not at the Slice.  And m + m[:, 0:1]: the
+    Slice's one channel is broadcast over m's, so one group holds both sides of the Slice and no run can be cut."""
+    rng = np.random.default_rng(17)
+    inits = [_init(rng, "P", (16, 32)), _init(rng, "W", (16, 8)), _init(rng, "Ww", (32, 8)),
+             _ints("st", [0]), _ints("en", [10**9 if variant == "reshape" else 32]), _ints("ax", [1]),
+             _ints("sp", [2]), _ints("shape", [4, 32])]
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])]
+    args = {"step": ["m", "st", "en", "ax", "sp"], "bounds": ["m", "st", "lim", "ax"],
+            "axes": ["m", "st", "en", "dyn"], "reshape": ["m", "st", "en", "ax"],
+            "broadcast": ["m", "st", "first", "ax"]}[variant]
+    inits.append(_ints("first", [1]))
+    ins += [helper.make_tensor_value_info(n, TensorProto.INT64, [1]) for n in ("lim", "dyn") if n in args]
+    if variant == "reshape":
+        nodes = [helper.make_node("MatMul", ["x", "P"], ["h"]),
+                 helper.make_node("Reshape", ["h", "shape"], ["m"], name="reshape")]
+        weight = "Ww"
+    else:
+        nodes = [helper.make_node("MatMul", ["x", "P"], ["m"])]
+        weight = "W"
+    nodes.append(helper.make_node("Slice", args, ["s"], name="slice"))
+    if variant == "broadcast":
+        nodes.append(helper.make_node("Add", ["m", "s"], ["sum"]))
+        weight = "Ww"
+    nodes.append(helper.make_node("MatMul", ["sum" if variant == "broadcast" else "s", weight], ["y"]))
+    if weight == "W":
+        inits = [i for i in inits if i.name != "Ww"]
+    else:
+        inits = [i for i in inits if i.name != "W"]
+    src = save(_model(nodes, ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], inits),
+               tmp_path / "b.onnx")
+    rep = json.loads(nmprune("prune", src, "-o", tmp_path / "o.onnx", "--permute", "--align", "none", "--json",
+                             check=0).out)
+    groups = {g["from"]: g for g in rep["permutation"]["groups"]}
+    assert groups[weight]["blocked"] == reason and not any(g["permuted"] for g in groups.values())
+
+
 def test_unit_axes_carry_the_channels_and_regrouping_blocks(tmp_path):
     src = save(shape_zoo(), tmp_path / "s.onnx")
     r = nmprune("prune", src, "-o", tmp_path / "o.onnx", "--permute-only", "--align", "none", "--json", check=0)

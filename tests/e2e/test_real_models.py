@@ -89,6 +89,18 @@ def test_permutation_keeps_the_function_of_real_models(tmp_path, name, permuted,
     assert out.read_bytes() != src.read_bytes()  # channels did move
 
 
+def test_magika_group_passes_its_whole_slice(tmp_path):
+    """jax2tf writes a Slice of every axis, 0 to 10^9, before magika's Conv.  The Slice takes the whole of the
+    Conv's input channels (their count follows from the Conv's weight, since the bounds reach past it), so the
+    group passes it and the LayerNorm before it, and stops where those channels are made: a Reshape that splits
+    the embedding's axis."""
+    r = nmprune("prune", REAL / "magika_standard_v3_3.onnx", "--permute", "-o", tmp_path / "p.onnx", "--json", check=0)
+    groups = json.loads(r.out)["permutation"]["groups"]
+    assert len(groups) == 1
+    assert groups[0]["blocked"] == ("Reshape 'jax2tf_get_logits_/pjit_get_logits_/MagikaV2/Reshape' mixes or reorders "
+                                    "the channels of 'jax2tf_get_logits_/pjit_get_logits_/MagikaV2/Reshape:0'")
+
+
 def test_groups_inside_if_branches_are_permuted(tmp_path):
     """The full VAD model runs inside an If's two branches (8 kHz and 16 kHz): each branch is analysed as a graph
     of its own, its three conv groups move like those of the export without the If, and both branches still

@@ -239,7 +239,9 @@ def random_cnn(path, seed):
     BatchNormalization, activations, residual joins, per-channel Mul, a QDQ pair, a [C] bias reshaped or
     unsqueezed to [1, C, 1, 1], an Unsqueeze/Squeeze round trip of the activation, and the channel Split and
     Concat of CSP blocks (random part sizes, some not multiples of M; parts reordered, a residual branch,
-    a part read twice) and of SPPF blocks (MaxPools of one tensor concatenated)."""
+    a part read twice) and of SPPF blocks (MaxPools of one tensor concatenated), and Slices: a run of the
+    channels (bounds negative, past the end or exact; now and then every other channel) into a Conv, or a
+    spatial axis reversed."""
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
     width = int(rng.choice([32, 64]))
@@ -247,7 +249,7 @@ def random_cnn(path, seed):
     skip = x
     for i in range(int(rng.integers(3, 7))):
         kind = rng.choice(["conv", "grouped", "depthwise", "residual", "mul", "qdq", "act", "bias", "unit", "csp",
-                           "sppf"])
+                           "sppf", "slice"])
         y = f"n{i}"
         if kind == "conv":
             x = conv_bn(rng, nodes, inits, x, y, width, width, int(rng.choice([1, 3])))
@@ -306,6 +308,22 @@ def random_cnn(path, seed):
                 pools.append(f"{y}.mp{k}")
             nodes.append(helper.make_node("Concat", pools, [f"{y}.cat"], axis=1))
             x = conv_bn(rng, nodes, inits, f"{y}.cat", y, width * len(pools), width, 1)
+        elif kind == "slice" and rng.random() < 0.3:
+            inits += [numpy_helper.from_array(np.array(v, np.int64), f"{y}.{k}")
+                      for k, v in (("st", [-1]), ("en", [-2**63]), ("ax", [int(rng.choice([2, 3, -1]))]), ("sp", [-1]))]
+            nodes.append(helper.make_node("Slice", [x] + [f"{y}.{k}" for k in ("st", "en", "ax", "sp")], [y]))
+            x = y
+        elif kind == "slice":
+            start = int(rng.choice([0, 8, 16, int(rng.integers(1, width // 2))]))
+            end = int(rng.choice([width, width - 8, start + int(rng.integers(1, width - start + 1))]))
+            step = 2 if rng.random() < 0.15 else 1
+            count = len(range(start, end, step))
+            bounds = [rng.choice([start, start - width]),
+                      rng.choice([2**63 - 1, 10**9, end]) if end == width else rng.choice([end, end - width])]
+            inits += [numpy_helper.from_array(np.array([v], np.int64), f"{y}.{k}")
+                      for k, v in zip(("st", "en", "ax", "sp"), (*bounds, int(rng.choice([1, -3])), step))]
+            nodes.append(helper.make_node("Slice", [x] + [f"{y}.{k}" for k in ("st", "en", "ax", "sp")], [f"{y}.cut"]))
+            x = conv_bn(rng, nodes, inits, f"{y}.cut", y, count, width, 1)
         else:
             nodes.append(helper.make_node(str(rng.choice(["Relu", "Sigmoid", "Tanh"])), [x], [y]))
             x = y
