@@ -787,11 +787,12 @@ static void infer_ranks(ctx *c)
 			const Onnx__AttributeProto *p = nmp_node_attr(n, "perm");
 			r = p && p->n_ints ? (int)p->n_ints : rank_of(c, in_name(n, 0));
 		}
+		bool dynamic = op_is(n, "DynamicQuantizeLinear"); /* its scale and zero point are scalars */
 		for (size_t k = 0; k < n->n_output; k++) {
 			size_t ok = find_name(c, n->output[k]);
 			if (ok != SIZE_MAX && c->names[ok].rank < 0 && (k == 0 || op_in(n, k_elementwise) ||
-									 op_is(n, "Split")))
-				c->names[ok].rank = r;
+									 op_is(n, "Split") || dynamic))
+				c->names[ok].rank = k && dynamic ? 0 : r;
 		}
 	}
 }
@@ -872,8 +873,23 @@ static const name_info *const_behind(const ctx *c, const char *name)
 	return NULL;
 }
 
+/*
+ * Conv, ConvTranspose and ConvInteger.  What else varies along the output
+ * channels: the bias (input 2), or ConvInteger's weight zero point (input 3;
+ * its input's zero point is one scalar).
+ */
 static void rels_conv(const ctx *c, const Onnx__NodeProto *n, rels *rs, bool transpose)
 {
+	size_t per_out = op_is(n, "ConvInteger") ? 3 : 2;
+	size_t pi = find_name(c, in_name(n, per_out));
+	int rp = pi == SIZE_MAX ? 0 : c->names[pi].is_const ? 1 : rank_of(c, in_name(n, per_out));
+	if (rp > 1) {
+		snprintf(rs->why, sizeof rs->why, "the %s of %s '%s' is not a constant or a vector", per_out == 3 ?
+			 "weight zero point" : "bias", node_op(n), node_label(n));
+		return;
+	}
+	if (rp == 0) /* none, or one scalar for every channel */
+		per_out = SIZE_MAX;
 	int r = rank_of(c, in_name(n, 0));
 	if (r < 0)
 		r = rank_of(c, in_name(n, 1));
@@ -892,7 +908,8 @@ static void rels_conv(const ctx *c, const Onnx__NodeProto *n, rels *rs, bool tra
 		mem(x, 0, 1, transpose ? -r : ch, false);
 		mem(y, 1, 0, ch, false);
 		mem(y, 0, 1, transpose ? ch : -r, false);
-		mem(y, 0, 2, -1, false);
+		if (per_out != SIZE_MAX)
+			mem(y, 0, per_out, -1, false);
 		return;
 	}
 	const name_info *w = const_behind(c, in_name(n, 1));
@@ -907,11 +924,12 @@ static void rels_conv(const ctx *c, const Onnx__NodeProto *n, rels *rs, bool tra
 		mem(d, 0, 0, ch, false);
 		mem(d, 1, 0, ch, false);
 		mem(d, 0, 1, -r, false);
-		mem(d, 0, 2, -1, false);
+		if (per_out != SIZE_MAX)
+			mem(d, 0, per_out, -1, false);
 		return;
 	}
 	if (cin_g == 1 || cout % groups != 0) {
-		snprintf(rs->why, sizeof rs->why, "Conv '%s' multiplies channels", node_label(n));
+		snprintf(rs->why, sizeof rs->why, "%s '%s' multiplies channels", node_op(n), node_label(n));
 		return;
 	}
 	rel *x = new_rel(rs), *y = new_rel(rs);
@@ -920,16 +938,29 @@ static void rels_conv(const ctx *c, const Onnx__NodeProto *n, rels *rs, bool tra
 	x->tile = (unsigned)cin_g;
 	mem(y, 1, 0, ch, false);
 	mem(y, 0, 1, -r, false);
-	mem(y, 0, 2, -1, false);
+	if (per_out != SIZE_MAX)
+		mem(y, 0, per_out, -1, false);
 	y->confine = (unsigned)(cout / groups);
 }
 
+/* MatMul and MatMulInteger, whose zero points are scalars or vary along A's rows (input 2) or B's columns (3). */
 static void rels_matmul(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 {
 	int ra = rank_of(c, in_name(n, 0)), rb = rank_of(c, in_name(n, 1));
 	if (ra < 1 || rb < 1) {
-		snprintf(rs->why, sizeof rs->why, "the rank of an input of MatMul '%s' is unknown", node_label(n));
+		snprintf(rs->why, sizeof rs->why, "the rank of an input of %s '%s' is unknown", node_op(n), node_label(n));
 		return;
+	}
+	int rz[2] = { 0, 0 };
+	for (int k = 0; k < 2 && op_is(n, "MatMulInteger"); k++) {
+		const char *zp = in_name(n, 2 + (size_t)k);
+		size_t zi = zp ? find_name(c, zp) : SIZE_MAX;
+		rz[k] = zi == SIZE_MAX ? 0 : c->names[zi].is_const ? c->names[zi].const_rank : rank_of(c, zp);
+		if (rz[k] < 0 || rz[k] > 1 || (rz[k] == 1 && (k ? rb : ra) < 2)) {
+			snprintf(rs->why, sizeof rs->why, "the zero point of %s of MatMulInteger '%s' is not a scalar or "
+				 "a vector along its %s", k ? "B" : "A", node_label(n), k ? "columns" : "rows");
+			return;
+		}
 	}
 	rel *k = new_rel(rs);
 	mem(k, 0, 0, -1, false);
@@ -938,11 +969,15 @@ static void rels_matmul(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 		rel *mrow = new_rel(rs);
 		mem(mrow, 0, 0, -2, false);
 		mem(mrow, 1, 0, rb == 1 ? -1 : -2, false);
+		if (rz[0] == 1)
+			mem(mrow, 0, 2, -1, false);
 	}
 	if (rb >= 2) {
 		rel *ncol = new_rel(rs);
 		mem(ncol, 0, 1, -1, false);
 		mem(ncol, 1, 0, -1, false);
+		if (rz[1] == 1)
+			mem(ncol, 0, 3, -1, false);
 	}
 }
 
@@ -1037,6 +1072,30 @@ static void rels_quant(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 }
 
 /*
+ * A vector the graph computes reshaped to a constant shape of one entry
+ * besides 1s, as dynamic quantization shapes a bias it quantized [C] to
+ * [1, C, 1, 1]: that entry is the vector's axis.  False when it is not so.
+ */
+static bool rels_reshape_vector(const ctx *c, const Onnx__NodeProto *n, rels *rs)
+{
+	int64_t sh[MAX_SYMS];
+	int k = rank_of(c, in_name(n, 0)) == 1 ? const_ints(c, in_name(n, 1), sh, MAX_SYMS) : -1, at = -1;
+	for (int j = 0; j < k; j++) {
+		if (sh[j] == 1)
+			continue;
+		if (at >= 0 || sh[j] < -1 || (sh[j] == 0 && (j > 0 || nmp_node_attr_int(n, "allowzero", 0))))
+			return false;
+		at = j;
+	}
+	if (at < 0)
+		return false;
+	rel *e = new_rel(rs);
+	mem(e, 0, 0, -1, false);
+	mem(e, 1, 0, at - k, false);
+	return true;
+}
+
+/*
  * A constant reshaped to a constant shape that only adds or drops axes of
  * size 1, as exporters shape a bias [C] to [1, C, 1, 1]: its other axes keep
  * their order.  False when that is not the case, or not known.
@@ -1045,6 +1104,8 @@ static bool rels_reshape_units(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 {
 	size_t x = find_name(c, in_name(n, 0));
 	const nmp_tensor *t = x == SIZE_MAX ? NULL : c->names[x].tensor;
+	if (!t && x != SIZE_MAX && !c->names[x].is_const)
+		return rels_reshape_vector(c, n, rs);
 	int64_t sh[MAX_SYMS];
 	int k = t ? const_ints(c, in_name(n, 1), sh, MAX_SYMS) : -1;
 	int r = t ? c->names[x].const_rank : -1;
@@ -1201,12 +1262,18 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 		rel *e = new_rel(rs);
 		e->any = true;
 		all_io(e, n, -1);
-	} else if (op_is(n, "Conv")) {
+	} else if (op_is(n, "Conv") || op_is(n, "ConvInteger")) {
 		rels_conv(c, n, rs, false);
 	} else if (op_is(n, "ConvTranspose")) {
 		rels_conv(c, n, rs, true);
-	} else if (op_is(n, "MatMul")) {
+	} else if (op_is(n, "MatMul") || op_is(n, "MatMulInteger")) {
 		rels_matmul(c, n, rs);
+	} else if (op_is(n, "DynamicQuantizeLinear")) {
+		/* its scale and zero point are the whole tensor's: any order of any axis gives the same */
+		rel *e = new_rel(rs);
+		e->any = true;
+		mem(e, 0, 0, -1, false);
+		mem(e, 1, 0, -1, false);
 	} else if (op_is(n, "Gemm")) {
 		rels_gemm(n, rs);
 	} else if (op_is(n, "DequantizeLinear") || op_is(n, "QuantizeLinear")) {
@@ -1631,9 +1698,11 @@ static void visit(ctx *c, size_t s, uint32_t ni)
 				const char *other = m->out ? (m->index < (int)n->n_output ? n->output[m->index] : NULL)
 							    : in_name(n, (size_t)m->index);
 				size_t oi = find_name(c, other);
+				int on = hit->any ? sl.neg : m->neg;
+				if (oi == SIZE_MAX || (hit->any && c->names[oi].rank >= 0 && c->names[oi].rank < -on))
+					continue; /* an operand of lower rank is broadcast along the axis */
 				/* a grouped Conv says which side holds one group; elsewhere it passes through */
-				if (oi != SIZE_MAX)
-					link_slot(c, sl.group, oi, hit->any ? sl.neg : m->neg, hit->tile ? m->is_short : sl.is_short);
+				link_slot(c, sl.group, oi, on, hit->tile ? m->is_short : sl.is_short);
 			}
 		}
 	}

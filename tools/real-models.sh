@@ -43,3 +43,9 @@ fetch nudenet==3.4.2 nudenet/320n.onnx yolov8n_320.onnx
 # branches of an If (16 kHz and 8 kHz), the op15 export has no If, 2.3 / 1.3 MB
 fetch silero-vad==6.2.3 silero_vad/data/silero_vad.onnx silero_vad.onnx
 fetch silero-vad==6.2.3 silero_vad/data/silero_vad_16k_op15.onnx silero_vad_16k_op15.onnx
+# captcha OCR (a CRNN: Conv + LSTM), dynamically quantized to 8 bits
+# (DynamicQuantizeLinear, ConvInteger, MatMulInteger), 13.6 MB
+fetch ddddocr==1.6.1 ddddocr/common_old.onnx ddddocr_ocr_int8.onnx
+# object detector (YOLOX-style: a Focus stem of strided Slices, CSP blocks,
+# SPP), 20.1 MB
+fetch ddddocr==1.6.1 ddddocr/common_det.onnx ddddocr_det.onnx

@@ -811,6 +811,90 @@ def test_groups_that_cross_activation_quantization_say_so(tmp_path):
     assert "crosses activation quantization" in r.err
 
 
+def _dynamic_int8(tmp_path, per_channel):
+    """A float Conv-Conv-pool-MatMul-MatMul model, quantized by onnxruntime's quantize_dynamic: activations by
+    DynamicQuantizeLinear, weights to uint8 for ConvInteger and MatMulInteger (per column with per_channel: the
+    MatMul weights' zero points and scales are vectors), the Conv biases reshaped to [1, C, 1, 1]."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    rng = np.random.default_rng(18)
+    inits = [_init(rng, "W1", (32, 8, 3, 3)), _init(rng, "B1", (32,)), _init(rng, "W2", (32, 32, 3, 3)),
+             _init(rng, "B2", (32,)), _init(rng, "W3", (32, 16)), _init(rng, "W4", (16, 10))]
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1] * 4), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "W2", "B2"], ["c2"], pads=[1] * 4),
+             helper.make_node("GlobalAveragePool", ["c2"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("MatMul", ["f", "W3"], ["m"]), helper.make_node("Relu", ["m"], ["r"]),
+             helper.make_node("MatMul", ["r", "W4"], ["y"])]
+    src = save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits), tmp_path / "f.onnx")
+    out = tmp_path / "dq.onnx"
+    quantize_dynamic(str(src), str(out), per_channel=per_channel, weight_type=QuantType.QUInt8)
+    model = onnx.load(str(out))
+    assert {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"} <= {n.op_type for n in model.graph.node}
+    return out
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_dynamically_quantized_models_permute_exactly(tmp_path, per_channel):
+    """Integer ops carry the channels as their float ops do, each DynamicQuantizeLinear's scale is the whole
+    tensor's, and the zero points and scales along a MatMul's columns move with them: all three groups move,
+    and the integer sums give the original outputs bit for bit."""
+    src = _dynamic_int8(tmp_path, per_channel)
+    out = tmp_path / "o.onnx"
+    rep = json.loads(nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "--json", check=0).out)
+    groups = rep["permutation"]["groups"]
+    assert sorted(g["channels"] for g in groups if g["permuted"]) == [16, 32, 32], groups
+    assert not any("crosses_activation_quantization" in g for g in groups)
+    before, after = weights(src), weights(out)
+    cols = _column_order(before["W3_quantized"].astype(np.int64), after["W3_quantized"].astype(np.int64))
+    assert not np.array_equal(cols, np.arange(16))
+    np.testing.assert_array_equal(after["W4_quantized"], before["W4_quantized"][cols])
+    for k in ("W3_zero_point", "W3_scale"):
+        np.testing.assert_array_equal(after[k], before[k][cols] if before[k].ndim else before[k])
+    feeds = _feeds(src)
+    for want, have in zip(_outputs(src, feeds), _outputs(out, feeds)):
+        np.testing.assert_array_equal(have, want)
+    if not per_channel:
+        return
+    # a zero point per output channel of a ConvInteger (the spec allows one; onnxruntime's CPU kernel does not
+    # run it) moves with the weight's rows
+    model = onnx.load(str(src))
+    zp = next(i for i in model.graph.initializer if i.name == "W2_zero_point")
+    zp.CopyFrom(numpy_helper.from_array(np.random.default_rng(19).integers(100, 156, 32).astype(np.uint8), zp.name))
+    src = save(model, tmp_path / "zp.onnx")
+    nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "-q", check=0)
+    before, after = weights(src), weights(out)
+    rows = _column_order(before["W2_quantized"].reshape(32, -1).T.astype(np.int64),
+                         after["W2_quantized"].reshape(32, -1).T.astype(np.int64))
+    assert not np.array_equal(rows, np.arange(32))
+    np.testing.assert_array_equal(after["W2_zero_point"], before["W2_zero_point"][rows])
+
+
+def test_matmulinteger_row_zero_points_move_with_the_rows(tmp_path):
+    """W's input channels reach a MatMulInteger's rows (through a Transpose): A's zero point, one per row,
+    moves with them, as do P's columns."""
+    rng = np.random.default_rng(20)
+    inits = [_init(rng, "P", (16, 8)), _init(rng, "W", (8, 8)),
+             numpy_helper.from_array(rng.integers(0, 255, (4, 4)).astype(np.uint8), "B"),
+             numpy_helper.from_array(rng.integers(100, 156, 8).astype(np.uint8), "a_zp")]
+    nodes = [helper.make_node("MatMul", ["x", "P"], ["h"]), helper.make_node("Transpose", ["h"], ["ht"], perm=[1, 0]),
+             helper.make_node("DynamicQuantizeLinear", ["ht"], ["q", "q_scale", "q_zp"]),
+             helper.make_node("MatMulInteger", ["q", "B", "a_zp"], ["p"]),
+             helper.make_node("Cast", ["p"], ["pf"], to=TensorProto.FLOAT),
+             helper.make_node("Transpose", ["pf"], ["pt"], perm=[1, 0]), helper.make_node("MatMul", ["pt", "W"], ["y"])]
+    src = save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], inits), tmp_path / "m.onnx")
+    out = tmp_path / "o.onnx"
+    rep = json.loads(nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "--json", check=0).out)
+    group = next(g for g in rep["permutation"]["groups"] if g["from"] == "W")
+    assert group["permuted"] and group["tensors"] == 3  # P's columns, A's zero point, W's rows
+    before, after = weights(src), weights(out)
+    order = _column_order(before["P"], after["P"])
+    assert not np.array_equal(order, np.arange(8))
+    np.testing.assert_array_equal(after["a_zp"], before["a_zp"][order])
+    np.testing.assert_array_equal(after["W"], before["W"][order])
+    np.testing.assert_array_equal(after["B"], before["B"])
+
+
 def _embedding_ffn():
     """An exported encoder's feed-forward block without value_info: Gather (embedding), MatMul, bias Add,
     Gelu in its Erf form, MatMul; and a Conv pair across a Resize of the spatial axes."""

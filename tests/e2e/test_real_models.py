@@ -22,6 +22,8 @@ MODELS = {
     "yolov8n_320": (64, 59, lambda r: {"images": r.random((1, 3, 320, 320)).astype(np.float32)}),
     "silero_vad": (20, 6, lambda r: _vad_feeds(r)),
     "silero_vad_16k_op15": (10, 3, lambda r: _vad_feeds(r)),
+    "ddddocr_ocr_int8": (22, 15, lambda r: {"input1": r.random((1, 1, 64, 160)).astype(np.float32)}),
+    "ddddocr_det": (83, 70, lambda r: {"images": r.random((1, 3, 416, 416)).astype(np.float32)}),
 }
 
 
@@ -67,7 +69,8 @@ def test_pruned_model_complies_and_runs(tmp_path, name, pattern):
 
 @pytest.mark.parametrize("inferred", [False, True], ids=["as-exported", "onnx-shape-inference"])
 @pytest.mark.parametrize("name,permuted", [("ppocrv4_rec", 16), ("ppocrv4_det", 22), ("ppocr_cls", 5),
-                                           ("yolov8n_320", 56), ("silero_vad_16k_op15", 3)])
+                                           ("yolov8n_320", 56), ("silero_vad_16k_op15", 3), ("ddddocr_det", 59),
+                                           ("ddddocr_ocr_int8", 9)])
 def test_permutation_keeps_the_function_of_real_models(tmp_path, name, permuted, inferred):
     """--permute-only rewrites channels across real Conv stacks (the recogniser's through a Reshape to a shape
     the graph computes from Shape): outputs stay those of the input model.  The exports carry no value_info;
@@ -99,6 +102,36 @@ def test_magika_group_passes_its_whole_slice(tmp_path):
     assert len(groups) == 1
     assert groups[0]["blocked"] == ("Reshape 'jax2tf_get_logits_/pjit_get_logits_/MagikaV2/Reshape' mixes or reorders "
                                     "the channels of 'jax2tf_get_logits_/pjit_get_logits_/MagikaV2/Reshape:0'")
+
+
+def test_dynamically_quantized_groups_move_exactly(tmp_path):
+    """The int8 OCR model quantizes each activation in the graph (DynamicQuantizeLinear: one scale and zero point
+    for the whole tensor), multiplies in integers (ConvInteger, MatMulInteger with per-tensor zero points), and
+    quantizes each bias by those scales (Div, Floor, Cast, a Reshape to [1, C, 1, 1]).  Its groups move as the
+    float model's do (9 of 10; the tenth reaches the Reshape into the LSTM), and since every sum is an integer
+    sum, the permuted model's outputs are bit for bit the original's."""
+    src = REAL / "ddddocr_ocr_int8.onnx"
+    out = tmp_path / "p.onnx"
+    rep = json.loads(nmprune("prune", src, "--permute-only", "-o", out, "--json", check=0).out)
+    groups = rep["permutation"]["groups"]
+    assert len(groups) == 10 and sum(1 for g in groups if g.get("permuted")) == 9
+    assert [g["blocked"] for g in groups if "blocked" in g] == ["Reshape 'Reshape_69' mixes or reorders the channels of '209'"]
+    assert not any(g.get("crosses_activation_quantization") for g in groups)
+    before, after = weights(src), weights(out)
+    moved = [k for k in before if not np.array_equal(before[k], after[k])]
+    assert {k for k in moved if k.endswith("_quantized")} and {k for k in moved if not k.endswith("_quantized")}
+    feeds = MODELS["ddddocr_ocr_int8"][2](np.random.default_rng(3))
+    for a, b in zip(run(src, feeds), run(out, feeds)):
+        np.testing.assert_array_equal(b, a)
+    pruned, plain = tmp_path / "pp.onnx", tmp_path / "plain.onnx"
+    perm = json.loads(nmprune("prune", src, "--permute", "-o", pruned, "--json", check=0).out)
+    base = {w["name"]: w for w in json.loads(nmprune("prune", src, "-o", plain, "--json", check=0).out)["weights"]}
+    assert nmprune("check", pruned, "-q").code == 0
+    gained = [w for w in perm["weights"] if w.get("kept_l1_ratio_unpermuted")]
+    assert len(gained) == 12
+    for w in gained:
+        assert w["kept_l1_ratio_unpermuted"] == pytest.approx(base[w["name"]]["kept_l1_ratio"], rel=1e-6)
+        assert w["kept_l1_ratio"] > w["kept_l1_ratio_unpermuted"]
 
 
 def test_groups_inside_if_branches_are_permuted(tmp_path):
