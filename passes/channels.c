@@ -47,6 +47,7 @@ typedef struct name_info {
 	int64_t list_len;           /* a Constant's list attribute: its length, its one dim */
 	dim_sym *syms;              /* a computed shape's entries (one for a scalar), when followed; else NULL */
 	int n_syms;
+	uint64_t unit;              /* axes of size 1 in a tensor the graph computes (bit -neg - 1), where known */
 	bool graph_input, graph_output;
 	/* a constant read only inside one subgraph (the deleg_sub-th of node deleg_node): that subgraph's
 	 * analysis owns it; -1 otherwise */
@@ -797,6 +798,90 @@ static void infer_ranks(ctx *c)
 	}
 }
 
+/*
+ * The axes a reduction over `r` axes reduces, as bits counted from the last
+ * (bit -neg - 1 for axis neg): its axes attribute or input, every axis when
+ * it has none (none with noop_with_empty_axes); false when not known.
+ */
+static bool reduce_axes(const ctx *c, const Onnx__NodeProto *n, int r, uint64_t *bits)
+{
+	int64_t ax[MAX_RANK];
+	int k = 0;
+	const Onnx__AttributeProto *a = nmp_node_attr(n, "axes");
+	if (r < 0 || r > MAX_RANK)
+		return false;
+	if (a) {
+		if (a->n_ints > MAX_RANK)
+			return false;
+		k = (int)a->n_ints;
+		for (int i = 0; i < k; i++)
+			ax[i] = a->ints[i];
+	} else if (in_name(n, 1) && (k = const_ints(c, in_name(n, 1), ax, MAX_RANK)) < 0) {
+		return false;
+	}
+	*bits = 0;
+	if (k == 0) {
+		if (!nmp_node_attr_int(n, "noop_with_empty_axes", 0))
+			*bits = r == 64 ? ~0ull : (1ull << r) - 1;
+		return true;
+	}
+	for (int i = 0; i < k; i++) {
+		if (ax[i] < -r || ax[i] >= r)
+			return false;
+		*bits |= 1ull << (ax[i] < 0 ? -ax[i] - 1 : r - 1 - ax[i]);
+	}
+	return true;
+}
+
+static bool is_reduction(const Onnx__NodeProto *n)
+{
+	return strncmp(node_op(n), "Reduce", 6) == 0;
+}
+
+/*
+ * Axes of size 1 in the tensors the graph computes: those a reduction keeps
+ * (keepdims), and what element-wise ops make of them (an axis of size 1 in
+ * every operand that has it).  An element-wise op broadcasts such a tensor
+ * along the axis, so no order of the axis reaches it.  Nodes come in
+ * topological order.
+ */
+static void infer_units(ctx *c)
+{
+	for (size_t i = 0; i < c->g->n_node; i++) {
+		const Onnx__NodeProto *n = c->g->node[i];
+		size_t o = n->n_output ? find_name(c, n->output[0]) : SIZE_MAX;
+		int r = o == SIZE_MAX ? -1 : c->names[o].rank;
+		if (r < 0 || r > MAX_RANK)
+			continue;
+		uint64_t unit = 0, reduced;
+		if (is_reduction(n) && nmp_node_attr_int(n, "keepdims", 1) && reduce_axes(c, n, r, &reduced)) {
+			size_t x = find_name(c, in_name(n, 0));
+			unit = reduced | (x == SIZE_MAX ? 0 : c->names[x].unit);
+		} else if (op_in(n, k_elementwise)) {
+			unit = r == 64 ? ~0ull : (1ull << r) - 1;
+			for (size_t k = 0; k < n->n_input && unit; k++) {
+				size_t x = in_name(n, k) ? find_name(c, in_name(n, k)) : SIZE_MAX;
+				if (x == SIZE_MAX)
+					continue;
+				const name_info *v = &c->names[x];
+				uint64_t has = 0, one = 0;
+				int rk = v->is_const ? v->const_rank : v->rank;
+				if (rk < 0) {
+					unit = 0;
+					break;
+				}
+				for (int a = 0; a < rk && a < 64; a++) {
+					has |= 1ull << a;
+					if (v->is_const ? const_dim(v, rk - 1 - a) == 1 : (v->unit >> a & 1))
+						one |= 1ull << a;
+				}
+				unit &= ~has | one;
+			}
+		}
+		c->names[o].unit = unit;
+	}
+}
+
 /* ---- what each op ties together ---------------------------------------------------------- */
 
 typedef struct member {
@@ -1337,6 +1422,24 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 					mem(x, 1, i, k, false);
 			mem(x, 0, 0, k, false);
 		}
+	} else if (is_reduction(n)) {
+		/* The axes it keeps pass through; over an axis it reduces, every order gives the same result. */
+		uint64_t red;
+		if (!reduce_axes(c, n, r, &red)) {
+			snprintf(rs->why, sizeof rs->why, "the axes that %s '%s' reduces are not known", node_op(n),
+				 node_label(n));
+			return;
+		}
+		bool keep = nmp_node_attr_int(n, "keepdims", 1) != 0;
+		int ro = keep ? r : r - __builtin_popcountll(red), j = 0;
+		for (int k = -r; k < 0; k++) {
+			bool gone = red >> (-k - 1) & 1;
+			rel *x = new_rel(rs);
+			mem(x, 0, 0, k, false);
+			if (!gone)
+				mem(x, 1, 0, keep ? k : j - ro, false);
+			j += !gone;
+		}
 	} else if (op_is(n, "Slice")) {
 		/* The axes it leaves whole pass through; a run it takes of an axis it cuts is a part (seg_divides). */
 		uint64_t cut;
@@ -1699,8 +1802,9 @@ static void visit(ctx *c, size_t s, uint32_t ni)
 							    : in_name(n, (size_t)m->index);
 				size_t oi = find_name(c, other);
 				int on = hit->any ? sl.neg : m->neg;
-				if (oi == SIZE_MAX || (hit->any && c->names[oi].rank >= 0 && c->names[oi].rank < -on))
-					continue; /* an operand of lower rank is broadcast along the axis */
+				if (oi == SIZE_MAX || (hit->any && ((c->names[oi].rank >= 0 && c->names[oi].rank < -on) ||
+								    (c->names[oi].unit >> (-on - 1) & 1))))
+					continue; /* an operand of lower rank, or of size 1 there, is broadcast along the axis */
 				/* a grouped Conv says which side holds one group; elsewhere it passes through */
 				link_slot(c, sl.group, oi, on, hit->tile ? m->is_short : sl.is_short);
 			}
@@ -2583,6 +2687,7 @@ static nmp_status analyse_graph(ctx *c)
 	if (s != NMP_OK)
 		return s;
 	infer_ranks(c);
+	infer_units(c);
 	c->first_group = o->n_groups;
 	size_t n_mine = 0, *mine = graph_choices(c, &n_mine);
 	if (!mine)

@@ -13,11 +13,14 @@
  * carry a permutation through: each op states which of its inputs' and
  * outputs' axes move together (Conv: X's channels with W's axis 1; Y's with
  * W's axis 0 and the bias; Relu: X's axis k with Y's axis k; Transpose maps
- * axes by its perm; ...).  Starting from each eligible weight's input
+ * axes by its perm; a reduction ends the axes it reduces, since any order
+ * gives the same result; ...).  Starting from each eligible weight's input
  * channels, the group grows over every producer and every reader of every
- * slot.  An op that mixes channels (Reshape, a reduction, an unknown op), a
- * graph input or output, or a rank that cannot be inferred blocks the group,
- * with the reason.  Grouped convolutions tie the permutation to their groups:
+ * slot; an operand an element-wise op broadcasts along the axis (of lower
+ * rank, or of size 1 there) is not reached.  An op that mixes channels (a
+ * Reshape that regroups axes, ArgMax, an unknown op), a graph input or
+ * output, or a rank that cannot be inferred blocks the group, with the
+ * reason.  Grouped convolutions tie the permutation to their groups:
  * as consumers the same order repeats in every group (the weight holds one
  * group's channels), as producers channels stay inside their group.
  *

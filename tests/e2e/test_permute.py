@@ -811,6 +811,76 @@ def test_groups_that_cross_activation_quantization_say_so(tmp_path):
     assert "crosses activation quantization" in r.err
 
 
+def test_reductions_pass_the_axes_they_keep_and_end_the_ones_they_reduce(tmp_path):
+    """Over an axis it reduces, a reduction gives the same result in any order; the axes it keeps move through
+    it.  A LayerNorm as opsets before 17 export it (ReduceMean over the hidden axis, Sub, Pow, ReduceMean,
+    Add, Sqrt, Div, Mul, Add): the hidden group passes it, its scale and bias moving, the means broadcast
+    back; the variance plus epsilon (a scalar, which has no hidden axis) has one entry per row, so its
+    Reshape to an output is not reached.  A squeeze-and-excitation block that pools by ReduceMean over H and W (axes as an input, opset 18):
+    the channels pass to the excitation Convs.  A spatial gate (mean and max over the channels, concatenated
+    and convolved to one channel) leaves the channels whole."""
+    rng = np.random.default_rng(21)
+    inits = [_init(rng, "W1", (16, 32)), _init(rng, "W2", (32, 8)), _init(rng, "g", (32,)), _init(rng, "b", (32,)),
+             numpy_helper.from_array(np.array(1e-5, np.float32), "eps"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]),
+             helper.make_node("ReduceMean", ["h"], ["mu"], name="mean", axes=[-1]),
+             helper.make_node("Sub", ["h", "mu"], ["d"]), helper.make_node("Pow", ["d", "two"], ["d2"]),
+             helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]), helper.make_node("Add", ["var", "eps"], ["ve"]),
+             helper.make_node("Sqrt", ["ve"], ["sd"]), helper.make_node("Div", ["d", "sd"], ["n"]),
+             helper.make_node("Mul", ["n", "g"], ["ng"]), helper.make_node("Add", ["ng", "b"], ["nb"]),
+             helper.make_node("MatMul", ["nb", "W2"], ["y"]), helper.make_node("Reshape", ["ve", "flat"], ["stat"])]
+    inits.append(_ints("flat", [4]))
+    ln = save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8]),
+                      helper.make_tensor_value_info("stat", TensorProto.FLOAT, [4])], inits, opset=13),
+              tmp_path / "ln.onnx")
+    inits = [_init(rng, "C1", (32, 8, 3, 3)), _init(rng, "S1", (8, 32, 1, 1)), _init(rng, "S2", (32, 8, 1, 1)),
+             _init(rng, "G", (1, 2, 3, 3)), _init(rng, "C2", (16, 32, 1, 1)), _ints("hw", [2, 3])]
+    nodes = [helper.make_node("Conv", ["x", "C1"], ["c"], pads=[1] * 4),
+             helper.make_node("ReduceMean", ["c", "hw"], ["p"], name="pool"),
+             helper.make_node("Conv", ["p", "S1"], ["s1"]), helper.make_node("Relu", ["s1"], ["s2"]),
+             helper.make_node("Conv", ["s2", "S2"], ["s3"]), helper.make_node("Sigmoid", ["s3"], ["s4"]),
+             helper.make_node("Mul", ["c", "s4"], ["e"]),
+             helper.make_node("ReduceMean", ["e", "one"], ["avg"]), helper.make_node("ReduceMax", ["e", "one"], ["top"]),
+             helper.make_node("Concat", ["avg", "top"], ["both"], axis=1),
+             helper.make_node("Conv", ["both", "G"], ["gate"], pads=[1] * 4), helper.make_node("Sigmoid", ["gate"], ["gs"]),
+             helper.make_node("Mul", ["e", "gs"], ["f"]), helper.make_node("Conv", ["f", "C2"], ["y"])]
+    inits.append(_ints("one", [1]))
+    se = save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 6, 6])], inits, opset=18),
+              tmp_path / "se.onnx")
+    for src, moved in ((ln, {"W2": 32}), (se, {"S1": 32, "S2": 8})):
+        out = tmp_path / "o.onnx"
+        rep = json.loads(nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "--json", check=0).out)
+        groups = {g["from"]: g for g in rep["permutation"]["groups"]}
+        assert {k: g["channels"] for k, g in groups.items() if g["permuted"]} == moved, groups
+        feeds = _feeds(src)
+        for want, have in zip(_outputs(src, feeds), _outputs(out, feeds)):
+            np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        before, after = weights(src), weights(out)
+        if src == ln:
+            order = _column_order(before["W1"], after["W1"])
+            for k in ("g", "b", "W2"):
+                np.testing.assert_array_equal(after[k], before[k][order])
+        else:
+            order = _column_order(before["C2"][:, :, 0, 0], after["C2"][:, :, 0, 0])
+            np.testing.assert_array_equal(after["C1"], before["C1"][order])
+            np.testing.assert_array_equal(_column_order(before["S1"][:, :, 0, 0], after["S1"][:, :, 0, 0]), order)
+            np.testing.assert_array_equal(_column_order(before["S2"][:, :, 0, 0].T, after["S2"][:, :, 0, 0].T), order)
+            np.testing.assert_array_equal(after["G"], before["G"])
+    # axes the graph computes: the reduction blocks, saying so
+    model = onnx.load(str(ln))
+    model.graph.node[1].ClearField("attribute")
+    model.graph.node[1].input.append("axes")
+    model.graph.input.append(helper.make_tensor_value_info("axes", TensorProto.INT64, [1]))
+    src = save(model, tmp_path / "dyn.onnx")
+    rep = json.loads(nmprune("prune", src, "-o", tmp_path / "o.onnx", "--permute", "--align", "none", "--json",
+                             check=0).out)
+    assert {g["from"]: g.get("blocked") for g in rep["permutation"]["groups"]}["W2"] == \
+        "the axes that ReduceMean 'mean' reduces are not known"
+
+
 def _dynamic_int8(tmp_path, per_channel):
     """A float Conv-Conv-pool-MatMul-MatMul model, quantized by onnxruntime's quantize_dynamic: activations by
     DynamicQuantizeLinear, weights to uint8 for ConvInteger and MatMulInteger (per column with per_channel: the

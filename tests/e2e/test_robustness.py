@@ -241,7 +241,8 @@ def random_cnn(path, seed):
     Concat of CSP blocks (random part sizes, some not multiples of M; parts reordered, a residual branch,
     a part read twice) and of SPPF blocks (MaxPools of one tensor concatenated), and Slices: a run of the
     channels (bounds negative, past the end or exact; now and then every other channel) into a Conv, or a
-    spatial axis reversed."""
+    spatial axis reversed; and reductions: squeeze-and-excitation pooled by ReduceMean over H and W, a
+    spatial gate from the mean and max over the channels, and a LayerNorm written out over the channels."""
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
     width = int(rng.choice([32, 64]))
@@ -249,7 +250,7 @@ def random_cnn(path, seed):
     skip = x
     for i in range(int(rng.integers(3, 7))):
         kind = rng.choice(["conv", "grouped", "depthwise", "residual", "mul", "qdq", "act", "bias", "unit", "csp",
-                           "sppf", "slice"])
+                           "sppf", "slice", "se", "gate", "norm"])
         y = f"n{i}"
         if kind == "conv":
             x = conv_bn(rng, nodes, inits, x, y, width, width, int(rng.choice([1, 3])))
@@ -324,6 +325,31 @@ def random_cnn(path, seed):
                       for k, v in zip(("st", "en", "ax", "sp"), (*bounds, int(rng.choice([1, -3])), step))]
             nodes.append(helper.make_node("Slice", [x] + [f"{y}.{k}" for k in ("st", "en", "ax", "sp")], [f"{y}.cut"]))
             x = conv_bn(rng, nodes, inits, f"{y}.cut", y, count, width, 1)
+        elif kind == "se":
+            nodes.append(helper.make_node("ReduceMean", [x], [f"{y}.p"], axes=[2, 3]))
+            squeezed = conv_bn(rng, nodes, inits, f"{y}.p", f"{y}.sq", width, 8, 1)
+            nodes.append(helper.make_node("Relu", [squeezed], [f"{y}.r"]))
+            excited = conv_bn(rng, nodes, inits, f"{y}.r", f"{y}.ex", 8, width, 1)
+            nodes += [helper.make_node("Sigmoid", [excited], [f"{y}.g"]), helper.make_node("Mul", [x, f"{y}.g"], [y])]
+            x = y
+        elif kind == "gate":
+            nodes += [helper.make_node("ReduceMean", [x], [f"{y}.avg"], axes=[1]),
+                      helper.make_node("ReduceMax", [x], [f"{y}.top"], axes=[-3]),
+                      helper.make_node("Concat", [f"{y}.avg", f"{y}.top"], [f"{y}.both"], axis=1)]
+            gate = conv_bn(rng, nodes, inits, f"{y}.both", f"{y}.gc", 2, 1, 3)
+            nodes += [helper.make_node("Sigmoid", [gate], [f"{y}.g"]), helper.make_node("Mul", [x, f"{y}.g"], [y])]
+            x = y
+        elif kind == "norm":
+            inits += [init(rng, f"{y}.k", (width, 1, 1)), numpy_helper.from_array(np.float32(1e-3), f"{y}.eps")]
+            nodes += [helper.make_node("ReduceMean", [x], [f"{y}.mu"], axes=[1]),
+                      helper.make_node("Sub", [x, f"{y}.mu"], [f"{y}.d"]),
+                      helper.make_node("Mul", [f"{y}.d", f"{y}.d"], [f"{y}.d2"]),
+                      helper.make_node("ReduceMean", [f"{y}.d2"], [f"{y}.var"], axes=[1]),
+                      helper.make_node("Add", [f"{y}.var", f"{y}.eps"], [f"{y}.ve"]),
+                      helper.make_node("Sqrt", [f"{y}.ve"], [f"{y}.sd"]),
+                      helper.make_node("Div", [f"{y}.d", f"{y}.sd"], [f"{y}.n"]),
+                      helper.make_node("Mul", [f"{y}.n", f"{y}.k"], [y])]
+            x = y
         else:
             nodes.append(helper.make_node(str(rng.choice(["Relu", "Sigmoid", "Tanh"])), [x], [y]))
             x = y
