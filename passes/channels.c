@@ -822,7 +822,7 @@ static bool reduce_axes(const ctx *c, const Onnx__NodeProto *n, int r, uint64_t 
 	*bits = 0;
 	if (k == 0) {
 		if (!nmp_node_attr_int(n, "noop_with_empty_axes", 0))
-			*bits = r == 64 ? ~0ull : (1ull << r) - 1;
+			*bits = (1ull << r) - 1;
 		return true;
 	}
 	for (int i = 0; i < k; i++) {
@@ -835,7 +835,8 @@ static bool reduce_axes(const ctx *c, const Onnx__NodeProto *n, int r, uint64_t 
 
 static bool is_reduction(const Onnx__NodeProto *n)
 {
-	return strncmp(node_op(n), "Reduce", 6) == 0;
+	bool std_domain = !n->domain || !n->domain[0] || strcmp(n->domain, "ai.onnx") == 0;
+	return std_domain && strncmp(node_op(n), "Reduce", 6) == 0;
 }
 
 /*
@@ -858,7 +859,7 @@ static void infer_units(ctx *c)
 			size_t x = find_name(c, in_name(n, 0));
 			unit = reduced | (x == SIZE_MAX ? 0 : c->names[x].unit);
 		} else if (op_in(n, k_elementwise)) {
-			unit = r == 64 ? ~0ull : (1ull << r) - 1;
+			unit = (1ull << r) - 1;
 			for (size_t k = 0; k < n->n_input && unit; k++) {
 				size_t x = in_name(n, k) ? find_name(c, in_name(n, k)) : SIZE_MAX;
 				if (x == SIZE_MAX)
@@ -870,7 +871,7 @@ static void infer_units(ctx *c)
 					unit = 0;
 					break;
 				}
-				for (int a = 0; a < rk && a < 64; a++) {
+				for (int a = 0; a < rk && a < MAX_RANK; a++) {
 					has |= 1ull << a;
 					if (v->is_const ? const_dim(v, rk - 1 - a) == 1 : (v->unit >> a & 1))
 						one |= 1ull << a;

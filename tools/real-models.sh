@@ -49,3 +49,8 @@ fetch ddddocr==1.6.1 ddddocr/common_old.onnx ddddocr_ocr_int8.onnx
 # object detector (YOLOX-style: a Focus stem of strided Slices, CSP blocks,
 # SPP), 20.1 MB
 fetch ddddocr==1.6.1 ddddocr/common_det.onnx ddddocr_det.onnx
+# OCR text detector and recognizer (PP-OCRv6 small, opset 11: ConvNeXt-style
+# blocks whose LayerNorms are written out with ReduceMean, GELU by Erf;
+# the recognizer adds attention), 9.9 / 21.2 MB
+fetch rapidocr==3.10.0 rapidocr/models/PP-OCRv6_det_small.onnx ppocrv6_det.onnx
+fetch rapidocr==3.10.0 rapidocr/models/PP-OCRv6_rec_small.onnx ppocrv6_rec.onnx

@@ -24,6 +24,8 @@ MODELS = {
     "silero_vad_16k_op15": (10, 3, lambda r: _vad_feeds(r)),
     "ddddocr_ocr_int8": (22, 15, lambda r: {"input1": r.random((1, 1, 64, 160)).astype(np.float32)}),
     "ddddocr_det": (83, 70, lambda r: {"images": r.random((1, 3, 416, 416)).astype(np.float32)}),
+    "ppocrv6_det": (85, 47, lambda r: {"x": r.standard_normal((1, 3, 160, 192)).astype(np.float32)}),
+    "ppocrv6_rec": (66, 42, lambda r: {"x": r.standard_normal((2, 3, 48, 320)).astype(np.float32)}),
 }
 
 
@@ -70,7 +72,7 @@ def test_pruned_model_complies_and_runs(tmp_path, name, pattern):
 @pytest.mark.parametrize("inferred", [False, True], ids=["as-exported", "onnx-shape-inference"])
 @pytest.mark.parametrize("name,permuted", [("ppocrv4_rec", 16), ("ppocrv4_det", 22), ("ppocr_cls", 5),
                                            ("yolov8n_320", 56), ("silero_vad_16k_op15", 3), ("ddddocr_det", 59),
-                                           ("ddddocr_ocr_int8", 9)])
+                                           ("ddddocr_ocr_int8", 9), ("ppocrv6_det", 27), ("ppocrv6_rec", 25)])
 def test_permutation_keeps_the_function_of_real_models(tmp_path, name, permuted, inferred):
     """--permute-only rewrites channels across real Conv stacks (the recogniser's through a Reshape to a shape
     the graph computes from Shape): outputs stay those of the input model.  The exports carry no value_info;
@@ -87,8 +89,8 @@ def test_permutation_keeps_the_function_of_real_models(tmp_path, name, permuted,
     groups = json.loads(r.out)["permutation"]["groups"]
     assert sum(1 for g in groups if g.get("permuted")) == permuted, [g.get("blocked") for g in groups]
     feeds = MODELS[name][2](np.random.default_rng(1))
-    for a, b in zip(run(src, feeds), run(out, feeds)):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+    for a, b in zip(run(src, feeds), run(out, feeds)):  # 1e-6 at least: the v6 detector's maps stay near 0 here
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=max(1e-4 * np.abs(a).max(), 1e-6))
     assert out.read_bytes() != src.read_bytes()  # channels did move
 
 
