@@ -841,8 +841,8 @@ static bool is_reduction(const Onnx__NodeProto *n)
 
 /*
  * Axes of size 1 in the tensors the graph computes: those a reduction keeps
- * (keepdims), and what element-wise ops make of them (an axis of size 1 in
- * every operand that has it).  An element-wise op broadcasts such a tensor
+ * (keepdims) or a Reshape or Expand is given as 1, and what element-wise ops
+ * make of them (an axis of size 1 in every operand that has it).  An element-wise op broadcasts such a tensor
  * along the axis, so no order of the axis reaches it.  Nodes come in
  * topological order.
  */
@@ -855,9 +855,19 @@ static void infer_units(ctx *c)
 		if (r < 0 || r > MAX_RANK)
 			continue;
 		uint64_t unit = 0, reduced;
+		dim_sym sh[MAX_SYMS];
+		bool expand = op_is(n, "Expand");
 		if (is_reduction(n) && nmp_node_attr_int(n, "keepdims", 1) && reduce_axes(c, n, r, &reduced)) {
 			size_t x = find_name(c, in_name(n, 0));
 			unit = reduced | (x == SIZE_MAX ? 0 : c->names[x].unit);
+		} else if ((op_is(n, "Reshape") || expand) && syms_of(c, in_name(n, 1), sh) == r) {
+			/* a shape entry known to be 1: Reshape's output has it; Expand's where its input is 1 too */
+			size_t x = find_name(c, in_name(n, 0));
+			int rx = x == SIZE_MAX ? -1 : c->names[x].rank;
+			for (int a = 0; a < r; a++)
+				if (sh[r - 1 - a].known && sh[r - 1 - a].value == 1 &&
+				    (!expand || (rx >= 0 && (a >= rx || (c->names[x].unit >> a & 1)))))
+					unit |= 1ull << a;
 		} else if (op_in(n, k_elementwise)) {
 			unit = (1ull << r) - 1;
 			for (size_t k = 0; k < n->n_input && unit; k++) {
@@ -1354,8 +1364,9 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 		rels_conv(c, n, rs, true);
 	} else if (op_is(n, "MatMul") || op_is(n, "MatMulInteger")) {
 		rels_matmul(c, n, rs);
-	} else if (op_is(n, "DynamicQuantizeLinear")) {
-		/* its scale and zero point are the whole tensor's: any order of any axis gives the same */
+	} else if (op_is(n, "DynamicQuantizeLinear") || op_is(n, "Expand")) {
+		/* DynamicQuantizeLinear: its scale and zero point are the whole tensor's, the same in any order.
+		 * Expand broadcasts its input as element-wise ops do (its shape is a shape, not an operand). */
 		rel *e = new_rel(rs);
 		e->any = true;
 		mem(e, 0, 0, -1, false);

@@ -881,6 +881,40 @@ def test_reductions_pass_the_axes_they_keep_and_end_the_ones_they_reduce(tmp_pat
         "the axes that ReduceMean 'mean' reduces are not known"
 
 
+def test_statistics_shaped_back_by_reshape_and_expand_are_broadcast(tmp_path):
+    """A LayerNorm as jax2tf writes it: the mean without keepdims, reshaped to [rows, 1] by a shape the graph
+    computes (Shape, Slice, Concat with a constant 1) and expanded to that shape before the Sub.  The 1 in the
+    shape marks the axis as broadcast, so the hidden group moves through; Expand carries its input's axes
+    like an element-wise op (the scale, expanded to the activation's shape, moves), and a 1 in its shape
+    keeps an axis its input has whole (h expanded to [rows, 1] is h)."""
+    rng = np.random.default_rng(22)
+    inits = [_init(rng, "W1", (16, 32)), _init(rng, "W2", (32, 8)), _ints("ax", [1]), _ints("zero", [0]),
+             _ints("one", [1])]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Shape", ["h"], ["hs"]),
+             helper.make_node("Slice", ["hs", "zero", "one"], ["rows"]),
+             helper.make_node("Concat", ["rows", "one"], ["shape"], axis=0),
+             helper.make_node("ReduceMean", ["h"], ["mu"], axes=[1], keepdims=0),
+             helper.make_node("Reshape", ["mu", "shape"], ["mu2"], name="col"),
+             helper.make_node("Expand", ["mu2", "shape"], ["mu3"], name="bcast"),
+             helper.make_node("Expand", ["h", "shape"], ["hx"], name="keep"),
+             helper.make_node("Sub", ["hx", "mu3"], ["d"]), helper.make_node("Shape", ["d"], ["ds"]),
+             helper.make_node("Expand", ["g", "ds"], ["gx"], name="scale"), helper.make_node("Mul", ["d", "gx"], ["e"]),
+             helper.make_node("MatMul", ["e", "W2"], ["y"])]
+    inits.append(_init(rng, "g", (32,)))
+    src = save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], inits, opset=13),
+               tmp_path / "jax.onnx")
+    out = tmp_path / "o.onnx"
+    rep = json.loads(nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "--json", check=0).out)
+    groups = {g["from"]: g for g in rep["permutation"]["groups"]}
+    assert groups["W2"]["permuted"] and groups["W2"]["tensors"] == 3, groups["W2"]  # W1's columns, g, W2's rows
+    before, after = weights(src), weights(out)
+    np.testing.assert_array_equal(after["g"], before["g"][_column_order(before["W1"], after["W1"])])
+    feeds = _feeds(src)
+    for want, have in zip(_outputs(src, feeds), _outputs(out, feeds)):
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def _dynamic_int8(tmp_path, per_channel):
     """A float Conv-Conv-pool-MatMul-MatMul model, quantized by onnxruntime's quantize_dynamic: activations by
     DynamicQuantizeLinear, weights to uint8 for ConvInteger and MatMulInteger (per column with per_channel: the

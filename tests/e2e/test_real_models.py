@@ -106,6 +106,23 @@ def test_magika_group_passes_its_whole_slice(tmp_path):
                                     "the channels of 'jax2tf_get_logits_/pjit_get_logits_/MagikaV2/Reshape:0'")
 
 
+def test_magika_head_group_moves_through_its_jax2tf_layernorm(tmp_path):
+    """With --align none the classifier head (512 x 214) is eligible too, and its input channels form a group:
+    the Conv's output channels, pooled, then a LayerNorm as jax2tf writes it (ReduceSum without keepdims, the
+    mean reshaped to [N, 1] by a shape computed from the input's and expanded back).  The group moves, and
+    the file type the model gives does not change."""
+    src = REAL / "magika_standard_v3_3.onnx"
+    out = tmp_path / "p.onnx"
+    r = nmprune("prune", src, "--permute-only", "--align", "none", "-o", out, "--json", check=0)
+    groups = {g["from"]: g for g in json.loads(r.out)["permutation"]["groups"]}
+    head = groups["jax2tf_get_logits_/Const_24:0"]
+    assert head["permuted"] and head["channels"] == 512 and head["tensors"] == 5
+    feeds = MODELS["magika_standard_v3_3"][2](np.random.default_rng(4))
+    a, b = run(src, feeds)[0], run(out, feeds)[0]
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    assert (a.argmax(-1) == b.argmax(-1)).all()
+
+
 def test_dynamically_quantized_groups_move_exactly(tmp_path):
     """The int8 OCR model quantizes each activation in the graph (DynamicQuantizeLinear: one scale and zero point
     for the whole tensor), multiplies in integers (ConvInteger, MatMulInteger with per-tensor zero points), and
