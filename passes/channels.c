@@ -2975,3 +2975,18 @@ nmp_status nmp_channels_apply(const nmp_channels *c, const nmp_model *m, size_t 
 	free(order);
 	return NMP_OK;
 }
+
+nmp_status nmp_channels_view(const nmp_channels *c, const nmp_model *m, const nmp_tensor *t, nmp_view *v,
+			     nmp_error *err)
+{
+	if (!t || !c || !nmp_channels_touches(c, (size_t)(t - m->tensors)))
+		return NMP_OK;
+	void *buf = malloc(v->length ? v->length : 1);
+	if (!buf)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	nmp_status s = nmp_channels_apply(c, m, (size_t)(t - m->tensors), buf, v->data, v->length, err);
+	uint64_t length = v->length;
+	nmp_view_release(v);
+	*v = (nmp_view){ .data = buf, .length = length, .owned = buf };
+	return s;
+}

@@ -132,4 +132,11 @@ bool nmp_channels_touches(const nmp_channels *c, size_t tensor);
 nmp_status nmp_channels_apply(const nmp_channels *c, const nmp_model *m, size_t tensor, void *data,
 			      const void *src, uint64_t length, nmp_error *err);
 
+/*
+ * Replaces a view of model tensor t (NULL: nothing) by a permuted copy that
+ * the view owns, when the rewrite touches it; c may be NULL.
+ */
+nmp_status nmp_channels_view(const nmp_channels *c, const nmp_model *m, const nmp_tensor *t, nmp_view *v,
+			     nmp_error *err);
+
 #endif

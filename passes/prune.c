@@ -173,18 +173,7 @@ nmp_status nmp_quant_view(const nmp_model *m, const nmp_candidate *c, nmp_quant_
 /* Replaces a view of a tensor the channel plan permutes by a permuted copy. */
 static nmp_status permute_view(const prune_ctx *c, const nmp_tensor *t, nmp_view *v, nmp_error *err)
 {
-	const nmp_channels *ch = c->o ? c->o->channels : NULL;
-	const nmp_model *m = c->plan->model;
-	if (!t || !ch || !nmp_channels_touches(ch, (size_t)(t - m->tensors)))
-		return NMP_OK;
-	void *buf = malloc(v->length ? v->length : 1);
-	if (!buf)
-		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
-	nmp_status s = nmp_channels_apply(ch, m, (size_t)(t - m->tensors), buf, v->data, v->length, err);
-	uint64_t length = v->length;
-	nmp_view_release(v);
-	*v = (nmp_view){ .data = buf, .length = length, .owned = buf };
-	return s;
+	return nmp_channels_view(c->o ? c->o->channels : NULL, c->plan->model, t, v, err);
 }
 
 static nmp_status run_one(prune_ctx *c, size_t ci, void *data, const void *src, uint64_t length,

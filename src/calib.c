@@ -559,16 +559,28 @@ static nmp_status run_pass(nmp_calib *c, nmp_ort *ort, const nmp_model_input *in
 	size_t len = 0;
 	nmp_ort_session *sess = NULL;
 	nmp_calib_data *data = NULL;
-	/* weights decided in earlier stages run as they will be written */
+	/* weights decided in earlier stages run as they will be written, and so do the tensors permuted */
 	const void **payloads = calloc(m->n_tensors + 1, sizeof *payloads);
-	if (s == NMP_OK && !payloads)
+	nmp_view *permuted = calloc(m->n_tensors + 1, sizeof *permuted);
+	if (s == NMP_OK && (!payloads || !permuted))
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	for (size_t i = 0; s == NMP_OK && i < c->n; i++)
 		if (c->t[i].decided)
 			payloads[c->plan->sel->choices[i].cand->tensor - m->tensors] = c->t[i].payload;
+	for (size_t i = 0; s == NMP_OK && n_outs && c->o.channels && i < m->n_tensors; i++) {
+		if (payloads[i] || !nmp_channels_touches(c->o.channels, i))
+			continue;
+		s = nmp_model_view(m, &m->tensors[i], &permuted[i], err);
+		if (s == NMP_OK)
+			s = nmp_channels_view(c->o.channels, m, &m->tensors[i], &permuted[i], err);
+		payloads[i] = permuted[i].data;
+	}
 	/* activations that are all graph inputs need no run of the model */
 	if (s == NMP_OK && n_outs)
 		s = nmp_model_serialize(m, payloads, extra, n_extra, &bytes, &len, err);
+	for (size_t i = 0; permuted && i < m->n_tensors; i++)
+		nmp_view_release(&permuted[i]);
+	free(permuted);
 	if (s == NMP_OK && n_outs)
 		s = nmp_ort_session_create(ort, bytes, len, m->path, c->o.threads, &sess, err);
 	free(bytes);
@@ -1077,8 +1089,17 @@ static nmp_status decide(nmp_calib *c, size_t ci, nmp_error *err)
 	nmp_view v = { 0 }, sv = { 0 }, zv = { 0 };
 	nmp_quant_params qp;
 	nmp_status s = nmp_model_view(m, cand->tensor, &v, err);
-	if (s == NMP_OK && cand->quant.present)
+	if (s == NMP_OK)
+		s = nmp_channels_view(c->o.channels, m, cand->tensor, &v, err);
+	if (s == NMP_OK && cand->quant.present) { /* as the output holds them: permuted with the weight */
 		s = nmp_quant_view(m, cand, &qp, &sv, &zv, err);
+		if (s == NMP_OK)
+			s = nmp_channels_view(c->o.channels, m, cand->quant.scale, &sv, err);
+		if (s == NMP_OK && cand->quant.zero_point)
+			s = nmp_channels_view(c->o.channels, m, cand->quant.zero_point, &zv, err);
+		qp.scale = sv.data;
+		qp.zero_point = cand->quant.zero_point ? zv.data : NULL;
+	}
 	t->payload = malloc(nbytes ? nbytes : 1);
 	t->mask = malloc(numel ? numel : 1);
 	float *mag = malloc((numel ? numel : 1) * sizeof *mag);

@@ -35,6 +35,11 @@
  * ends where its statistics would pass the memory budget; a sparsegpt
  * Hessian lives only until its weight is decided.
  *
+ * Permutation.  With a channel plan (--permute), the model runs, and each
+ * weight is decided, with every tensor the plan touches permuted: the
+ * statistics and decisions are those of the permuted model, which computes
+ * what the original does.
+ *
  * Ownership: nmp_calibrate allocates the result, nmp_calib_free releases it;
  * it borrows the plan.
  */
@@ -45,6 +50,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "channels.h"
 #include "mask.h"
 #include "plan.h"
 
@@ -68,6 +74,7 @@ typedef struct nmp_calib_opts {
 	size_t stages;               /* passes in graph order, each on the model pruned so far; 0: 8 */
 	nmp_engine *engine;          /* chooses the masks (wanda's scores, magnitude's comparison) */
 	const char *stats_path;      /* write the statistics as safetensors (tests), or NULL */
+	const nmp_channels *channels; /* --permute: calibrate the model, and decide its weights, as permuted */
 } nmp_calib_opts;
 
 /* What calibration says about one weight, for reports and metadata. */

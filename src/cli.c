@@ -407,9 +407,8 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 								   "--damp is for --method sparsegpt");
 		if (cli->damp > 0 && strcmp(cli->calib_method, "sparsegpt") != 0)
 			return usage(err, "%s", "--damp is for --method sparsegpt");
-		if (calibrated && cli->permute)
-			return usage(err, "--method %s and --permute cannot be combined: the statistics are in the "
-					  "original channel order", cli->calib_method);
+		if (calibrated && cli->permute_only)
+			return usage(err, "--method %s chooses masks; --permute-only writes none", cli->calib_method);
 	}
 	return NMP_OK;
 }

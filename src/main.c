@@ -386,7 +386,7 @@ static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)
 		nmp_calib_opts co = { .method = calib_method(cli), .data = cli->calibration,
 				      .max_samples = cli->calib_samples, .damp = cli->damp, .stages = cli->calib_stages,
 				      .ort_library = cli->ort_library, .threads = cli->threads,
-				      .stats_path = cli->calib_stats, .engine = engine };
+				      .stats_path = cli->calib_stats, .engine = engine, .channels = channels };
 		if ((s = nmp_calibrate(&plan, &co, &calib, err)) != NMP_OK)
 			goto out;
 	}

@@ -416,6 +416,42 @@ def test_errors(tmp_path, mlp_case):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("stages", ["1", "2"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_permute_calibrates_the_permuted_model(tmp_path, rng, method, stages):
+    """--permute with a calibrated method: the channels are permuted first (searched on magnitudes), then the
+    permuted model is run on the data and each weight decided as permuted.  So its weights are exactly those of
+    calibrating the --permute-only output, and it computes what that pruned model computes.  In one stage the
+    second Conv's statistics come from a run with the first Conv's weight permuted but not yet decided."""
+    model, _ = conv_model(rng)
+    src = save(model, tmp_path / "c.onnx")
+    save_file({"x": rng.standard_normal((6, 1, 8, 9, 7)).astype(np.float32)}, str(tmp_path / "d.safetensors"))
+    common = ["--align", "none", "--method", method, "--calibration", tmp_path / "d.safetensors", "-q",
+              "--calibration-stages", stages]
+    both, permuted, after = tmp_path / "both.onnx", tmp_path / "perm.onnx", tmp_path / "after.onnx"
+    nmprune("prune", src, "-o", both, "--permute", *common)
+    nmprune("prune", src, "-o", permuted, "--permute-only", "--align", "none", "-q")
+    nmprune("prune", permuted, "-o", after, *common)
+    plain = tmp_path / "plain.onnx"
+    nmprune("prune", src, "-o", plain, *common)
+    got, want, unpermuted = (weights_of(p) for p in (both, after, plain))
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert not np.array_equal(got["W2"], unpermuted["W2"])  # the channels did move
+    assert nmprune("check", both, "--align", "none", "-q").code == 0
+    meta = {p.key: p.value for p in onnx.load(str(both)).metadata_props}
+    assert json.loads(meta["nmprune.calibration"])["method"] == method
+    x = rng.standard_normal((2, 8, 9, 7)).astype(np.float32)
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(run(both), run(after), rtol=1e-5, atol=1e-6)
+    r = nmprune("prune", src, "-o", tmp_path / "o.onnx", "--permute-only", *common, check=2)
+    assert f"--method {method} chooses masks; --permute-only writes none" in r.err
+
+
+def weights_of(path):
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
 REAL = __import__("pathlib").Path(__file__).resolve().parents[2] / ".cache" / "real-models"
 
 
