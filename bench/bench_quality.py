@@ -192,7 +192,7 @@ def main():
         sys.exit(f"bench-quality: {', '.join(missing)} missing from {MODELS}: run make deps")
     OUT.mkdir(parents=True, exist_ok=True)
     failures = []
-    print(f"{'model':22} {'pattern':7} {'method':10} {'cosine':>8} {'rel L2':>8} {'top-1':>7} "
+    print(f"{'model':22} {'pattern':7} {'method':18} {'cosine':>8} {'rel L2':>8} {'top-1':>7} "
           f"{'err/mag':>8} {'time s':>7} {'peak MiB':>8}")
     for name, make, n, opts in CASES:
         model = MODELS / f"{name}.onnx"
@@ -202,19 +202,22 @@ def main():
         save_file({k: v[n:] for k, v in data.items()}, str(ev))
         out, dt, _ = run("compare", model, model, "--calibration", ev, "--json")
         f = json.loads(out)["outputs"][0]
-        print(f"{name:22} {'dense':7} {'-':10} {f['cosine']:8.4f} {f['rel_l2']:8.4f} {f['top1'] or 0:7.4f} "
+        print(f"{name:22} {'dense':7} {'-':18} {f['cosine']:8.4f} {f['rel_l2']:8.4f} {f['top1'] or 0:7.4f} "
               f"{'':>8} {dt:7.2f} {'':>8}")
         size_mb = model.stat().st_size / 1e6
         for pattern in ("2:4", "4:8"):
             err = {}
-            for method in ("magnitude", "wanda", "sparsegpt"):
+            for method in ("magnitude", "wanda", "sparsegpt", "magnitude+permute", "wanda+permute",
+                           "sparsegpt+permute"):
+                base = method.split("+")[0]
                 pruned = OUT / f"{name}.{pattern.replace(':', '-')}.{method}.onnx"
-                extra = [] if method == "magnitude" else ["--method", method, "--calibration", cal]
+                extra = [] if base == "magnitude" else ["--method", base, "--calibration", cal]
+                extra += ["--permute"] if method.endswith("+permute") else []
                 _, dt, rss = run("prune", model, "-o", pruned, "--pattern", pattern, "-q", *opts, *extra)
                 out, _, _ = run("compare", model, pruned, "--calibration", ev, "--json")
                 f = json.loads(out)["outputs"][0]
                 err[method] = f["rel_l2"]
-                print(f"{'':22} {pattern:7} {method:10} {f['cosine']:8.4f} {f['rel_l2']:8.4f} "
+                print(f"{'':22} {pattern:7} {method:18} {f['cosine']:8.4f} {f['rel_l2']:8.4f} "
                       f"{(f['top1'] if f['top1'] is not None else float('nan')):7.4f} "
                       f"{f['rel_l2'] / err['magnitude']:8.3f} {dt:7.2f} {rss / 1024:8.1f}")
                 if size_mb < 10 and dt > 60:
