@@ -434,6 +434,17 @@ def _concat_of(parts, opset=17):
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], inits, opset)
 
 
+def _permute_only(tmp_path, nodes, inits, outputs, name):
+    """A model of x [4, 16] and 2-D outputs of 8 columns, --permute-only: (input, output, report, report's
+    weights by name, its groups)."""
+    outs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, [4, 8]) for y in outputs]
+    src = save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])], outs, inits),
+               tmp_path / f"{name}.onnx")
+    out = tmp_path / "o.onnx"
+    rep = json.loads(nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "--json", check=0).out)
+    return src, out, rep, {w["name"]: w for w in rep["weights"]}, rep["permutation"]["groups"]
+
+
 def test_runs_that_straddle_groups_of_m_are_not_searched(tmp_path):
     """A Concat of 6 and 10 channels: at 2:4 the run at 6 begins inside a group of four, and the first run
     has 6 channels: neither is searched, and nothing moves."""
@@ -469,13 +480,7 @@ def test_cuts_pass_both_ways_and_counts_follow_from_the_whole(tmp_path):
              helper.make_node("Concat", ["h0", "h1"], ["cat"], name="cat", axis=-1),
              helper.make_node("Split", ["cat", "sizes"], ["s0", "s1"], name="split", axis=1),
              helper.make_node("MatMul", ["s0", "Wa"], ["ya"]), helper.make_node("MatMul", ["s1", "Wb"], ["yb"])]
-    outs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, [4, 8]) for y in ("ya", "yb")]
-    src = save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])], outs, inits),
-               tmp_path / "s.onnx")
-    out = tmp_path / "o.onnx"
-    rep = json.loads(nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "--json", check=0).out)
-    by_weight = {w["name"]: w for w in rep["weights"]}
-    groups = rep["permutation"]["groups"]
+    src, out, rep, by_weight, groups = _permute_only(tmp_path, nodes, inits, ("ya", "yb"), "s")
     wb = by_weight["Wb"]["permutation_runs"]
     assert [(x["offset"], x["channels"]) for x in wb] == [(0, 8), (8, 16)]
     assert all(groups[x["group"]]["permuted"] for x in wb) and groups[by_weight["Wa"]["permutation_group"]]["permuted"]
@@ -547,13 +552,7 @@ def test_slices_take_runs_of_the_channels(tmp_path):
              helper.make_node("Slice", ["r", "s3", "e3", "ax"], ["c"], name="all"),
              helper.make_node("MatMul", ["a", "W1"], ["y1"]), helper.make_node("MatMul", ["b", "W2"], ["y2"]),
              helper.make_node("MatMul", ["c", "W3"], ["y3"])]
-    outs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, [4, 8]) for y in ("y1", "y2", "y3")]
-    src = save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])], outs, inits),
-               tmp_path / "s.onnx")
-    out = tmp_path / "o.onnx"
-    rep = json.loads(nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "--json", check=0).out)
-    by_weight = {w["name"]: w for w in rep["weights"]}
-    groups = rep["permutation"]["groups"]
+    src, out, rep, by_weight, groups = _permute_only(tmp_path, nodes, inits, ("y1", "y2", "y3"), "s")
     runs = by_weight["W3"]["permutation_runs"]
     assert [(x["offset"], x["channels"]) for x in runs] == [(0, 8), (8, 16), (24, 8)]
     assert [x["group"] for x in runs[1:]] == [by_weight["W1"]["permutation_group"],
