@@ -67,7 +67,8 @@ typedef struct slot {
  * A Concat, Split or Slice along a channel axis: the whole tensor's channels
  * (the Concat's output, the Split's or Slice's input) are the parts' one
  * after another; a Slice's one part begins `pre` channels in, and the
- * channels around it are read by nothing there.
+ * channels around it are read by nothing there.  A Reshape that keeps the
+ * last axis is a Slice of all of it, when it has the channels it says.
  */
 typedef struct seg {
 	uint32_t node;
@@ -76,7 +77,8 @@ typedef struct seg {
 	size_t *part;               /* each part's slot; SIZE_MAX: a constant of one channel, or none */
 	uint64_t *len;              /* each part's channels, 0 while unknown */
 	size_t n_parts;
-	bool slice;
+	bool slice;                 /* one part (a Slice's or a Reshape's) */
+	bool keep;                  /* a Reshape's: the part is the whole, both of `end` channels */
 	int64_t start, end;         /* a Slice's bounds, as given */
 	uint64_t pre;               /* the channels before the first part: a Slice's start, once clamped */
 	bool ok;                    /* every count known, adding up to the whole's */
@@ -1624,34 +1626,50 @@ static void constrain(ctx *c, size_t g, const rel *r, const char *node)
 static size_t new_group(ctx *c, const char *label);
 static void expand(ctx *c, size_t s);
 
+enum { SEG_NONE, SEG_PARTS, SEG_SLICE, SEG_KEEP };
+
 /*
- * Does node n divide channels along axis neg (counted from the end): a
- * Concat or Split along it, or a Slice that takes one run of it (a step of 1,
- * constant bounds, which go to *start and *end)?
+ * How node n divides channels along axis neg (counted from the end): a
+ * Concat or Split along it (SEG_PARTS); a Slice that takes one run of it, a
+ * step of 1 between constant bounds (SEG_SLICE, the bounds in *start and
+ * *end); or a Reshape of a tensor the graph computes to a shape that ends in
+ * a constant K, as [B, S, C] becomes [B * S, C], which keeps the last axis
+ * when that has K channels too (SEG_KEEP, *end = K).
  */
-static bool seg_divides(const ctx *c, const Onnx__NodeProto *n, int neg, int64_t *start, int64_t *end)
+static int seg_kind(const ctx *c, const Onnx__NodeProto *n, int neg, int64_t *start, int64_t *end)
 {
 	bool std_domain = !n->domain || !n->domain[0] || strcmp(n->domain, "ai.onnx") == 0;
 	int r = rank_of(c, in_name(n, 0));
 	if (!std_domain || r <= 0 || neg < -r)
-		return false;
+		return SEG_NONE;
 	if (op_is(n, "Concat") || op_is(n, "Split"))
-		return norm_axis(nmp_node_attr_int(n, "axis", 0), r) == neg;
+		return norm_axis(nmp_node_attr_int(n, "axis", 0), r) == neg ? SEG_PARTS : SEG_NONE;
+	if (op_is(n, "Reshape")) {
+		dim_sym sh[MAX_SYMS];
+		size_t x = find_name(c, in_name(n, 0));
+		int k = syms_of(c, in_name(n, 1), sh);
+		if (neg != -1 || x == SIZE_MAX || c->names[x].is_const || k < 1 || !sh[k - 1].known ||
+		    sh[k - 1].value <= 1)
+			return SEG_NONE;
+		*start = 0;
+		*end = sh[k - 1].value;
+		return SEG_KEEP;
+	}
 	uint64_t cut;
 	int64_t st[MAX_RANK], en[MAX_RANK], sp[MAX_RANK];
 	if (!op_is(n, "Slice") || !slice_axes(c, n, r, &cut, st, en, sp) || !(cut >> (-neg - 1) & 1) ||
 	    sp[-neg - 1] != 1)
-		return false;
+		return SEG_NONE;
 	*start = st[-neg - 1];
 	*end = en[-neg - 1];
-	return true;
+	return SEG_SLICE;
 }
 
-/* Is `name` one of the tensors whose channels node n divides or joins (not Split's sizes, Slice's bounds)? */
+/* Is `name` one of the tensors whose channels node n divides or joins (not Split's sizes, Slice's bounds, a shape)? */
 static bool seg_side(const Onnx__NodeProto *n, const char *name)
 {
 	if (!op_is(n, "Concat") && in_name(n, 0) && strcmp(in_name(n, 0), name) == 0)
-		return true; /* a Split's or Slice's whole */
+		return true; /* a Split's, Slice's or Reshape's whole */
 	char **io = op_is(n, "Concat") ? n->input : n->output;
 	size_t count = op_is(n, "Concat") ? n->n_input : n->n_output;
 	for (size_t k = 0; k < count; k++)
@@ -1685,10 +1703,11 @@ static size_t seg_slot(ctx *c, const char *name, int neg)
 }
 
 /*
- * Records a Concat, Split or Slice that slot s reaches along the axis it
- * divides (a Slice's bounds: start, end); seed_segs gives its sides slots.
+ * Records a Concat, Split, Slice or Reshape that slot s reaches along the
+ * axis it divides (seg_kind: kind, start, end); seed_segs gives its sides
+ * slots.
  */
-static void cross_seg(ctx *c, size_t s, uint32_t ni, int64_t start, int64_t end)
+static void cross_seg(ctx *c, size_t s, uint32_t ni, int kind, int64_t start, int64_t end)
 {
 	const Onnx__NodeProto *n = c->g->node[ni];
 	if (c->slots[s].is_short) {
@@ -1707,11 +1726,11 @@ static void cross_seg(ctx *c, size_t s, uint32_t ni, int64_t start, int64_t end)
 	if (!e)
 		return;
 	c->segs = e;
-	bool slice = op_is(n, "Slice");
+	bool slice = kind != SEG_PARTS;
 	size_t count = op_is(n, "Concat") ? n->n_input : slice ? 1 : n->n_output;
 	e = &c->segs[c->n_segs];
 	*e = (seg){ .node = ni, .neg = c->slots[s].neg, .whole = SIZE_MAX, .n_parts = count, .slice = slice,
-		    .start = start, .end = end,
+		    .keep = kind == SEG_KEEP, .start = start, .end = end,
 		    .part = malloc((count ? count : 1) * sizeof *e->part), .len = calloc(count ? count : 1, sizeof *e->len) };
 	if (!e->part || !e->len) {
 		free(e->part);
@@ -1760,8 +1779,9 @@ static void visit(ctx *c, size_t s, uint32_t ni)
 	const char *name = c->names[sl.name].name;
 	const char *label = node_label(n);
 	int64_t start = 0, end = 0;
-	if (seg_divides(c, n, sl.neg, &start, &end) && seg_side(n, name)) {
-		cross_seg(c, s, ni, start, end);
+	int kind = seg_kind(c, n, sl.neg, &start, &end);
+	if (kind != SEG_NONE && seg_side(n, name)) {
+		cross_seg(c, s, ni, kind, start, end);
 		return;
 	}
 	rels rs;
@@ -1958,6 +1978,13 @@ static bool seg_counts(ctx *c, seg *e)
 	if (e->slice) {
 		nmp_chan_group *p = e->part[0] == SIZE_MAX ? NULL : &gs[comp_of(c, e->part[0])];
 		uint64_t len = p ? p->channels : 0;
+		if (e->keep) { /* the part has the shape's count; the whole is not told (it must say so itself) */
+			e->pre = 0;
+			if (!p || len)
+				return false;
+			e->len[0] = p->channels = (uint64_t)e->end;
+			return true;
+		}
 		if (!whole && len && e->start >= 0 && e->end > e->start && (uint64_t)(e->end - e->start) > len) {
 			/* a part shorter than its bounds ends where the whole does: the whole is start + len */
 			gs[comp_of(c, e->whole)].channels = (uint64_t)e->start + len;
@@ -2030,6 +2057,8 @@ static bool seg_sound(const ctx *c, const seg *e)
 		return false;
 	size_t w = comp_of(c, e->whole);
 	uint64_t whole = c->out->groups[w].channels;
+	if (e->keep)
+		return whole == (uint64_t)e->end && e->part[0] != SIZE_MAX && e->len[0] == whole;
 	if (e->slice)
 		return whole && e->part[0] != SIZE_MAX && e->len[0] &&
 		       (int64_t)e->len[0] == slice_count((int64_t)whole, e->start, e->end, 1);
@@ -2104,9 +2133,14 @@ static void divide_groups(ctx *c)
 		seg *e = &c->segs[i];
 		e->ok = seg_sound(c, e);
 		const Onnx__NodeProto *n = c->g->node[e->node];
+		/* a Reshape whose input's last axis is known to have another count regroups it */
+		bool regroups = e->keep && e->whole != SIZE_MAX && o->groups[comp_of(c, e->whole)].channels;
 		for (size_t k = 0; !e->ok && k <= e->n_parts; k++) {
 			size_t sl = k < e->n_parts ? e->part[k] : e->whole;
-			if (sl != SIZE_MAX)
+			if (sl != SIZE_MAX && regroups)
+				block(c, comp_of(c, sl), "Reshape '%s' mixes or reorders the channels of '%s'",
+				      node_label(n), n->output[0]);
+			else if (sl != SIZE_MAX)
 				block(c, comp_of(c, sl), "the channel counts of %s '%s' are unknown or do not add up",
 				      node_op(n), node_label(n));
 		}

@@ -141,9 +141,9 @@ def shape_zoo():
 def blockers():
     """Each eligible weight reads channels that something blocks."""
     rng = np.random.default_rng(7)
-    inits = [_init(rng, n, s) for n, s in (("W1", (16, 16)), ("W2", (16, 16)), ("W3", (16, 16)),
+    inits = [_init(rng, n, s) for n, s in (("W1", (16, 16)), ("W2", (8, 16)), ("W3", (16, 16)),
                                            ("W4", (32, 8)))]
-    inits.append(numpy_helper.from_array(np.array([4, 16], np.int64), "shape"))
+    inits.append(numpy_helper.from_array(np.array([8, 8], np.int64), "shape"))  # rows of 16 become rows of 8
     nodes = [
         helper.make_node("MatMul", ["x", "W1"], ["a"], name="fc1"),
         helper.make_node("Reshape", ["a", "shape"], ["b"], name="reshape"),
@@ -154,7 +154,7 @@ def blockers():
     ]
     return _model(nodes, [helper.make_tensor_value_info(x, TensorProto.FLOAT, [4, 16]) for x in ("x", "x3", "x4")],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8]),
-                   helper.make_tensor_value_info("c", TensorProto.FLOAT, [4, 16])], inits)
+                   helper.make_tensor_value_info("c", TensorProto.FLOAT, [8, 16])], inits)
 
 
 def csp_zoo():
@@ -621,9 +621,10 @@ def test_slices_that_cannot_carry_the_channels_block(tmp_path, variant, reason):
     it), so the group reaches the Reshape before it and blocks there, not at the Slice.  And m + m[:, 0:1]: the
     Slice's one channel is broadcast over m's, so one group holds both sides of the Slice and no run can be cut."""
     rng = np.random.default_rng(17)
-    inits = [_init(rng, "P", (16, 32)), _init(rng, "W", (16, 8)), _init(rng, "Ww", (32, 8)),
-             _ints("st", [0]), _ints("en", [10**9 if variant == "reshape" else 32]), _ints("ax", [1]),
-             _ints("sp", [2]), _ints("shape", [4, 32])]
+    wide = 16 if variant == "reshape" else 32  # what Ww reads: the reshape makes rows of 32 into two of 16
+    inits = [_init(rng, "P", (16, 32)), _init(rng, "W", (16, 8)), _init(rng, "Ww", (wide, 8)),
+             _ints("st", [0]), _ints("en", [10**9 if variant == "reshape" else 32]),
+             _ints("ax", [-1 if variant == "reshape" else 1]), _ints("sp", [2]), _ints("shape", [4, 2, 16])]
     ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])]
     args = {"step": ["m", "st", "en", "ax", "sp"], "bounds": ["m", "st", "lim", "ax"],
             "axes": ["m", "st", "en", "dyn"], "reshape": ["m", "st", "en", "ax"],
@@ -646,8 +647,8 @@ def test_slices_that_cannot_carry_the_channels_block(tmp_path, variant, reason):
         inits = [i for i in inits if i.name != "Ww"]
     else:
         inits = [i for i in inits if i.name != "W"]
-    src = save(_model(nodes, ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], inits),
-               tmp_path / "b.onnx")
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2, 8] if variant == "reshape" else [4, 8])
+    src = save(_model(nodes, ins, [y], inits), tmp_path / "b.onnx")
     rep = json.loads(nmprune("prune", src, "-o", tmp_path / "o.onnx", "--permute", "--align", "none", "--json",
                              check=0).out)
     groups = {g["from"]: g for g in rep["permutation"]["groups"]}
@@ -912,6 +913,47 @@ def test_statistics_shaped_back_by_reshape_and_expand_are_broadcast(tmp_path):
     feeds = _feeds(src)
     for want, have in zip(_outputs(src, feeds), _outputs(out, feeds)):
         np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_reshapes_that_keep_the_last_axis_pass_it(tmp_path):
+    """[10, 32] reshaped to [2, 5, 32] and back to [-1, 32], as exports fold tokens into the batch (and tf2onnx
+    writes Dense on a sequence): rows of 32 stay rows of 32, so W1's columns and W2's rows move in one order.
+    [4, 32] reshaped to [8, 16] makes rows of 16 out of rows of 32: P's 32 columns say so, and the group blocks
+    at the Reshape.  A Reshape to [-1, 16] of a graph input's channels: whether they are 16 is not known."""
+    rng = np.random.default_rng(23)
+    inits = [_init(rng, "W1", (64, 32)), _init(rng, "W2", (32, 8)), _ints("tokens", [2, 5, 32]),
+             _ints("rows", [-1, 32])]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Reshape", ["h", "tokens"], ["t"]),
+             helper.make_node("Relu", ["t"], ["r"]), helper.make_node("Reshape", ["r", "rows"], ["f"]),
+             helper.make_node("MatMul", ["f", "W2"], ["y"])]
+    src = save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [10, 64])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [10, 8])], inits), tmp_path / "t.onnx")
+    out = tmp_path / "o.onnx"
+    rep = json.loads(nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "--json", check=0).out)
+    groups = {g["from"]: g for g in rep["permutation"]["groups"]}
+    assert groups["W2"]["permuted"] and groups["W2"]["tensors"] == 2
+    before, after = weights(src), weights(out)
+    order = _column_order(before["W1"], after["W1"])
+    assert not np.array_equal(order, np.arange(32))
+    np.testing.assert_array_equal(after["W2"], before["W2"][order])
+    feeds = _feeds(src)
+    for want, have in zip(_outputs(src, feeds), _outputs(out, feeds)):
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+    for producer, reason in ((["MatMul", ["x", "P"]], "Reshape 'halve' mixes or reorders the channels of 'v'"),
+                             (["Relu", ["x2"]], "the channel counts of Reshape 'halve' are unknown or do not add up")):
+        inits = [_init(rng, "P", (16, 32)), _init(rng, "W", (16, 8)), _ints("halves", [-1, 16])]
+        nodes = [helper.make_node(producer[0], producer[1], ["h"]),
+                 helper.make_node("Reshape", ["h", "halves"], ["v"], name="halve"),
+                 helper.make_node("MatMul", ["v", "W"], ["y"])]
+        ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16]),
+               helper.make_tensor_value_info("x2", TensorProto.FLOAT, [4, 32])]
+        src = save(_model(nodes, ins if producer[0] == "Relu" else ins[:1],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 8])],
+                          inits if producer[0] == "MatMul" else inits[1:]), tmp_path / "h.onnx")
+        rep = json.loads(nmprune("prune", src, "-o", out, "--permute", "--align", "none", "--json", check=0).out)
+        groups = {g["from"]: g for g in rep["permutation"]["groups"]}
+        assert groups["W"]["blocked"] == reason
 
 
 def _dynamic_int8(tmp_path, per_channel):
