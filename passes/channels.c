@@ -10,6 +10,7 @@
 #include "mask.h"
 #include "parallel.h"
 #include "prune.h"
+#include "sorted.h"
 
 #define MAX_RANK 32
 #define MAX_MEMBERS 64
@@ -1930,14 +1931,7 @@ typedef struct cutset {
 /* Adds cut x; true if it is new. */
 static bool cut_add(cutset *cs, uint64_t x, bool *nomem)
 {
-	size_t lo = 0, hi = cs->n;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (cs->v[mid] < x)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
+	size_t lo = nmp_lower_bound_u64(cs->v, cs->n, x);
 	if (lo < cs->n && cs->v[lo] == x)
 		return false;
 	uint64_t *v = grow(cs->v, &cs->cap, cs->n + 1, sizeof *v, nomem);

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "sorted.h"
 #include "wire.h"
 
 /* ---- TensorProto -> tensor index ------------------------------------- */
@@ -385,15 +386,7 @@ static bool room_for(void *p, size_t *cap, size_t need, size_t elem)
 /* The first of the compact records at or after file offset `at`. */
 static size_t compact_from(const nmp_skeleton *sk, uint64_t at)
 {
-	size_t lo = 0, hi = sk->n_compact;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (sk->compact[mid] < at)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
+	return nmp_lower_bound_u64(sk->compact, sk->n_compact, at);
 }
 
 /*
