@@ -838,8 +838,7 @@ static bool reduce_axes(const ctx *c, const Onnx__NodeProto *n, int r, uint64_t 
 
 static bool is_reduction(const Onnx__NodeProto *n)
 {
-	bool std_domain = !n->domain || !n->domain[0] || strcmp(n->domain, "ai.onnx") == 0;
-	return std_domain && strncmp(node_op(n), "Reduce", 6) == 0;
+	return nmp_node_default_domain(n) && strncmp(node_op(n), "Reduce", 6) == 0;
 }
 
 /*
@@ -1354,8 +1353,7 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 	rs->lost = false;
 	rs->why[0] = '\0';
 	int r = rank_of(c, in_name(n, 0));
-	bool std_domain = !n->domain || !n->domain[0] || strcmp(n->domain, "ai.onnx") == 0;
-	if (!std_domain)
+	if (!nmp_node_default_domain(n))
 		return;
 	if (op_in(n, k_elementwise)) {
 		rel *e = new_rel(rs);
@@ -1639,9 +1637,8 @@ enum { SEG_NONE, SEG_PARTS, SEG_SLICE, SEG_KEEP };
  */
 static int seg_kind(const ctx *c, const Onnx__NodeProto *n, int neg, int64_t *start, int64_t *end)
 {
-	bool std_domain = !n->domain || !n->domain[0] || strcmp(n->domain, "ai.onnx") == 0;
 	int r = rank_of(c, in_name(n, 0));
-	if (!std_domain || r <= 0 || neg < -r)
+	if (!nmp_node_default_domain(n) || r <= 0 || neg < -r)
 		return SEG_NONE;
 	if (op_is(n, "Concat") || op_is(n, "Split"))
 		return norm_axis(nmp_node_attr_int(n, "axis", 0), r) == neg ? SEG_PARTS : SEG_NONE;

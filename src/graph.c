@@ -69,7 +69,7 @@ static const entry *lookup(const scope *sc, const char *name, const scope **wher
 	return NULL;
 }
 
-static bool is_default_domain(const Onnx__NodeProto *n)
+bool nmp_node_default_domain(const Onnx__NodeProto *n)
 {
 	return !n->domain || !n->domain[0] || strcmp(n->domain, "ai.onnx") == 0;
 }
@@ -276,7 +276,7 @@ static int scaling_mul_weight_input(const Onnx__NodeProto *n, const scope *sc)
 
 static int passes_through(const entry *e, const scope *sc)
 {
-	if (!e || e->kind != K_NODE || !is_default_domain(e->node) || e->out_index != 0 || e->node->n_input < 1)
+	if (!e || e->kind != K_NODE || !nmp_node_default_domain(e->node) || e->out_index != 0 || e->node->n_input < 1)
 		return PASS_NONE;
 	const char *op = op_of(e->node);
 	if (strcmp(op, "Cast") == 0 || strcmp(op, "Identity") == 0)
@@ -337,7 +337,7 @@ static nmp_status trace_back(walk *w, const scope *sc, const char *name, trace *
 		}
 		const Onnx__NodeProto *n = e->node;
 		const char *op = op_of(n);
-		if (is_default_domain(n) && strcmp(op, "Constant") == 0) {
+		if (nmp_node_default_domain(n) && strcmp(op, "Constant") == 0) {
 			const Onnx__AttributeProto *v = nmp_node_attr(n, "value");
 			t->is_weight = true;
 			t->name = e->name;
@@ -713,7 +713,7 @@ static nmp_status walk_graph(walk *w, const Onnx__GraphProto *gr, const scope *p
 	for (size_t i = 0; i < gr->n_node && s == NMP_OK; i++) {
 		const Onnx__NodeProto *n = gr->node[i];
 		const char *op = op_of(n);
-		if (is_default_domain(n) && nmp_graph_is_consumer(op)) {
+		if (nmp_node_default_domain(n) && nmp_graph_is_consumer(op)) {
 			const char *b = base_op(op);
 			int last = strcmp(b, "Conv") == 0 || strcmp(b, "ConvTranspose") == 0 ? 1 : 0;
 			int first = last;

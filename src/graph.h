@@ -81,6 +81,9 @@ void nmp_graph_free(nmp_graph **g);
 const Onnx__AttributeProto *nmp_node_attr(const Onnx__NodeProto *n, const char *name);
 int64_t nmp_node_attr_int(const Onnx__NodeProto *n, const char *name, int64_t dflt);
 
+/* Is the node an ONNX op (the default domain, "" or "ai.onnx"), not another domain's? */
+bool nmp_node_default_domain(const Onnx__NodeProto *n);
+
 /*
  * Node n's k-th subgraph, or NULL past the last: its attributes in order,
  * each one's graph, then its list of graphs.  *attr (when attr is not NULL)
