@@ -64,6 +64,9 @@ typedef struct slot {
 	uint64_t off;               /* once divided: where the group's channels begin on this axis */
 } slot;
 
+/* What a seg is (seg_kind): none; a Concat or Split; a Slice; a Reshape that keeps the last axis. */
+enum { SEG_NONE, SEG_PARTS, SEG_SLICE, SEG_KEEP };
+
 /*
  * A Concat, Split or Slice along a channel axis: the whole tensor's channels
  * (the Concat's output, the Split's or Slice's input) are the parts' one
@@ -78,8 +81,8 @@ typedef struct seg {
 	size_t *part;               /* each part's slot; SIZE_MAX: a constant of one channel, or none */
 	uint64_t *len;              /* each part's channels, 0 while unknown */
 	size_t n_parts;
-	bool slice;                 /* one part (a Slice's or a Reshape's) */
-	bool keep;                  /* a Reshape's: the part is the whole, both of `end` channels */
+	int kind;                   /* SEG_PARTS, or one part: SEG_SLICE, SEG_KEEP (the part is the whole,
+				     * both of `end` channels) */
 	int64_t start, end;         /* a Slice's bounds, as given */
 	uint64_t pre;               /* the channels before the first part: a Slice's start, once clamped */
 	bool ok;                    /* every count known, adding up to the whole's */
@@ -1625,8 +1628,6 @@ static void constrain(ctx *c, size_t g, const rel *r, const char *node)
 static size_t new_group(ctx *c, const char *label);
 static void expand(ctx *c, size_t s);
 
-enum { SEG_NONE, SEG_PARTS, SEG_SLICE, SEG_KEEP };
-
 /*
  * How node n divides channels along axis neg (counted from the end): a
  * Concat or Split along it (SEG_PARTS); a Slice that takes one run of it, a
@@ -1724,11 +1725,10 @@ static void cross_seg(ctx *c, size_t s, uint32_t ni, int kind, int64_t start, in
 	if (!e)
 		return;
 	c->segs = e;
-	bool slice = kind != SEG_PARTS;
-	size_t count = op_is(n, "Concat") ? n->n_input : slice ? 1 : n->n_output;
+	size_t count = op_is(n, "Concat") ? n->n_input : kind != SEG_PARTS ? 1 : n->n_output;
 	e = &c->segs[c->n_segs];
-	*e = (seg){ .node = ni, .neg = c->slots[s].neg, .whole = SIZE_MAX, .n_parts = count, .slice = slice,
-		    .keep = kind == SEG_KEEP, .start = start, .end = end,
+	*e = (seg){ .node = ni, .neg = c->slots[s].neg, .whole = SIZE_MAX, .n_parts = count, .kind = kind,
+		    .start = start, .end = end,
 		    .part = malloc((count ? count : 1) * sizeof *e->part), .len = calloc(count ? count : 1, sizeof *e->len) };
 	if (!e->part || !e->len) {
 		free(e->part);
@@ -1966,10 +1966,10 @@ static bool seg_counts(ctx *c, seg *e)
 	for (size_t k = 0; k < e->n_parts; k++)
 		if (e->part[k] != SIZE_MAX)
 			e->len[k] = gs[comp_of(c, e->part[k])].channels;
-	if (e->slice) {
+	if (e->kind != SEG_PARTS) {
 		nmp_chan_group *p = e->part[0] == SIZE_MAX ? NULL : &gs[comp_of(c, e->part[0])];
 		uint64_t len = p ? p->channels : 0;
-		if (e->keep) { /* the part has the shape's count; the whole is not told (it must say so itself) */
+		if (e->kind == SEG_KEEP) { /* the part has the shape's count; the whole is not told (it must say so itself) */
 			e->pre = 0;
 			if (!p || len)
 				return false;
@@ -2048,9 +2048,9 @@ static bool seg_sound(const ctx *c, const seg *e)
 		return false;
 	size_t w = comp_of(c, e->whole);
 	uint64_t whole = c->out->groups[w].channels;
-	if (e->keep)
+	if (e->kind == SEG_KEEP)
 		return whole == (uint64_t)e->end && e->part[0] != SIZE_MAX && e->len[0] == whole;
-	if (e->slice)
+	if (e->kind == SEG_SLICE)
 		return whole && e->part[0] != SIZE_MAX && e->len[0] &&
 		       (int64_t)e->len[0] == slice_count((int64_t)whole, e->start, e->end, 1);
 	uint64_t sum = 0;
@@ -2125,7 +2125,7 @@ static void divide_groups(ctx *c)
 		e->ok = seg_sound(c, e);
 		const Onnx__NodeProto *n = c->g->node[e->node];
 		/* a Reshape whose input's last axis is known to have another count regroups it */
-		bool regroups = e->keep && e->whole != SIZE_MAX && o->groups[comp_of(c, e->whole)].channels;
+		bool regroups = e->kind == SEG_KEEP && e->whole != SIZE_MAX && o->groups[comp_of(c, e->whole)].channels;
 		for (size_t k = 0; !e->ok && k <= e->n_parts; k++) {
 			size_t sl = k < e->n_parts ? e->part[k] : e->whole;
 			if (sl != SIZE_MAX && regroups)
