@@ -42,13 +42,14 @@ typedef struct name_info {
 	ref *refs;
 	size_t n_refs, cap_refs;
 	int rank;                   /* -1 unknown */
+	uint32_t unit;              /* axes of size 1 in a tensor the graph computes (bit -neg - 1, below
+				     * MAX_RANK), where known */
 	const nmp_tensor *tensor;   /* the value of a constant (initializer, Constant node) */
 	bool is_const;              /* also a Constant with a list or scalar attribute */
 	int const_rank;             /* -1: no shape known */
 	int64_t list_len;           /* a Constant's list attribute: its length, its one dim */
 	dim_sym *syms;              /* a computed shape's entries (one for a scalar), when followed; else NULL */
 	int n_syms;
-	uint64_t unit;              /* axes of size 1 in a tensor the graph computes (bit -neg - 1), where known */
 	bool graph_input, graph_output;
 	/* a constant read only inside one subgraph (the deleg_sub-th of node deleg_node): that subgraph's
 	 * analysis owns it; -1 otherwise */
@@ -894,7 +895,7 @@ static void infer_units(ctx *c)
 				unit &= ~has | one;
 			}
 		}
-		c->names[o].unit = unit;
+		c->names[o].unit = (uint32_t)unit; /* r <= MAX_RANK bits */
 	}
 }
 
