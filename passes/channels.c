@@ -87,6 +87,7 @@ typedef struct seg {
 	int64_t start, end;         /* a Slice's bounds, as given */
 	uint64_t pre;               /* the channels before the first part: a Slice's start, once clamped */
 	bool ok;                    /* every count known, adding up to the whole's */
+	bool tiles;                 /* a Reshape whose one side's last axis is runs of the other's (divide_groups) */
 } seg;
 
 typedef struct ctx {
@@ -2080,17 +2081,42 @@ static void uf_join(size_t *parent, size_t a, size_t b)
 		parent[a > b ? a : b] = a < b ? a : b;
 }
 
+/*
+ * Takes a run of `len` channels of component `from` into group `into`, whose
+ * count is the longest run joined: a shorter run is one tile of it, the
+ * last axis of a Reshape that splits the channels into runs or merges them
+ * back, so that the same order repeats in every tile.
+ */
+static void join_tile(nmp_chan_group *into, const nmp_chan_group *from, uint64_t len)
+{
+	char a[24], b[24];
+	snprintf(a, sizeof a, "%llu", (unsigned long long)into->channels);
+	snprintf(b, sizeof b, "%llu", (unsigned long long)len);
+	if (len == into->channels)
+		return;
+	if (!len || into->channels % len)
+		block_group(into, "a Concat, Split or Slice joins runs of %s and %s channels", a, b);
+	else if (from->tile)
+		block_group(into, "a Reshape splits the channels of '%s' that a grouped Conv reads one group at a time%s",
+			    from->label, NULL);
+	else if (into->tile && into->tile != len) {
+		snprintf(into->tile < len ? a : b, sizeof a, "%u", into->tile); /* the shorter run first */
+		snprintf(into->tile < len ? b : a, sizeof a, "%llu", (unsigned long long)len);
+		char what[256];
+		snprintf(what, sizeof what, "Reshapes split the channels of '%.120s' into runs of %s and of %s", into->label,
+			 a, b);
+		block_group(into, "%s%s", what, NULL);
+	} else {
+		into->tile = (unsigned)len;
+	}
+}
+
 /* Folds component group `from` (a run of `len` channels of it) into group `into`. */
 static void merge_group(nmp_chan_group *into, const nmp_chan_group *from, uint64_t len)
 {
 	if (from->blocked[0])
 		block_group(into, "%s%s", from->blocked, NULL);
-	if (into->channels != len) {
-		char a[24], b[24];
-		snprintf(a, sizeof a, "%llu", (unsigned long long)into->channels);
-		snprintf(b, sizeof b, "%llu", (unsigned long long)len);
-		block_group(into, "a Concat, Split or Slice joins runs of %s and %s channels", a, b);
-	}
+	join_tile(into, from, len);
 	if (from->tile && into->tile && from->tile != into->tile)
 		block_group(into, "grouped convolutions of different group sizes read '%s'%s", into->label, NULL);
 	into->tile = into->tile ? into->tile : from->tile;
@@ -2111,6 +2137,7 @@ static void divide_groups(ctx *c)
 	const size_t first = c->first_group, nc = o->n_groups - first;
 	cutset *cuts = calloc(nc ? nc : 1, sizeof *cuts);
 	size_t *base = malloc((nc + 1) * sizeof *base), *parent = NULL, *unit_group = NULL;
+	uint64_t *ulen = NULL, *top = NULL; /* per unit: its count; at a set's root, the longest */
 	nmp_chan_group *made = NULL;
 	slot *runs = NULL;
 	if (!cuts || !base)
@@ -2125,9 +2152,16 @@ static void divide_groups(ctx *c)
 		seg *e = &c->segs[i];
 		e->ok = seg_sound(c, e);
 		const Onnx__NodeProto *n = c->g->node[e->node];
-		/* a Reshape whose input's last axis is known to have another count regroups it */
-		bool regroups = e->kind == SEG_KEEP && e->whole != SIZE_MAX && o->groups[comp_of(c, e->whole)].channels;
-		for (size_t k = 0; !e->ok && k <= e->n_parts; k++) {
+		/*
+		 * A Reshape whose input's last axis has L channels and output's K: when one divides the other it
+		 * splits the channels into runs ([B, S, H * D] to [B, S, H, D]) or merges runs, and the last axis
+		 * of the shorter side holds one run of them (the channels modulo its count); otherwise it regroups.
+		 */
+		uint64_t whole = e->kind == SEG_KEEP && e->whole != SIZE_MAX ? o->groups[comp_of(c, e->whole)].channels : 0;
+		bool regroups = whole != 0;
+		e->tiles = !e->ok && whole && e->part[0] != SIZE_MAX && e->len[0] == (uint64_t)e->end &&
+			   (whole % e->len[0] == 0 || e->len[0] % whole == 0);
+		for (size_t k = 0; !e->ok && !e->tiles && k <= e->n_parts; k++) {
 			size_t sl = k < e->n_parts ? e->part[k] : e->whole;
 			if (sl != SIZE_MAX && regroups)
 				block(c, comp_of(c, sl), "Reshape '%s' mixes or reorders the channels of '%s'",
@@ -2165,6 +2199,14 @@ static void divide_groups(ctx *c)
 	}
 	if (c->nomem)
 		goto nomem;
+	for (size_t i = 0; i < c->n_segs; i++) {
+		const seg *e = &c->segs[i];
+		size_t w = comp_of(c, e->whole), p = e->tiles ? comp_of(c, e->part[0]) : w;
+		if (e->tiles && (cuts[w - first].n || cuts[p - first].n))
+			for (int k = 0; k < 2; k++)
+				block(c, k ? p : w, "Reshape '%s' splits or merges channels that a Concat, Split or Slice divides%s",
+				      node_label(c->g->node[e->node]), NULL);
+	}
 	base[0] = 0;
 	for (size_t w = 0; w < nc; w++) {
 		nmp_chan_group *gr = &o->groups[first + w];
@@ -2178,7 +2220,9 @@ static void divide_groups(ctx *c)
 	parent = malloc((n_units ? n_units : 1) * sizeof *parent);
 	unit_group = malloc((n_units ? n_units : 1) * sizeof *unit_group);
 	made = calloc(n_units ? n_units : 1, sizeof *made);
-	if (!parent || !unit_group || !made)
+	ulen = malloc((n_units ? n_units : 1) * sizeof *ulen);
+	top = malloc((n_units ? n_units : 1) * sizeof *top);
+	if (!parent || !unit_group || !made || !ulen || !top)
 		goto nomem;
 	for (size_t u = 0; u < n_units; u++)
 		parent[u] = u;
@@ -2199,23 +2243,42 @@ static void divide_groups(ctx *c)
 			at += e->len[k];
 		}
 	}
+	for (size_t i = 0; i < c->n_segs; i++) { /* a split or merged axis joins its runs' group, one tile of it */
+		const seg *e = &c->segs[i];
+		size_t w = comp_of(c, e->whole) - first, p = e->tiles ? comp_of(c, e->part[0]) - first : w;
+		if (e->tiles && !cuts[w].n && !cuts[p].n)
+			uf_join(parent, base[w], base[p]);
+	}
+	for (size_t w = 0; w < nc; w++) { /* each unit's count, and its set's longest at the root */
+		const nmp_chan_group *comp = &o->groups[first + w];
+		for (size_t j = 0; j <= cuts[w].n; j++) {
+			uint64_t end = j < cuts[w].n ? cuts[w].v[j] : comp->channels;
+			ulen[base[w] + j] = comp->channels ? end - run_start(&cuts[w], j) : 0;
+		}
+	}
+	for (size_t u = 0; u < n_units; u++)
+		top[u] = 0;
+	for (size_t u = 0; u < n_units; u++) {
+		size_t root = uf_find(parent, u);
+		top[root] = ulen[u] > top[root] ? ulen[u] : top[root];
+	}
 	size_t n_made = 0;
 	for (size_t u = 0; u < n_units; u++)
 		unit_group[u] = SIZE_MAX;
 	for (size_t w = 0; w < nc; w++) {
 		const nmp_chan_group *comp = &o->groups[first + w];
 		for (size_t j = 0; j <= cuts[w].n; j++) {
-			uint64_t end = j < cuts[w].n ? cuts[w].v[j] : comp->channels;
-			uint64_t len = comp->channels ? end - run_start(&cuts[w], j) : 0;
+			uint64_t len = ulen[base[w] + j];
 			size_t root = uf_find(parent, base[w] + j);
 			if (unit_group[root] == SIZE_MAX) { /* roots come first: the least unit of each set */
 				unit_group[root] = n_made;
 				made[n_made] = *comp;
-				made[n_made].channels = len;
+				made[n_made].channels = top[root];
+				join_tile(&made[n_made], comp, len);
 				if (cuts[w].n) /* the run it stands for: "name[start:end]" */
 					snprintf(made[n_made].label, sizeof made[n_made].label, "%.120s[%llu:%llu]",
 						 comp->label, (unsigned long long)run_start(&cuts[w], j),
-						 (unsigned long long)end);
+						 (unsigned long long)(run_start(&cuts[w], j) + len));
 				n_made++;
 			} else {
 				merge_group(&made[unit_group[root]], comp, len);
@@ -2237,8 +2300,10 @@ static void divide_groups(ctx *c)
 	for (size_t i = 0; i < c->n_slots; i++) {
 		size_t w = comp_of(c, i) - first;
 		for (size_t j = 0; j <= cuts[w].n; j++) {
+			size_t u = base[w] + j;
 			runs[n_runs] = c->slots[i];
-			runs[n_runs].group = first + unit_group[base[w] + j];
+			runs[n_runs].group = first + unit_group[u];
+			runs[n_runs].is_short |= ulen[u] < top[uf_find(parent, u)];
 			runs[n_runs++].off = run_start(&cuts[w], j);
 		}
 	}
@@ -2262,6 +2327,8 @@ out:
 	free(base);
 	free(parent);
 	free(unit_group);
+	free(ulen);
+	free(top);
 	free(made);
 	free(runs);
 }

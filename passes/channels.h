@@ -28,9 +28,13 @@
  * channels are its parts' channels one after another.  A Slice that takes a
  * run of the channels (a step of 1, constant bounds) is a Split whose one
  * part is that run, and a Reshape that keeps the last axis (its shape ends
- * in the K channels the input's last axis has) a Slice of all of it.  Each such axis is cut where any part begins or ends, on
- * both sides, until the cuts agree, and every run between two cuts is a
- * group of its own, joined with the runs the node equates it to.  So a weight's group axis may hold several
+ * in the K channels the input's last axis has) a Slice of all of it.  Each
+ * such axis is cut where any part begins or ends, on both sides, until the
+ * cuts agree, and every run between two cuts is a group of its own, joined
+ * with the runs the node equates it to.  A Reshape whose last axis has K
+ * channels where its input's has a multiple of K, or the reverse (attention
+ * heads split and merged), joins the shorter side to the group as one tile:
+ * the same order of K repeats in every run of K.  So a weight's group axis may hold several
  * groups, each in its own run of channels (nmp_chan_part), and a group may
  * hold several runs of one tensor (a C2f block concatenates a branch and the
  * residual sum of that branch).  Each group's order stays inside its run.

@@ -54,3 +54,7 @@ fetch ddddocr==1.6.1 ddddocr/common_det.onnx ddddocr_det.onnx
 # the recognizer adds attention), 9.9 / 21.2 MB
 fetch rapidocr==3.10.0 rapidocr/models/PP-OCRv6_det_small.onnx ppocrv6_det.onnx
 fetch rapidocr==3.10.0 rapidocr/models/PP-OCRv6_rec_small.onnx ppocrv6_rec.onnx
+# end-of-turn detector for speech (Whisper-tiny's encoder, 4 transformer
+# layers of 6 heads of 64, and a classifier; statically quantized to 8 bits
+# with QuantizeLinear / DequantizeLinear around every MatMul), 8.7 MB
+fetch pipecat-ai==1.14.0 pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx smart_turn_v3_2.onnx

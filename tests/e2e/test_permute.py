@@ -141,9 +141,9 @@ def shape_zoo():
 def blockers():
     """Each eligible weight reads channels that something blocks."""
     rng = np.random.default_rng(7)
-    inits = [_init(rng, n, s) for n, s in (("W1", (16, 16)), ("W2", (8, 16)), ("W3", (16, 16)),
+    inits = [_init(rng, n, s) for n, s in (("W1", (16, 24)), ("W2", (16, 16)), ("W3", (16, 16)),
                                            ("W4", (32, 8)))]
-    inits.append(numpy_helper.from_array(np.array([8, 8], np.int64), "shape"))  # rows of 16 become rows of 8
+    inits.append(numpy_helper.from_array(np.array([6, 16], np.int64), "shape"))  # rows of 24 become rows of 16
     nodes = [
         helper.make_node("MatMul", ["x", "W1"], ["a"], name="fc1"),
         helper.make_node("Reshape", ["a", "shape"], ["b"], name="reshape"),
@@ -154,7 +154,7 @@ def blockers():
     ]
     return _model(nodes, [helper.make_tensor_value_info(x, TensorProto.FLOAT, [4, 16]) for x in ("x", "x3", "x4")],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8]),
-                   helper.make_tensor_value_info("c", TensorProto.FLOAT, [8, 16])], inits)
+                   helper.make_tensor_value_info("c", TensorProto.FLOAT, [6, 16])], inits)
 
 
 def csp_zoo():
@@ -621,10 +621,10 @@ def test_slices_that_cannot_carry_the_channels_block(tmp_path, variant, reason):
     it), so the group reaches the Reshape before it and blocks there, not at the Slice.  And m + m[:, 0:1]: the
     Slice's one channel is broadcast over m's, so one group holds both sides of the Slice and no run can be cut."""
     rng = np.random.default_rng(17)
-    wide = 16 if variant == "reshape" else 32  # what Ww reads: the reshape makes rows of 32 into two of 16
-    inits = [_init(rng, "P", (16, 32)), _init(rng, "W", (16, 8)), _init(rng, "Ww", (wide, 8)),
-             _ints("st", [0]), _ints("en", [10**9 if variant == "reshape" else 32]),
-             _ints("ax", [-1 if variant == "reshape" else 1]), _ints("sp", [2]), _ints("shape", [4, 2, 16])]
+    wide = 16 if variant == "reshape" else 32  # what Ww reads: the reshape makes 4 rows of 24 into 6 of 16
+    inits = [_init(rng, "P", (16, 24 if variant == "reshape" else 32)), _init(rng, "W", (16, 8)),
+             _init(rng, "Ww", (wide, 8)), _ints("st", [0]), _ints("en", [10**9 if variant == "reshape" else 32]),
+             _ints("ax", [-1 if variant == "reshape" else 1]), _ints("sp", [2]), _ints("shape", [6, 16])]
     ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])]
     args = {"step": ["m", "st", "en", "ax", "sp"], "bounds": ["m", "st", "lim", "ax"],
             "axes": ["m", "st", "en", "dyn"], "reshape": ["m", "st", "en", "ax"],
@@ -647,7 +647,7 @@ def test_slices_that_cannot_carry_the_channels_block(tmp_path, variant, reason):
         inits = [i for i in inits if i.name != "Ww"]
     else:
         inits = [i for i in inits if i.name != "W"]
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2, 8] if variant == "reshape" else [4, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 8] if variant == "reshape" else [4, 8])
     src = save(_model(nodes, ins, [y], inits), tmp_path / "b.onnx")
     rep = json.loads(nmprune("prune", src, "-o", tmp_path / "o.onnx", "--permute", "--align", "none", "--json",
                              check=0).out)
@@ -918,8 +918,9 @@ def test_statistics_shaped_back_by_reshape_and_expand_are_broadcast(tmp_path):
 def test_reshapes_that_keep_the_last_axis_pass_it(tmp_path):
     """[10, 32] reshaped to [2, 5, 32] and back to [-1, 32], as exports fold tokens into the batch (and tf2onnx
     writes Dense on a sequence): rows of 32 stay rows of 32, so W1's columns and W2's rows move in one order.
-    [4, 32] reshaped to [8, 16] makes rows of 16 out of rows of 32: P's 32 columns say so, and the group blocks
-    at the Reshape.  A Reshape to [-1, 16] of a graph input's channels: whether they are 16 is not known."""
+    [4, 24] reshaped to [6, 16] makes rows of 16 out of rows of 24, neither a run of the other: P's 24 columns
+    say so, and the group blocks at the Reshape.  A Reshape to [-1, 16] of a graph input's channels: how many
+    they are is not known."""
     rng = np.random.default_rng(23)
     inits = [_init(rng, "W1", (64, 32)), _init(rng, "W2", (32, 8)), _ints("tokens", [2, 5, 32]),
              _ints("rows", [-1, 32])]
@@ -942,14 +943,14 @@ def test_reshapes_that_keep_the_last_axis_pass_it(tmp_path):
 
     for producer, reason in ((["MatMul", ["x", "P"]], "Reshape 'halve' mixes or reorders the channels of 'v'"),
                              (["Relu", ["x2"]], "the channel counts of Reshape 'halve' are unknown or do not add up")):
-        inits = [_init(rng, "P", (16, 32)), _init(rng, "W", (16, 8)), _ints("halves", [-1, 16])]
+        inits = [_init(rng, "P", (16, 24)), _init(rng, "W", (16, 8)), _ints("halves", [-1, 16])]
         nodes = [helper.make_node(producer[0], producer[1], ["h"]),
                  helper.make_node("Reshape", ["h", "halves"], ["v"], name="halve"),
                  helper.make_node("MatMul", ["v", "W"], ["y"])]
         ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16]),
-               helper.make_tensor_value_info("x2", TensorProto.FLOAT, [4, 32])]
+               helper.make_tensor_value_info("x2", TensorProto.FLOAT, [4, 24])]
         src = save(_model(nodes, ins if producer[0] == "Relu" else ins[:1],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 8])],
                           inits if producer[0] == "MatMul" else inits[1:]), tmp_path / "h.onnx")
         rep = json.loads(nmprune("prune", src, "-o", out, "--permute", "--align", "none", "--json", check=0).out)
         groups = {g["from"]: g for g in rep["permutation"]["groups"]}
@@ -1178,3 +1179,115 @@ def test_one_large_group_searched_on_several_threads_gives_the_same_output(tmp_p
     feeds = {"x": rng.standard_normal((4, 64)).astype(np.float32)}
     for a, b in zip(_outputs(src, feeds), _outputs(tmp_path / "o2.onnx", feeds)):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+
+
+def _attention(variant="heads"):
+    """Self-attention as exporters write it: x [1, 6, 32] projected to Q, K and V, each split into 4 heads of 8
+    by a Reshape to a shape computed from x's Shape ([B, -1, 4, 8], opset 14 allowzero as torch writes it),
+    transposed to [B, 4, S, 8]; V's heads scaled by one gain of 8 that all of them share; softmax(Q K^T /
+    sqrt(8)) V, transposed back and merged to [B, S, 32] by a second Reshape, into the output projection Wo
+    (32 x 16).  Variants: "regroup" merges to [B, -1, 12] instead (rows of 12 out of heads of 8, read by a
+    12-row Wo); "rope" cuts V's heads into halves and joins them again (a Slice and a Concat on the head's
+    axis); "nested" splits V's heads of 8 again into [2, 4] before merging."""
+    rng = np.random.default_rng(31)
+    wo_rows = 12 if variant == "regroup" else 32
+    inits = [_init(rng, n, s) for n, s in (("Wq", (32, 32)), ("Wk", (32, 32)), ("Wv", (32, 32)), ("bv", (32,)),
+                                          ("Wo", (wo_rows, 16)), ("bo", (16,)), ("gain", (8,)))]
+    inits += [_ints("heads", [-1, 4, 8]), _ints("merged", [-1, wo_rows]), _ints("zero", [0]), _ints("one", [1]),
+              _ints("half", [4]), _ints("end", [8]), _ints("axis", [-1]), _ints("quarters", [4, -1, 2, 4]),
+              _ints("two", [2]),
+              numpy_helper.from_array(np.array(8 ** -0.5, np.float32), "scale")]
+    nodes = [helper.make_node("Shape", ["x"], ["xs"]),
+             helper.make_node("Slice", ["xs", "zero", "one"], ["batch"]),
+             helper.make_node("Concat", ["batch", "heads"], ["split_shape"], axis=0),
+             helper.make_node("Concat", ["batch", "merged"], ["merge_shape"], axis=0)]
+    for p in "qkv":
+        src = f"{p}0" if p == "v" else f"{p}p"
+        nodes.append(helper.make_node("MatMul", ["x", f"W{p}"], [src], name=f"{p}_proj"))
+        if p == "v":
+            nodes.append(helper.make_node("Add", [src, "bv"], ["vp"]))
+        nodes += [helper.make_node("Reshape", [f"{p}p", "split_shape"], [f"{p}h"], name=f"{p}_heads", allowzero=1),
+                  helper.make_node("Transpose", [f"{p}h"], [f"{p}t"], perm=[0, 2, 3, 1] if p == "k" else [0, 2, 1, 3])]
+    nodes.append(helper.make_node("Mul", ["vt", "gain"], ["vg"]))  # one gain per channel of a head, in every head
+    v = "vg"
+    if variant == "rope":
+        nodes += [helper.make_node("Slice", ["vg", "zero", "half", "axis"], ["v_lo"], name="lo"),
+                  helper.make_node("Slice", ["vg", "half", "end", "axis"], ["v_hi"], name="hi"),
+                  helper.make_node("Concat", ["v_hi", "v_lo"], ["v_rot"], axis=-1, name="rotate")]
+        v = "v_rot"
+    elif variant == "nested":
+        nodes += [helper.make_node("Shape", ["vg"], ["vts"]),
+                  helper.make_node("Slice", ["vts", "zero", "one"], ["vb"]),
+                  helper.make_node("Concat", ["vb", "quarters"], ["q_shape"], axis=0),
+                  helper.make_node("Reshape", ["vg", "q_shape"], ["v_q"], name="quarter")]
+        v = "v_q"
+    nodes += [helper.make_node("MatMul", ["qt", "kt"], ["logits"]),
+              helper.make_node("Mul", ["logits", "scale"], ["scaled"]),
+              helper.make_node("Softmax", ["scaled"], ["attn"], axis=-1)]
+    if variant == "nested":  # [B, 4, S, S] against [B, 4, S, 2, 4]: attention over S for each quarter
+        nodes += [helper.make_node("Unsqueeze", ["attn", "two"], ["attn_q"]),
+                  helper.make_node("Transpose", ["v_q"], ["v_qt"], perm=[0, 1, 3, 2, 4]),
+                  helper.make_node("MatMul", ["attn_q", "v_qt"], ["ctx_q"]),
+                  helper.make_node("Transpose", ["ctx_q"], ["ctx_qt"], perm=[0, 3, 1, 2, 4])]
+        merge_from = "ctx_qt"
+    else:
+        nodes += [helper.make_node("MatMul", ["attn", v], ["ctx"]),
+                  helper.make_node("Transpose", ["ctx"], ["ctx_t"], perm=[0, 2, 1, 3])]
+        merge_from = "ctx_t"
+    nodes += [helper.make_node("Reshape", [merge_from, "merge_shape"], ["merged_ctx"], name="merge", allowzero=1),
+              helper.make_node("MatMul", ["merged_ctx", "Wo"], ["o"], name="o_proj"),
+              helper.make_node("Add", ["o", "bo"], ["y"])]
+    rows = 16 if variant == "regroup" else 6
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 32])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, rows, 16])], inits, opset=14)
+
+
+def test_attention_heads_split_and_merge_the_channels(tmp_path):
+    """A Reshape that splits the last axis into runs ([B, S, 32] to [B, S, 4, 8]) or merges runs back keeps each
+    channel's index modulo the run: V's 32 output channels and Wo's 32 rows move in one order of 8 repeated in
+    every head, and the heads' axis of 8 (Transpose, MatMul with the attention weights) in that order.  Q's and
+    K's heads meet in Q K^T, which sums over them: their group holds no eligible weight's input channels."""
+    src = save(_attention(), tmp_path / "a.onnx")
+    out = tmp_path / "o.onnx"
+    rep = json.loads(nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "--json", check=0).out)
+    groups = {g["from"]: g for g in rep["permutation"]["groups"]}
+    wo = groups["Wo"]
+    assert wo["permuted"] and wo["channels"] == 32 and wo["tensors"] == 4, wo  # Wv's columns, bv, gain, Wo's rows
+    before, after = weights(src), weights(out)
+    order = _column_order(before["Wv"], after["Wv"])
+    head = order[:8]
+    assert sorted(head) == list(range(8)) and not np.array_equal(head, np.arange(8))
+    np.testing.assert_array_equal(order, np.concatenate([head + 8 * h for h in range(4)]))
+    np.testing.assert_array_equal(after["bv"], before["bv"][order])
+    np.testing.assert_array_equal(after["Wo"], before["Wo"][order])
+    np.testing.assert_array_equal(after["gain"], before["gain"][head])
+    for k in ("Wq", "Wk", "bo"):
+        np.testing.assert_array_equal(after[k], before[k])
+    feeds = _feeds(src)
+    for want, have in zip(_outputs(src, feeds), _outputs(out, feeds)):
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    # the order searched is the one that prune --permute masks by: Wo keeps more than unpermuted
+    pr = json.loads(nmprune("prune", src, "-o", tmp_path / "p.onnx", "--permute", "--align", "none",
+                            "--json", check=0).out)
+    (w,) = [w for w in pr["weights"] if w["name"] == "Wo"]
+    assert w["kept_l1_ratio"] > w["kept_l1_ratio_unpermuted"]
+    assert nmprune("check", tmp_path / "p.onnx", "--align", "none", "-q").code == 0
+
+
+@pytest.mark.parametrize("variant,reason", [
+    ("regroup", "Reshape 'merge' mixes or reorders the channels of 'merged_ctx'"),
+    ("rope", "splits or merges channels that a Concat, Split or Slice divides"),
+    ("nested", "Reshapes split the channels of 'Wo' into runs of 4 and of 8"),
+])
+def test_heads_that_cannot_repeat_one_order_block(tmp_path, variant, reason):
+    """Heads of 8 merged into rows of 12: neither is a run of the other, so the Reshape regroups.  Halves of each head swapped (a Slice and a Concat on the head's axis): the cuts would
+    divide the run that must repeat, which is not followed.  Heads of 8 split into [2, 4]: the group would
+    repeat one order in runs of 8 and of 4 at once."""
+    src = save(_attention(variant), tmp_path / "a.onnx")
+    out = tmp_path / "o.onnx"
+    rep = json.loads(nmprune("prune", src, "-o", out, "--permute-only", "--align", "none", "--json", check=0).out)
+    groups = {g["from"]: g for g in rep["permutation"]["groups"]}
+    assert reason in groups["Wo"].get("blocked", ""), groups["Wo"]
+    feeds = _feeds(src)
+    for want, have in zip(_outputs(src, feeds), _outputs(out, feeds)):
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

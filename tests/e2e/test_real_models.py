@@ -26,6 +26,7 @@ MODELS = {
     "ddddocr_det": (83, 70, lambda r: {"images": r.random((1, 3, 416, 416)).astype(np.float32)}),
     "ppocrv6_det": (85, 47, lambda r: {"x": r.standard_normal((1, 3, 160, 192)).astype(np.float32)}),
     "ppocrv6_rec": (66, 42, lambda r: {"x": r.standard_normal((2, 3, 48, 320)).astype(np.float32)}),
+    "smart_turn_v3_2": (31, 29, lambda r: {"input_features": r.standard_normal((2, 80, 800)).astype(np.float32)}),
 }
 
 
@@ -72,7 +73,8 @@ def test_pruned_model_complies_and_runs(tmp_path, name, pattern):
 @pytest.mark.parametrize("inferred", [False, True], ids=["as-exported", "onnx-shape-inference"])
 @pytest.mark.parametrize("name,permuted", [("ppocrv4_rec", 16), ("ppocrv4_det", 22), ("ppocr_cls", 5),
                                            ("yolov8n_320", 56), ("silero_vad_16k_op15", 3), ("ddddocr_det", 59),
-                                           ("ddddocr_ocr_int8", 9), ("ppocrv6_det", 27), ("ppocrv6_rec", 25)])
+                                           ("ddddocr_ocr_int8", 9), ("ppocrv6_det", 27), ("ppocrv6_rec", 25),
+                                           ("smart_turn_v3_2", 11)])
 def test_permutation_keeps_the_function_of_real_models(tmp_path, name, permuted, inferred):
     """--permute-only rewrites channels across real Conv stacks (the recogniser's through a Reshape to a shape
     the graph computes from Shape): outputs stay those of the input model.  The exports carry no value_info;
@@ -94,16 +96,57 @@ def test_permutation_keeps_the_function_of_real_models(tmp_path, name, permuted,
     assert out.read_bytes() != src.read_bytes()  # channels did move
 
 
-def test_magika_group_passes_its_whole_slice(tmp_path):
+def test_magika_group_passes_its_whole_slice_and_the_merge_of_its_tokens(tmp_path):
     """jax2tf writes a Slice of every axis, 0 to 10^9, before magika's Conv.  The Slice takes the whole of the
     Conv's input channels (their count follows from the Conv's weight, since the bounds reach past it), so the
-    group passes it and the LayerNorm before it, and stops where those channels are made: a Reshape that splits
-    the embedding's axis."""
-    r = nmprune("prune", REAL / "magika_standard_v3_3.onnx", "--permute", "-o", tmp_path / "p.onnx", "--json", check=0)
-    groups = json.loads(r.out)["permutation"]["groups"]
-    assert len(groups) == 1
-    assert groups[0]["blocked"] == ("Reshape 'jax2tf_get_logits_/pjit_get_logits_/MagikaV2/Reshape' mixes or reorders "
-                                    "the channels of 'jax2tf_get_logits_/pjit_get_logits_/MagikaV2/Reshape:0'")
+    group passes it and the LayerNorm before it, and reaches where those channels are made: a Reshape that
+    merges four tokens' embeddings of 64 into one row of 256.  The Conv's 256 input channels move in one order
+    of 64 repeated four times, the embedding's 64 columns in that order, and the file types do not change."""
+    src = REAL / "magika_standard_v3_3.onnx"
+    out = tmp_path / "p.onnx"
+    r = nmprune("prune", src, "--permute-only", "-o", out, "--json", check=0)
+    (group,) = json.loads(r.out)["permutation"]["groups"]
+    assert group["permuted"] and group["channels"] == 256 and group["tensors"] == 3, group
+    before, after = weights(src), weights(out)
+    emb, conv = "jax2tf_get_logits_/Const:0", "jax2tf_get_logits_/pjit_get_logits_/MagikaV2/Conv_0/transpose_3:0"
+    cols = {tuple(before[emb][:, j]): j for j in range(64)}
+    tile = np.array([cols[tuple(after[emb][:, j])] for j in range(64)])
+    assert sorted(tile) == list(range(64)) and not np.array_equal(tile, np.arange(64))
+    order = np.concatenate([tile + 64 * k for k in range(4)])
+    np.testing.assert_array_equal(after[conv], before[conv][:, order])
+    feeds = MODELS["magika_standard_v3_3"][2](np.random.default_rng(5))
+    a, b = run(src, feeds)[0], run(out, feeds)[0]
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    assert (a.argmax(-1) == b.argmax(-1)).all()
+
+
+def test_transformer_heads_move_in_the_quantized_speech_encoder(tmp_path):
+    """The end-of-turn detector's encoder splits each projection into 6 heads of 64 by a Reshape and merges
+    them back before the output projection.  Each layer's V projection columns, V bias and output projection
+    rows move in one order of 64 repeated in every head (the output projections' groups blocked at the merge
+    before), through the activations' QuantizeLinear and DequantizeLinear.  Only the Conv on the graph input
+    stays as it is; the logits are bit for bit the same."""
+    src = REAL / "smart_turn_v3_2.onnx"
+    out = tmp_path / "p.onnx"
+    rep = json.loads(nmprune("prune", src, "--permute-only", "-o", out, "--json", check=0).out)
+    groups = {g["from"]: g for g in rep["permutation"]["groups"]}
+    assert [g["blocked"] for g in groups.values() if "blocked" in g] == ["'input_features' is a graph input"]
+    before, after = weights(src), weights(out)
+    for layer, o_proj in enumerate(("val_75_quantized", "val_148_quantized", "val_221_quantized",
+                                    "val_294_quantized")):
+        assert groups[o_proj]["permuted"] and groups[o_proj]["channels"] == 384
+        bias = f"inner.encoder.layers.{layer}.self_attn.v_proj.bias"
+        # its columns move too, in the residual stream's order: match rows by their sorted values
+        rows = {tuple(np.sort(before[o_proj][j])): j for j in range(384)}
+        assert len(rows) == 384
+        order = np.array([rows[tuple(np.sort(after[o_proj][j]))] for j in range(384)])
+        tile = order[:64]
+        assert sorted(tile) == list(range(64)) and not np.array_equal(tile, np.arange(64))
+        np.testing.assert_array_equal(order, np.concatenate([tile + 64 * h for h in range(6)]))
+        np.testing.assert_array_equal(after[bias], before[bias][order])
+    feeds = MODELS["smart_turn_v3_2"][2](np.random.default_rng(6))
+    for a, b in zip(run(src, feeds), run(out, feeds)):
+        np.testing.assert_array_equal(b, a)
 
 
 def test_magika_head_group_moves_through_its_jax2tf_layernorm(tmp_path):
