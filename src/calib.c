@@ -907,9 +907,18 @@ static double elem_value(const nmp_mask_tensor *t, const uint8_t *in, uint64_t i
 	return (double)(nmp_quant_value(t->dtype, in, i) - zp) * nmp_quant_scale(q->scale, q->scale_dtype, qi);
 }
 
-static void store_value(const nmp_mask_tensor *t, uint64_t i, double v)
+/* Stores v, a value of t's type or, quantized, one on its grid: round(v / scale) + zero point. */
+static void store_value(const nmp_mask_tensor *t, uint64_t i, double v, const nmp_quant_geom *qg)
 {
 	uint8_t *d = t->data;
+	if (t->quant) {
+		uint64_t qi = nmp_quant_index(qg, i);
+		double zp = t->quant->zero_point ? nmp_quant_value(t->dtype, t->quant->zero_point, qi) : 0;
+		double scale = nmp_quant_scale(t->quant->scale, t->quant->scale_dtype, qi);
+		double q = scale != 0 ? nearbyint(v / scale) + zp : zp;
+		d[i] = (uint8_t)(t->dtype == NMP_DT_INT8 ? (int8_t)q : (uint8_t)q); /* the grid's range: no clamp */
+		return;
+	}
 	switch (t->dtype) {
 	case NMP_DT_FLOAT: { float f = (float)v; memcpy(d + 4 * i, &f, 4); break; }
 	case NMP_DT_DOUBLE: memcpy(d + 8 * i, &v, 8); break;
@@ -998,9 +1007,12 @@ static nmp_status wanda_mask(target *t, nmp_engine *e, const nmp_mask_tensor *w,
  * CUDA or cuBLAS fails) on the CPU, which the note then says.
  */
 static nmp_status solve(nmp_engine *e, double *W, uint64_t R, uint64_t K, double *H, const double *Hg, double damp,
-			const nmp_pattern *p, uint8_t *m, nmp_calib_weight_result *cr, const char *name, nmp_error *err)
+			const nmp_pattern *p, const nmp_sgpt_grid *grid, uint8_t *m, nmp_calib_weight_result *cr,
+			const char *name, nmp_error *err)
 {
-	if (strcmp(nmp_engine_name(e), "cuda") == 0) {
+	if (strcmp(nmp_engine_name(e), "cuda") == 0 && grid) {
+		snprintf(cr->note, sizeof cr->note, "sparsegpt on the CPU: the GPU sweep does not quantize");
+	} else if (strcmp(nmp_engine_name(e), "cuda") == 0) {
 		double *W0 = malloc(R * K * sizeof *W0);
 		if (!W0)
 			return nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", name);
@@ -1018,25 +1030,41 @@ static nmp_status solve(nmp_engine *e, double *W, uint64_t R, uint64_t K, double
 		memcpy(H, Hg, K * K * sizeof *H);
 		free(W0);
 	}
-	return nmp_sparsegpt_solve(W, R, K, H, damp, p, m, &cr->damp, name, err);
+	return nmp_sparsegpt_solve(W, R, K, H, damp, p, grid, m, &cr->damp, name, err);
 }
 
-/* recon (may be NULL: quantized) receives the reconstructed weights in flat order. */
+/*
+ * recon receives the reconstructed weights in flat order: values of the
+ * weight's type, or for a quantized weight the dequantized values on its
+ * grid (its scales and zero points, the integer type's range).
+ */
 static nmp_status sparsegpt_mask(target *t, nmp_engine *e, const nmp_mask_tensor *w, const nmp_pattern *p,
 				 const uint8_t *in,
 				 const nmp_quant_geom *qg, const uint8_t *mask_mag, uint8_t *mask, double *recon,
 				 double damp, nmp_calib_weight_result *cr, nmp_error *err)
 {
 	const uint64_t R = t->cout_g, K = t->K;
+	const nmp_quant_params *qp = w->quant;
 	double *W = malloc(R * K * sizeof *W), *D = malloc(R * K * sizeof *D), *H = malloc(K * K * sizeof *H);
+	double *gs = qp ? malloc(R * K * sizeof *gs) : NULL, *gz = qp ? malloc(R * K * sizeof *gz) : NULL;
 	uint8_t *m = malloc(R * K);
-	nmp_status s = W && D && H && m ? NMP_OK : nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", w->name);
+	nmp_status s = W && D && H && m && (!qp || (gs && gz)) ? NMP_OK :
+				nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", w->name);
+	const bool int8 = w->dtype == NMP_DT_INT8;
+	const nmp_sgpt_grid grid = { .scale = gs, .zero = gz, .qmin = int8 ? -128 : 0, .qmax = int8 ? 127 : 255 };
 	double err_sq = 0, err_mag = 0, base = 0;
 	for (uint64_t grp = 0; s == NMP_OK && grp < t->G; grp++) {
 		const double *Hg = t->H + grp * K * K;
 		for (uint64_t o = 0; o < R; o++)
-			for (uint64_t k = 0; k < K; k++)
-				W[o * K + k] = elem_value(w, in, layer_index(t, w, grp, o, k), qg);
+			for (uint64_t k = 0; k < K; k++) {
+				uint64_t fi = layer_index(t, w, grp, o, k);
+				W[o * K + k] = elem_value(w, in, fi, qg);
+				if (!qp)
+					continue;
+				uint64_t qi = nmp_quant_index(qg, fi);
+				gs[o * K + k] = nmp_quant_scale(qp->scale, qp->scale_dtype, qi);
+				gz[o * K + k] = qp->zero_point ? nmp_quant_value(w->dtype, qp->zero_point, qi) : 0;
+			}
 		base += nmp_sparsegpt_output_error(W, R, K, Hg);
 		for (uint64_t o = 0; o < R; o++) /* the magnitude mask without reconstruction */
 			for (uint64_t k = 0; k < K; k++)
@@ -1044,7 +1072,7 @@ static nmp_status sparsegpt_mask(target *t, nmp_engine *e, const nmp_mask_tensor
 		err_mag += nmp_sparsegpt_output_error(D, R, K, Hg);
 		memcpy(D, W, R * K * sizeof *D);
 		memcpy(H, Hg, K * K * sizeof *H);
-		s = solve(e, W, R, K, H, Hg, damp, p, m, cr, w->name, err);
+		s = solve(e, W, R, K, H, Hg, damp, p, qp ? &grid : NULL, m, cr, w->name, err);
 		if (s != NMP_OK)
 			break;
 		for (uint64_t i = 0; i < R * K; i++)
@@ -1054,8 +1082,7 @@ static nmp_status sparsegpt_mask(target *t, nmp_engine *e, const nmp_mask_tensor
 			for (uint64_t k = 0; k < K; k++) {
 				uint64_t fi = layer_index(t, w, grp, o, k);
 				mask[fi] = m[o * K + k];
-				if (recon)
-					recon[fi] = W[o * K + k];
+				recon[fi] = W[o * K + k];
 			}
 	}
 	if (s == NMP_OK) {
@@ -1065,6 +1092,8 @@ static nmp_status sparsegpt_mask(target *t, nmp_engine *e, const nmp_mask_tensor
 	free(W);
 	free(D);
 	free(H);
+	free(gs);
+	free(gz);
 	free(m);
 	return s;
 }
@@ -1105,11 +1134,10 @@ static nmp_status decide(nmp_calib *c, size_t ci, nmp_error *err)
 	float *mag = malloc((numel ? numel : 1) * sizeof *mag);
 	uint8_t *mask_mag = malloc(numel ? numel : 1);
 	bool calibrated = t->kind != LAYER_NONE && t->method != NMP_METHOD_MAGNITUDE;
-	double *recon = calibrated && t->method == NMP_METHOD_SPARSEGPT && !cand->quant.present ?
-				malloc((numel ? numel : 1) * sizeof *recon) :
-				NULL;
+	double *recon = calibrated && t->method == NMP_METHOD_SPARSEGPT ? malloc((numel ? numel : 1) * sizeof *recon) :
+									    NULL;
 	if (s == NMP_OK && (!t->payload || !t->mask || !mag || !mask_mag ||
-			    (calibrated && t->method == NMP_METHOD_SPARSEGPT && !cand->quant.present && !recon)))
+			    (calibrated && t->method == NMP_METHOD_SPARSEGPT && !recon)))
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "%s: tensor '%s': out of memory", m->path, cand->name);
 	nmp_mask_tensor w = { .name = cand->name, .data = t->payload, .dtype = cand->tensor->dtype,
 			      .rank = (int)cand->tensor->n_dims, .dims = cand->tensor->dims,
@@ -1147,13 +1175,11 @@ static nmp_status decide(nmp_calib *c, size_t ci, nmp_error *err)
 		if (recon) {
 			for (uint64_t i = 0; i < numel; i++)
 				if (t->mask[i])
-					store_value(&w, i, recon[i]);
+					store_value(&w, i, recon[i], &qg);
 			cr->reconstructed = true;
 		}
 		apply_mask(&w, numel, t->mask, &qg);
-		if (t->method == NMP_METHOD_SPARSEGPT && w.quant && !cr->note[0])
-			snprintf(cr->note, sizeof cr->note, "quantized: sparsegpt mask, values kept as they were");
-		else if (t->method == NMP_METHOD_SPARSEGPT && t->tokens < t->K && !cr->note[0])
+		if (t->method == NMP_METHOD_SPARSEGPT && t->tokens < t->K && !cr->note[0])
 			/* a rank-deficient Hessian: the rebuilt weights fit the samples, maybe not other inputs */
 			snprintf(cr->note, sizeof cr->note,
 				 "%llu activation vectors for %llu inputs: more samples or a larger --damp generalize better",

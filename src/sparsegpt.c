@@ -92,7 +92,8 @@ size_t nmp_sparsegpt_block_scratch(uint64_t rows)
 }
 
 nmp_status nmp_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, double damp, const nmp_pattern *p,
-			       uint8_t *mask, double *damp_used, const char *name, nmp_error *err)
+			       const nmp_sgpt_grid *grid, uint8_t *mask, double *damp_used, const char *name,
+			       nmp_error *err)
 {
 	NMP_ASSERT(nmp_sparsegpt_supports(p));
 	if (p->structured && K % p->m != 0)
@@ -102,11 +103,12 @@ nmp_status nmp_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, 
 	const double *U = H;
 	const uint64_t B = NMP_SPARSEGPT_BLOCK;
 	double *W1 = malloc(rows * B * sizeof *W1), *E1 = malloc(rows * B * sizeof *E1), *err_col = malloc(rows * sizeof *err_col);
+	double *q_col = malloc(rows * sizeof *q_col);
 	double *dd = malloc(B * sizeof *dd);
 	uint8_t *m1 = malloc(rows * B);
 	void *sc = p->structured ? NULL : malloc(nmp_sparsegpt_block_scratch(rows));
 	nmp_status s = NMP_OK;
-	if (!W1 || !E1 || !err_col || !dd || !m1 || (!p->structured && !sc)) {
+	if (!W1 || !E1 || !err_col || !q_col || !dd || !m1 || (!p->structured && !sc)) {
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", name);
 		goto out;
 	}
@@ -124,15 +126,17 @@ nmp_status nmp_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, 
 					nmp_sgpt_choose_nm(W1 + r * cnt + i, dd + i, p->n, p->m, m1 + r * cnt + i);
 			const double d = dd[i];
 			for (uint64_t r = 0; r < rows; r++) {
-				double w = W1[r * cnt + i], q = m1[r * cnt + i] ? w : 0;
+				const uint64_t g = r * K + i1 + i;
+				double w = W1[r * cnt + i], q = !m1[r * cnt + i] ? 0 : !grid ? w :
+					nmp_sgpt_on_grid(w, grid->scale[g], grid->zero[g], grid->qmin, grid->qmax);
 				err_col[r] = (w - q) / d;
 				E1[r * cnt + i] = err_col[r];
+				q_col[r] = q;
 			}
 			/* W1[:, i:] -= err (x) U[i1+i, i1+i : i1+cnt] */
 			nmp_dger((int)rows, (int)(cnt - i), -1.0, err_col, U + (i1 + i) * K + i1 + i, W1 + i, (int)cnt);
 			for (uint64_t r = 0; r < rows; r++)
-				if (!m1[r * cnt + i])
-					W1[r * cnt + i] = 0; /* exactly zero, whatever the rounding */
+				W1[r * cnt + i] = q_col[r]; /* exactly zero, or exactly on the grid, whatever the rounding */
 		}
 		for (uint64_t r = 0; r < rows; r++) {
 			memcpy(W + r * K + i1, W1 + r * cnt, cnt * sizeof *W);
@@ -146,6 +150,7 @@ out:
 	free(W1);
 	free(E1);
 	free(err_col);
+	free(q_col);
 	free(dd);
 	free(m1);
 	free(sc);

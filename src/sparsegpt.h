@@ -29,16 +29,29 @@
 
 #define NMP_SPARSEGPT_BLOCK 128
 
+/*
+ * The integer grid of a quantized layer, per weight (rows x K, row-major):
+ * each kept weight is put on it as the sweep reaches its column, and the
+ * rounding error is spread over the columns still to come like a pruned
+ * weight's (pruning and quantizing in one sweep).
+ */
+typedef struct nmp_sgpt_grid {
+	const double *scale, *zero;
+	double qmin, qmax;
+} nmp_sgpt_grid;
+
 /* Can the sweep serve this pattern (element-wise N:M or P%)? */
 bool nmp_sparsegpt_supports(const nmp_pattern *p);
 
 /*
  * W: rows x K, row-major; on return the reconstructed weights, pruned ones
- * exactly 0.  H: K x K, overwritten.  mask: rows x K, 1 = kept.  *damp_used
- * is the relative damping that factorized.
+ * exactly 0, kept ones on the grid when there is one (NULL: none).  H: K x K,
+ * overwritten.  mask: rows x K, 1 = kept.  *damp_used is the relative
+ * damping that factorized.
  */
 nmp_status nmp_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, double damp, const nmp_pattern *p,
-			       uint8_t *mask, double *damp_used, const char *name, nmp_error *err);
+			       const nmp_sgpt_grid *grid, uint8_t *mask, double *damp_used, const char *name,
+			       nmp_error *err);
 
 /*
  * The factor the sweep runs on, in place of H: U upper triangular (row-major)

@@ -6,6 +6,7 @@
 #ifndef NMP_SPARSEGPT_RULES_H
 #define NMP_SPARSEGPT_RULES_H
 
+#include <math.h>
 #include <stdint.h>
 
 #ifdef __CUDACC__
@@ -44,6 +45,20 @@ NMP_SGPT_RULE void nmp_sgpt_choose_nm(const double *w, const double *dd, unsigne
 		}
 		keep[best] = 1;
 	}
+}
+
+/*
+ * A weight on its integer grid: (clamp(round(w / scale) + zero, qmin, qmax) -
+ * zero) x scale, rounding half to even as QuantizeLinear does (a scale of 0:
+ * 0).
+ */
+NMP_SGPT_RULE double nmp_sgpt_on_grid(double w, double scale, double zero, double qmin, double qmax)
+{
+	if (scale == 0) /* every value of the grid is 0 */
+		return 0;
+	double q = nearbyint(w / scale) + zero;
+	q = q < qmin ? qmin : q > qmax ? qmax : q;
+	return (q - zero) * scale;
 }
 
 #endif

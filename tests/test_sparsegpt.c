@@ -9,7 +9,10 @@
  *    weights are exactly zero, and the layer's output error tr(D H D^T) is
  *    below the magnitude mask's (the point of the reconstruction);
  *  - P% prunes round(P x rows x width) per block;
- *  - a Hessian that is not positive definite even damped is refused.
+ *  - a Hessian that is not positive definite even damped is refused;
+ *  - a weight goes onto its integer grid rounding half to even, clamped to
+ *    the type's range, and a quantized sweep leaves every kept weight on
+ *    its row's grid with the same H = I masks as without one.
  */
 #include "testutil.h"
 
@@ -78,7 +81,7 @@ static void test_identity_hessian_is_magnitude_pruning(void **state)
 	nmp_error err = { 0 };
 	double damp;
 	assert_int_equal(nmp_pattern_parse("2:4", &p, &err), NMP_OK);
-	assert_int_equal(nmp_sparsegpt_solve(W, R, K, H, 0.01, &p, mask, &damp, "w", &err), NMP_OK);
+	assert_int_equal(nmp_sparsegpt_solve(W, R, K, H, 0.01, &p, NULL, mask, &damp, "w", &err), NMP_OK);
 	assert_true(damp == 0.01);
 	for (uint64_t r = 0; r < R; r++)
 		for (uint64_t g = 0; g < K; g += 4) {
@@ -123,7 +126,7 @@ static void test_reconstruction_beats_the_magnitude_mask(void **state)
 	nmp_error err = { 0 };
 	double damp;
 	assert_int_equal(nmp_pattern_parse("4:8", &p, &err), NMP_OK);
-	assert_int_equal(nmp_sparsegpt_solve(W, R, K, Hc, 0.01, &p, mask, &damp, "w", &err), NMP_OK);
+	assert_int_equal(nmp_sparsegpt_solve(W, R, K, Hc, 0.01, &p, NULL, mask, &damp, "w", &err), NMP_OK);
 	for (uint64_t r = 0; r < R; r++)
 		for (uint64_t g = 0; g < K; g += 8) {
 			int kept = 0;
@@ -163,7 +166,7 @@ static void test_unstructured_prunes_its_share_per_block(void **state)
 	nmp_error err = { 0 };
 	double damp;
 	assert_int_equal(nmp_pattern_parse("30%", &p, &err), NMP_OK);
-	assert_int_equal(nmp_sparsegpt_solve(W, R, K, H, 0.01, &p, mask, &damp, "w", &err), NMP_OK);
+	assert_int_equal(nmp_sparsegpt_solve(W, R, K, H, 0.01, &p, NULL, mask, &damp, "w", &err), NMP_OK);
 	uint64_t pruned[2] = { 0, 0 };
 	for (uint64_t r = 0; r < R; r++)
 		for (uint64_t k = 0; k < K; k++)
@@ -183,9 +186,66 @@ static void test_indefinite_hessian_is_refused(void **state)
 	nmp_error err = { 0 };
 	double damp;
 	assert_int_equal(nmp_pattern_parse("2:4", &p, &err), NMP_OK);
-	assert_int_equal(nmp_sparsegpt_solve(W, 2, K, H, 0.01, &p, mask, &damp, "bad", &err), NMP_ERR_MODEL);
+	assert_int_equal(nmp_sparsegpt_solve(W, 2, K, H, 0.01, &p, NULL, mask, &damp, "bad", &err), NMP_ERR_MODEL);
 	assert_non_null(strstr(err.message, "tensor 'bad'"));
 	assert_non_null(strstr(err.message, "not positive definite"));
+}
+
+static void test_grid_rounds_half_to_even_and_clamps(void **state)
+{
+	(void)state;
+	assert_true(nmp_sgpt_on_grid(1.25, 0.5, 0, -128, 127) == 1);     /* 2.5 steps: to 2 */
+	assert_true(nmp_sgpt_on_grid(1.75, 0.5, 0, -128, 127) == 2);     /* 3.5 steps: to 4 */
+	assert_true(nmp_sgpt_on_grid(-0.5, 1, 0, -128, 127) == 0);       /* -0.5: to -0, even */
+	assert_true(nmp_sgpt_on_grid(1.5, 1, 0, -128, 127) == 2);
+	assert_true(nmp_sgpt_on_grid(1e6, 1, 0, -128, 127) == 127);      /* the range, not the value */
+	assert_true(nmp_sgpt_on_grid(-1e6, 1, 3, -128, 127) == -131);    /* q = -128, minus the zero point 3 */
+	assert_true(nmp_sgpt_on_grid(-1, 0.5, 10, 0, 255) == -1);        /* uint8: q = 8 */
+	assert_true(nmp_sgpt_on_grid(-100, 0.5, 10, 0, 255) == -5);      /* uint8 floor: q = 0 */
+	assert_true(nmp_sgpt_on_grid(3.7, 0, 0, -128, 127) == 0);        /* a scale of 0: only 0 */
+}
+
+static void test_quantized_sweep_keeps_weights_on_their_grid(void **state)
+{
+	(void)state;
+	enum { R = 4, K = 8 };
+	double W[R * K], H[K * K] = { 0 }, scale[R * K], zero[R * K];
+	for (uint64_t i = 0; i < R * K; i++) {
+		scale[i] = 0.05 * (double)(1 + i / K); /* one step per row */
+		zero[i] = (double)(i / K) - 1;
+		W[i] = (uniform() - 0.5) * 4;
+	}
+	for (uint64_t k = 0; k < K; k++)
+		H[k * K + k] = 1;
+	nmp_pattern p;
+	nmp_error err = { 0 };
+	double damp;
+	uint8_t mask[R * K];
+	assert_int_equal(nmp_pattern_parse("2:4", &p, &err), NMP_OK);
+	const nmp_sgpt_grid grid = { .scale = scale, .zero = zero, .qmin = -128, .qmax = 127 };
+	double W0[R * K];
+	memcpy(W0, W, sizeof W);
+	assert_int_equal(nmp_sparsegpt_solve(W, R, K, H, 0.01, &p, &grid, mask, &damp, "q", &err), NMP_OK);
+	for (uint64_t i = 0; i < R * K; i++) {
+		if (!mask[i]) {
+			assert_true(W[i] == 0);
+			continue;
+		}
+		/* H = I: no error moves to other columns, so each kept weight is its own value on the grid */
+		assert_true(W[i] == nmp_sgpt_on_grid(W0[i], scale[i], zero[i], -128, 127));
+		double q = W[i] / scale[i];
+		assert_true(fabs(q - nearbyint(q)) < 1e-9);
+	}
+	for (uint64_t g = 0; g < R * K; g += 4) { /* 2:4 by magnitude, as without the grid */
+		unsigned kept = 0;
+		for (unsigned j = 0; j < 4; j++)
+			kept += mask[g + j];
+		assert_int_equal(kept, 2);
+		for (unsigned j = 0; j < 4; j++)
+			for (unsigned k = 0; k < 4; k++)
+				if (mask[g + j] && !mask[g + k])
+					assert_true(fabs(W0[g + j]) >= fabs(W0[g + k]));
+	}
 }
 
 int main(void)
@@ -196,6 +256,8 @@ int main(void)
 		cmocka_unit_test(test_reconstruction_beats_the_magnitude_mask),
 		cmocka_unit_test(test_unstructured_prunes_its_share_per_block),
 		cmocka_unit_test(test_indefinite_hessian_is_refused),
+		cmocka_unit_test(test_grid_rounds_half_to_even_and_clamps),
+		cmocka_unit_test(test_quantized_sweep_keeps_weights_on_their_grid),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }

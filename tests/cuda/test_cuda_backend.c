@@ -344,7 +344,7 @@ static void test_sparsegpt_sweep(void **state)
 		memcpy(Hc, H, K * K * sizeof *H);
 		double dg = 0, dc = 0, big = 0, worst = 0;
 		assert_int_equal(nmp_cuda_sparsegpt_solve(W, R, K, H, 0.01, &p, mg, &dg, "gpu", &err), NMP_OK);
-		assert_int_equal(nmp_sparsegpt_solve(Wc, R, K, Hc, 0.01, &p, mc, &dc, "cpu", &err), NMP_OK);
+		assert_int_equal(nmp_sparsegpt_solve(Wc, R, K, Hc, 0.01, &p, NULL, mc, &dc, "cpu", &err), NMP_OK);
 		assert_true(dg == dc);
 		assert_memory_equal(mg, mc, R * K);
 		for (uint64_t i = 0; i < R * K; i++) {

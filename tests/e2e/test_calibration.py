@@ -95,8 +95,10 @@ def assert_gram(got, want):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-def sparsegpt_ref(W, H, n, m, damp=0.01, block=128, sparsity=None):
-    """The OBS sweep: W rows x K, H K x K. Returns (reconstructed W, keep mask)."""
+def sparsegpt_ref(W, H, n, m, damp=0.01, block=128, sparsity=None, grid=None):
+    """The OBS sweep: W rows x K, H K x K. Returns (reconstructed W, keep mask).  grid: (scale, zero, qmin,
+    qmax), each of the first two one value per row: every kept weight is put on that integer grid as its
+    column is reached, and the rounding error spread like a pruned weight's."""
     W = W.astype(np.float64).copy()
     H = H.astype(np.float64).copy()
     K = W.shape[1]
@@ -121,7 +123,11 @@ def sparsegpt_ref(W, H, n, m, damp=0.01, block=128, sparsity=None):
             if sparsity is None and i % m == 0:
                 score = W1[:, i:i + m] ** 2 / dd[i:i + m] ** 2
                 k1[:, i:i + m] = reference._top_n(score, n)
-            q = np.where(k1[:, i], W1[:, i], 0.0)
+            q = W1[:, i]
+            if grid is not None:
+                scale, zero, lo, hi = grid
+                q = (np.clip(np.round(q / scale) + zero, lo, hi) - zero) * scale  # np.round: half to even
+            q = np.where(k1[:, i], q, 0.0)
             err = (W1[:, i] - q) / dd[i]
             W1[:, i:] -= np.outer(err, U[i1 + i, i1:i2][i:])
             W1[:, i] = q
@@ -555,16 +561,18 @@ def test_external_data_model_calibrates_and_compares(tmp_path, mlp_case):
 
 
 def test_quantized_weight_takes_the_calibrated_mask_and_its_zero_point(tmp_path, rng):
-    """int8 weight behind DequantizeLinear (per output channel): wanda scores |q - zp| * scale * norm."""
-    q = rng.integers(-60, 60, size=(16, 8)).astype(np.int8)
-    scale = (rng.random(8) * 0.1 + 0.01).astype(np.float32)
-    zp = rng.integers(-3, 3, size=8).astype(np.int8)
+    """int8 weight behind DequantizeLinear (per output channel): wanda scores |q - zp| * scale * norm and keeps
+    the values; sparsegpt prunes and quantizes in one sweep, each kept weight put on its channel's grid as the
+    sweep reaches it (the numpy reference's masks and integers)."""
+    q = rng.integers(-5, 6, size=(64, 32)).astype(np.int8)  # a coarse grid: rounding matters
+    scale = (rng.random(32) * 0.1 + 0.01).astype(np.float32)
+    zp = rng.integers(-3, 3, size=32).astype(np.int8)
     nodes = [helper.make_node("DequantizeLinear", ["Wq", "s", "z"], ["W"], axis=1),
              helper.make_node("MatMul", ["x", "W"], ["y"])]
-    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 16])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 8])], {"Wq": q, "s": scale, "z": zp})
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 64])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 32])], {"Wq": q, "s": scale, "z": zp})
     path = save(model, tmp_path / "q.onnx")
-    X = (rng.standard_normal((50, 16)) * np.linspace(0.1, 4, 16)).astype(np.float32)
+    X = (rng.standard_normal((200, 64)) * np.linspace(0.1, 4, 64)).astype(np.float32)
     save_file({"x": X}, str(tmp_path / "d.safetensors"))
     for method in ("wanda", "sparsegpt"):
         out = tmp_path / f"{method}.onnx"
@@ -572,13 +580,22 @@ def test_quantized_weight_takes_the_calibrated_mask_and_its_zero_point(tmp_path,
                     "--align", "none", "--save-masks", tmp_path / f"{method}.safetensors", "--json", check=0)
         keep = load_file(str(tmp_path / f"{method}.safetensors"))["Wq"].astype(bool)
         got = numpy_helper.to_array({t.name: t for t in onnx.load(str(out)).graph.initializer}["Wq"])
-        assert np.array_equal(got, np.where(keep, q, np.broadcast_to(zp, q.shape)))  # values kept, pruned = zp
+        assert np.array_equal(got[~keep], np.broadcast_to(zp, q.shape)[~keep])  # pruned: the zero point
         mag = np.abs(q.astype(np.float64) - zp) * scale
         norm = np.sqrt((X.astype(np.float64) ** 2).sum(0))[:, None]
         if method == "wanda":
             score = (mag.astype(np.float32).astype(np.float64) * norm).astype(np.float32).astype(np.float64)
             assert np.array_equal(keep, reference.mask(q, "2:4", 0, 1, magnitude=score))
+            assert np.array_equal(got[keep], q[keep])  # values kept
         else:
             cal = json.loads(r.out)["weights"][0]["calibration"]
-            assert cal["method"] == "sparsegpt" and not cal["reconstructed"] and "quantized" in cal["note"]
+            assert cal["method"] == "sparsegpt" and cal["reconstructed"] and cal["output_error"] < 1
+            X64 = X.astype(np.float64)
+            s64, z64 = scale.astype(np.float64)[:, None], zp.astype(np.float64)[:, None]
+            W = (q.astype(np.float64) - zp) * scale  # [K, N]: the layer's rows are W's columns
+            Wr, want = sparsegpt_ref(W.T, X64.T @ X64, 2, 4, grid=(s64[:, 0], z64[:, 0], -128, 127))
+            assert np.array_equal(keep, want.T)
+            ints = np.where(want, np.round(Wr / s64) + z64, z64).T
+            assert np.abs(got - ints).max() <= 1 and (got == ints).mean() > 0.98  # equal but at rounding ties
+            assert not np.array_equal(got[keep], q[keep])  # the kept weights moved, on their grid
         nmprune("check", out, "--align", "none", "-q", check=0)
