@@ -2201,8 +2201,10 @@ static void divide_groups(ctx *c)
 		goto nomem;
 	for (size_t i = 0; i < c->n_segs; i++) {
 		const seg *e = &c->segs[i];
-		size_t w = comp_of(c, e->whole), p = e->tiles ? comp_of(c, e->part[0]) : w;
-		if (e->tiles && (cuts[w - first].n || cuts[p - first].n))
+		if (!e->tiles)
+			continue;
+		size_t w = comp_of(c, e->whole), p = comp_of(c, e->part[0]);
+		if (cuts[w - first].n || cuts[p - first].n)
 			for (int k = 0; k < 2; k++)
 				block(c, k ? p : w, "Reshape '%s' splits or merges channels that a Concat, Split or Slice divides%s",
 				      node_label(c->g->node[e->node]), NULL);
@@ -2245,8 +2247,10 @@ static void divide_groups(ctx *c)
 	}
 	for (size_t i = 0; i < c->n_segs; i++) { /* a split or merged axis joins its runs' group, one tile of it */
 		const seg *e = &c->segs[i];
-		size_t w = comp_of(c, e->whole) - first, p = e->tiles ? comp_of(c, e->part[0]) - first : w;
-		if (e->tiles && !cuts[w].n && !cuts[p].n)
+		if (!e->tiles)
+			continue;
+		size_t w = comp_of(c, e->whole) - first, p = comp_of(c, e->part[0]) - first;
+		if (!cuts[w].n && !cuts[p].n)
 			uf_join(parent, base[w], base[p]);
 	}
 	for (size_t w = 0; w < nc; w++) { /* each unit's count, and its set's longest at the root */
