@@ -19,6 +19,17 @@ Models and data:
                          (64 and 64)
   ppocrv4_det            text detector (same wheel); samples: pages of those
                          lines rendered at 320 x 320 (16 and 16)
+  smart_turn_v3_2        end-of-turn detector for speech (pipecat-ai 1.14.0:
+                         Whisper-tiny's encoder, 4 transformer layers, int8
+                         QDQ); samples: the 8 s before each point of a 30 s
+                         recorded conversation (pyannote.audio's sample),
+                         as Whisper's log-mel features: points every 0.25 s
+                         from 1 to 15 s to calibrate (57), every 0.1 s from 23
+                         to 30 s to evaluate (71; no audio shared with the
+                         calibration, but 15 s of it: a noisy measure).
+                         Its one output is the probability that the turn has
+                         ended: the top-1 column is the agreement of the
+                         decision p > 0.5, computed here with onnxruntime
 
 Against the reference tool: the Python peer that offers SparseGPT on ONNX
 (onnxsim 0.8.1, onnxsim.pruning.apply_sparsegpt_pruning) and nmprune prune
@@ -36,6 +47,7 @@ import os
 import subprocess
 import sys
 import time
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -118,11 +130,64 @@ def ocr_det_data(n):
     return {"x": np.stack(out)}
 
 
-CASES = [
+def mel_filters(n_mels=80, n_fft=400, rate=16000):
+    """Triangles on the Slaney mel scale (linear to 1 kHz, logarithmic above), each scaled to unit area."""
+    def to_mel(f):
+        f = np.asarray(f, np.float64)
+        return np.where(f < 1000, 3 * f / 200, 15 + np.log(np.maximum(f, 1e-9) / 1000) * 27 / np.log(6.4))
+
+    def to_hz(m):
+        m = np.asarray(m, np.float64)
+        return np.where(m < 15, 200 * m / 3, 1000 * np.exp((m - 15) * np.log(6.4) / 27))
+
+    edges = to_hz(np.linspace(to_mel(0), to_mel(rate / 2), n_mels + 2))
+    bins = np.linspace(0, rate / 2, n_fft // 2 + 1)
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    tri = np.maximum(0, np.minimum((bins - lo) / (mid - lo), (hi - bins) / (hi - mid)))
+    return tri * (2 / (hi - lo))
+
+
+def log_mel(audio, n_fft=400, hop=160):
+    """Whisper's input features of 16 kHz audio: the normalized waveform's power spectrum every 10 ms (a
+    periodic Hann window of 25 ms, centred by reflection), on 80 mel bands, log10, floored 8 below the
+    maximum, scaled by (x + 4) / 4; [80, frames]."""
+    x = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)
+    frames = np.lib.stride_tricks.sliding_window_view(np.pad(x, n_fft // 2, mode="reflect"), n_fft)[::hop]
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    power = np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2
+    logm = np.log10(np.maximum(power[:-1] @ mel_filters(n_fft=n_fft).T, 1e-10))
+    return ((np.maximum(logm, logm.max() - 8) + 4) / 4).T.astype(np.float32)
+
+
+def speech_data(n):
+    """The 8 s before each point (zeros before the recording starts), as the detector is fed at a pause."""
+    with wave.open(str(MODELS / "speech_sample.wav")) as w:
+        assert w.getframerate() == 16000 and w.getnchannels() == 1 and w.getsampwidth() == 2
+        audio = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float64) / 32768
+    def before(t):
+        end = int(t * 16000)
+        seg = audio[max(0, end - 128000):end]
+        return log_mel(np.pad(seg, (128000 - len(seg), 0)))
+    points = list(np.arange(1, 15.001, 0.25))[:n] + list(np.arange(23, 30.001, 0.1))
+    return {"input_features": np.stack([before(t) for t in points])}
+
+
+def decisions(dense, pruned, ev):
+    """The share of held-out samples on which both models decide alike, p > 0.5."""
+    import onnxruntime as ort
+    from safetensors.numpy import load_file
+    feeds = load_file(str(ev))
+    p = [ort.InferenceSession(str(m), providers=["CPUExecutionProvider"]).run(None, feeds)[0] > 0.5
+         for m in (dense, pruned)]
+    return float((p[0] == p[1]).mean())
+
+
+CASES = [  # name, data, calibration samples, options, the top-1 column if not compare's
     # one activation vector per file reaches the classifier (512 inputs): enough files that its Hessian is full rank
-    ("magika_standard_v3_3", magika_data, 1024, ["--align", "none"]),
-    ("ppocrv4_rec", ocr_rec_data, 64, ["--align", "none"]),
-    ("ppocrv4_det", ocr_det_data, 16, ["--align", "none"]),
+    ("magika_standard_v3_3", magika_data, 1024, ["--align", "none"], None),
+    ("ppocrv4_rec", ocr_rec_data, 64, ["--align", "none"], None),
+    ("ppocrv4_det", ocr_det_data, 16, ["--align", "none"], None),
+    ("smart_turn_v3_2", speech_data, 57, [], decisions),
 ]
 
 
@@ -188,13 +253,14 @@ def against_reference(failures):
 
 def main():
     missing = [name for name, *_ in CASES if not (MODELS / f"{name}.onnx").exists()]
+    missing += [] if (MODELS / "speech_sample.wav").exists() else ["speech_sample.wav"]
     if missing:
         sys.exit(f"bench-quality: {', '.join(missing)} missing from {MODELS}: run make deps")
     OUT.mkdir(parents=True, exist_ok=True)
     failures = []
     print(f"{'model':22} {'pattern':7} {'method':18} {'cosine':>8} {'rel L2':>8} {'top-1':>7} "
           f"{'err/mag':>8} {'time s':>7} {'peak MiB':>8}")
-    for name, make, n, opts in CASES:
+    for name, make, n, opts, top1 in CASES:
         model = MODELS / f"{name}.onnx"
         data = make(n)
         cal, ev = OUT / f"{name}.cal.safetensors", OUT / f"{name}.eval.safetensors"
@@ -202,6 +268,8 @@ def main():
         save_file({k: v[n:] for k, v in data.items()}, str(ev))
         out, dt, _ = run("compare", model, model, "--calibration", ev, "--json")
         f = json.loads(out)["outputs"][0]
+        if top1:
+            f["top1"] = top1(model, model, ev)
         print(f"{name:22} {'dense':7} {'-':18} {f['cosine']:8.4f} {f['rel_l2']:8.4f} {f['top1'] or 0:7.4f} "
               f"{'':>8} {dt:7.2f} {'':>8}")
         size_mb = model.stat().st_size / 1e6
@@ -216,6 +284,8 @@ def main():
                 _, dt, rss = run("prune", model, "-o", pruned, "--pattern", pattern, "-q", *opts, *extra)
                 out, _, _ = run("compare", model, pruned, "--calibration", ev, "--json")
                 f = json.loads(out)["outputs"][0]
+                if top1:
+                    f["top1"] = top1(model, pruned, ev)
                 err[method] = f["rel_l2"]
                 print(f"{'':22} {pattern:7} {method:18} {f['cosine']:8.4f} {f['rel_l2']:8.4f} "
                       f"{(f['top1'] if f['top1'] is not None else float('nan')):7.4f} "
