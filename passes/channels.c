@@ -1459,7 +1459,7 @@ static void build_rels(const ctx *c, const Onnx__NodeProto *n, rels *rs)
 			j += !gone;
 		}
 	} else if (op_is(n, "Slice")) {
-		/* The axes it leaves whole pass through; a run it takes of an axis it cuts is a part (seg_divides). */
+		/* The axes it leaves whole pass through; a run it takes of an axis it cuts is a part (seg_kind). */
 		uint64_t cut;
 		int64_t st[MAX_RANK], en[MAX_RANK], sp[MAX_RANK];
 		if (!slice_axes(c, n, r, &cut, st, en, sp)) {
@@ -2089,19 +2089,19 @@ static void uf_join(size_t *parent, size_t a, size_t b)
  */
 static void join_tile(nmp_chan_group *into, const nmp_chan_group *from, uint64_t len)
 {
-	char a[24], b[24];
-	snprintf(a, sizeof a, "%llu", (unsigned long long)into->channels);
-	snprintf(b, sizeof b, "%llu", (unsigned long long)len);
 	if (len == into->channels)
 		return;
-	if (!len || into->channels % len)
+	char a[24], b[24];
+	if (!len || into->channels % len) {
+		snprintf(a, sizeof a, "%llu", (unsigned long long)into->channels);
+		snprintf(b, sizeof b, "%llu", (unsigned long long)len);
 		block_group(into, "a Concat, Split or Slice joins runs of %s and %s channels", a, b);
-	else if (from->tile)
+	} else if (from->tile) {
 		block_group(into, "a Reshape splits the channels of '%s' that a grouped Conv reads one group at a time%s",
 			    from->label, NULL);
-	else if (into->tile && into->tile != len) {
-		snprintf(into->tile < len ? a : b, sizeof a, "%u", into->tile); /* the shorter run first */
-		snprintf(into->tile < len ? b : a, sizeof a, "%llu", (unsigned long long)len);
+	} else if (into->tile && into->tile != len) { /* the shorter run first */
+		snprintf(a, sizeof a, "%llu", (unsigned long long)(into->tile < len ? into->tile : len));
+		snprintf(b, sizeof b, "%llu", (unsigned long long)(into->tile < len ? len : into->tile));
 		char what[256];
 		snprintf(what, sizeof what, "Reshapes split the channels of '%.120s' into runs of %s and of %s", into->label,
 			 a, b);
