@@ -897,14 +897,22 @@ static uint16_t f32_to_half(float f, bool bf16)
 	return (uint16_t)(sign | h);
 }
 
+/* Element i of a quantized weight: its zero point, and its scale. */
+static int quant_zero(const nmp_mask_tensor *t, const nmp_quant_geom *qg, uint64_t i)
+{
+	return t->quant->zero_point ? nmp_quant_value(t->dtype, t->quant->zero_point, nmp_quant_index(qg, i)) : 0;
+}
+
+static double quant_scale(const nmp_mask_tensor *t, const nmp_quant_geom *qg, uint64_t i)
+{
+	return nmp_quant_scale(t->quant->scale, t->quant->scale_dtype, nmp_quant_index(qg, i));
+}
+
 static double elem_value(const nmp_mask_tensor *t, const uint8_t *in, uint64_t i, const nmp_quant_geom *qg)
 {
-	const nmp_quant_params *q = t->quant;
-	if (!q)
+	if (!t->quant)
 		return nmp_host_value(&(nmp_host_tensor){ .dtype = t->dtype, .data = (void *)in }, i);
-	uint64_t qi = nmp_quant_index(qg, i);
-	int zp = q->zero_point ? nmp_quant_value(t->dtype, q->zero_point, qi) : 0;
-	return (double)(nmp_quant_value(t->dtype, in, i) - zp) * nmp_quant_scale(q->scale, q->scale_dtype, qi);
+	return (double)(nmp_quant_value(t->dtype, in, i) - quant_zero(t, qg, i)) * quant_scale(t, qg, i);
 }
 
 /* Stores v, a value of t's type or, quantized, one on its grid: round(v / scale) + zero point. */
@@ -912,9 +920,7 @@ static void store_value(const nmp_mask_tensor *t, uint64_t i, double v, const nm
 {
 	uint8_t *d = t->data;
 	if (t->quant) {
-		uint64_t qi = nmp_quant_index(qg, i);
-		double zp = t->quant->zero_point ? nmp_quant_value(t->dtype, t->quant->zero_point, qi) : 0;
-		double scale = nmp_quant_scale(t->quant->scale, t->quant->scale_dtype, qi);
+		double zp = quant_zero(t, qg, i), scale = quant_scale(t, qg, i);
 		double q = scale != 0 ? nearbyint(v / scale) + zp : zp;
 		d[i] = (uint8_t)(t->dtype == NMP_DT_INT8 ? (int8_t)q : (uint8_t)q); /* the grid's range: no clamp */
 		return;
@@ -941,9 +947,7 @@ static void apply_mask(const nmp_mask_tensor *t, uint64_t numel, const uint8_t *
 		if (mask[i])
 			continue;
 		if (t->quant)
-			d[i] = (uint8_t)(t->quant->zero_point ?
-						 nmp_quant_value(t->dtype, t->quant->zero_point, nmp_quant_index(qg, i)) :
-						 0);
+			d[i] = (uint8_t)quant_zero(t, qg, i);
 		else
 			memset(d + (uint64_t)eb * i, 0, eb);
 	}
@@ -1010,9 +1014,10 @@ static nmp_status solve(nmp_engine *e, double *W, uint64_t R, uint64_t K, double
 			const nmp_pattern *p, const nmp_sgpt_grid *grid, uint8_t *m, nmp_calib_weight_result *cr,
 			const char *name, nmp_error *err)
 {
-	if (strcmp(nmp_engine_name(e), "cuda") == 0 && grid) {
+	const bool cuda = strcmp(nmp_engine_name(e), "cuda") == 0;
+	if (cuda && grid) {
 		snprintf(cr->note, sizeof cr->note, "sparsegpt on the CPU: the GPU sweep does not quantize");
-	} else if (strcmp(nmp_engine_name(e), "cuda") == 0) {
+	} else if (cuda) {
 		double *W0 = malloc(R * K * sizeof *W0);
 		if (!W0)
 			return nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", name);
@@ -1061,9 +1066,8 @@ static nmp_status sparsegpt_mask(target *t, nmp_engine *e, const nmp_mask_tensor
 				W[o * K + k] = elem_value(w, in, fi, qg);
 				if (!qp)
 					continue;
-				uint64_t qi = nmp_quant_index(qg, fi);
-				gs[o * K + k] = nmp_quant_scale(qp->scale, qp->scale_dtype, qi);
-				gz[o * K + k] = qp->zero_point ? nmp_quant_value(w->dtype, qp->zero_point, qi) : 0;
+				gs[o * K + k] = quant_scale(w, qg, fi);
+				gz[o * K + k] = quant_zero(w, qg, fi);
 			}
 		base += nmp_sparsegpt_output_error(W, R, K, Hg);
 		for (uint64_t o = 0; o < R; o++) /* the magnitude mask without reconstruction */
