@@ -20,11 +20,14 @@ typedef enum { DATA_DIRS, DATA_SAFETENSORS } data_kind;
 
 /* One safetensors tensor bound to a model input. */
 typedef struct st_entry {
+	bool present;
 	int32_t dtype;
 	int rank;
 	int64_t dims[NMP_ORT_MAX_RANK + 1];
 	uint64_t offset;              /* from the start of the data section */
-	bool batched;                 /* rank == input rank: samples are rows of axis 0 */
+	bool batched;                 /* rank == input rank >= 1: samples are rows of axis 0 */
+	uint64_t samples;             /* how many it holds (a scalar input's rank-0 tensor: 1) */
+	bool shared;                  /* holds one sample, which every sample takes */
 } st_entry;
 
 struct nmp_calib_data {
@@ -40,7 +43,7 @@ struct nmp_calib_data {
 	int fd;
 	const uint8_t *map;
 	uint64_t map_size, data_start;
-	st_entry *entries;            /* per input; rank 0 and offset UINT64_MAX when absent */
+	st_entry *entries;            /* per input; not present when the data leaves it out */
 	/* the current sample */
 	const char **names;
 	nmp_host_tensor *t;
@@ -406,7 +409,7 @@ static int32_t st_dtype(const char *s)
 	return NMP_DT_UNDEFINED;
 }
 
-static nmp_status st_entry_parse(nmp_calib_data *d, const char *key, json_t *v, size_t *count, nmp_error *err)
+static nmp_status st_entry_parse(nmp_calib_data *d, const char *key, json_t *v, nmp_error *err)
 {
 	size_t at;
 	const nmp_model_input *in = input_named(d, key, &at);
@@ -422,9 +425,10 @@ static nmp_status st_entry_parse(nmp_calib_data *d, const char *key, json_t *v, 
 		return nmp_error_set(err, NMP_ERR_USAGE, "%s: tensor '%s': unsupported dtype %s", d->path, key,
 				     json_string_value(dt));
 	size_t rank = json_array_size(shape);
-	if (rank == 0 || rank > NMP_ORT_MAX_RANK + 1)
+	if ((rank == 0 && in->rank != 0) || rank > NMP_ORT_MAX_RANK + 1)
 		return nmp_error_set(err, NMP_ERR_USAGE, "%s: tensor '%s': rank %zu cannot hold samples", d->path, key,
 				     rank);
+	e->present = true;
 	e->rank = (int)rank;
 	uint64_t numel = 1;
 	for (size_t k = 0; k < rank; k++) {
@@ -443,6 +447,11 @@ static nmp_status st_entry_parse(nmp_calib_data *d, const char *key, json_t *v, 
 		return nmp_error_set(err, NMP_ERR_USAGE, "%s: tensor '%s': data_offsets do not match its shape and the file",
 				     d->path, key);
 	e->offset = (uint64_t)b;
+	if (rank == 0) { /* a scalar input's one value */
+		e->batched = false;
+		e->samples = 1;
+		return check_fit(d, "every sample", in, e->dtype, 0, e->dims, err);
+	}
 	if (in->rank >= 0 && e->rank == in->rank + 1) {
 		e->batched = false;
 	} else if (in->rank < 0 || e->rank == in->rank) {
@@ -466,11 +475,35 @@ static nmp_status st_entry_parse(nmp_calib_data *d, const char *key, json_t *v, 
 	} else {
 		memcpy(one, e->dims + 1, sizeof(int64_t) * (size_t)srank);
 	}
-	NMP_TRY(check_fit(d, "every sample", in, e->dtype, srank, one, err));
-	if (*count != SIZE_MAX && (size_t)e->dims[0] != *count)
-		return nmp_error_set(err, NMP_ERR_USAGE, "%s: tensor '%s' holds %lld samples, another tensor %zu", d->path,
-				     key, (long long)e->dims[0], *count);
-	*count = (size_t)e->dims[0];
+	e->samples = (uint64_t)e->dims[0];
+	return check_fit(d, "every sample", in, e->dtype, srank, one, err);
+}
+
+/*
+ * How many samples the data holds: every tensor holds as many, or one, which
+ * then goes with every sample (a sample rate, an initial state).
+ */
+static nmp_status st_count(nmp_calib_data *d, size_t *count, nmp_error *err)
+{
+	size_t most = 0, at = 0;
+	for (size_t k = 0; k < d->n_inputs; k++)
+		if (d->entries[k].present && d->entries[k].samples > most) {
+			most = (size_t)d->entries[k].samples;
+			at = k;
+		}
+	for (size_t k = 0; k < d->n_inputs; k++) {
+		st_entry *e = &d->entries[k];
+		if (!e->present)
+			continue;
+		if (e->samples != most && e->samples != 1)
+			return nmp_error_set(err, NMP_ERR_USAGE,
+					     "%s: tensor '%s' holds %llu samples, tensor '%s' %zu: each holds as many, "
+					     "or one that every sample shares",
+					     d->path, d->inputs[k].name, (unsigned long long)e->samples, d->inputs[at].name,
+					     most);
+		e->shared = e->samples == 1 && most > 1;
+	}
+	*count = most;
 	return NMP_OK;
 }
 
@@ -505,7 +538,7 @@ static nmp_status open_safetensors(nmp_calib_data *d, nmp_error *err)
 	d->entries = calloc(d->n_inputs + 1, sizeof *d->entries);
 	bool *bound = calloc(d->n_inputs + 1, sizeof *bound);
 	nmp_status s = d->entries && bound ? NMP_OK : nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
-	size_t count = SIZE_MAX;
+	size_t count = SIZE_MAX, bound_any = 0;
 	const char *key;
 	json_t *v;
 	json_object_foreach(hdr, key, v) {
@@ -513,35 +546,42 @@ static nmp_status open_safetensors(nmp_calib_data *d, nmp_error *err)
 			break;
 		if (strcmp(key, "__metadata__") == 0)
 			continue;
-		s = st_entry_parse(d, key, v, &count, err);
+		s = st_entry_parse(d, key, v, err);
+		bound_any++;
 		size_t at;
 		if (s == NMP_OK && input_named(d, key, &at))
 			bound[at] = true;
 	}
 	if (s == NMP_OK)
 		s = check_complete(d, "safetensors", bound, err);
-	if (s == NMP_OK && count == SIZE_MAX)
+	if (s == NMP_OK && !bound_any)
 		s = nmp_error_set(err, NMP_ERR_USAGE, "%s: holds no tensors", d->path);
+	if (s == NMP_OK)
+		s = st_count(d, &count, err);
 	d->count = count == SIZE_MAX ? 0 : count;
 	free(bound);
 	json_decref(hdr);
 	return s;
 }
 
-/* Samples i .. i+count-1 as one batch along axis 0 (count 1: one sample as it is). */
+/*
+ * Samples i .. i+count-1 as one batch along axis 0 (count 1: one sample as it
+ * is).  A shared tensor's one sample is repeated count times.
+ */
 static nmp_status sample_safetensors(nmp_calib_data *d, size_t i, size_t count, nmp_error *err)
 {
-	(void)err;
 	for (size_t k = 0; k < d->n_inputs; k++) {
 		const st_entry *e = &d->entries[k];
-		if (e->rank == 0)
+		if (!e->present)
 			continue;
 		nmp_host_tensor *t = &d->t[d->n];
 		*t = (nmp_host_tensor){ .dtype = e->dtype };
 		uint64_t per = 1;
 		for (int a = 1; a < e->rank; a++)
 			per *= (uint64_t)e->dims[a];
-		if (e->batched) {
+		if (e->rank == 0) {
+			t->rank = 0;
+		} else if (e->batched) {
 			t->rank = e->rank;
 			memcpy(t->dims, e->dims, sizeof(int64_t) * (size_t)e->rank);
 			t->dims[0] = (int64_t)count;
@@ -551,8 +591,19 @@ static nmp_status sample_safetensors(nmp_calib_data *d, size_t i, size_t count, 
 			t->dims[0] *= (int64_t)count; /* consecutive samples are consecutive rows */
 		}
 		t->numel = per * count;
+		const uint64_t esize = nmp_dtype_bits(e->dtype) / 8;
+		const uint8_t *at = d->map + d->data_start + e->offset + (e->shared ? 0 : (uint64_t)i * per * esize);
+		if (e->shared && count > 1) {
+			uint8_t *rep = malloc(per * count * esize);
+			if (!rep)
+				return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", d->path);
+			for (size_t r = 0; r < count; r++)
+				memcpy(rep + r * per * esize, at, per * esize);
+			d->owned[d->n] = rep;
+			at = rep;
+		}
 		/* ONNX Runtime reads inputs without writing them: the read-only mapping serves */
-		t->data = (void *)(d->map + d->data_start + e->offset + (uint64_t)i * per * (nmp_dtype_bits(e->dtype) / 8));
+		t->data = (void *)at;
 		d->names[d->n++] = d->inputs[k].name;
 	}
 	return NMP_OK;
@@ -656,7 +707,7 @@ size_t nmp_calib_data_batch_limit(const nmp_calib_data *d, uint64_t max_bytes)
 	uint64_t per_sample = 0;
 	for (size_t k = 0; k < d->n_inputs; k++) {
 		const st_entry *e = &d->entries[k];
-		if (e->rank == 0)
+		if (!e->present)
 			continue;
 		/* only an axis 0 the model leaves free can hold several samples */
 		if (d->inputs[k].rank < 1 || d->inputs[k].dims[0] > 0 || (!e->batched && e->rank < 2))

@@ -10,7 +10,9 @@
  *  - a .safetensors file with one tensor per model input, named as the input:
  *    of the input's rank + 1, its first axis enumerates samples; of the
  *    input's rank, its first axis is the batch axis and each sample is one
- *    row of it (batch 1).
+ *    row of it (batch 1); a scalar input takes one value of rank 0.  Every
+ *    tensor holds as many samples, or one, which every sample then shares
+ *    (a sample rate, an initial state).
  * Every sample binds every required input (an input with an initializer may
  * be left out); types must match exactly, ranks must match, and fixed
  * dimensions must agree.  Errors name DATA, the sample and the input.

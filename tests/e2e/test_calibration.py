@@ -345,6 +345,72 @@ def test_batch_rows_are_samples_when_the_rank_matches(tmp_path, rng):
     assert json.loads(r.out)["calibration"]["samples"] == 40
 
 
+def _gain_bias_model(rng, gain=True):
+    """y = ((x + bias) * gain) @ W: a scalar input and a per-batch one beside the data."""
+    W = rng.standard_normal((8, 8)).astype(np.float32)
+    nodes = [helper.make_node("Add", ["x", "bias"], ["xg" if not gain else "xb"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 8]),
+              helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["b", 8])]
+    if gain:
+        nodes.append(helper.make_node("Mul", ["xb", "gain"], ["xg"]))
+        inputs.append(helper.make_tensor_value_info("gain", TensorProto.FLOAT, []))
+    nodes.append(helper.make_node("MatMul", ["xg", "W"], ["y"]))
+    return _model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 8])], {"W": W})
+
+
+def test_a_tensor_of_one_sample_goes_with_every_sample(tmp_path, rng):
+    """A scalar input takes a rank-0 value, and a tensor holding one sample is shared by all: the statistics are
+    those of feeding it beside each sample (in batches, where it is repeated along axis 0)."""
+    path = save(_gain_bias_model(rng), tmp_path / "m.onnx")
+    X = rng.standard_normal((6, 3, 8)).astype(np.float32)
+    bias = rng.standard_normal((1, 3, 8)).astype(np.float32)
+    gains = np.array([0.5, 2.0, 3.0, 1.0, 4.0, 0.25], np.float32)
+
+    def sq(files):
+        save_file(files, str(tmp_path / "d.safetensors"))
+        r = nmprune("prune", path, "--dry-run", "--method", "wanda", "--calibration", tmp_path / "d.safetensors",
+                    "--align", "none", "--calibration-stats", tmp_path / "st.safetensors", "--json", check=0)
+        assert json.loads(r.out)["calibration"]["samples"] == 6
+        return load_file(str(tmp_path / "st.safetensors"))["W.sq"]
+
+    xb = (X + bias).astype(np.float32)
+    want = ((xb * np.float32(3.0)).astype(np.float64) ** 2).sum(axis=(0, 1))
+    np.testing.assert_allclose(sq({"x": X, "bias": bias, "gain": np.array(3.0, np.float32)}), want, rtol=1e-6)
+    np.testing.assert_allclose(sq({"x": X, "bias": bias, "gain": np.full(1, 3.0, np.float32)}), want, rtol=1e-6)
+    want = ((xb * gains[:, None, None]).astype(np.float64) ** 2).sum(axis=(0, 1))
+    np.testing.assert_allclose(sq({"x": X, "bias": bias, "gain": gains}), want, rtol=1e-6)
+    # rows of batch 1: the bias's one row goes with each of the 18 rows of x
+    rows = X.reshape(18, 8)
+    save_file({"x": rows, "bias": bias[0, :1], "gain": np.array(2.0, np.float32)}, str(tmp_path / "d.safetensors"))
+    r = nmprune("prune", path, "--dry-run", "--method", "wanda", "--calibration", tmp_path / "d.safetensors",
+                "--align", "none", "--calibration-stats", tmp_path / "st.safetensors", "--json", check=0)
+    assert json.loads(r.out)["calibration"]["samples"] == 18
+    want = (((rows + bias[0, :1]) * np.float32(2.0)).astype(np.float64) ** 2).sum(axis=0)
+    np.testing.assert_allclose(load_file(str(tmp_path / "st.safetensors"))["W.sq"], want, rtol=1e-6)
+    # without the scalar, samples run in batches: the shared bias is repeated beside each sample of a batch
+    path = save(_gain_bias_model(rng, gain=False), tmp_path / "m2.onnx")
+    save_file({"x": X, "bias": bias}, str(tmp_path / "d.safetensors"))
+    r = nmprune("prune", path, "--dry-run", "--method", "wanda", "--calibration", tmp_path / "d.safetensors",
+                "--align", "none", "--calibration-stats", tmp_path / "st.safetensors", "--json", check=0)
+    assert json.loads(r.out)["calibration"]["samples"] == 6
+    np.testing.assert_allclose(load_file(str(tmp_path / "st.safetensors"))["W.sq"],
+                               (xb.astype(np.float64) ** 2).sum(axis=(0, 1)), rtol=1e-6)
+
+
+def test_tensors_that_hold_different_numbers_of_samples_are_refused(tmp_path, rng):
+    path = save(_gain_bias_model(rng), tmp_path / "m.onnx")
+    X = rng.standard_normal((6, 3, 8)).astype(np.float32)
+    save_file({"x": X, "bias": X[:4], "gain": np.array(1.0, np.float32)}, str(tmp_path / "d.safetensors"))
+    r = nmprune("prune", path, "-o", tmp_path / "o.onnx", "--method", "wanda", "--calibration",
+                tmp_path / "d.safetensors", "--align", "none", check=2)
+    assert "tensor 'bias' holds 4 samples, tensor 'x' 6" in r.err
+    save_file({"x": X, "bias": X, "gain": np.ones((1, 1), np.float32)}, str(tmp_path / "d.safetensors"))
+    r = nmprune("prune", path, "-o", tmp_path / "o.onnx", "--method", "wanda", "--calibration",
+                tmp_path / "d.safetensors", "--align", "none", check=2)
+    assert "tensor 'gain' has rank 2; input 'gain' takes rank 0" in r.err
+    assert not (tmp_path / "o.onnx").exists()
+
+
 def test_conv_sparsegpt_reconstruction_matches_reference(tmp_path, rng):
     model, w = conv_model(rng)
     X = rng.standard_normal((4, 2, 8, 9, 7)).astype(np.float32)
