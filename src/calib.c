@@ -20,6 +20,7 @@
 #include "prune.h"
 #include "report.h"
 #include "sparsegpt.h"
+#include "taps.h"
 
 #define MAX_SPATIAL 8
 #define NMP_CALIB_STAGES 8
@@ -30,6 +31,10 @@ typedef enum layer_kind { LAYER_NONE, LAYER_LINEAR, LAYER_CONV } layer_kind;
 /* One consumer's data input. */
 typedef struct use_site {
 	const char *act;                /* the activation's name */
+	int scope;                      /* the consumer's scope (taps.h): 0 is the main graph */
+	bool outer;                     /* the activation is defined in an enclosing scope */
+	int32_t dtype;                  /* its element type */
+	const char *fetch;              /* its name in the main graph during a pass */
 	int chan_axis;                  /* negative: from the end */
 	const Onnx__NodeProto *node;
 } use_site;
@@ -72,6 +77,7 @@ struct nmp_calib {
 	double seconds;
 	size_t passes;                  /* runs over the data */
 	char runtime[96];
+	nmp_scopes scopes;
 };
 
 const char *nmp_method_name(nmp_method m)
@@ -99,40 +105,13 @@ nmp_status nmp_calib_check(const nmp_plan *plan, nmp_method method, nmp_error *e
 
 /* ---- the graph side: which activation feeds each weight ---------------------------------------- */
 
-typedef struct graph_index {
-	const nmp_model *m;
-	const Onnx__GraphProto *g;
-	const Onnx__NodeProto **nodes;   /* sorted by address */
-	size_t n_nodes;
-} graph_index;
-
-static int by_addr(const void *a, const void *b)
-{
-	const void *x = *(const void *const *)a, *y = *(const void *const *)b;
-	return (x > y) - (x < y);
-}
-
-static bool in_main_graph(const graph_index *gi, const Onnx__NodeProto *n)
-{
-	return bsearch(&n, gi->nodes, gi->n_nodes, sizeof *gi->nodes, by_addr) != NULL;
-}
-
-static const Onnx__NodeProto *producer(const graph_index *gi, const char *name)
-{
-	for (size_t i = 0; i < gi->g->n_node; i++)
-		for (size_t k = 0; k < gi->g->node[i]->n_output; k++)
-			if (strcmp(gi->g->node[i]->output[k], name) == 0)
-				return gi->g->node[i];
-	return NULL;
-}
-
-/* Does `name` carry the weight `weight` without moving its axes (Identity, Cast, DequantizeLinear)? */
-static bool carries_directly(const graph_index *gi, const char *name, const char *weight)
+/* Does `name` (seen from scope) carry the weight `weight` without moving its axes (Identity, Cast, DequantizeLinear)? */
+static bool carries_directly(const nmp_model *m, const nmp_scopes *sc, int scope, const char *name, const char *weight)
 {
 	for (int hops = 0; hops < 64; hops++) {
 		if (strcmp(name, weight) == 0)
 			return true;
-		const Onnx__NodeProto *p = producer(gi, name);
+		const Onnx__NodeProto *p = nmp_scopes_producer(m, sc, scope, name);
 		if (!p || p->n_input == 0 ||
 		    (strcmp(p->op_type, "Identity") != 0 && strcmp(p->op_type, "Cast") != 0 &&
 		     strcmp(p->op_type, "DequantizeLinear") != 0))
@@ -142,18 +121,35 @@ static bool carries_directly(const graph_index *gi, const char *name, const char
 	return false;
 }
 
-static bool is_initializer(const graph_index *gi, const char *name)
+/*
+ * The element type a consumer computes in, from its weight-side input `name`
+ * (its data input has the same): the first Cast or DequantizeLinear on the
+ * walker's path back to the weight decides, else the weight's own type.
+ */
+static int32_t compute_type(const nmp_model *m, const nmp_scopes *sc, int scope, const nmp_candidate *c, const char *name)
 {
-	for (size_t i = 0, n = nmp_model_n_initializers(gi->m, gi->g); i < n; i++)
-		if (strcmp(nmp_model_initializer(gi->m, gi->g, i)->name, name) == 0)
-			return true;
-	return false;
+	for (int hops = 0; hops < 64; hops++) {
+		const Onnx__NodeProto *p = nmp_scopes_producer(m, sc, scope, name);
+		if (!p || strcmp(p->op_type, "Constant") == 0)
+			break;
+		if (strcmp(p->op_type, "Cast") == 0)
+			return (int32_t)nmp_node_attr_int(p, "to", 0);
+		if (strcmp(p->op_type, "DequantizeLinear") == 0) {
+			int64_t to = nmp_node_attr_int(p, "output_dtype", 0);
+			return to ? (int32_t)to : c->quant.scale ? c->quant.scale->dtype : NMP_DT_FLOAT;
+		}
+		if (p->n_input == 0)
+			break;
+		name = p->input[0];
+	}
+	return c->tensor->dtype;
 }
 
 #define FALL_BACK(t, ...) (snprintf((t)->note, sizeof (t)->note, __VA_ARGS__), (t)->kind = LAYER_NONE, (t)->method = NMP_METHOD_MAGNITUDE)
 
 /* Where weight ch's statistics come from; on a problem, a note and magnitude. */
-static nmp_status resolve(const graph_index *gi, const nmp_choice *ch, nmp_method method, target *t, nmp_error *err)
+static nmp_status resolve(const nmp_model *m, const nmp_scopes *sc, const nmp_choice *ch, nmp_method method, target *t,
+			  nmp_error *err)
 {
 	const nmp_candidate *c = ch->cand;
 	const nmp_tensor *w = c->tensor;
@@ -174,10 +170,6 @@ static nmp_status resolve(const graph_index *gi, const nmp_choice *ch, nmp_metho
 			       strcmp(use->op, "MatMul") == 0 || strcmp(use->op, "Gemm") == 0 ? LAYER_LINEAR : LAYER_NONE;
 		if (k == LAYER_NONE) {
 			FALL_BACK(t, "read by %s: pruned by magnitude", use->op);
-			return NMP_OK;
-		}
-		if (!in_main_graph(gi, n)) {
-			FALL_BACK(t, "read inside a subgraph: pruned by magnitude");
 			return NMP_OK;
 		}
 		if (kind != LAYER_NONE && k != kind) {
@@ -201,12 +193,27 @@ static nmp_status resolve(const graph_index *gi, const nmp_choice *ch, nmp_metho
 			return NMP_OK;
 		}
 		s->act = n->input[other];
-		if (is_initializer(gi, s->act)) {
+		bool constant;
+		const int at = nmp_scopes_of(sc, n);
+		const int def = at < 0 ? -1 : nmp_scopes_defining(m, sc, at, s->act, &constant);
+		s->scope = at;
+		s->outer = def != at;
+		if (def < 0) {
+			FALL_BACK(t, "its consumer's data input '%.80s' is defined nowhere: pruned by magnitude", s->act);
+			return NMP_OK;
+		}
+		if (constant) {
 			FALL_BACK(t, "its consumer's other input is a constant: pruned by magnitude");
 			return NMP_OK;
 		}
+		const char *body = nmp_scopes_untappable(sc, at);
+		if (body) {
+			FALL_BACK(t, "read inside a %.32s body, which runs more than once: pruned by magnitude", body);
+			return NMP_OK;
+		}
+		s->dtype = compute_type(m, sc, at, c, n->input[use->input]);
 		if (k == LAYER_CONV && method == NMP_METHOD_SPARSEGPT &&
-		    !(c->axis == 1 && c->out_axis == 0 && carries_directly(gi, n->input[1], c->name))) {
+		    !(c->axis == 1 && c->out_axis == 0 && carries_directly(m, sc, at, n->input[1], c->name))) {
 			t->method = NMP_METHOD_WANDA;
 			snprintf(t->note, sizeof t->note, "reaches its Conv through a Transpose: wanda, not sparsegpt");
 		}
@@ -456,6 +463,8 @@ static nmp_status reduce(const nmp_plan *plan, target *t, const use_site *u, con
 			 nmp_error *err)
 {
 	const char *path = plan->model->path, *node = u->node->name ? u->node->name : "";
+	if (xt->numel == 0) /* an empty activation, or an If branch this run did not take */
+		return NMP_OK;
 	float *owned;
 	const float *x = act_as_float(xt, &owned);
 	if (!x && nmp_host_is_floating(xt->dtype))
@@ -536,12 +545,16 @@ static nmp_status run_pass(nmp_calib *c, nmp_ort *ort, const nmp_model_input *in
 		cap += c->t[i].active ? c->t[i].n_uses : 0;
 	outs = calloc(cap + 1, sizeof *outs);
 	extra = calloc(cap + 1, sizeof *extra);
-	nmp_status s = outs && extra ? NMP_OK : nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	nmp_taps *taps = NULL; /* the model stays tapped while the pass runs: nothing reads its graph meanwhile */
+	nmp_status s = outs && extra ? nmp_taps_open(&c->scopes, &taps, err) :
+				       nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	const Onnx__GraphProto *g = m->proto->graph;
 	for (size_t i = 0; s == NMP_OK && i < c->n; i++)
-		for (size_t u = 0; c->t[i].active && u < c->t[i].n_uses; u++) {
-			const char *a = c->t[i].uses[u].act;
-			if (is_graph_input(inputs, n_inputs, a))
+		for (size_t u = 0; s == NMP_OK && c->t[i].active && u < c->t[i].n_uses; u++) {
+			use_site *us = &c->t[i].uses[u];
+			s = nmp_taps_add(taps, us->scope, us->act, us->outer, us->dtype, &us->fetch, err);
+			const char *a = us->fetch;
+			if (s != NMP_OK || (us->scope == 0 && is_graph_input(inputs, n_inputs, a)))
 				continue;
 			bool seen = false;
 			for (size_t k = 0; k < n_outs && !seen; k++)
@@ -612,7 +625,7 @@ static nmp_status run_pass(nmp_calib *c, nmp_ort *ort, const nmp_model_input *in
 		}
 		for (size_t i = 0; s == NMP_OK && i < c->n; i++)
 			for (size_t u = 0; s == NMP_OK && c->t[i].active && u < c->t[i].n_uses; u++) {
-				const char *a = c->t[i].uses[u].act;
+				const char *a = c->t[i].uses[u].fetch;
 				const nmp_host_tensor *x = NULL;
 				for (size_t q = 0; q < n_outs && !x; q++)
 					if (strcmp(outs[q], a) == 0)
@@ -633,6 +646,7 @@ static nmp_status run_pass(nmp_calib *c, nmp_ort *ort, const nmp_model_input *in
 		c->samples = nmp_calib_data_count(data);
 	nmp_calib_data_free(&data);
 	nmp_ort_session_free(&sess);
+	nmp_taps_close(&taps);
 	free(outs);
 	free(extra);
 	return s;
@@ -665,18 +679,12 @@ nmp_status nmp_calibrate(const nmp_plan *plan, const nmp_calib_opts *o, nmp_cali
 		c->o.memory_budget = UINT64_C(4) << 30;
 	c->n = plan->sel->n;
 	c->t = calloc(c->n ? c->n : 1, sizeof *c->t);
-	const Onnx__GraphProto *g = plan->model->proto->graph;
-	graph_index gi = { .m = plan->model, .g = g, .n_nodes = g ? g->n_node : 0 };
-	gi.nodes = calloc(gi.n_nodes + 1, sizeof *gi.nodes);
-	nmp_status s = c->t && gi.nodes ? NMP_OK : nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
-	for (size_t i = 0; s == NMP_OK && i < gi.n_nodes; i++)
-		gi.nodes[i] = g->node[i];
-	if (gi.n_nodes)
-		qsort(gi.nodes, gi.n_nodes, sizeof *gi.nodes, by_addr);
+	nmp_status s = c->t ? NMP_OK : nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	if (s == NMP_OK)
+		s = nmp_scopes_build(plan->model, &c->scopes, err);
 	for (size_t i = 0; s == NMP_OK && i < c->n; i++)
 		if (plan->sel->choices[i].eligible)
-			s = resolve(&gi, &plan->sel->choices[i], o->method, &c->t[i], err);
-	free(gi.nodes);
+			s = resolve(plan->model, &c->scopes, &plan->sel->choices[i], o->method, &c->t[i], err);
 
 	nmp_model_input *inputs = NULL;
 	size_t n_inputs = 0;
@@ -780,6 +788,7 @@ void nmp_calib_free(nmp_calib **pc)
 		free(c->t[i].payload);
 	}
 	free(c->t);
+	nmp_scopes_free(&c->scopes);
 	free(c);
 	*pc = NULL;
 }
@@ -1138,6 +1147,15 @@ static nmp_status decide(nmp_calib *c, size_t ci, nmp_error *err)
 	float *mag = malloc((numel ? numel : 1) * sizeof *mag);
 	uint8_t *mask_mag = malloc(numel ? numel : 1);
 	bool calibrated = t->kind != LAYER_NONE && t->method != NMP_METHOD_MAGNITUDE;
+	if (calibrated && t->tokens == 0) { /* no statistics to choose by */
+		bool branch = false;
+		for (size_t u = 0; u < t->n_uses; u++)
+			branch |= t->uses[u].scope > 0;
+		snprintf(cr->note, sizeof cr->note, "%s: pruned by magnitude",
+			 branch ? "no calibration sample took the If branch that reads it" :
+				  "no calibration sample reached it");
+		calibrated = false;
+	}
 	double *recon = calibrated && t->method == NMP_METHOD_SPARSEGPT ? malloc((numel ? numel : 1) * sizeof *recon) :
 									    NULL;
 	if (s == NMP_OK && (!t->payload || !t->mask || !mag || !mask_mag ||

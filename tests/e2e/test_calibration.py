@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import load_file, save_file
 
-from conftest import nmprune, save
+from conftest import nmprune, save, weights
 import reference
 
 
@@ -409,6 +409,119 @@ def test_tensors_that_hold_different_numbers_of_samples_are_refused(tmp_path, rn
                 tmp_path / "d.safetensors", "--align", "none", check=2)
     assert "tensor 'gain' has rank 2; input 'gain' takes rank 0" in r.err
     assert not (tmp_path / "o.onnx").exists()
+
+
+def _branches_model(rng):
+    """An If on c: its then branch holds an If on c2, whose branches read Wn (on relu(x) + 1, computed in the
+    inner branch) and Wt (on relu(x), computed in the outer branch); its else branch computes in fp16 through
+    Casts (We, fp32 in the file).  Wm reads the If's output in the main graph."""
+    w = {k: rng.standard_normal(s).astype(np.float32) for k, s in
+         {"Wn": (16, 8), "Wt": (16, 8), "We": (16, 8), "Wm": (8, 8)}.items()}
+    out = lambda n: [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)]
+    inner = helper.make_node(
+        "If", ["c2"], ["yi"], name="inner",
+        then_branch=helper.make_graph([helper.make_node("Add", ["r", "one"], ["r1"]),
+                                       helper.make_node("MatMul", ["r1", "Wn"], ["yn"], name="mm_n")],
+                                      "inner_then", [], out("yn"), [numpy_helper.from_array(w["Wn"], "Wn")]),
+        else_branch=helper.make_graph([helper.make_node("MatMul", ["r", "Wt"], ["yt"], name="mm_t")],
+                                      "inner_else", [], out("yt")))
+    then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), inner], "then", [], out("yi"),
+                               [numpy_helper.from_array(np.float32(1.0), "one")])
+    else_g = helper.make_graph([helper.make_node("Cast", ["x"], ["xh"], to=TensorProto.FLOAT16),
+                                helper.make_node("Cast", ["We"], ["Wh"], to=TensorProto.FLOAT16),
+                                helper.make_node("MatMul", ["xh", "Wh"], ["yh"], name="mm_e"),
+                                helper.make_node("Cast", ["yh"], ["ye"], to=TensorProto.FLOAT)],
+                               "else", [], out("ye"), [numpy_helper.from_array(w["We"], "We")])
+    nodes = [helper.make_node("If", ["c"], ["y"], name="outer", then_branch=then_g, else_branch=else_g),
+             helper.make_node("MatMul", ["y", "Wm"], ["z"], name="mm_m")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 16]),
+                           helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+                           helper.make_tensor_value_info("c2", TensorProto.BOOL, [])],
+                   [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", 8])],
+                   {"Wt": w["Wt"], "Wm": w["Wm"]})
+    return model, w
+
+
+def test_weights_inside_if_branches_take_the_statistics_of_the_samples_that_ran_them(tmp_path, rng):
+    """Each branch weight's statistics sum over the samples that took its branch, nested Ifs included, and
+    whatever type the branch computes in; the main graph's weight sees every sample."""
+    model, w = _branches_model(rng)
+    path = save(model, tmp_path / "m.onnx")
+    X = rng.standard_normal((12, 3, 16)).astype(np.float32)
+    c = np.array([1, 1, 1, 1, 1, 0, 0, 0, 1, 0, 1, 1], bool)
+    c2 = np.array([1, 0, 1, 0, 1, 1, 0, 1, 0, 0, 1, 1], bool)
+    save_file({"x": X, "c": c, "c2": c2}, str(tmp_path / "d.safetensors"))
+    r = nmprune("prune", path, "--dry-run", "--method", "sparsegpt", "--calibration", tmp_path / "d.safetensors",
+                "--align", "none", "--calibration-stats", tmp_path / "st.safetensors", "--calibration-stages", "1",
+                "--json", check=0)
+    report = {x["name"]: x for x in json.loads(r.out)["weights"]}
+    assert {k: report[k]["calibration"]["method"] for k in w} == {k: "sparsegpt" for k in w}
+    st = load_file(str(tmp_path / "st.safetensors"))
+    relu = np.maximum(X, 0).astype(np.float64)
+    acts = {"Wn": (relu + 1)[c & c2], "Wt": relu[c & ~c2],
+            "We": X.astype(np.float16).astype(np.float64)[~c]}
+    acts["Wm"] = np.stack([activations(model, {"x": X[i], "c": np.array(c[i]), "c2": np.array(c2[i])}, ["y"])["y"]
+                           for i in range(12)]).astype(np.float64)
+    for k, a in acts.items():
+        rows = a.reshape(-1, a.shape[-1])
+        np.testing.assert_allclose(st[k + ".sq"], (rows ** 2).sum(0), rtol=1e-6, err_msg=k)
+        assert_gram(st[k + ".H"][0], rows.T @ rows)
+    # the output runs, and takes both branches as the dense model does
+    out = tmp_path / "o.onnx"
+    nmprune("prune", path, "-o", out, "--method", "sparsegpt", "--calibration", tmp_path / "d.safetensors",
+            "--align", "none", "-q", check=0)
+    # the taps lived only in the copy that ran: the output's graphs are the input's
+    def structure(g):
+        return [o.name for o in g.output] + [(n.op_type, list(n.input), list(n.output),
+                                              [structure(a.g) for a in n.attribute if a.type == onnx.AttributeProto.GRAPH])
+                                             for n in g.node]
+    assert structure(onnx.load(str(out)).graph) == structure(model.graph)
+    pruned = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for i in (0, 5):
+        assert pruned.run(None, {"x": X[i], "c": np.array(c[i]), "c2": np.array(c2[i])})[0].shape == (3, 8)
+
+
+def test_a_branch_no_sample_took_is_pruned_by_magnitude(tmp_path, rng):
+    model, w = _branches_model(rng)
+    path = save(model, tmp_path / "m.onnx")
+    X = rng.standard_normal((4, 3, 16)).astype(np.float32)
+    save_file({"x": X, "c": np.ones(1, bool), "c2": np.ones(1, bool)}, str(tmp_path / "d.safetensors"))
+    r = nmprune("prune", path, "-o", tmp_path / "o.onnx", "--method", "wanda", "--calibration",
+                tmp_path / "d.safetensors", "--align", "none", "--json", check=0)
+    report = {x["name"]: x["calibration"] for x in json.loads(r.out)["weights"]}
+    for k in ("Wt", "We"):
+        assert report[k] == {"method": "magnitude",
+                             "note": "no calibration sample took the If branch that reads it: pruned by magnitude"}
+    assert report["Wn"]["method"] == report["Wm"]["method"] == "wanda"
+    got = weights(tmp_path / "o.onnx")
+    for k in ("Wt", "We"):
+        keep = reference.mask(w[k], "2:4", 0, 1)
+        assert np.array_equal(got[k], np.where(keep, w[k], 0)), k
+
+
+def test_weights_inside_a_loop_body_are_pruned_by_magnitude_with_the_reason(tmp_path, rng):
+    W = rng.standard_normal((16, 16)).astype(np.float32)
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("MatMul", ["h_in", "Wl"], ["h_out"], name="mm_l")],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("h_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_out", TensorProto.FLOAT, None)])
+    model = _model([helper.make_node("Loop", ["n", "", "x"], ["h"], body=body)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 16])],
+                   [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["b", 16])],
+                   {"Wl": W, "n": np.array(3, np.int64)})
+    path = save(model, tmp_path / "m.onnx")
+    save_file({"x": rng.standard_normal((4, 2, 16)).astype(np.float32)}, str(tmp_path / "d.safetensors"))
+    r = nmprune("prune", path, "-o", tmp_path / "o.onnx", "--method", "sparsegpt", "--calibration",
+                tmp_path / "d.safetensors", "--align", "none", "--json", check=0)
+    report = {x["name"]: x["calibration"] for x in json.loads(r.out)["weights"]}
+    assert report["Wl"] == {"method": "magnitude",
+                            "note": "read inside a Loop body, which runs more than once: pruned by magnitude"}
+    keep = reference.mask(W, "2:4", 0, 1)
+    assert np.array_equal(weights(tmp_path / "o.onnx")["Wl"], np.where(keep, W, 0))
 
 
 def test_conv_sparsegpt_reconstruction_matches_reference(tmp_path, rng):

@@ -242,3 +242,46 @@ def test_real_weights_match_the_reference_masks(tmp_path, name, pattern):
         assert np.array_equal(pruned[c["name"]], np.where(keep, w, 0)), c["name"]
         checked += 1
     assert checked >= 20
+
+
+def _speech_windows(tmp_path, name, first, last, step):
+    """16 kHz windows of 512 samples of the recorded conversation, from second `first` to `last`, with a zero LSTM
+    state and the sample rate that every window shares."""
+    import wave
+    with wave.open(str(REAL / "speech_sample.wav")) as w:
+        assert w.getframerate() == 16000
+        audio = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+    starts = range(first * 16000, last * 16000 - 512, step)
+    x = np.stack([audio[s:s + 512] for s in starts])[:, None, :]
+    from safetensors.numpy import save_file
+    path = tmp_path / name
+    save_file({"input": x, "state": np.zeros((1, 2, 1, 128), np.float32), "sr": np.array(16000, np.int64)}, str(path))
+    return path
+
+
+@pytest.mark.skipif(not (REAL / "speech_sample.wav").exists(), reason="speech recording not unpacked: run make deps")
+def test_voice_detector_calibrates_the_branch_its_samples_take(tmp_path):
+    """silero VAD holds every weight inside the If on its sample rate.  Calibrated on 16 kHz speech, the 16 kHz
+    branch's weights are rebuilt by sparsegpt and the 8 kHz branch's, which no sample took, fall back to magnitude
+    with the reason; on the other half of the recording the speech probability moves far less than magnitude's."""
+    src = REAL / "silero_vad.onnx"
+    cal = _speech_windows(tmp_path, "cal.safetensors", 0, 15, 2048)
+    held = _speech_windows(tmp_path, "held.safetensors", 15, 30, 2048)
+    rep = json.loads(nmprune("prune", src, "-o", tmp_path / "sg.onnx", "--method", "sparsegpt", "--calibration", cal,
+                             "--json", check=0).out)
+    assert rep["calibration"]["samples"] == len(range(0, 15 * 16000 - 512, 2048))
+    methods = {w["name"]: w["calibration"] for w in rep["weights"] if w["eligible"]}
+    assert len(methods) == 6
+    for name, c in methods.items():
+        if "then_branch" in name:
+            assert c["method"] == "sparsegpt", name
+        else:
+            assert c == {"method": "magnitude",
+                         "note": "no calibration sample took the If branch that reads it: pruned by magnitude"}, name
+    nmprune("prune", src, "-o", tmp_path / "mag.onnx", check=0)
+    err = {}
+    for m in ("sg", "mag"):
+        cmp = json.loads(nmprune("compare", src, tmp_path / f"{m}.onnx", "--calibration", held, "--json", check=0).out)
+        err[m] = {o["name"]: o["rel_l2"] for o in cmp["outputs"]}
+    assert err["sg"]["output"] < 0.25 * err["mag"]["output"], err
+    assert err["sg"]["stateN"] < 0.5 * err["mag"]["stateN"], err
