@@ -434,7 +434,10 @@ void nmp_report_prune_text(FILE *f, const nmp_plan *p, const nmp_pass_result *r,
 	if (r->params_total)
 		fprintf(f, " (%.2f%%)", pct((double)r->params_zeroed, (double)r->params_total));
 	fprintf(f, "; %.3f s\n", r->seconds);
-	if (r->calib)
+	if (r->calib && nmp_calib_passes(r->calib) == 0)
+		fprintf(f, "calibration: %s ran no sample: no selected weight can take its statistics (the notes say why)\n",
+			nmp_method_name(nmp_calib_method(r->calib)));
+	else if (r->calib)
 		fprintf(f, "calibration: %s on %zu samples (%llu activation vectors), %zu passes, %.3f s, %s\n",
 			nmp_method_name(nmp_calib_method(r->calib)), nmp_calib_samples(r->calib),
 			(unsigned long long)nmp_calib_tokens(r->calib), nmp_calib_passes(r->calib),

@@ -522,6 +522,10 @@ def test_weights_inside_a_loop_body_are_pruned_by_magnitude_with_the_reason(tmp_
                             "note": "read inside a Loop body, which runs more than once: pruned by magnitude"}
     keep = reference.mask(W, "2:4", 0, 1)
     assert np.array_equal(weights(tmp_path / "o.onnx")["Wl"], np.where(keep, W, 0))
+    r = nmprune("prune", path, "--dry-run", "--method", "sparsegpt", "--calibration", tmp_path / "d.safetensors",
+                "--align", "none", check=0)
+    assert ("calibration: sparsegpt ran no sample: no selected weight can take its statistics (the notes say why)"
+            in r.out + r.err)
 
 
 def test_conv_sparsegpt_reconstruction_matches_reference(tmp_path, rng):
