@@ -3,9 +3,10 @@
  *
  * The factor U of H^-1 comes from the host (nmp_sparsegpt_factor), so the
  * damping decision is the CPU's.  The sweep mirrors the CPU's step for step:
- * per block of columns, per column, a kernel chooses the N:M mask (the rule
- * of sparsegpt_rules.h, compiled for both) and writes each row's error; a
- * cuBLAS rank-1 update spreads it over the block; after the block, one
+ * per block of columns, per column, a kernel chooses the N:M mask and puts
+ * each kept weight on its grid (the rules of sparsegpt_rules.h, compiled for
+ * both) and writes each row's error; a cuBLAS rank-1 update spreads it over
+ * the block; after the block, one
  * cuBLAS product spreads the block's errors over the later columns.  A P%
  * block's mask is chosen on the host by the CPU's function.
  *
@@ -89,13 +90,21 @@ static bool load_cublas(void)
 
 /* ---- kernels -------------------------------------------------------------------------------- */
 
+/* The grid on the device: scale and zero point per element (rows x K), or none (scale NULL). */
+typedef struct dev_grid {
+	const double *scale, *zero;
+	double qmin, qmax;
+} dev_grid;
+
 /*
- * Column i of the block (rows x cnt, row-major W1): the N:M choice at the
- * first column of a group, then each row's error (w - q) / d, recorded in
- * E1 and err_col.
+ * Column i of the block (rows x cnt, row-major W1, its first column i1 of
+ * K): the N:M choice at the first column of a group, then each row's new
+ * value q (0 when pruned, else the weight, on its grid when there is one)
+ * in q_col, and its error (w - q) / d in E1 and err_col.
  */
-static __global__ void column_kernel(const double *W1, uint8_t *m1, double *E1, double *err_col, const double *dd,
-				     uint64_t rows, uint64_t cnt, uint64_t i, unsigned n, unsigned m, int structured)
+static __global__ void column_kernel(const double *W1, uint8_t *m1, double *E1, double *err_col, double *q_col,
+				     const double *dd, uint64_t rows, uint64_t cnt, uint64_t i, unsigned n, unsigned m,
+				     int structured, dev_grid grid, uint64_t K, uint64_t i1)
 {
 	uint64_t r = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
 	if (r >= rows)
@@ -103,17 +112,21 @@ static __global__ void column_kernel(const double *W1, uint8_t *m1, double *E1, 
 	const double *w = W1 + r * cnt;
 	if (structured && i % m == 0)
 		nmp_sgpt_choose_nm(w + i, dd + i, n, m, m1 + r * cnt + i);
-	double v = w[i], q = m1[r * cnt + i] ? v : 0.0, e = (v - q) / dd[i];
+	const uint64_t g = r * K + i1 + i;
+	double v = w[i], q = !m1[r * cnt + i] ? 0.0 : !grid.scale ? v :
+		nmp_sgpt_on_grid(v, grid.scale[g], grid.zero[g], grid.qmin, grid.qmax);
+	double e = (v - q) / dd[i];
 	E1[r * cnt + i] = e;
 	err_col[r] = e;
+	q_col[r] = q;
 }
 
-/* A pruned weight is exactly zero, whatever the rounding of the update. */
-static __global__ void zero_pruned_kernel(double *W1, const uint8_t *m1, uint64_t rows, uint64_t cnt, uint64_t i)
+/* Column i takes its new values: exactly zero, or exactly on the grid, whatever the rounding of the update. */
+static __global__ void set_column_kernel(double *W1, const double *q_col, uint64_t rows, uint64_t cnt, uint64_t i)
 {
 	uint64_t r = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
-	if (r < rows && !m1[r * cnt + i])
-		W1[r * cnt + i] = 0.0;
+	if (r < rows)
+		W1[r * cnt + i] = q_col[r];
 }
 
 /* The diagonal of U over [i1, i1 + cnt). */
@@ -127,7 +140,7 @@ static __global__ void diag_kernel(const double *U, uint64_t K, uint64_t i1, uin
 /* ---- the sweep ------------------------------------------------------------------------------ */
 
 typedef struct dev_buffers {
-	double *W, *U, *W1, *E1, *err_col, *dd;
+	double *W, *U, *W1, *E1, *err_col, *q_col, *dd, *scale, *zero;
 	uint8_t *m1;
 } dev_buffers;
 
@@ -138,12 +151,15 @@ static void free_buffers(dev_buffers *b)
 	cudaFree(b->W1);
 	cudaFree(b->E1);
 	cudaFree(b->err_col);
+	cudaFree(b->q_col);
 	cudaFree(b->dd);
+	cudaFree(b->scale);
+	cudaFree(b->zero);
 	cudaFree(b->m1);
 }
 
 static nmp_status sweep(cublasHandle_t h, dev_buffers *d, double *W, uint64_t rows, uint64_t K, const double *U,
-			const nmp_pattern *p, uint8_t *mask, nmp_error *err)
+			const nmp_pattern *p, const nmp_sgpt_grid *qgrid, uint8_t *mask, nmp_error *err)
 {
 	const uint64_t B = NMP_SPARSEGPT_BLOCK;
 	const unsigned grid = (unsigned)((rows + NMP_CU_THREADS - 1) / NMP_CU_THREADS);
@@ -153,10 +169,22 @@ static nmp_status sweep(cublasHandle_t h, dev_buffers *d, double *W, uint64_t ro
 	CUDA_CHECK(err, cudaMalloc(&d->W1, rows * B * sizeof(double)));
 	CUDA_CHECK(err, cudaMalloc(&d->E1, rows * B * sizeof(double)));
 	CUDA_CHECK(err, cudaMalloc(&d->err_col, rows * sizeof(double)));
+	CUDA_CHECK(err, cudaMalloc(&d->q_col, rows * sizeof(double)));
 	CUDA_CHECK(err, cudaMalloc(&d->dd, B * sizeof(double)));
 	CUDA_CHECK(err, cudaMalloc(&d->m1, rows * B));
 	CUDA_CHECK(err, cudaMemcpy(d->W, W, rows * K * sizeof(double), cudaMemcpyHostToDevice));
 	CUDA_CHECK(err, cudaMemcpy(d->U, U, K * K * sizeof(double), cudaMemcpyHostToDevice));
+	dev_grid dg = {};
+	if (qgrid) {
+		CUDA_CHECK(err, cudaMalloc(&d->scale, rows * K * sizeof(double)));
+		CUDA_CHECK(err, cudaMalloc(&d->zero, rows * K * sizeof(double)));
+		CUDA_CHECK(err, cudaMemcpy(d->scale, qgrid->scale, rows * K * sizeof(double), cudaMemcpyHostToDevice));
+		CUDA_CHECK(err, cudaMemcpy(d->zero, qgrid->zero, rows * K * sizeof(double), cudaMemcpyHostToDevice));
+		dg.scale = d->scale;
+		dg.zero = d->zero;
+		dg.qmin = qgrid->qmin;
+		dg.qmax = qgrid->qmax;
+	}
 	double *hW1 = NULL, *hdd = NULL;
 	uint8_t *hm1 = NULL;
 	void *scratch = NULL;
@@ -188,8 +216,8 @@ static nmp_status sweep(cublasHandle_t h, dev_buffers *d, double *W, uint64_t ro
 			}
 		}
 		for (uint64_t i = 0; ce == cudaSuccess && i < cnt; i++) {
-			column_kernel<<<grid, NMP_CU_THREADS>>>(d->W1, d->m1, d->E1, d->err_col, d->dd, rows, cnt, i, p->n, p->m,
-								 p->structured);
+			column_kernel<<<grid, NMP_CU_THREADS>>>(d->W1, d->m1, d->E1, d->err_col, d->q_col, d->dd, rows, cnt, i,
+								 p->n, p->m, p->structured, dg, K, i1);
 			ce = cudaGetLastError();
 			if (ce != cudaSuccess)
 				break;
@@ -200,7 +228,7 @@ static nmp_status sweep(cublasHandle_t h, dev_buffers *d, double *W, uint64_t ro
 				s = nmp_error_set(err, NMP_ERR_DEVICE, "cuBLAS: dger status %d", (int)cs);
 				break;
 			}
-			zero_pruned_kernel<<<grid, NMP_CU_THREADS>>>(d->W1, d->m1, rows, cnt, i);
+			set_column_kernel<<<grid, NMP_CU_THREADS>>>(d->W1, d->q_col, rows, cnt, i);
 			ce = cudaGetLastError();
 		}
 		if (ce == cudaSuccess && s == NMP_OK)
@@ -232,8 +260,8 @@ static nmp_status sweep(cublasHandle_t h, dev_buffers *d, double *W, uint64_t ro
 }
 
 extern "C" nmp_status nmp_cuda_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, double damp,
-					       const nmp_pattern *p, uint8_t *mask, double *damp_used, const char *name,
-					       nmp_error *err)
+					       const nmp_pattern *p, const nmp_sgpt_grid *grid, uint8_t *mask,
+					       double *damp_used, const char *name, nmp_error *err)
 {
 	NMP_ASSERT(nmp_sparsegpt_supports(p));
 	if (p->structured && (K % p->m != 0 || p->m > NMP_SGPT_MAX_M))
@@ -247,7 +275,7 @@ extern "C" nmp_status nmp_cuda_sparsegpt_solve(double *W, uint64_t rows, uint64_
 	cublasHandle_t h;
 	CUBLAS_CHECK(err, CB.create(&h));
 	dev_buffers d = {};
-	nmp_status s = sweep(h, &d, W, rows, K, H, p, mask, err);
+	nmp_status s = sweep(h, &d, W, rows, K, H, p, grid, mask, err);
 	free_buffers(&d);
 	CB.destroy(h);
 	return s;

@@ -1023,16 +1023,13 @@ static nmp_status solve(nmp_engine *e, double *W, uint64_t R, uint64_t K, double
 			const nmp_pattern *p, const nmp_sgpt_grid *grid, uint8_t *m, nmp_calib_weight_result *cr,
 			const char *name, nmp_error *err)
 {
-	const bool cuda = strcmp(nmp_engine_name(e), "cuda") == 0;
-	if (cuda && grid) {
-		snprintf(cr->note, sizeof cr->note, "sparsegpt on the CPU: the GPU sweep does not quantize");
-	} else if (cuda) {
+	if (strcmp(nmp_engine_name(e), "cuda") == 0) {
 		double *W0 = malloc(R * K * sizeof *W0);
 		if (!W0)
 			return nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", name);
 		memcpy(W0, W, R * K * sizeof *W0);
 		nmp_error gpu_err = { 0 };
-		nmp_status s = nmp_cuda_sparsegpt_solve(W, R, K, H, damp, p, m, &cr->damp, name, &gpu_err);
+		nmp_status s = nmp_cuda_sparsegpt_solve(W, R, K, H, damp, p, grid, m, &cr->damp, name, &gpu_err);
 		if (s != NMP_ERR_DEVICE) {
 			free(W0);
 			if (s != NMP_OK)

@@ -74,12 +74,15 @@ size_t nmp_sparsegpt_block_scratch(uint64_t rows);
 /*
  * The same sweep on the GPU (kernels/sparsegpt.cu: cuBLAS, loaded at run
  * time; the factorization stays on the host so that the damping decision is
- * the CPU's), same contract; NMP_ERR_DEVICE when CUDA or cuBLAS is
- * unavailable.  Equal to the CPU's within rounding: the masks match, the
- * rebuilt weights to 1e-9 relative of the layer's scale.
+ * the CPU's), same contract, grid included; NMP_ERR_DEVICE when CUDA or
+ * cuBLAS is unavailable.  Equal to the CPU's within rounding: the masks
+ * match, the rebuilt weights to 1e-9 relative of the layer's scale (on a
+ * grid, the same grid points but where a value lies within rounding of a
+ * point's boundary).
  */
 nmp_status nmp_cuda_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, double damp, const nmp_pattern *p,
-				    uint8_t *mask, double *damp_used, const char *name, nmp_error *err);
+				    const nmp_sgpt_grid *grid, uint8_t *mask, double *damp_used, const char *name,
+				    nmp_error *err);
 
 /* tr(D H D^T) for D rows x K (row-major): the squared output error of a weight change D. */
 double nmp_sparsegpt_output_error(const double *D, uint64_t rows, uint64_t K, const double *H);

@@ -26,6 +26,7 @@
 #include "mask_cuda.h"
 #include "blas.h"
 #include "sparsegpt.h"
+#include "sparsegpt_rules.h"
 
 static const nmp_backend *cuda_be;
 static void *cuda_ctx;
@@ -312,8 +313,11 @@ static void test_engine_dispatch(void **state)
 /*
  * The sparsegpt sweep on the GPU against the CPU's: random layers (rows and
  * inputs that are not multiples of a block of threads or of the 128-column
- * block), a Hessian from random activations with a dead input, N:M and P%.
- * Masks identical; rebuilt weights within 1e-9 of the layer's largest.
+ * block), a Hessian from random activations with a dead input, N:M and P%,
+ * float and on an integer grid (int8 with a scale per row and zero points
+ * per element, uint8 with one scale and zero point, and a zero scale on one
+ * row).  Masks identical; rebuilt weights within 1e-9 of the layer's
+ * largest, and on a grid the very same grid points.
  */
 static void test_sparsegpt_sweep(void **state)
 {
@@ -321,8 +325,11 @@ static void test_sparsegpt_sweep(void **state)
 	NEED_DEVICE();
 	nmp_error err = { 0 };
 	assert_int_equal(nmp_blas_load(0, &err), NMP_OK);
-	static const struct { uint64_t rows, K; const char *pat; } cases[] = {
-		{ 33, 200, "2:4" }, { 257, 136, "4:8" }, { 64, 384, "1:4" }, { 19, 130, "30%" }, { 300, 256, "50%" },
+	enum { FLOAT, INT8_ROWS, UINT8_ONE };
+	static const struct { uint64_t rows, K; const char *pat; int grid; } cases[] = {
+		{ 33, 200, "2:4", FLOAT }, { 257, 136, "4:8", FLOAT }, { 64, 384, "1:4", FLOAT }, { 19, 130, "30%", FLOAT },
+		{ 300, 256, "50%", FLOAT }, { 65, 264, "2:4", INT8_ROWS }, { 40, 136, "40%", UINT8_ONE },
+		{ 129, 128, "4:8", UINT8_ONE },
 	};
 	uint64_t seed = 7;
 	for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
@@ -342,9 +349,18 @@ static void test_sparsegpt_sweep(void **state)
 					H[i * K + j] += X[t * K + i] * X[t * K + j];
 		memcpy(Wc, W, R * K * sizeof *W);
 		memcpy(Hc, H, K * K * sizeof *H);
+		double *gs = malloc(R * K * sizeof *gs), *gz = malloc(R * K * sizeof *gz);
+		const bool int8 = cases[c].grid == INT8_ROWS;
+		nmp_sgpt_grid grid = { .scale = gs, .zero = gz, .qmin = int8 ? -128 : 0, .qmax = int8 ? 127 : 255 };
+		for (uint64_t i = 0; i < R * K; i++) {
+			const uint64_t r = i / K;
+			gs[i] = int8 ? (r == 5 ? 0.0 : 0.004 + 0.0005 * (double)(r % 7)) : 0.0045;
+			gz[i] = int8 ? (double)((int)(rnd() % 9) - 4) : 128;
+		}
+		const nmp_sgpt_grid *g = cases[c].grid == FLOAT ? NULL : &grid;
 		double dg = 0, dc = 0, big = 0, worst = 0;
-		assert_int_equal(nmp_cuda_sparsegpt_solve(W, R, K, H, 0.01, &p, mg, &dg, "gpu", &err), NMP_OK);
-		assert_int_equal(nmp_sparsegpt_solve(Wc, R, K, Hc, 0.01, &p, NULL, mc, &dc, "cpu", &err), NMP_OK);
+		assert_int_equal(nmp_cuda_sparsegpt_solve(W, R, K, H, 0.01, &p, g, mg, &dg, "gpu", &err), NMP_OK);
+		assert_int_equal(nmp_sparsegpt_solve(Wc, R, K, Hc, 0.01, &p, g, mc, &dc, "cpu", &err), NMP_OK);
 		assert_true(dg == dc);
 		assert_memory_equal(mg, mc, R * K);
 		for (uint64_t i = 0; i < R * K; i++) {
@@ -352,11 +368,15 @@ static void test_sparsegpt_sweep(void **state)
 			worst = fmax(worst, fabs(W[i] - Wc[i]));
 			if (!mc[i])
 				assert_true(W[i] == 0 && Wc[i] == 0);
+			else if (g) /* the same grid point: (q - zero) x scale, q an integer of the type's range */
+				assert_true(W[i] == Wc[i] &&
+					    (gs[i] == 0 ? W[i] == 0 :
+							  nmp_sgpt_on_grid(W[i], gs[i], gz[i], grid.qmin, grid.qmax) == W[i]));
 		}
-		printf("[ SWEEP    ] %s %llux%llu: masks equal, largest difference %.3g of %.3g\n", cases[c].pat,
-		       (unsigned long long)R, (unsigned long long)K, worst, big);
+		printf("[ SWEEP    ] %s %llux%llu%s: masks equal, largest difference %.3g of %.3g\n", cases[c].pat,
+		       (unsigned long long)R, (unsigned long long)K, g ? (int8 ? " int8" : " uint8") : "", worst, big);
 		assert_true(worst <= 1e-9 * big);
-		free(W), free(Wc), free(X), free(H), free(Hc), free(mg), free(mc);
+		free(W), free(Wc), free(X), free(H), free(Hc), free(mg), free(mc), free(gs), free(gz);
 	}
 }
 
