@@ -30,6 +30,15 @@ Models and data:
                          Its one output is the probability that the turn has
                          ended: the top-1 column is the agreement of the
                          decision p > 0.5, computed here with onnxruntime
+  silero_vad             voice activity detector (silero-vad 6.2.3;
+                         every weight inside the If on its sample rate);
+                         samples: that recording streamed through the dense
+                         model as it is fed (windows of 512 new samples after
+                         64 of context, at 16 kHz), each window with the LSTM
+                         state the dense model carried into it: every 4th
+                         window of the first 15 s calibrates (117), of the
+                         last 15 s evaluates (117).  The top-1 column is the
+                         agreement of the speech decision p > 0.5
 
 Against the reference tool: the Python peer that offers SparseGPT on ONNX
 (onnxsim 0.8.1, onnxsim.pruning.apply_sparsegpt_pruning) and nmprune prune
@@ -160,11 +169,16 @@ def log_mel(audio, n_fft=400, hop=160):
     return ((np.maximum(logm, logm.max() - 8) + 4) / 4).T.astype(np.float32)
 
 
-def speech_data(n):
-    """The 8 s before each point (zeros before the recording starts), as the detector is fed at a pause."""
+def recording():
     with wave.open(str(MODELS / "speech_sample.wav")) as w:
         assert w.getframerate() == 16000 and w.getnchannels() == 1 and w.getsampwidth() == 2
-        audio = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float64) / 32768
+        return np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float64) / 32768
+
+
+def speech_data(n):
+    """The 8 s before each point (zeros before the recording starts), as the detector is fed at a pause."""
+    audio = recording()
+
     def before(t):
         end = int(t * 16000)
         seg = audio[max(0, end - 128000):end]
@@ -187,12 +201,50 @@ def decisions(dense, pruned, ev):
     return float((end_of_turn(dense, ev) == end_of_turn(pruned, ev)).mean())
 
 
+def vad_stream(model, audio):
+    """The detector run over audio as it is fed: each window (64 samples of context, 512 new) and the state it
+    starts from."""
+    import onnxruntime as ort
+    s = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    state, xs, states = np.zeros((2, 1, 128), np.float32), [], []
+    for at in range(64, len(audio) - 512 + 1, 512):
+        x = audio[None, at - 64:at + 512]
+        xs.append(x)
+        states.append(state)
+        _, state = s.run(None, {"input": x, "state": state, "sr": np.array(16000, np.int64)})
+    return np.stack(xs), np.stack(states)
+
+
+def vad_data(n):
+    """Every 4th window of the first 15 s, then of the last 15 s, with its state; the sample rate goes with all."""
+    xs, states = vad_stream(MODELS / "silero_vad.onnx", recording().astype(np.float32))
+    half = (15 * 16000 - 64) // 512
+    pick = list(range(0, half, 4))[:n] + list(range(half, len(xs), 4))
+    return {"input": xs[pick], "state": states[pick], "sr": np.array(16000, np.int64)}
+
+
+@functools.lru_cache(maxsize=None)
+def speech_found(model, ev):
+    """The detector's decisions p > 0.5 on each window of `ev`, one window per run as it is fed."""
+    import onnxruntime as ort
+    from safetensors.numpy import load_file
+    s = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    d = load_file(str(ev))
+    return np.array([s.run(None, {"input": x, "state": st, "sr": d["sr"]})[0].item() > 0.5
+                     for x, st in zip(d["input"], d["state"])])
+
+
+def vad_decisions(dense, pruned, ev):
+    return float((speech_found(dense, ev) == speech_found(pruned, ev)).mean())
+
+
 CASES = [  # name, data, calibration samples, options, the top-1 column if not compare's
     # one activation vector per file reaches the classifier (512 inputs): enough files that its Hessian is full rank
     ("magika_standard_v3_3", magika_data, 1024, ["--align", "none"], None),
     ("ppocrv4_rec", ocr_rec_data, 64, ["--align", "none"], None),
     ("ppocrv4_det", ocr_det_data, 16, ["--align", "none"], None),
     ("smart_turn_v3_2", speech_data, 57, [], decisions),
+    ("silero_vad", vad_data, 117, [], vad_decisions),
 ]
 
 
@@ -269,8 +321,10 @@ def main():
         model = MODELS / f"{name}.onnx"
         data = make(n)
         cal, ev = OUT / f"{name}.cal.safetensors", OUT / f"{name}.eval.safetensors"
-        save_file({k: v[:n] for k, v in data.items()}, str(cal))
-        save_file({k: v[n:] for k, v in data.items()}, str(ev))
+        total = max(len(v) for v in data.values() if v.ndim)
+        # a tensor of one sample goes with every sample, in both sets
+        save_file({k: v[:n] if v.ndim and len(v) == total else v for k, v in data.items()}, str(cal))
+        save_file({k: v[n:] if v.ndim and len(v) == total else v for k, v in data.items()}, str(ev))
         out, dt, _ = run("compare", model, model, "--calibration", ev, "--json")
         f = json.loads(out)["outputs"][0]
         if top1:
