@@ -546,7 +546,7 @@ static nmp_status run_pass(nmp_calib *c, nmp_ort *ort, const nmp_model_input *in
 	outs = calloc(cap + 1, sizeof *outs);
 	extra = calloc(cap + 1, sizeof *extra);
 	nmp_taps *taps = NULL; /* the model stays tapped while the pass runs: nothing reads its graph meanwhile */
-	nmp_status s = outs && extra ? nmp_taps_open(&c->scopes, &taps, err) :
+	nmp_status s = outs && extra ? nmp_taps_open(m, &c->scopes, &taps, err) :
 				       nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	const Onnx__GraphProto *g = m->proto->graph;
 	for (size_t i = 0; s == NMP_OK && i < c->n; i++)

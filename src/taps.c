@@ -231,38 +231,36 @@ static bool append(nmp_taps *t, void *field, size_t *count, void *item)
 	return true;
 }
 
-/* The largest n of the names TAP_PREFIX n a graph (and its subgraphs) already uses. */
-static unsigned long used_names(const Onnx__GraphProto *g, unsigned long most)
+/* The larger of most and n, where name is TAP_PREFIX n. */
+static unsigned long name_number(const char *name, unsigned long most)
 {
 	const size_t plen = strlen(TAP_PREFIX);
-	for (size_t i = 0; i < g->n_node; i++) {
-		const Onnx__NodeProto *n = g->node[i];
-		for (size_t k = 0; k < n->n_output; k++) {
-			const char *o = n->output[k];
-			char *end;
-			if (strncmp(o, TAP_PREFIX, plen) == 0) {
-				unsigned long v = strtoul(o + plen, &end, 10);
-				if (end != o + plen && v > most)
-					most = v;
-			}
-		}
-		for (size_t a = 0; a < n->n_attribute; a++) {
-			if (n->attribute[a]->g)
-				most = used_names(n->attribute[a]->g, most);
-			for (size_t k = 0; k < n->attribute[a]->n_graphs; k++)
-				most = used_names(n->attribute[a]->graphs[k], most);
-		}
-	}
-	return most;
+	char *end;
+	if (strncmp(name, TAP_PREFIX, plen) != 0)
+		return most;
+	unsigned long v = strtoul(name + plen, &end, 10);
+	return end != name + plen && v > most ? v : most;
 }
 
-nmp_status nmp_taps_open(const nmp_scopes *s, nmp_taps **out, nmp_error *err)
+nmp_status nmp_taps_open(const nmp_model *m, const nmp_scopes *s, nmp_taps **out, nmp_error *err)
 {
 	nmp_taps *t = calloc(1, sizeof *t);
 	if (!t)
 		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	t->s = s;
-	t->next_name = (s->n ? used_names(s->s[0].graph, 0) : 0) + 1;
+	/* new names continue past every TAP_PREFIX n the model already defines, in any graph */
+	unsigned long most = 0;
+	for (size_t k = 0; k < s->n; k++) {
+		const Onnx__GraphProto *g = s->s[k].graph;
+		for (size_t i = 0; i < g->n_node; i++)
+			for (size_t o = 0; o < g->node[i]->n_output; o++)
+				most = name_number(g->node[i]->output[o], most);
+		for (size_t i = 0; i < g->n_input; i++)
+			most = name_number(g->input[i]->name, most);
+		for (size_t i = 0, n = nmp_model_n_initializers(m, g); i < n; i++)
+			most = name_number(nmp_model_initializer(m, g, i)->name, most);
+	}
+	t->next_name = most + 1;
 	*out = t;
 	return NMP_OK;
 }

@@ -68,7 +68,7 @@ const char *nmp_scopes_untappable(const nmp_scopes *s, int scope);
 
 typedef struct nmp_taps nmp_taps;
 
-nmp_status nmp_taps_open(const nmp_scopes *s, nmp_taps **out, nmp_error *err);
+nmp_status nmp_taps_open(const nmp_model *m, const nmp_scopes *s, nmp_taps **out, nmp_error *err);
 
 /*
  * Makes value `name`, as the nodes of `scope` see it (every owner out to the

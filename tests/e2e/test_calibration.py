@@ -411,7 +411,7 @@ def test_tensors_that_hold_different_numbers_of_samples_are_refused(tmp_path, rn
     assert not (tmp_path / "o.onnx").exists()
 
 
-def _branches_model(rng):
+def _branches_model(rng, r="r"):
     """An If on c: its then branch holds an If on c2, whose branches read Wn (on relu(x) + 1, computed in the
     inner branch) and Wt (on relu(x), computed in the outer branch); its else branch computes in fp16 through
     Casts (We, fp32 in the file).  Wm reads the If's output in the main graph."""
@@ -420,12 +420,12 @@ def _branches_model(rng):
     out = lambda n: [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)]
     inner = helper.make_node(
         "If", ["c2"], ["yi"], name="inner",
-        then_branch=helper.make_graph([helper.make_node("Add", ["r", "one"], ["r1"]),
+        then_branch=helper.make_graph([helper.make_node("Add", [r, "one"], ["r1"]),
                                        helper.make_node("MatMul", ["r1", "Wn"], ["yn"], name="mm_n")],
                                       "inner_then", [], out("yn"), [numpy_helper.from_array(w["Wn"], "Wn")]),
-        else_branch=helper.make_graph([helper.make_node("MatMul", ["r", "Wt"], ["yt"], name="mm_t")],
+        else_branch=helper.make_graph([helper.make_node("MatMul", [r, "Wt"], ["yt"], name="mm_t")],
                                       "inner_else", [], out("yt")))
-    then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), inner], "then", [], out("yi"),
+    then_g = helper.make_graph([helper.make_node("Relu", ["x"], [r]), inner], "then", [], out("yi"),
                                [numpy_helper.from_array(np.float32(1.0), "one")])
     else_g = helper.make_graph([helper.make_node("Cast", ["x"], ["xh"], to=TensorProto.FLOAT16),
                                 helper.make_node("Cast", ["We"], ["Wh"], to=TensorProto.FLOAT16),
@@ -442,10 +442,12 @@ def _branches_model(rng):
     return model, w
 
 
-def test_weights_inside_if_branches_take_the_statistics_of_the_samples_that_ran_them(tmp_path, rng):
+@pytest.mark.parametrize("r", ["r", "nmprune.tap.1"])
+def test_weights_inside_if_branches_take_the_statistics_of_the_samples_that_ran_them(tmp_path, rng, r):
     """Each branch weight's statistics sum over the samples that took its branch, nested Ifs included, and
-    whatever type the branch computes in; the main graph's weight sees every sample."""
-    model, w = _branches_model(rng)
+    whatever type the branch computes in; the main graph's weight sees every sample.  The names the taps add
+    never meet the model's own."""
+    model, w = _branches_model(rng, r)
     path = save(model, tmp_path / "m.onnx")
     X = rng.standard_normal((12, 3, 16)).astype(np.float32)
     c = np.array([1, 1, 1, 1, 1, 0, 0, 0, 1, 0, 1, 1], bool)
