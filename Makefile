@@ -13,7 +13,7 @@ CSTD     := -std=c11 -D_GNU_SOURCE
 OPT      ?= -O2 -g
 CPPFLAGS += -Iinclude -Isrc -Ipasses -Ikernels -I$(BUILD)/gen
 CFLAGS   += $(OPT) $(CSTD) -pthread -fno-strict-aliasing
-LDLIBS   += -lprotobuf-c -ljansson -lpthread -lm -ldl
+LDLIBS   += -lprotobuf-c -ljansson -lz -lpthread -lm -ldl
 
 # CUDA: auto builds kernels/ when nvcc is on the PATH; 0 never; 1 always.
 ifeq ($(CUDA),auto)
@@ -53,7 +53,7 @@ $(CONFIG_STAMP):
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 FAULT_SO := $(BUILD)/tests/fault_inject.so
 # The libFuzzer harnesses built as plain programs that replay files (fuzz/replay.c).
-FUZZ_REPLAY := $(BUILD)/tests/replay_fuzz_model $(BUILD)/tests/replay_fuzz_parsers
+FUZZ_REPLAY := $(BUILD)/tests/replay_fuzz_model $(BUILD)/tests/replay_fuzz_parsers $(BUILD)/tests/replay_fuzz_npz
 
 .PHONY: all help deps test test-unit test-e2e test-real test-cuda bench-cuda gpu-bundle bench bench-quality bench-large asan test-asan valgrind install clean fuzz fuzz-corpus fuzz-run report-screenshot
 .DEFAULT_GOAL := all
@@ -105,7 +105,7 @@ $(BUILD)/tests/cuda_backend: tests/cuda/test_cuda_backend.c $(BUILD)/libnmprune.
 $(BUILD)/bench/cuda_bench: bench/cuda_bench.cu $(BUILD)/libnmprune.a
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -Iinclude -Isrc -Ikernels -I$(BUILD)/gen -o $@ $< $(BUILD)/libnmprune.a \
-		-lprotobuf-c -ljansson -lpthread -lm -ldl
+		-lprotobuf-c -ljansson -lz -lpthread -lm -ldl
 
 $(BUILD)/bench/engine_bench: bench/engine_bench.c $(BUILD)/libnmprune.a
 	@mkdir -p $(dir $@)
@@ -173,12 +173,13 @@ FUZZ_TIME ?= 600
 
 fuzz: ## build the libFuzzer harnesses (clang) into build-fuzz/; FUZZ_TIME=s make fuzz-run runs each
 	$(MAKE) BUILD=$(FUZZ_BUILD) CC=clang CUDA=0 OPT="$(FUZZ_FLAGS) -fsanitize=fuzzer-no-link" $(FUZZ_BUILD)/libnmprune.a
-	for h in fuzz_model fuzz_parsers; do \
+	for h in fuzz_model fuzz_parsers fuzz_npz; do \
 		clang $(CPPFLAGS:$(BUILD)/gen=$(FUZZ_BUILD)/gen) -I$(FUZZ_BUILD)/gen $(CSTD) $(FUZZ_FLAGS) -fsanitize=fuzzer \
 			-o $(FUZZ_BUILD)/$$h fuzz/$$h.c $(FUZZ_BUILD)/libnmprune.a $(LDLIBS) || exit 1; done
 
 fuzz-corpus: ## seed corpora from models/, the generated models and ONNX's backend test data
-	mkdir -p $(FUZZ_BUILD)/corpus/model $(FUZZ_BUILD)/corpus/parsers
+	mkdir -p $(FUZZ_BUILD)/corpus/model $(FUZZ_BUILD)/corpus/parsers $(FUZZ_BUILD)/corpus/npz
+	$(PYTHON) fuzz/npz_seeds.py $(FUZZ_BUILD)/corpus/npz
 	$(PYTHON) models/make_models.py all $(FUZZ_BUILD)/models >/dev/null
 	cp models/demo.onnx $(FUZZ_BUILD)/corpus/model/
 	for f in $(FUZZ_BUILD)/models/*.onnx; do cp $$f $(FUZZ_BUILD)/corpus/model/; done
@@ -194,6 +195,8 @@ fuzz-run: fuzz fuzz-corpus ## run each harness for FUZZ_TIME seconds (default 60
 		-artifact_prefix=$(FUZZ_BUILD)/crash-model- $(FUZZ_BUILD)/corpus/model
 	$(FUZZ_BUILD)/fuzz_parsers -max_total_time=$(FUZZ_TIME) -rss_limit_mb=2048 -timeout=10 \
 		-artifact_prefix=$(FUZZ_BUILD)/crash-parsers- $(FUZZ_BUILD)/corpus/parsers
+	$(FUZZ_BUILD)/fuzz_npz -max_total_time=$(FUZZ_TIME) -rss_limit_mb=2048 -timeout=10 \
+		-artifact_prefix=$(FUZZ_BUILD)/crash-npz- $(FUZZ_BUILD)/corpus/npz
 
 ASAN_OPT := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 # The fault-injection shim is preloaded ahead of the sanitizer runtime; that is fine for these tests.

@@ -15,16 +15,17 @@
 
 #include "calib_data.h"
 #include "dtype.h"
+#include "npz.h"
 
-typedef enum { DATA_DIRS, DATA_SAFETENSORS } data_kind;
+typedef enum { DATA_DIRS, DATA_ARRAYS } data_kind;
 
-/* One safetensors tensor bound to a model input. */
+/* One array of a safetensors or .npz file, bound to a model input. */
 typedef struct st_entry {
 	bool present;
 	int32_t dtype;
 	int rank;
 	int64_t dims[NMP_ORT_MAX_RANK + 1];
-	uint64_t offset;              /* from the start of the data section */
+	const uint8_t *data;          /* its first element: in the mapping, or an inflated .npz member */
 	bool batched;                 /* rank == input rank >= 1: samples are rows of axis 0 */
 	uint64_t samples;             /* how many it holds (a scalar input's rank-0 tensor: 1) */
 	bool shared;                  /* holds one sample, which every sample takes */
@@ -39,11 +40,12 @@ struct nmp_calib_data {
 	/* directories: one path per sample */
 	char **sets;
 	size_t n_sets;
-	/* safetensors */
+	/* safetensors and .npz */
 	int fd;
 	const uint8_t *map;
 	uint64_t map_size, data_start;
 	st_entry *entries;            /* per input; not present when the data leaves it out */
+	nmp_npz npz;
 	/* the current sample */
 	const char **names;
 	nmp_host_tensor *t;
@@ -409,44 +411,27 @@ static int32_t st_dtype(const char *s)
 	return NMP_DT_UNDEFINED;
 }
 
-static nmp_status st_entry_parse(nmp_calib_data *d, const char *key, json_t *v, nmp_error *err)
+/*
+ * Binds array `key` (dtype, rank, dims) to the model input of that name:
+ * which layout it is in (stacked samples, rows of batch 1, a scalar), and
+ * whether one sample fits the input.
+ */
+static nmp_status bind_array(nmp_calib_data *d, const char *key, int32_t dtype, int rank, const int64_t *dims,
+			     st_entry **out, nmp_error *err)
 {
 	size_t at;
 	const nmp_model_input *in = input_named(d, key, &at);
 	if (!in)
 		return nmp_error_set(err, NMP_ERR_USAGE, "%s: tensor '%s' names no input of the model", d->path, key);
-	json_t *dt = json_object_get(v, "dtype"), *shape = json_object_get(v, "shape"),
-	       *offs = json_object_get(v, "data_offsets");
-	if (!json_is_string(dt) || !json_is_array(shape) || !json_is_array(offs) || json_array_size(offs) != 2)
-		return nmp_error_set(err, NMP_ERR_USAGE, "%s: tensor '%s': malformed header entry", d->path, key);
-	st_entry *e = &d->entries[at];
-	e->dtype = st_dtype(json_string_value(dt));
-	if (e->dtype == NMP_DT_UNDEFINED)
-		return nmp_error_set(err, NMP_ERR_USAGE, "%s: tensor '%s': unsupported dtype %s", d->path, key,
-				     json_string_value(dt));
-	size_t rank = json_array_size(shape);
+	st_entry *e = *out = &d->entries[at];
+	if (e->present)
+		return nmp_error_set(err, NMP_ERR_USAGE, "%s: tensor '%s' given twice", d->path, key);
 	if ((rank == 0 && in->rank != 0) || rank > NMP_ORT_MAX_RANK + 1)
-		return nmp_error_set(err, NMP_ERR_USAGE, "%s: tensor '%s': rank %zu cannot hold samples", d->path, key,
-				     rank);
+		return nmp_error_set(err, NMP_ERR_USAGE, "%s: tensor '%s': rank %d cannot hold samples", d->path, key, rank);
 	e->present = true;
-	e->rank = (int)rank;
-	uint64_t numel = 1;
-	for (size_t k = 0; k < rank; k++) {
-		json_t *x = json_array_get(shape, k);
-		json_int_t dim = json_is_integer(x) ? json_integer_value(x) : -1;
-		if (dim < 0 || (dim > 0 && numel > (UINT64_C(1) << 40) / (uint64_t)dim))
-			return nmp_error_set(err, NMP_ERR_USAGE, "%s: tensor '%s': bad shape", d->path, key);
-		e->dims[k] = dim;
-		numel *= (uint64_t)dim;
-	}
-	json_t *o0 = json_array_get(offs, 0), *o1 = json_array_get(offs, 1);
-	json_int_t b = json_is_integer(o0) ? json_integer_value(o0) : -1;
-	json_int_t en = json_is_integer(o1) ? json_integer_value(o1) : -1;
-	uint64_t bytes = numel * (nmp_dtype_bits(e->dtype) / 8);
-	if (b < 0 || en < b || (uint64_t)(en - b) != bytes || d->data_start + (uint64_t)en > d->map_size)
-		return nmp_error_set(err, NMP_ERR_USAGE, "%s: tensor '%s': data_offsets do not match its shape and the file",
-				     d->path, key);
-	e->offset = (uint64_t)b;
+	e->dtype = dtype;
+	e->rank = rank;
+	memcpy(e->dims, dims, sizeof(int64_t) * (size_t)rank);
 	if (rank == 0) { /* a scalar input's one value */
 		e->batched = false;
 		e->samples = 1;
@@ -479,6 +464,44 @@ static nmp_status st_entry_parse(nmp_calib_data *d, const char *key, json_t *v, 
 	return check_fit(d, "every sample", in, e->dtype, srank, one, err);
 }
 
+/* One entry of a safetensors header. */
+static nmp_status st_entry_parse(nmp_calib_data *d, const char *key, json_t *v, nmp_error *err)
+{
+	json_t *dt = json_object_get(v, "dtype"), *shape = json_object_get(v, "shape"),
+	       *offs = json_object_get(v, "data_offsets");
+	if (!json_is_string(dt) || !json_is_array(shape) || !json_is_array(offs) || json_array_size(offs) != 2)
+		return nmp_error_set(err, NMP_ERR_USAGE, "%s: tensor '%s': malformed header entry", d->path, key);
+	int32_t dtype = st_dtype(json_string_value(dt));
+	if (dtype == NMP_DT_UNDEFINED)
+		return nmp_error_set(err, NMP_ERR_USAGE, "%s: tensor '%s': unsupported dtype %s", d->path, key,
+				     json_string_value(dt));
+	size_t rank = json_array_size(shape);
+	if (rank > NMP_ORT_MAX_RANK + 1)
+		return nmp_error_set(err, NMP_ERR_USAGE, "%s: tensor '%s': rank %zu cannot hold samples", d->path, key,
+				     rank);
+	int64_t dims[NMP_ORT_MAX_RANK + 1];
+	uint64_t numel = 1;
+	for (size_t k = 0; k < rank; k++) {
+		json_t *x = json_array_get(shape, k);
+		json_int_t dim = json_is_integer(x) ? json_integer_value(x) : -1;
+		if (dim < 0 || (dim > 0 && numel > (UINT64_C(1) << 40) / (uint64_t)dim))
+			return nmp_error_set(err, NMP_ERR_USAGE, "%s: tensor '%s': bad shape", d->path, key);
+		dims[k] = dim;
+		numel *= (uint64_t)dim;
+	}
+	json_t *o0 = json_array_get(offs, 0), *o1 = json_array_get(offs, 1);
+	json_int_t b = json_is_integer(o0) ? json_integer_value(o0) : -1;
+	json_int_t en = json_is_integer(o1) ? json_integer_value(o1) : -1;
+	uint64_t bytes = numel * (nmp_dtype_bits(dtype) / 8);
+	if (b < 0 || en < b || (uint64_t)(en - b) != bytes || d->data_start + (uint64_t)en > d->map_size)
+		return nmp_error_set(err, NMP_ERR_USAGE, "%s: tensor '%s': data_offsets do not match its shape and the file",
+				     d->path, key);
+	st_entry *e;
+	NMP_TRY(bind_array(d, key, dtype, (int)rank, dims, &e, err));
+	e->data = d->map + d->data_start + (uint64_t)b;
+	return NMP_OK;
+}
+
 /*
  * How many samples the data holds: every tensor holds as many, or one, which
  * then goes with every sample (a sample rate, an initial state).
@@ -507,7 +530,8 @@ static nmp_status st_count(nmp_calib_data *d, size_t *count, nmp_error *err)
 	return NMP_OK;
 }
 
-static nmp_status open_safetensors(nmp_calib_data *d, nmp_error *err)
+/* Maps the data file read-only; `what` names its kind in errors. */
+static nmp_status map_file(nmp_calib_data *d, const char *what, nmp_error *err)
 {
 	d->fd = open(d->path, O_RDONLY | O_CLOEXEC);
 	if (d->fd < 0)
@@ -517,11 +541,33 @@ static nmp_status open_safetensors(nmp_calib_data *d, nmp_error *err)
 		return nmp_error_errno(err, errno, "cannot read calibration data", d->path);
 	d->map_size = (uint64_t)st.st_size;
 	if (d->map_size < 8)
-		return nmp_error_set(err, NMP_ERR_USAGE, "%s: not a safetensors file (too short)", d->path);
+		return nmp_error_set(err, NMP_ERR_USAGE, "%s: not a %s file (too short)", d->path, what);
 	void *map = mmap(NULL, d->map_size, PROT_READ, MAP_PRIVATE, d->fd, 0);
 	if (map == MAP_FAILED)
 		return nmp_error_errno(err, errno, "cannot map calibration data", d->path);
 	d->map = map;
+	d->entries = calloc(d->n_inputs + 1, sizeof *d->entries);
+	return d->entries ? NMP_OK : nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+}
+
+/* Once every array is bound: every required input has one, and how many samples they hold. */
+static nmp_status arrays_complete(nmp_calib_data *d, size_t n_arrays, nmp_error *err)
+{
+	bool *bound = calloc(d->n_inputs + 1, sizeof *bound);
+	if (!bound)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	for (size_t k = 0; k < d->n_inputs; k++)
+		bound[k] = d->entries[k].present;
+	nmp_status s = check_complete(d, d->npz.arrays ? ".npz" : "safetensors", bound, err);
+	free(bound);
+	if (s == NMP_OK && !n_arrays)
+		s = nmp_error_set(err, NMP_ERR_USAGE, "%s: holds no tensors", d->path);
+	return s == NMP_OK ? st_count(d, &d->count, err) : s;
+}
+
+static nmp_status open_safetensors(nmp_calib_data *d, nmp_error *err)
+{
+	NMP_TRY(map_file(d, "safetensors", err));
 	uint64_t hlen = 0;
 	for (int b = 0; b < 8; b++)
 		hlen |= (uint64_t)d->map[b] << (8 * b);
@@ -535,10 +581,8 @@ static nmp_status open_safetensors(nmp_calib_data *d, nmp_error *err)
 		json_decref(hdr);
 		return nmp_error_set(err, NMP_ERR_USAGE, "%s: safetensors header is not a JSON object: %s", d->path, je.text);
 	}
-	d->entries = calloc(d->n_inputs + 1, sizeof *d->entries);
-	bool *bound = calloc(d->n_inputs + 1, sizeof *bound);
-	nmp_status s = d->entries && bound ? NMP_OK : nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
-	size_t count = SIZE_MAX, bound_any = 0;
+	nmp_status s = NMP_OK;
+	size_t n_arrays = 0;
 	const char *key;
 	json_t *v;
 	json_object_foreach(hdr, key, v) {
@@ -547,21 +591,23 @@ static nmp_status open_safetensors(nmp_calib_data *d, nmp_error *err)
 		if (strcmp(key, "__metadata__") == 0)
 			continue;
 		s = st_entry_parse(d, key, v, err);
-		bound_any++;
-		size_t at;
-		if (s == NMP_OK && input_named(d, key, &at))
-			bound[at] = true;
+		n_arrays++;
 	}
-	if (s == NMP_OK)
-		s = check_complete(d, "safetensors", bound, err);
-	if (s == NMP_OK && !bound_any)
-		s = nmp_error_set(err, NMP_ERR_USAGE, "%s: holds no tensors", d->path);
-	if (s == NMP_OK)
-		s = st_count(d, &count, err);
-	d->count = count == SIZE_MAX ? 0 : count;
-	free(bound);
 	json_decref(hdr);
-	return s;
+	return s == NMP_OK ? arrays_complete(d, n_arrays, err) : s;
+}
+
+static nmp_status open_npz(nmp_calib_data *d, nmp_error *err)
+{
+	NMP_TRY(map_file(d, ".npz", err));
+	NMP_TRY(nmp_npz_read(d->map, d->map_size, d->path, &d->npz, err));
+	for (size_t i = 0; i < d->npz.n; i++) {
+		const nmp_npy *a = &d->npz.arrays[i];
+		st_entry *e;
+		NMP_TRY(bind_array(d, a->name, a->dtype, a->rank, a->dims, &e, err));
+		e->data = a->data;
+	}
+	return arrays_complete(d, d->npz.n, err);
 }
 
 /*
@@ -592,7 +638,7 @@ static nmp_status sample_safetensors(nmp_calib_data *d, size_t i, size_t count, 
 		}
 		t->numel = per * count;
 		const uint64_t esize = nmp_dtype_bits(e->dtype) / 8;
-		const uint8_t *at = d->map + d->data_start + e->offset + (e->shared ? 0 : (uint64_t)i * per * esize);
+		const uint8_t *at = e->data + (e->shared ? 0 : (uint64_t)i * per * esize);
 		if (e->shared && count > 1) {
 			uint8_t *rep = malloc(per * count * esize);
 			if (!rep)
@@ -635,10 +681,12 @@ nmp_status nmp_calib_data_open(const char *path, const nmp_model_input *inputs, 
 	else if (S_ISDIR(st.st_mode))
 		s = open_dirs(d, err);
 	else if (strlen(path) > 12 && strcmp(path + strlen(path) - 12, ".safetensors") == 0)
-		d->kind = DATA_SAFETENSORS, s = open_safetensors(d, err);
+		d->kind = DATA_ARRAYS, s = open_safetensors(d, err);
+	else if (strlen(path) > 4 && strcmp(path + strlen(path) - 4, ".npz") == 0)
+		d->kind = DATA_ARRAYS, s = open_npz(d, err);
 	else
 		s = nmp_error_set(err, NMP_ERR_USAGE,
-				  "%s: calibration data must be a test-data directory or a .safetensors file", path);
+				  "%s: calibration data must be a test-data directory, a .safetensors or a .npz file", path);
 	if (s == NMP_OK && d->count == 0)
 		s = nmp_error_set(err, NMP_ERR_USAGE, "%s: no samples", path);
 	if (s != NMP_OK) {
@@ -675,6 +723,7 @@ void nmp_calib_data_free(nmp_calib_data **pd)
 	if (d->fd >= 0)
 		close(d->fd);
 	free(d->entries);
+	nmp_npz_free(&d->npz);
 	free(d->names);
 	free(d->t);
 	free(d->owned);
@@ -693,7 +742,7 @@ nmp_status nmp_calib_data_sample(nmp_calib_data *d, size_t i, const char *const 
 {
 	NMP_ASSERT(i < d->count);
 	drop_sample(d);
-	nmp_status s = d->kind == DATA_SAFETENSORS ? sample_safetensors(d, i, 1, err) : sample_dirs(d, i, err);
+	nmp_status s = d->kind == DATA_ARRAYS ? sample_safetensors(d, i, 1, err) : sample_dirs(d, i, err);
 	*names = d->names;
 	*tensors = d->t;
 	*n = d->n;
@@ -702,7 +751,7 @@ nmp_status nmp_calib_data_sample(nmp_calib_data *d, size_t i, const char *const 
 
 size_t nmp_calib_data_batch_limit(const nmp_calib_data *d, uint64_t max_bytes)
 {
-	if (d->kind != DATA_SAFETENSORS)
+	if (d->kind != DATA_ARRAYS)
 		return 1;
 	uint64_t per_sample = 0;
 	for (size_t k = 0; k < d->n_inputs; k++) {
@@ -724,7 +773,7 @@ size_t nmp_calib_data_batch_limit(const nmp_calib_data *d, uint64_t max_bytes)
 nmp_status nmp_calib_data_batch(nmp_calib_data *d, size_t i, size_t count, const char *const **names,
 				const nmp_host_tensor **tensors, size_t *n, nmp_error *err)
 {
-	NMP_ASSERT(count >= 1 && i + count <= d->count && (count == 1 || d->kind == DATA_SAFETENSORS));
+	NMP_ASSERT(count >= 1 && i + count <= d->count && (count == 1 || d->kind == DATA_ARRAYS));
 	if (count == 1)
 		return nmp_calib_data_sample(d, i, names, tensors, n, err);
 	drop_sample(d);

@@ -13,6 +13,8 @@
  *    row of it (batch 1); a scalar input takes one value of rank 0.  Every
  *    tensor holds as many samples, or one, which every sample then shares
  *    (a sample rate, an initial state).
+ *  - a .npz file (npz.h): its arrays, named as the inputs, in the layout of
+ *    a .safetensors file.
  * Every sample binds every required input (an input with an initializer may
  * be left out); types must match exactly, ranks must match, and fixed
  * dimensions must agree.  Errors name DATA, the sample and the input.

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs="make gcc g++ pkg-config time valgrind protobuf-c-compiler libprotobuf-c-dev libcmocka-dev libjansson-dev libopenblas0 fonts-dejavu-core chromium libonnx-testdata"
+apt_pkgs="make gcc g++ pkg-config time valgrind protobuf-c-compiler libprotobuf-c-dev libcmocka-dev libjansson-dev zlib1g-dev libopenblas0 fonts-dejavu-core chromium libonnx-testdata"
 missing=""
 for p in $apt_pkgs; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

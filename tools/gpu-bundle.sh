@@ -2,7 +2,7 @@
 # Builds nmprune with CUDA here and packs into .gpu/ what the GPU machine
 # needs to verify it without a package registry: the tool, the CUDA test and
 # benchmark binaries, and the shared libraries they load (protobuf-c,
-# jansson, cmocka, OpenBLAS for sparsegpt's CPU sweep; the CUDA runtime is
+# jansson, cmocka, zlib, OpenBLAS for sparsegpt's CPU sweep; the CUDA runtime is
 # linked statically, cuBLAS is the machine's own).  Then, with the
 # device tool: carry [".gpu"], command "bash tools/gpu-verify.sh".
 set -euo pipefail
@@ -12,7 +12,7 @@ rm -rf .gpu
 mkdir -p .gpu/bin .gpu/lib
 cp build/nmprune build/tests/cuda_backend build/bench/cuda_bench .gpu/bin/
 for bin in .gpu/bin/*; do
-	ldd "$bin" | awk '/=> \// { print $3 }' | grep -E 'protobuf-c|jansson|cmocka' || true
+	ldd "$bin" | awk '/=> \// { print $3 }' | grep -E 'protobuf-c|jansson|cmocka|libz\.' || true
 done | sort -u | while read -r lib; do cp -L "$lib" .gpu/lib/; done
 # sparsegpt's CPU sweep, which the GPU sweep is compared with, loads OpenBLAS at run time.
 for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0; do

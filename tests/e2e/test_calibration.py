@@ -530,6 +530,85 @@ def test_weights_inside_a_loop_body_are_pruned_by_magnitude_with_the_reason(tmp_
             in r.out + r.err)
 
 
+def _npz_zip64(path, **arrays):
+    """np.savez's archive with every size and offset in zip64 records, as a file past 4 GiB has them."""
+    import zipfile
+    limits = zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT
+    zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT = 64, 1
+    try:
+        np.savez(path, **arrays)
+    finally:
+        zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT = limits
+    raw = open(path, "rb").read()
+    assert b"PK\x06\x06" in raw and b"PK\x06\x07" in raw  # the zip64 end record and its locator
+
+
+@pytest.mark.parametrize("form", ["savez", "savez_compressed", "zip64"])
+def test_npz_data_gives_what_safetensors_gives(tmp_path, mlp_case, rng, form):
+    """The same arrays as a .npz (stored, deflated, or with zip64 records) calibrate to the very same statistics
+    and output; a 0-d array is a scalar input's value, and one sample is shared, as in safetensors."""
+    path, model, w, X = mlp_case
+    save = {"savez": np.savez, "savez_compressed": np.savez_compressed, "zip64": _npz_zip64}[form]
+    save(str(tmp_path / "data.npz"), x=X)
+    outs = {}
+    for data in ("data.safetensors", "data.npz"):
+        nmprune("prune", path, "-o", tmp_path / f"{data}.onnx", "--method", "sparsegpt", "--calibration",
+                tmp_path / data, "--align", "none", "--calibration-stats", tmp_path / f"{data}.st", "-q", check=0)
+        outs[data] = (tmp_path / f"{data}.onnx").read_bytes(), (tmp_path / f"{data}.st").read_bytes()
+    assert outs["data.npz"] == outs["data.safetensors"]
+    gpath = tmp_path / "g.onnx"
+    gpath.write_bytes(_gain_bias_model(rng).SerializeToString())
+    Xg = rng.standard_normal((6, 3, 8)).astype(np.float32)
+    bias = rng.standard_normal((1, 3, 8)).astype(np.float32)
+    save(str(tmp_path / "g.npz"), x=Xg, bias=bias, gain=np.array(3.0, np.float32))
+    r = nmprune("prune", gpath, "--dry-run", "--method", "wanda", "--calibration", tmp_path / "g.npz", "--align", "none",
+                "--calibration-stats", tmp_path / "g.st", "--json", check=0)
+    assert json.loads(r.out)["calibration"]["samples"] == 6
+    want = (((Xg + bias) * np.float32(3.0)).astype(np.float64) ** 2).sum(axis=(0, 1))
+    np.testing.assert_allclose(load_file(str(tmp_path / "g.st"))["W.sq"], want, rtol=1e-6)
+
+
+def test_npz_errors_name_the_file_and_the_member(tmp_path, mlp_case):
+    import zipfile
+    path, _, _, X = mlp_case
+    out = tmp_path / "o.onnx"
+
+    def fails(data, *want):
+        r = nmprune("prune", path, "-o", out, "--method", "wanda", "--calibration", data, "--align", "none", check=2)
+        assert r.err.count("\n") == 1 and str(data) in r.err, r.err
+        for text in want:
+            assert text in r.err, r.err
+        assert not out.exists()
+
+    np.savez(tmp_path / "f.npz", x=np.asfortranarray(X.reshape(12, 640)).reshape(12, 2, 5, 64, order="F"))
+    fails(tmp_path / "f.npz", "member 'x' is in Fortran order", "np.ascontiguousarray")
+    np.savez(tmp_path / "b.npz", x=X.astype(">f4"))
+    fails(tmp_path / "b.npz", "member 'x' is big-endian")
+    np.savez(tmp_path / "s.npz", x=np.zeros(3, dtype=[("a", "<f4"), ("b", "<i4")]))
+    fails(tmp_path / "s.npz", "member 'x': structured arrays are not read")
+    np.savez(tmp_path / "c.npz", x=X.astype(np.complex64))
+    fails(tmp_path / "c.npz", "member 'x': dtype <c8 is not read")
+    np.savez(tmp_path / "n.npz", y=X)
+    fails(tmp_path / "n.npz", "tensor 'y' names no input of the model")
+    with zipfile.ZipFile(tmp_path / "t.npz", "w") as z:
+        z.writestr("notes.txt", "calibration samples")
+    fails(tmp_path / "t.npz", "member 'notes.txt' is not a .npy array")
+    np.savez(tmp_path / "k.npz", x=X)
+    raw = bytearray((tmp_path / "k.npz").read_bytes())
+    raw[200] ^= 0x40  # inside the stored array's data
+    (tmp_path / "k.npz").write_bytes(bytes(raw))
+    fails(tmp_path / "k.npz", "member 'x' fails its CRC-32 check")
+    np.savez_compressed(tmp_path / "z.npz", x=X)
+    raw = (tmp_path / "z.npz").read_bytes()
+    start = raw.index(b"x.npy") + 5
+    (tmp_path / "z.npz").write_bytes(raw[:start + 20] + bytes(64) + raw[start + 84:])
+    fails(tmp_path / "z.npz", "member 'x'")
+    (tmp_path / "short.npz").write_bytes(raw[: len(raw) // 2])
+    fails(tmp_path / "short.npz", "not a .npz archive")
+    (tmp_path / "data.npy").write_bytes(b"")
+    fails(tmp_path / "data.npy", "a test-data directory, a .safetensors or a .npz file")
+
+
 def test_conv_sparsegpt_reconstruction_matches_reference(tmp_path, rng):
     model, w = conv_model(rng)
     X = rng.standard_normal((4, 2, 8, 9, 7)).astype(np.float32)

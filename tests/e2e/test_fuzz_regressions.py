@@ -2,10 +2,11 @@
 line: each must end in a status, never a signal, in bounded time and memory.
 
 parsers-*: the first byte's low bit picks the pattern grammar (1) or a rules file (0);
-model-*: a model file."""
+model-*: a model file; npz-*: a calibration archive."""
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import NMPRUNE, ROOT
@@ -31,6 +32,11 @@ def test_fuzz_regression(tmp_path, case):
             rules.write_bytes(data[1:])
             code, rss = _run(["inspect", DEMO, "--rules", rules])
         assert code in (0, 2), code
+    elif case.name.startswith("npz-"):
+        data_file = tmp_path / "samples.npz"
+        data_file.write_bytes(data)
+        code, rss = _run(["prune", DEMO, "--dry-run", "-q", "--method", "wanda", "--calibration", data_file])
+        assert code == 2, code
     else:
         model = tmp_path / "model.onnx"
         model.write_bytes(data)
@@ -68,3 +74,26 @@ def test_model_harness_runs_every_generated_model_with_and_without_permutation(t
         files += [model, padded]
     assert len(files) >= 24
     _replay("fuzz_model", files)
+
+
+def test_npz_harness_survives_truncated_and_flipped_archives(tmp_path):
+    """The .npz reader on numpy's own archives (stored, deflated, zip64), each cut at every 7th byte and with
+    300 seeded single-byte flips: every input ends in an array set or an error, never a crash (the harness
+    checks that arrays lie inside the input and hold their shapes' bytes)."""
+    import sys
+    subprocess.run([sys.executable, str(ROOT / "fuzz" / "npz_seeds.py"), str(tmp_path / "seeds")], check=True)
+    rng = np.random.default_rng(11)
+    files = []
+    for seed in sorted((tmp_path / "seeds").glob("*.npz")) + [c for c in CASES if c.name.startswith("npz-")]:
+        raw = seed.read_bytes()
+        files.append(seed)
+        for n, cut in enumerate(range(0, len(raw), 7)):
+            files.append(tmp_path / f"{seed.stem}-cut{n}")
+            files[-1].write_bytes(raw[:cut])
+        for n in range(300):
+            b = bytearray(raw)
+            b[rng.integers(len(b))] ^= 1 << int(rng.integers(8))
+            files.append(tmp_path / f"{seed.stem}-flip{n}")
+            files[-1].write_bytes(bytes(b))
+    assert len(files) > 900
+    _replay("fuzz_npz", files)
