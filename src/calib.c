@@ -166,14 +166,17 @@ static nmp_status resolve(const nmp_model *m, const nmp_scopes *sc, const nmp_ch
 		const nmp_use *use = &c->uses[u];
 		const Onnx__NodeProto *n = use->node;
 		use_site *s = &t->uses[t->n_uses++];
-		layer_kind k = strcmp(use->op, "Conv") == 0 ? LAYER_CONV :
-			       strcmp(use->op, "MatMul") == 0 || strcmp(use->op, "Gemm") == 0 ? LAYER_LINEAR : LAYER_NONE;
+		/* the integer ops of dynamic quantization compute what Conv and MatMul do, on a quantized input */
+		const bool integer = strcmp(use->op, "ConvInteger") == 0 || strcmp(use->op, "MatMulInteger") == 0;
+		const bool matmul = strcmp(use->op, "MatMul") == 0 || strcmp(use->op, "MatMulInteger") == 0;
+		layer_kind k = strcmp(use->op, "Conv") == 0 || strcmp(use->op, "ConvInteger") == 0 ? LAYER_CONV :
+			       matmul || strcmp(use->op, "Gemm") == 0 ? LAYER_LINEAR : LAYER_NONE;
 		if (k == LAYER_NONE) {
 			FALL_BACK(t, "read by %s: pruned by magnitude", use->op);
 			return NMP_OK;
 		}
 		if (kind != LAYER_NONE && k != kind) {
-			FALL_BACK(t, "read by both Conv and MatMul/Gemm: pruned by magnitude");
+			FALL_BACK(t, "read by both a convolution and a matrix product: pruned by magnitude");
 			return NMP_OK;
 		}
 		kind = k;
@@ -182,7 +185,7 @@ static nmp_status resolve(const nmp_model *m, const nmp_scopes *sc, const nmp_ch
 		if (k == LAYER_CONV) {
 			other = 0;
 			s->chan_axis = 1;
-		} else if (strcmp(use->op, "MatMul") == 0) {
+		} else if (matmul) {
 			s->chan_axis = use->input == 1 ? -1 : -2;
 		} else {
 			bool ta = nmp_node_attr_int(n, "transA", 0) != 0, tb = nmp_node_attr_int(n, "transB", 0) != 0;
@@ -193,8 +196,18 @@ static nmp_status resolve(const nmp_model *m, const nmp_scopes *sc, const nmp_ch
 			return NMP_OK;
 		}
 		s->act = n->input[other];
-		bool constant;
 		const int at = nmp_scopes_of(sc, n);
+		if (integer) { /* the statistics are those of the float input that DynamicQuantizeLinear quantized */
+			const Onnx__NodeProto *q = at < 0 ? NULL : nmp_scopes_producer(m, sc, at, s->act);
+			if (!q || strcmp(q->op_type, "DynamicQuantizeLinear") != 0 || q->n_input < 1 ||
+			    strcmp(q->output[0], s->act) != 0) {
+				FALL_BACK(t, "its %s input does not come from DynamicQuantizeLinear: pruned by magnitude",
+					  use->op);
+				return NMP_OK;
+			}
+			s->act = q->input[0];
+		}
+		bool constant;
 		const int def = at < 0 ? -1 : nmp_scopes_defining(m, sc, at, s->act, &constant);
 		s->scope = at;
 		s->outer = def != at;
@@ -211,7 +224,7 @@ static nmp_status resolve(const nmp_model *m, const nmp_scopes *sc, const nmp_ch
 			FALL_BACK(t, "read inside a %.32s body, which runs more than once: pruned by magnitude", body);
 			return NMP_OK;
 		}
-		s->dtype = compute_type(m, sc, at, c, n->input[use->input]);
+		s->dtype = integer ? NMP_DT_FLOAT : compute_type(m, sc, at, c, n->input[use->input]);
 		if (k == LAYER_CONV && method == NMP_METHOD_SPARSEGPT &&
 		    !(c->axis == 1 && c->out_axis == 0 && carries_directly(m, sc, at, n->input[1], c->name))) {
 			t->method = NMP_METHOD_WANDA;

@@ -863,3 +863,70 @@ def test_quantized_weight_takes_the_calibrated_mask_and_its_zero_point(tmp_path,
             assert np.abs(got - ints).max() <= 1 and (got == ints).mean() > 0.98  # equal but at rounding ties
             assert not np.array_equal(got[keep], q[keep])  # the kept weights moved, on their grid
         nmprune("check", out, "--align", "none", "-q", check=0)
+
+
+def test_dynamically_quantized_layers_take_the_statistics_of_their_float_input(tmp_path, rng):
+    """MatMulInteger and ConvInteger read DynamicQuantizeLinear's uint8 output; their statistics are those of the
+    float input it quantized.  wanda scores |q - zp| * norm; sparsegpt sweeps the integers on their own grid
+    (scale 1, the zero point, the type's range): the numpy reference's masks and integers."""
+    q = rng.integers(-6, 7, size=(64, 32)).astype(np.int8)
+    zp = np.array(1, np.int8)
+    qc = rng.integers(0, 200, size=(8, 16, 3, 3)).astype(np.uint8)
+    zc = np.array(100, np.uint8)
+    f = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node("MatMulInteger", ["xq", "Wq", "xz", "zp"], ["yi"], name="mmi"),
+             helper.make_node("Cast", ["yi"], ["yf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["yf", "xs"], ["y"]),
+             helper.make_node("DynamicQuantizeLinear", ["img"], ["iq", "is", "iz"]),
+             helper.make_node("ConvInteger", ["iq", "Wc", "iz", "zc"], ["ci"], name="convi", pads=[1, 1, 1, 1]),
+             helper.make_node("Cast", ["ci"], ["cf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["cf", "is"], ["c"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 64]),
+                           helper.make_tensor_value_info("img", TensorProto.FLOAT, ["n", 16, 6, 5])],
+                   [f("y"), f("c")], {"Wq": q, "zp": zp, "Wc": qc, "zc": zc})
+    path = save(model, tmp_path / "dq.onnx")
+    X = (rng.standard_normal((200, 64)) * np.linspace(0.1, 4, 64)).astype(np.float32)
+    IMG = (rng.standard_normal((200, 16, 6, 5)) * np.linspace(0.2, 3, 16)[:, None, None]).astype(np.float32)
+    save_file({"x": X, "img": IMG}, str(tmp_path / "d.safetensors"))
+    # wanda on the matrix product: the mask of |q - zp| x the float input's channel norms
+    out = tmp_path / "w.onnx"
+    r = nmprune("prune", path, "-o", out, "--method", "wanda", "--calibration", tmp_path / "d.safetensors",
+                "--align", "none", "--save-masks", tmp_path / "w.safetensors", "--calibration-stats",
+                tmp_path / "st.safetensors", "--calibration-stages", "1", "--json", check=0)
+    assert {w["name"]: w["calibration"]["method"] for w in json.loads(r.out)["weights"]} == {"Wq": "wanda",
+                                                                                             "Wc": "wanda"}
+    st = load_file(str(tmp_path / "st.safetensors"))
+    np.testing.assert_allclose(st["Wq.sq"], (X.astype(np.float64) ** 2).sum(0), rtol=1e-12)
+    np.testing.assert_allclose(st["Wc.sq"], (IMG.astype(np.float64) ** 2).sum(axis=(0, 2, 3)), rtol=1e-12)
+    keep = load_file(str(tmp_path / "w.safetensors"))["Wq"].astype(bool)
+    score = (np.abs(q.astype(np.float64) - zp).astype(np.float32).astype(np.float64) *
+             np.sqrt(st["Wq.sq"])[:, None]).astype(np.float32).astype(np.float64)
+    assert np.array_equal(keep, reference.mask(q, "2:4", 0, 1, magnitude=score))
+    # sparsegpt: the integers swept on their grid
+    out = tmp_path / "s.onnx"
+    nmprune("prune", path, "-o", out, "--method", "sparsegpt", "--calibration", tmp_path / "d.safetensors",
+            "--align", "none", "--save-masks", tmp_path / "s.safetensors", "--calibration-stages", "1", "-q",
+            check=0)
+    keep = load_file(str(tmp_path / "s.safetensors"))["Wq"].astype(bool)
+    got = weights(out)["Wq"]
+    X64 = X.astype(np.float64)
+    Wr, want = sparsegpt_ref((q.astype(np.float64) - zp).T, X64.T @ X64, 2, 4, grid=(1.0, float(zp), -128, 127))
+    assert np.array_equal(keep, want.T)
+    ints = np.where(want, Wr + float(zp), float(zp)).T
+    assert np.abs(got - ints).max() <= 1 and (got == ints).mean() > 0.98  # equal but at rounding ties
+    assert np.array_equal(got[~keep], np.full(q.shape, zp)[~keep]) and not np.array_equal(got[keep], q[keep])
+    wc = weights(out)["Wc"]
+    kc = load_file(str(tmp_path / "s.safetensors"))["Wc"].astype(bool)
+    assert (wc[~kc] == zc).all() and kc.mean() == 0.5
+    nmprune("check", out, "--align", "none", "-q", check=0)
+    # an integer input that no DynamicQuantizeLinear made: magnitude, with the reason
+    bare = _model([helper.make_node("MatMulInteger", ["xq", "Wq", "", "zp"], ["y"])],
+                  [helper.make_tensor_value_info("xq", TensorProto.UINT8, ["b", 64])],
+                  [helper.make_tensor_value_info("y", TensorProto.INT32, None)], {"Wq": q, "zp": zp})
+    save_file({"xq": rng.integers(0, 255, size=(4, 64)).astype(np.uint8)}, str(tmp_path / "u.safetensors"))
+    r = nmprune("prune", save(bare, tmp_path / "bare.onnx"), "--dry-run", "--method", "wanda", "--calibration",
+                tmp_path / "u.safetensors", "--align", "none", "--json", check=0)
+    assert json.loads(r.out)["weights"][0]["calibration"] == {
+        "method": "magnitude", "note": "its MatMulInteger input does not come from DynamicQuantizeLinear: pruned by "
+                                       "magnitude"}

@@ -293,3 +293,41 @@ def test_voice_detector_calibrates_the_branch_its_samples_take(tmp_path):
         err[m] = {o["name"]: o["rel_l2"] for o in cmp["outputs"]}
     assert err["sg"]["output"] < 0.1 * err["mag"]["output"], err
     assert err["sg"]["stateN"] < 0.5 * err["mag"]["stateN"], err
+
+
+def test_dynamically_quantized_ocr_calibrates_its_integer_convolutions(tmp_path):
+    """ddddocr's int8 recognizer runs every Conv as ConvInteger on DynamicQuantizeLinear's output.  Calibrated on
+    rendered words, its 15 eligible weights take sparsegpt on the float inputs that were quantized, and on other
+    words the per-step character choices stay far closer to the dense model's than magnitude's."""
+    import glob
+    import re
+    from PIL import Image, ImageDraw, ImageFont
+    from safetensors.numpy import save_file
+    words = []
+    for p in sorted(glob.glob("/usr/share/common-licenses/*")):
+        words += re.findall(r"[A-Za-z0-9]{4,7}", open(p, errors="ignore").read())
+    fonts = sorted(glob.glob("/usr/share/fonts/truetype/dejavu/*.ttf"))
+    if not words or not fonts:
+        pytest.skip("no license texts or DejaVu fonts to render words from")
+    pick = np.random.default_rng(5).permutation(len(words))[:128]
+    images = []
+    for k, i in enumerate(pick):
+        im = Image.new("L", (160, 64), 255)
+        ImageDraw.Draw(im).text((6, 8), words[i], fill=0, font=ImageFont.truetype(fonts[k % len(fonts)], 40))
+        images.append(((np.asarray(im, np.float32) / 255 - 0.5) / 0.5)[None, None])
+    X = np.stack(images)
+    save_file({"input1": X[:64]}, str(tmp_path / "cal.safetensors"))
+    save_file({"input1": X[64:]}, str(tmp_path / "held.safetensors"))
+    src = REAL / "ddddocr_ocr_int8.onnx"
+    rep = json.loads(nmprune("prune", src, "-o", tmp_path / "sg.onnx", "--method", "sparsegpt", "--calibration",
+                             tmp_path / "cal.safetensors", "--json", check=0).out)
+    methods = [w["calibration"]["method"] for w in rep["weights"] if w["eligible"]]
+    assert methods == ["sparsegpt"] * 15
+    nmprune("prune", src, "-o", tmp_path / "mag.onnx", check=0)
+    fid = {}
+    for m in ("sg", "mag"):
+        cmp = json.loads(nmprune("compare", src, tmp_path / f"{m}.onnx", "--calibration", tmp_path / "held.safetensors",
+                                 "--json", check=0).out)
+        fid[m] = cmp["outputs"][0]
+    assert fid["sg"]["top1"] > 0.93 and fid["sg"]["top1"] > fid["mag"]["top1"] + 0.1, fid
+    assert fid["sg"]["rel_l2"] < 0.5 * fid["mag"]["rel_l2"], fid
