@@ -1,6 +1,6 @@
 /*
  * calib_data.c — calibration samples from ONNX test-data directories or a
- * safetensors file (see calib_data.h).
+ * safetensors or .npz file (see calib_data.h).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -98,7 +98,7 @@ nmp_status nmp_model_inputs(const nmp_model *m, nmp_model_input **out, size_t *n
 	return NMP_OK;
 }
 
-/* ---- checks shared by both layouts ------------------------------------------------------------ */
+/* ---- checks shared by every layout ------------------------------------------------------------ */
 
 static const nmp_model_input *input_named(const nmp_calib_data *d, const char *name, size_t *at)
 {
@@ -395,7 +395,7 @@ static nmp_status sample_dirs(nmp_calib_data *d, size_t i, nmp_error *err)
 	return s;
 }
 
-/* ---- safetensors ------------------------------------------------------------------------------ */
+/* ---- arrays: safetensors and .npz ------------------------------------------------------------- */
 
 static int32_t st_dtype(const char *s)
 {
@@ -614,7 +614,7 @@ static nmp_status open_npz(nmp_calib_data *d, nmp_error *err)
  * Samples i .. i+count-1 as one batch along axis 0 (count 1: one sample as it
  * is).  A shared tensor's one sample is repeated count times.
  */
-static nmp_status sample_safetensors(nmp_calib_data *d, size_t i, size_t count, nmp_error *err)
+static nmp_status sample_arrays(nmp_calib_data *d, size_t i, size_t count, nmp_error *err)
 {
 	for (size_t k = 0; k < d->n_inputs; k++) {
 		const st_entry *e = &d->entries[k];
@@ -742,7 +742,7 @@ nmp_status nmp_calib_data_sample(nmp_calib_data *d, size_t i, const char *const 
 {
 	NMP_ASSERT(i < d->count);
 	drop_sample(d);
-	nmp_status s = d->kind == DATA_ARRAYS ? sample_safetensors(d, i, 1, err) : sample_dirs(d, i, err);
+	nmp_status s = d->kind == DATA_ARRAYS ? sample_arrays(d, i, 1, err) : sample_dirs(d, i, err);
 	*names = d->names;
 	*tensors = d->t;
 	*n = d->n;
@@ -777,7 +777,7 @@ nmp_status nmp_calib_data_batch(nmp_calib_data *d, size_t i, size_t count, const
 	if (count == 1)
 		return nmp_calib_data_sample(d, i, names, tensors, n, err);
 	drop_sample(d);
-	nmp_status s = sample_safetensors(d, i, count, err);
+	nmp_status s = sample_arrays(d, i, count, err);
 	*names = d->names;
 	*tensors = d->t;
 	*n = d->n;

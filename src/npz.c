@@ -69,7 +69,7 @@ static nmp_status find_directory(const uint8_t *map, uint64_t size, const char *
 	return NMP_OK;
 }
 
-/* ---- .npy headers ------------------------------------------------------------------------------ */
+/* ---- .npy headers ----------------------------------------------------------------------------- */
 
 /* The value after 'key': in a header dict, or NULL. */
 static const char *dict_value(const char *h, size_t len, const char *key)
@@ -162,7 +162,7 @@ static nmp_status npy_parse(const uint8_t *b, uint64_t len, const char *path, nm
 	return NMP_OK;
 }
 
-/* ---- members ----------------------------------------------------------------------------------- */
+/* ---- members ---------------------------------------------------------------------------------- */
 
 static nmp_status inflate_member(const uint8_t *src, uint64_t clen, uint64_t ulen, const char *path, nmp_npy *a,
 				 nmp_error *err)
