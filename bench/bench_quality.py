@@ -39,6 +39,12 @@ Models and data:
                          window of the first 15 s calibrates (117), of the
                          last 15 s evaluates (117).  The top-1 column is the
                          agreement of the speech decision p > 0.5
+  ddddocr_ocr_int8       captcha recognizer (ddddocr 1.6.1; dynamically
+                         quantized: every Conv a ConvInteger on the output of
+                         DynamicQuantizeLinear); samples: words of 4 to 7
+                         letters and digits from /usr/share/common-licenses
+                         rendered in DejaVu fonts at 64 x 160, grayscale,
+                         normalized to [-1, 1] (64 and 64)
 
 Against the reference tool: the Python peer that offers SparseGPT on ONNX
 (onnxsim 0.8.1, onnxsim.pruning.apply_sparsegpt_pruning) and nmprune prune
@@ -54,6 +60,7 @@ import functools
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -120,6 +127,21 @@ def ocr_rec_data(n):
         a[:, :, :nw] = ((np.asarray(im, np.float32) / 255 - 0.5) / 0.5).transpose(2, 0, 1)
         out.append(a)
     return {"x": np.stack(out)}
+
+
+def word_images(n):
+    from PIL import Image, ImageDraw, ImageFont
+    words = []
+    for p in sorted(glob.glob("/usr/share/common-licenses/*")):
+        with open(p, encoding="utf-8", errors="ignore") as f:
+            words += re.findall(r"[A-Za-z0-9]{4,7}", f.read())
+    fonts = sorted(glob.glob("/usr/share/fonts/truetype/dejavu/*.ttf"))
+    out = []
+    for k, i in enumerate(np.random.default_rng(5).permutation(len(words))[:2 * n]):
+        im = Image.new("L", (160, 64), 255)
+        ImageDraw.Draw(im).text((6, 8), words[i], fill=0, font=ImageFont.truetype(fonts[k % len(fonts)], 40))
+        out.append(((np.asarray(im, np.float32) / 255 - 0.5) / 0.5)[None, None])
+    return {"input1": np.stack(out)}
 
 
 def ocr_det_data(n):
@@ -245,6 +267,7 @@ CASES = [  # name, data, calibration samples, options, the top-1 column if not c
     ("ppocrv4_det", ocr_det_data, 16, ["--align", "none"], None),
     ("smart_turn_v3_2", speech_data, 57, [], decisions),
     ("silero_vad", vad_data, 117, [], vad_decisions),
+    ("ddddocr_ocr_int8", word_images, 64, [], None),
 ]
 
 
