@@ -159,7 +159,7 @@ static void free_buffers(dev_buffers *b)
 }
 
 static nmp_status sweep(cublasHandle_t h, dev_buffers *d, double *W, uint64_t rows, uint64_t K, const double *U,
-			const nmp_pattern *p, const nmp_sgpt_grid *qgrid, uint8_t *mask, nmp_error *err)
+			const nmp_pattern *p, uint64_t before, const nmp_sgpt_grid *qgrid, uint8_t *mask, nmp_error *err)
 {
 	const uint64_t B = NMP_SPARSEGPT_BLOCK;
 	const unsigned grid = (unsigned)((rows + NMP_CU_THREADS - 1) / NMP_CU_THREADS);
@@ -211,7 +211,9 @@ static nmp_status sweep(cublasHandle_t h, dev_buffers *d, double *W, uint64_t ro
 			if (ce == cudaSuccess)
 				ce = cudaMemcpy(hdd, d->dd, cnt * sizeof(double), cudaMemcpyDeviceToHost);
 			if (ce == cudaSuccess) {
-				nmp_sparsegpt_block_mask(hW1, hdd, rows, cnt, p->sparsity, hm1, scratch);
+				nmp_sparsegpt_block_mask(hW1, hdd, rows, cnt,
+							 nmp_sparsegpt_block_prune(p->sparsity, before + rows * i1, rows * cnt),
+							 hm1, scratch);
 				ce = cudaMemcpy(d->m1, hm1, rows * cnt, cudaMemcpyHostToDevice);
 			}
 		}
@@ -260,8 +262,8 @@ static nmp_status sweep(cublasHandle_t h, dev_buffers *d, double *W, uint64_t ro
 }
 
 extern "C" nmp_status nmp_cuda_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, double damp,
-					       const nmp_pattern *p, const nmp_sgpt_grid *grid, uint8_t *mask,
-					       double *damp_used, const char *name, nmp_error *err)
+					       const nmp_pattern *p, uint64_t before, const nmp_sgpt_grid *grid,
+					       uint8_t *mask, double *damp_used, const char *name, nmp_error *err)
 {
 	NMP_ASSERT(nmp_sparsegpt_supports(p));
 	if (p->structured && (K % p->m != 0 || p->m > NMP_SGPT_MAX_M))
@@ -275,7 +277,7 @@ extern "C" nmp_status nmp_cuda_sparsegpt_solve(double *W, uint64_t rows, uint64_
 	cublasHandle_t h;
 	CUBLAS_CHECK(err, CB.create(&h));
 	dev_buffers d = {};
-	nmp_status s = sweep(h, &d, W, rows, K, H, p, grid, mask, err);
+	nmp_status s = sweep(h, &d, W, rows, K, H, p, before, grid, mask, err);
 	free_buffers(&d);
 	CB.destroy(h);
 	return s;

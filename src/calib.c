@@ -1033,8 +1033,8 @@ static nmp_status wanda_mask(target *t, nmp_engine *e, const nmp_mask_tensor *w,
  * CUDA or cuBLAS fails) on the CPU, which the note then says.
  */
 static nmp_status solve(nmp_engine *e, double *W, uint64_t R, uint64_t K, double *H, const double *Hg, double damp,
-			const nmp_pattern *p, const nmp_sgpt_grid *grid, uint8_t *m, nmp_calib_weight_result *cr,
-			const char *name, nmp_error *err)
+			const nmp_pattern *p, uint64_t before, const nmp_sgpt_grid *grid, uint8_t *m,
+			nmp_calib_weight_result *cr, const char *name, nmp_error *err)
 {
 	if (strcmp(nmp_engine_name(e), "cuda") == 0) {
 		double *W0 = malloc(R * K * sizeof *W0);
@@ -1042,7 +1042,7 @@ static nmp_status solve(nmp_engine *e, double *W, uint64_t R, uint64_t K, double
 			return nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", name);
 		memcpy(W0, W, R * K * sizeof *W0);
 		nmp_error gpu_err = { 0 };
-		nmp_status s = nmp_cuda_sparsegpt_solve(W, R, K, H, damp, p, grid, m, &cr->damp, name, &gpu_err);
+		nmp_status s = nmp_cuda_sparsegpt_solve(W, R, K, H, damp, p, before, grid, m, &cr->damp, name, &gpu_err);
 		if (s != NMP_ERR_DEVICE) {
 			free(W0);
 			if (s != NMP_OK)
@@ -1054,7 +1054,7 @@ static nmp_status solve(nmp_engine *e, double *W, uint64_t R, uint64_t K, double
 		memcpy(H, Hg, K * K * sizeof *H);
 		free(W0);
 	}
-	return nmp_sparsegpt_solve(W, R, K, H, damp, p, grid, m, &cr->damp, name, err);
+	return nmp_sparsegpt_solve(W, R, K, H, damp, p, before, grid, m, &cr->damp, name, err);
 }
 
 /*
@@ -1095,7 +1095,7 @@ static nmp_status sparsegpt_mask(target *t, nmp_engine *e, const nmp_mask_tensor
 		err_mag += nmp_sparsegpt_output_error(D, R, K, Hg);
 		memcpy(D, W, R * K * sizeof *D);
 		memcpy(H, Hg, K * K * sizeof *H);
-		s = solve(e, W, R, K, H, Hg, damp, p, qp ? &grid : NULL, m, cr, w->name, err);
+		s = solve(e, W, R, K, H, Hg, damp, p, grp * R * K, qp ? &grid : NULL, m, cr, w->name, err);
 		if (s != NMP_OK)
 			break;
 		for (uint64_t i = 0; i < R * K; i++)

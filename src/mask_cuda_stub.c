@@ -19,10 +19,10 @@ void nmp_cuda_set_memory_budget(void *ctx, size_t bytes)
 }
 
 nmp_status nmp_cuda_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, double damp, const nmp_pattern *p,
-				    const nmp_sgpt_grid *grid, uint8_t *mask, double *damp_used, const char *name,
-				    nmp_error *err)
+				    uint64_t before, const nmp_sgpt_grid *grid, uint8_t *mask, double *damp_used,
+				    const char *name, nmp_error *err)
 {
-	(void)W, (void)rows, (void)K, (void)H, (void)damp, (void)p, (void)grid, (void)mask, (void)damp_used;
+	(void)W, (void)rows, (void)K, (void)H, (void)damp, (void)p, (void)before, (void)grid, (void)mask, (void)damp_used;
 	return nmp_error_set(err, NMP_ERR_DEVICE, "tensor '%s': this nmprune was built without CUDA", name);
 }
 #else

@@ -72,7 +72,12 @@ static int prune_order(const void *a, const void *b)
 	return (x->i < y->i) - (x->i > y->i);
 }
 
-void nmp_sparsegpt_block_mask(const double *W1, const double *dd, uint64_t rows, uint64_t cnt, double sparsity,
+uint64_t nmp_sparsegpt_block_prune(double sparsity, uint64_t at, uint64_t n)
+{
+	return (uint64_t)floor(sparsity * (double)(at + n) + 0.5) - (uint64_t)floor(sparsity * (double)at + 0.5);
+}
+
+void nmp_sparsegpt_block_mask(const double *W1, const double *dd, uint64_t rows, uint64_t cnt, uint64_t prune,
 			      uint8_t *m1, void *scratch)
 {
 	scored *sc = scratch;
@@ -80,7 +85,6 @@ void nmp_sparsegpt_block_mask(const double *W1, const double *dd, uint64_t rows,
 	for (uint64_t e = 0; e < n; e++)
 		sc[e] = (scored){ nmp_sgpt_score(W1[e], dd[e % cnt]), e };
 	qsort(sc, n, sizeof *sc, prune_order);
-	uint64_t prune = (uint64_t)llround(sparsity * (double)n);
 	memset(m1, 1, n);
 	for (uint64_t e = 0; e < prune; e++)
 		m1[sc[e].i] = 0;
@@ -92,8 +96,8 @@ size_t nmp_sparsegpt_block_scratch(uint64_t rows)
 }
 
 nmp_status nmp_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, double damp, const nmp_pattern *p,
-			       const nmp_sgpt_grid *grid, uint8_t *mask, double *damp_used, const char *name,
-			       nmp_error *err)
+			       uint64_t before, const nmp_sgpt_grid *grid, uint8_t *mask, double *damp_used,
+			       const char *name, nmp_error *err)
 {
 	NMP_ASSERT(nmp_sparsegpt_supports(p));
 	if (p->structured && K % p->m != 0)
@@ -119,7 +123,9 @@ nmp_status nmp_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, 
 		for (uint64_t j = 0; j < cnt; j++)
 			dd[j] = U[(i1 + j) * K + i1 + j];
 		if (!p->structured)
-			nmp_sparsegpt_block_mask(W1, dd, rows, cnt, p->sparsity, m1, sc);
+			nmp_sparsegpt_block_mask(W1, dd, rows, cnt,
+						 nmp_sparsegpt_block_prune(p->sparsity, before + rows * i1, rows * cnt), m1,
+						 sc);
 		for (uint64_t i = 0; i < cnt; i++) {
 			if (p->structured && i % p->m == 0)
 				for (uint64_t r = 0; r < rows; r++)

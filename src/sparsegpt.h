@@ -47,11 +47,13 @@ bool nmp_sparsegpt_supports(const nmp_pattern *p);
  * W: rows x K, row-major; on return the reconstructed weights, pruned ones
  * exactly 0, kept ones on the grid when there is one (NULL: none).  H: K x K,
  * overwritten.  mask: rows x K, 1 = kept.  *damp_used is the relative
- * damping that factorized.
+ * damping that factorized.  before: how many elements of the same tensor
+ * earlier sweeps took (its other groups), so that the P% counts of every
+ * block of every group add up to the tensor's (nmp_sparsegpt_block_prune).
  */
 nmp_status nmp_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, double damp, const nmp_pattern *p,
-			       const nmp_sgpt_grid *grid, uint8_t *mask, double *damp_used, const char *name,
-			       nmp_error *err);
+			       uint64_t before, const nmp_sgpt_grid *grid, uint8_t *mask, double *damp_used,
+			       const char *name, nmp_error *err);
 
 /*
  * The factor the sweep runs on, in place of H: U upper triangular (row-major)
@@ -62,12 +64,20 @@ nmp_status nmp_sparsegpt_factor(double *H, uint64_t K, double damp, double *damp
 				nmp_error *err);
 
 /*
- * The P% mask of one block (rows x cnt, row-major) at its first column:
- * round(sparsity x rows x cnt) lowest scores pruned, ties to the higher flat
- * index; scratch holds nmp_sparsegpt_block_scratch(rows) bytes.  Shared with
- * the GPU sweep, which brings the block to the host for it.
+ * How many of a P% block's elements to prune: the block holds the elements
+ * [at, at + n) of its tensor, in sweep order, and each block takes its share
+ * of the tensor's count, floor(sparsity x numel + 0.5) as check counts it,
+ * rounded where the running total falls, so the shares add up to it exactly.
  */
-void nmp_sparsegpt_block_mask(const double *W1, const double *dd, uint64_t rows, uint64_t cnt, double sparsity,
+uint64_t nmp_sparsegpt_block_prune(double sparsity, uint64_t at, uint64_t n);
+
+/*
+ * The P% mask of one block (rows x cnt, row-major) at its first column: the
+ * `prune` lowest scores pruned, ties to the higher flat index; scratch holds
+ * nmp_sparsegpt_block_scratch(rows) bytes.  Shared with the GPU sweep, which
+ * brings the block to the host for it.
+ */
+void nmp_sparsegpt_block_mask(const double *W1, const double *dd, uint64_t rows, uint64_t cnt, uint64_t prune,
 			      uint8_t *m1, void *scratch);
 size_t nmp_sparsegpt_block_scratch(uint64_t rows);
 
@@ -81,8 +91,8 @@ size_t nmp_sparsegpt_block_scratch(uint64_t rows);
  * point's boundary).
  */
 nmp_status nmp_cuda_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, double damp, const nmp_pattern *p,
-				    const nmp_sgpt_grid *grid, uint8_t *mask, double *damp_used, const char *name,
-				    nmp_error *err);
+				    uint64_t before, const nmp_sgpt_grid *grid, uint8_t *mask, double *damp_used,
+				    const char *name, nmp_error *err);
 
 /* tr(D H D^T) for D rows x K (row-major): the squared output error of a weight change D. */
 double nmp_sparsegpt_output_error(const double *D, uint64_t rows, uint64_t K, const double *H);

@@ -81,7 +81,7 @@ static void test_identity_hessian_is_magnitude_pruning(void **state)
 	nmp_error err = { 0 };
 	double damp;
 	assert_int_equal(nmp_pattern_parse("2:4", &p, &err), NMP_OK);
-	assert_int_equal(nmp_sparsegpt_solve(W, R, K, H, 0.01, &p, NULL, mask, &damp, "w", &err), NMP_OK);
+	assert_int_equal(nmp_sparsegpt_solve(W, R, K, H, 0.01, &p, 0, NULL, mask, &damp, "w", &err), NMP_OK);
 	assert_true(damp == 0.01);
 	for (uint64_t r = 0; r < R; r++)
 		for (uint64_t g = 0; g < K; g += 4) {
@@ -126,7 +126,7 @@ static void test_reconstruction_beats_the_magnitude_mask(void **state)
 	nmp_error err = { 0 };
 	double damp;
 	assert_int_equal(nmp_pattern_parse("4:8", &p, &err), NMP_OK);
-	assert_int_equal(nmp_sparsegpt_solve(W, R, K, Hc, 0.01, &p, NULL, mask, &damp, "w", &err), NMP_OK);
+	assert_int_equal(nmp_sparsegpt_solve(W, R, K, Hc, 0.01, &p, 0, NULL, mask, &damp, "w", &err), NMP_OK);
 	for (uint64_t r = 0; r < R; r++)
 		for (uint64_t g = 0; g < K; g += 8) {
 			int kept = 0;
@@ -154,26 +154,62 @@ static void test_reconstruction_beats_the_magnitude_mask(void **state)
 	free(H), free(Hc), free(W), free(W0), free(D), free(mask);
 }
 
-static void test_unstructured_prunes_its_share_per_block(void **state)
+/*
+ * P%: each block of each group prunes its share of the tensor's count, and
+ * the shares add up to floor(sparsity x numel + 0.5), what check demands,
+ * where rounding each block alone would fall short (128 x 387 at 30%: three
+ * blocks of 4915.2 and one of 115.2 round to 14860 of 14860.8).
+ */
+static void test_unstructured_counts_add_up_to_the_tensors(void **state)
 {
 	(void)state;
-	const uint64_t R = 7, K = 200; /* blocks of 128 and 72 columns */
-	double *H = correlated_hessian(K, 3 * K), *W = malloc(R * K * sizeof *W);
-	uint8_t *mask = malloc(R * K);
-	for (uint64_t i = 0; i < R * K; i++)
-		W[i] = uniform() - 0.5;
-	nmp_pattern p;
-	nmp_error err = { 0 };
-	double damp;
-	assert_int_equal(nmp_pattern_parse("30%", &p, &err), NMP_OK);
-	assert_int_equal(nmp_sparsegpt_solve(W, R, K, H, 0.01, &p, NULL, mask, &damp, "w", &err), NMP_OK);
-	uint64_t pruned[2] = { 0, 0 };
-	for (uint64_t r = 0; r < R; r++)
-		for (uint64_t k = 0; k < K; k++)
-			pruned[k >= 128] += !mask[r * K + k];
-	assert_int_equal(pruned[0], (uint64_t)llround(0.3 * 7 * 128));
-	assert_int_equal(pruned[1], (uint64_t)llround(0.3 * 7 * 72));
-	free(H), free(W), free(mask);
+	static const struct { uint64_t R, K, groups; const char *pat; } cases[] = {
+		{ 7, 200, 1, "30%" }, { 128, 387, 1, "30%" }, { 5, 130, 3, "37%" }, { 3, 129, 2, "50%" },
+	};
+	for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+		const uint64_t R = cases[c].R, K = cases[c].K;
+		nmp_pattern p;
+		nmp_error err = { 0 };
+		double damp;
+		assert_int_equal(nmp_pattern_parse(cases[c].pat, &p, &err), NMP_OK);
+		uint64_t total = 0;
+		for (uint64_t g = 0; g < cases[c].groups; g++) {
+			double *H = correlated_hessian(K, 2 * K), *W = malloc(R * K * sizeof *W);
+			uint8_t *mask = malloc(R * K);
+			for (uint64_t i = 0; i < R * K; i++)
+				W[i] = uniform() - 0.5;
+			assert_int_equal(nmp_sparsegpt_solve(W, R, K, H, 0.01, &p, g * R * K, NULL, mask, &damp, "w", &err),
+					 NMP_OK);
+			for (uint64_t i1 = 0; i1 < K; i1 += NMP_SPARSEGPT_BLOCK) {
+				const uint64_t cnt = K - i1 < NMP_SPARSEGPT_BLOCK ? K - i1 : NMP_SPARSEGPT_BLOCK;
+				uint64_t pruned = 0;
+				for (uint64_t r = 0; r < R; r++)
+					for (uint64_t k = i1; k < i1 + cnt; k++)
+						pruned += !mask[r * K + k];
+				assert_int_equal(pruned, nmp_sparsegpt_block_prune(p.sparsity, g * R * K + R * i1, R * cnt));
+				total += pruned;
+			}
+			free(H), free(W), free(mask);
+		}
+		assert_int_equal(total, (uint64_t)floor(p.sparsity * (double)(cases[c].groups * R * K) + 0.5));
+	}
+	/*
+	 * The share rule itself, on random sparsities and block sizes: each share
+	 * is the floor or the ceiling of its exact one, and they add up to the
+	 * whole's count.
+	 */
+	for (int trial = 0; trial < 2000; trial++) {
+		const double sp = trial < 4 ? (double[]){ 0, 1, 0.5, 0.125 }[trial] : uniform();
+		uint64_t at = 0, sum = 0;
+		for (int b = 0; b < 1 + trial % 9; b++) {
+			const uint64_t n = 1 + (uint64_t)(uniform() * 5000);
+			const uint64_t share = nmp_sparsegpt_block_prune(sp, at, n);
+			assert_true(share >= (uint64_t)floor(sp * (double)n) && share <= (uint64_t)ceil(sp * (double)n));
+			sum += share;
+			at += n;
+		}
+		assert_int_equal(sum, (uint64_t)floor(sp * (double)at + 0.5));
+	}
 }
 
 static void test_indefinite_hessian_is_refused(void **state)
@@ -186,7 +222,7 @@ static void test_indefinite_hessian_is_refused(void **state)
 	nmp_error err = { 0 };
 	double damp;
 	assert_int_equal(nmp_pattern_parse("2:4", &p, &err), NMP_OK);
-	assert_int_equal(nmp_sparsegpt_solve(W, 2, K, H, 0.01, &p, NULL, mask, &damp, "bad", &err), NMP_ERR_MODEL);
+	assert_int_equal(nmp_sparsegpt_solve(W, 2, K, H, 0.01, &p, 0, NULL, mask, &damp, "bad", &err), NMP_ERR_MODEL);
 	assert_non_null(strstr(err.message, "tensor 'bad'"));
 	assert_non_null(strstr(err.message, "not positive definite"));
 }
@@ -225,7 +261,7 @@ static void test_quantized_sweep_keeps_weights_on_their_grid(void **state)
 	const nmp_sgpt_grid grid = { .scale = scale, .zero = zero, .qmin = -128, .qmax = 127 };
 	double W0[R * K];
 	memcpy(W0, W, sizeof W);
-	assert_int_equal(nmp_sparsegpt_solve(W, R, K, H, 0.01, &p, &grid, mask, &damp, "q", &err), NMP_OK);
+	assert_int_equal(nmp_sparsegpt_solve(W, R, K, H, 0.01, &p, 0, &grid, mask, &damp, "q", &err), NMP_OK);
 	for (uint64_t i = 0; i < R * K; i++) {
 		if (!mask[i]) {
 			assert_true(W[i] == 0);
@@ -254,7 +290,7 @@ int main(void)
 		cmocka_unit_test(test_choose_nm_keeps_highest_scores_ties_low),
 		cmocka_unit_test(test_identity_hessian_is_magnitude_pruning),
 		cmocka_unit_test(test_reconstruction_beats_the_magnitude_mask),
-		cmocka_unit_test(test_unstructured_prunes_its_share_per_block),
+		cmocka_unit_test(test_unstructured_counts_add_up_to_the_tensors),
 		cmocka_unit_test(test_indefinite_hessian_is_refused),
 		cmocka_unit_test(test_grid_rounds_half_to_even_and_clamps),
 		cmocka_unit_test(test_quantized_sweep_keeps_weights_on_their_grid),

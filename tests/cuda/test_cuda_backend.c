@@ -359,8 +359,8 @@ static void test_sparsegpt_sweep(void **state)
 		}
 		const nmp_sgpt_grid *g = cases[c].grid == FLOAT ? NULL : &grid;
 		double dg = 0, dc = 0, big = 0, worst = 0;
-		assert_int_equal(nmp_cuda_sparsegpt_solve(W, R, K, H, 0.01, &p, g, mg, &dg, "gpu", &err), NMP_OK);
-		assert_int_equal(nmp_sparsegpt_solve(Wc, R, K, Hc, 0.01, &p, g, mc, &dc, "cpu", &err), NMP_OK);
+		assert_int_equal(nmp_cuda_sparsegpt_solve(W, R, K, H, 0.01, &p, 0, g, mg, &dg, "gpu", &err), NMP_OK);
+		assert_int_equal(nmp_sparsegpt_solve(Wc, R, K, Hc, 0.01, &p, 0, g, mc, &dc, "cpu", &err), NMP_OK);
 		assert_true(dg == dc);
 		assert_memory_equal(mg, mc, R * K);
 		for (uint64_t i = 0; i < R * K; i++) {

@@ -115,10 +115,11 @@ def sparsegpt_ref(W, H, n, m, damp=0.01, block=128, sparsity=None, grid=None):
         E = np.zeros_like(W1)
         dd = np.diag(U)[i1:i2]
         k1 = np.ones_like(W1, bool)
-        if sparsity is not None:
+        if sparsity is not None:  # the block's share of the tensor's count, rounded where the running total falls
             score = (W1 ** 2 / dd ** 2).ravel()
             order = sorted(range(score.size), key=lambda e: (score[e], -e))
-            k1.ravel()[order[:int(round(sparsity * score.size))]] = False
+            share = int(np.floor(sparsity * W.shape[0] * i2 + 0.5) - np.floor(sparsity * W.shape[0] * i1 + 0.5))
+            k1.ravel()[order[:share]] = False
         for i in range(i2 - i1):
             if sparsity is None and i % m == 0:
                 score = W1[:, i:i + m] ** 2 / dd[i:i + m] ** 2
@@ -249,6 +250,30 @@ def test_sparsegpt_matches_reference_sweep(tmp_path, mlp_case, pattern):
     assert all(c["method"] == "sparsegpt" and c["reconstructed"] for c in cal.values())
     assert all(c["output_error"] < c["output_error_magnitude"] for c in cal.values())
     assert rep["calibration"]["samples"] == 12 and rep["calibration"]["tokens"] == 120
+
+
+def test_sparsegpt_p_percent_prunes_the_tensors_count_and_passes_check(tmp_path, rng):
+    """P%: the blocks of 128 columns (and a grouped Conv's groups) each prune a share of the tensor's count, so
+    that the total is floor(P x numel + 0.5), as check counts it: rounding each block alone falls short on a
+    128 x 387 MatMul at 30% (14860 of 14861) and a Conv of two groups of 195 inputs at 37% (432 of 433)."""
+    W = rng.standard_normal((387, 128)).astype(np.float32)
+    Wc = rng.standard_normal((6, 65, 3)).astype(np.float32)
+    model = _model([helper.make_node("MatMul", ["x", "W"], ["y"]),
+                    helper.make_node("Conv", ["s", "Wc"], ["z"], group=2, pads=[1, 1])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 387]),
+                    helper.make_tensor_value_info("s", TensorProto.FLOAT, ["n", 130, 9])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                    helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], {"W": W, "Wc": Wc})
+    path = save(model, tmp_path / "m.onnx")
+    save_file({"x": rng.standard_normal((4, 120, 387)).astype(np.float32),
+               "s": rng.standard_normal((4, 2, 130, 9)).astype(np.float32)}, str(tmp_path / "d.safetensors"))
+    for pattern, name, want in (("30%", "W", 14861), ("37%", "Wc", 433)):
+        out = tmp_path / f"{name}.onnx"
+        nmprune("prune", path, "-o", out, "--method", "sparsegpt", "--calibration", tmp_path / "d.safetensors",
+                "--align", "none", "--pattern", pattern, "--save-masks", tmp_path / "k.safetensors", "-q", check=0)
+        assert int((~load_file(str(tmp_path / "k.safetensors"))[name].astype(bool)).sum()) == want
+        assert (weights(out)[name] == 0).sum() >= want
+        nmprune("check", out, "--align", "none", "--pattern", pattern, "-q", check=0)
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
