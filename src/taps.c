@@ -168,6 +168,7 @@ typedef struct tapped {
 
 struct nmp_taps {
 	const nmp_scopes *s;
+	const char *path;             /* the model's, for messages */
 	grown *fields;
 	size_t n_fields, cap_fields;
 	void **owned;                 /* everything allocated for the edits */
@@ -248,6 +249,7 @@ nmp_status nmp_taps_open(const nmp_model *m, const nmp_scopes *s, nmp_taps **out
 	if (!t)
 		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	t->s = s;
+	t->path = m->path;
 	/* new names continue past every TAP_PREFIX n the model already defines, in any graph */
 	unsigned long most = 0;
 	for (size_t k = 0; k < s->n; k++) {
@@ -354,8 +356,8 @@ nmp_status nmp_taps_add(nmp_taps *t, int scope, const char *name, bool outer, in
 	const nmp_scopes *s = t->s;
 	const char *blocked = nmp_scopes_untappable(s, scope);
 	if (blocked)
-		return nmp_error_set(err, NMP_ERR_MODEL, "value '%s' lies inside a %s body, which runs more than once",
-				     name, blocked);
+		return nmp_error_set(err, NMP_ERR_MODEL, "%s: value '%s' lies inside a %s body, which runs more than once",
+				     t->path, name, blocked);
 	char *cur = (char *)name;
 	if (scope > 0 && outer) { /* its copy in this branch, computed only when the branch runs */
 		Onnx__GraphProto *g = (Onnx__GraphProto *)s->s[scope].graph;
@@ -372,8 +374,9 @@ nmp_status nmp_taps_add(nmp_taps *t, int scope, const char *name, bool outer, in
 		Onnx__ValueInfoProto *out = value_info(t, cur), *out_other = value_info(t, empty);
 		Onnx__NodeProto *constant = empty ? empty_constant(t, empty, dtype) : NULL;
 		if (!other)
-			return nmp_error_set(err, NMP_ERR_MODEL, "If node '%s' has no other branch",
-					     sc->owner->name ? sc->owner->name : "");
+			return nmp_error_set(err, NMP_ERR_MODEL, "%s: If node '%s' has no %s",
+					     t->path, sc->owner->name ? sc->owner->name : "",
+					     strcmp(sc->attr, "then_branch") == 0 ? "else_branch" : "then_branch");
 		if (!up || !out || !out_other || !constant ||
 		    !append(t, &branch->output, &branch->n_output, out) ||
 		    !append(t, &other->node, &other->n_node, constant) ||

@@ -955,3 +955,20 @@ def test_dynamically_quantized_layers_take_the_statistics_of_their_float_input(t
     assert json.loads(r.out)["weights"][0]["calibration"] == {
         "method": "magnitude", "note": "its MatMulInteger input does not come from DynamicQuantizeLinear: pruned by "
                                        "magnitude"}
+
+
+def test_an_if_without_its_other_branch_is_refused_naming_it(tmp_path, rng):
+    W = rng.standard_normal((16, 8)).astype(np.float32)
+    then_g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y1"])], "then", [],
+                               [helper.make_tensor_value_info("y1", TensorProto.FLOAT, None)])
+    model = _model([helper.make_node("If", ["c"], ["y"], name="lonely", then_branch=then_g)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 16]),
+                    helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], {"W": W})
+    path = save(model, tmp_path / "m.onnx")
+    save_file({"x": rng.standard_normal((2, 3, 16)).astype(np.float32), "c": np.ones(2, bool)},
+              str(tmp_path / "d.safetensors"))
+    r = nmprune("prune", path, "-o", tmp_path / "o.onnx", "--method", "wanda", "--calibration",
+                tmp_path / "d.safetensors", "--align", "none", check=3)
+    assert f"{path}: If node 'lonely' has no else_branch" in r.err
+    assert not (tmp_path / "o.onnx").exists()
