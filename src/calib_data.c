@@ -639,16 +639,21 @@ static nmp_status sample_arrays(nmp_calib_data *d, size_t i, size_t count, nmp_e
 		t->numel = per * count;
 		const uint64_t esize = nmp_dtype_bits(e->dtype) / 8;
 		const uint8_t *at = e->data + (e->shared ? 0 : (uint64_t)i * per * esize);
-		if (e->shared && count > 1) {
-			uint8_t *rep = malloc(per * count * esize);
-			if (!rep)
+		/*
+		 * ONNX Runtime reads inputs without writing them: the read-only mapping
+		 * serves, unless a shared sample must repeat or the elements do not lie
+		 * on their alignment (a .npz member starts wherever the zip put it).
+		 */
+		const size_t reps = e->shared ? count : 1;
+		if (reps > 1 || (uintptr_t)at % esize != 0) {
+			uint8_t *copy = malloc(per * count * esize);
+			if (!copy)
 				return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", d->path);
-			for (size_t r = 0; r < count; r++)
-				memcpy(rep + r * per * esize, at, per * esize);
-			d->owned[d->n] = rep;
-			at = rep;
+			for (size_t r = 0; r < reps; r++)
+				memcpy(copy + r * per * (count / reps) * esize, at, per * (count / reps) * esize);
+			d->owned[d->n] = copy;
+			at = copy;
 		}
-		/* ONNX Runtime reads inputs without writing them: the read-only mapping serves */
 		t->data = (void *)at;
 		d->names[d->n++] = d->inputs[k].name;
 	}
