@@ -24,7 +24,7 @@ static const char usage_main[] =
 	"or failed (calibrated methods, compare)\n";
 
 #define SHARED_OPTIONS                                                                         \
-	"  --pattern P          N:M, N:M@vV, N:M@bRxC, N:M@t, P%%, P%%@vV, P%%@bRxC (default 2:4)\n" \
+	"  --pattern P          N:M, N:M@vV, N:M@bRxC, N:M@t, P%, P%@vV, P%@bRxC (default 2:4)\n" \
 	"  --align A            asp | cusparselt | none (default asp)\n"                          \
 	"  --ops LIST           consumer ops: Conv,Gemm,MatMul[,ConvTranspose]\n"                \
 	"  --include REGEX      only weights whose initializer or node name matches (repeatable)\n" \
