@@ -409,7 +409,7 @@ def section_permute():
     cases += [(n, real / f"{n}.onnx", "2:4") for n in ("ppocrv4_det", "ppocrv4_rec", "ppocr_cls", "yolov8n_320", "magika_standard_v3_3",
                                                           "silero_vad_16k_op15", "silero_vad", "ddddocr_det",
                                                           "ddddocr_ocr_int8", "ppocrv6_det", "ppocrv6_rec",
-                                                          "smart_turn_v3_2")
+                                                          "smart_turn_v3_2", "slanet")
               if (real / f"{n}.onnx").exists()]
     print(f"  {'model':<20} {'N:M':<5} {'groups':>7} {'weights':>7} {'kept w/o':>9} {'kept with':>9} "
           f"{'gain':>7} {'efficacy':>8} {'search':>8} {'prune':>7} {'+permute':>8}")

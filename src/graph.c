@@ -34,6 +34,7 @@ typedef struct entry {
  */
 typedef struct scope {
 	const struct scope *parent;
+	const Onnx__NodeProto *owner;  /* the node whose attribute holds this graph; NULL for the main graph */
 	const Onnx__GraphProto *graph;
 	entry *entries;
 	size_t n_entries;
@@ -159,13 +160,14 @@ static entry *define(scope *sc, const char *name, entry **old)
 	return e;
 }
 
-static nmp_status scope_build(walk *w, scope *sc, const Onnx__GraphProto *gr, const scope *parent)
+static nmp_status scope_build(walk *w, scope *sc, const Onnx__GraphProto *gr, const scope *parent,
+			      const Onnx__NodeProto *owner)
 {
 	size_t n_init = nmp_model_n_initializers(w->m, gr);
 	size_t n = n_init + gr->n_input;
 	for (size_t i = 0; i < gr->n_node; i++)
 		n += gr->node[i]->n_output;
-	*sc = (scope){ .parent = parent, .graph = gr, .cap = 16 };
+	*sc = (scope){ .parent = parent, .owner = owner, .graph = gr, .cap = 16 };
 	if (n >= UINT32_MAX / 2)
 		return nmp_error_set(w->err, NMP_ERR_MODEL, "%s: graph '%s': %zu names, more than nmprune indexes",
 				     w->m->path, graph_name(gr), n);
@@ -298,6 +300,43 @@ static void settle_crossed(walk *w, const char *name, const scope *sc)
 	w->n_crossed = 0;
 }
 
+/*
+ * A Loop or Scan body input that every iteration passes on unchanged (the
+ * body returns it as the same loop-carried or state value): it holds what
+ * the node was given, so the trace goes on from the node's input in the
+ * enclosing scope.  Exporters pass a decoder's weights into its loop this
+ * way.  NULL for any other graph input.
+ */
+static const char *carried_from(const scope *sc, const char *name)
+{
+	const Onnx__NodeProto *o = sc->owner;
+	const Onnx__GraphProto *g = sc->graph;
+	if (!o || !nmp_node_default_domain(o))
+		return NULL;
+	size_t idx = 0;
+	while (idx < g->n_input && strcmp(g->input[idx]->name, name) != 0)
+		idx++;
+	size_t out, in;
+	if (strcmp(o->op_type, "Loop") == 0 && idx >= 2) {
+		/* inputs (iteration, condition, carried...), outputs (condition, carried..., scans...) */
+		out = idx - 1;
+		in = idx;
+	} else if (strcmp(o->op_type, "Scan") == 0 && idx < g->n_input) {
+		/* states first in the body; the node's inputs lead with sequence_lens before opset 9 */
+		int64_t scans = nmp_node_attr_int(o, "num_scan_inputs", -1);
+		size_t lead = o->n_input == g->n_input + 1 ? 1 : 0;
+		if (scans < 0 || (size_t)scans > g->n_input || idx >= g->n_input - (size_t)scans)
+			return NULL;
+		out = idx;
+		in = idx + lead;
+	} else {
+		return NULL;
+	}
+	if (out >= g->n_output || strcmp(g->output[out]->name, name) != 0 || in >= o->n_input || !o->input[in][0])
+		return NULL;
+	return o->input[in];
+}
+
 static nmp_status trace_back(walk *w, const scope *sc, const char *name, trace *t)
 {
 	w->n_crossed = 0;
@@ -312,7 +351,8 @@ static nmp_status trace_back(walk *w, const scope *sc, const char *name, trace *
 			sc = e->skip_scope;
 			continue;
 		}
-		const int pass = passes_through(e, where);
+		const char *outer = e && e->kind == K_INPUT ? carried_from(where, name) : NULL;
+		const int pass = outer ? PASS_UNSEEN : passes_through(e, where);
 		if (pass == PASS_UNSEEN) {
 			if (w->n_crossed == w->cap_crossed) {
 				size_t cap = w->cap_crossed ? 2 * w->cap_crossed : 64;
@@ -325,6 +365,11 @@ static nmp_status trace_back(walk *w, const scope *sc, const char *name, trace *
 			w->crossed[w->n_crossed++] = e;
 		} else {
 			settle_crossed(w, name, sc);
+		}
+		if (outer) {
+			name = outer;
+			sc = where->parent;
+			continue;
 		}
 		if (!e || e->kind == K_INPUT)
 			return NMP_OK; /* an activation: not a weight */
@@ -706,10 +751,10 @@ bool nmp_graph_is_consumer(const char *op)
 	       is_recurrent(op);
 }
 
-static nmp_status walk_graph(walk *w, const Onnx__GraphProto *gr, const scope *parent)
+static nmp_status walk_graph(walk *w, const Onnx__GraphProto *gr, const scope *parent, const Onnx__NodeProto *owner)
 {
 	scope sc;
-	nmp_status s = scope_build(w, &sc, gr, parent);
+	nmp_status s = scope_build(w, &sc, gr, parent, owner);
 	for (size_t i = 0; i < gr->n_node && s == NMP_OK; i++) {
 		const Onnx__NodeProto *n = gr->node[i];
 		const char *op = op_of(n);
@@ -728,7 +773,7 @@ static nmp_status walk_graph(walk *w, const Onnx__GraphProto *gr, const scope *p
 		/* Subgraphs are walked where their node stands, so order stays topological. */
 		const Onnx__GraphProto *sub;
 		for (int32_t k = 0; s == NMP_OK && (sub = nmp_node_subgraph(n, k, NULL)) != NULL; k++)
-			s = walk_graph(w, sub, &sc);
+			s = walk_graph(w, sub, &sc, n);
 	}
 	scope_free(&sc);
 	return s;
@@ -757,7 +802,7 @@ nmp_status nmp_graph_walk(const nmp_model *m, nmp_graph **out, nmp_error *err)
 	}
 	/* No chain of look-through nodes is longer than the model has nodes. */
 	walk w = { .m = m, .g = g, .err = err, .step_limit = count_nodes(m->proto->graph) + 1 };
-	nmp_status s = walk_graph(&w, m->proto->graph, NULL);
+	nmp_status s = walk_graph(&w, m->proto->graph, NULL, NULL);
 	free(w.crossed);
 	if (s != NMP_OK) {
 		nmp_graph_free(&g);

@@ -8,11 +8,12 @@
  * every If/Loop/Scan subgraph, where names resolve lexically and a
  * subgraph's own names shadow outer ones), each weight-side input is traced
  * back through Transpose (output axis a is input axis perm[a]),
- * DequantizeLinear, Cast and Identity to an initializer or a Constant node's
- * tensor.  The group axis (the reduction axis) and the output-channel axis
- * are mapped into the weight's own coordinates.  A constant reached through
- * any other op is still listed, with the op that blocked it; activations are
- * not candidates at all.
+ * DequantizeLinear, Cast and Identity, and from a Loop or Scan body input
+ * the body passes on unchanged to the node's input, to an initializer or a
+ * Constant node's tensor.  The group axis (the reduction axis) and the
+ * output-channel axis are mapped into the weight's own coordinates.  A
+ * constant reached through any other op is still listed, with the op that
+ * blocked it; activations are not candidates at all.
  *
  * The weights of LSTM, GRU and RNN (W and R) are listed with their reason
  * (no N:M kernel serves a recurrence), never pruned.

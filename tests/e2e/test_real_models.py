@@ -27,6 +27,7 @@ MODELS = {
     "ppocrv6_det": (85, 47, lambda r: {"x": r.standard_normal((1, 3, 160, 192)).astype(np.float32)}),
     "ppocrv6_rec": (66, 42, lambda r: {"x": r.standard_normal((2, 3, 48, 320)).astype(np.float32)}),
     "smart_turn_v3_2": (31, 29, lambda r: {"input_features": r.standard_normal((2, 80, 800)).astype(np.float32)}),
+    "slanet": (86, 59, lambda r: {"x": r.standard_normal((1, 3, 488, 488)).astype(np.float32)}),
 }
 
 
@@ -74,7 +75,7 @@ def test_pruned_model_complies_and_runs(tmp_path, name, pattern):
 @pytest.mark.parametrize("name,permuted", [("ppocrv4_rec", 16), ("ppocrv4_det", 22), ("ppocr_cls", 5),
                                            ("yolov8n_320", 56), ("silero_vad_16k_op15", 3), ("ddddocr_det", 59),
                                            ("ddddocr_ocr_int8", 9), ("ppocrv6_det", 27), ("ppocrv6_rec", 25),
-                                           ("smart_turn_v3_2", 11)])
+                                           ("smart_turn_v3_2", 11), ("slanet", 49)])
 def test_permutation_keeps_the_function_of_real_models(tmp_path, name, permuted, inferred):
     """--permute-only rewrites channels across real Conv stacks (the recogniser's through a Reshape to a shape
     the graph computes from Shape): outputs stay those of the input model.  The exports carry no value_info;
@@ -331,3 +332,35 @@ def test_dynamically_quantized_ocr_calibrates_its_integer_convolutions(tmp_path)
         fid[m] = cmp["outputs"][0]
     assert fid["sg"]["top1"] > 0.93 and fid["sg"]["top1"] > fid["mag"]["top1"] + 0.1, fid
     assert fid["sg"]["rel_l2"] < 0.5 * fid["mag"]["rel_l2"], fid
+
+
+def test_table_recognizer_prunes_the_decoder_weights_its_loop_carries(tmp_path):
+    """SLANet's decoder runs in a Loop, and its weights enter the loop as carried values that every iteration
+    passes on unchanged.  Those MatMul weights are found through the Loop (9 of them, 5 eligible), pruned where
+    they are defined, and the decoder runs with them.  The calibrated methods cannot follow a weight into a loop
+    (one run, many iterations) and say so; --permute leaves them, naming the Loop."""
+    src = REAL / "slanet.onnx"
+    cands = {c["name"]: c for c in json.loads(nmprune("inspect", src, "--json", check=0).out)}
+    loop = {n: c for n, c in cands.items() if n.startswith(("linear_", "gru_cell_"))}
+    assert len(loop) == 9 and sorted(n for n, c in loop.items() if c["eligible"]) == [
+        "gru_cell_0.w_1", "linear_0.w_0", "linear_1.w_0", "linear_3.w_0", "linear_5.w_0"]
+    assert all(c["constant"] and c["consumers"][0]["op"] == "MatMul" for c in loop.values())
+    out = tmp_path / "o.onnx"
+    rep = json.loads(nmprune("prune", src, "-o", out, "--permute", "--json", check=0).out)
+    pruned = {w["name"] for w in rep["weights"] if w.get("sparsity")}
+    assert {"gru_cell_0.w_1", "linear_0.w_0", "linear_5.w_0"} <= pruned
+    blocked = {g["from"]: g.get("blocked", "") for g in rep["permutation"]["groups"]}
+    assert blocked["linear_0.w_0"] == "Loop 'p2o.Loop.0' mixes or reorders the channels of 'linear_0.w_0'"
+    after = weights(out)
+    for name in ("linear_0.w_0", "gru_cell_0.w_1"):
+        assert (after[name] == 0).mean() == 0.5
+    feeds = MODELS["slanet"][2](np.random.default_rng(3))
+    assert all(np.isfinite(o).all() for o in run(out, feeds))
+    from safetensors.numpy import save_file
+    save_file({"x": feeds["x"][None]}, str(tmp_path / "d.safetensors"))
+    rep = json.loads(nmprune("prune", src, "--dry-run", "--method", "wanda", "--calibration",
+                             tmp_path / "d.safetensors", "--json", check=0).out)
+    notes = {w["name"]: w["calibration"] for w in rep["weights"] if w["name"] in loop and w["eligible"]}
+    assert notes["linear_1.w_0"] == {"method": "magnitude",
+                                     "note": "read inside a Loop body, which runs more than once: pruned by magnitude"}
+    assert sum(w["calibration"]["method"] == "wanda" for w in rep["weights"] if w["eligible"]) == 54

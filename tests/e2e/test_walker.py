@@ -184,6 +184,56 @@ def test_name_shadowed_in_subgraph(tmp_path):
     assert cands[0]["shape"] == [128, 16]      # the subgraph's own W, not the outer one
 
 
+def _loop_model(update_w=False, transposed=False):
+    """A decoder loop as exporters write it: the weight W enters the Loop as a carried value and every iteration
+    passes it on unchanged (or, with update_w, replaces it: then it is state, not a weight)."""
+    body_nodes = [helper.make_node("Identity", ["cond_in"], ["cond_out"])]
+    w_in = "w_in"
+    if transposed:
+        body_nodes.append(helper.make_node("Transpose", ["w_in"], ["w_t"], perm=[1, 0]))
+        w_in = "w_t"
+    body_nodes.append(helper.make_node("MatMul", ["h_in", w_in], ["h_out"], name="step_mm"))
+    w_out = "w_in"
+    if update_w:
+        body_nodes.append(helper.make_node("Neg", ["w_in"], ["w_next"]))
+        w_out = "w_next"
+    body = helper.make_graph(
+        body_nodes, "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", F, None), helper.make_tensor_value_info("w_in", F, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_out", F, None), helper.make_tensor_value_info(w_out, F, None)])
+    shape = (32, 32)
+    return model([helper.make_node("Constant", [], ["W"], value=w("value", shape)),
+                  helper.make_node("Loop", ["n", "", "X", "W"], ["Y", "W_final"], name="decoder", body=body)],
+                 [numpy_helper.from_array(np.array(3, np.int64), "n")], inputs=(("X", F, [4, 32]),),
+                 outputs=(("Y", F, None), ("W_final", F, None)))
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_weight_a_loop_carries_unchanged_is_a_candidate(tmp_path, transposed):
+    c = inspect(tmp_path, _loop_model(transposed=transposed), "--align", "none")["W"]
+    assert c["consumers"] == [{"node": "step_mm", "op": "MatMul", "input": 1}]
+    assert c["constant"] and c["eligible"] and c["axis"] == (1 if transposed else 0), c
+
+
+def test_value_a_loop_updates_is_state_not_a_weight(tmp_path):
+    assert inspect(tmp_path, _loop_model(update_w=True), "--align", "none") == {}
+
+
+def test_weight_a_scan_carries_as_unchanged_state_is_a_candidate(tmp_path):
+    """Scan (opset 9 and later: states, then scan inputs): state W passes through every step."""
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["x_t", "w_s"], ["y_t"], name="scan_mm")], "body",
+        [helper.make_tensor_value_info("w_s", F, None), helper.make_tensor_value_info("x_t", F, None)],
+        [helper.make_tensor_value_info("w_s", F, None), helper.make_tensor_value_info("y_t", F, None)])
+    m = model([helper.make_node("Scan", ["W", "X"], ["W_end", "Y"], name="scan", body=body, num_scan_inputs=1)],
+              [w("W", (32, 16))], inputs=(("X", F, [5, 32]),), outputs=(("W_end", F, None), ("Y", F, None)))
+    c = inspect(tmp_path, m, "--align", "none")["W"]
+    assert c["consumers"] == [{"node": "scan_mm", "op": "MatMul", "input": 1}] and c["axis"] == 0
+
+
 def test_reshape_blocks_the_path(tmp_path):
     shape = numpy_helper.from_array(np.array([64, 32], np.int64), "shape")
     m = model([
@@ -453,3 +503,25 @@ def test_weight_only_int8_through_cast_and_mul(tmp_path, scale_shape, axis):
     x = rng.standard_normal((3, 64)).astype(np.float32)
     y = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
     np.testing.assert_allclose(y, x @ (got.astype(np.float32) * scale), rtol=1e-5, atol=1e-4)
+
+
+def test_loop_carried_weight_is_pruned_where_it_is_defined_and_the_loop_computes_with_it(tmp_path):
+    """The pruned Constant feeds the Loop: the model computes what the dense one computes with the pruned weight,
+    --permute leaves it as it is (the Loop moves channels it cannot follow) and keeps the function."""
+    import onnxruntime as ort
+    from conftest import weights
+    import reference
+    m = _loop_model()
+    src = save(m, tmp_path / "loop.onnx")
+    W = weights(src)["W"]
+    keep = reference.mask(W, "2:4", 0, 1)
+    for extra in ([], ["--permute"]):
+        out = tmp_path / f"out{len(extra)}.onnx"
+        nmprune("prune", src, "-o", out, "--align", "none", "-q", *extra, check=0)
+        np.testing.assert_array_equal(weights(out)["W"], np.where(keep, W, 0))
+        x = np.random.default_rng(2).standard_normal((4, 32)).astype(np.float32)
+        y = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["Y"], {"X": x})[0]
+        want = x.astype(np.float64)
+        for _ in range(3):
+            want = want @ np.where(keep, W, 0).astype(np.float64)
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
