@@ -33,6 +33,7 @@ typedef struct use_site {
 	const char *act;                /* the activation's name */
 	int scope;                      /* the consumer's scope (taps.h): 0 is the main graph */
 	bool outer;                     /* the activation is defined in an enclosing scope */
+	int stacked;                    /* loops it leaves: leading axes of iterations on what a run returns */
 	int32_t dtype;                  /* its element type */
 	const char *fetch;              /* its name in the main graph during a pass */
 	int chan_axis;                  /* negative: from the end */
@@ -219,9 +220,9 @@ static nmp_status resolve(const nmp_model *m, const nmp_scopes *sc, const nmp_ch
 			FALL_BACK(t, "its consumer's other input is a constant: pruned by magnitude");
 			return NMP_OK;
 		}
-		const char *body = nmp_scopes_untappable(sc, at);
-		if (body) {
-			FALL_BACK(t, "read inside a %.32s body, which runs more than once: pruned by magnitude", body);
+		char why[96];
+		if (!nmp_scopes_tappable(sc, at, &s->stacked, why, sizeof why)) {
+			FALL_BACK(t, "read inside %s: pruned by magnitude", why);
 			return NMP_OK;
 		}
 		s->dtype = integer ? NMP_DT_FLOAT : compute_type(m, sc, at, c, n->input[use->input]);
@@ -485,9 +486,22 @@ static nmp_status reduce(const nmp_plan *plan, target *t, const use_site *u, con
 	if (!x)
 		return nmp_error_set(err, NMP_ERR_RUNTIME, "%s: activation '%s' is %s: statistics need a floating type",
 				     path, u->act, nmp_dtype_name(xt->dtype));
+	/* a loop's iterations stack on leading axes: a Conv's join its batch, a Gemm's channel axis moves past them */
+	nmp_host_tensor merged;
+	int chan_axis = t->kind == LAYER_CONV ? 1 : u->chan_axis;
+	if (u->stacked && t->kind == LAYER_CONV && xt->rank > u->stacked) {
+		merged = *xt;
+		merged.rank = xt->rank - u->stacked;
+		for (int d = 1; d <= u->stacked; d++)
+			merged.dims[0] *= xt->dims[d];
+		memmove(merged.dims + 1, xt->dims + 1 + u->stacked, sizeof *merged.dims * (size_t)(merged.rank - 1));
+		xt = &merged;
+	} else if (chan_axis >= 0 && t->kind == LAYER_LINEAR) {
+		chan_axis += u->stacked;
+	}
 	uint64_t outer, inner, tokens = 0;
 	nmp_status s = NMP_OK;
-	if (!split_axis(xt, t->kind == LAYER_CONV ? 1 : u->chan_axis, t->C, &outer, &inner)) {
+	if (!split_axis(xt, chan_axis, t->C, &outer, &inner)) {
 		s = nmp_error_set(err, NMP_ERR_RUNTIME,
 				  "%s: node '%s': activation '%s' of rank %d does not hold the %llu channels its weight reads",
 				  path, node, u->act, xt->rank, (unsigned long long)t->C);
@@ -676,6 +690,45 @@ static void mirror(double *H, uint64_t G, uint64_t K)
 static nmp_status write_stats(const nmp_calib *c, const char *path, nmp_error *err);
 static nmp_status decide(nmp_calib *c, size_t ci, nmp_error *err);
 
+static bool reads_in_loop(const target *t)
+{
+	for (size_t u = 0; u < t->n_uses; u++)
+		if (t->uses[u].stacked)
+			return true;
+	return false;
+}
+
+/*
+ * After a pass that failed with loop values tapped (a loop whose values
+ * change shape from one iteration to the next cannot stack them): the
+ * active weights read inside a loop fall back to magnitude, saying why, and
+ * the others' statistics start again.  How many stay active.
+ */
+static size_t unstack(nmp_calib *c, const char *why)
+{
+	size_t left = 0;
+	for (size_t i = 0; i < c->n; i++) {
+		target *t = &c->t[i];
+		if (!t->active)
+			continue;
+		t->tokens = 0;
+		t->n_rows = 0;
+		if (reads_in_loop(t)) {
+			free(t->sq), free(t->H), free(t->rows), free(t->gram);
+			t->sq = t->H = NULL, t->rows = t->gram = NULL;
+			t->active = false;
+			FALL_BACK(t, "read inside a loop whose values ONNX Runtime could not stack (%.70s): pruned by magnitude",
+				  why);
+			continue;
+		}
+		memset(t->sq, 0, t->C * sizeof *t->sq);
+		if (t->H)
+			memset(t->H, 0, t->G * t->K * t->K * sizeof *t->H);
+		left++;
+	}
+	return left;
+}
+
 nmp_status nmp_calibrate(const nmp_plan *plan, const nmp_calib_opts *o, nmp_calib **out, nmp_error *err)
 {
 	*out = NULL;
@@ -747,8 +800,20 @@ nmp_status nmp_calibrate(const nmp_plan *plan, const nmp_calib_opts *o, nmp_cali
 			}
 			taken++;
 		}
-		if (s == NMP_OK && active)
-			s = run_pass(c, ort, inputs, n_inputs, err);
+		bool loops = false;
+		for (size_t i = 0; i < c->n; i++)
+			loops |= c->t[i].active && reads_in_loop(&c->t[i]);
+		if (s == NMP_OK && active) {
+			nmp_error failed = { 0 };
+			s = run_pass(c, ort, inputs, n_inputs, &failed);
+			if (s != NMP_OK && loops) {
+				const char *why = strstr(failed.message, "Status Message: ");
+				active = unstack(c, why ? why + strlen("Status Message: ") : failed.message);
+				s = active ? run_pass(c, ort, inputs, n_inputs, err) : NMP_OK;
+			} else if (s != NMP_OK) {
+				*err = failed;
+			}
+		}
 		if (s == NMP_OK && active)
 			c->passes++;
 		for (size_t i = first; s == NMP_OK && i < next; i++) {

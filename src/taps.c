@@ -138,14 +138,39 @@ const Onnx__NodeProto *nmp_scopes_producer(const nmp_model *m, const nmp_scopes 
 	return at < 0 ? NULL : output_of(s->s[at].graph, name);
 }
 
-const char *nmp_scopes_untappable(const nmp_scopes *s, int scope)
+/* Is scope a body of a Loop, or of a Scan of opset 9 or later (no sequence_lens before its states)? */
+static bool loop_body(const nmp_scope *sc)
 {
+	const Onnx__NodeProto *o = sc->owner;
+	if (!nmp_node_default_domain(o))
+		return false;
+	return strcmp(o->op_type, "Loop") == 0 ||
+	       (strcmp(o->op_type, "Scan") == 0 && o->n_input == sc->graph->n_input);
+}
+
+bool nmp_scopes_tappable(const nmp_scopes *s, int scope, int *stacked, char *why, size_t why_len)
+{
+	const char *branch = NULL; /* an If met inside, before any loop */
+	*stacked = 0;
 	for (; scope > 0; scope = s->s[scope].parent) {
-		const Onnx__NodeProto *o = s->s[scope].owner;
-		if (strcmp(o->op_type, "If") != 0 || !nmp_node_default_domain(o))
-			return o->op_type;
+		const nmp_scope *sc = &s->s[scope];
+		const char *op = sc->owner->op_type;
+		if (nmp_node_default_domain(sc->owner) && strcmp(op, "If") == 0) {
+			if (!*stacked)
+				branch = op;
+			continue;
+		}
+		if (!loop_body(sc)) {
+			snprintf(why, why_len, strcmp(op, "Scan") == 0 ? "a Scan body of opset 8" : "a %.40s body", op);
+			return false;
+		}
+		if (branch) {
+			snprintf(why, why_len, "an If inside a %.40s body", op);
+			return false;
+		}
+		++*stacked;
 	}
-	return NULL;
+	return true;
 }
 
 /* ---- taps ------------------------------------------------------------------------------------- */
@@ -156,8 +181,8 @@ typedef struct grown {
 	size_t *count;
 	void *orig;
 	size_t orig_n;
-	void **items;
-	size_t cap;
+	uint8_t *items;               /* elements of esize bytes */
+	size_t esize, cap;
 } grown;
 
 typedef struct tapped {
@@ -207,8 +232,8 @@ static void *own(nmp_taps *t, void *p)
 	return p;
 }
 
-/* Appends item to the repeated field (*field, *count), remembering it as it was. */
-static bool append(nmp_taps *t, void *field, size_t *count, void *item)
+/* Appends the element at `item` (esize bytes) to the repeated field (*field, *count), remembering it as it was. */
+static bool append_elem(nmp_taps *t, void *field, size_t *count, const void *item, size_t esize)
 {
 	grown *g = NULL;
 	for (size_t i = 0; i < t->n_fields && !g; i++)
@@ -218,17 +243,36 @@ static bool append(nmp_taps *t, void *field, size_t *count, void *item)
 		if (!grow_array((void **)&t->fields, &t->cap_fields, t->n_fields + 1, sizeof *t->fields))
 			return false;
 		g = &t->fields[t->n_fields];
-		*g = (grown){ .field = field, .count = count, .orig = *(void **)field, .orig_n = *count };
-		if (!grow_array((void **)&g->items, &g->cap, *count + 1, sizeof *g->items))
+		*g = (grown){ .field = field, .count = count, .orig = *(void **)field, .orig_n = *count, .esize = esize };
+		if (!grow_array((void **)&g->items, &g->cap, *count + 1, esize))
 			return false;
 		t->n_fields++;
 		if (*count)
-			memcpy(g->items, g->orig, *count * sizeof *g->items);
+			memcpy(g->items, g->orig, *count * esize);
 	}
-	if (!grow_array((void **)&g->items, &g->cap, *count + 1, sizeof *g->items))
+	if (!grow_array((void **)&g->items, &g->cap, *count + 1, esize))
 		return false;
-	g->items[(*count)++] = item;
+	memcpy(g->items + (*count)++ * esize, item, esize);
 	*(void **)field = g->items;
+	return true;
+}
+
+/* Appends a pointer (a message, a name) to a repeated field of them. */
+static bool append(nmp_taps *t, void *field, size_t *count, void *item)
+{
+	return append_elem(t, field, count, &item, sizeof item);
+}
+
+/* A Scan's per-output attribute list, when the node has it, takes 0 for the new scan output. */
+static bool extend_scan_list(nmp_taps *t, Onnx__NodeProto *scan, const char *attr)
+{
+	for (size_t a = 0; a < scan->n_attribute; a++) {
+		Onnx__AttributeProto *at = scan->attribute[a];
+		if (strcmp(at->name, attr) == 0) {
+			const int64_t zero = 0;
+			return append_elem(t, &at->ints, &at->n_ints, &zero, sizeof zero);
+		}
+	}
 	return true;
 }
 
@@ -354,10 +398,11 @@ nmp_status nmp_taps_add(nmp_taps *t, int scope, const char *name, bool outer, in
 			return NMP_OK;
 		}
 	const nmp_scopes *s = t->s;
-	const char *blocked = nmp_scopes_untappable(s, scope);
-	if (blocked)
-		return nmp_error_set(err, NMP_ERR_MODEL, "%s: value '%s' lies inside a %s body, which runs more than once",
-				     t->path, name, blocked);
+	char why[96];
+	int stacked;
+	if (!nmp_scopes_tappable(s, scope, &stacked, why, sizeof why))
+		return nmp_error_set(err, NMP_ERR_MODEL, "%s: value '%s' lies inside %s, which nmprune cannot tap",
+				     t->path, name, why);
 	char *cur = (char *)name;
 	if (scope > 0 && outer) { /* its copy in this branch, computed only when the branch runs */
 		Onnx__GraphProto *g = (Onnx__GraphProto *)s->s[scope].graph;
@@ -369,6 +414,18 @@ nmp_status nmp_taps_add(nmp_taps *t, int scope, const char *name, bool outer, in
 	}
 	for (int at = scope; at > 0; at = s->s[at].parent) {
 		const nmp_scope *sc = &s->s[at];
+		if (loop_body(sc)) { /* a new scan output: the body returns cur at every iteration */
+			Onnx__GraphProto *body = (Onnx__GraphProto *)sc->graph;
+			char *up = new_name(t);
+			Onnx__ValueInfoProto *out = value_info(t, cur);
+			if (!up || !out || !append(t, &body->output, &body->n_output, out) ||
+			    !append(t, &sc->owner->output, &sc->owner->n_output, up) ||
+			    !extend_scan_list(t, sc->owner, "scan_output_axes") ||
+			    !extend_scan_list(t, sc->owner, "scan_output_directions"))
+				return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+			cur = up;
+			continue;
+		}
 		Onnx__GraphProto *branch = (Onnx__GraphProto *)sc->graph, *other = other_branch(sc->owner, sc->attr);
 		char *empty = new_name(t), *up = new_name(t);
 		Onnx__ValueInfoProto *out = value_info(t, cur), *out_other = value_info(t, empty);

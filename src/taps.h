@@ -6,9 +6,12 @@
  * ONNX Runtime returns only main-graph values.  A value computed in an If
  * branch reaches the main graph as a new output of its branch and of its If
  * node; the other branch returns an empty tensor of the same element type in
- * its place, so a run that takes that branch returns an empty tensor.  Nested
- * Ifs repeat this at every level.  A Loop or Scan body runs many times per
- * run; its values are not tapped.
+ * its place, so a run that takes that branch returns an empty tensor.  A
+ * value computed in a Loop or Scan body leaves it as a new scan output: the
+ * values of every iteration, stacked along a new leading axis.  Nested
+ * subgraphs repeat this at every level; an If inside a loop body is not
+ * tapped (its empty tensor would break the stack), nor is opset 8's Scan,
+ * which scans a batch axis too.
  *
  * The edits live in the model's protobuf structures only between
  * nmp_taps_open and nmp_taps_close, which puts every field back as it was:
@@ -63,8 +66,12 @@ int nmp_scopes_defining(const nmp_model *m, const nmp_scopes *s, int scope, cons
 /* The node that outputs `name` as seen from `scope`, or NULL (an initializer, a graph input, nothing). */
 const Onnx__NodeProto *nmp_scopes_producer(const nmp_model *m, const nmp_scopes *s, int scope, const char *name);
 
-/* The first owner, from `scope` out, that is not an If: its op type; NULL when every one is an If. */
-const char *nmp_scopes_untappable(const nmp_scopes *s, int scope);
+/*
+ * Can a value of `scope` be tapped?  true, with *stacked the number of Loop
+ * and Scan levels it leaves (each adds a leading axis); false, with why
+ * saying what stands in the way ("a Foo body", "an If inside a Loop body").
+ */
+bool nmp_scopes_tappable(const nmp_scopes *s, int scope, int *stacked, char *why, size_t why_len);
 
 typedef struct nmp_taps nmp_taps;
 

@@ -526,32 +526,99 @@ def test_a_branch_no_sample_took_is_pruned_by_magnitude(tmp_path, rng):
         assert np.array_equal(got[k], np.where(keep, w[k], 0)), k
 
 
-def test_weights_inside_a_loop_body_are_pruned_by_magnitude_with_the_reason(tmp_path, rng):
-    W = rng.standard_normal((16, 16)).astype(np.float32)
-    body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-         helper.make_node("MatMul", ["h_in", "Wl"], ["h_out"], name="mm_l")],
-        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-                 helper.make_tensor_value_info("h_in", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("h_out", TensorProto.FLOAT, None)])
-    model = _model([helper.make_node("Loop", ["n", "", "x"], ["h"], body=body)],
-                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 16])],
-                   [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["b", 16])],
-                   {"Wl": W, "n": np.array(3, np.int64)})
+def _loop(body_nodes, extra_inputs=(), carried_out="h_out"):
+    """Loop n=3 times over h (carried), the body given; condition passed through."""
+    f = lambda n, t=TensorProto.FLOAT: helper.make_tensor_value_info(n, t, None)
+    return helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"])] + body_nodes, "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []), f("h_in")],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), f(carried_out)])
+
+
+def test_weights_inside_loop_and_scan_bodies_take_the_statistics_of_every_iteration(tmp_path, rng):
+    """A Loop's body runs three times per sample: its weight's statistics sum the activations of every
+    iteration (tapped as a new scan output, stacked on a leading axis).  A Scan's body runs once per step of
+    its scan input: the same, through its scan_output_axes list, which the tap extends."""
+    W = (rng.standard_normal((16, 16)) / 4).astype(np.float32)
+    Ws = rng.standard_normal((16, 8)).astype(np.float32)
+    scan_body = helper.make_graph(
+        [helper.make_node("Relu", ["x_t"], ["r_t"]), helper.make_node("MatMul", ["r_t", "Ws"], ["y_t"], name="mm_s")],
+        "scan_body", [helper.make_tensor_value_info("x_t", TensorProto.FLOAT, [16])],
+        [helper.make_tensor_value_info("y_t", TensorProto.FLOAT, [8])])
+    model = _model([helper.make_node("Loop", ["n", "", "x"], ["h"], body=_loop(
+                        [helper.make_node("MatMul", ["h_in", "Wl"], ["h_out"], name="mm_l")])),
+                    helper.make_node("Scan", ["h"], ["ys"], body=scan_body, num_scan_inputs=1,
+                                     scan_output_axes=[0])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 16])],
+                   [helper.make_tensor_value_info("ys", TensorProto.FLOAT, [3, 8])],
+                   {"Wl": W, "Ws": Ws, "n": np.array(3, np.int64)})
     path = save(model, tmp_path / "m.onnx")
-    save_file({"x": rng.standard_normal((4, 2, 16)).astype(np.float32)}, str(tmp_path / "d.safetensors"))
+    X = rng.standard_normal((5, 3, 16)).astype(np.float32)
+    save_file({"x": X}, str(tmp_path / "d.safetensors"))
     r = nmprune("prune", path, "-o", tmp_path / "o.onnx", "--method", "sparsegpt", "--calibration",
-                tmp_path / "d.safetensors", "--align", "none", "--json", check=0)
-    report = {x["name"]: x["calibration"] for x in json.loads(r.out)["weights"]}
-    assert report["Wl"] == {"method": "magnitude",
-                            "note": "read inside a Loop body, which runs more than once: pruned by magnitude"}
-    keep = reference.mask(W, "2:4", 0, 1)
-    assert np.array_equal(weights(tmp_path / "o.onnx")["Wl"], np.where(keep, W, 0))
-    r = nmprune("prune", path, "--dry-run", "--method", "sparsegpt", "--calibration", tmp_path / "d.safetensors",
-                "--align", "none", check=0)
-    assert ("calibration: sparsegpt ran no sample: no selected weight can take its statistics (the notes say why)"
+                tmp_path / "d.safetensors", "--align", "none", "--calibration-stats", tmp_path / "st.safetensors",
+                "--calibration-stages", "1", "--json", check=0)
+    assert {w["name"]: w["calibration"]["method"] for w in json.loads(r.out)["weights"]} == {"Wl": "sparsegpt",
+                                                                                             "Ws": "sparsegpt"}
+    st = load_file(str(tmp_path / "st.safetensors"))
+    hs, relus = [], []
+    for x in X.astype(np.float64):
+        h = x
+        for _ in range(3):
+            hs.append(h)
+            h = (h.astype(np.float32) @ W).astype(np.float64)
+        relus.append(np.maximum(h, 0))
+    for name, rows in (("Wl", np.concatenate(hs)), ("Ws", np.concatenate(relus))):
+        np.testing.assert_allclose(st[name + ".sq"], (rows ** 2).sum(0), rtol=1e-5, err_msg=name)
+        assert_gram(st[name + ".H"][0], rows.T @ rows)
+    out = ort.InferenceSession(str(tmp_path / "o.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": X[0]})
+    assert out[0].shape == (3, 8)
+
+
+def test_loops_the_taps_cannot_stack_fall_back_to_magnitude_saying_why(tmp_path, rng):
+    """An If inside a loop body (its other branch's empty tensor would break the stack), and a loop whose values
+    change shape between iterations (ONNX Runtime refuses the stack: those weights fall back, the rest run again)."""
+    W = rng.standard_normal((16, 16)).astype(np.float32)
+    Wm = rng.standard_normal((16, 16)).astype(np.float32)
+    f = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+    branchy = _loop([helper.make_node(
+        "If", ["flag"], ["h_out"],
+        then_branch=helper.make_graph([helper.make_node("MatMul", ["h_in", "Wi"], ["t"], name="mm_i")], "t", [],
+                                      [f("t")]),
+        else_branch=helper.make_graph([helper.make_node("Identity", ["h_in"], ["e"])], "e", [], [f("e")]))])
+    growing = _loop([helper.make_node("MatMul", ["h_in", "Wg"], ["g"], name="mm_g"),
+                     helper.make_node("Concat", ["g", "h_in"], ["h_out"], axis=0)])
+    model = _model([helper.make_node("MatMul", ["x", "Wm"], ["xm"], name="mm_main"),
+                    helper.make_node("Loop", ["n", "", "xm"], ["a"], body=branchy),
+                    helper.make_node("Loop", ["n", "", "a"], ["b"], body=growing)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16]),
+                    helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                   [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)],
+                   {"Wi": W, "Wg": W.copy(), "Wm": Wm, "n": np.array(3, np.int64)})
+    path = save(model, tmp_path / "m.onnx")
+    X = rng.standard_normal((4, 2, 16)).astype(np.float32)
+    save_file({"x": X, "flag": np.array(True)}, str(tmp_path / "d.safetensors"))
+    r = nmprune("prune", path, "-o", tmp_path / "o.onnx", "--method", "wanda", "--calibration",
+                tmp_path / "d.safetensors", "--align", "none", "--calibration-stages", "1",
+                "--calibration-stats", tmp_path / "st.safetensors", "--json", check=0)
+    report = {w["name"]: w["calibration"] for w in json.loads(r.out)["weights"]}
+    assert report["Wi"] == {"method": "magnitude", "note": "read inside an If inside a Loop body: pruned by magnitude"}
+    assert report["Wg"]["method"] == "magnitude"
+    assert report["Wg"]["note"].startswith("read inside a loop whose values ONNX Runtime could not stack (")
+    assert report["Wm"]["method"] == "wanda"  # its statistics, run again without the loop's, are whole
+    np.testing.assert_allclose(load_file(str(tmp_path / "st.safetensors"))["Wm.sq"],
+                               (X.astype(np.float64) ** 2).sum(axis=(0, 1)), rtol=1e-12)
+    got = weights(tmp_path / "o.onnx")
+    for name in ("Wi", "Wg"):
+        assert np.array_equal(got[name], np.where(reference.mask(W, "2:4", 0, 1), W, 0)), name
+    only = _model([helper.make_node("Loop", ["n", "", "x"], ["b"], body=growing)],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+                  [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)], {"Wg": W, "n": np.array(3, np.int64)})
+    save_file({"x": X}, str(tmp_path / "d2.safetensors"))
+    r = nmprune("prune", save(only, tmp_path / "only.onnx"), "--dry-run", "--method", "wanda", "--calibration",
+                tmp_path / "d2.safetensors", "--align", "none", check=0)
+    assert ("calibration: wanda ran no sample: no selected weight can take its statistics (the notes say why)"
             in r.out + r.err)
 
 

@@ -337,8 +337,8 @@ def test_dynamically_quantized_ocr_calibrates_its_integer_convolutions(tmp_path)
 def test_table_recognizer_prunes_the_decoder_weights_its_loop_carries(tmp_path):
     """SLANet's decoder runs in a Loop, and its weights enter the loop as carried values that every iteration
     passes on unchanged.  Those MatMul weights are found through the Loop (9 of them, 5 eligible), pruned where
-    they are defined, and the decoder runs with them.  The calibrated methods cannot follow a weight into a loop
-    (one run, many iterations) and say so; --permute leaves them, naming the Loop."""
+    they are defined, and the decoder runs with them.  The calibrated methods take their statistics over every
+    step the decoder runs; --permute leaves them, naming the Loop."""
     src = REAL / "slanet.onnx"
     cands = {c["name"]: c for c in json.loads(nmprune("inspect", src, "--json", check=0).out)}
     loop = {n: c for n, c in cands.items() if n.startswith(("linear_", "gru_cell_"))}
@@ -359,8 +359,16 @@ def test_table_recognizer_prunes_the_decoder_weights_its_loop_carries(tmp_path):
     from safetensors.numpy import save_file
     save_file({"x": feeds["x"][None]}, str(tmp_path / "d.safetensors"))
     rep = json.loads(nmprune("prune", src, "--dry-run", "--method", "wanda", "--calibration",
-                             tmp_path / "d.safetensors", "--json", check=0).out)
-    notes = {w["name"]: w["calibration"] for w in rep["weights"] if w["name"] in loop and w["eligible"]}
-    assert notes["linear_1.w_0"] == {"method": "magnitude",
-                                     "note": "read inside a Loop body, which runs more than once: pruned by magnitude"}
-    assert sum(w["calibration"]["method"] == "wanda" for w in rep["weights"] if w["eligible"]) == 54
+                             tmp_path / "d.safetensors", "--calibration-stats", tmp_path / "st.safetensors", "--json",
+                             check=0).out)
+    decoder = {w["name"]: w["calibration"] for w in rep["weights"] if w["name"] in loop and w["eligible"]}
+    assert [c["method"] for c in decoder.values()] == ["wanda"] * 5
+    assert all(c["score_kept"] > c["score_kept_by_magnitude_mask"] for c in decoder.values())
+    assert sum(w["calibration"]["method"] == "wanda" for w in rep["weights"] if w["eligible"]) == 59
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "st.safetensors"), "numpy") as f:
+        tokens = {k[:-len(".tokens")]: int(v) for k, v in f.metadata().items()}
+    steps = run(src, feeds)[0].shape[1]  # one structure token per decoder step
+    assert tokens["linear_1.w_0"] == tokens["gru_cell_0.w_1"] == steps  # one sample, every step
+    # the encoder's features, which every step attends over: all their positions, at every step
+    assert tokens["linear_0.w_0"] % steps == 0 and tokens["linear_0.w_0"] // steps > 1
