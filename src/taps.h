@@ -78,12 +78,13 @@ typedef struct nmp_taps nmp_taps;
 nmp_status nmp_taps_open(const nmp_model *m, const nmp_scopes *s, nmp_taps **out, nmp_error *err);
 
 /*
- * Makes value `name`, as the nodes of `scope` see it (every owner out to the
- * main graph an If), a main-graph value; *fetch receives its name there
- * (`name` itself for scope 0), valid until nmp_taps_close.  A value defined
- * in an enclosing graph (outer) is first copied into scope's graph by an
- * Identity, so that only the runs that take scope's branch return it.  dtype
- * is its element type, which the other branches' empty tensors take.
+ * Makes value `name`, as the nodes of `scope` see it (a scope that
+ * nmp_scopes_tappable accepts), a main-graph value; *fetch receives its name
+ * there (`name` itself for scope 0), valid until nmp_taps_close.  A value
+ * defined in an enclosing graph (outer) is first copied into scope's graph
+ * by an Identity, so that a run returns it once for each time scope runs:
+ * not at all when its branch is not taken, once per iteration of a loop.
+ * dtype is its element type, which the other branches' empty tensors take.
  * Tapping one value of one scope twice gives one name.
  */
 nmp_status nmp_taps_add(nmp_taps *t, int scope, const char *name, bool outer, int32_t dtype, const char **fetch,
