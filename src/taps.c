@@ -138,14 +138,20 @@ const Onnx__NodeProto *nmp_scopes_producer(const nmp_model *m, const nmp_scopes 
 	return at < 0 ? NULL : output_of(s->s[at].graph, name);
 }
 
-/* Is scope a body of a Loop, or of a Scan of opset 9 or later (no sequence_lens before its states)? */
+/*
+ * Is scope a body of a Loop, or of a Scan of opset 9 or later (no
+ * sequence_lens before its states), whose node names an output for every
+ * value the body returns (so a new one lines up with a new body output)?
+ */
 static bool loop_body(const nmp_scope *sc)
 {
 	const Onnx__NodeProto *o = sc->owner;
+	const Onnx__GraphProto *g = sc->graph;
 	if (!nmp_node_default_domain(o))
 		return false;
-	return strcmp(o->op_type, "Loop") == 0 ||
-	       (strcmp(o->op_type, "Scan") == 0 && o->n_input == sc->graph->n_input);
+	if (strcmp(o->op_type, "Loop") == 0)
+		return g->n_output >= 1 && o->n_output == g->n_output - 1;
+	return strcmp(o->op_type, "Scan") == 0 && o->n_input == g->n_input && o->n_output == g->n_output;
 }
 
 bool nmp_scopes_tappable(const nmp_scopes *s, int scope, int *stacked, char *why, size_t why_len)
@@ -161,7 +167,9 @@ bool nmp_scopes_tappable(const nmp_scopes *s, int scope, int *stacked, char *why
 			continue;
 		}
 		if (!loop_body(sc)) {
-			snprintf(why, why_len, strcmp(op, "Scan") == 0 ? "a Scan body of opset 8" : "a %.40s body", op);
+			const bool loop = strcmp(op, "Loop") == 0 || strcmp(op, "Scan") == 0;
+			snprintf(why, why_len, loop ? "a %.40s body whose node does not list every output (or opset 8's Scan)" :
+						      "a %.40s body", op);
 			return false;
 		}
 		if (branch) {

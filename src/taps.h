@@ -11,7 +11,7 @@
  * values of every iteration, stacked along a new leading axis.  Nested
  * subgraphs repeat this at every level; an If inside a loop body is not
  * tapped (its empty tensor would break the stack), nor is opset 8's Scan,
- * which scans a batch axis too.
+ * which scans a batch axis too, nor a loop whose node leaves out outputs.
  *
  * The edits live in the model's protobuf structures only between
  * nmp_taps_open and nmp_taps_close, which puts every field back as it was:
