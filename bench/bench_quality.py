@@ -141,12 +141,18 @@ def ocr_rec_data(n):
     return {"x": np.stack(out)}
 
 
-def word_images(n):
-    from PIL import Image, ImageDraw, ImageFont
+def license_words(lo, hi):
+    """Every run of lo to hi letters and digits in the license texts, in file order."""
     words = []
     for p in sorted(glob.glob("/usr/share/common-licenses/*")):
         with open(p, encoding="utf-8", errors="ignore") as f:
-            words += re.findall(r"[A-Za-z0-9]{4,7}", f.read())
+            words += re.findall(rf"[A-Za-z0-9]{{{lo},{hi}}}", f.read())
+    return words
+
+
+def word_images(n):
+    from PIL import Image, ImageDraw, ImageFont
+    words = license_words(4, 7)
     fonts = sorted(glob.glob("/usr/share/fonts/truetype/dejavu/*.ttf"))
     out = []
     for k, i in enumerate(np.random.default_rng(5).permutation(len(words))[:2 * n]):
@@ -159,10 +165,7 @@ def word_images(n):
 def table_images(n):
     from PIL import Image, ImageDraw, ImageFont
     rng = np.random.default_rng(7)
-    words = []
-    for p in sorted(glob.glob("/usr/share/common-licenses/*")):
-        with open(p, encoding="utf-8", errors="ignore") as f:
-            words += re.findall(r"[A-Za-z0-9]{3,9}", f.read())
+    words = license_words(3, 9)
     fonts = sorted(glob.glob("/usr/share/fonts/truetype/dejavu/*.ttf"))
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     out = []

@@ -245,27 +245,18 @@ def test_real_weights_match_the_reference_masks(tmp_path, name, pattern):
     assert checked >= 20
 
 
-def _vad_windows(tmp_path):
-    """The recorded conversation streamed through the dense detector as it is fed (64 samples of context and 512
-    new at 16 kHz): every 4th window with the state it starts from, the first 15 s and the last 15 s apart; the
-    sample rate is one value that every sample shares."""
-    import wave
+def _bench_data(tmp_path, make, n):
+    """bench-quality's samples for a real model (bench/bench_quality.py): its first n calibrate, the rest are
+    held out; a tensor of one sample goes with both."""
+    import sys
     from safetensors.numpy import save_file
-    with wave.open(str(REAL / "speech_sample.wav")) as w:
-        assert w.getframerate() == 16000
-        audio = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
-    s = ort.InferenceSession(str(REAL / "silero_vad.onnx"), providers=["CPUExecutionProvider"])
-    state, xs, states = np.zeros((2, 1, 128), np.float32), [], []
-    for at in range(64, len(audio) - 512 + 1, 512):
-        xs.append(audio[None, at - 64:at + 512])
-        states.append(state)
-        _, state = s.run(None, {"input": xs[-1], "state": state, "sr": np.array(16000, np.int64)})
-    half = (15 * 16000 - 64) // 512
-    paths = []
-    for name, pick in (("cal", range(0, half, 4)), ("held", range(half, len(xs), 4))):
-        paths.append(tmp_path / f"{name}.safetensors")
-        save_file({"input": np.stack(xs)[list(pick)], "state": np.stack(states)[list(pick)],
-                   "sr": np.array(16000, np.int64)}, str(paths[-1]))
+    sys.path.insert(0, str(REAL.parents[1] / "bench"))
+    import bench_quality
+    data = getattr(bench_quality, make)(n)
+    total = max(len(v) for v in data.values() if v.ndim)
+    paths = tmp_path / "cal.safetensors", tmp_path / "held.safetensors"
+    for path, part in zip(paths, (slice(0, n), slice(n, None))):
+        save_file({k: v[part] if v.ndim and len(v) == total else v for k, v in data.items()}, str(path))
     return paths
 
 
@@ -275,7 +266,7 @@ def test_voice_detector_calibrates_the_branch_its_samples_take(tmp_path):
     branch's weights are rebuilt by sparsegpt and the 8 kHz branch's, which no sample took, fall back to magnitude
     with the reason; on the other half of the recording the speech probability moves far less than magnitude's."""
     src = REAL / "silero_vad.onnx"
-    cal, held = _vad_windows(tmp_path)
+    cal, held = _bench_data(tmp_path, "vad_data", 117)  # every 4th window, streamed with its state
     rep = json.loads(nmprune("prune", src, "-o", tmp_path / "sg.onnx", "--method", "sparsegpt", "--calibration", cal,
                              "--json", check=0).out)
     assert rep["calibration"]["samples"] == 117
@@ -300,35 +291,17 @@ def test_dynamically_quantized_ocr_calibrates_its_integer_convolutions(tmp_path)
     """ddddocr's int8 recognizer runs every Conv as ConvInteger on DynamicQuantizeLinear's output.  Calibrated on
     rendered words, its 15 eligible weights take sparsegpt on the float inputs that were quantized, and on other
     words the per-step character choices stay far closer to the dense model's than magnitude's."""
-    import glob
-    import re
-    from PIL import Image, ImageDraw, ImageFont
-    from safetensors.numpy import save_file
-    words = []
-    for p in sorted(glob.glob("/usr/share/common-licenses/*")):
-        words += re.findall(r"[A-Za-z0-9]{4,7}", open(p, errors="ignore").read())
-    fonts = sorted(glob.glob("/usr/share/fonts/truetype/dejavu/*.ttf"))
-    if not words or not fonts:
-        pytest.skip("no license texts or DejaVu fonts to render words from")
-    pick = np.random.default_rng(5).permutation(len(words))[:128]
-    images = []
-    for k, i in enumerate(pick):
-        im = Image.new("L", (160, 64), 255)
-        ImageDraw.Draw(im).text((6, 8), words[i], fill=0, font=ImageFont.truetype(fonts[k % len(fonts)], 40))
-        images.append(((np.asarray(im, np.float32) / 255 - 0.5) / 0.5)[None, None])
-    X = np.stack(images)
-    save_file({"input1": X[:64]}, str(tmp_path / "cal.safetensors"))
-    save_file({"input1": X[64:]}, str(tmp_path / "held.safetensors"))
+    cal, held = _bench_data(tmp_path, "word_images", 64)
     src = REAL / "ddddocr_ocr_int8.onnx"
     rep = json.loads(nmprune("prune", src, "-o", tmp_path / "sg.onnx", "--method", "sparsegpt", "--calibration",
-                             tmp_path / "cal.safetensors", "--json", check=0).out)
+                             cal, "--json", check=0).out)
     methods = [w["calibration"]["method"] for w in rep["weights"] if w["eligible"]]
     assert methods == ["sparsegpt"] * 15
     nmprune("prune", src, "-o", tmp_path / "mag.onnx", check=0)
     fid = {}
     for m in ("sg", "mag"):
-        cmp = json.loads(nmprune("compare", src, tmp_path / f"{m}.onnx", "--calibration", tmp_path / "held.safetensors",
-                                 "--json", check=0).out)
+        cmp = json.loads(nmprune("compare", src, tmp_path / f"{m}.onnx", "--calibration", held, "--json",
+                                 check=0).out)
         fid[m] = cmp["outputs"][0]
     assert fid["sg"]["top1"] > 0.93 and fid["sg"]["top1"] > fid["mag"]["top1"] + 0.1, fid
     assert fid["sg"]["rel_l2"] < 0.5 * fid["mag"]["rel_l2"], fid
