@@ -111,12 +111,15 @@ static bool initializer_of(const nmp_model *m, const Onnx__GraphProto *g, const 
 	return false;
 }
 
-int nmp_scopes_defining(const nmp_model *m, const nmp_scopes *s, int scope, const char *name, bool *init)
+/* Where `name`, seen from scope, is defined: the scope, and its node (NULL for an input or an initializer). */
+static int definition(const nmp_model *m, const nmp_scopes *s, int scope, const char *name, bool *init,
+		      const Onnx__NodeProto **node)
 {
 	*init = false;
+	*node = NULL;
 	for (; scope >= 0; scope = s->s[scope].parent) {
 		const Onnx__GraphProto *g = s->s[scope].graph;
-		if (output_of(g, name))
+		if ((*node = output_of(g, name)) != NULL)
 			return scope;
 		for (size_t i = 0; i < g->n_input; i++)
 			if (strcmp(g->input[i]->name, name) == 0) {
@@ -131,11 +134,18 @@ int nmp_scopes_defining(const nmp_model *m, const nmp_scopes *s, int scope, cons
 	return -1;
 }
 
+int nmp_scopes_defining(const nmp_model *m, const nmp_scopes *s, int scope, const char *name, bool *init)
+{
+	const Onnx__NodeProto *node;
+	return definition(m, s, scope, name, init, &node);
+}
+
 const Onnx__NodeProto *nmp_scopes_producer(const nmp_model *m, const nmp_scopes *s, int scope, const char *name)
 {
 	bool init;
-	int at = nmp_scopes_defining(m, s, scope, name, &init);
-	return at < 0 ? NULL : output_of(s->s[at].graph, name);
+	const Onnx__NodeProto *node;
+	definition(m, s, scope, name, &init, &node);
+	return node;
 }
 
 /*
