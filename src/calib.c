@@ -1223,10 +1223,13 @@ static nmp_status decide(nmp_calib *c, size_t ci, nmp_error *err)
 	uint8_t *mask_mag = malloc(numel ? numel : 1);
 	bool calibrated = t->kind != LAYER_NONE && t->method != NMP_METHOD_MAGNITUDE;
 	if (calibrated && t->tokens == 0) { /* no statistics to choose by */
-		bool branch = false;
-		for (size_t u = 0; u < t->n_uses; u++)
+		bool loop = false, branch = false;
+		for (size_t u = 0; u < t->n_uses; u++) {
+			loop |= t->uses[u].stacked != 0;
 			branch |= t->uses[u].scope > 0;
+		}
 		snprintf(cr->note, sizeof cr->note, "%s: pruned by magnitude",
+			 loop ? "no calibration sample ran the loop that reads it" :
 			 branch ? "no calibration sample took the If branch that reads it" :
 				  "no calibration sample reached it");
 		calibrated = false;

@@ -576,6 +576,23 @@ def test_weights_inside_loop_and_scan_bodies_take_the_statistics_of_every_iterat
     assert out[0].shape == (3, 8)
 
 
+def test_a_loop_that_never_runs_leaves_its_weight_to_magnitude_saying_so(tmp_path, rng):
+    W = rng.standard_normal((16, 16)).astype(np.float32)
+    model = _model([helper.make_node("Loop", ["n", "", "x"], ["h"], body=_loop(
+                        [helper.make_node("MatMul", ["h_in", "Wl"], ["h_out"], name="mm_l")]))],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 16]),
+                    helper.make_tensor_value_info("n", TensorProto.INT64, [])],
+                   [helper.make_tensor_value_info("h", TensorProto.FLOAT, [3, 16])], {"Wl": W})
+    path = save(model, tmp_path / "m.onnx")
+    save_file({"x": rng.standard_normal((4, 3, 16)).astype(np.float32), "n": np.array(0, np.int64)},
+              str(tmp_path / "d.safetensors"))
+    r = nmprune("prune", path, "-o", tmp_path / "o.onnx", "--method", "wanda", "--calibration",
+                tmp_path / "d.safetensors", "--align", "none", "--json", check=0)
+    assert json.loads(r.out)["weights"][0]["calibration"] == {
+        "method": "magnitude", "note": "no calibration sample ran the loop that reads it: pruned by magnitude"}
+    assert np.array_equal(weights(tmp_path / "o.onnx")["Wl"], np.where(reference.mask(W, "2:4", 0, 1), W, 0))
+
+
 def test_loops_the_taps_cannot_stack_fall_back_to_magnitude_saying_why(tmp_path, rng):
     """An If inside a loop body (its other branch's empty tensor would break the stack), and a loop whose values
     change shape between iterations (ONNX Runtime refuses the stack: those weights fall back, the rest run again)."""
