@@ -34,10 +34,11 @@
  * with the runs the node equates it to.  A Reshape whose last axis has K
  * channels where its input's has a multiple of K, or the reverse (attention
  * heads split and merged), joins the shorter side to the group as one tile:
- * the same order of K repeats in every run of K.  So a weight's group axis may hold several
- * groups, each in its own run of channels (nmp_chan_part), and a group may
- * hold several runs of one tensor (a C2f block concatenates a branch and the
- * residual sum of that branch).  Each group's order stays inside its run.
+ * the same order of K repeats in every run of K.  So a weight's group axis
+ * may hold several groups, each in its own run of channels (nmp_chan_part),
+ * and a group may hold several runs of one tensor (a C2f block concatenates
+ * a branch and the residual sum of that branch).  Each group's order stays
+ * inside its run.
  *
  * The search (permute.h) runs once per group on the magnitudes of the
  * group's eligible weights stacked as rows, with their common element-wise
