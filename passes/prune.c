@@ -448,7 +448,8 @@ void nmp_pass_result_free(nmp_pass_result *r)
 	r->n = 0;
 }
 
-nmp_status nmp_prune_copy(const nmp_plan *plan, size_t ci, nmp_engine *engine, void **out, nmp_error *err)
+nmp_status nmp_prune_copy(const nmp_plan *plan, size_t ci, nmp_engine *engine, const nmp_calib *calib, void **out,
+			  nmp_error *err)
 {
 	const nmp_model *m = plan->model;
 	const nmp_choice *ch = &plan->sel->choices[ci];
@@ -457,6 +458,7 @@ nmp_status nmp_prune_copy(const nmp_plan *plan, size_t ci, nmp_engine *engine, v
 	nmp_view v = { 0 }, sv = { 0 }, zv = { 0 };
 	nmp_quant_params qp;
 	nmp_mask_stats st;
+	nmp_calib_weight_result cr;
 	*out = NULL;
 	uint8_t *buf = malloc(t->nbytes ? t->nbytes : 1);
 	if (!buf)
@@ -468,7 +470,8 @@ nmp_status nmp_prune_copy(const nmp_plan *plan, size_t ci, nmp_engine *engine, v
 		nmp_mask_tensor mt = { .name = cand->name, .data = buf, .src = v.data, .dtype = t->dtype,
 				       .rank = (int)t->n_dims, .dims = t->dims, .axis = cand->axis,
 				       .out_axis = cand->out_axis, .quant = cand->quant.present ? &qp : NULL };
-		s = nmp_engine_run(engine, &mt, &ch->pattern, NMP_MASK_APPLY, NULL, &st, err);
+		s = calib ? nmp_calib_prune(calib, ci, &mt, NMP_MASK_APPLY, NULL, &st, &cr, err) :
+			    nmp_engine_run(engine, &mt, &ch->pattern, NMP_MASK_APPLY, NULL, &st, err);
 	}
 	nmp_view_release(&v);
 	nmp_view_release(&sv);

@@ -90,8 +90,13 @@ void nmp_pass_result_free(nmp_pass_result *r);
 nmp_status nmp_quant_view(const nmp_model *m, const nmp_candidate *c, nmp_quant_params *qp, nmp_view *scale,
 			  nmp_view *zero_point, nmp_error *err);
 
-/* Selection choice ci's payload pruned by magnitude with its pattern, in a new buffer (raw layout, *out). */
-nmp_status nmp_prune_copy(const nmp_plan *plan, size_t ci, nmp_engine *engine, void **out, nmp_error *err);
+/*
+ * Selection choice ci's payload pruned with its pattern, in a new buffer (raw
+ * layout, *out): as calib decided it (reconstructed, for sparsegpt), or by
+ * magnitude when calib is NULL.
+ */
+nmp_status nmp_prune_copy(const nmp_plan *plan, size_t ci, nmp_engine *engine, const nmp_calib *calib, void **out,
+			  nmp_error *err);
 
 /* The pattern text recorded as nmprune.pattern (the default unless rules decide). */
 #define NMP_META_VERSION "nmprune.version"

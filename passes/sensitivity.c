@@ -29,10 +29,16 @@ typedef struct ctx {
 	float **dense;                /* [sample * n_out + j]: the dense model's output, NULL when not floating */
 	uint64_t *numel;              /* per output, from the first sample */
 	size_t samples;
-	void **pruned;                /* per selection choice: its payload pruned by magnitude */
+	void **pruned;                /* per selection choice: its payload pruned alone */
 	const void **payloads;        /* per model tensor: what the next run uses, NULL the original */
-	size_t runs;
+	size_t runs;                  /* of the model over the samples, calibration's included */
 } ctx;
+
+/* The samples every fidelity is measured on. */
+static const char *samples_of(const nmp_sensitivity_opts *o)
+{
+	return o->eval_data ? o->eval_data : o->data;
+}
 
 /*
  * Runs the model with c->payloads on every sample.  Without dense outputs yet
@@ -50,7 +56,7 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 		s = nmp_ort_session_create(c->ort, bytes, len, m->path, c->o->threads, &sess, err);
 	free(bytes);
 	if (s == NMP_OK)
-		s = nmp_calib_data_open(c->o->data, c->inputs, c->n_inputs, c->o->max_samples, &data, err);
+		s = nmp_calib_data_open(samples_of(c->o), c->inputs, c->n_inputs, c->o->max_samples, &data, err);
 	const bool record = c->dense == NULL;
 	if (s == NMP_OK && record) {
 		c->samples = nmp_calib_data_count(data);
@@ -119,14 +125,68 @@ static int most_sensitive_first(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* Every eligible weight pruned except the first k of the ranking. */
-static void prune_all_but(ctx *c, const nmp_sensitivity_result *r, size_t k)
+static nmp_calib_opts calib_opts(const nmp_sensitivity_opts *o, size_t stages)
+{
+	return (nmp_calib_opts){ .method = o->method, .data = o->data, .max_samples = o->max_samples,
+				 .damp = o->damp, .ort_library = o->ort_library, .threads = o->threads,
+				 .stages = stages, .engine = o->engine };
+}
+
+/*
+ * The fidelity of the model with every eligible weight pruned except the
+ * first k of the ranking.  Magnitude and one-stage calibration decide each
+ * weight alone, so the payloads pruned alone combine; staged calibration
+ * depends on what is pruned before each stage, so it runs again on the plan
+ * that keeps those k dense, as prune --rules would.
+ */
+static nmp_status all_but(ctx *c, const nmp_sensitivity_result *r, size_t k, double *fidelity, nmp_error *err)
 {
 	const nmp_model *m = c->plan->model;
-	for (size_t i = 0; i < r->n_ranked; i++) {
-		size_t ci = r->order[i];
-		c->payloads[c->plan->sel->choices[ci].cand->tensor - m->tensors] = i < k ? NULL : c->pruned[ci];
+	const nmp_selection *sel = c->plan->sel;
+	size_t stages = c->o->stages ? c->o->stages : NMP_CALIB_STAGES;
+	if (c->o->method == NMP_METHOD_MAGNITUDE || stages == 1) {
+		for (size_t i = 0; i < r->n_ranked; i++) {
+			size_t ci = r->order[i];
+			c->payloads[sel->choices[ci].cand->tensor - m->tensors] = i < k ? NULL : c->pruned[ci];
+		}
+		return run_all(c, fidelity, err);
 	}
+	nmp_selection kept = *sel;
+	kept.choices = malloc(sel->n * sizeof *kept.choices + 1);
+	void **own = calloc(sel->n + 1, sizeof *own);
+	nmp_calib *calib = NULL;
+	nmp_status s = kept.choices && own ? NMP_OK : nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	if (s == NMP_OK) {
+		memcpy(kept.choices, sel->choices, sel->n * sizeof *kept.choices);
+		for (size_t i = 0; i < k; i++) {
+			nmp_choice *ch = &kept.choices[r->order[i]];
+			ch->eligible = false;
+			snprintf(ch->reason, sizeof ch->reason, "kept dense");
+		}
+		kept.n_eligible -= k;
+		nmp_plan p = { .model = c->plan->model, .graph = c->plan->graph, .sel = &kept };
+		nmp_calib_opts co = calib_opts(c->o, stages);
+		s = nmp_calibrate(&p, &co, &calib, err);
+		for (size_t i = 0; s == NMP_OK && i < r->n_ranked; i++) {
+			size_t ci = r->order[i];
+			size_t ti = (size_t)(sel->choices[ci].cand->tensor - m->tensors);
+			c->payloads[ti] = NULL;
+			if (i >= k && (s = nmp_prune_copy(&p, ci, c->o->engine, calib, &own[ci], err)) == NMP_OK)
+				c->payloads[ti] = own[ci];
+		}
+		if (calib)
+			c->runs += nmp_calib_passes(calib);
+	}
+	if (s == NMP_OK)
+		s = run_all(c, fidelity, err);
+	for (size_t i = 0; i < r->n_ranked; i++)
+		c->payloads[sel->choices[r->order[i]].cand->tensor - m->tensors] = NULL;
+	for (size_t i = 0; own && i < sel->n; i++)
+		free(own[i]);
+	free(own);
+	free(kept.choices);
+	nmp_calib_free(&calib);
+	return s;
 }
 
 nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, nmp_sensitivity_result *r,
@@ -138,10 +198,23 @@ nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, 
 	const nmp_selection *sel = plan->sel;
 	ctx c = { .plan = plan, .o = o };
 	nmp_status s = nmp_model_inputs(m, &c.inputs, &c.n_inputs, err);
-	if (s == NMP_OK) { /* the data is checked before the runtime is looked for */
+	/* the data is checked before the runtime is looked for */
+	const char *sets[2] = { o->data, o->eval_data };
+	for (size_t d = 0; s == NMP_OK && d < 2 && sets[d]; d++) {
 		nmp_calib_data *probe = NULL;
-		s = nmp_calib_data_open(o->data, c.inputs, c.n_inputs, o->max_samples, &probe, err);
+		s = nmp_calib_data_open(sets[d], c.inputs, c.n_inputs, o->max_samples, &probe, err);
 		nmp_calib_data_free(&probe);
+	}
+	nmp_calib *calib = NULL;
+	if (s == NMP_OK && o->method != NMP_METHOD_MAGNITUDE) {
+		/* a weight pruned alone is calibrated on the dense model, whatever the stages */
+		nmp_calib_opts co = calib_opts(o, 1);
+		s = nmp_calibrate(plan, &co, &calib, err);
+		if (s == NMP_OK)
+			c.runs += nmp_calib_passes(calib);
+		r->cal = calloc(sel->n + 1, sizeof *r->cal);
+		if (s == NMP_OK && !r->cal)
+			s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	}
 	if (s == NMP_OK)
 		s = nmp_ort_open(o->ort_library, &c.ort, err);
@@ -159,7 +232,9 @@ nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, 
 	for (size_t i = 0; s == NMP_OK && i < sel->n; i++) {
 		r->fidelity[i] = NAN;
 		if (sel->choices[i].eligible) {
-			s = nmp_prune_copy(plan, i, o->engine, &c.pruned[i], err);
+			s = nmp_prune_copy(plan, i, o->engine, calib, &c.pruned[i], err);
+			if (s == NMP_OK && calib)
+				r->cal[i] = *nmp_calib_weight(calib, i);
 			r->order[r->n_ranked++] = i;
 		}
 	}
@@ -176,8 +251,7 @@ nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, 
 	if (s == NMP_OK) {
 		sort_r = r;
 		qsort(r->order, r->n_ranked, sizeof *r->order, most_sensitive_first);
-		prune_all_but(&c, r, 0);
-		s = run_all(&c, &r->all_pruned, err);
+		s = all_but(&c, r, 0, &r->all_pruned, err);
 	}
 	if (s == NMP_OK && o->target > 0) {
 		/* the smallest k whose fidelity reaches the target, by bisection over [0, n] */
@@ -188,8 +262,7 @@ nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, 
 		while (s == NMP_OK && lo + 1 < hi) {
 			size_t mid = lo + (hi - lo) / 2;
 			double f;
-			prune_all_but(&c, r, mid);
-			s = run_all(&c, &f, err);
+			s = all_but(&c, r, mid, &f, err);
 			if (f >= o->target)
 				hi = mid, at_hi = f;
 			else
@@ -212,6 +285,7 @@ nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, 
 	free(c.outs);
 	free(c.inputs);
 	nmp_ort_close(&c.ort);
+	nmp_calib_free(&calib);
 	r->seconds = nmp_now() - t0;
 	if (s != NMP_OK)
 		nmp_sensitivity_free(r);
@@ -222,6 +296,7 @@ void nmp_sensitivity_free(nmp_sensitivity_result *r)
 {
 	free(r->order);
 	free(r->fidelity);
+	free(r->cal);
 	memset(r, 0, sizeof *r);
 }
 

@@ -2,17 +2,28 @@
  * sensitivity.h — which weights the model's outputs depend on most, measured
  * on calibration samples, and how many of them to keep dense for a fidelity.
  *
- * For every eligible weight, the model with that weight alone pruned (by
- * magnitude, with its pattern) runs on the samples; its fidelity is the mean
- * cosine similarity of its outputs to the dense model's (floating outputs,
- * averaged over samples and outputs).  Weights are ranked from the lowest
- * fidelity (the most sensitive) up.
+ * For every eligible weight, the model with that weight alone pruned (with
+ * its pattern, by the method prune would use) runs on the samples; its
+ * fidelity is the mean cosine similarity of its outputs to the dense model's
+ * (floating outputs, averaged over samples and outputs).  Weights are ranked
+ * from the lowest fidelity (the most sensitive) up.
+ *
+ * A calibrated method (wanda, sparsegpt) first calibrates every weight on the
+ * dense model in one stage (calib.h), which is exactly the model each weight
+ * is pruned alone in; every run then uses those decisions, sparsegpt's
+ * reconstructed weights included.
  *
  * With a target fidelity, the smallest k is searched (bisection over the
  * ranking, assuming fidelity grows as more of the most sensitive weights stay
  * dense) such that the model with every eligible weight pruned except the k
  * most sensitive reaches the target; nmp_sensitivity_rules then writes the
- * rules file (`--rules`) that keeps those k dense.
+ * rules file (`--rules`) that keeps those k dense.  With a calibrated method
+ * each of those models is calibrated as prune calibrates it with that rules
+ * file and the same stages, so the fidelity found is the one prune gives.
+ *
+ * Fidelity is measured on the calibration samples, or on separate ones
+ * (eval_data): a calibrated method fits the samples it saw, so held-out
+ * samples say better what to expect on others.
  *
  * Ownership: nmp_sensitivity fills a caller-owned result; nmp_sensitivity_free
  * releases it.  It borrows the plan.
@@ -22,6 +33,7 @@
 
 #include <stdio.h>
 
+#include "calib.h"
 #include "mask.h"
 #include "plan.h"
 
@@ -31,18 +43,23 @@ typedef struct nmp_sensitivity_opts {
 	const char *ort_library;
 	int threads;
 	nmp_engine *engine;
+	nmp_method method;         /* how each weight is pruned; wanda and sparsegpt calibrate first */
+	double damp;               /* sparsegpt, as calib.h; <= 0: its default */
+	size_t stages;             /* calibration stages of the models that prune several; 0: prune's default */
+	const char *eval_data;     /* measure fidelity on these samples; NULL: on data */
 	double target;             /* > 0: search the weights to keep dense */
 } nmp_sensitivity_opts;
 
 typedef struct nmp_sensitivity_result {
 	size_t *order;             /* selection indices, most sensitive first */
 	double *fidelity;          /* per selection choice: pruned alone; NAN if not eligible */
+	nmp_calib_weight_result *cal; /* per selection choice, with a calibrated method: what it did; else NULL */
 	size_t n_ranked;
 	double all_pruned;         /* fidelity with every eligible weight pruned */
 	size_t keep_dense;         /* with a target: how many of the most sensitive stay dense */
 	double reached;            /* ... and the fidelity that gives */
 	bool target_met;
-	size_t samples, runs;
+	size_t samples, runs;      /* runs: of the model over the samples, calibration's included */
 	double seconds;
 } nmp_sensitivity_result;
 

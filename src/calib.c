@@ -23,7 +23,6 @@
 #include "taps.h"
 
 #define MAX_SPATIAL 8
-#define NMP_CALIB_STAGES 8
 #define GRAM_BUFFER (16u << 20)   /* bytes of input vectors gathered per rank-k update of H */
 
 typedef enum layer_kind { LAYER_NONE, LAYER_LINEAR, LAYER_CONV } layer_kind;
@@ -894,6 +893,11 @@ double nmp_calib_seconds(const nmp_calib *c)
 size_t nmp_calib_passes(const nmp_calib *c)
 {
 	return c->passes;
+}
+
+const nmp_calib_weight_result *nmp_calib_weight(const nmp_calib *c, size_t ci)
+{
+	return ci < c->n && c->t[ci].decided ? &c->t[ci].cr : NULL;
 }
 
 const char *nmp_calib_runtime(const nmp_calib *c)

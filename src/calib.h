@@ -63,6 +63,8 @@ typedef enum nmp_method {
 /* "magnitude", "wanda", "sparsegpt" */
 const char *nmp_method_name(nmp_method m);
 
+#define NMP_CALIB_STAGES 8       /* the stages when none are asked for */
+
 typedef struct nmp_calib_opts {
 	nmp_method method;
 	const char *data;            /* --calibration */
@@ -104,6 +106,9 @@ double nmp_calib_seconds(const nmp_calib *c);
 const char *nmp_calib_runtime(const nmp_calib *c); /* "ONNX Runtime 1.31.1" */
 
 size_t nmp_calib_passes(const nmp_calib *c);      /* runs of the model over the data */
+
+/* What calibration says of selection choice ci (as nmp_calib_prune fills it), or NULL if it decided none. */
+const nmp_calib_weight_result *nmp_calib_weight(const nmp_calib *c, size_t ci);
 
 /*
  * The decision for selection choice ci, made by nmp_calibrate: like

@@ -95,6 +95,11 @@ static const char usage_inspect[] =
 	"                       to the dense model) when each alone is pruned (needs --calibration)\n"
 	"  --calibration DATA   samples: a directory of test_data_set_*/input_*.pb, .safetensors or .npz\n"
 	"  --calibration-samples N  use the first N samples (default: all)\n"
+	"  --method M[,M]       how each weight is pruned: magnitude (default) | wanda | sparsegpt,\n"
+	"                       and exact (default) | greedy for transposable patterns\n"
+	"  --damp F             sparsegpt damping, fraction of the mean diagonal (default 0.01)\n"
+	"  --calibration-stages N  calibrate as prune does with N stages (default 8)\n"
+	"  --eval-data DATA     measure fidelity on these samples instead of the calibration ones\n"
 	"  --target-fidelity F  find how many of the most sensitive weights to keep dense for F\n"
 	"  --write-rules FILE   write the rules file (--rules) keeping them dense\n"
 	"  --ort-library PATH   libonnxruntime.so (default: search)\n"
@@ -117,6 +122,7 @@ enum {
 	OPT_EXTERNAL_DATA, OPT_METHOD, OPT_PERMUTE, OPT_REPORT_HTML, OPT_SAVE_MASKS,
 	OPT_GENERAL_PATH, OPT_PERMUTE_ONLY, OPT_CALIBRATION, OPT_CALIB_SAMPLES, OPT_DAMP, OPT_ORT_LIBRARY,
 	OPT_CALIB_STATS, OPT_CALIB_STAGES, OPT_PERMUTE_EFFORT, OPT_SENSITIVITY, OPT_TARGET_FIDELITY, OPT_WRITE_RULES,
+	OPT_EVAL_DATA,
 };
 
 static const struct option long_options[] = {
@@ -152,6 +158,7 @@ static const struct option long_options[] = {
 	{ "calibration-stats", required_argument, NULL, OPT_CALIB_STATS },
 	{ "calibration-stages", required_argument, NULL, OPT_CALIB_STAGES },
 	{ "sensitivity", no_argument, NULL, OPT_SENSITIVITY },
+	{ "eval-data", required_argument, NULL, OPT_EVAL_DATA },
 	{ "target-fidelity", required_argument, NULL, OPT_TARGET_FIDELITY },
 	{ "write-rules", required_argument, NULL, OPT_WRITE_RULES },
 	{ NULL, 0, NULL, 0 },
@@ -235,12 +242,15 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 	int ac = argc - 1;
 	while ((opt = getopt_long(ac, av, ":o:qvh", long_options, NULL)) != -1) {
 		const char *name = prune_only_name(opt);
-		if (name && cli->cmd != NMP_CMD_PRUNE)
-			return usage(err, "%s is an option of prune only", name);
+		bool also_inspect = opt == OPT_METHOD || opt == OPT_DAMP || opt == OPT_CALIB_STAGES;
+		if (name && cli->cmd != NMP_CMD_PRUNE && !(also_inspect && cli->cmd == NMP_CMD_INSPECT))
+			return usage(err, also_inspect ? "%s is an option of prune and inspect --sensitivity" :
+							 "%s is an option of prune only", name);
 		bool calib_opt = opt == OPT_CALIBRATION || opt == OPT_CALIB_SAMPLES || opt == OPT_ORT_LIBRARY;
 		if (calib_opt && cli->cmd == NMP_CMD_CHECK)
 			return usage(err, "%s is an option of prune, compare and inspect --sensitivity", av[optind - 1]);
-		bool sens_opt = opt == OPT_SENSITIVITY || opt == OPT_TARGET_FIDELITY || opt == OPT_WRITE_RULES;
+		bool sens_opt = opt == OPT_SENSITIVITY || opt == OPT_TARGET_FIDELITY || opt == OPT_WRITE_RULES ||
+				opt == OPT_EVAL_DATA;
 		if (sens_opt && cli->cmd != NMP_CMD_INSPECT)
 			return usage(err, "%s is an option of inspect", av[optind - 1]);
 		char *end;
@@ -328,6 +338,7 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 				return usage(err, "--damp '%s': expected a positive number", optarg);
 			break;
 		case OPT_ORT_LIBRARY: cli->ort_library = optarg; break;
+		case OPT_EVAL_DATA: cli->eval_data = optarg; break;
 		case OPT_SENSITIVITY: cli->sensitivity = true; break;
 		case OPT_TARGET_FIDELITY:
 			cli->target_fidelity = strtod(optarg, &end);
@@ -380,6 +391,14 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 			return usage(err, "%s", "--sensitivity needs --calibration DATA");
 		if (cli->write_rules && !(cli->target_fidelity > 0))
 			return usage(err, "%s", "--write-rules needs --target-fidelity F");
+		bool calibrated = strcmp(cli->calib_method, "magnitude") != 0;
+		if ((calibrated || cli->damp > 0 || cli->calib_stages || cli->eval_data ||
+		     strcmp(cli->method, "exact") != 0) && !cli->sensitivity)
+			return usage(err, "%s", "--method, --damp, --calibration-stages and --eval-data go with --sensitivity");
+		if (cli->damp > 0 && strcmp(cli->calib_method, "sparsegpt") != 0)
+			return usage(err, "%s", "--damp is for --method sparsegpt");
+		if (cli->calib_stages && !calibrated)
+			return usage(err, "%s", "--calibration-stages is for --method wanda or sparsegpt");
 	}
 	if (cli->cmd == NMP_CMD_COMPARE) {
 		if (!cli->input2)

@@ -65,6 +65,7 @@ static nmp_select_opts select_opts(const nmp_cli *cli)
 }
 
 static bool same_file(const char *a, const char *b);
+static nmp_method calib_method(const nmp_cli *cli);
 
 static void sensitivity_report(const nmp_cli *cli, const nmp_plan *plan, const nmp_sensitivity_result *r)
 {
@@ -78,11 +79,16 @@ static void sensitivity_report(const nmp_cli *cli, const nmp_plan *plan, const n
 					      "pattern", ch->pattern.text, "rank", (json_int_t)(i + 1));
 			json_object_set_new(e, "fidelity_pruned_alone", nmp_report_ratio_json(r->fidelity[ci]));
 			json_object_set_new(e, "keep_dense", json_boolean(cli->target_fidelity > 0 && i < r->keep_dense));
+			json_object_set_new(e, "method", json_string(nmp_method_name(r->cal ? r->cal[ci].method :
+										  NMP_METHOD_MAGNITUDE)));
+			if (r->cal && r->cal[ci].note[0])
+				json_object_set_new(e, "note", json_string(r->cal[ci].note));
 			json_array_append_new(ws, e);
 		}
-		json_t *j = json_pack("{s:s,s:s,s:s,s:I,s:I,s:f,s:o}", "tool", "nmprune", "command", "inspect", "model",
-				      plan->model->path, "samples", (json_int_t)r->samples, "runs", (json_int_t)r->runs,
-				      "elapsed_s", r->seconds, "weights", ws);
+		json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:f,s:o}", "tool", "nmprune", "command", "inspect",
+				      "model", plan->model->path, "method", nmp_method_name(calib_method(cli)), "samples",
+				      (json_int_t)r->samples, "runs", (json_int_t)r->runs, "elapsed_s", r->seconds,
+				      "weights", ws);
 		json_object_set_new(j, "fidelity_all_pruned", nmp_report_ratio_json(r->all_pruned));
 		if (cli->target_fidelity > 0)
 			json_object_set_new(j, "target", json_pack("{s:f,s:I,s:f,s:b}", "fidelity", cli->target_fidelity,
@@ -96,11 +102,14 @@ static void sensitivity_report(const nmp_cli *cli, const nmp_plan *plan, const n
 	for (size_t i = 0; i < r->n_ranked; i++) {
 		size_t ci = r->order[i];
 		const nmp_choice *ch = &plan->sel->choices[ci];
-		printf("%4zu  %-48s  %-10s  %.6f%s\n", i + 1, nmp_display_name(ch->cand->name, dn, sizeof dn),
+		printf("%4zu  %-48s  %-10s  %.6f%s", i + 1, nmp_display_name(ch->cand->name, dn, sizeof dn),
 		       ch->pattern.text, r->fidelity[ci], cli->target_fidelity > 0 && i < r->keep_dense ? "  (kept dense)" : "");
+		if (r->cal && r->cal[ci].method != calib_method(cli))
+			printf("  (%s: %s)", nmp_method_name(r->cal[ci].method), r->cal[ci].note);
+		putchar('\n');
 	}
-	printf("every eligible weight pruned: fidelity %.6f; %zu samples, %zu runs, %.2f s\n", r->all_pruned, r->samples,
-	       r->runs, r->seconds);
+	printf("every eligible weight pruned by %s: fidelity %.6f; %zu samples, %zu runs, %.2f s\n",
+	       nmp_method_name(calib_method(cli)), r->all_pruned, r->samples, r->runs, r->seconds);
 	if (cli->target_fidelity > 0)
 		printf("target %.6f: %s keeping the %zu most sensitive dense (fidelity %.6f)\n", cli->target_fidelity,
 		       r->target_met ? "met" : "not met", r->keep_dense, r->reached);
@@ -130,7 +139,8 @@ static nmp_status run_inspect(const nmp_cli *cli, nmp_error *err)
 	if (s == NMP_OK) {
 		nmp_sensitivity_opts o = { .data = cli->calibration, .max_samples = cli->calib_samples,
 					   .ort_library = cli->ort_library, .threads = cli->threads, .engine = engine,
-					   .target = cli->target_fidelity };
+					   .method = calib_method(cli), .damp = cli->damp, .stages = cli->calib_stages,
+					   .eval_data = cli->eval_data, .target = cli->target_fidelity };
 		s = nmp_sensitivity(&plan, &o, &r, err);
 	}
 	if (s == NMP_OK && cli->write_rules) {

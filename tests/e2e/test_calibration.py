@@ -899,6 +899,88 @@ def test_sensitivity_ranks_weights_and_finds_the_dense_set(tmp_path, mlp_case):
     assert json.loads(r.out)["outputs"][0]["cosine"] >= target
 
 
+def _calibrated(model, w, X, method):
+    """W1 and W2 pruned at 2:4 by method, calibrated on X with the dense model's statistics (numpy)."""
+    x1 = X.reshape(-1, 64).astype(np.float64)
+    h2 = np.concatenate([activations(model, {"x": X[i]}, ["h2"])["h2"] for i in range(len(X))]).astype(np.float64)
+    if method == "sparsegpt":
+        return {"W1": sparsegpt_ref(w["W1"].T, x1.T @ x1, 2, 4)[0].T.astype(np.float32),
+                "W2": sparsegpt_ref(w["W2"], h2.T @ h2, 2, 4)[0].astype(np.float32)}
+    cases = {"W1": (np.sqrt((x1 ** 2).sum(0))[:, None], 0, 1), "W2": (np.sqrt((h2 ** 2).sum(0))[None, :], 1, 0)}
+    out = {}
+    for name, (norm, axis, out_axis) in cases.items():
+        score = (np.abs(w[name]).astype(np.float64) * norm).astype(np.float32).astype(np.float64)
+        out[name] = np.where(reference.mask(w[name], "2:4", axis, out_axis, magnitude=score), w[name], 0)
+    return out
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_sensitivity_prunes_each_weight_by_the_calibrated_method(tmp_path, mlp_case, method):
+    """Each weight alone is pruned as the method decides it on the dense model; one stage combines them."""
+    path, model, w, X = mlp_case
+    pruned = _calibrated(model, w, X, method)
+    alone = {k: _fidelity(model, {k: v}, X) for k, v in pruned.items()}
+    magnitude = {"W1": np.where(reference.mask(w["W1"], "2:4", 0, 1), w["W1"], 0),
+                 "W2": np.where(reference.mask(w["W2"], "2:4", 1, 0), w["W2"], 0)}
+    assert all(abs(alone[k] - _fidelity(model, {k: magnitude[k]}, X)) > 1e-3 for k in alone)  # the method matters
+    r = nmprune("inspect", path, "--sensitivity", "--calibration", tmp_path / "data.safetensors", "--align", "none",
+                "--method", method, "--calibration-stages", "1", "--json", check=0)
+    rep = json.loads(r.out)
+    assert rep["method"] == method
+    got = {e["name"]: e["fidelity_pruned_alone"] for e in rep["weights"]}
+    assert got == pytest.approx(alone, rel=1e-5)
+    assert [e["name"] for e in rep["weights"]] == sorted(alone, key=alone.get)
+    assert all(e["method"] == method and "note" not in e for e in rep["weights"])
+    assert rep["fidelity_all_pruned"] == pytest.approx(_fidelity(model, pruned, X), rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_sensitivity_target_is_what_prune_gives_with_its_rules_and_stages(tmp_path, mlp_case, method):
+    """With prune's default stages, each model the search measures is the one prune --rules writes."""
+    path, model, w, X = mlp_case
+    data = tmp_path / "data.safetensors"
+    common = ["--calibration", data, "--align", "none", "--method", method]
+    r = nmprune("inspect", path, "--sensitivity", *common, "--json", check=0)
+    first = json.loads(r.out)
+    # a target between "all pruned" and "the most sensitive kept dense" keeps exactly one dense
+    one_dense = first["weights"][1]["fidelity_pruned_alone"]
+    target = (first["fidelity_all_pruned"] + one_dense) / 2
+    rules = tmp_path / "rules.json"
+    r = nmprune("inspect", path, "--sensitivity", *common, "--target-fidelity", f"{target:.6f}", "--write-rules",
+                rules, "--json", check=0)
+    rep = json.loads(r.out)
+    assert rep["target"]["keep_dense"] == 1 and rep["target"]["met"]
+    out = tmp_path / "o.onnx"
+    for keep, want in [(rules, rep["target"]["reached"]), (None, rep["fidelity_all_pruned"])]:
+        extra = ["--rules", keep] if keep else []
+        nmprune("prune", path, "-o", out, *common, *extra, "-q", check=0)
+        r = nmprune("compare", path, out, "--calibration", data, "--json", check=0)
+        assert json.loads(r.out)["outputs"][0]["cosine"] == pytest.approx(want, rel=1e-6)
+    # staged and one-stage calibration differ here, so the search did not combine one-stage decisions
+    one_stage = _fidelity(model, _calibrated(model, w, X, method), X)
+    assert abs(rep["fidelity_all_pruned"] - one_stage) > 1e-4
+
+
+def test_sensitivity_measures_fidelity_on_held_out_samples(tmp_path, mlp_case, rng):
+    """--eval-data: calibrated on the calibration samples, measured on the others."""
+    path, model, w, X = mlp_case
+    Y = mlp_data(rng, samples=5)
+    save_file({"x": Y}, str(tmp_path / "eval.safetensors"))
+    pruned = _calibrated(model, w, X, "sparsegpt")
+    alone = {k: _fidelity(model, {k: v}, Y) for k, v in pruned.items()}
+    r = nmprune("inspect", path, "--sensitivity", "--calibration", tmp_path / "data.safetensors", "--align", "none",
+                "--method", "sparsegpt", "--calibration-stages", "1", "--eval-data", tmp_path / "eval.safetensors",
+                "--json", check=0)
+    rep = json.loads(r.out)
+    assert rep["samples"] == 5
+    assert {e["name"]: e["fidelity_pruned_alone"] for e in rep["weights"]} == pytest.approx(alone, rel=1e-5)
+    assert rep["fidelity_all_pruned"] == pytest.approx(_fidelity(model, pruned, Y), rel=1e-5)
+    save_file({"y": Y}, str(tmp_path / "bad.safetensors"))
+    r = nmprune("inspect", path, "--sensitivity", "--calibration", tmp_path / "data.safetensors",
+                "--eval-data", tmp_path / "bad.safetensors", check=2)
+    assert "bad.safetensors: tensor 'y' names no input" in r.err and len(r.err.strip().splitlines()) == 1
+
+
 def test_sensitivity_errors(tmp_path, mlp_case):
     path, _, _, _ = mlp_case
     data = tmp_path / "data.safetensors"
@@ -910,6 +992,17 @@ def test_sensitivity_errors(tmp_path, mlp_case):
                 path, check=2)
     assert "names the input model" in r.err and path.read_bytes() == before
     assert "prune, compare and inspect" in nmprune("check", path, "--calibration", data, check=2).err
+    for extra, why in [(["--method", "sparsegpt"], "go with --sensitivity"),
+                       (["--eval-data", data], "go with --sensitivity"),
+                       (["--sensitivity", "--calibration", data, "--method", "wanda", "--damp", "0.1"],
+                        "--damp is for --method sparsegpt"),
+                       (["--sensitivity", "--calibration", data, "--calibration-stages", "2"],
+                        "--calibration-stages is for --method wanda or sparsegpt"),
+                       (["--sensitivity", "--calibration", data, "--method", "sparsegpt", "--pattern", "2:4@v4"],
+                        "2:4@v4")]:
+        assert why in nmprune("inspect", path, *extra, check=2).err, extra
+    assert "option of prune and inspect --sensitivity" in nmprune("check", path, "--method", "wanda", check=2).err
+    assert "option of inspect" in nmprune("prune", path, "--dry-run", "--eval-data", data, check=2).err
 
 
 def test_external_data_model_calibrates_and_compares(tmp_path, mlp_case):
