@@ -260,6 +260,29 @@ def _bench_data(tmp_path, make, n):
     return paths
 
 
+def test_recognizer_dense_set_by_sparsegpt_is_what_prune_gives_and_smaller_than_magnitudes(tmp_path):
+    """PP-OCRv4's recognizer at 2:4, target 0.99 measured on held-out lines: sparsegpt's search keeps fewer of
+    its 17 weights dense than magnitude's, and pruning with the rules it writes (prune's default stages) reaches
+    exactly the fidelity the search reported."""
+    src = REAL / "ppocrv4_rec.onnx"
+    cal, held = _bench_data(tmp_path, "ocr_rec_data", 16)
+    kept = {}
+    for method in ("magnitude", "sparsegpt"):
+        rules = tmp_path / f"{method}.json"
+        extra = [] if method == "magnitude" else ["--method", method]
+        rep = json.loads(nmprune("inspect", src, "--sensitivity", "--calibration", cal, "--eval-data", held,
+                                 "--target-fidelity", "0.99", "--write-rules", rules, "--json", *extra, check=0).out)
+        assert rep["method"] == method and len(rep["weights"]) == 17 and rep["target"]["met"]
+        kept[method] = rep["target"]["keep_dense"]
+        assert len(json.loads(rules.read_text())) == kept[method]
+        out = tmp_path / f"{method}.onnx"
+        extra += [] if method == "magnitude" else ["--calibration", cal]
+        nmprune("prune", src, "-o", out, "--rules", rules, "-q", *extra, check=0)
+        cmp = json.loads(nmprune("compare", src, out, "--calibration", held, "--json", check=0).out)
+        assert cmp["outputs"][0]["cosine"] == pytest.approx(rep["target"]["reached"], abs=1e-6)
+    assert kept["sparsegpt"] <= kept["magnitude"] - 4, kept
+
+
 @pytest.mark.skipif(not (REAL / "speech_sample.wav").exists(), reason="speech recording not unpacked: run make deps")
 def test_voice_detector_calibrates_the_branch_its_samples_take(tmp_path):
     """silero VAD holds every weight inside the If on its sample rate.  Calibrated on 16 kHz speech, the 16 kHz
