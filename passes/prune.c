@@ -448,8 +448,8 @@ void nmp_pass_result_free(nmp_pass_result *r)
 	r->n = 0;
 }
 
-nmp_status nmp_prune_copy(const nmp_plan *plan, size_t ci, nmp_engine *engine, const nmp_calib *calib, void **out,
-			  nmp_error *err)
+nmp_status nmp_prune_copy(const nmp_plan *plan, size_t ci, nmp_engine *engine, const nmp_channels *channels,
+			  const nmp_calib *calib, void **out, nmp_error *err)
 {
 	const nmp_model *m = plan->model;
 	const nmp_choice *ch = &plan->sel->choices[ci];
@@ -464,8 +464,17 @@ nmp_status nmp_prune_copy(const nmp_plan *plan, size_t ci, nmp_engine *engine, c
 	if (!buf)
 		return nmp_error_set(err, NMP_ERR_NOMEM, "%s: tensor '%s': out of memory", m->path, cand->name);
 	nmp_status s = nmp_model_view(m, t, &v, err);
-	if (s == NMP_OK && cand->quant.present)
+	if (s == NMP_OK)
+		s = nmp_channels_view(channels, m, t, &v, err);
+	if (s == NMP_OK && cand->quant.present) { /* permuted with the weight, as in run_one */
 		s = nmp_quant_view(m, cand, &qp, &sv, &zv, err);
+		if (s == NMP_OK)
+			s = nmp_channels_view(channels, m, cand->quant.scale, &sv, err);
+		if (s == NMP_OK && cand->quant.zero_point)
+			s = nmp_channels_view(channels, m, cand->quant.zero_point, &zv, err);
+		qp.scale = sv.data;
+		qp.zero_point = cand->quant.zero_point ? zv.data : NULL;
+	}
 	if (s == NMP_OK) {
 		nmp_mask_tensor mt = { .name = cand->name, .data = buf, .src = v.data, .dtype = t->dtype,
 				       .rank = (int)t->n_dims, .dims = t->dims, .axis = cand->axis,

@@ -92,11 +92,12 @@ nmp_status nmp_quant_view(const nmp_model *m, const nmp_candidate *c, nmp_quant_
 
 /*
  * Selection choice ci's payload pruned with its pattern, in a new buffer (raw
- * layout, *out): as calib decided it (reconstructed, for sparsegpt), or by
- * magnitude when calib is NULL.
+ * layout, *out), as prune writes it: permuted first when a channel plan is
+ * given (may be NULL), then as calib decided it (reconstructed, for
+ * sparsegpt), or by magnitude when calib is NULL.
  */
-nmp_status nmp_prune_copy(const nmp_plan *plan, size_t ci, nmp_engine *engine, const nmp_calib *calib, void **out,
-			  nmp_error *err);
+nmp_status nmp_prune_copy(const nmp_plan *plan, size_t ci, nmp_engine *engine, const nmp_channels *channels,
+			  const nmp_calib *calib, void **out, nmp_error *err);
 
 /* The pattern text recorded as nmprune.pattern (the default unless rules decide). */
 #define NMP_META_VERSION "nmprune.version"

@@ -18,6 +18,21 @@
 #include "report.h"
 #include "sensitivity.h"
 
+/*
+ * One way of pruning the model: a plan (the full selection, or one with some
+ * weights kept dense), its channel plan and calibration when asked for, the
+ * permuted payload of every tensor the channel plan touches, and each
+ * eligible weight's payload pruned.
+ */
+typedef struct variant {
+	nmp_plan plan;                /* borrows the model and graph; owns sel when it is a copy */
+	nmp_selection kept;           /* the selection with weights kept dense, or unused */
+	nmp_channels *channels;
+	nmp_calib *calib;
+	nmp_view *base;               /* per model tensor: permuted, or empty */
+	void **pruned;                /* per selection choice: its payload pruned, NULL if not eligible */
+} variant;
+
 typedef struct ctx {
 	const nmp_plan *plan;
 	const nmp_sensitivity_opts *o;
@@ -29,7 +44,6 @@ typedef struct ctx {
 	float **dense;                /* [sample * n_out + j]: the dense model's output, NULL when not floating */
 	uint64_t *numel;              /* per output, from the first sample */
 	size_t samples;
-	void **pruned;                /* per selection choice: its payload pruned alone */
 	const void **payloads;        /* per model tensor: what the next run uses, NULL the original */
 	size_t runs;                  /* of the model over the samples, calibration's included */
 } ctx;
@@ -125,67 +139,109 @@ static int most_sensitive_first(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-static nmp_calib_opts calib_opts(const nmp_sensitivity_opts *o, size_t stages)
+static void variant_free(const ctx *c, variant *v)
 {
-	return (nmp_calib_opts){ .method = o->method, .data = o->data, .max_samples = o->max_samples,
-				 .damp = o->damp, .ort_library = o->ort_library, .threads = o->threads,
-				 .stages = stages, .engine = o->engine };
+	for (size_t i = 0; v->base && i < c->plan->model->n_tensors; i++)
+		nmp_view_release(&v->base[i]);
+	for (size_t i = 0; v->pruned && i < c->plan->sel->n; i++)
+		free(v->pruned[i]);
+	free(v->base);
+	free(v->pruned);
+	free(v->kept.choices);
+	nmp_calib_free(&v->calib);
+	nmp_channels_free(&v->channels);
+	memset(v, 0, sizeof *v);
+}
+
+/*
+ * Builds the variant of plan c->plan that keeps the first `dense` weights of
+ * `order` dense (0: the full selection), as prune would prune it with a
+ * rules file keeping them dense: channels planned and weights calibrated
+ * (with `stages`) on that selection.
+ */
+static nmp_status variant_build(ctx *c, const size_t *order, size_t dense, size_t stages, variant *v,
+				nmp_error *err)
+{
+	const nmp_sensitivity_opts *o = c->o;
+	const nmp_model *m = c->plan->model;
+	const nmp_selection *sel = c->plan->sel;
+	memset(v, 0, sizeof *v);
+	v->plan = *c->plan;
+	v->base = calloc(m->n_tensors + 1, sizeof *v->base);
+	v->pruned = calloc(sel->n + 1, sizeof *v->pruned);
+	nmp_status s = v->base && v->pruned ? NMP_OK : nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	if (s == NMP_OK && dense) {
+		v->kept = *sel;
+		if (!(v->kept.choices = malloc(sel->n * sizeof *v->kept.choices + 1)))
+			s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	}
+	if (s == NMP_OK && dense) {
+		memcpy(v->kept.choices, sel->choices, sel->n * sizeof *v->kept.choices);
+		for (size_t i = 0; i < dense; i++) {
+			nmp_choice *ch = &v->kept.choices[order[i]];
+			ch->eligible = false;
+			snprintf(ch->reason, sizeof ch->reason, "kept dense");
+		}
+		v->kept.n_eligible -= dense;
+		v->plan.sel = &v->kept;
+	}
+	if (s == NMP_OK && o->permute)
+		s = nmp_channels_plan(&v->plan, NMP_PERMUTE_SEED, o->permute_effort, o->threads, &v->channels, err);
+	if (s == NMP_OK && o->method != NMP_METHOD_MAGNITUDE) {
+		nmp_calib_opts co = { .method = o->method, .data = o->data, .max_samples = o->max_samples,
+				      .damp = o->damp, .ort_library = o->ort_library, .threads = o->threads,
+				      .stages = stages, .engine = o->engine, .channels = v->channels };
+		s = nmp_calibrate(&v->plan, &co, &v->calib, err);
+		if (s == NMP_OK)
+			c->runs += nmp_calib_passes(v->calib);
+	}
+	for (size_t i = 0; s == NMP_OK && v->channels && i < m->n_tensors; i++)
+		if (nmp_channels_touches(v->channels, i) && (s = nmp_model_view(m, &m->tensors[i], &v->base[i], err)) == NMP_OK)
+			s = nmp_channels_view(v->channels, m, &m->tensors[i], &v->base[i], err);
+	for (size_t i = 0; s == NMP_OK && i < sel->n; i++)
+		if (v->plan.sel->choices[i].eligible)
+			s = nmp_prune_copy(&v->plan, i, o->engine, v->channels, v->calib, &v->pruned[i], err);
+	if (s != NMP_OK)
+		variant_free(c, v);
+	return s;
+}
+
+/* The payloads of variant v, with every weight it prunes pruned when `all`, else none. */
+static void variant_use(ctx *c, const variant *v, bool all)
+{
+	const nmp_model *m = c->plan->model;
+	for (size_t i = 0; i < m->n_tensors; i++)
+		c->payloads[i] = v->base[i].data;
+	for (size_t i = 0; all && i < c->plan->sel->n; i++)
+		if (v->pruned[i])
+			c->payloads[c->plan->sel->choices[i].cand->tensor - m->tensors] = v->pruned[i];
 }
 
 /*
  * The fidelity of the model with every eligible weight pruned except the
  * first k of the ranking.  Magnitude and one-stage calibration decide each
- * weight alone, so the payloads pruned alone combine; staged calibration
- * depends on what is pruned before each stage, so it runs again on the plan
- * that keeps those k dense, as prune --rules would.
+ * weight alone, so without a channel plan the full variant's payloads
+ * combine; staged calibration depends on what is pruned before each stage,
+ * and the channel plan on which weights are pruned, so otherwise the variant
+ * keeping those k dense is built, as prune --rules would build it.
  */
-static nmp_status all_but(ctx *c, const nmp_sensitivity_result *r, size_t k, double *fidelity, nmp_error *err)
+static nmp_status all_but(ctx *c, const variant *full, const nmp_sensitivity_result *r, size_t k, double *fidelity,
+			  nmp_error *err)
 {
-	const nmp_model *m = c->plan->model;
-	const nmp_selection *sel = c->plan->sel;
 	size_t stages = c->o->stages ? c->o->stages : NMP_CALIB_STAGES;
-	if (c->o->method == NMP_METHOD_MAGNITUDE || stages == 1) {
-		for (size_t i = 0; i < r->n_ranked; i++) {
-			size_t ci = r->order[i];
-			c->payloads[sel->choices[ci].cand->tensor - m->tensors] = i < k ? NULL : c->pruned[ci];
-		}
+	if (!c->o->permute && (c->o->method == NMP_METHOD_MAGNITUDE || stages == 1)) {
+		variant_use(c, full, true);
+		for (size_t i = 0; i < k; i++)
+			c->payloads[c->plan->sel->choices[r->order[i]].cand->tensor - c->plan->model->tensors] = NULL;
 		return run_all(c, fidelity, err);
 	}
-	nmp_selection kept = *sel;
-	kept.choices = malloc(sel->n * sizeof *kept.choices + 1);
-	void **own = calloc(sel->n + 1, sizeof *own);
-	nmp_calib *calib = NULL;
-	nmp_status s = kept.choices && own ? NMP_OK : nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
+	variant v;
+	nmp_status s = variant_build(c, r->order, k, stages, &v, err);
 	if (s == NMP_OK) {
-		memcpy(kept.choices, sel->choices, sel->n * sizeof *kept.choices);
-		for (size_t i = 0; i < k; i++) {
-			nmp_choice *ch = &kept.choices[r->order[i]];
-			ch->eligible = false;
-			snprintf(ch->reason, sizeof ch->reason, "kept dense");
-		}
-		kept.n_eligible -= k;
-		nmp_plan p = { .model = c->plan->model, .graph = c->plan->graph, .sel = &kept };
-		nmp_calib_opts co = calib_opts(c->o, stages);
-		s = nmp_calibrate(&p, &co, &calib, err);
-		for (size_t i = 0; s == NMP_OK && i < r->n_ranked; i++) {
-			size_t ci = r->order[i];
-			size_t ti = (size_t)(sel->choices[ci].cand->tensor - m->tensors);
-			c->payloads[ti] = NULL;
-			if (i >= k && (s = nmp_prune_copy(&p, ci, c->o->engine, calib, &own[ci], err)) == NMP_OK)
-				c->payloads[ti] = own[ci];
-		}
-		if (calib)
-			c->runs += nmp_calib_passes(calib);
-	}
-	if (s == NMP_OK)
+		variant_use(c, &v, true);
 		s = run_all(c, fidelity, err);
-	for (size_t i = 0; i < r->n_ranked; i++)
-		c->payloads[sel->choices[r->order[i]].cand->tensor - m->tensors] = NULL;
-	for (size_t i = 0; own && i < sel->n; i++)
-		free(own[i]);
-	free(own);
-	free(kept.choices);
-	nmp_calib_free(&calib);
+		variant_free(c, &v);
+	}
 	return s;
 }
 
@@ -197,6 +253,7 @@ nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, 
 	const nmp_model *m = plan->model;
 	const nmp_selection *sel = plan->sel;
 	ctx c = { .plan = plan, .o = o };
+	variant full = { 0 };
 	nmp_status s = nmp_model_inputs(m, &c.inputs, &c.n_inputs, err);
 	/* the data is checked before the runtime is looked for */
 	const char *sets[2] = { o->data, o->eval_data };
@@ -205,53 +262,48 @@ nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, 
 		s = nmp_calib_data_open(sets[d], c.inputs, c.n_inputs, o->max_samples, &probe, err);
 		nmp_calib_data_free(&probe);
 	}
-	nmp_calib *calib = NULL;
-	if (s == NMP_OK && o->method != NMP_METHOD_MAGNITUDE) {
-		/* a weight pruned alone is calibrated on the dense model, whatever the stages */
-		nmp_calib_opts co = calib_opts(o, 1);
-		s = nmp_calibrate(plan, &co, &calib, err);
-		if (s == NMP_OK)
-			c.runs += nmp_calib_passes(calib);
-		r->cal = calloc(sel->n + 1, sizeof *r->cal);
-		if (s == NMP_OK && !r->cal)
-			s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
-	}
+	/* a weight pruned alone is calibrated on the dense model, whatever the stages */
+	if (s == NMP_OK)
+		s = variant_build(&c, NULL, 0, 1, &full, err);
 	if (s == NMP_OK)
 		s = nmp_ort_open(o->ort_library, &c.ort, err);
 	const Onnx__GraphProto *g = m->proto->graph;
 	c.n_out = g ? g->n_output : 0;
 	c.outs = calloc(c.n_out + 1, sizeof *c.outs);
-	c.pruned = calloc(sel->n + 1, sizeof *c.pruned);
 	c.payloads = calloc(m->n_tensors + 1, sizeof *c.payloads);
 	r->order = calloc(sel->n + 1, sizeof *r->order);
 	r->fidelity = calloc(sel->n + 1, sizeof *r->fidelity);
-	if (s == NMP_OK && (!c.outs || !c.pruned || !c.payloads || !r->order || !r->fidelity))
+	if (full.calib)
+		r->cal = calloc(sel->n + 1, sizeof *r->cal);
+	if (s == NMP_OK && (!c.outs || !c.payloads || !r->order || !r->fidelity || (full.calib && !r->cal)))
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	for (size_t j = 0; s == NMP_OK && j < c.n_out; j++)
 		c.outs[j] = g->output[j]->name;
 	for (size_t i = 0; s == NMP_OK && i < sel->n; i++) {
 		r->fidelity[i] = NAN;
 		if (sel->choices[i].eligible) {
-			s = nmp_prune_copy(plan, i, o->engine, calib, &c.pruned[i], err);
-			if (s == NMP_OK && calib)
-				r->cal[i] = *nmp_calib_weight(calib, i);
+			if (full.calib)
+				r->cal[i] = *nmp_calib_weight(full.calib, i);
 			r->order[r->n_ranked++] = i;
 		}
 	}
 	double dummy;
 	if (s == NMP_OK)
-		s = run_all(&c, &dummy, err); /* the dense outputs */
+		s = run_all(&c, &dummy, err); /* the dense outputs: the original model's, unpermuted */
+	if (s == NMP_OK)
+		variant_use(&c, &full, false);
 	for (size_t i = 0; s == NMP_OK && i < r->n_ranked; i++) {
 		size_t ci = r->order[i];
 		size_t ti = (size_t)(sel->choices[ci].cand->tensor - m->tensors);
-		c.payloads[ti] = c.pruned[ci];
+		const void *was = c.payloads[ti];
+		c.payloads[ti] = full.pruned[ci];
 		s = run_all(&c, &r->fidelity[ci], err);
-		c.payloads[ti] = NULL;
+		c.payloads[ti] = was;
 	}
 	if (s == NMP_OK) {
 		sort_r = r;
 		qsort(r->order, r->n_ranked, sizeof *r->order, most_sensitive_first);
-		s = all_but(&c, r, 0, &r->all_pruned, err);
+		s = all_but(&c, &full, r, 0, &r->all_pruned, err);
 	}
 	if (s == NMP_OK && o->target > 0) {
 		/* the smallest k whose fidelity reaches the target, by bisection over [0, n] */
@@ -262,7 +314,7 @@ nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, 
 		while (s == NMP_OK && lo + 1 < hi) {
 			size_t mid = lo + (hi - lo) / 2;
 			double f;
-			s = all_but(&c, r, mid, &f, err);
+			s = all_but(&c, &full, r, mid, &f, err);
 			if (f >= o->target)
 				hi = mid, at_hi = f;
 			else
@@ -278,14 +330,11 @@ nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, 
 		free(c.dense[i]);
 	free(c.dense);
 	free(c.numel);
-	for (size_t i = 0; c.pruned && i < sel->n; i++)
-		free(c.pruned[i]);
-	free(c.pruned);
+	variant_free(&c, &full);
 	free(c.payloads);
 	free(c.outs);
 	free(c.inputs);
 	nmp_ort_close(&c.ort);
-	nmp_calib_free(&calib);
 	r->seconds = nmp_now() - t0;
 	if (s != NMP_OK)
 		nmp_sensitivity_free(r);

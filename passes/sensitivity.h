@@ -11,15 +11,19 @@
  * A calibrated method (wanda, sparsegpt) first calibrates every weight on the
  * dense model in one stage (calib.h), which is exactly the model each weight
  * is pruned alone in; every run then uses those decisions, sparsegpt's
- * reconstructed weights included.
+ * reconstructed weights included.  With permute, the channels are planned
+ * for the whole selection first (channels.h), and each weight is pruned
+ * alone in the model permuted so; the fidelity is still to the original
+ * dense model's outputs.
  *
  * With a target fidelity, the smallest k is searched (bisection over the
  * ranking, assuming fidelity grows as more of the most sensitive weights stay
  * dense) such that the model with every eligible weight pruned except the k
  * most sensitive reaches the target; nmp_sensitivity_rules then writes the
- * rules file (`--rules`) that keeps those k dense.  With a calibrated method
- * each of those models is calibrated as prune calibrates it with that rules
- * file and the same stages, so the fidelity found is the one prune gives.
+ * rules file (`--rules`) that keeps those k dense.  Each of those models is
+ * built as prune builds it with that rules file: channels planned and
+ * weights calibrated, with the same stages, on the selection that keeps the
+ * k dense, so the fidelity found is the one prune gives.
  *
  * Fidelity is measured on the calibration samples, or on separate ones
  * (eval_data): a calibrated method fits the samples it saw, so held-out
@@ -34,6 +38,7 @@
 #include <stdio.h>
 
 #include "calib.h"
+#include "channels.h"
 #include "mask.h"
 #include "plan.h"
 
@@ -46,6 +51,8 @@ typedef struct nmp_sensitivity_opts {
 	nmp_method method;         /* how each weight is pruned; wanda and sparsegpt calibrate first */
 	double damp;               /* sparsegpt, as calib.h; <= 0: its default */
 	size_t stages;             /* calibration stages of the models that prune several; 0: prune's default */
+	bool permute;              /* permute channels first, as prune --permute (channels.h) */
+	unsigned permute_effort;   /* as nmp_channels_plan's effort */
 	const char *eval_data;     /* measure fidelity on these samples; NULL: on data */
 	double target;             /* > 0: search the weights to keep dense */
 } nmp_sensitivity_opts;

@@ -99,6 +99,8 @@ static const char usage_inspect[] =
 	"                       and exact (default) | greedy for transposable patterns\n"
 	"  --damp F             sparsegpt damping, fraction of the mean diagonal (default 0.01)\n"
 	"  --calibration-stages N  calibrate as prune does with N stages (default 8)\n"
+	"  --permute            permute channels first, as prune --permute does\n"
+	"  --permute-effort K   as prune's\n"
 	"  --eval-data DATA     measure fidelity on these samples instead of the calibration ones\n"
 	"  --target-fidelity F  find how many of the most sensitive weights to keep dense for F\n"
 	"  --write-rules FILE   write the rules file (--rules) keeping them dense\n"
@@ -242,7 +244,8 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 	int ac = argc - 1;
 	while ((opt = getopt_long(ac, av, ":o:qvh", long_options, NULL)) != -1) {
 		const char *name = prune_only_name(opt);
-		bool also_inspect = opt == OPT_METHOD || opt == OPT_DAMP || opt == OPT_CALIB_STAGES;
+		bool also_inspect = opt == OPT_METHOD || opt == OPT_DAMP || opt == OPT_CALIB_STAGES ||
+				    opt == OPT_PERMUTE || opt == OPT_PERMUTE_EFFORT;
 		if (name && cli->cmd != NMP_CMD_PRUNE && !(also_inspect && cli->cmd == NMP_CMD_INSPECT))
 			return usage(err, also_inspect ? "%s is an option of prune and inspect --sensitivity" :
 							 "%s is an option of prune only", name);
@@ -392,9 +395,12 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 		if (cli->write_rules && !(cli->target_fidelity > 0))
 			return usage(err, "%s", "--write-rules needs --target-fidelity F");
 		bool calibrated = strcmp(cli->calib_method, "magnitude") != 0;
-		if ((calibrated || cli->damp > 0 || cli->calib_stages || cli->eval_data ||
+		if ((calibrated || cli->damp > 0 || cli->calib_stages || cli->eval_data || cli->permute ||
 		     strcmp(cli->method, "exact") != 0) && !cli->sensitivity)
-			return usage(err, "%s", "--method, --damp, --calibration-stages and --eval-data go with --sensitivity");
+			return usage(err, "%s", "--method, --damp, --calibration-stages, --permute and --eval-data go "
+						"with --sensitivity");
+		if (cli->permute_effort && !cli->permute)
+			return usage(err, "%s", "--permute-effort goes with --permute");
 		if (cli->damp > 0 && strcmp(cli->calib_method, "sparsegpt") != 0)
 			return usage(err, "%s", "--damp is for --method sparsegpt");
 		if (cli->calib_stages && !calibrated)

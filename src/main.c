@@ -140,6 +140,7 @@ static nmp_status run_inspect(const nmp_cli *cli, nmp_error *err)
 		nmp_sensitivity_opts o = { .data = cli->calibration, .max_samples = cli->calib_samples,
 					   .ort_library = cli->ort_library, .threads = cli->threads, .engine = engine,
 					   .method = calib_method(cli), .damp = cli->damp, .stages = cli->calib_stages,
+					   .permute = cli->permute, .permute_effort = cli->permute_effort,
 					   .eval_data = cli->eval_data, .target = cli->target_fidelity };
 		s = nmp_sensitivity(&plan, &o, &r, err);
 	}

@@ -858,10 +858,11 @@ def test_real_ocr_recognizer_sparsegpt_keeps_more_than_magnitude(tmp_path):
     assert fid["sparsegpt"]["top1"] > fid["magnitude"]["top1"] + 0.2
 
 
-def _fidelity(model, weights, X):
-    """Mean cosine of the model with these initializers replaced, against the dense model."""
+def _fidelity(model, weights, X, base=None):
+    """Mean cosine of the model (or of base, the same function: a permuted copy) with these initializers
+    replaced, against the dense model."""
     m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m.CopyFrom(base or model)
     for t in m.graph.initializer:
         if t.name in weights:
             t.CopyFrom(numpy_helper.from_array(weights[t.name], t.name))
@@ -961,6 +962,44 @@ def test_sensitivity_target_is_what_prune_gives_with_its_rules_and_stages(tmp_pa
     assert abs(rep["fidelity_all_pruned"] - one_stage) > 1e-4
 
 
+@pytest.mark.parametrize("method", ["magnitude", "sparsegpt"])
+def test_sensitivity_with_permute_measures_what_prune_permute_gives(tmp_path, mlp_case, method):
+    """--permute: W2's input channels (W1's outputs) are permuted first.  A weight alone is pruned in the model
+    permuted for the whole selection; every weight, and the dense set found, are what prune --permute writes
+    with the matching selection."""
+    path, model, w, X = mlp_case
+    data = tmp_path / "data.safetensors"
+    common = ["--align", "none"] + ([] if method == "magnitude" else ["--method", method])
+    cal = [] if method == "magnitude" else ["--calibration", data]
+    out = tmp_path / "o.onnx"
+
+    def cosine(*prune_args):
+        nmprune("prune", path, "-o", out, *common, *cal, "--permute", "-q", *prune_args, check=0)
+        return json.loads(nmprune("compare", path, out, "--calibration", data, "--json", check=0).out)["outputs"][0][
+            "cosine"]
+
+    plain = json.loads(nmprune("inspect", path, "--sensitivity", "--calibration", data, *common, "--json",
+                               check=0).out)
+    rep = json.loads(nmprune("inspect", path, "--sensitivity", "--calibration", data, *common, "--permute", "--json",
+                             check=0).out)
+    alone = {e["name"]: e["fidelity_pruned_alone"] for e in rep["weights"]}
+    before = {e["name"]: e["fidelity_pruned_alone"] for e in plain["weights"]}
+    assert abs(alone["W2"] - before["W2"]) > 1e-4  # the permutation moved W2's groups
+    nmprune("prune", path, "-o", tmp_path / "perm.onnx", "--align", "none", "--permute-only", "-q", check=0)
+    cosine(*([] if method == "magnitude" else ["--calibration-stages", "1"]))
+    one_stage = weights_of(out)
+    for name in ("W1", "W2"):
+        got = _fidelity(model, {name: one_stage[name]}, X, base=onnx.load(str(tmp_path / "perm.onnx")))
+        assert got == pytest.approx(alone[name], rel=1e-6), name
+    assert cosine() == pytest.approx(rep["fidelity_all_pruned"], rel=1e-6)
+    target = (rep["fidelity_all_pruned"] + max(alone.values())) / 2
+    rules = tmp_path / "rules.json"
+    rep = json.loads(nmprune("inspect", path, "--sensitivity", "--calibration", data, *common, "--permute",
+                             "--target-fidelity", f"{target:.6f}", "--write-rules", rules, "--json", check=0).out)
+    assert rep["target"]["keep_dense"] == 1
+    assert cosine("--rules", rules) == pytest.approx(rep["target"]["reached"], rel=1e-6)
+
+
 def test_sensitivity_measures_fidelity_on_held_out_samples(tmp_path, mlp_case, rng):
     """--eval-data: calibrated on the calibration samples, measured on the others."""
     path, model, w, X = mlp_case
@@ -994,6 +1033,9 @@ def test_sensitivity_errors(tmp_path, mlp_case):
     assert "prune, compare and inspect" in nmprune("check", path, "--calibration", data, check=2).err
     for extra, why in [(["--method", "sparsegpt"], "go with --sensitivity"),
                        (["--eval-data", data], "go with --sensitivity"),
+                       (["--permute"], "go with --sensitivity"),
+                       (["--sensitivity", "--calibration", data, "--permute-effort", "2"],
+                        "--permute-effort goes with --permute"),
                        (["--sensitivity", "--calibration", data, "--method", "wanda", "--damp", "0.1"],
                         "--damp is for --method sparsegpt"),
                        (["--sensitivity", "--calibration", data, "--calibration-stages", "2"],
