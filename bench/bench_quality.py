@@ -59,7 +59,8 @@ Models and data:
                          model's
 
 Dense sets from sensitivity: on the text recognizer at 2:4, `inspect
---sensitivity --target-fidelity 0.99` with each method finds the weights to
+--sensitivity --target-fidelity 0.99` with each method (and sparsegpt with
+--permute) finds the weights to
 keep dense, calibrating on 16 lines and measuring fidelity on 16 others (all
 from the calibration half); the model pruned with the rules it writes is
 then compared on the held-out half.  Printed per method: the weights kept
@@ -416,20 +417,21 @@ def dense_sets(failures, target=0.99):
     save_file({"x": x[64:]}, str(ev))
     print(f"\ndense sets from sensitivity: {name}, 2:4, target fidelity {target} (16 lines calibrate, 16 measure; "
           f"held out: 64 others)")
-    print(f"  {'method':10} {'kept dense':>10} {'pruned':>7} {'cosine':>8} {'top-1':>7} {'search s':>9}")
+    print(f"  {'method':18} {'kept dense':>10} {'pruned':>7} {'cosine':>8} {'top-1':>7} {'search s':>9}")
     pruned = {}
-    for method in ("magnitude", "wanda", "sparsegpt"):
+    for method in ("magnitude", "wanda", "sparsegpt", "sparsegpt+permute"):
         rules, out = OUT / f"{name}.{method}.rules.json", OUT / f"{name}.{method}.dense-set.onnx"
-        extra = [] if method == "magnitude" else ["--method", method]
+        base = method.split("+")[0]
+        extra = ([] if base == "magnitude" else ["--method", base]) + (["--permute"] if "+" in method else [])
         rep, dt, _ = run("inspect", model, "--sensitivity", "--calibration", cal, "--eval-data", sel, "--align", "none",
                          "--target-fidelity", target, "--write-rules", rules, "--json", *extra)
         rep = json.loads(rep)
-        extra += [] if method == "magnitude" else ["--calibration", cal]
+        extra += [] if base == "magnitude" else ["--calibration", cal]
         pr, _, _ = run("prune", model, "-o", out, "--align", "none", "--rules", rules, "--json", *extra)
         summary = json.loads(pr)["summary"]
         pruned[method] = summary["params_zeroed"] / summary["params_total"]
         f = json.loads(run("compare", model, out, "--calibration", ev, "--json")[0])["outputs"][0]
-        print(f"  {method:10} {rep['target']['keep_dense']:>4} of {len(rep['weights']):<3} {pruned[method]:7.3f} "
+        print(f"  {method:18} {rep['target']['keep_dense']:>4} of {len(rep['weights']):<3} {pruned[method]:7.3f} "
               f"{f['cosine']:8.4f} {f['top1']:7.4f} {dt:9.2f}")
         if f["cosine"] < target - 0.01:
             failures.append(f"dense set by {method}: held-out cosine {f['cosine']:.4f}, target {target}")
