@@ -60,13 +60,13 @@ Models and data:
 
 Dense sets from sensitivity: on the text recognizer at 2:4, `inspect
 --sensitivity --target-fidelity 0.99` with each method (and sparsegpt with
---permute) finds the weights to
-keep dense, calibrating on 16 lines and measuring fidelity on 16 others (all
-from the calibration half); the model pruned with the rules it writes is
-then compared on the held-out half.  Printed per method: the weights kept
-dense, the share of the model's weights pruned, the held-out fidelity and
-the search's time.  Target: sparsegpt prunes more of the model than
-magnitude at the same target, and both stay within 0.01 of it held out.
+--permute) finds the weights to keep dense, calibrating on 16 lines and
+measuring fidelity on 16 others (all from the calibration half); the model
+pruned with the rules it writes is then compared on the held-out half.
+Printed per method: the weights kept dense, the share of the model's
+weights pruned, the held-out fidelity and the search's time.  Target:
+sparsegpt prunes more of the model than magnitude at the same target, and
+every method stays within 0.01 of it held out.
 
 Against the reference tool: the Python peer that offers SparseGPT on ONNX
 (onnxsim 0.8.1, onnxsim.pruning.apply_sparsegpt_pruning) and nmprune prune
