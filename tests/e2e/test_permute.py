@@ -739,7 +739,7 @@ def test_permutation_needs_an_element_wise_pattern(suite, tmp_path):
 def test_permute_usage_errors(suite, tmp_path):
     src = suite / "bert.onnx"
     r = nmprune("check", src, "--permute", check=2)
-    assert "--permute is an option of prune only" in r.err
+    assert "--permute is an option of prune and inspect --sensitivity" in r.err
     r = nmprune("prune", src, "-o", tmp_path / "o.onnx", "--permute-only", "--save-masks", tmp_path / "m", check=2)
     assert "--permute-only writes no masks" in r.err
     assert not (tmp_path / "o.onnx").exists()
