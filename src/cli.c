@@ -82,7 +82,9 @@ static const char usage_compare[] =
 	"  --calibration-samples N  use the first N samples (default: all)\n"
 	"  --ort-library PATH   libonnxruntime.so (default: search)\n"
 	"  --threads N          ONNX Runtime threads (default: all cores)\n"
+	"  --report FILE.json   write what --json prints into FILE\n"
 	"  --json               machine-readable stdout\n"
+	"  -q, --quiet          only errors\n"
 	"  -h, --help           this help\n";
 
 static const char usage_inspect[] =
@@ -179,25 +181,48 @@ static int one_of(const char *v, const char *const *set)
 	return 0;
 }
 
-static const char *prune_only_name(int opt)
+/* The commands that take an option, as a mask of (1 << nmp_command). */
+enum { P = 1u << NMP_CMD_PRUNE, K = 1u << NMP_CMD_CHECK, I = 1u << NMP_CMD_INSPECT, C = 1u << NMP_CMD_COMPARE };
+
+static unsigned commands_of(int opt)
 {
 	switch (opt) {
-	case 'o': return "--output";
-	case OPT_DRY_RUN: return "--dry-run";
-	case OPT_IN_PLACE: return "--in-place";
-	case OPT_EXTERNAL_DATA: return "--external-data";
-	case OPT_METHOD: return "--method";
-	case OPT_PERMUTE: return "--permute";
-	case OPT_PERMUTE_ONLY: return "--permute-only";
-	case OPT_PERMUTE_EFFORT: return "--permute-effort";
-	case OPT_REPORT_HTML: return "--report-html";
-	case OPT_SAVE_MASKS: return "--save-masks";
-	case OPT_GENERAL_PATH: return "--general-path";
-	case OPT_DAMP: return "--damp";
-	case OPT_CALIB_STATS: return "--calibration-stats";
-	case OPT_CALIB_STAGES: return "--calibration-stages";
-	default: return NULL;
+	case 'o': case OPT_DRY_RUN: case OPT_IN_PLACE: case OPT_EXTERNAL_DATA: case OPT_PERMUTE_ONLY:
+	case OPT_REPORT_HTML: case OPT_SAVE_MASKS: case OPT_GENERAL_PATH: case OPT_CALIB_STATS:
+		return P;
+	case OPT_METHOD: case OPT_DAMP: case OPT_CALIB_STAGES: case OPT_PERMUTE: case OPT_PERMUTE_EFFORT:
+		return P | I;
+	case OPT_CALIBRATION: case OPT_CALIB_SAMPLES: case OPT_ORT_LIBRARY:
+		return P | C | I;
+	case OPT_SENSITIVITY: case OPT_TARGET_FIDELITY: case OPT_WRITE_RULES: case OPT_EVAL_DATA:
+		return I;
+	case OPT_PATTERN: case OPT_ALIGN: case OPT_OPS: case OPT_INCLUDE: case OPT_EXCLUDE: case OPT_DENSE_FIRST:
+	case OPT_RULES: case OPT_DEVICE:
+		return P | K | I;
+	default: /* --threads, --report, --json, -q, -v, -h */
+		return P | K | I | C;
 	}
+}
+
+static const char *commands_text(unsigned mask)
+{
+	switch (mask) {
+	case P: return "prune only";
+	case P | I: return "prune and inspect --sensitivity";
+	case P | C | I: return "prune, compare and inspect --sensitivity";
+	case I: return "inspect";
+	default: return "prune, check and inspect";
+	}
+}
+
+/* The option as the user wrote it: "--name" (longindex >= 0) or "-c". */
+static const char *option_text(int opt, int longindex, char *buf, size_t cap)
+{
+	if (longindex >= 0)
+		snprintf(buf, cap, "--%s", long_options[longindex].name);
+	else
+		snprintf(buf, cap, "-%c", opt);
+	return buf;
 }
 
 nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
@@ -242,20 +267,15 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 	int opt;
 	char **av = argv + 1;
 	int ac = argc - 1;
-	while ((opt = getopt_long(ac, av, ":o:qvh", long_options, NULL)) != -1) {
-		const char *name = prune_only_name(opt);
-		bool also_inspect = opt == OPT_METHOD || opt == OPT_DAMP || opt == OPT_CALIB_STAGES ||
-				    opt == OPT_PERMUTE || opt == OPT_PERMUTE_EFFORT;
-		if (name && cli->cmd != NMP_CMD_PRUNE && !(also_inspect && cli->cmd == NMP_CMD_INSPECT))
-			return usage(err, also_inspect ? "%s is an option of prune and inspect --sensitivity" :
-							 "%s is an option of prune only", name);
-		bool calib_opt = opt == OPT_CALIBRATION || opt == OPT_CALIB_SAMPLES || opt == OPT_ORT_LIBRARY;
-		if (calib_opt && cli->cmd == NMP_CMD_CHECK)
-			return usage(err, "%s is an option of prune, compare and inspect --sensitivity", av[optind - 1]);
-		bool sens_opt = opt == OPT_SENSITIVITY || opt == OPT_TARGET_FIDELITY || opt == OPT_WRITE_RULES ||
-				opt == OPT_EVAL_DATA;
-		if (sens_opt && cli->cmd != NMP_CMD_INSPECT)
-			return usage(err, "%s is an option of inspect", av[optind - 1]);
+	int li = -1;
+	while ((opt = getopt_long(ac, av, ":o:qvh", long_options, &li)) != -1) {
+		char name[48];
+		const int longindex = li;
+		li = -1;
+		unsigned takes = commands_of(opt);
+		if (opt != '?' && opt != ':' && !(takes & (1u << cli->cmd)))
+			return nmp_error_set(err, NMP_ERR_USAGE, "%s is an option of %s",
+					     option_text(opt, longindex, name, sizeof name), commands_text(takes));
 		char *end;
 		switch (opt) {
 		case 'o': cli->output = optarg; break;

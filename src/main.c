@@ -66,38 +66,40 @@ static nmp_select_opts select_opts(const nmp_cli *cli)
 
 static bool same_file(const char *a, const char *b);
 static nmp_method calib_method(const nmp_cli *cli);
+static nmp_status check_collisions(const nmp_cli *cli, const nmp_model *m, nmp_error *err);
 
-static void sensitivity_report(const nmp_cli *cli, const nmp_plan *plan, const nmp_sensitivity_result *r)
+static json_t *sensitivity_json(const nmp_cli *cli, const nmp_plan *plan, const nmp_sensitivity_result *r)
 {
 	char dn[NMP_DISPLAY_MAX];
-	if (cli->json) {
-		json_t *ws = json_array();
-		for (size_t i = 0; i < r->n_ranked; i++) {
-			size_t ci = r->order[i];
-			const nmp_choice *ch = &plan->sel->choices[ci];
-			json_t *e = json_pack("{s:s,s:s,s:I}", "name", nmp_display_name(ch->cand->name, dn, sizeof dn),
-					      "pattern", ch->pattern.text, "rank", (json_int_t)(i + 1));
-			json_object_set_new(e, "fidelity_pruned_alone", nmp_report_ratio_json(r->fidelity[ci]));
-			json_object_set_new(e, "keep_dense", json_boolean(cli->target_fidelity > 0 && i < r->keep_dense));
-			json_object_set_new(e, "method", json_string(nmp_method_name(r->cal ? r->cal[ci].method :
-										  NMP_METHOD_MAGNITUDE)));
-			if (r->cal && r->cal[ci].note[0])
-				json_object_set_new(e, "note", json_string(r->cal[ci].note));
-			json_array_append_new(ws, e);
-		}
-		json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:f,s:o}", "tool", "nmprune", "command", "inspect",
-				      "model", plan->model->path, "method", nmp_method_name(calib_method(cli)), "samples",
-				      (json_int_t)r->samples, "runs", (json_int_t)r->runs, "elapsed_s", r->seconds,
-				      "weights", ws);
-		json_object_set_new(j, "fidelity_all_pruned", nmp_report_ratio_json(r->all_pruned));
-		if (cli->target_fidelity > 0)
-			json_object_set_new(j, "target", json_pack("{s:f,s:I,s:f,s:b}", "fidelity", cli->target_fidelity,
-								   "keep_dense", (json_int_t)r->keep_dense, "reached",
-								   r->reached, "met", r->target_met));
-		nmp_report_print(stdout, j);
-		json_decref(j);
-		return;
+	json_t *ws = json_array();
+	for (size_t i = 0; i < r->n_ranked; i++) {
+		size_t ci = r->order[i];
+		const nmp_choice *ch = &plan->sel->choices[ci];
+		json_t *e = json_pack("{s:s,s:s,s:I}", "name", nmp_display_name(ch->cand->name, dn, sizeof dn), "pattern",
+				      ch->pattern.text, "rank", (json_int_t)(i + 1));
+		json_object_set_new(e, "fidelity_pruned_alone", nmp_report_ratio_json(r->fidelity[ci]));
+		json_object_set_new(e, "keep_dense", json_boolean(cli->target_fidelity > 0 && i < r->keep_dense));
+		json_object_set_new(e, "method",
+				    json_string(nmp_method_name(r->cal ? r->cal[ci].method : NMP_METHOD_MAGNITUDE)));
+		if (r->cal && r->cal[ci].note[0])
+			json_object_set_new(e, "note", json_string(r->cal[ci].note));
+		json_array_append_new(ws, e);
 	}
+	json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:b,s:I,s:I,s:f,s:o}", "tool", "nmprune", "command", "inspect", "model",
+			      plan->model->path, "method", nmp_method_name(calib_method(cli)), "permute", cli->permute,
+			      "samples", (json_int_t)r->samples, "runs", (json_int_t)r->runs, "elapsed_s", r->seconds,
+			      "weights", ws);
+	json_object_set_new(j, "fidelity_all_pruned", nmp_report_ratio_json(r->all_pruned));
+	if (cli->target_fidelity > 0)
+		json_object_set_new(j, "target", json_pack("{s:f,s:I,s:f,s:b}", "fidelity", cli->target_fidelity,
+							   "keep_dense", (json_int_t)r->keep_dense, "reached", r->reached,
+							   "met", r->target_met));
+	return j;
+}
+
+static void sensitivity_text(const nmp_cli *cli, const nmp_plan *plan, const nmp_sensitivity_result *r)
+{
+	char dn[NMP_DISPLAY_MAX];
 	printf("%4s  %-48s  %-10s  %s\n", "RANK", "WEIGHT", "PATTERN", "FIDELITY PRUNED ALONE");
 	for (size_t i = 0; i < r->n_ranked; i++) {
 		size_t ci = r->order[i];
@@ -108,11 +110,23 @@ static void sensitivity_report(const nmp_cli *cli, const nmp_plan *plan, const n
 			printf("  (%s: %s)", nmp_method_name(r->cal[ci].method), r->cal[ci].note);
 		putchar('\n');
 	}
-	printf("every eligible weight pruned by %s: fidelity %.6f; %zu samples, %zu runs, %.2f s\n",
-	       nmp_method_name(calib_method(cli)), r->all_pruned, r->samples, r->runs, r->seconds);
+	printf("every eligible weight pruned by %s%s: fidelity %.6f; %zu samples, %zu runs, %.2f s\n",
+	       nmp_method_name(calib_method(cli)), cli->permute ? " after permutation" : "", r->all_pruned, r->samples,
+	       r->runs, r->seconds);
 	if (cli->target_fidelity > 0)
 		printf("target %.6f: %s keeping the %zu most sensitive dense (fidelity %.6f)\n", cli->target_fidelity,
 		       r->target_met ? "met" : "not met", r->keep_dense, r->reached);
+}
+
+/* --report FILE: j written through `pending`, so that it lands with the other outputs or not at all. */
+static nmp_status report_file(const nmp_cli *cli, nmp_pending *pending, json_t *j, nmp_error *err)
+{
+	FILE *f;
+	if (!cli->report)
+		return NMP_OK;
+	NMP_TRY(nmp_pending_open(pending, cli->report, "report", &f, err));
+	nmp_report_print(f, j);
+	return NMP_OK;
 }
 
 static nmp_status run_inspect(const nmp_cli *cli, nmp_error *err)
@@ -122,40 +136,41 @@ static nmp_status run_inspect(const nmp_cli *cli, nmp_error *err)
 	nmp_engine *engine = NULL;
 	nmp_pending *pending = NULL;
 	nmp_sensitivity_result r = { 0 };
+	json_t *j = NULL;
 	nmp_status s = nmp_plan_build(cli->input, &so, &plan, err);
-	if (s != NMP_OK || !cli->sensitivity) {
-		if (s == NMP_OK)
-			s = nmp_report_inspect(stdout, &plan, cli->json, err);
-		nmp_plan_free(&plan);
-		return s;
-	}
-	if (cli->write_rules)
-		for (size_t f = 0; s == NMP_OK && f < plan.model->n_files; f++)
-			if (same_file(cli->write_rules, plan.model->files[f].path))
-				s = nmp_error_set(err, NMP_ERR_USAGE, "%s: --write-rules names %s", cli->write_rules,
-						  f == 0 ? "the input model" : "a data file of the input model");
 	if (s == NMP_OK)
+		s = check_collisions(cli, plan.model, err);
+	if (s == NMP_OK)
+		s = nmp_pending_create(&pending, err);
+	if (s == NMP_OK && cli->sensitivity) {
 		s = nmp_engine_create(nmp_device_parse(cli->device), cli->threads, &engine, NULL, 0, err);
-	if (s == NMP_OK) {
 		nmp_sensitivity_opts o = { .data = cli->calibration, .max_samples = cli->calib_samples,
 					   .ort_library = cli->ort_library, .threads = cli->threads, .engine = engine,
 					   .method = calib_method(cli), .damp = cli->damp, .stages = cli->calib_stages,
 					   .permute = cli->permute, .permute_effort = cli->permute_effort,
 					   .eval_data = cli->eval_data, .target = cli->target_fidelity };
-		s = nmp_sensitivity(&plan, &o, &r, err);
+		if (s == NMP_OK)
+			s = nmp_sensitivity(&plan, &o, &r, err);
 	}
 	if (s == NMP_OK && cli->write_rules) {
 		FILE *f;
-		s = nmp_pending_create(&pending, err);
-		if (s == NMP_OK)
-			s = nmp_pending_open(pending, cli->write_rules, "rules file", &f, err);
+		s = nmp_pending_open(pending, cli->write_rules, "rules file", &f, err);
 		if (s == NMP_OK)
 			s = nmp_sensitivity_rules(&plan, &r, f, err);
-		if (s == NMP_OK)
-			s = nmp_pending_commit(pending, err);
 	}
+	if (s == NMP_OK && (cli->json || cli->report))
+		j = cli->sensitivity ? sensitivity_json(cli, &plan, &r) : nmp_report_inspect_json(&plan);
 	if (s == NMP_OK)
-		sensitivity_report(cli, &plan, &r);
+		s = report_file(cli, pending, j, err);
+	if (s == NMP_OK)
+		s = nmp_pending_commit(pending, err);
+	if (s == NMP_OK && cli->json)
+		nmp_report_print(stdout, j);
+	else if (s == NMP_OK && cli->sensitivity)
+		sensitivity_text(cli, &plan, &r);
+	else if (s == NMP_OK)
+		s = nmp_report_inspect(stdout, &plan, false, err);
+	json_decref(j);
 	nmp_pending_free(&pending);
 	nmp_sensitivity_free(&r);
 	nmp_engine_free(&engine);
@@ -266,7 +281,7 @@ static bool same_file(const char *a, const char *b)
 static nmp_status check_collisions(const nmp_cli *cli, const nmp_model *m, nmp_error *err)
 {
 	typedef struct named { const char *opt, *path; } named;
-	named outs[5];
+	named outs[6];
 	size_t n = 0;
 	char out_data[PATH_MAX + 8] = "";
 	if (cli->cmd == NMP_CMD_PRUNE && !cli->dry_run && cli->output) {
@@ -279,6 +294,8 @@ static nmp_status check_collisions(const nmp_cli *cli, const nmp_model *m, nmp_e
 	}
 	if (cli->report)
 		outs[n++] = (named){ "--report", cli->report };
+	if (cli->write_rules)
+		outs[n++] = (named){ "--write-rules", cli->write_rules };
 	if (cli->report_html)
 		outs[n++] = (named){ "--report-html", cli->report_html };
 	if (cli->save_masks)
@@ -328,8 +345,13 @@ static nmp_status run_compare(const nmp_cli *cli, nmp_error *err)
 			       .max_samples = cli->calib_samples, .ort_library = cli->ort_library,
 			       .threads = cli->threads };
 	nmp_compare_result r;
+	const char *models[2] = { "the dense model", "the pruned model" };
+	for (int k = 0; cli->report && k < 2; k++)
+		if (same_file(cli->report, k ? cli->input2 : cli->input))
+			return nmp_error_set(err, NMP_ERR_USAGE, "%s: --report names %s", cli->report, models[k]);
 	NMP_TRY(nmp_compare(&o, &r, err));
-	if (cli->json) {
+	nmp_status s = NMP_OK;
+	if (cli->json || cli->report) {
 		json_t *outs = json_array();
 		for (size_t i = 0; i < r.n; i++) {
 			const nmp_output_fidelity *f = &r.outputs[i];
@@ -344,9 +366,18 @@ static nmp_status run_compare(const nmp_cli *cli, nmp_error *err)
 		json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:s,s:I,s:f,s:s,s:o}", "tool", "nmprune", "version", NMP_VERSION,
 				      "command", "compare", "dense", cli->input, "pruned", cli->input2, "samples",
 				      (json_int_t)r.samples, "elapsed_s", r.seconds, "runtime", r.runtime, "outputs", outs);
-		nmp_report_print(stdout, j);
+		nmp_pending *pending = NULL;
+		s = nmp_pending_create(&pending, err);
+		if (s == NMP_OK)
+			s = report_file(cli, pending, j, err);
+		if (s == NMP_OK)
+			s = nmp_pending_commit(pending, err);
+		if (s == NMP_OK && cli->json)
+			nmp_report_print(stdout, j);
+		nmp_pending_free(&pending);
 		json_decref(j);
-	} else if (cli->verbosity >= 0) {
+	}
+	if (s == NMP_OK && !cli->json && cli->verbosity >= 0) {
 		printf("%-32s  %9s  %9s  %9s  %9s\n", "OUTPUT", "COSINE", "MIN", "REL L2", "TOP-1");
 		for (size_t i = 0; i < r.n; i++) {
 			const nmp_output_fidelity *f = &r.outputs[i];
@@ -361,7 +392,7 @@ static nmp_status run_compare(const nmp_cli *cli, nmp_error *err)
 		printf("%zu samples, %.3f s, %s\n", r.samples, r.seconds, r.runtime);
 	}
 	nmp_compare_free(&r);
-	return NMP_OK;
+	return s;
 }
 
 static nmp_status run_pass(const nmp_cli *cli, bool *violations, nmp_error *err)

@@ -1020,6 +1020,30 @@ def test_sensitivity_measures_fidelity_on_held_out_samples(tmp_path, mlp_case, r
     assert "bad.safetensors: tensor 'y' names no input" in r.err and len(r.err.strip().splitlines()) == 1
 
 
+def test_inspect_and_compare_write_their_json_to_report(tmp_path, mlp_case):
+    """--report FILE holds what --json prints (elapsed times aside); a report over an input is refused."""
+    path, _, _, _ = mlp_case
+    data = tmp_path / "data.safetensors"
+    timeless = lambda j: {k: v for k, v in j.items() if k != "elapsed_s"} if isinstance(j, dict) else j
+    for args in (["inspect", path, "--align", "none"],
+                 ["inspect", path, "--align", "none", "--sensitivity", "--calibration", data, "--method", "wanda"],
+                 ["compare", path, path, "--calibration", data]):
+        rep = tmp_path / "rep.json"
+        printed = json.loads(nmprune(*args, "--json", check=0).out)
+        r = nmprune(*args, "--report", rep, check=0)
+        assert not r.out.lstrip().startswith(("{", "["))  # stdout stays the table
+        assert timeless(json.loads(rep.read_text())) == timeless(printed)
+        rep.unlink()
+    before = path.read_bytes()
+    assert "--report names the input model" in nmprune("inspect", path, "--report", path, check=2).err
+    r = nmprune("compare", path, tmp_path / "other.onnx", "--calibration", data, "--report", path, check=2)
+    assert "--report names the dense model" in r.err
+    r = nmprune("inspect", path, "--sensitivity", "--calibration", data, "--target-fidelity", "0.9",
+                "--write-rules", tmp_path / "same.json", "--report", tmp_path / "same.json", check=2)
+    assert "--report and --write-rules name the same file" in r.err
+    assert path.read_bytes() == before and not (tmp_path / "same.json").exists()
+
+
 def test_sensitivity_errors(tmp_path, mlp_case):
     path, _, _, _ = mlp_case
     data = tmp_path / "data.safetensors"

@@ -41,6 +41,16 @@ def test_version_and_help():
     (["inspect", "m.onnx", "--threads", "0"], "--threads '0'"),
     (["inspect", "m.onnx", "--frobnicate"], "unknown option '--frobnicate'"),
     (["inspect", "m.onnx", "--pattern"], "option '--pattern' needs a value"),
+    # an option a command does not take is refused by its name, never by its value
+    (["check", "m.onnx", "--calibration", "d.npz"], "--calibration is an option of prune, compare and inspect"),
+    (["prune", "m.onnx", "--dry-run", "--target-fidelity", "0.9"], "--target-fidelity is an option of inspect"),
+    (["compare", "a.onnx", "b.onnx", "--calibration", "d.npz", "--pattern", "2:4"],
+     "--pattern is an option of prune, check and inspect"),
+    (["compare", "a.onnx", "b.onnx", "--calibration", "d.npz", "--rules", "r.json"],
+     "--rules is an option of prune, check and inspect"),
+    (["compare", "a.onnx", "b.onnx", "--calibration", "d.npz", "--device", "cuda"],
+     "--device is an option of prune, check and inspect"),
+    (["inspect", "m.onnx", "--output", "o.onnx"], "--output is an option of prune only"),
 ])
 def test_usage_errors_exit_2(args, message):
     r = nmprune(*args, check=2)
