@@ -23,7 +23,8 @@ typedef struct side {
 } side;
 
 typedef struct acc {
-	double cos_sum, cos_min, diff2, ref2;
+	nmp_cosine_acc cos;
+	double diff2, ref2;
 	uint64_t rows, agree, elems, equal;
 } acc;
 
@@ -81,9 +82,7 @@ static nmp_status accumulate(const nmp_compare_opts *o, const char *name, const 
 		nb += vb * vb;
 		diff += (va - vb) * (va - vb);
 	}
-	double cos = nmp_cosine(dot, na, nb);
-	x->cos_sum += cos;
-	x->cos_min = fmin(x->cos_min, cos);
+	nmp_cosine_add(&x->cos, dot, na, nb, a->numel);
 	x->diff2 += diff;
 	x->ref2 += na;
 	uint64_t last = a->rank ? (uint64_t)a->dims[a->rank - 1] : 1;
@@ -130,10 +129,8 @@ nmp_status nmp_compare(const nmp_compare_opts *o, nmp_compare_result *r, nmp_err
 		if (!names || !a || !r->outputs)
 			s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	}
-	for (size_t i = 0; s == NMP_OK && i < n; i++) {
+	for (size_t i = 0; s == NMP_OK && i < n; i++)
 		names[i] = g->output[i]->name;
-		a[i].cos_min = 1;
-	}
 	size_t samples = s == NMP_OK ? nmp_calib_data_count(d.data) : 0;
 	for (size_t k = 0; s == NMP_OK && k < samples; k++) {
 		nmp_ort_outputs ra = { 0 }, rb = { 0 };
@@ -156,8 +153,8 @@ nmp_status nmp_compare(const nmp_compare_opts *o, nmp_compare_result *r, nmp_err
 		for (size_t i = 0; i < n; i++) {
 			nmp_output_fidelity *f = &r->outputs[i];
 			snprintf(f->name, sizeof f->name, "%s", names[i]);
-			f->cosine = f->floating && samples ? a[i].cos_sum / (double)samples : NAN;
-			f->cosine_min = f->floating ? a[i].cos_min : NAN;
+			f->cosine = f->floating ? nmp_cosine_of(&a[i].cos) : NAN;
+			f->cosine_min = f->floating ? nmp_cosine_min_of(&a[i].cos) : NAN;
 			f->rel_l2 = f->floating ? (a[i].ref2 > 0 ? sqrt(a[i].diff2 / a[i].ref2) : (a[i].diff2 > 0 ? INFINITY : 0)) : NAN;
 			f->top1 = f->floating && a[i].rows ? (double)a[i].agree / (double)a[i].rows : NAN;
 			f->agreement = !f->floating && a[i].elems ? (double)a[i].equal / (double)a[i].elems : NAN;

@@ -5,7 +5,10 @@
  * Both models run on every sample; per output of the dense model (the
  * pruned model must produce it too, with the same shape):
  *  - cosine: the cosine similarity of the two outputs, flattened, averaged
- *    over samples (1 when both are zero), and its minimum;
+ *    over samples (1 when both are zero), and its minimum; an output of one
+ *    element per sample (a score, a probability), whose cosine would say
+ *    only its sign, takes the cosine of all samples' values together, and
+ *    no minimum;
  *  - rel_l2: sqrt(sum |pruned - dense|^2 / sum |dense|^2) over all samples;
  *  - top1: the fraction of rows (every position but the last axis) whose
  *    largest entry along the last axis is at the same index; for outputs
@@ -55,6 +58,41 @@ typedef struct nmp_compare_result {
 static inline double nmp_cosine(double dot, double na, double nb)
 {
 	return na == 0 && nb == 0 ? 1 : na == 0 || nb == 0 ? 0 : dot / sqrt(na * nb);
+}
+
+/*
+ * One output's cosine over the samples (as above): each sample adds its dot
+ * product and squared norms and its element count.
+ */
+typedef struct nmp_cosine_acc {
+	double sum, min;             /* of the samples' cosines */
+	double dot, na, nb;          /* over every sample's values */
+	uint64_t samples;
+	bool wide;                   /* some sample held more than one element */
+} nmp_cosine_acc;
+
+static inline void nmp_cosine_add(nmp_cosine_acc *a, double dot, double na, double nb, uint64_t numel)
+{
+	double c = nmp_cosine(dot, na, nb);
+	a->sum += c;
+	a->min = a->samples == 0 || c < a->min ? c : a->min;
+	a->dot += dot;
+	a->na += na;
+	a->nb += nb;
+	a->samples++;
+	a->wide |= numel > 1;
+}
+
+/* The output's cosine: the samples' mean, or the pooled cosine of one-element outputs; NAN without samples. */
+static inline double nmp_cosine_of(const nmp_cosine_acc *a)
+{
+	return a->samples == 0 ? NAN : a->wide ? a->sum / (double)a->samples : nmp_cosine(a->dot, a->na, a->nb);
+}
+
+/* The smallest sample's cosine; NAN for one-element outputs, whose samples have none of their own. */
+static inline double nmp_cosine_min_of(const nmp_cosine_acc *a)
+{
+	return a->samples && a->wide ? a->min : NAN;
 }
 
 nmp_status nmp_compare(const nmp_compare_opts *o, nmp_compare_result *r, nmp_error *err);

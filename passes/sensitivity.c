@@ -79,8 +79,9 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 		if (!c->dense || !c->numel)
 			s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	}
-	double sum = 0;
-	size_t terms = 0;
+	nmp_cosine_acc *cos = calloc(c->n_out + 1, sizeof *cos);
+	if (s == NMP_OK && !cos)
+		s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	for (size_t k = 0; s == NMP_OK && k < c->samples; k++) {
 		const char *const *names;
 		const nmp_host_tensor *in;
@@ -114,14 +115,22 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 				na += a * a;
 				nb += b * b;
 			}
-			sum += nmp_cosine(dot, na, nb);
-			terms++;
+			nmp_cosine_add(&cos[j], dot, na, nb, t->numel);
 		}
 		if (res.values)
 			nmp_ort_outputs_release(sess, &res);
 	}
-	if (s == NMP_OK && !record)
+	if (s == NMP_OK && !record) { /* the mean of the floating outputs' cosines */
+		double sum = 0;
+		size_t terms = 0;
+		for (size_t j = 0; j < c->n_out; j++)
+			if (cos[j].samples) {
+				sum += nmp_cosine_of(&cos[j]);
+				terms++;
+			}
 		*fidelity = terms ? sum / (double)terms : NAN;
+	}
+	free(cos);
 	c->runs++;
 	nmp_calib_data_free(&data);
 	nmp_ort_session_free(&sess);

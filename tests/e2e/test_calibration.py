@@ -331,6 +331,42 @@ def test_compare_of_a_model_with_itself_is_exact(tmp_path, mlp_case):
     assert o["outputs"][0]["cosine"] == 1.0 and o["outputs"][0]["rel_l2"] == 0.0 and o["outputs"][0]["top1"] == 1.0
 
 
+def test_one_element_outputs_take_the_cosine_over_the_samples(tmp_path, rng):
+    """A score per sample: its own cosine is only its sign, so compare and sensitivity pool the samples."""
+    W = rng.standard_normal((64, 32)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("ReduceMean", ["r"], ["score"], keepdims=0),
+             helper.make_node("MatMul", ["x", "W"], ["wide"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 64])],
+                   [helper.make_tensor_value_info("score", TensorProto.FLOAT, []),
+                    helper.make_tensor_value_info("wide", TensorProto.FLOAT, [2, 5, 32])], {"W": W})
+    path = save(model, tmp_path / "m.onnx")
+    X = mlp_data(rng)
+    save_file({"x": X}, str(tmp_path / "d.safetensors"))
+    Wp = np.where(reference.mask(W, "2:4", 0, 1), W, 0)
+    out = tmp_path / "o.onnx"
+    nmprune("prune", path, "-o", out, "--align", "none", "-q", check=0)
+    run = lambda m: [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}) for x in X]
+    pruned_model = onnx.load(str(out))
+    dense, pruned = run(model), run(pruned_model)
+    a = np.array([d[0] for d in dense], np.float64)
+    b = np.array([p[0] for p in pruned], np.float64)
+    pooled = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+    assert 0.5 < pooled < 0.9999  # the scores moved; per sample, every cosine would be 1
+    cos_wide = [np.dot(d[1].ravel(), p[1].ravel()) / np.linalg.norm(d[1]) / np.linalg.norm(p[1])
+                for d, p in zip(dense, pruned)]
+    r = json.loads(nmprune("compare", path, out, "--calibration", tmp_path / "d.safetensors", "--json",
+                           check=0).out)
+    score, wide = r["outputs"]
+    assert score["cosine"] == pytest.approx(pooled, rel=1e-6) and score["cosine_min"] is None
+    assert wide["cosine"] == pytest.approx(np.mean(cos_wide), rel=1e-6)
+    assert wide["cosine_min"] == pytest.approx(min(cos_wide), rel=1e-6)
+    r = json.loads(nmprune("inspect", path, "--sensitivity", "--calibration", tmp_path / "d.safetensors",
+                           "--align", "none", "--json", check=0).out)
+    assert r["weights"][0]["fidelity_pruned_alone"] == pytest.approx((pooled + np.mean(cos_wide)) / 2, rel=1e-6)
+
+
 def test_metadata_records_method_and_calibration(tmp_path, mlp_case):
     path, _, _, _ = mlp_case
     out = tmp_path / "o.onnx"
