@@ -30,11 +30,17 @@
  *    nmp_close(NULL-holding) is a no-op).  Strings returned by the library
  *    (weight names, reasons, messages) are borrowed from the session and live
  *    until nmp_close.  Strings passed in options are borrowed for the
- *    duration of the call that takes them.
+ *    duration of nmp_open, which copies what it keeps for nmp_prune_save.
  *  - A session is used by one thread at a time; sessions are independent.
  *
- * Link with: pkg-config --libs nmprune (libnmprune.a, protobuf-c, jansson,
- * pthreads, libm).
+ * Calibrated pruning (method "wanda" or "sparsegpt", with calibration
+ * samples) runs the model in ONNX Runtime, loaded at run time as the command
+ * loads it (ort_library, $NMPRUNE_ORT_LIBRARY, the library path, the
+ * onnxruntime Python wheel); nmp_prune_save calibrates on its first call and
+ * fails with NMP_ERR_RUNTIME when the runtime cannot be found.
+ *
+ * Link with: pkg-config --libs --static nmprune (libnmprune.a, protobuf-c,
+ * jansson, zlib, pthreads, libdl, libm).
  */
 #ifndef NMPRUNE_H
 #define NMPRUNE_H
@@ -80,6 +86,13 @@ typedef struct nmp_options {
 	const char *masks_path;            /* save: also write the masks as safetensors */
 	bool permute;                      /* save: permute channels first (prune --permute) */
 	unsigned permute_effort;           /* the permutation search's budget times this; 0 or 1: default */
+	const char *method;                /* save: "magnitude" (default, NULL), "wanda" or "sparsegpt" */
+	const char *calibration;           /* the samples wanda and sparsegpt need: a directory of
+					      test_data_set_*, or a .safetensors or .npz file */
+	size_t calibration_samples;        /* use the first N; 0: all */
+	size_t calibration_stages;         /* 0: 8 (prune --calibration-stages) */
+	double damp;                       /* sparsegpt damping, fraction of the mean diagonal; 0: 0.01 */
+	const char *ort_library;           /* libonnxruntime.so; NULL: search */
 } nmp_options;
 
 void nmp_options_init(nmp_options *o);
@@ -107,6 +120,10 @@ typedef struct nmp_weight {
 	uint64_t kept;                     /* elements kept (check: nonzero) */
 	double kept_l1_ratio;              /* kept magnitude / dense magnitude; NaN when the weight holds +-Inf */
 	uint64_t violations;               /* check: groups that do not comply */
+	/* after nmp_prune_save with a calibrated method: */
+	const char *method;                /* what chose the mask ("magnitude" where the method fell back), or "" */
+	const char *note;                  /* why it fell back, or ""  */
+	double output_error;               /* sparsegpt: the layer's relative squared output error; NaN otherwise */
 } nmp_weight;
 
 /* Candidate weights, in graph order. */

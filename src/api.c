@@ -2,22 +2,30 @@
  * api.c — the public library (include/nmprune.h) over the passes: a session
  * holds the plan, the engine and the last results.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "calib.h"
 #include "nmprune.h"
 #include "plan.h"
 #include "prune.h"
 #include "report.h"
 #include "version.h"
 
+/* The option strings nmp_prune_save reads, copied by nmp_open. */
+enum { KEEP_EXTERNAL_DATA, KEEP_MASKS, KEEP_CALIBRATION, KEEP_ORT_LIBRARY, KEEP_N };
+
 struct nmp_session {
 	nmp_plan plan;
 	nmp_engine *engine;
-	nmp_options opt;
+	nmp_options opt;                   /* its save-time strings point into kept[] */
+	char *kept[KEEP_N];
+	nmp_method method;
 	nmp_pass_result result;
 	nmp_channels *channels;            /* planned on the first save with permute */
+	nmp_calib *calib;                  /* calibrated on the first save with a calibrated method */
 	nmp_error err;
 };
 
@@ -50,18 +58,38 @@ nmp_status nmp_open(const char *model_path, const nmp_options *o, nmp_session **
 		return NMP_ERR_NOMEM;
 	}
 	s->opt = *o;
+	const char **keep[KEEP_N] = { &s->opt.external_data, &s->opt.masks_path, &s->opt.calibration,
+				      &s->opt.ort_library };
+	nmp_status st = NMP_OK;
+	for (int k = 0; k < KEEP_N; k++)
+		if (*keep[k] && !(*keep[k] = s->kept[k] = strdup(*keep[k])))
+			st = nmp_error_set(&s->err, NMP_ERR_NOMEM, "out of memory");
+	const char *method = o->method ? o->method : "magnitude";
+	s->method = strcmp(method, "wanda") == 0 ? NMP_METHOD_WANDA :
+		    strcmp(method, "sparsegpt") == 0 ? NMP_METHOD_SPARSEGPT : NMP_METHOD_MAGNITUDE;
+	if (st == NMP_OK && s->method == NMP_METHOD_MAGNITUDE && strcmp(method, "magnitude") != 0)
+		st = nmp_error_set(&s->err, NMP_ERR_USAGE, "method '%s': expected magnitude, wanda or sparsegpt",
+				   method);
+	else if (st == NMP_OK && s->method != NMP_METHOD_MAGNITUDE && !o->calibration)
+		st = nmp_error_set(&s->err, NMP_ERR_USAGE, "method %s needs calibration samples", method);
+	else if (st == NMP_OK && s->method == NMP_METHOD_MAGNITUDE && (o->calibration || o->calibration_stages))
+		st = nmp_error_set(&s->err, NMP_ERR_USAGE, "%s", "calibration is for method wanda or sparsegpt");
+	else if (st == NMP_OK && (o->damp < 0 || (o->damp > 0 && s->method != NMP_METHOD_SPARSEGPT)))
+		st = nmp_error_set(&s->err, NMP_ERR_USAGE, "damp %g: a positive fraction, for method sparsegpt",
+				   o->damp);
 	nmp_select_opts so = {
 		.pattern = o->pattern ? o->pattern : "2:4", .align = o->align ? o->align : "asp",
 		.ops = o->ops ? o->ops : "Conv,Gemm,MatMul", .include = o->include, .n_include = o->n_include,
 		.exclude = o->exclude, .n_exclude = o->n_exclude, .dense_first = o->dense_first,
 		.rules_path = o->rules_path, .greedy = o->greedy,
 	};
-	nmp_status st = NMP_OK;
-	if (!(o->dense_first >= 0.0 && o->dense_first <= 1.0))
+	if (st == NMP_OK && !(o->dense_first >= 0.0 && o->dense_first <= 1.0))
 		st = nmp_error_set(&s->err, NMP_ERR_USAGE, "dense_first %g: expected a fraction between 0 and 1",
 				   o->dense_first);
 	if (st == NMP_OK)
 		st = nmp_plan_build(model_path, &so, &s->plan, &s->err);
+	if (st == NMP_OK && s->method != NMP_METHOD_MAGNITUDE) /* a pattern the method cannot serve */
+		st = nmp_calib_check(&s->plan, s->method, &s->err);
 	if (st == NMP_OK)
 		st = nmp_engine_create(nmp_device_parse(o->device), o->threads, &s->engine, NULL, 0, &s->err);
 	if (st != NMP_OK) {
@@ -80,9 +108,12 @@ void nmp_close(nmp_session **ps)
 	if (!s)
 		return;
 	nmp_pass_result_free(&s->result);
+	nmp_calib_free(&s->calib);
 	nmp_channels_free(&s->channels);
 	nmp_engine_free(&s->engine);
 	nmp_plan_free(&s->plan);
+	for (int k = 0; k < KEEP_N; k++)
+		free(s->kept[k]);
 	free(s);
 	*ps = NULL;
 }
@@ -118,6 +149,14 @@ nmp_status nmp_weight_get(const nmp_session *s, size_t i, nmp_weight *w)
 		w->kept_l1_ratio = nmp_report_ratio(st->l1_kept, st->l1_dense);
 		w->violations = st->violations;
 	}
+	w->method = w->note = "";
+	w->output_error = NAN;
+	if (s->result.weights && s->result.weights[i].done && s->result.weights[i].calibrated) {
+		const nmp_calib_weight_result *cr = &s->result.weights[i].cal;
+		w->method = nmp_method_name(cr->method);
+		w->note = cr->note;
+		w->output_error = cr->error;
+	}
 	return NMP_OK;
 }
 
@@ -131,9 +170,18 @@ nmp_status nmp_prune_save(nmp_session *s, const char *out_path)
 		if (st != NMP_OK)
 			return st;
 	}
+	if (s->method != NMP_METHOD_MAGNITUDE && !s->calib) {
+		nmp_calib_opts co = { .method = s->method, .data = s->opt.calibration,
+				      .max_samples = s->opt.calibration_samples, .damp = s->opt.damp,
+				      .ort_library = s->opt.ort_library, .threads = s->opt.threads,
+				      .stages = s->opt.calibration_stages, .engine = s->engine, .channels = s->channels };
+		nmp_status st = nmp_calibrate(&s->plan, &co, &s->calib, &s->err);
+		if (st != NMP_OK)
+			return st;
+	}
 	nmp_prune_opts po = {
 		.output = out_path, .external_data = s->opt.external_data, .engine = s->engine,
-		.masks_path = s->opt.masks_path, .channels = s->channels,
+		.masks_path = s->opt.masks_path, .channels = s->channels, .calib = s->calib,
 	};
 	return nmp_prune(&s->plan, &po, &s->result, &s->err);
 }

@@ -123,3 +123,82 @@ def test_library_permutes_as_the_command_does(tmp_path):
     nmprune("prune", DEMO, "-o", plain, "-q", check=0)
     assert out.read_bytes() == cli.read_bytes()
     assert out.read_bytes() != plain.read_bytes()  # the demo model has permutable groups
+
+
+CALIBRATED_C = r"""
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <nmprune.h>
+
+/* calibrated MODEL OUT METHOD DATA [ORT_LIBRARY]: prints each pruned weight's method and output error */
+int main(int argc, char **argv)
+{
+	nmp_options o;
+	nmp_options_init(&o);
+	o.align = "none";
+	o.method = argv[3];
+	o.calibration = argv[4][0] ? argv[4] : NULL;
+	o.ort_library = argc > 5 ? argv[5] : NULL;
+	nmp_session *s = NULL;
+	char err[512];
+	nmp_status st = nmp_open(argv[1], &o, &s, err, sizeof err);
+	if (st != NMP_OK) {
+		fprintf(stderr, "%s: %s\n", nmp_status_string(st), err);
+		return 10 + (int)st;
+	}
+	st = nmp_prune_save(s, argv[2]);
+	if (st != NMP_OK) {
+		fprintf(stderr, "%s: %s\n", nmp_status_string(st), nmp_last_error(s));
+		nmp_close(&s);
+		return 20 + (int)st;
+	}
+	for (size_t i = 0; i < nmp_weight_count(s); i++) {
+		nmp_weight w;
+		nmp_weight_get(s, i, &w);
+		printf("%s %s %s\n", w.name, w.method, isnan(w.output_error) ? "-" : "error");
+	}
+	nmp_close(&s);
+	return 0;
+}
+"""
+
+
+def test_library_calibrates_as_the_command_does(tmp_path):
+    """method and calibration in nmp_options: the library writes the command's model, and says what it did."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_calibration import mlp, mlp_data
+    from safetensors.numpy import save_file
+    rng = np.random.default_rng(7)
+    model, _ = mlp(rng)
+    path = tmp_path / "mlp.onnx"
+    onnx.save(model, str(path))
+    data = tmp_path / "d.safetensors"
+    save_file({"x": mlp_data(rng)}, str(data))
+    pc = _install(tmp_path / "prefix")
+    env = dict(os.environ, PKG_CONFIG_PATH=str(pc))
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "--static", "nmprune"], env=env,
+                           capture_output=True, text=True, check=True).stdout.split()
+    src, exe = tmp_path / "calibrated.c", tmp_path / "calibrated"
+    src.write_text(CALIBRATED_C)
+    subprocess.run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", str(src), *flags, "-o", str(exe)], check=True)
+    for method in ("wanda", "sparsegpt"):
+        out, cli = tmp_path / f"lib-{method}.onnx", tmp_path / f"cli-{method}.onnx"
+        r = subprocess.run([str(exe), str(path), str(out), method, str(data)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        error = "error" if method == "sparsegpt" else "-"
+        assert r.stdout.splitlines() == [f"W1 {method} {error}", f"W2 {method} {error}"]
+        nmprune("prune", path, "-o", cli, "--align", "none", "--method", method, "--calibration", data, "-q",
+                check=0)
+        assert out.read_bytes() == cli.read_bytes()
+    r = subprocess.run([str(exe), str(path), str(tmp_path / "x.onnx"), "sparsegpt", ""], capture_output=True,
+                       text=True)
+    assert r.returncode == 11 and "method sparsegpt needs calibration samples" in r.stderr  # USAGE at open
+    r = subprocess.run([str(exe), str(path), str(tmp_path / "x.onnx"), "obs", str(data)], capture_output=True,
+                       text=True)
+    assert r.returncode == 11 and "method 'obs'" in r.stderr
+    r = subprocess.run([str(exe), str(path), str(tmp_path / "x.onnx"), "wanda", str(data), "/nonexistent/libort.so"],
+                       capture_output=True, text=True)
+    assert r.returncode == 26 and "/nonexistent/libort.so" in r.stderr  # RUNTIME at save
+    assert not (tmp_path / "x.onnx").exists()
