@@ -23,10 +23,43 @@ typedef struct side {
 } side;
 
 typedef struct acc {
-	nmp_cosine_acc cos;
-	double diff2, ref2;
-	uint64_t rows, agree, elems, equal;
+	nmp_output_acc f;             /* floating outputs */
+	uint64_t elems, equal;        /* integer outputs */
 } acc;
+
+void nmp_output_acc_add(nmp_output_acc *x, const double *ref, const nmp_host_tensor *t, uint64_t last)
+{
+	double dot = 0, na = 0, nb = 0, diff = 0;
+	for (uint64_t i = 0; i < t->numel; i++) {
+		double a = ref[i], b = nmp_host_value(t, i);
+		dot += a * b;
+		na += a * a;
+		nb += b * b;
+		diff += (a - b) * (a - b);
+	}
+	nmp_cosine_add(&x->cos, dot, na, nb, t->numel);
+	x->diff2 += diff;
+	x->ref2 += na;
+	for (uint64_t r = 0; last > 1 && r < t->numel / last; r++) {
+		uint64_t ia = 0, ib = 0;
+		for (uint64_t j = 1; j < last; j++) {
+			ia = ref[r * last + j] > ref[r * last + ia] ? j : ia;
+			ib = nmp_host_value(t, r * last + j) > nmp_host_value(t, r * last + ib) ? j : ib;
+		}
+		x->agree += ia == ib;
+		x->rows++;
+	}
+}
+
+double nmp_output_rel_l2(const nmp_output_acc *x)
+{
+	return x->cos.samples == 0 ? NAN : x->ref2 > 0 ? sqrt(x->diff2 / x->ref2) : x->diff2 > 0 ? INFINITY : 0;
+}
+
+double nmp_output_top1(const nmp_output_acc *x)
+{
+	return x->rows ? (double)x->agree / (double)x->rows : NAN;
+}
 
 static nmp_status open_side(side *s, const nmp_compare_opts *o, const char *path, nmp_ort *ort, nmp_error *err)
 {
@@ -74,30 +107,13 @@ static nmp_status accumulate(const nmp_compare_opts *o, const char *name, const 
 		x->elems += a->numel;
 		return NMP_OK;
 	}
-	double dot = 0, na = 0, nb = 0, diff = 0;
-	for (uint64_t i = 0; i < a->numel; i++) {
-		double va = nmp_host_value(a, i), vb = nmp_host_value(b, i);
-		dot += va * vb;
-		na += va * va;
-		nb += vb * vb;
-		diff += (va - vb) * (va - vb);
-	}
-	nmp_cosine_add(&x->cos, dot, na, nb, a->numel);
-	x->diff2 += diff;
-	x->ref2 += na;
-	uint64_t last = a->rank ? (uint64_t)a->dims[a->rank - 1] : 1;
-	if (last > 1)
-		for (uint64_t r = 0; r < a->numel / last; r++) {
-			uint64_t ia = 0, ib = 0;
-			for (uint64_t j = 1; j < last; j++) {
-				if (nmp_host_value(a, r * last + j) > nmp_host_value(a, r * last + ia))
-					ia = j;
-				if (nmp_host_value(b, r * last + j) > nmp_host_value(b, r * last + ib))
-					ib = j;
-			}
-			x->agree += ia == ib;
-			x->rows++;
-		}
+	double *ref = malloc((a->numel ? a->numel : 1) * sizeof *ref);
+	if (!ref)
+		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory comparing output '%s'", name);
+	for (uint64_t i = 0; i < a->numel; i++)
+		ref[i] = nmp_host_value(a, i);
+	nmp_output_acc_add(&x->f, ref, b, a->rank ? (uint64_t)a->dims[a->rank - 1] : 1);
+	free(ref);
 	return NMP_OK;
 }
 
@@ -153,12 +169,12 @@ nmp_status nmp_compare(const nmp_compare_opts *o, nmp_compare_result *r, nmp_err
 		for (size_t i = 0; i < n; i++) {
 			nmp_output_fidelity *f = &r->outputs[i];
 			snprintf(f->name, sizeof f->name, "%s", names[i]);
-			f->cosine = f->floating ? nmp_cosine_of(&a[i].cos) : NAN;
-			f->cosine_min = f->floating ? nmp_cosine_min_of(&a[i].cos) : NAN;
-			f->rel_l2 = f->floating ? (a[i].ref2 > 0 ? sqrt(a[i].diff2 / a[i].ref2) : (a[i].diff2 > 0 ? INFINITY : 0)) : NAN;
-			f->top1 = f->floating && a[i].rows ? (double)a[i].agree / (double)a[i].rows : NAN;
+			f->cosine = f->floating ? nmp_cosine_of(&a[i].f.cos) : NAN;
+			f->cosine_min = f->floating ? nmp_cosine_min_of(&a[i].f.cos) : NAN;
+			f->rel_l2 = f->floating ? nmp_output_rel_l2(&a[i].f) : NAN;
+			f->top1 = f->floating ? nmp_output_top1(&a[i].f) : NAN;
 			f->agreement = !f->floating && a[i].elems ? (double)a[i].equal / (double)a[i].elems : NAN;
-			f->rows = a[i].rows;
+			f->rows = a[i].f.rows;
 		}
 	}
 	free(names);

@@ -95,6 +95,27 @@ static inline double nmp_cosine_min_of(const nmp_cosine_acc *a)
 	return a->samples && a->wide ? a->min : NAN;
 }
 
+/* One floating output's measures over the samples: cosine, relative L2 error, top-1 agreement. */
+typedef struct nmp_output_acc {
+	nmp_cosine_acc cos;
+	double diff2, ref2;          /* sum |pruned - dense|^2, sum |dense|^2 */
+	uint64_t rows, agree;        /* rows along the last axis, and those whose argmax agrees */
+} nmp_output_acc;
+
+struct nmp_host_tensor;
+
+/*
+ * Adds one sample: the dense output's values (ref, t->numel of them) and the
+ * pruned one's; `last` is the length of the last axis (top-1 rows when > 1).
+ */
+void nmp_output_acc_add(nmp_output_acc *x, const double *ref, const struct nmp_host_tensor *t, uint64_t last);
+
+/* The relative L2 error over the samples added; NAN without samples. */
+double nmp_output_rel_l2(const nmp_output_acc *x);
+
+/* The top-1 agreement; NAN without rows. */
+double nmp_output_top1(const nmp_output_acc *x);
+
 nmp_status nmp_compare(const nmp_compare_opts *o, nmp_compare_result *r, nmp_error *err);
 void nmp_compare_free(nmp_compare_result *r);
 

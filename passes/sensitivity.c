@@ -41,12 +41,27 @@ typedef struct ctx {
 	size_t n_inputs;
 	const char **outs;            /* the model's outputs */
 	size_t n_out;
-	float **dense;                /* [sample * n_out + j]: the dense model's output, NULL when not floating */
-	uint64_t *numel;              /* per output, from the first sample */
+	double **dense;               /* [sample * n_out + j]: the dense model's output, NULL when not floating */
+	uint64_t *numel, *last;       /* per output, from the first sample: elements, last axis */
 	size_t samples;
 	const void **payloads;        /* per model tensor: what the next run uses, NULL the original */
 	size_t runs;                  /* of the model over the samples, calibration's included */
 } ctx;
+
+/* An output's fidelity by the chosen measure; NAN when it has none (no samples, no rows for top1). */
+static double fidelity_of(const nmp_output_acc *x, nmp_fidelity f)
+{
+	switch (f) {
+	case NMP_FIDELITY_REL_L2: return 1 - nmp_output_rel_l2(x);
+	case NMP_FIDELITY_TOP1: return nmp_output_top1(x);
+	default: return nmp_cosine_of(&x->cos);
+	}
+}
+
+const char *nmp_fidelity_name(nmp_fidelity f)
+{
+	return f == NMP_FIDELITY_REL_L2 ? "rel-l2" : f == NMP_FIDELITY_TOP1 ? "top1" : "cosine";
+}
 
 /* The samples every fidelity is measured on. */
 static const char *samples_of(const nmp_sensitivity_opts *o)
@@ -76,11 +91,12 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 		c->samples = nmp_calib_data_count(data);
 		c->dense = calloc(c->samples * c->n_out + 1, sizeof *c->dense);
 		c->numel = calloc(c->n_out + 1, sizeof *c->numel);
-		if (!c->dense || !c->numel)
+		c->last = calloc(c->n_out + 1, sizeof *c->last);
+		if (!c->dense || !c->numel || !c->last)
 			s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	}
-	nmp_cosine_acc *cos = calloc(c->n_out + 1, sizeof *cos);
-	if (s == NMP_OK && !cos)
+	nmp_output_acc *acc = calloc(c->n_out + 1, sizeof *acc);
+	if (s == NMP_OK && !acc)
 		s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	for (size_t k = 0; s == NMP_OK && k < c->samples; k++) {
 		const char *const *names;
@@ -92,10 +108,12 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 			s = nmp_ort_run(sess, n_in, names, in, c->n_out, c->outs, &res, err);
 		for (size_t j = 0; s == NMP_OK && j < c->n_out; j++) {
 			const nmp_host_tensor *t = &res.t[j];
-			float **ref = &c->dense[k * c->n_out + j];
+			double **ref = &c->dense[k * c->n_out + j];
 			if (record) {
-				if (k == 0)
+				if (k == 0) {
 					c->numel[j] = t->numel;
+					c->last[j] = t->rank ? (uint64_t)t->dims[t->rank - 1] : 1;
+				}
 				if (!nmp_host_is_floating(t->dtype) || t->numel != c->numel[j])
 					continue;
 				if (!(*ref = malloc((t->numel ? t->numel : 1) * sizeof **ref))) {
@@ -103,34 +121,29 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 					break;
 				}
 				for (uint64_t i = 0; i < t->numel; i++)
-					(*ref)[i] = (float)nmp_host_value(t, i);
+					(*ref)[i] = nmp_host_value(t, i);
 				continue;
 			}
 			if (!*ref || t->numel != c->numel[j] || !nmp_host_is_floating(t->dtype))
 				continue;
-			double dot = 0, na = 0, nb = 0;
-			for (uint64_t i = 0; i < t->numel; i++) {
-				double a = (*ref)[i], b = nmp_host_value(t, i);
-				dot += a * b;
-				na += a * a;
-				nb += b * b;
-			}
-			nmp_cosine_add(&cos[j], dot, na, nb, t->numel);
+			nmp_output_acc_add(&acc[j], *ref, t, c->last[j]);
 		}
 		if (res.values)
 			nmp_ort_outputs_release(sess, &res);
 	}
-	if (s == NMP_OK && !record) { /* the mean of the floating outputs' cosines */
+	if (s == NMP_OK && !record) { /* the mean over the floating outputs that have the measure */
 		double sum = 0;
 		size_t terms = 0;
-		for (size_t j = 0; j < c->n_out; j++)
-			if (cos[j].samples) {
-				sum += nmp_cosine_of(&cos[j]);
+		for (size_t j = 0; j < c->n_out; j++) {
+			double f = fidelity_of(&acc[j], c->o->fidelity);
+			if (!isnan(f)) {
+				sum += f;
 				terms++;
 			}
+		}
 		*fidelity = terms ? sum / (double)terms : NAN;
 	}
-	free(cos);
+	free(acc);
 	c->runs++;
 	nmp_calib_data_free(&data);
 	nmp_ort_session_free(&sess);
@@ -339,6 +352,7 @@ nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, 
 		free(c.dense[i]);
 	free(c.dense);
 	free(c.numel);
+	free(c.last);
 	variant_free(&c, &full);
 	free(c.payloads);
 	free(c.outs);

@@ -4,9 +4,15 @@
  *
  * For every eligible weight, the model with that weight alone pruned (with
  * its pattern, by the method prune would use) runs on the samples; its
- * fidelity is the mean cosine similarity of its outputs to the dense model's
- * (floating outputs, averaged over samples and outputs).  Weights are ranked
- * from the lowest fidelity (the most sensitive) up.
+ * fidelity is how close its outputs stay to the dense model's, by one
+ * measure per floating output, averaged over the outputs that have it:
+ *  - cosine (default): compare.h's cosine (the mean over samples, pooled
+ *    for outputs of one element per sample);
+ *  - rel-l2: 1 - the relative L2 error over all samples;
+ *  - top1: the share of rows whose largest entry along the last axis stays
+ *    at the dense model's index (outputs whose last axis has one entry do
+ *    not count).
+ * Weights are ranked from the lowest fidelity (the most sensitive) up.
  *
  * A calibrated method (wanda, sparsegpt) first calibrates every weight on the
  * dense model in one stage (calib.h), which is exactly the model each weight
@@ -42,6 +48,15 @@
 #include "mask.h"
 #include "plan.h"
 
+typedef enum nmp_fidelity {
+	NMP_FIDELITY_COSINE = 0,
+	NMP_FIDELITY_REL_L2,
+	NMP_FIDELITY_TOP1,
+} nmp_fidelity;
+
+/* "cosine", "rel-l2", "top1" */
+const char *nmp_fidelity_name(nmp_fidelity f);
+
 typedef struct nmp_sensitivity_opts {
 	const char *data;
 	size_t max_samples;
@@ -54,6 +69,7 @@ typedef struct nmp_sensitivity_opts {
 	bool permute;              /* permute channels first, as prune --permute (channels.h) */
 	unsigned permute_effort;   /* as nmp_channels_plan's effort */
 	const char *eval_data;     /* measure fidelity on these samples; NULL: on data */
+	nmp_fidelity fidelity;     /* the measure */
 	double target;             /* > 0: search the weights to keep dense */
 } nmp_sensitivity_opts;
 

@@ -93,8 +93,10 @@ static const char usage_inspect[] =
 	"List every candidate weight: consumers, dtype, shape, group axis, pattern,\n"
 	"eligibility and the reason when not eligible.\n"
 	"\n"
-	"  --sensitivity        rank the eligible weights by the output fidelity (mean cosine\n"
-	"                       to the dense model) when each alone is pruned (needs --calibration)\n"
+	"  --sensitivity        rank the eligible weights by the output fidelity to the dense\n"
+	"                       model when each alone is pruned (needs --calibration)\n"
+	"  --fidelity F         cosine (default: mean cosine) | rel-l2 (1 - relative L2 error)\n"
+	"                       | top1 (argmax agreement along the last axis)\n"
 	"  --calibration DATA   samples: a directory of test_data_set_*/input_*.pb, .safetensors or .npz\n"
 	"  --calibration-samples N  use the first N samples (default: all)\n"
 	"  --method M[,M]       how each weight is pruned: magnitude (default) | wanda | sparsegpt,\n"
@@ -126,7 +128,7 @@ enum {
 	OPT_EXTERNAL_DATA, OPT_METHOD, OPT_PERMUTE, OPT_REPORT_HTML, OPT_SAVE_MASKS,
 	OPT_GENERAL_PATH, OPT_PERMUTE_ONLY, OPT_CALIBRATION, OPT_CALIB_SAMPLES, OPT_DAMP, OPT_ORT_LIBRARY,
 	OPT_CALIB_STATS, OPT_CALIB_STAGES, OPT_PERMUTE_EFFORT, OPT_SENSITIVITY, OPT_TARGET_FIDELITY, OPT_WRITE_RULES,
-	OPT_EVAL_DATA,
+	OPT_EVAL_DATA, OPT_FIDELITY,
 };
 
 static const struct option long_options[] = {
@@ -163,6 +165,7 @@ static const struct option long_options[] = {
 	{ "calibration-stages", required_argument, NULL, OPT_CALIB_STAGES },
 	{ "sensitivity", no_argument, NULL, OPT_SENSITIVITY },
 	{ "eval-data", required_argument, NULL, OPT_EVAL_DATA },
+	{ "fidelity", required_argument, NULL, OPT_FIDELITY },
 	{ "target-fidelity", required_argument, NULL, OPT_TARGET_FIDELITY },
 	{ "write-rules", required_argument, NULL, OPT_WRITE_RULES },
 	{ NULL, 0, NULL, 0 },
@@ -194,7 +197,7 @@ static unsigned commands_of(int opt)
 		return P | I;
 	case OPT_CALIBRATION: case OPT_CALIB_SAMPLES: case OPT_ORT_LIBRARY:
 		return P | C | I;
-	case OPT_SENSITIVITY: case OPT_TARGET_FIDELITY: case OPT_WRITE_RULES: case OPT_EVAL_DATA:
+	case OPT_SENSITIVITY: case OPT_TARGET_FIDELITY: case OPT_WRITE_RULES: case OPT_EVAL_DATA: case OPT_FIDELITY:
 		return I;
 	case OPT_PATTERN: case OPT_ALIGN: case OPT_OPS: case OPT_INCLUDE: case OPT_EXCLUDE: case OPT_DENSE_FIRST:
 	case OPT_RULES: case OPT_DEVICE:
@@ -231,6 +234,7 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 	static const char *const devices[] = { "auto", "cpu", "cuda", NULL };
 	static const char *const tile_methods[] = { "exact", "greedy", NULL };
 	static const char *const calib_methods[] = { "magnitude", "wanda", "sparsegpt", NULL };
+	static const char *const fidelities[] = { "cosine", "rel-l2", "top1", NULL };
 
 	memset(cli, 0, sizeof *cli);
 	cli->pattern = "2:4";
@@ -362,6 +366,11 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 			break;
 		case OPT_ORT_LIBRARY: cli->ort_library = optarg; break;
 		case OPT_EVAL_DATA: cli->eval_data = optarg; break;
+		case OPT_FIDELITY:
+			if (!one_of(optarg, fidelities))
+				return usage(err, "--fidelity '%s': expected cosine, rel-l2 or top1", optarg);
+			cli->fidelity = optarg;
+			break;
 		case OPT_SENSITIVITY: cli->sensitivity = true; break;
 		case OPT_TARGET_FIDELITY:
 			cli->target_fidelity = strtod(optarg, &end);
@@ -415,10 +424,10 @@ nmp_status nmp_cli_parse(int argc, char **argv, nmp_cli *cli, nmp_error *err)
 		if (cli->write_rules && !(cli->target_fidelity > 0))
 			return usage(err, "%s", "--write-rules needs --target-fidelity F");
 		bool calibrated = strcmp(cli->calib_method, "magnitude") != 0;
-		if ((calibrated || cli->damp > 0 || cli->calib_stages || cli->eval_data || cli->permute ||
+		if ((calibrated || cli->damp > 0 || cli->calib_stages || cli->eval_data || cli->permute || cli->fidelity ||
 		     strcmp(cli->method, "exact") != 0) && !cli->sensitivity)
-			return usage(err, "%s", "--method, --damp, --calibration-stages, --permute and --eval-data go "
-						"with --sensitivity");
+			return usage(err, "%s", "--method, --damp, --calibration-stages, --permute, --eval-data and "
+						"--fidelity go with --sensitivity");
 		if (cli->permute_effort && !cli->permute)
 			return usage(err, "%s", "--permute-effort goes with --permute");
 		if (cli->damp > 0 && strcmp(cli->calib_method, "sparsegpt") != 0)

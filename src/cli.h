@@ -56,6 +56,7 @@ typedef struct nmp_cli {
 	size_t calib_samples;      /* 0: all */
 	size_t calib_stages;       /* 0: default */
 	const char *eval_data;     /* inspect --sensitivity: measure fidelity on these samples */
+	const char *fidelity;      /* inspect --sensitivity: cosine, rel-l2, top1; NULL: cosine */
 	const char *ort_library;
 	const char *calib_stats;   /* hidden: statistics as safetensors (tests) */
 	/* inspect */

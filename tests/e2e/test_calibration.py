@@ -1036,6 +1036,36 @@ def test_sensitivity_with_permute_measures_what_prune_permute_gives(tmp_path, ml
     assert cosine("--rules", rules) == pytest.approx(rep["target"]["reached"], rel=1e-6)
 
 
+@pytest.mark.parametrize("measure", ["rel-l2", "top1"])
+def test_sensitivity_measures_by_relative_error_or_top1(tmp_path, mlp_case, measure):
+    """--fidelity rel-l2: 1 - ||pruned - dense|| / ||dense|| over every sample; top1: the rows whose argmax
+    along the last axis stays (numpy, on the model with each weight alone pruned by magnitude)."""
+    path, model, w, X = mlp_case
+    pruned = {"W1": np.where(reference.mask(w["W1"], "2:4", 0, 1), w["W1"], 0),
+              "W2": np.where(reference.mask(w["W2"], "2:4", 1, 0), w["W2"], 0)}
+
+    def measure_of(weights):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        for t in m.graph.initializer:
+            if t.name in weights:
+                t.CopyFrom(numpy_helper.from_array(weights[t.name], t.name))
+        run = lambda mm: np.concatenate([ort.InferenceSession(mm.SerializeToString(), providers=[
+            "CPUExecutionProvider"]).run(None, {"x": x})[0] for x in X]).astype(np.float64)
+        a, b = run(model), run(m)
+        if measure == "rel-l2":
+            return 1 - np.linalg.norm(a - b) / np.linalg.norm(a)
+        return float(np.mean(a.argmax(-1) == b.argmax(-1)))
+
+    r = json.loads(nmprune("inspect", path, "--sensitivity", "--calibration", tmp_path / "data.safetensors",
+                           "--align", "none", "--fidelity", measure, "--json", check=0).out)
+    assert r["fidelity"] == measure
+    got = {e["name"]: e["fidelity_pruned_alone"] for e in r["weights"]}
+    assert got == pytest.approx({k: measure_of({k: v}) for k, v in pruned.items()}, rel=1e-6)
+    assert r["fidelity_all_pruned"] == pytest.approx(measure_of(pruned), rel=1e-6)
+    assert got != pytest.approx({k: _fidelity(model, {k: v}, X) for k, v in pruned.items()}, rel=1e-3)
+
+
 def test_sensitivity_measures_fidelity_on_held_out_samples(tmp_path, mlp_case, rng):
     """--eval-data: calibrated on the calibration samples, measured on the others."""
     path, model, w, X = mlp_case
@@ -1094,6 +1124,9 @@ def test_sensitivity_errors(tmp_path, mlp_case):
     for extra, why in [(["--method", "sparsegpt"], "go with --sensitivity"),
                        (["--eval-data", data], "go with --sensitivity"),
                        (["--permute"], "go with --sensitivity"),
+                       (["--fidelity", "top1"], "go with --sensitivity"),
+                       (["--sensitivity", "--calibration", data, "--fidelity", "psnr"],
+                        "--fidelity 'psnr': expected cosine, rel-l2 or top1"),
                        (["--sensitivity", "--calibration", data, "--permute-effort", "2"],
                         "--permute-effort goes with --permute"),
                        (["--sensitivity", "--calibration", data, "--method", "wanda", "--damp", "0.1"],
