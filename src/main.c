@@ -126,14 +126,21 @@ static void sensitivity_text(const nmp_cli *cli, const nmp_plan *plan, const nmp
 		       r->target_met ? "met" : "not met", r->keep_dense, r->reached);
 }
 
-/* --report FILE: j written through `pending`, so that it lands with the other outputs or not at all. */
-static nmp_status report_file(const nmp_cli *cli, nmp_pending *pending, json_t *j, nmp_error *err)
+/*
+ * The JSON of inspect and compare: into --report through `pending`, which
+ * then commits, so that it lands with the other outputs (a rules file) or
+ * not at all; then on stdout under --json.  j may be NULL without either.
+ */
+static nmp_status finish_json(const nmp_cli *cli, nmp_pending *pending, json_t *j, nmp_error *err)
 {
 	FILE *f;
-	if (!cli->report)
-		return NMP_OK;
-	NMP_TRY(nmp_pending_open(pending, cli->report, "report", &f, err));
-	nmp_report_print(f, j);
+	if (cli->report) {
+		NMP_TRY(nmp_pending_open(pending, cli->report, "report", &f, err));
+		nmp_report_print(f, j);
+	}
+	NMP_TRY(nmp_pending_commit(pending, err));
+	if (cli->json)
+		nmp_report_print(stdout, j);
 	return NMP_OK;
 }
 
@@ -170,14 +177,10 @@ static nmp_status run_inspect(const nmp_cli *cli, nmp_error *err)
 	if (s == NMP_OK && (cli->json || cli->report))
 		j = cli->sensitivity ? sensitivity_json(cli, &plan, &r) : nmp_report_inspect_json(&plan);
 	if (s == NMP_OK)
-		s = report_file(cli, pending, j, err);
-	if (s == NMP_OK)
-		s = nmp_pending_commit(pending, err);
-	if (s == NMP_OK && cli->json)
-		nmp_report_print(stdout, j);
-	else if (s == NMP_OK && cli->sensitivity)
+		s = finish_json(cli, pending, j, err);
+	if (s == NMP_OK && !cli->json && cli->sensitivity)
 		sensitivity_text(cli, &plan, &r);
-	else if (s == NMP_OK)
+	else if (s == NMP_OK && !cli->json)
 		s = nmp_report_inspect(stdout, &plan, false, err);
 	json_decref(j);
 	nmp_pending_free(&pending);
@@ -378,11 +381,7 @@ static nmp_status run_compare(const nmp_cli *cli, nmp_error *err)
 		nmp_pending *pending = NULL;
 		s = nmp_pending_create(&pending, err);
 		if (s == NMP_OK)
-			s = report_file(cli, pending, j, err);
-		if (s == NMP_OK)
-			s = nmp_pending_commit(pending, err);
-		if (s == NMP_OK && cli->json)
-			nmp_report_print(stdout, j);
+			s = finish_json(cli, pending, j, err);
 		nmp_pending_free(&pending);
 		json_decref(j);
 	}

@@ -23,16 +23,22 @@ def _install(prefix):
     return prefix / "lib" / "pkgconfig"
 
 
-def test_install_and_readme_example(tmp_path):
+def _build(tmp_path, source):
+    """Installs the library under tmp_path and builds a C program against it with pkg-config's flags."""
     pc = _install(tmp_path / "prefix")
-    for f in ("bin/nmprune", "lib/libnmprune.a", "include/nmprune.h", "lib/pkgconfig/nmprune.pc"):
-        assert (tmp_path / "prefix" / f).exists(), f
     env = dict(os.environ, PKG_CONFIG_PATH=str(pc))
     flags = subprocess.run(["pkg-config", "--cflags", "--libs", "--static", "nmprune"], env=env,
                            capture_output=True, text=True, check=True).stdout.split()
-    exe = tmp_path / "prune_model"
-    subprocess.run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", str(ROOT / "examples" / "prune_model.c"),
-                    *flags, "-o", str(exe)], check=True)
+    exe = tmp_path / source.stem
+    subprocess.run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", str(source), *flags, "-o", str(exe)],
+                   check=True)
+    return exe
+
+
+def test_install_and_readme_example(tmp_path):
+    exe = _build(tmp_path, ROOT / "examples" / "prune_model.c")
+    for f in ("bin/nmprune", "lib/libnmprune.a", "include/nmprune.h", "lib/pkgconfig/nmprune.pc"):
+        assert (tmp_path / "prefix" / f).exists(), f
     # The README shows this very file.
     assert (ROOT / "examples" / "prune_model.c").read_text() in (ROOT / "README.md").read_text()
 
@@ -108,13 +114,9 @@ int main(int argc, char **argv)
 
 
 def test_library_permutes_as_the_command_does(tmp_path):
-    pc = _install(tmp_path / "prefix")
-    env = dict(os.environ, PKG_CONFIG_PATH=str(pc))
-    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "--static", "nmprune"], env=env,
-                           capture_output=True, text=True, check=True).stdout.split()
-    src, exe = tmp_path / "permute.c", tmp_path / "permute"
+    src = tmp_path / "permute.c"
     src.write_text(PERMUTE_C)
-    subprocess.run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", str(src), *flags, "-o", str(exe)], check=True)
+    exe = _build(tmp_path, src)
     out, cli = tmp_path / "lib.onnx", tmp_path / "cli.onnx"
     r = subprocess.run([str(exe), str(DEMO), str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -176,13 +178,9 @@ def test_library_calibrates_as_the_command_does(tmp_path):
     onnx.save(model, str(path))
     data = tmp_path / "d.safetensors"
     save_file({"x": mlp_data(rng)}, str(data))
-    pc = _install(tmp_path / "prefix")
-    env = dict(os.environ, PKG_CONFIG_PATH=str(pc))
-    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "--static", "nmprune"], env=env,
-                           capture_output=True, text=True, check=True).stdout.split()
-    src, exe = tmp_path / "calibrated.c", tmp_path / "calibrated"
+    src = tmp_path / "calibrated.c"
     src.write_text(CALIBRATED_C)
-    subprocess.run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", str(src), *flags, "-o", str(exe)], check=True)
+    exe = _build(tmp_path, src)
     for method in ("wanda", "sparsegpt"):
         out, cli = tmp_path / f"lib-{method}.onnx", tmp_path / f"cli-{method}.onnx"
         r = subprocess.run([str(exe), str(path), str(out), method, str(data)], capture_output=True, text=True)
