@@ -25,8 +25,8 @@
  * eligible weight's payload pruned.
  */
 typedef struct variant {
-	nmp_plan plan;                /* borrows the model and graph; owns sel when it is a copy */
-	nmp_selection kept;           /* the selection with weights kept dense, or unused */
+	nmp_plan plan;                /* borrows the model and graph; sel is `kept` when weights are kept dense */
+	nmp_selection kept;           /* the selection with weights kept dense (owns its choices), or unused */
 	nmp_channels *channels;
 	nmp_calib *calib;
 	nmp_view *base;               /* per model tensor: permuted, or empty */
@@ -71,7 +71,8 @@ static const char *samples_of(const nmp_sensitivity_opts *o)
 
 /*
  * Runs the model with c->payloads on every sample.  Without dense outputs yet
- * it records them; otherwise *fidelity is the mean cosine to them.
+ * it records them; otherwise *fidelity is how close it stays to them, by the
+ * measure of the options.
  */
 static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 {
@@ -309,6 +310,7 @@ nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, 
 			r->order[r->n_ranked++] = i;
 		}
 	}
+	nmp_calib_free(&full.calib); /* its decisions are in full.pruned and r->cal */
 	double dummy;
 	if (s == NMP_OK)
 		s = run_all(&c, &dummy, err); /* the dense outputs: the original model's, unpermuted */
