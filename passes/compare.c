@@ -25,6 +25,7 @@ typedef struct side {
 typedef struct acc {
 	nmp_output_acc f;             /* floating outputs */
 	uint64_t elems, equal;        /* integer outputs */
+	uint64_t shape_changed;
 } acc;
 
 void nmp_output_acc_add(nmp_output_acc *x, const double *ref, const nmp_host_tensor *t, uint64_t last)
@@ -49,6 +50,17 @@ void nmp_output_acc_add(nmp_output_acc *x, const double *ref, const nmp_host_ten
 		x->agree += ia == ib;
 		x->rows++;
 	}
+}
+
+void nmp_output_acc_miss(nmp_output_acc *x, const double *ref, uint64_t numel, uint64_t last)
+{
+	double na = 0;
+	for (uint64_t i = 0; i < numel; i++)
+		na += ref[i] * ref[i];
+	nmp_cosine_add(&x->cos, 0, na, na > 0 ? na : 1, numel); /* no direction in common */
+	x->diff2 += na;
+	x->ref2 += na;
+	x->rows += last > 1 ? numel / last : 0;
 }
 
 double nmp_output_rel_l2(const nmp_output_acc *x)
@@ -95,14 +107,15 @@ static nmp_status run_side(side *s, size_t k, size_t n_out, const char *const *n
 static nmp_status accumulate(const nmp_compare_opts *o, const char *name, const nmp_host_tensor *a,
 			     const nmp_host_tensor *b, acc *x, nmp_error *err)
 {
-	bool same = a->dtype == b->dtype && a->rank == b->rank && a->numel == b->numel;
+	if (a->dtype != b->dtype || a->rank != b->rank)
+		return nmp_error_set(err, NMP_ERR_MODEL, "%s: output '%s' differs in type or rank from the dense model's",
+				     o->pruned, name);
+	bool same = a->numel == b->numel;
 	for (int d = 0; same && d < a->rank; d++)
 		same = a->dims[d] == b->dims[d];
-	if (!same)
-		return nmp_error_set(err, NMP_ERR_MODEL, "%s: output '%s' differs in type or shape from the dense model's",
-				     o->pruned, name);
+	x->shape_changed += !same;
 	if (!nmp_host_is_floating(a->dtype)) {
-		for (uint64_t i = 0; i < a->numel; i++)
+		for (uint64_t i = 0; same && i < a->numel; i++)
 			x->equal += nmp_host_value(a, i) == nmp_host_value(b, i);
 		x->elems += a->numel;
 		return NMP_OK;
@@ -112,7 +125,11 @@ static nmp_status accumulate(const nmp_compare_opts *o, const char *name, const 
 		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory comparing output '%s'", name);
 	for (uint64_t i = 0; i < a->numel; i++)
 		ref[i] = nmp_host_value(a, i);
-	nmp_output_acc_add(&x->f, ref, b, a->rank ? (uint64_t)a->dims[a->rank - 1] : 1);
+	uint64_t last = a->rank ? (uint64_t)a->dims[a->rank - 1] : 1;
+	if (same)
+		nmp_output_acc_add(&x->f, ref, b, last);
+	else
+		nmp_output_acc_miss(&x->f, ref, a->numel, last);
 	free(ref);
 	return NMP_OK;
 }
@@ -175,6 +192,7 @@ nmp_status nmp_compare(const nmp_compare_opts *o, nmp_compare_result *r, nmp_err
 			f->top1 = f->floating ? nmp_output_top1(&a[i].f) : NAN;
 			f->agreement = !f->floating && a[i].elems ? (double)a[i].equal / (double)a[i].elems : NAN;
 			f->rows = a[i].f.rows;
+			f->shape_changed = a[i].shape_changed;
 		}
 	}
 	free(names);

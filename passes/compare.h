@@ -14,6 +14,11 @@
  *    largest entry along the last axis is at the same index; for outputs
  *    whose last axis has more than one entry.  Integer and boolean outputs
  *    report exact agreement of their elements instead, and no cosine.
+ * An output may change shape from sample to sample (a detector's boxes).  A
+ * sample where the pruned model's output has other dimensions than the
+ * dense model's counts as a complete miss (nmp_output_acc_miss; integer
+ * outputs: no element agrees), and shape_changed counts those samples; a
+ * different type or rank is an error (not the same model).
  *
  * Ownership: nmp_compare fills a caller-owned result; nmp_compare_free
  * releases what it holds.
@@ -44,6 +49,7 @@ typedef struct nmp_output_fidelity {
 	double top1;                 /* NAN when not applicable */
 	double agreement;            /* integer outputs: equal elements; NAN otherwise */
 	uint64_t rows;               /* rows compared for top1 */
+	uint64_t shape_changed;      /* samples where the pruned output has other dimensions */
 } nmp_output_fidelity;
 
 typedef struct nmp_compare_result {
@@ -109,6 +115,13 @@ struct nmp_host_tensor;
  * pruned one's; `last` is the length of the last axis (top-1 rows when > 1).
  */
 void nmp_output_acc_add(nmp_output_acc *x, const double *ref, const struct nmp_host_tensor *t, uint64_t last);
+
+/*
+ * Adds a sample whose pruned output has another shape than the dense one's
+ * (ref, numel elements, last axis `last`): nothing of it agrees: cosine 0,
+ * the whole dense output as error, no row's argmax.
+ */
+void nmp_output_acc_miss(nmp_output_acc *x, const double *ref, uint64_t numel, uint64_t last);
 
 /* The relative L2 error over the samples added; NAN without samples. */
 double nmp_output_rel_l2(const nmp_output_acc *x);

@@ -42,7 +42,7 @@ typedef struct ctx {
 	const char **outs;            /* the model's outputs */
 	size_t n_out;
 	double **dense;               /* [sample * n_out + j]: the dense model's output, NULL when not floating */
-	uint64_t *numel, *last;       /* per output, from the first sample: elements, last axis */
+	uint64_t *numel, *last;       /* [sample * n_out + j]: its elements and last axis */
 	size_t samples;
 	const void **payloads;        /* per model tensor: what the next run uses, NULL the original */
 	size_t runs;                  /* of the model over the samples, calibration's included */
@@ -91,8 +91,8 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 	if (s == NMP_OK && record) {
 		c->samples = nmp_calib_data_count(data);
 		c->dense = calloc(c->samples * c->n_out + 1, sizeof *c->dense);
-		c->numel = calloc(c->n_out + 1, sizeof *c->numel);
-		c->last = calloc(c->n_out + 1, sizeof *c->last);
+		c->numel = calloc(c->samples * c->n_out + 1, sizeof *c->numel);
+		c->last = calloc(c->samples * c->n_out + 1, sizeof *c->last);
 		if (!c->dense || !c->numel || !c->last)
 			s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	}
@@ -109,13 +109,13 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 			s = nmp_ort_run(sess, n_in, names, in, c->n_out, c->outs, &res, err);
 		for (size_t j = 0; s == NMP_OK && j < c->n_out; j++) {
 			const nmp_host_tensor *t = &res.t[j];
-			double **ref = &c->dense[k * c->n_out + j];
+			const size_t at = k * c->n_out + j;
+			double **ref = &c->dense[at];
+			const uint64_t last = t->rank ? (uint64_t)t->dims[t->rank - 1] : 1;
 			if (record) {
-				if (k == 0) {
-					c->numel[j] = t->numel;
-					c->last[j] = t->rank ? (uint64_t)t->dims[t->rank - 1] : 1;
-				}
-				if (!nmp_host_is_floating(t->dtype) || t->numel != c->numel[j])
+				c->numel[at] = t->numel;
+				c->last[at] = last;
+				if (!nmp_host_is_floating(t->dtype))
 					continue;
 				if (!(*ref = malloc((t->numel ? t->numel : 1) * sizeof **ref))) {
 					s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory for the dense model's outputs");
@@ -125,9 +125,12 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 					(*ref)[i] = nmp_host_value(t, i);
 				continue;
 			}
-			if (!*ref || t->numel != c->numel[j] || !nmp_host_is_floating(t->dtype))
+			if (!*ref || !nmp_host_is_floating(t->dtype))
 				continue;
-			nmp_output_acc_add(&acc[j], *ref, t, c->last[j]);
+			if (t->numel != c->numel[at] || last != c->last[at]) /* a shape the pruning changed */
+				nmp_output_acc_miss(&acc[j], *ref, c->numel[at], c->last[at]);
+			else
+				nmp_output_acc_add(&acc[j], *ref, t, last);
 		}
 		if (res.values)
 			nmp_ort_outputs_release(sess, &res);

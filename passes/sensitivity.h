@@ -12,6 +12,9 @@
  *  - top1: the share of rows whose largest entry along the last axis stays
  *    at the dense model's index (outputs whose last axis has one entry do
  *    not count).
+ * Outputs may change shape from sample to sample (a detector's boxes); a
+ * sample whose output the pruning gave another shape than the dense model's
+ * counts as a complete miss (compare.h's nmp_output_acc_miss).
  * Weights are ranked from the lowest fidelity (the most sensitive) up.
  *
  * A calibrated method (wanda, sparsegpt) first calibrates every weight on the

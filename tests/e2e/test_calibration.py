@@ -1066,6 +1066,58 @@ def test_sensitivity_measures_by_relative_error_or_top1(tmp_path, mlp_case, meas
     assert got != pytest.approx({k: _fidelity(model, {k: v}, X) for k, v in pruned.items()}, rel=1e-3)
 
 
+def test_an_output_whose_shape_the_pruning_changed_counts_as_a_miss(tmp_path, rng):
+    """Compress keeps the rows whose sum is positive: the dense model's output length varies by sample, and the
+    pruned weight changes it on some.  In sensitivity and compare every sample counts; one whose shape changed
+    scores 0 (numpy)."""
+    W = rng.standard_normal((64, 32)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]),
+             helper.make_node("ReduceSum", ["h", "axes"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["keep"]),
+             helper.make_node("Compress", ["h", "keep"], ["y"], axis=0)]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [10, 64])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["k", 32])],
+                   {"W": W, "axes": np.array([1], np.int64), "zero": np.array(0, np.float32)})
+    path = save(model, tmp_path / "m.onnx")
+    X = rng.standard_normal((24, 10, 64)).astype(np.float32)
+    save_file({"x": X}, str(tmp_path / "d.safetensors"))
+    Wp = np.where(reference.mask(W, "2:4", 0, 1), W, 0)
+    pm = onnx.ModelProto()
+    pm.CopyFrom(model)
+    pm.graph.initializer[0].CopyFrom(numpy_helper.from_array(Wp, "W"))
+    run = lambda m: [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0].astype(np.float64) for x in X]
+    dense, pruned = run(model), run(pm)
+    assert len({d.shape for d in dense}) > 1  # the dense output's length varies by sample
+    same = [d.shape == p.shape for d, p in zip(dense, pruned)]
+    assert 0 < sum(same) < len(same)  # and the pruning changes it on some samples
+    cos = [d.ravel() @ p.ravel() / np.linalg.norm(d) / np.linalg.norm(p) if ok else 0.0
+           for d, p, ok in zip(dense, pruned, same)]
+    rel = 1 - np.sqrt(sum(((d - p) ** 2).sum() if ok else (d ** 2).sum() for d, p, ok in zip(dense, pruned, same))
+                      / sum((d ** 2).sum() for d in dense))
+    for measure, want in (("cosine", np.mean(cos)), ("rel-l2", rel)):
+        r = json.loads(nmprune("inspect", path, "--sensitivity", "--calibration", tmp_path / "d.safetensors",
+                               "--align", "none", "--fidelity", measure, "--json", check=0).out)
+        assert r["weights"][0]["fidelity_pruned_alone"] == pytest.approx(want, rel=1e-6), measure
+    # compare counts the same misses, and says how many samples changed shape
+    out = tmp_path / "o.onnx"
+    onnx.save(pm, str(out))
+    r = json.loads(nmprune("compare", path, out, "--calibration", tmp_path / "d.safetensors", "--json",
+                           check=0).out)["outputs"][0]
+    assert r["shape_changed"] == len(same) - sum(same)
+    assert r["cosine"] == pytest.approx(np.mean(cos), rel=1e-6) and r["rel_l2"] == pytest.approx(1 - rel, rel=1e-6)
+    text = nmprune("compare", path, out, "--calibration", tmp_path / "d.safetensors", check=0).out
+    assert f"output 'y': {len(same) - sum(same)} of 24 samples changed shape, counted as misses" in text
+    # another rank is another model, not a changed shape
+    other = onnx.ModelProto()
+    other.CopyFrom(model)
+    other.graph.node[-1].output[0] = "y2"
+    other.graph.node.append(helper.make_node("Unsqueeze", ["y2", "axes"], ["y"]))
+    onnx.save(other, str(tmp_path / "other.onnx"))
+    r = nmprune("compare", path, tmp_path / "other.onnx", "--calibration", tmp_path / "d.safetensors", check=3)
+    assert "output 'y' differs in type or rank from the dense model's" in r.err
+
+
 def test_sensitivity_measures_fidelity_on_held_out_samples(tmp_path, mlp_case, rng):
     """--eval-data: calibrated on the calibration samples, measured on the others."""
     path, model, w, X = mlp_case
