@@ -3,7 +3,7 @@
  * on calibration samples, through ONNX Runtime.
  *
  * Both models run on every sample; per output of the dense model (the
- * pruned model must produce it too, with the same shape):
+ * pruned model must produce it too, of the same type and rank):
  *  - cosine: the cosine similarity of the two outputs, flattened, averaged
  *    over samples (1 when both are zero), and its minimum; an output of one
  *    element per sample (a score, a probability), whose cosine would say
