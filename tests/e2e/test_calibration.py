@@ -68,6 +68,12 @@ def activations(model, feeds, names):
     return dict(zip(names, s.run(names, feeds)))
 
 
+def mlp_inputs(model, X):
+    """What the mlp's weights read over every sample, in float64: x as [tokens, 64] (W1) and h2 (W2)."""
+    x1 = X.reshape(-1, 64).astype(np.float64)
+    return x1, np.concatenate([activations(model, {"x": X[i]}, ["h2"])["h2"] for i in range(len(X))]).astype(np.float64)
+
+
 def im2col(x, kshape, strides, pads_begin, pads_end, dil, group, cin_g):
     """Rows of patches per group, input order kernel position major, channel minor."""
     n, c, h, w = x.shape
@@ -153,10 +159,9 @@ def test_statistics_of_matmul_and_gemm_match_sums_over_tokens(tmp_path, mlp_case
             "--align", "none", "--calibration-stats", tmp_path / "st.safetensors", "--calibration-stages", "1", "-q",
             check=0)
     st = load_file(str(tmp_path / "st.safetensors"))
-    x1 = X.reshape(-1, 64).astype(np.float64)
+    x1, h2 = mlp_inputs(model, X)
     np.testing.assert_allclose(st["W1.sq"], (x1 ** 2).sum(0), rtol=1e-12)
     assert_gram(st["W1.H"][0], x1.T @ x1)
-    h2 = np.concatenate([activations(model, {"x": X[i]}, ["h2"])["h2"] for i in range(len(X))]).astype(np.float64)
     assert_gram(st["W2.H"][0], h2.T @ h2)
 
 
@@ -195,9 +200,8 @@ def test_wanda_masks_match_reference_for_every_family(tmp_path, mlp_case, patter
             "--align", "none", "--pattern", pattern, "--save-masks", tmp_path / "m.safetensors", "-q",
             "--calibration-stages", "1", check=0)
     masks = load_file(str(tmp_path / "m.safetensors"))
-    x1 = X.reshape(-1, 64).astype(np.float64)
+    x1, h2 = mlp_inputs(model, X)
     norm1 = np.sqrt((x1 ** 2).sum(0))
-    h2 = np.concatenate([activations(model, {"x": X[i]}, ["h2"])["h2"] for i in range(len(X))]).astype(np.float64)
     norm2 = np.sqrt((h2 ** 2).sum(0))
     cases = {"W1": (w["W1"], norm1[:, None], 0, 1), "W2": (w["W2"], norm2[None, :], 1, 0)}
     pruned = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
@@ -235,8 +239,7 @@ def test_sparsegpt_matches_reference_sweep(tmp_path, mlp_case, pattern):
                 "--calibration-stages", "1", check=0)
     masks = load_file(str(tmp_path / "m.safetensors"))
     pruned = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
-    x1 = X.reshape(-1, 64).astype(np.float64)
-    h2 = np.concatenate([activations(model, {"x": X[i]}, ["h2"])["h2"] for i in range(len(X))]).astype(np.float64)
+    x1, h2 = mlp_inputs(model, X)
     sparsity = float(pattern[:-1]) / 100 if pattern.endswith("%") else None
     n, m = (2, 4) if sparsity else map(int, pattern.split(":"))
     # W1 [K=64, N=32] -> rows are outputs: W1.T; W2 [16, 32] (transB) is already outputs x inputs
@@ -286,13 +289,12 @@ def test_stages_calibrate_later_layers_on_the_pruned_model(tmp_path, mlp_case, m
                 "--json", check=0)
     st = load_file(str(tmp_path / "st.safetensors"))
     pruned = onnx.load(str(out))
-    h2 = np.concatenate([activations(pruned, {"x": X[i]}, ["h2"])["h2"] for i in range(len(X))]).astype(np.float64)
+    _, h2 = mlp_inputs(pruned, X)
     np.testing.assert_allclose(st["W2.sq"], (h2 ** 2).sum(0), rtol=1e-9)
-    dense_h2 = np.concatenate([activations(model, {"x": X[i]}, ["h2"])["h2"] for i in range(len(X))]).astype(np.float64)
+    x1, dense_h2 = mlp_inputs(model, X)  # the first stage still sees the dense inputs
     assert not np.allclose(st["W2.sq"], (dense_h2 ** 2).sum(0), rtol=1e-3)
     if method == "sparsegpt":
         assert_gram(st["W2.H"][0], h2.T @ h2)
-    x1 = X.reshape(-1, 64).astype(np.float64)  # the first stage still sees the dense inputs
     np.testing.assert_allclose(st["W1.sq"], (x1 ** 2).sum(0), rtol=1e-12)
     assert json.loads(r.out)["calibration"]["passes"] == 2
 
@@ -938,8 +940,7 @@ def test_sensitivity_ranks_weights_and_finds_the_dense_set(tmp_path, mlp_case):
 
 def _calibrated(model, w, X, method):
     """W1 and W2 pruned at 2:4 by method, calibrated on X with the dense model's statistics (numpy)."""
-    x1 = X.reshape(-1, 64).astype(np.float64)
-    h2 = np.concatenate([activations(model, {"x": X[i]}, ["h2"])["h2"] for i in range(len(X))]).astype(np.float64)
+    x1, h2 = mlp_inputs(model, X)
     if method == "sparsegpt":
         return {"W1": sparsegpt_ref(w["W1"].T, x1.T @ x1, 2, 4)[0].T.astype(np.float32),
                 "W2": sparsegpt_ref(w["W2"], h2.T @ h2, 2, 4)[0].astype(np.float32)}
