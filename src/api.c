@@ -65,9 +65,8 @@ nmp_status nmp_open(const char *model_path, const nmp_options *o, nmp_session **
 		if (*keep[k] && !(*keep[k] = s->kept[k] = strdup(*keep[k])))
 			st = nmp_error_set(&s->err, NMP_ERR_NOMEM, "out of memory");
 	const char *method = o->method ? o->method : "magnitude";
-	s->method = strcmp(method, "wanda") == 0 ? NMP_METHOD_WANDA :
-		    strcmp(method, "sparsegpt") == 0 ? NMP_METHOD_SPARSEGPT : NMP_METHOD_MAGNITUDE;
-	if (st == NMP_OK && s->method == NMP_METHOD_MAGNITUDE && strcmp(method, "magnitude") != 0)
+	s->method = NMP_METHOD_MAGNITUDE;
+	if (st == NMP_OK && !nmp_method_parse(method, &s->method))
 		st = nmp_error_set(&s->err, NMP_ERR_USAGE, "method '%s': expected magnitude, wanda or sparsegpt",
 				   method);
 	else if (st == NMP_OK && s->method != NMP_METHOD_MAGNITUDE && !o->calibration)

@@ -89,6 +89,16 @@ const char *nmp_method_name(nmp_method m)
 	}
 }
 
+bool nmp_method_parse(const char *name, nmp_method *m)
+{
+	for (int k = NMP_METHOD_MAGNITUDE; k <= NMP_METHOD_SPARSEGPT; k++)
+		if (strcmp(name, nmp_method_name((nmp_method)k)) == 0) {
+			*m = (nmp_method)k;
+			return true;
+		}
+	return false;
+}
+
 nmp_status nmp_calib_check(const nmp_plan *plan, nmp_method method, nmp_error *err)
 {
 	if (method != NMP_METHOD_SPARSEGPT)
@@ -1227,11 +1237,10 @@ static nmp_status decide(nmp_calib *c, size_t ci, nmp_error *err)
 	uint8_t *mask_mag = malloc(numel ? numel : 1);
 	bool calibrated = t->kind != LAYER_NONE && t->method != NMP_METHOD_MAGNITUDE;
 	if (calibrated && t->tokens == 0) { /* no statistics to choose by */
-		bool loop = false, branch = false;
-		for (size_t u = 0; u < t->n_uses; u++) {
-			loop |= t->uses[u].stacked != 0;
+		const bool loop = reads_in_loop(t);
+		bool branch = false;
+		for (size_t u = 0; u < t->n_uses; u++)
 			branch |= t->uses[u].scope > 0;
-		}
 		snprintf(cr->note, sizeof cr->note, "%s: pruned by magnitude",
 			 loop ? "no calibration sample ran the loop that reads it" :
 			 branch ? "no calibration sample took the If branch that reads it" :

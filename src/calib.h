@@ -63,6 +63,9 @@ typedef enum nmp_method {
 /* "magnitude", "wanda", "sparsegpt" */
 const char *nmp_method_name(nmp_method m);
 
+/* The method of that name; false (and *m untouched) for any other name. */
+bool nmp_method_parse(const char *name, nmp_method *m);
+
 #define NMP_CALIB_STAGES 8       /* the stages when none are asked for */
 
 typedef struct nmp_calib_opts {

@@ -342,8 +342,9 @@ static void print_note(void *user, const char *line)
 
 static nmp_method calib_method(const nmp_cli *cli)
 {
-	return strcmp(cli->calib_method, "wanda") == 0 ? NMP_METHOD_WANDA :
-	       strcmp(cli->calib_method, "sparsegpt") == 0 ? NMP_METHOD_SPARSEGPT : NMP_METHOD_MAGNITUDE;
+	nmp_method m = NMP_METHOD_MAGNITUDE; /* the parser only lets the three names through */
+	nmp_method_parse(cli->calib_method, &m);
+	return m;
 }
 
 static int print_ratio(FILE *f, double v)
