@@ -25,11 +25,12 @@
  *    nmp_last_error gives the one-line message of a session's last failure
  *    (file, tensor, node and reason).  Exit codes of the command follow the
  *    statuses: USAGE 2, MODEL 3, IO and NOMEM 4, DEVICE 5, RUNTIME 6.
- *  - Ownership: the caller owns what it creates (the session, through
- *    nmp_close, which takes nmp_session ** and sets it to NULL;
- *    nmp_close(NULL-holding) is a no-op).  Strings returned by the library
- *    (weight names, reasons, messages) are borrowed from the session and live
- *    until nmp_close.  Strings passed in options are borrowed for the
+ *  - Ownership: the caller owns what it creates (a session, through
+ *    nmp_close; a comparison, through nmp_comparison_free; both take a
+ *    pointer to the handle and set it to NULL, and do nothing on a NULL
+ *    handle).  Strings returned by the library (weight and output names,
+ *    reasons, messages) are borrowed from the session or comparison and live
+ *    until it is freed.  Strings passed in options are borrowed for the
  *    duration of nmp_open, which copies what it keeps for nmp_prune_save.
  *  - A session is used by one thread at a time; sessions are independent.
  *
@@ -38,6 +39,7 @@
  * loads it (ort_library, $NMPRUNE_ORT_LIBRARY, the library path, the
  * onnxruntime Python wheel); nmp_prune_save calibrates on its first call and
  * fails with NMP_ERR_RUNTIME when the runtime cannot be found.
+ * nmp_compare_models runs the dense and the pruned model the same way.
  *
  * Link with: pkg-config --libs --static nmprune (libnmprune.a, protobuf-c,
  * jansson, zlib, pthreads, libdl, libm).
@@ -135,6 +137,39 @@ nmp_status nmp_prune_save(nmp_session *s, const char *out_path);
 
 /* Checks every eligible weight against its pattern; *failing counts those that do not comply. */
 nmp_status nmp_check_weights(nmp_session *s, size_t *failing);
+
+/*
+ * How far a pruned model's outputs moved from the dense model's (nmprune
+ * compare): both run in ONNX Runtime on the samples, output by output.
+ */
+typedef struct nmp_fidelity {
+	const char *output;                /* the dense model's output name */
+	bool floating;                     /* false: an integer or boolean output, measured by agreement */
+	double cosine;                     /* mean over samples (one-element outputs: over all their values) */
+	double cosine_min;                 /* the worst sample's; NaN for one-element outputs */
+	double rel_l2;                     /* sqrt(sum |pruned - dense|^2 / sum |dense|^2) over the samples */
+	double top1;                       /* rows whose argmax along the last axis agrees; NaN without rows */
+	double agreement;                  /* integer outputs: the share of equal elements; NaN otherwise */
+	uint64_t shape_changed;            /* samples whose pruned output has other dimensions: complete misses */
+} nmp_fidelity;
+
+typedef struct nmp_comparison nmp_comparison;
+
+/*
+ * Runs both models on o->calibration's samples (the first
+ * o->calibration_samples; o->threads and o->ort_library as for calibrated
+ * pruning); no other option is read.  The pruned model must take the same
+ * inputs and give the dense model's outputs in the same types and ranks
+ * (NMP_ERR_MODEL otherwise).
+ */
+nmp_status nmp_compare_models(const char *dense_path, const char *pruned_path, const nmp_options *o,
+			      nmp_comparison **out, char *err, size_t err_cap);
+void nmp_comparison_free(nmp_comparison **c);
+
+/* The dense model's outputs, in graph order, and the samples both models ran. */
+size_t nmp_comparison_count(const nmp_comparison *c);
+size_t nmp_comparison_samples(const nmp_comparison *c);
+nmp_status nmp_comparison_get(const nmp_comparison *c, size_t i, nmp_fidelity *f);
 
 #ifdef __cplusplus
 }

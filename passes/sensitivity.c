@@ -49,7 +49,7 @@ typedef struct ctx {
 } ctx;
 
 /* An output's fidelity by the chosen measure; NAN when it has none (no samples, no rows for top1). */
-static double fidelity_of(const nmp_output_acc *x, nmp_fidelity f)
+static double fidelity_of(const nmp_output_acc *x, nmp_fidelity_measure f)
 {
 	switch (f) {
 	case NMP_FIDELITY_REL_L2: return 1 - nmp_output_rel_l2(x);
@@ -58,7 +58,7 @@ static double fidelity_of(const nmp_output_acc *x, nmp_fidelity f)
 	}
 }
 
-const char *nmp_fidelity_name(nmp_fidelity f)
+const char *nmp_fidelity_measure_name(nmp_fidelity_measure f)
 {
 	return f == NMP_FIDELITY_REL_L2 ? "rel-l2" : f == NMP_FIDELITY_TOP1 ? "top1" : "cosine";
 }

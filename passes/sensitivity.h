@@ -51,14 +51,14 @@
 #include "mask.h"
 #include "plan.h"
 
-typedef enum nmp_fidelity {
+typedef enum nmp_fidelity_measure {
 	NMP_FIDELITY_COSINE = 0,
 	NMP_FIDELITY_REL_L2,
 	NMP_FIDELITY_TOP1,
-} nmp_fidelity;
+} nmp_fidelity_measure;
 
 /* "cosine", "rel-l2", "top1" */
-const char *nmp_fidelity_name(nmp_fidelity f);
+const char *nmp_fidelity_measure_name(nmp_fidelity_measure f);
 
 typedef struct nmp_sensitivity_opts {
 	const char *data;
@@ -72,7 +72,7 @@ typedef struct nmp_sensitivity_opts {
 	bool permute;              /* permute channels first, as prune --permute (channels.h) */
 	unsigned permute_effort;   /* as nmp_channels_plan's effort */
 	const char *eval_data;     /* measure fidelity on these samples; NULL: on data */
-	nmp_fidelity fidelity;     /* the measure */
+	nmp_fidelity_measure fidelity;
 	double target;             /* > 0: search the weights to keep dense */
 } nmp_sensitivity_opts;
 

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "calib.h"
+#include "compare.h"
 #include "nmprune.h"
 #include "plan.h"
 #include "prune.h"
@@ -193,4 +194,66 @@ nmp_status nmp_check_weights(nmp_session *s, size_t *failing)
 	if (failing)
 		*failing = s->result.failing;
 	return st;
+}
+
+struct nmp_comparison {
+	nmp_compare_result r;
+};
+
+nmp_status nmp_compare_models(const char *dense_path, const char *pruned_path, const nmp_options *o,
+			      nmp_comparison **out, char *err, size_t err_cap)
+{
+	nmp_error e = { 0 };
+	nmp_status st = NMP_OK;
+	*out = NULL;
+	nmp_comparison *c = NULL;
+	if (!o || !o->calibration)
+		st = nmp_error_set(&e, NMP_ERR_USAGE, "%s", "compare needs calibration samples to run the models on");
+	else if (!(c = calloc(1, sizeof *c)))
+		st = nmp_error_set(&e, NMP_ERR_NOMEM, "out of memory");
+	if (st == NMP_OK) {
+		nmp_compare_opts co = { .dense = dense_path, .pruned = pruned_path, .data = o->calibration,
+					.max_samples = o->calibration_samples, .ort_library = o->ort_library,
+					.threads = o->threads };
+		st = nmp_compare(&co, &c->r, &e);
+	}
+	if (st != NMP_OK) {
+		if (err && err_cap)
+			snprintf(err, err_cap, "%s", e.message);
+		nmp_comparison_free(&c);
+		return st;
+	}
+	*out = c;
+	return NMP_OK;
+}
+
+void nmp_comparison_free(nmp_comparison **pc)
+{
+	nmp_comparison *c = *pc;
+	if (!c)
+		return;
+	nmp_compare_free(&c->r);
+	free(c);
+	*pc = NULL;
+}
+
+size_t nmp_comparison_count(const nmp_comparison *c)
+{
+	return c->r.n;
+}
+
+size_t nmp_comparison_samples(const nmp_comparison *c)
+{
+	return c->r.samples;
+}
+
+nmp_status nmp_comparison_get(const nmp_comparison *c, size_t i, nmp_fidelity *f)
+{
+	if (i >= c->r.n)
+		return NMP_ERR_USAGE;
+	const nmp_output_fidelity *g = &c->r.outputs[i];
+	*f = (nmp_fidelity){ .output = g->name, .floating = g->floating, .cosine = g->cosine,
+			     .cosine_min = g->cosine_min, .rel_l2 = g->rel_l2, .top1 = g->top1,
+			     .agreement = g->agreement, .shape_changed = g->shape_changed };
+	return NMP_OK;
 }

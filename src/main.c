@@ -68,7 +68,7 @@ static bool same_file(const char *a, const char *b);
 static nmp_method calib_method(const nmp_cli *cli);
 static nmp_status check_collisions(const nmp_cli *cli, const nmp_model *m, nmp_error *err);
 
-static nmp_fidelity fidelity_measure(const nmp_cli *cli)
+static nmp_fidelity_measure fidelity_measure(const nmp_cli *cli)
 {
 	const char *f = cli->fidelity ? cli->fidelity : "cosine";
 	return strcmp(f, "rel-l2") == 0 ? NMP_FIDELITY_REL_L2 : strcmp(f, "top1") == 0 ? NMP_FIDELITY_TOP1 :
@@ -94,7 +94,7 @@ static json_t *sensitivity_json(const nmp_cli *cli, const nmp_plan *plan, const 
 	}
 	json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:b,s:s,s:I,s:I,s:f,s:o}", "tool", "nmprune", "command", "inspect",
 			      "model", plan->model->path, "method", nmp_method_name(calib_method(cli)), "permute",
-			      cli->permute, "fidelity", nmp_fidelity_name(fidelity_measure(cli)), "samples",
+			      cli->permute, "fidelity", nmp_fidelity_measure_name(fidelity_measure(cli)), "samples",
 			      (json_int_t)r->samples, "runs", (json_int_t)r->runs, "elapsed_s", r->seconds, "weights", ws);
 	json_object_set_new(j, "fidelity_all_pruned", nmp_report_ratio_json(r->all_pruned));
 	if (cli->target_fidelity > 0)
@@ -108,7 +108,7 @@ static void sensitivity_text(const nmp_cli *cli, const nmp_plan *plan, const nmp
 {
 	char dn[NMP_DISPLAY_MAX];
 	printf("%4s  %-48s  %-10s  %s (%s)\n", "RANK", "WEIGHT", "PATTERN", "FIDELITY PRUNED ALONE",
-	       nmp_fidelity_name(fidelity_measure(cli)));
+	       nmp_fidelity_measure_name(fidelity_measure(cli)));
 	for (size_t i = 0; i < r->n_ranked; i++) {
 		size_t ci = r->order[i];
 		const nmp_choice *ch = &plan->sel->choices[ci];

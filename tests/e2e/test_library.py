@@ -200,3 +200,54 @@ def test_library_calibrates_as_the_command_does(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 26 and "/nonexistent/libort.so" in r.stderr  # RUNTIME at save
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_library_compares_as_the_command_does(tmp_path):
+    """nmp_compare_models gives compare's measures; the README's gate passes sparsegpt's model and fails
+    magnitude's at a bound between the two, and failures come back with the command's status and message."""
+    import json
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_calibration import mlp, mlp_data
+    from safetensors.numpy import save_file
+    rng = np.random.default_rng(11)
+    model, _ = mlp(rng)
+    dense = tmp_path / "mlp.onnx"
+    onnx.save(model, str(dense))
+    data = tmp_path / "d.safetensors"
+    save_file({"x": mlp_data(rng)}, str(data))
+    exe = _build(tmp_path, ROOT / "examples" / "compare_models.c")
+    assert (ROOT / "examples" / "compare_models.c").read_text() in (ROOT / "README.md").read_text()
+
+    cosine = {}
+    for method in ("magnitude", "sparsegpt"):
+        out = tmp_path / f"{method}.onnx"
+        extra = [] if method == "magnitude" else ["--method", method, "--calibration", data]
+        nmprune("prune", dense, "-o", out, "--align", "none", "-q", *extra, check=0)
+        cmp = json.loads(nmprune("compare", dense, out, "--calibration", data, "--json", check=0).out)
+        (o,) = cmp["outputs"]
+        cosine[method] = o["cosine"]
+        r = subprocess.run([str(exe), str(dense), str(out), str(data), "0"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == f"{o['name']} cosine {o['cosine']:.6f} rel_l2 {o['rel_l2']:.6f} over {cmp['samples']} samples\n"
+    assert cosine["sparsegpt"] > cosine["magnitude"] + 0.01, cosine
+    bound = str((cosine["sparsegpt"] + cosine["magnitude"]) / 2)
+    verdict = {m: subprocess.run([str(exe), str(dense), str(tmp_path / f"{m}.onnx"), str(data), bound],
+                                 capture_output=True, text=True).returncode for m in cosine}
+    assert verdict == {"magnitude": 3, "sparsegpt": 0}
+
+    r = subprocess.run([str(exe), str(dense), str(tmp_path / "missing.onnx"), str(data), "0"], capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and r.stderr.startswith("I/O error: ") and "missing.onnx: cannot open" in r.stderr
+    other = onnx.load(str(dense))  # the same inputs and output names, its output cast to another type
+    y = other.graph.output[0]
+    next(n for n in other.graph.node if y.name in n.output).output[0] = "y_float"
+    other.graph.node.append(onnx.helper.make_node("Cast", ["y_float"], [y.name], to=onnx.TensorProto.INT32))
+    y.type.tensor_type.elem_type = onnx.TensorProto.INT32
+    onnx.save(other, str(tmp_path / "other.onnx"))
+    r = subprocess.run([str(exe), str(dense), str(tmp_path / "other.onnx"), str(data), "0"], capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and r.stderr.startswith("bad model: "), r.stderr
+    r = subprocess.run([str(exe), str(dense), str(dense), str(data), "0"], capture_output=True, text=True,
+                       env=dict(os.environ, NMPRUNE_ORT_LIBRARY="/nonexistent/libort.so"))
+    assert r.returncode == 1 and r.stderr.startswith("ONNX Runtime error: ") and "/nonexistent/libort.so" in r.stderr
