@@ -79,15 +79,67 @@ struct nmp_ort_session {
 
 #define ORT_CALL(o, entry, type, ...) (((type)(o)->api[entry])(__VA_ARGS__))
 
-/* Copies a failed status's message into err and releases it. */
+static bool source_file(const char *s, size_t n)
+{
+	static const char *const ext[] = { ".cc", ".cpp", ".h", ".hpp", ".cu" };
+	for (size_t k = 0; k < sizeof ext / sizeof *ext; k++) {
+		size_t e = strlen(ext[k]);
+		if (n > e && memcmp(s + n - e, ext[k], e) == 0)
+			return true;
+	}
+	return false;
+}
+
+const char *nmp_ort_reason(const char *msg)
+{
+	size_t file = strcspn(msg, " :");
+	const char *p = msg + file;
+	if (*p != ':' || !source_file(msg, file) || !(p[1] >= '0' && p[1] <= '9'))
+		return msg;
+	for (p++; *p >= '0' && *p <= '9'; p++)
+		;
+	if (*p != ' ')
+		return msg;
+	const char *open = strchr(++p, '(');
+	const char *scope = strstr(p, "::"); /* a qualified function, before its arguments */
+	if (!open || !scope || scope > open)
+		return msg;
+	for (;;) { /* each parenthesized group of the signature: f(args), f()::<lambda(args)>(args) */
+		int depth = 0;
+		for (p = open; *p; p++)
+			if (*p == '(')
+				depth++;
+			else if (*p == ')' && --depth == 0)
+				break;
+		if (!*p)
+			return msg;
+		for (p++; *p == '>'; p++)
+			;
+		if (*p == '(')
+			open = p;
+		else if (p[0] == ':' && p[1] == ':' && (open = strchr(p, '(')))
+			continue;
+		else
+			break;
+	}
+	if (strncmp(p, " const", 6) == 0)
+		p += 6;
+	while (*p == ' ')
+		p++;
+	return *p ? p : msg;
+}
+
+/* Copies a failed status's message, past its source location, into err and releases it. */
 static nmp_status status_fail(const nmp_ort *o, OrtStatus *st, nmp_error *err, const char *what, const char *label)
 {
 	const char *msg = ORT_CALL(o, ORT_GET_ERROR_MESSAGE, const char *(*)(const OrtStatus *), st);
 	char line[512];
-	snprintf(line, sizeof line, "%s", msg ? msg : "unknown error");
+	snprintf(line, sizeof line, "%s", msg ? nmp_ort_reason(msg) : "unknown error");
 	for (char *p = line; *p; p++) /* one line */
 		if (*p == '\n' || *p == '\r')
 			*p = ' ';
+	for (size_t n = strlen(line); n > 0 && line[n - 1] == ' '; n--)
+		line[n - 1] = '\0';
 	ORT_CALL(o, ORT_RELEASE_STATUS, void (*)(OrtStatus *), st);
 	return nmp_error_set(err, NMP_ERR_RUNTIME, "%s%s%s: %s", label ? label : "", label ? ": " : "", what, line);
 }
@@ -306,8 +358,10 @@ nmp_status nmp_ort_session_create(nmp_ort *o, const void *model, size_t len, con
 		st = ORT_CALL(o, ORT_CREATE_SESSION_FROM_ARRAY,
 			      OrtStatus *(*)(const void *, const void *, size_t, const void *, void **), o->env, model,
 			      len, opts, &s->session);
+		char what[80];
+		snprintf(what, sizeof what, "ONNX Runtime %s cannot load the model", nmp_ort_version(o));
 		if (st)
-			r = status_fail(o, st, err, "ONNX Runtime cannot load the model", label);
+			r = status_fail(o, st, err, what, label);
 	}
 	if (opts)
 		ORT_CALL(o, ORT_RELEASE_SESSION_OPTIONS, void (*)(void *), opts);
@@ -408,8 +462,10 @@ nmp_status nmp_ort_run(nmp_ort_session *s, size_t n_in, const char *const *in_na
 							size_t, const char *const *, size_t, void **),
 					 s->session, NULL, in_names, (const void *const *)inv, n_in, out_names, n_out,
 					 out->values);
+		char what[80];
+		snprintf(what, sizeof what, "ONNX Runtime %s failed to run the model", nmp_ort_version(o));
 		if (st)
-			r = status_fail(o, st, err, "ONNX Runtime failed to run the model", s->label);
+			r = status_fail(o, st, err, what, s->label);
 	}
 	for (size_t i = 0; r == NMP_OK && i < n_out; i++)
 		r = describe(s, out->values[i], out_names[i], &out->t[i], err);

@@ -58,6 +58,14 @@ bool nmp_host_is_floating(int32_t dtype);
 double nmp_host_value(const nmp_host_tensor *t, uint64_t i);
 
 /* hint: --ort-library, or NULL. */
+/*
+ * The reason in one of ONNX Runtime's messages: those its own checks raise
+ * begin with where in its sources they were raised ("/src/graph/model.cc:256
+ * onnxruntime::Model::Model(args) "), which tells a user nothing.  Returns
+ * msg past that prefix, or msg itself when it has none.
+ */
+const char *nmp_ort_reason(const char *msg);
+
 nmp_status nmp_ort_open(const char *hint, nmp_ort **out, nmp_error *err);
 void nmp_ort_close(nmp_ort **o);
 const char *nmp_ort_path(const nmp_ort *o);

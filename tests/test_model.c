@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include "model.h"
+#include "ort.h"
 
 typedef struct fixture {
 	char *dir;
@@ -156,6 +157,35 @@ static void test_dims_checks(void **state)
 	write_one(f->in, &tt);
 	expect_load_error(f->in, NMP_ERR_MODEL, "product of its dims overflows");
 	free(tt.values);
+}
+
+/* ONNX Runtime's messages lose the source location of the check that raised them, and nothing else. */
+static void test_ort_reason(void **state)
+{
+	(void)state;
+	const char *ir = "/onnxruntime_src/onnxruntime/core/graph/model.cc:256 onnxruntime::Model::Model(onnx::ModelProto&&, "
+			 "const onnxruntime::PathString&, const onnxruntime::logging::Logger&) Unsupported model IR version: "
+			 "14, max supported IR version: 13";
+	assert_string_equal(nmp_ort_reason(ir), "Unsupported model IR version: 14, max supported IR version: 13");
+	const char *enforce = "/src/core/providers/cpu/math/gemm.cc:88 virtual onnxruntime::common::Status "
+			      "onnxruntime::Gemm<T>::Compute(onnxruntime::OpKernelContext*) const [with T = float] "
+			      "Gemm: shapes do not match";
+	assert_string_equal(nmp_ort_reason(enforce), "[with T = float] Gemm: shapes do not match");
+	const char *lambda = "x.h:7 onnxruntime::f()::<lambda(int (*)(int))>(int) const  bad axis (3)";
+	assert_string_equal(nmp_ort_reason(lambda), "bad axis (3)");
+	const char *kept[] = {
+		"Invalid output name: sigmoid_0.tmp_0",                 /* no location */
+		"Node (If_0) Op (If) [TypeInferenceError] Type Error",   /* parentheses, no location */
+		"model.onnx:12 onnxruntime::f(x) reason",               /* not a source file */
+		"/src/a.cc:x onnxruntime::f(x) reason",                 /* no line number */
+		"/src/a.cc:12onnxruntime::f(x) reason",                 /* no space after it */
+		"/src/a.cc:12 Load failed (file missing)",              /* no qualified function */
+		"/src/a.cc:12 onnxruntime::f(x reason",                 /* unbalanced */
+		"/src/a.cc:12 onnxruntime::f(x) const ",                /* nothing after it */
+		"a.cc:", ".cc:1 ", "",
+	};
+	for (size_t i = 0; i < sizeof kept / sizeof *kept; i++)
+		assert_ptr_equal(nmp_ort_reason(kept[i]), kept[i]);
 }
 
 static void test_not_a_model(void **state)
@@ -934,6 +964,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_payload_length_checks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dims_checks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_not_a_model, setup, teardown),
+		cmocka_unit_test(test_ort_reason),
 		cmocka_unit_test_setup_teardown(test_external_data, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_external_data_escapes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_save_copy_and_general_agree, setup, teardown),

@@ -3,6 +3,7 @@ numpy reference written here from the methods' definitions: statistics as
 sums over tokens, Conv patches by an explicit im2col, the OBS sweep in plain
 numpy linear algebra."""
 import json
+import re
 
 import numpy as np
 import onnx
@@ -831,6 +832,25 @@ def test_errors(tmp_path, mlp_case):
     r = nmprune("compare", path, path, check=2)
     assert "--calibration" in r.err
     assert not out.exists()
+
+
+def test_a_model_the_runtime_refuses_is_named_with_its_reason(tmp_path, mlp_case):
+    """A model nmprune reads but ONNX Runtime does not (an IR version newer than it knows): exit 6, one line
+    naming the file, the runtime's version and its reason, without the runtime's source location."""
+    path, _, _, X = mlp_case
+    data = tmp_path / "data.safetensors"
+    save_file({"x": X}, str(data))
+    m = onnx.load(str(path))
+    m.ir_version = 99
+    newer = tmp_path / "newer.onnx"
+    onnx.save(m, str(newer))
+    for args in (["prune", newer, "-o", tmp_path / "o.onnx", "--method", "wanda", "--calibration", data],
+                 ["compare", newer, path, "--calibration", data]):
+        r = nmprune(*args, check=6)
+        head = f"nmprune: error: {newer}: ONNX Runtime {ort.__version__} cannot load the model: "
+        assert re.fullmatch(re.escape(head) + r"Unsupported model IR version: 99, max supported IR version: \d+\n",
+                            r.err), r.err
+    assert not (tmp_path / "o.onnx").exists()
 
 
 @pytest.mark.parametrize("stages", ["1", "2"])
