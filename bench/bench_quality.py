@@ -90,12 +90,19 @@ import wave
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save_file
+from safetensors.numpy import save_file as _save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 NMPRUNE = os.environ.get("NMPRUNE", str(ROOT / "build" / "nmprune"))
 MODELS = ROOT / ".cache" / "real-models"
 OUT = ROOT / "bench" / "out" / "quality"
+
+
+def save_file(tensors, path):
+    """safetensors' save_file with each array laid out in C order first: safetensors 0.8.0 writes the memory of
+    a transposed or strided array as it lies, under the array's shape (its issue 825), so the samples would come
+    back scrambled across their axes."""
+    _save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path)
 
 
 def magika_features(path, beg=1024, end=1024, pad=256):

@@ -249,14 +249,14 @@ def _bench_data(tmp_path, make, n):
     """bench-quality's samples for a real model (bench/bench_quality.py): its first n calibrate, the rest are
     held out; a tensor of one sample goes with both."""
     import sys
-    from safetensors.numpy import save_file
     sys.path.insert(0, str(REAL.parents[1] / "bench"))
     import bench_quality
     data = getattr(bench_quality, make)(n)
     total = max(len(v) for v in data.values() if v.ndim)
     paths = tmp_path / "cal.safetensors", tmp_path / "held.safetensors"
     for path, part in zip(paths, (slice(0, n), slice(n, None))):
-        save_file({k: v[part] if v.ndim and len(v) == total else v for k, v in data.items()}, str(path))
+        bench_quality.save_file({k: v[part] if v.ndim and len(v) == total else v for k, v in data.items()},
+                                str(path))
     return paths
 
 
@@ -368,3 +368,20 @@ def test_table_recognizer_prunes_the_decoder_weights_its_loop_carries(tmp_path):
     assert tokens["linear_1.w_0"] == tokens["gru_cell_0.w_1"] == steps  # one sample, every step
     # the encoder's features, which every step attends over: all their positions, at every step
     assert tokens["linear_0.w_0"] % steps == 0 and tokens["linear_0.w_0"] // steps > 1
+
+
+@pytest.mark.skipif(not (REAL / "speech_sample.wav").exists(), reason="speech recording not unpacked: run make deps")
+@pytest.mark.parametrize("make", ["ocr_det_data", "table_images", "speech_data", "ocr_rec_data"])
+def test_bench_samples_come_back_as_made(tmp_path, make):
+    """The samples bench-quality and these tests write read back as they were made, whatever the layout of the
+    arrays (safetensors 0.8.0 writes a transposed array's memory as it lies)."""
+    import sys
+    from safetensors.numpy import load_file
+    sys.path.insert(0, str(REAL.parents[1] / "bench"))
+    import bench_quality
+    data = getattr(bench_quality, make)(1)
+    bench_quality.save_file(data, str(tmp_path / "d.safetensors"))
+    back = load_file(str(tmp_path / "d.safetensors"))
+    assert back.keys() == data.keys()
+    for k, v in data.items():
+        np.testing.assert_array_equal(back[k], v)
