@@ -25,7 +25,14 @@
 #define MAX_SPATIAL 8
 #define GRAM_BUFFER (16u << 20)   /* bytes of input vectors gathered per rank-k update of H */
 
-typedef enum layer_kind { LAYER_NONE, LAYER_LINEAR, LAYER_CONV } layer_kind;
+/*
+ * How a consumer reads its weight.  LINEAR: each input vector (a token, a row)
+ * meets the weight along the group axis.  DECONV (ConvTranspose): the same,
+ * each input pixel's channels being the vector; the products are then summed
+ * into overlapping output patches, which the statistics leave out.  CONV: the
+ * vectors are the unfolded input patches.
+ */
+typedef enum layer_kind { LAYER_NONE, LAYER_LINEAR, LAYER_DECONV, LAYER_CONV } layer_kind;
 
 /* One consumer's data input. */
 typedef struct use_site {
@@ -172,6 +179,7 @@ static nmp_status resolve(const nmp_model *m, const nmp_scopes *sc, const nmp_ch
 	if (!t->uses)
 		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	layer_kind kind = LAYER_NONE;
+	const char *kind_op = NULL;
 	for (size_t u = 0; u < c->n_uses; u++) {
 		const nmp_use *use = &c->uses[u];
 		const Onnx__NodeProto *n = use->node;
@@ -179,20 +187,27 @@ static nmp_status resolve(const nmp_model *m, const nmp_scopes *sc, const nmp_ch
 		/* the integer ops of dynamic quantization compute what Conv and MatMul do, on a quantized input */
 		const bool integer = strcmp(use->op, "ConvInteger") == 0 || strcmp(use->op, "MatMulInteger") == 0;
 		const bool matmul = strcmp(use->op, "MatMul") == 0 || strcmp(use->op, "MatMulInteger") == 0;
-		layer_kind k = strcmp(use->op, "Conv") == 0 || strcmp(use->op, "ConvInteger") == 0 ? LAYER_CONV :
-			       matmul || strcmp(use->op, "Gemm") == 0 ? LAYER_LINEAR : LAYER_NONE;
+		layer_kind k = LAYER_NONE;
+		if (strcmp(use->op, "Conv") == 0 || strcmp(use->op, "ConvInteger") == 0)
+			k = LAYER_CONV;
+		else if (strcmp(use->op, "ConvTranspose") == 0)
+			k = LAYER_DECONV;
+		else if (matmul || strcmp(use->op, "Gemm") == 0)
+			k = LAYER_LINEAR;
 		if (k == LAYER_NONE) {
 			FALL_BACK(t, "read by %s: pruned by magnitude", use->op);
 			return NMP_OK;
 		}
 		if (kind != LAYER_NONE && k != kind) {
-			FALL_BACK(t, "read by both a convolution and a matrix product: pruned by magnitude");
+			FALL_BACK(t, "read by both %s and %s, which compute differently: pruned by magnitude", kind_op,
+				  use->op);
 			return NMP_OK;
 		}
 		kind = k;
+		kind_op = use->op;
 		s->node = n;
 		int other = use->input == 0 ? 1 : 0;
-		if (k == LAYER_CONV) {
+		if (k == LAYER_CONV || k == LAYER_DECONV) { /* X [N, C, spatial...] */
 			other = 0;
 			s->chan_axis = 1;
 		} else if (matmul) {
@@ -242,10 +257,17 @@ static nmp_status resolve(const nmp_model *m, const nmp_scopes *sc, const nmp_ch
 		}
 	}
 	t->kind = kind;
-	if (kind == LAYER_LINEAR) {
+	if (kind == LAYER_DECONV)
+		for (size_t u = 0; u < t->n_uses; u++)
+			if (nmp_node_attr_int(t->uses[u].node, "group", 1) != 1) {
+				FALL_BACK(t, "read by a grouped ConvTranspose: pruned by magnitude");
+				return NMP_OK;
+			}
+	if (kind == LAYER_LINEAR || kind == LAYER_DECONV) {
 		t->C = t->cin_g = t->K = (uint64_t)dims[c->axis];
 		t->cout_g = w->numel / t->K;
-		if (method == NMP_METHOD_SPARSEGPT && (rank != 2 || c->out_axis < 0)) {
+		/* a batched MatMul's slices read different inputs: one Hessian cannot serve them */
+		if (kind == LAYER_LINEAR && method == NMP_METHOD_SPARSEGPT && (rank != 2 || c->out_axis < 0)) {
 			t->method = NMP_METHOD_WANDA;
 			snprintf(t->note, sizeof t->note, "a weight of rank %d: wanda, not sparsegpt", rank);
 		}
@@ -505,7 +527,7 @@ static nmp_status reduce(const nmp_plan *plan, target *t, const use_site *u, con
 			merged.dims[0] *= xt->dims[d];
 		memmove(merged.dims + 1, xt->dims + 1 + u->stacked, sizeof *merged.dims * (size_t)(merged.rank - 1));
 		xt = &merged;
-	} else if (chan_axis >= 0 && t->kind == LAYER_LINEAR) {
+	} else if (chan_axis >= 0 && t->kind != LAYER_CONV) {
 		chan_axis += u->stacked;
 	}
 	uint64_t outer, inner, tokens = 0;
@@ -520,7 +542,7 @@ static nmp_status reduce(const nmp_plan *plan, target *t, const use_site *u, con
 		tokens = outer * inner;
 		if (t->H) {
 			conv_geom g;
-			if (t->kind == LAYER_LINEAR)
+			if (t->kind != LAYER_CONV)
 				linear_gram(t, x, outer, inner);
 			else if (!conv_geometry(t, u->node, xt, &g))
 				s = nmp_error_set(err, NMP_ERR_RUNTIME, "%s: node '%s': Conv geometry does not fit activation '%s'",
@@ -1061,9 +1083,11 @@ static uint64_t layer_index(const target *t, const nmp_mask_tensor *w, uint64_t 
 		uint64_t s = k / t->cin_g, ch = k % t->cin_g, oo = grp * t->cout_g + o;
 		return (oo * t->cin_g + ch) * t->S + s;
 	}
-	/* rank 2: strides of the output and group axes */
-	uint64_t so = w->out_axis == 0 ? (uint64_t)w->dims[1] : 1, sk = w->axis == 0 ? (uint64_t)w->dims[1] : 1;
-	return o * so + k * sk;
+	/* o enumerates the other axes in their order: (before the group axis, after it) */
+	uint64_t after = 1;
+	for (int d = w->rank - 1; d > w->axis; d--)
+		after *= (uint64_t)w->dims[d];
+	return ((o / after) * t->K + k) * after + o % after;
 }
 
 /* The input channel element i reads. */

@@ -780,6 +780,65 @@ def test_conv_sparsegpt_reconstruction_matches_reference(tmp_path, rng):
         np.testing.assert_allclose(pruned["W1"][g * 8:(g + 1) * 8], back(ref_w).astype(np.float32), rtol=2e-4, atol=2e-5)
 
 
+def deconv_model(rng):
+    """x [n, 16, 5, 6] -> ConvTranspose W1 [16, 8, 3, 3] (stride 2, padded: its patches overlap) -> Relu ->
+    ConvTranspose W2 [8, 8, 2, 2] (stride 2: 2x upsampling) -> a grouped ConvTranspose W3 [8, 2, 1, 1]."""
+    W1 = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    W2 = rng.standard_normal((8, 8, 2, 2)).astype(np.float32)
+    W3 = rng.standard_normal((8, 2, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "W1"], ["c1"], name="up1", strides=[2, 2], pads=[1, 1, 0, 0]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("ConvTranspose", ["r1", "W2"], ["c2"], name="up2", strides=[2, 2]),
+        helper.make_node("ConvTranspose", ["c2", "W3"], ["y"], name="mix", group=2),
+    ]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16, 5, 6])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], {"W1": W1, "W2": W2, "W3": W3})
+    return m, {"W1": W1, "W2": W2, "W3": W3}
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_conv_transpose_takes_the_statistics_of_its_input_pixels(tmp_path, rng, method):
+    """ConvTranspose multiplies each input pixel's channels by the weight before scattering the products into
+    the output: its statistics are those of the input pixels (no unfolding), its group axis the input channels.
+    Wanda's masks and sparsegpt's sweep match the references on them, with the rows of the weight's 2-D view
+    (output channel, kernel position); a grouped ConvTranspose is left to magnitude, saying so."""
+    model, w = deconv_model(rng)
+    path = save(model, tmp_path / "deconv.onnx")
+    X = (rng.standard_normal((6, 2, 16, 5, 6)) * np.exp(rng.standard_normal(16))[:, None, None]).astype(np.float32)
+    save_file({"x": X}, str(tmp_path / "d.safetensors"))
+    out = tmp_path / "o.onnx"
+    rep = json.loads(nmprune("prune", path, "-o", out, "--ops", "ConvTranspose", "--align", "none", "--method",
+                             method, "--calibration", tmp_path / "d.safetensors", "--calibration-stages", "1",
+                             "--calibration-stats", tmp_path / "st.safetensors", "--save-masks",
+                             tmp_path / "m.safetensors", "--json", check=0).out)
+    cal = {x["name"]: x["calibration"] for x in rep["weights"]}
+    assert cal["W3"] == {"method": "magnitude", "note": "read by a grouped ConvTranspose: pruned by magnitude"}
+    assert cal["W1"]["method"] == cal["W2"]["method"] == method
+    st = load_file(str(tmp_path / "st.safetensors"))
+    masks = load_file(str(tmp_path / "m.safetensors"))
+    pruned = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    r1 = np.concatenate([activations(model, {"x": X[i]}, ["r1"])["r1"] for i in range(len(X))])
+    for name, x in (("W1", X.reshape(-1, 16, 5, 6)), ("W2", r1)):
+        pixels = x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1]).astype(np.float64)
+        np.testing.assert_allclose(st[f"{name}.sq"], (pixels ** 2).sum(0), rtol=1e-6)
+        W = w[name]
+        if method == "wanda":
+            score = (np.abs(W).astype(np.float64) * np.sqrt((pixels ** 2).sum(0))[:, None, None, None])
+            keep = reference.mask(W, "2:4", 0, 1, magnitude=score.astype(np.float32).astype(np.float64))
+            assert np.array_equal(masks[name].astype(bool), keep), name
+            assert np.array_equal(pruned[name], np.where(keep, W, 0)), name
+            continue
+        H = pixels.T @ pixels
+        assert_gram(st[f"{name}.H"][0], H)
+        ref_w, ref_keep = sparsegpt_ref(W.reshape(W.shape[0], -1).T, H, 2, 4)  # rows (out, kh, kw) x inputs
+        back = lambda a: a.T.reshape(W.shape)
+        assert np.array_equal(masks[name].astype(bool), back(ref_keep)), name
+        np.testing.assert_allclose(pruned[name], back(ref_w).astype(np.float32), rtol=2e-4, atol=2e-5)
+        assert cal[name]["output_error"] < cal[name]["output_error_magnitude"], name
+    nmprune("check", out, "--ops", "ConvTranspose", "--align", "none", "-q", check=0)
+
+
 def test_fp16_weights_are_rebuilt_in_fp16(tmp_path, rng):
     W = rng.standard_normal((32, 16)).astype(np.float16)
     model = _model([helper.make_node("Cast", ["x"], ["xh"], to=TensorProto.FLOAT16),
