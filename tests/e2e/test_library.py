@@ -166,18 +166,23 @@ int main(int argc, char **argv)
 """
 
 
-def test_library_calibrates_as_the_command_does(tmp_path):
-    """method and calibration in nmp_options: the library writes the command's model, and says what it did."""
+def _mlp_with_samples(tmp_path, seed):
+    """test_calibration's two-layer model and calibration samples for it, written under tmp_path."""
     import sys
     sys.path.insert(0, str(Path(__file__).parent))
     from test_calibration import mlp, mlp_data
     from safetensors.numpy import save_file
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     model, _ = mlp(rng)
-    path = tmp_path / "mlp.onnx"
+    path, data = tmp_path / "mlp.onnx", tmp_path / "d.safetensors"
     onnx.save(model, str(path))
-    data = tmp_path / "d.safetensors"
     save_file({"x": mlp_data(rng)}, str(data))
+    return path, data
+
+
+def test_library_calibrates_as_the_command_does(tmp_path):
+    """method and calibration in nmp_options: the library writes the command's model, and says what it did."""
+    path, data = _mlp_with_samples(tmp_path, 7)
     src = tmp_path / "calibrated.c"
     src.write_text(CALIBRATED_C)
     exe = _build(tmp_path, src)
@@ -206,16 +211,7 @@ def test_library_compares_as_the_command_does(tmp_path):
     """nmp_compare_models gives compare's measures; the README's gate passes sparsegpt's model and fails
     magnitude's at a bound between the two, and failures come back with the command's status and message."""
     import json
-    import sys
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_calibration import mlp, mlp_data
-    from safetensors.numpy import save_file
-    rng = np.random.default_rng(11)
-    model, _ = mlp(rng)
-    dense = tmp_path / "mlp.onnx"
-    onnx.save(model, str(dense))
-    data = tmp_path / "d.safetensors"
-    save_file({"x": mlp_data(rng)}, str(data))
+    dense, data = _mlp_with_samples(tmp_path, 11)
     exe = _build(tmp_path, ROOT / "examples" / "compare_models.c")
     assert (ROOT / "examples" / "compare_models.c").read_text() in (ROOT / "README.md").read_text()
 
