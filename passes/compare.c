@@ -110,9 +110,7 @@ static nmp_status accumulate(const nmp_compare_opts *o, const char *name, const 
 	if (a->dtype != b->dtype || a->rank != b->rank)
 		return nmp_error_set(err, NMP_ERR_MODEL, "%s: output '%s' differs in type or rank from the dense model's",
 				     o->pruned, name);
-	bool same = a->numel == b->numel;
-	for (int d = 0; same && d < a->rank; d++)
-		same = a->dims[d] == b->dims[d];
+	const bool same = nmp_host_same_shape(a, b);
 	x->shape_changed += !same;
 	if (!nmp_host_is_floating(a->dtype)) {
 		for (uint64_t i = 0; same && i < a->numel; i++)
@@ -125,11 +123,10 @@ static nmp_status accumulate(const nmp_compare_opts *o, const char *name, const 
 		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory comparing output '%s'", name);
 	for (uint64_t i = 0; i < a->numel; i++)
 		ref[i] = nmp_host_value(a, i);
-	uint64_t last = a->rank ? (uint64_t)a->dims[a->rank - 1] : 1;
 	if (same)
-		nmp_output_acc_add(&x->f, ref, b, last);
+		nmp_output_acc_add(&x->f, ref, b, nmp_host_last(a));
 	else
-		nmp_output_acc_miss(&x->f, ref, a->numel, last);
+		nmp_output_acc_miss(&x->f, ref, a->numel, nmp_host_last(a));
 	free(ref);
 	return NMP_OK;
 }

@@ -42,7 +42,7 @@ typedef struct ctx {
 	const char **outs;            /* the model's outputs */
 	size_t n_out;
 	double **dense;               /* [sample * n_out + j]: the dense model's output, NULL when not floating */
-	uint64_t *numel, *last;       /* [sample * n_out + j]: its elements and last axis */
+	nmp_host_tensor *shape;       /* [sample * n_out + j]: its type and shape (no data) */
 	size_t samples;
 	const void **payloads;        /* per model tensor: what the next run uses, NULL the original */
 	size_t runs;                  /* of the model over the samples, calibration's included */
@@ -61,6 +61,16 @@ static double fidelity_of(const nmp_output_acc *x, nmp_fidelity_measure f)
 const char *nmp_fidelity_measure_name(nmp_fidelity_measure f)
 {
 	return f == NMP_FIDELITY_REL_L2 ? "rel-l2" : f == NMP_FIDELITY_TOP1 ? "top1" : "cosine";
+}
+
+bool nmp_fidelity_measure_parse(const char *name, nmp_fidelity_measure *f)
+{
+	for (int k = NMP_FIDELITY_COSINE; k <= NMP_FIDELITY_TOP1; k++)
+		if (strcmp(name, nmp_fidelity_measure_name((nmp_fidelity_measure)k)) == 0) {
+			*f = (nmp_fidelity_measure)k;
+			return true;
+		}
+	return false;
 }
 
 /* The samples every fidelity is measured on. */
@@ -91,9 +101,8 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 	if (s == NMP_OK && record) {
 		c->samples = nmp_calib_data_count(data);
 		c->dense = calloc(c->samples * c->n_out + 1, sizeof *c->dense);
-		c->numel = calloc(c->samples * c->n_out + 1, sizeof *c->numel);
-		c->last = calloc(c->samples * c->n_out + 1, sizeof *c->last);
-		if (!c->dense || !c->numel || !c->last)
+		c->shape = calloc(c->samples * c->n_out + 1, sizeof *c->shape);
+		if (!c->dense || !c->shape)
 			s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	}
 	nmp_output_acc *acc = calloc(c->n_out + 1, sizeof *acc);
@@ -111,10 +120,9 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 			const nmp_host_tensor *t = &res.t[j];
 			const size_t at = k * c->n_out + j;
 			double **ref = &c->dense[at];
-			const uint64_t last = t->rank ? (uint64_t)t->dims[t->rank - 1] : 1;
 			if (record) {
-				c->numel[at] = t->numel;
-				c->last[at] = last;
+				c->shape[at] = *t;
+				c->shape[at].data = NULL;
 				if (!nmp_host_is_floating(t->dtype))
 					continue;
 				if (!(*ref = malloc((t->numel ? t->numel : 1) * sizeof **ref))) {
@@ -127,10 +135,11 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 			}
 			if (!*ref || !nmp_host_is_floating(t->dtype))
 				continue;
-			if (t->numel != c->numel[at] || last != c->last[at]) /* a shape the pruning changed */
-				nmp_output_acc_miss(&acc[j], *ref, c->numel[at], c->last[at]);
+			const nmp_host_tensor *dense = &c->shape[at];
+			if (!nmp_host_same_shape(t, dense)) /* a shape the pruning changed */
+				nmp_output_acc_miss(&acc[j], *ref, dense->numel, nmp_host_last(dense));
 			else
-				nmp_output_acc_add(&acc[j], *ref, t, last);
+				nmp_output_acc_add(&acc[j], *ref, t, nmp_host_last(t));
 		}
 		if (res.values)
 			nmp_ort_outputs_release(sess, &res);
@@ -356,8 +365,7 @@ nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, 
 	for (size_t i = 0; c.dense && i < c.samples * c.n_out; i++)
 		free(c.dense[i]);
 	free(c.dense);
-	free(c.numel);
-	free(c.last);
+	free(c.shape);
 	variant_free(&c, &full);
 	free(c.payloads);
 	free(c.outs);

@@ -60,6 +60,9 @@ typedef enum nmp_fidelity_measure {
 /* "cosine", "rel-l2", "top1" */
 const char *nmp_fidelity_measure_name(nmp_fidelity_measure f);
 
+/* The measure of that name; false (and *f untouched) for any other name. */
+bool nmp_fidelity_measure_parse(const char *name, nmp_fidelity_measure *f);
+
 typedef struct nmp_sensitivity_opts {
 	const char *data;
 	size_t max_samples;

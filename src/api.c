@@ -30,6 +30,13 @@ struct nmp_session {
 	nmp_error err;
 };
 
+/* The caller's buffer for the message of a failure before there is a handle to ask. */
+static void copy_error(char *err, size_t err_cap, const char *message)
+{
+	if (err && err_cap)
+		snprintf(err, err_cap, "%s", message);
+}
+
 const char *nmp_version(void)
 {
 	return NMP_VERSION;
@@ -54,8 +61,7 @@ nmp_status nmp_open(const char *model_path, const nmp_options *o, nmp_session **
 	}
 	nmp_session *s = calloc(1, sizeof *s);
 	if (!s) {
-		if (err && err_cap)
-			snprintf(err, err_cap, "out of memory");
+		copy_error(err, err_cap, "out of memory");
 		return NMP_ERR_NOMEM;
 	}
 	s->opt = *o;
@@ -93,8 +99,7 @@ nmp_status nmp_open(const char *model_path, const nmp_options *o, nmp_session **
 	if (st == NMP_OK)
 		st = nmp_engine_create(nmp_device_parse(o->device), o->threads, &s->engine, NULL, 0, &s->err);
 	if (st != NMP_OK) {
-		if (err && err_cap)
-			snprintf(err, err_cap, "%s", s->err.message);
+		copy_error(err, err_cap, s->err.message);
 		nmp_close(&s);
 		return st;
 	}
@@ -218,8 +223,7 @@ nmp_status nmp_compare_models(const char *dense_path, const char *pruned_path, c
 		st = nmp_compare(&co, &c->r, &e);
 	}
 	if (st != NMP_OK) {
-		if (err && err_cap)
-			snprintf(err, err_cap, "%s", e.message);
+		copy_error(err, err_cap, e.message);
 		nmp_comparison_free(&c);
 		return st;
 	}

@@ -70,9 +70,10 @@ static nmp_status check_collisions(const nmp_cli *cli, const nmp_model *m, nmp_e
 
 static nmp_fidelity_measure fidelity_measure(const nmp_cli *cli)
 {
-	const char *f = cli->fidelity ? cli->fidelity : "cosine";
-	return strcmp(f, "rel-l2") == 0 ? NMP_FIDELITY_REL_L2 : strcmp(f, "top1") == 0 ? NMP_FIDELITY_TOP1 :
-									      NMP_FIDELITY_COSINE;
+	nmp_fidelity_measure f = NMP_FIDELITY_COSINE; /* the parser only lets the three names through */
+	if (cli->fidelity)
+		nmp_fidelity_measure_parse(cli->fidelity, &f);
+	return f;
 }
 
 static json_t *sensitivity_json(const nmp_cli *cli, const nmp_plan *plan, const nmp_sensitivity_result *r)

@@ -493,6 +493,21 @@ bool nmp_host_is_floating(int32_t dt)
 	return dt == NMP_DT_FLOAT || dt == NMP_DT_DOUBLE || dt == NMP_DT_FLOAT16 || dt == NMP_DT_BFLOAT16;
 }
 
+bool nmp_host_same_shape(const nmp_host_tensor *a, const nmp_host_tensor *b)
+{
+	if (a->rank != b->rank)
+		return false;
+	for (int d = 0; d < a->rank; d++)
+		if (a->dims[d] != b->dims[d])
+			return false;
+	return true;
+}
+
+uint64_t nmp_host_last(const nmp_host_tensor *t)
+{
+	return t->rank ? (uint64_t)t->dims[t->rank - 1] : 1;
+}
+
 double nmp_host_value(const nmp_host_tensor *t, uint64_t i)
 {
 	const uint8_t *d = t->data;

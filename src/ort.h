@@ -56,6 +56,10 @@ typedef struct nmp_ort_outputs {
 bool nmp_host_is_floating(int32_t dtype);
 /* Element i of a host tensor as a double (floating and integer types; NAN for others). */
 double nmp_host_value(const nmp_host_tensor *t, uint64_t i);
+/* Do a and b have the same rank and dimensions? */
+bool nmp_host_same_shape(const nmp_host_tensor *a, const nmp_host_tensor *b);
+/* The length of the last axis (1 for a scalar): the rows a top-1 agreement runs along. */
+uint64_t nmp_host_last(const nmp_host_tensor *t);
 
 /* hint: --ort-library, or NULL. */
 /*
