@@ -120,8 +120,8 @@ static double mag(const tensor *t, uint64_t i)
 {
 	if (t->dtype == NMP_DT_FLOAT)
 		return fabs((double)((float *)t->data)[i]);
-	uint16_t h = ((uint16_t *)t->data)[i] & 0x7fff; /* fp16 via its bits: only order matters here */
-	return (double)h;
+	uint16_t h = ((uint16_t *)t->data)[i] & 0x7fff;
+	return t->dtype == NMP_DT_FLOAT16 ? (double)nmp_f16_key_mag(h) : (double)nmp_key_mag(NMP_KK_BF16, h);
 }
 
 /* Best sum of n of the m values over all subsets. */
@@ -750,6 +750,160 @@ static void test_transposable_exact_adversarial(void **state)
 	}
 }
 
+/* ---- adversarial tensors of every float type --------------------------------------------------------- */
+
+/* A tensor of dtype whose elements run through the adversarial kinds sixteen at a time. */
+static tensor make_adversarial(int32_t dtype, int rank, const int64_t *dims, int axis, int out_axis)
+{
+	tensor t = { .rank = rank, .axis = axis, .out_axis = out_axis, .dtype = dtype, .numel = 1 };
+	for (int i = 0; i < rank; i++) {
+		t.dims[i] = dims[i];
+		t.numel *= (uint64_t)dims[i];
+	}
+	t.data = malloc(t.numel * (dtype == NMP_DT_FLOAT ? 4 : 2));
+	for (uint64_t i = 0; i < t.numel; i += 16) {
+		float v[16];
+		adversarial_tile(v, (int)(i / 16 % 10));
+		for (uint64_t k = 0; k < 16 && i + k < t.numel; k++) {
+			uint32_t bits;
+			memcpy(&bits, &v[k], 4);
+			if (dtype == NMP_DT_FLOAT)
+				((float *)t.data)[i + k] = v[k];
+			else if (dtype == NMP_DT_BFLOAT16)
+				((uint16_t *)t.data)[i + k] = (uint16_t)(bits >> 16);
+			else
+				((uint16_t *)t.data)[i + k] = adversarial_half((int)(i / 16));
+		}
+	}
+	return t;
+}
+
+static const int32_t float_types[3] = { NMP_DT_FLOAT, NMP_DT_FLOAT16, NMP_DT_BFLOAT16 };
+
+/*
+ * Vectors and blocks score units by double sums in a fixed order, so values
+ * far apart in size (where the order of a sum changes it), ties, zeros and
+ * infinities give the naive scorer's mask in every float type and layout:
+ * rows side by side (a MatMul's B), rows apart (a Gemm's transposed B) and a
+ * Conv's kernel rows.
+ */
+static void test_units_adversarial(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *p;
+		int n, m, ur, uc;
+	} cases[] = {
+		{ "2:4@v4", 2, 4, 4, 1 }, { "2:4@v32", 2, 4, 32, 1 }, { "1:4@v8", 1, 4, 8, 1 }, { "2:4@b4x4", 2, 4, 4, 4 },
+		{ "3:8@b2x2", 3, 8, 2, 2 }, { "5:8@b4x2", 5, 8, 4, 2 }, { "2:4@b8x1", 2, 4, 8, 1 }, { "1:2@v4", 1, 2, 4, 1 },
+	};
+	const int64_t conv[4] = { 32, 64, 3, 3 }, mm[2] = { 64, 64 };
+	for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
+		for (int dt = 0; dt < 3; dt++)
+			for (int shape = 0; shape < 3; shape++) {
+				tensor t = shape == 2 ? make_adversarial(float_types[dt], 4, conv, 1, 0) :
+					   make_adversarial(float_types[dt], 2, mm, shape == 0 ? 0 : 1, shape == 0 ? 1 : 0);
+				uint8_t *mask = run(&t, cases[k].p, NMP_MASK_DRY, 2, NULL);
+				uint8_t *want = malloc(t.numel);
+				naive_units(&t, cases[k].n, cases[k].m, cases[k].ur, cases[k].uc, want);
+				for (uint64_t i = 0; i < t.numel; i++)
+					if (mask[i] != want[i])
+						fail_msg("%s, dtype %d, shape %d: element %llu is %d", cases[k].p, float_types[dt],
+							 shape, (unsigned long long)i, mask[i]);
+				free(want);
+				free(mask);
+				free(t.data);
+			}
+}
+
+/*
+ * A unit's score is summed rows first, then columns, and the order shows:
+ * with big = 2^30 (a double's ulp there is 2^-22) and cells of s = 2^-23,
+ * unit A (big at row 0, column 3, s elsewhere) sums to big + 2 ulps in the
+ * rule's order (three s, then big: big + 1.5 ulps, rounded to even; each
+ * later s is half an ulp and rounds away), but to big + 6 ulps columns
+ * first.  Unit B (big and 2^-20) is big + 4 ulps in any order, C is 4 big,
+ * D is zero: 2:4@b4x4 keeps C and B, in both layouts and on any thread count.
+ */
+static void test_units_sum_order(void **state)
+{
+	(void)state;
+	const float big = 0x1p30f, s = 0x1p-23f;
+	for (int layout = 0; layout < 2; layout++)
+		for (int threads = 1; threads <= 2; threads++) {
+			/* layout 0: [16, 4], the group axis first (rows side by side); 1: [4, 16] */
+			tensor t = { .rank = 2, .dtype = NMP_DT_FLOAT, .numel = 64, .axis = layout, .out_axis = !layout };
+			t.dims[0] = layout ? 4 : 16, t.dims[1] = layout ? 16 : 4;
+			float *x = calloc(64, sizeof *x);
+			t.data = x;
+			for (uint64_t r = 0; r < 4; r++)
+				for (uint64_t c = 0; c < 4; c++) {
+					x[flat_of(&t, r, c)] = r == 0 && c == 3 ? big : s;       /* A */
+					x[flat_of(&t, r, 8 + c)] = 4 * big;                      /* C */
+				}
+			x[flat_of(&t, 0, 4)] = big;                                          /* B */
+			x[flat_of(&t, 0, 5)] = 0x1p-20f;
+			uint8_t *mask = run(&t, "2:4@b4x4", NMP_MASK_DRY, threads, NULL);
+			for (uint64_t r = 0; r < 4; r++)
+				for (uint64_t c = 0; c < 16; c++)
+					if (mask[flat_of(&t, r, c)] != (c >= 4 && c < 12))
+						fail_msg("layout %d, %d threads: cell (%llu, %llu) is %d", layout, threads,
+							 (unsigned long long)r, (unsigned long long)c, mask[flat_of(&t, r, c)]);
+			free(mask);
+			free(x);
+		}
+}
+
+/*
+ * APPLY zeroes exactly the elements the DRY mask prunes and leaves the rest
+ * bit for bit, with the same statistics, whether or not the caller asks for
+ * the mask: every structured family that zeroes in its own pass, every
+ * float type, every layout.
+ */
+static void test_apply_zeroes_what_the_mask_prunes(void **state)
+{
+	(void)state;
+	static const char *patterns[] = { "2:4@v4", "1:8@v4", "2:4@b4x4", "3:8@b2x2", "2:4@b8x1", "2:4@v32",
+					  "2:4@t",  "1:4@t",  "3:4@t",    "4:8@t",    "2:4",      "16:32" };
+	const int64_t conv[4] = { 32, 64, 3, 3 }, mm[2] = { 64, 64 };
+	for (size_t k = 0; k < sizeof patterns / sizeof patterns[0]; k++)
+		for (int dt = 0; dt < 3; dt++)
+			for (int shape = 0; shape < 3; shape++)
+				for (int want_mask = 0; want_mask < 2; want_mask++) {
+					tensor t = shape == 2 ? make_adversarial(float_types[dt], 4, conv, 1, 0) :
+						   make_adversarial(float_types[dt], 2, mm, shape == 0 ? 0 : 1, shape == 0 ? 1 : 0);
+					const size_t es = float_types[dt] == NMP_DT_FLOAT ? 4 : 2;
+					uint8_t *before = malloc(t.numel * es);
+					memcpy(before, t.data, t.numel * es);
+					nmp_mask_stats dry, st;
+					uint8_t *want = run(&t, patterns[k], NMP_MASK_DRY, 2, &dry);
+					assert_memory_equal(t.data, before, t.numel * es);
+
+					nmp_pattern p = pat(patterns[k]);
+					nmp_mask_tensor v = view_of(&t);
+					uint8_t *mask = want_mask ? calloc(t.numel, 1) : NULL;
+					nmp_error err = { 0 };
+					assert_int_equal(nmp_cpu_run(&v, &p, NMP_MASK_APPLY, 3, mask, &st, &err), NMP_OK);
+					if (mask)
+						assert_memory_equal(mask, want, t.numel);
+					for (uint64_t i = 0; i < t.numel; i++) {
+						const uint8_t zero[4] = { 0 };
+						const uint8_t *expect = want[i] ? before + i * es : zero;
+						if (memcmp((uint8_t *)t.data + i * es, expect, es) != 0)
+							fail_msg("%s, dtype %d, shape %d, %s: element %llu %s", patterns[k],
+								 float_types[dt], shape, mask ? "mask" : "no mask",
+								 (unsigned long long)i, want[i] ? "changed" : "not zeroed");
+					}
+					assert_int_equal(st.kept, dry.kept);
+					assert_true(st.l1_kept == dry.l1_kept);
+					assert_true(st.l1_unstructured == dry.l1_unstructured);
+					free(mask);
+					free(want);
+					free(before);
+					free(t.data);
+				}
+}
+
 /* ---- unstructured -------------------------------------------------------------------------------------- */
 
 static void test_unstructured(void **state)
@@ -867,6 +1021,9 @@ int main(void)
 		cmocka_unit_test(test_transposable_matches_the_rule),
 		cmocka_unit_test(test_greedy_reports_deficits),
 		cmocka_unit_test(test_transposable_exact_adversarial),
+		cmocka_unit_test(test_units_adversarial),
+		cmocka_unit_test(test_units_sum_order),
+		cmocka_unit_test(test_apply_zeroes_what_the_mask_prunes),
 		cmocka_unit_test(test_unstructured),
 		cmocka_unit_test(test_quantized_zero_point),
 		cmocka_unit_test(test_check_and_threads),

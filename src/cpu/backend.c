@@ -64,8 +64,8 @@ static nmp_status run_general(nmp_cpu_job *j, const uint64_t *bins, nmp_mask_sta
 	const unsigned gc = nmp_pattern_group_cols(p), ur = nmp_pattern_unit_rows(p);
 	nmp_cpu_acc total = { 0 };
 	nmp_status s = NMP_OK;
-	/* Exact 4 x 4 tiles find the reference statistic in their own pass. */
-	const bool inline_ref = bins && nmp_cpu_tiles_inline(j);
+	/* Exact 4 x 4 tiles, and vectors and blocks of M 4 or 8, find the reference statistic in their own pass. */
+	const bool inline_ref = bins && (nmp_cpu_tiles_inline(j) || nmp_cpu_units_inline(j));
 	if (!p->structured && bins) {
 		s = nmp_cpu_unstructured32(j, bins, st->l1_dense, &total);
 	} else if (!p->structured) {
@@ -74,7 +74,7 @@ static nmp_status run_general(nmp_cpu_job *j, const uint64_t *bins, nmp_mask_sta
 		nmp_cpu_part_fn fn = p->unit == NMP_UNIT_ELEMENT ? nmp_cpu_nm_part :
 				     p->unit == NMP_UNIT_TILE ? nmp_cpu_tiles_part : nmp_cpu_units_part;
 		uint64_t work = (j->rows / ur) * (j->L / gc), above = 0;
-		if (inline_ref) /* exact tiles keep N per row: as many as unstructured pruning at N/M */
+		if (inline_ref) /* N of every M units, or N per tile row: as many as unstructured pruning at N/M */
 			j->ref_bin = nmp_cpu_bin_from_top(bins, j->numel / p->m * p->n, &above);
 		int parts;
 		nmp_cpu_acc *acc = nmp_cpu_parallel_for(j, work, 256, sizeof(nmp_cpu_acc), &parts, fn);
@@ -110,7 +110,7 @@ static nmp_status run_general(nmp_cpu_job *j, const uint64_t *bins, nmp_mask_sta
 		s = nmp_cpu_reference32(j, bins, st->kept, &st->l1_unstructured);
 	else if (!bins)
 		st->l1_unstructured = nmp_cpu_unstructured_reference(j, st->kept);
-	if (s == NMP_OK && j->mode == NMP_MASK_APPLY) {
+	if (s == NMP_OK && j->mode == NMP_MASK_APPLY && !j->zero) {
 		int parts;
 		void *none = nmp_cpu_parallel_for(j, j->numel, 1u << 18, 1, &parts, zero_part);
 		if (!none)
@@ -188,7 +188,15 @@ nmp_status nmp_cpu_run(const nmp_mask_tensor *t, const nmp_pattern *p, nmp_mask_
 		nmp_cpu_check(&j, st);
 		goto out;
 	}
-	if (!j.mask) {
+	/*
+	 * Exact 4 x 4 tiles, and vectors and blocks of M 4 or 8, zero a float
+	 * weight in the pass that chooses: no mask is needed unless the caller
+	 * asks for it, and no pass zeroes.  In APPLY, j.in is the weight itself.
+	 */
+	if (mode == NMP_MASK_APPLY && keys32 && p->structured && nmp_cpu_kind32(&j) != NMP_CK_Q &&
+	    (nmp_cpu_tiles_inline(&j) || nmp_cpu_units_inline(&j)))
+		j.zero = t->data;
+	if (!j.mask && !j.zero) {
 		own_mask = malloc(j.numel);
 		if (!own_mask) {
 			s = nmp_error_set(err, NMP_ERR_NOMEM, "tensor '%s': out of memory", t->name);

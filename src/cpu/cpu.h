@@ -41,6 +41,7 @@ typedef struct nmp_cpu_job {
 	uint32_t ref_bin;                 /* the reference bin of the pass under way (reference.c) */
 	const void *part_ctx;             /* what a family's parallel parts read beyond the job */
 	const uint8_t *in;                /* where the weight is read: t->src, or t->data */
+	uint8_t *zero;                    /* float weight that the family zeroes in its own pass, or NULL */
 } nmp_cpu_job;
 
 /* ---- 32-bit keys: every stored type but fp64 ------------------------------------------------ */
@@ -83,6 +84,47 @@ NMP_CPU_INLINE uint32_t nmp_cpu_key32(const nmp_cpu_job *j, uint64_t i, int kind
 NMP_CPU_INLINE float nmp_cpu_mag32(uint32_t key, int kind)
 {
 	return (float)nmp_key_mag(nmp_cpu_kk32(kind), key);
+}
+
+/*
+ * Zeroes, of the four elements of a float weight d (32-bit kinds but
+ * quantized) from i on, those whose bit of keep is 0; no branch on keep.
+ */
+NMP_CPU_INLINE void nmp_cpu_zero4_unless(uint8_t *d, uint64_t i, unsigned keep, int kind)
+{
+	uint64_t lo = 0, hi = 0; /* the bytes to keep */
+	if (kind == NMP_CK_F32) {
+		lo = (0xffffffffull & -(uint64_t)(keep & 1)) | (0xffffffff00000000ull & -(uint64_t)(keep >> 1 & 1));
+		hi = (0xffffffffull & -(uint64_t)(keep >> 2 & 1)) | (0xffffffff00000000ull & -(uint64_t)(keep >> 3 & 1));
+		uint64_t v[2];
+		memcpy(v, d + 4 * i, 16);
+		v[0] &= lo;
+		v[1] &= hi;
+		memcpy(d + 4 * i, v, 16);
+	} else {
+		for (int r = 0; r < 4; r++)
+			lo |= (0xffffull & -(uint64_t)(keep >> r & 1)) << (16 * r);
+		uint64_t v;
+		memcpy(&v, d + 2 * i, 8);
+		v &= lo;
+		memcpy(d + 2 * i, &v, 8);
+	}
+}
+
+/* Zeroes element i of a float weight d (as nmp_cpu_zero4_unless) unless keep is 1. */
+NMP_CPU_INLINE void nmp_cpu_zero_unless(uint8_t *d, uint64_t i, unsigned keep, int kind)
+{
+	if (kind == NMP_CK_F32) {
+		uint32_t v;
+		memcpy(&v, d + 4 * i, 4);
+		v &= -(uint32_t)keep;
+		memcpy(d + 4 * i, &v, 4);
+	} else {
+		uint16_t v;
+		memcpy(&v, d + 2 * i, 2);
+		v &= (uint16_t)-(uint16_t)keep;
+		memcpy(d + 2 * i, &v, 2);
+	}
 }
 
 NMP_CPU_INLINE uint32_t nmp_cpu_nan_above(int kind)
@@ -172,7 +214,8 @@ static inline __attribute__((target("avx2"), always_inline)) __m256 nmp_cpu_mag8
 
 /*
  * Accumulator of the general path's families.  A family that finds the
- * reference statistic in its own pass (nmp_cpu_tiles_inline) also sums the
+ * reference statistic in its own pass (nmp_cpu_tiles_inline,
+ * nmp_cpu_units_inline) also sums the
  * magnitude above the reference bin j->ref_bin and gathers the keys in it.
  */
 typedef struct nmp_cpu_acc {
@@ -208,8 +251,9 @@ nmp_status nmp_cpu_fused(nmp_cpu_job *j, nmp_mask_stats *st);
 void nmp_cpu_nm_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *acc);
 void nmp_cpu_units_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *acc);
 void nmp_cpu_tiles_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *acc);
-/* Do the tile parts of this job find the reference statistic in their own pass? */
+/* Do the tile or unit parts of this job find the reference statistic in their own pass? */
 bool nmp_cpu_tiles_inline(const nmp_cpu_job *j);
+bool nmp_cpu_units_inline(const nmp_cpu_job *j);
 
 /* unstructured.c: P% masks, and what unstructured pruning keeps at a given count. */
 nmp_status nmp_cpu_unstructured(nmp_cpu_job *j, nmp_cpu_acc *acc);

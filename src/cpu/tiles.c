@@ -170,8 +170,9 @@ static const uint32_t tile4_spread[16] = {
 };
 
 /*
- * Exact 4 x 4 tiles of 32-bit keys, in one pass: choose, mark, and sum the
- * magnitude above the reference bin, gathering the keys in it.
+ * Exact 4 x 4 tiles of 32-bit keys, in one pass: choose, mark (or zero a
+ * float weight's pruned cells once read), and sum the magnitude above the
+ * reference bin, gathering the keys in it.
  */
 static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp_cpu_job *j, uint64_t b, uint64_t e,
 									   nmp_cpu_acc *acc, const tile4_tables *tb,
@@ -180,7 +181,7 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 	/* Locals, not the job's fields: the mask's byte stores may alias anything. */
 	const uint64_t groups = j->L / 4, rblocks = j->rows / 4, inner = j->inner;
 	const uint64_t *row_off = j->row_off;
-	uint8_t *mask = j->mask;
+	uint8_t *mask = j->mask, *zero = j->zero;
 	const uint8_t *in = j->in;
 	const uint32_t *qkey = j->qkey;
 	const bool rows_fast = nmp_cpu_rows_fast(j);
@@ -224,12 +225,21 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 			for (int c = 0; c < 4; c++) {
 				const unsigned nib = (best >> c & 1) | (best >> (c + 3) & 2) | (best >> (c + 6) & 4) |
 						     (best >> (c + 9) & 8);
-				memcpy(mask + ro[0] + c0 + (uint64_t)c * inner, &tile4_spread[nib], 4);
+				const uint64_t at = ro[0] + c0 + (uint64_t)c * inner;
+				if (mask)
+					memcpy(mask + at, &tile4_spread[nib], 4);
+				if (zero)
+					nmp_cpu_zero4_unless(zero, at, nib, mk);
 			}
 		} else {
 			for (int r = 0; r < 4; r++)
-				for (int c = 0; c < 4; c++)
-					mask[ro[r] + c0 + (uint64_t)c * inner] = best >> (4 * r + c) & 1;
+				for (int c = 0; c < 4; c++) {
+					const uint64_t at = ro[r] + c0 + (uint64_t)c * inner;
+					if (mask)
+						mask[at] = best >> (4 * r + c) & 1;
+					if (zero)
+						nmp_cpu_zero_unless(zero, at, best >> (4 * r + c) & 1, mk);
+				}
 		}
 		kept += score;
 

@@ -75,8 +75,186 @@ static inline __attribute__((always_inline)) void units_kind(nmp_cpu_job *j, uin
 	}
 }
 
+/* ---- M of 4 or 8 over 32-bit keys, with AVX2 ------------------------------------------------ */
+
+#if defined(__x86_64__)
+/* The keys at element i and three more, s apart. */
+static inline __attribute__((target("avx2"), always_inline)) __m128i units_key4(const uint8_t *in, const uint32_t *q,
+										 uint64_t i, uint64_t s, int kind)
+{
+	if (s == 1)
+		return kind == NMP_CK_Q ? _mm_loadu_si128((const __m128i *)(const void *)(q + i)) : nmp_cpu_key4(in, i, kind);
+	return _mm_setr_epi32((int)nmp_cpu_key32_at(in, q, i, kind), (int)nmp_cpu_key32_at(in, q, i + s, kind),
+			      (int)nmp_cpu_key32_at(in, q, i + 2 * s, kind), (int)nmp_cpu_key32_at(in, q, i + 3 * s, kind));
+}
+
+/* The magnitudes of four keys; sums those above the reference bin, gathers those inside it. */
+static inline __attribute__((target("avx2"), always_inline)) __m128 units_mag4(__m128i k, int kind, __m128i cut,
+									     __m256d *above, nmp_cpu_cut *in_bin)
+{
+	const int sh = nmp_cpu_ref_shift(kind), mk = kind == NMP_CK_Q ? NMP_CK_F32 : kind;
+	const __m128 mg = _mm256_castps256_ps128(nmp_cpu_mag8(_mm256_zextsi128_si256(k), mk));
+	const __m128i bin = _mm_srai_epi32(k, sh);
+	*above = _mm256_add_pd(*above, _mm256_cvtps_pd(_mm_and_ps(mg, _mm_castsi128_ps(_mm_cmpgt_epi32(bin, cut)))));
+	unsigned inside = (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(bin, cut)));
+	if (inside) {
+		uint32_t key[4];
+		_mm_storeu_si128((__m128i *)(void *)key, k);
+		for (; inside; inside &= inside - 1)
+			nmp_cpu_cut_push(in_bin, key[__builtin_ctz(inside)]);
+	}
+	return mg;
+}
+
+/* Are the unit's rows side by side in fours (a MatMul's B: rows are the contiguous axis)? */
+static inline bool units_rows_in_fours(const uint64_t *ro, unsigned ur)
+{
+	if (ur % 4)
+		return false;
+	for (unsigned t = 0; t < ur; t += 4)
+		if (ro[t + 1] != ro[t] + 1 || ro[t + 2] != ro[t] + 2 || ro[t + 3] != ro[t] + 3)
+			return false;
+	return true;
+}
+
+/*
+ * The same rule as units_run, four units to a vector: at each cell of the
+ * unit (rows, then columns) the cells of four side-by-side units are read
+ * together and their magnitudes added to four double sums, in the rule's
+ * order.  Where the unit's rows are side by side in fours, each column of
+ * four rows is one load, and four units' columns, transposed, give each
+ * row's cells of the four units; otherwise the cells are read one by one.
+ * The pass also sums the magnitudes above the reference bin and gathers the
+ * keys inside it (as exact tiles do), so that the reference statistic needs
+ * no pass of its own, and zeroes a float weight's pruned units
+ * (nmp_cpu_job.zero) once it has read them.  Mask bytes of four adjacent
+ * rows are written together.
+ */
+static inline __attribute__((target("avx2"), always_inline)) void units4_run(nmp_cpu_job *j, uint64_t b, uint64_t e,
+									   nmp_cpu_acc *acc, int kind, int m)
+{
+	/* Locals, not the job's fields: the mask's byte stores may alias anything. */
+	const int n = (int)j->p->n;
+	const unsigned ur = nmp_pattern_unit_rows(j->p), uc = nmp_pattern_unit_cols(j->p);
+	const uint64_t gcols = (uint64_t)m * uc, groups = j->L / gcols, inner = j->inner;
+	const uint64_t rblocks = j->rows / ur, unit_step = uc * inner;
+	const uint64_t *row_off = j->row_off;
+	const uint8_t *in = j->in;
+	const uint32_t *qkey = j->qkey;
+	uint8_t *mask = j->mask, *zero = j->zero;
+	const bool rows_fast = nmp_cpu_rows_fast(j);
+	const __m128i cut = _mm_set1_epi32((int)j->ref_bin);
+	__m256d above = _mm256_setzero_pd();
+	double kept = acc->l1_kept;
+	uint64_t count = 0;
+	for (uint64_t w = b; w < e; w++) {
+		const uint64_t rb = rows_fast ? w % rblocks : w / groups, g = rows_fast ? w / rblocks : w % groups;
+		const uint64_t *ro = row_off + rb * ur, c0 = g * gcols * inner;
+		const bool fours = units_rows_in_fours(ro, ur);
+		__m256d s[2] = { _mm256_setzero_pd(), _mm256_setzero_pd() };
+		if (fours && uc <= 4) {
+			for (unsigned t0 = 0; t0 < ur; t0 += 4) {
+				__m128 v[4][4][2]; /* [column][row][half]: lane x is unit 4 half + x */
+				for (unsigned c = 0; c < uc; c++)
+					for (int h = 0; h < m / 4; h++) {
+						__m128 col[4]; /* lane r: row t0 + r */
+						for (int x = 0; x < 4; x++) {
+							const uint64_t at = ro[t0] + c0 + ((uint64_t)(4 * h + x) * uc + c) * inner;
+							col[x] = units_mag4(units_key4(in, qkey, at, 1, kind), kind, cut, &above,
+									    &acc->cut);
+						}
+						_MM_TRANSPOSE4_PS(col[0], col[1], col[2], col[3]);
+						for (int r = 0; r < 4; r++)
+							v[c][r][h] = col[r];
+					}
+				for (int r = 0; r < 4; r++)
+					for (unsigned c = 0; c < uc; c++)
+						for (int h = 0; h < m / 4; h++)
+							s[h] = _mm256_add_pd(s[h], _mm256_cvtps_pd(v[c][r][h]));
+			}
+		} else {
+			for (unsigned t = 0; t < ur; t++)
+				for (unsigned c = 0; c < uc; c++)
+					for (int h = 0; h < m / 4; h++) {
+						const uint64_t at = ro[t] + c0 + (4 * (uint64_t)h * uc + c) * inner;
+						const __m128 mg = units_mag4(units_key4(in, qkey, at, unit_step, kind), kind, cut,
+									     &above, &acc->cut);
+						s[h] = _mm256_add_pd(s[h], _mm256_cvtps_pd(mg));
+					}
+		}
+		double score[8];
+		uint8_t keep[8];
+		_mm256_storeu_pd(score, s[0]);
+		_mm256_storeu_pd(score + 4, s[1]);
+		top_n_double(score, m, n, keep);
+		for (int x = 0; x < m; x++) {
+			kept += keep[x] ? score[x] : 0.0;
+			count += keep[x];
+		}
+		for (unsigned t = 0; mask && t < ur; t += fours ? 4 : 1)
+			for (int x = 0; x < m; x++) {
+				const uint32_t bytes = 0x01010101u * keep[x];
+				for (unsigned c = 0; c < uc; c++) {
+					uint8_t *at = mask + ro[t] + c0 + ((uint64_t)x * uc + c) * inner;
+					if (fours)
+						memcpy(at, &bytes, 4);
+					else
+						*at = keep[x];
+				}
+			}
+		for (unsigned t = 0; zero && t < ur; t += fours ? 4 : 1)
+			for (int x = 0; x < m; x++)
+				for (unsigned c = 0; c < uc; c++) {
+					const uint64_t at = ro[t] + c0 + ((uint64_t)x * uc + c) * inner;
+					if (fours)
+						nmp_cpu_zero4_unless(zero, at, 15u * keep[x], kind);
+					else
+						nmp_cpu_zero_unless(zero, at, keep[x], kind);
+				}
+	}
+	double lanes[4];
+	_mm256_storeu_pd(lanes, above);
+	acc->above += lanes[0] + lanes[1] + lanes[2] + lanes[3];
+	acc->l1_kept = kept;
+	acc->kept += count * ur * uc;
+}
+
+__attribute__((target("avx2"))) static void units4_avx2(nmp_cpu_job *j, uint64_t b, uint64_t e, nmp_cpu_acc *acc)
+{
+	const int kind = nmp_cpu_kind32(j);
+	/* Specialized for a constant kind and M, as the tiles are. */
+	switch (kind * 2 + (j->p->m == 8)) {
+	case NMP_CK_F32 * 2: units4_run(j, b, e, acc, NMP_CK_F32, 4); break;
+	case NMP_CK_F32 * 2 + 1: units4_run(j, b, e, acc, NMP_CK_F32, 8); break;
+	case NMP_CK_F16 * 2: units4_run(j, b, e, acc, NMP_CK_F16, 4); break;
+	case NMP_CK_F16 * 2 + 1: units4_run(j, b, e, acc, NMP_CK_F16, 8); break;
+	case NMP_CK_BF16 * 2: units4_run(j, b, e, acc, NMP_CK_BF16, 4); break;
+	case NMP_CK_BF16 * 2 + 1: units4_run(j, b, e, acc, NMP_CK_BF16, 8); break;
+	case NMP_CK_Q * 2: units4_run(j, b, e, acc, NMP_CK_Q, 4); break;
+	default: units4_run(j, b, e, acc, NMP_CK_Q, 8); break;
+	}
+}
+#endif
+
+bool nmp_cpu_units_inline(const nmp_cpu_job *j)
+{
+#if defined(__x86_64__)
+	return (j->p->unit == NMP_UNIT_VECTOR || j->p->unit == NMP_UNIT_BLOCK) && (j->p->m == 4 || j->p->m == 8) &&
+	       j->kk != NMP_KK_F64 && nmp_cpu_have_avx2();
+#else
+	(void)j;
+	return false;
+#endif
+}
+
 void nmp_cpu_units_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
 {
+#if defined(__x86_64__)
+	if (nmp_cpu_units_inline(j)) {
+		units4_avx2(j, b, e, accp);
+		return;
+	}
+#endif
 	switch (j->kk) {
 	case NMP_KK_F32: units_kind(j, b, e, accp, NMP_KK_F32); break;
 	case NMP_KK_F16: units_kind(j, b, e, accp, NMP_KK_F16); break;
