@@ -679,6 +679,50 @@ static void test_transposable_matches_the_rule(void **state)
 		}
 }
 
+/*
+ * A tile whose fp32 tile sums put a different tile strictly first than the
+ * exact sums do: an approximation may only rule tiles out, never choose.
+ * The largest fp32 sum is tile 23 of the table's 90, alone; the largest
+ * exact sum is tile 41's.  Eight such tiles side by side (a MatMul's B with
+ * 32 rows), and the same tile in the other layout, keep tile 41.
+ */
+static void test_transposable_rounding_trap(void **state)
+{
+	(void)state;
+	const float e = 0x1p-23f, h = 0x1p-24f, t3 = 0x3p-25f;
+	const float w[16] = {
+		1.0f,        e, 1.0f,        e,
+		t3,          h, t3,          e,
+		1.5f,        h, 1.0f + e,    t3,
+		1.0f + e,    e, e,           0.75f + h,
+	};
+	static const uint16_t table[] = NMP_TILE_PATTERNS_INIT;
+	int n_pat;
+	const uint16_t *pats = table + nmp_tile_table(4, 2, &n_pat);
+	double wd[16];
+	for (int i = 0; i < 16; i++)
+		wd[i] = w[i];
+	assert_int_equal(nmp_tile_best(pats, n_pat, 4, wd), 41);
+	for (int layout = 0; layout < 2; layout++) {
+		/* layout 0: [4, 32], rows adjacent; layout 1: [32, 4], the group axis last */
+		tensor t = { .rank = 2, .dtype = NMP_DT_FLOAT, .numel = 128, .axis = layout, .out_axis = !layout };
+		t.dims[0] = layout ? 32 : 4, t.dims[1] = layout ? 4 : 32;
+		float *x = malloc(128 * sizeof *x);
+		t.data = x;
+		for (uint64_t r = 0; r < 32; r++)
+			for (uint64_t c = 0; c < 4; c++)
+				x[flat_of(&t, r, c)] = w[4 * (r % 4) + c];
+		uint8_t *mask = run(&t, "2:4@t", NMP_MASK_DRY, 1, NULL);
+		for (uint64_t r = 0; r < 32; r++)
+			for (uint64_t c = 0; c < 4; c++)
+				if (mask[flat_of(&t, r, c)] != (pats[41] >> (4 * (r % 4) + c) & 1))
+					fail_msg("layout %d: cell (%llu, %llu) is %d", layout, (unsigned long long)r,
+						 (unsigned long long)c, mask[flat_of(&t, r, c)]);
+		free(mask);
+		free(x);
+	}
+}
+
 static void test_greedy_reports_deficits(void **state)
 {
 	(void)state;
@@ -1019,6 +1063,7 @@ int main(void)
 		cmocka_unit_test(test_vector_and_block),
 		cmocka_unit_test(test_transposable),
 		cmocka_unit_test(test_transposable_matches_the_rule),
+		cmocka_unit_test(test_transposable_rounding_trap),
 		cmocka_unit_test(test_greedy_reports_deficits),
 		cmocka_unit_test(test_transposable_exact_adversarial),
 		cmocka_unit_test(test_units_adversarial),

@@ -81,6 +81,7 @@ static int tile_greedy(int m, int n, const double *w, uint8_t *keep)
 typedef struct tile4_tables {
 	int32_t take[3][8];        /* row choice q: the position of its k-th cell (k < N) */
 	int32_t choice[12][4][8];  /* vector v, row r, lane l: tile 8v + l's choice in row r */
+	uint8_t top[128], bottom[128]; /* tile p: 6 q0 + q1 of its rows 0 and 1, and of rows 2 and 3 */
 } tile4_tables;
 
 static void tile4_build(int n, const uint16_t *pats, int n_pat, tile4_tables *tb)
@@ -102,6 +103,8 @@ static void tile4_build(int n, const uint16_t *pats, int n_pat, tile4_tables *tb
 			for (int q = 0; q < n_choice; q++)
 				if (nib_of[q] == (pat >> (4 * r) & 15))
 					tb->choice[p / 8][r][p % 8] = q;
+		tb->top[p] = (uint8_t)(n_choice * tb->choice[p / 8][0][p % 8] + tb->choice[p / 8][1][p % 8]);
+		tb->bottom[p] = (uint8_t)(n_choice * tb->choice[p / 8][2][p % 8] + tb->choice[p / 8][3][p % 8]);
 	}
 }
 
@@ -170,6 +173,157 @@ static const uint32_t tile4_spread[16] = {
 };
 
 /*
+ * Marks tile `best` in the mask and zeroes a float weight's pruned cells
+ * (either may be NULL); with columns, the tile's four rows are adjacent
+ * elements and each column is written at once.
+ */
+static inline __attribute__((always_inline)) void tile4_write(uint8_t *mask, uint8_t *zero, const uint64_t *ro,
+							      uint64_t c0, uint64_t inner, unsigned best, bool columns,
+							      int kind)
+{
+	if (columns) {
+		for (int c = 0; c < 4; c++) {
+			const unsigned nib = (best >> c & 1) | (best >> (c + 3) & 2) | (best >> (c + 6) & 4) |
+					     (best >> (c + 9) & 8);
+			const uint64_t at = ro[0] + c0 + (uint64_t)c * inner;
+			if (mask)
+				memcpy(mask + at, &tile4_spread[nib], 4);
+			if (zero)
+				nmp_cpu_zero4_unless(zero, at, nib, kind);
+		}
+		return;
+	}
+	for (int r = 0; r < 4; r++)
+		for (int c = 0; c < 4; c++) {
+			const uint64_t at = ro[r] + c0 + (uint64_t)c * inner;
+			if (mask)
+				mask[at] = best >> (4 * r + c) & 1;
+			if (zero)
+				nmp_cpu_zero_unless(zero, at, best >> (4 * r + c) & 1, kind);
+		}
+}
+
+/* Sums the magnitudes of eight keys above the reference bin; gathers the keys inside it. */
+static inline __attribute__((target("avx2"), always_inline)) void tile_ref8(__m256i k, __m256 mg, __m256i cut, int sh,
+									  __m256d *above, nmp_cpu_cut *in_bin)
+{
+	const __m256i bin = _mm256_srai_epi32(k, sh);
+	const __m256 a = _mm256_and_ps(mg, _mm256_castsi256_ps(_mm256_cmpgt_epi32(bin, cut)));
+	*above = _mm256_add_pd(*above, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a)),
+						     _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1))));
+	unsigned inside = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bin, cut)));
+	if (inside) {
+		uint32_t key[8];
+		_mm256_storeu_si256((__m256i *)(void *)key, k);
+		for (; inside; inside &= inside - 1)
+			nmp_cpu_cut_push(in_bin, key[__builtin_ctz(inside)]);
+	}
+}
+
+/* Are the 32 rows from ro on adjacent elements (eight tiles side by side)? */
+static inline bool tile8_adjacent(const uint64_t *ro)
+{
+	for (int k = 0; k < 31; k++)
+		if (ro[k + 1] != ro[k] + 1)
+			return false;
+	return true;
+}
+
+/*
+ * Eight exact 2:4 tiles side by side, their 32 rows adjacent elements (a
+ * MatMul's B, tiles along its rows).  A vector holds one cell of the eight
+ * tiles (lane l: tile tile8_lane[l]), so the 90 tile sums are additions,
+ * not permutations: the two cells of each row choice, then rows 0 and 1
+ * and rows 2 and 3, then the halves, within 3 fp32 roundings of the exact
+ * sum, so tile4_best_avx2's bound holds.  A tile whose largest sum is the
+ * only one above that bound's threshold keeps it (the first in table order
+ * of equal fp32 sums is tracked, and a second near one sends the tile to
+ * tile4_best_avx2, as does a largest sum out of range); its exact score is
+ * the kept cells' magnitudes in double, summed in row-major order as
+ * nmp_tile_score sums them.  Returns the eight tiles' patterns and scores in
+ * tile order, and does the reference bin's work on their keys.
+ */
+static const int tile8_lane[8] = { 0, 2, 4, 6, 1, 3, 5, 7 };
+
+static inline __attribute__((target("avx2"), always_inline)) void tiles8_choose(
+	const tile4_tables *tb, const uint16_t *pats, int n_pat, const uint8_t *in, uint64_t base, uint64_t inner,
+	int kind, __m256i cut, __m256d *above, nmp_cpu_cut *in_bin, unsigned best[8], double score[8])
+{
+	static const int ci[6] = { 0, 0, 1, 0, 1, 2 }, cj[6] = { 1, 2, 2, 3, 3, 3 }; /* row choice q: its cells */
+	const int sh = nmp_cpu_ref_shift(kind);
+	__m256 C[16]; /* cell 4r + c of the eight tiles */
+	for (int c = 0; c < 4; c++) {
+		__m256 l[4]; /* l[q]: rows 0-3 of tile 2q, then of tile 2q + 1 */
+		for (int q = 0; q < 4; q++) {
+			const __m256i k = nmp_cpu_key8(in, base + (uint64_t)c * inner + 8 * (uint64_t)q, kind);
+			l[q] = nmp_cpu_mag8(k, kind);
+			tile_ref8(k, l[q], cut, sh, above, in_bin);
+		}
+		const __m256 a = _mm256_unpacklo_ps(l[0], l[1]), b = _mm256_unpackhi_ps(l[0], l[1]);
+		const __m256 d = _mm256_unpacklo_ps(l[2], l[3]), f = _mm256_unpackhi_ps(l[2], l[3]);
+		C[c] = _mm256_shuffle_ps(a, d, 0x44);
+		C[4 + c] = _mm256_shuffle_ps(a, d, 0xee);
+		C[8 + c] = _mm256_shuffle_ps(b, f, 0x44);
+		C[12 + c] = _mm256_shuffle_ps(b, f, 0xee);
+	}
+	__m256 R[4][6], T[36], U[36];
+	for (int r = 0; r < 4; r++)
+		for (int q = 0; q < 6; q++)
+			R[r][q] = _mm256_add_ps(C[4 * r + ci[q]], C[4 * r + cj[q]]);
+	for (int x = 0; x < 6; x++)
+		for (int y = 0; y < 6; y++) {
+			T[6 * x + y] = _mm256_add_ps(R[0][x], R[1][y]);
+			U[6 * x + y] = _mm256_add_ps(R[2][x], R[3][y]);
+		}
+	__m256 m1 = _mm256_set1_ps(-1.0f), m2 = m1;
+	__m256i at = _mm256_setzero_si256(), pv = at;
+	for (int p = 0; p < n_pat; p++, pv = _mm256_sub_epi32(pv, _mm256_set1_epi32(-1))) {
+		const __m256 A = _mm256_add_ps(T[tb->top[p]], U[tb->bottom[p]]);
+		m2 = _mm256_max_ps(m2, _mm256_min_ps(m1, A));
+		at = _mm256_blendv_epi8(at, pv, _mm256_castps_si256(_mm256_cmp_ps(A, m1, _CMP_GT_OQ)));
+		m1 = _mm256_max_ps(m1, A);
+	}
+	const __m256 thr = _mm256_sub_ps(m1, _mm256_mul_ps(m1, _mm256_set1_ps(0x1p-19f)));
+	const __m256 alone = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(m1, _mm256_set1_ps(0x1p-100f), _CMP_GE_OQ),
+							 _mm256_cmp_ps(m1, _mm256_set1_ps(0x1p100f), _CMP_LT_OQ)),
+					   _mm256_cmp_ps(m2, thr, _CMP_LT_OQ));
+	int32_t idx[8], bits[8];
+	_mm256_storeu_si256((__m256i *)(void *)idx, at);
+	for (int l = 0; l < 8; l++)
+		bits[l] = pats[idx[l]];
+	const __m256i pat = _mm256_loadu_si256((const __m256i *)(const void *)bits);
+	__m256d s_lo = _mm256_setzero_pd(), s_hi = _mm256_setzero_pd();
+	for (int i = 0; i < 16; i++) {
+		const __m256i bit = _mm256_set1_epi32(1 << i);
+		const __m256 kc = _mm256_and_ps(C[i], _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(pat, bit), bit)));
+		s_lo = _mm256_add_pd(s_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(kc)));
+		s_hi = _mm256_add_pd(s_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(kc, 1)));
+	}
+	double sc[8];
+	_mm256_storeu_pd(sc, s_lo);
+	_mm256_storeu_pd(sc + 4, s_hi);
+	unsigned rest = ~(unsigned)_mm256_movemask_ps(alone) & 0xff;
+	float cell[16][8];
+	if (rest)
+		for (int i = 0; i < 16; i++)
+			_mm256_storeu_ps(cell[i], C[i]);
+	for (; rest; rest &= rest - 1) { /* ties and near ties, zeros, extremes: the filter of one tile */
+		const int l = __builtin_ctz(rest);
+		__m128 rows[4];
+		double wd[16];
+		for (int r = 0; r < 4; r++)
+			rows[r] = _mm_setr_ps(cell[4 * r][l], cell[4 * r + 1][l], cell[4 * r + 2][l], cell[4 * r + 3][l]);
+		for (int i = 0; i < 16; i++)
+			wd[i] = cell[i][l];
+		bits[l] = pats[tile4_best_avx2(tb, pats, n_pat, 2, rows, wd, &sc[l])];
+	}
+	for (int l = 0; l < 8; l++) {
+		best[tile8_lane[l]] = (unsigned)bits[l];
+		score[tile8_lane[l]] = sc[l];
+	}
+}
+
+/*
  * Exact 4 x 4 tiles of 32-bit keys, in one pass: choose, mark (or zero a
  * float weight's pruned cells once read), and sum the magnitude above the
  * reference bin, gathering the keys in it.
@@ -195,6 +349,17 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 		const uint64_t rb = rows_fast ? it % rblocks : it / groups, g = rows_fast ? it / rblocks : it % groups;
 		const uint64_t c0 = g * 4 * inner;
 		const uint64_t *ro = row_off + rb * 4;
+		if (n == 2 && by_column && rows_fast && it + 8 <= e && rb + 8 <= rblocks && tile8_adjacent(ro)) {
+			unsigned best8[8];
+			double score8[8];
+			tiles8_choose(tb, pats, n_pat, in, ro[0] + c0, inner, kind, cut, &above0, &acc->cut, best8, score8);
+			for (int t = 0; t < 8; t++) {
+				tile4_write(mask, zero, ro + 4 * t, c0, inner, best8[t], true, mk);
+				kept += score8[t];
+			}
+			it += 7;
+			continue;
+		}
 		const bool columns = by_column && ro[3] - ro[0] == 3; /* offsets rise, so the rows are adjacent */
 		uint32_t key[16];
 		__m256i k01, k23;
@@ -221,26 +386,7 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 			_mm256_storeu_pd(wd + 4 * r, _mm256_cvtps_pd(rows[r]));
 		double score;
 		const unsigned best = pats[tile4_best_avx2(tb, pats, n_pat, n, rows, wd, &score)];
-		if (columns) {
-			for (int c = 0; c < 4; c++) {
-				const unsigned nib = (best >> c & 1) | (best >> (c + 3) & 2) | (best >> (c + 6) & 4) |
-						     (best >> (c + 9) & 8);
-				const uint64_t at = ro[0] + c0 + (uint64_t)c * inner;
-				if (mask)
-					memcpy(mask + at, &tile4_spread[nib], 4);
-				if (zero)
-					nmp_cpu_zero4_unless(zero, at, nib, mk);
-			}
-		} else {
-			for (int r = 0; r < 4; r++)
-				for (int c = 0; c < 4; c++) {
-					const uint64_t at = ro[r] + c0 + (uint64_t)c * inner;
-					if (mask)
-						mask[at] = best >> (4 * r + c) & 1;
-					if (zero)
-						nmp_cpu_zero_unless(zero, at, best >> (4 * r + c) & 1, mk);
-				}
-		}
+		tile4_write(mask, zero, ro, c0, inner, best, columns, mk);
 		kept += score;
 
 		/* The reference: magnitudes above the cut bin, and the rare keys inside it. */
