@@ -28,21 +28,13 @@ static void zero_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
 	const uint8_t *mask = j->mask;
 	switch (j->t->dtype) {
 	case NMP_DT_FLOAT:
-		for (uint64_t i = b; i < e; i++) {
-			uint32_t v;
-			memcpy(&v, d + 4 * i, 4);
-			v &= -(uint32_t)mask[i];
-			memcpy(d + 4 * i, &v, 4);
-		}
+		for (uint64_t i = b; i < e; i++)
+			nmp_cpu_zero_unless(d, i, mask[i], NMP_CK_F32);
 		break;
 	case NMP_DT_FLOAT16:
 	case NMP_DT_BFLOAT16:
-		for (uint64_t i = b; i < e; i++) {
-			uint16_t v;
-			memcpy(&v, d + 2 * i, 2);
-			v &= (uint16_t)-(uint16_t)mask[i];
-			memcpy(d + 2 * i, &v, 2);
-		}
+		for (uint64_t i = b; i < e; i++)
+			nmp_cpu_zero_unless(d, i, mask[i], NMP_CK_F16);
 		break;
 	default:
 		for (uint64_t i = b; i < e; i++)

@@ -215,8 +215,8 @@ static inline __attribute__((target("avx2"), always_inline)) __m256 nmp_cpu_mag8
 /*
  * Accumulator of the general path's families.  A family that finds the
  * reference statistic in its own pass (nmp_cpu_tiles_inline,
- * nmp_cpu_units_inline) also sums the
- * magnitude above the reference bin j->ref_bin and gathers the keys in it.
+ * nmp_cpu_units_inline) also sums the magnitude above the reference bin
+ * j->ref_bin and gathers the keys in it.
  */
 typedef struct nmp_cpu_acc {
 	double l1_kept;

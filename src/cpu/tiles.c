@@ -361,7 +361,6 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 			continue;
 		}
 		const bool columns = by_column && ro[3] - ro[0] == 3; /* offsets rise, so the rows are adjacent */
-		uint32_t key[16];
 		__m256i k01, k23;
 		if (columns) {
 			__m128 col[4]; /* lane r of col[c]: the key of cell (r, c) */
@@ -371,6 +370,7 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 			k01 = _mm256_castps_si256(_mm256_set_m128(col[1], col[0]));
 			k23 = _mm256_castps_si256(_mm256_set_m128(col[3], col[2]));
 		} else {
+			uint32_t key[16];
 			for (int r = 0; r < 4; r++) {
 				const uint64_t row = ro[r] + c0;
 				for (int c = 0; c < 4; c++)
@@ -390,21 +390,8 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 		kept += score;
 
 		/* The reference: magnitudes above the cut bin, and the rare keys inside it. */
-		const __m256i b01 = _mm256_srai_epi32(k01, sh), b23 = _mm256_srai_epi32(k23, sh);
-		const __m256 a01 = _mm256_and_ps(m01, _mm256_castsi256_ps(_mm256_cmpgt_epi32(b01, cut)));
-		const __m256 a23 = _mm256_and_ps(m23, _mm256_castsi256_ps(_mm256_cmpgt_epi32(b23, cut)));
-		above0 = _mm256_add_pd(above0, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a01)),
-							     _mm256_cvtps_pd(_mm256_castps256_ps128(a23))));
-		above1 = _mm256_add_pd(above1, _mm256_add_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(a01, 1)),
-							     _mm256_cvtps_pd(_mm256_extractf128_ps(a23, 1))));
-		unsigned in_cut = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(b01, cut))) |
-				  (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(b23, cut))) << 8;
-		if (in_cut && columns) {
-			_mm256_storeu_si256((__m256i *)(void *)key, k01);
-			_mm256_storeu_si256((__m256i *)(void *)(key + 8), k23);
-		}
-		for (; in_cut; in_cut &= in_cut - 1)
-			nmp_cpu_cut_push(&acc->cut, key[__builtin_ctz(in_cut)]);
+		tile_ref8(k01, m01, cut, sh, &above0, &acc->cut);
+		tile_ref8(k23, m23, cut, sh, &above1, &acc->cut);
 	}
 	double lanes[8];
 	_mm256_storeu_pd(lanes, above0);
