@@ -45,6 +45,16 @@ static void zero_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
 }
 
 /*
+ * Does the family read every cell in its own pass, finding the reference
+ * statistic there (and zeroing a float weight in APPLY)?  Exact 4 x 4
+ * tiles, and vectors and blocks of M 4 or 8.
+ */
+static bool family_in_pass(const nmp_cpu_job *j)
+{
+	return nmp_cpu_tiles_inline(j) || nmp_cpu_units_inline(j);
+}
+
+/*
  * The general path: the pattern family, then the reference statistic and
  * the zeroing.  bins (32-bit keys) are the scan's counts per reference bin;
  * NULL for fp64 and for vector and block P%, which select among 64-bit keys
@@ -56,8 +66,7 @@ static nmp_status run_general(nmp_cpu_job *j, const uint64_t *bins, nmp_mask_sta
 	const unsigned gc = nmp_pattern_group_cols(p), ur = nmp_pattern_unit_rows(p);
 	nmp_cpu_acc total = { 0 };
 	nmp_status s = NMP_OK;
-	/* Exact 4 x 4 tiles, and vectors and blocks of M 4 or 8, find the reference statistic in their own pass. */
-	const bool inline_ref = bins && (nmp_cpu_tiles_inline(j) || nmp_cpu_units_inline(j));
+	const bool inline_ref = bins && family_in_pass(j);
 	if (!p->structured && bins) {
 		s = nmp_cpu_unstructured32(j, bins, st->l1_dense, &total);
 	} else if (!p->structured) {
@@ -181,12 +190,11 @@ nmp_status nmp_cpu_run(const nmp_mask_tensor *t, const nmp_pattern *p, nmp_mask_
 		goto out;
 	}
 	/*
-	 * Exact 4 x 4 tiles, and vectors and blocks of M 4 or 8, zero a float
-	 * weight in the pass that chooses: no mask is needed unless the caller
-	 * asks for it, and no pass zeroes.  In APPLY, j.in is the weight itself.
+	 * A family that reads every cell in its own pass zeroes a float weight
+	 * there: no mask is needed unless the caller asks for it, and no pass
+	 * zeroes.  In APPLY, j.in is the weight itself.
 	 */
-	if (mode == NMP_MASK_APPLY && keys32 && p->structured && nmp_cpu_kind32(&j) != NMP_CK_Q &&
-	    (nmp_cpu_tiles_inline(&j) || nmp_cpu_units_inline(&j)))
+	if (mode == NMP_MASK_APPLY && keys32 && p->structured && nmp_cpu_kind32(&j) != NMP_CK_Q && family_in_pass(&j))
 		j.zero = t->data;
 	if (!j.mask && !j.zero) {
 		own_mask = malloc(j.numel);

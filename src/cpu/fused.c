@@ -140,25 +140,14 @@ __attribute__((target("avx2"))) static void nm_tile8_avx2(const nmp_cpu_job *j, 
 			r[b] = _mm256_sub_epi32(r[b], _mm256_xor_si256(lt, ones));
 		}
 	__m256d kept0 = _mm256_loadu_pd(acc->kept_lane), kept1 = _mm256_loadu_pd(acc->kept_lane + 4);
-	__m256d abv0 = _mm256_loadu_pd(acc->above_lane), abv1 = _mm256_loadu_pd(acc->above_lane + 4);
+	__m256d above[2] = { _mm256_loadu_pd(acc->above_lane), _mm256_loadu_pd(acc->above_lane + 4) };
 	for (int e = 0; e < m; e++) {
 		__m256i keep = _mm256_cmpgt_epi32(vn, r[e]);
 		__m256 mg = nmp_cpu_mag8(k[e], kind);
-		__m256i bin = _mm256_srai_epi32(k[e], sh);
 		__m256 kept_mg = _mm256_and_ps(mg, _mm256_castsi256_ps(keep));
-		__m256 above_mg = _mm256_and_ps(mg, _mm256_castsi256_ps(_mm256_cmpgt_epi32(bin, vcut)));
 		kept0 = _mm256_add_pd(kept0, _mm256_cvtps_pd(_mm256_castps256_ps128(kept_mg)));
 		kept1 = _mm256_add_pd(kept1, _mm256_cvtps_pd(_mm256_extractf128_ps(kept_mg, 1)));
-		abv0 = _mm256_add_pd(abv0, _mm256_cvtps_pd(_mm256_castps256_ps128(above_mg)));
-		abv1 = _mm256_add_pd(abv1, _mm256_cvtps_pd(_mm256_extractf128_ps(above_mg, 1)));
-		int in_cut = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bin, vcut)));
-		if (in_cut) {
-			int32_t lanes[8];
-			_mm256_storeu_si256((__m256i *)(void *)lanes, k[e]);
-			for (int w = 0; w < 8; w++)
-				if (in_cut >> w & 1)
-					nmp_cpu_cut_push(&acc->cut, (uint32_t)lanes[w]);
-		}
+		nmp_cpu_ref8(k[e], mg, vcut, sh, above, &acc->cut);
 		uint64_t i = base + (uint64_t)e * elem_step;
 		if (j->mask) {
 			int km = _mm256_movemask_ps(_mm256_castsi256_ps(keep));
@@ -178,8 +167,8 @@ __attribute__((target("avx2"))) static void nm_tile8_avx2(const nmp_cpu_job *j, 
 	}
 	_mm256_storeu_pd(acc->kept_lane, kept0);
 	_mm256_storeu_pd(acc->kept_lane + 4, kept1);
-	_mm256_storeu_pd(acc->above_lane, abv0);
-	_mm256_storeu_pd(acc->above_lane + 4, abv1);
+	_mm256_storeu_pd(acc->above_lane, above[0]);
+	_mm256_storeu_pd(acc->above_lane + 4, above[1]);
 }
 
 #else

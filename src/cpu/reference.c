@@ -169,25 +169,15 @@ __attribute__((target("avx2"))) static void bin_avx2(nmp_cpu_job *j, uint64_t b,
 {
 	const int sh = nmp_cpu_ref_shift(kind);
 	const __m256i vcut = _mm256_set1_epi32((int)j->ref_bin);
-	__m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+	__m256d above[2] = { _mm256_setzero_pd(), _mm256_setzero_pd() };
 	uint64_t i = b;
 	for (; i + 8 <= e; i += 8) {
-		__m256i k = nmp_cpu_key8(j->in, i, kind), bin = _mm256_srai_epi32(k, sh);
-		__m256 mg = _mm256_and_ps(nmp_cpu_mag8(k, kind), _mm256_castsi256_ps(_mm256_cmpgt_epi32(bin, vcut)));
-		a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(mg)));
-		a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(mg, 1)));
-		int in_cut = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bin, vcut)));
-		if (in_cut) {
-			uint32_t keys[8];
-			_mm256_storeu_si256((__m256i *)(void *)keys, k);
-			for (int w = 0; w < 8; w++)
-				if (in_cut >> w & 1)
-					nmp_cpu_cut_push(&bp->cut, keys[w]);
-		}
+		const __m256i k = nmp_cpu_key8(j->in, i, kind);
+		nmp_cpu_ref8(k, nmp_cpu_mag8(k, kind), vcut, sh, above, &bp->cut);
 	}
 	double lanes[8];
-	_mm256_storeu_pd(lanes, a0);
-	_mm256_storeu_pd(lanes + 4, a1);
+	_mm256_storeu_pd(lanes, above[0]);
+	_mm256_storeu_pd(lanes + 4, above[1]);
 	if (i < e)
 		bin_run(j, i, e, bp, kind);
 	for (int w = 0; w < 8; w++)

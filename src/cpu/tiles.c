@@ -203,23 +203,6 @@ static inline __attribute__((always_inline)) void tile4_write(uint8_t *mask, uin
 		}
 }
 
-/* Sums the magnitudes of eight keys above the reference bin; gathers the keys inside it. */
-static inline __attribute__((target("avx2"), always_inline)) void tile_ref8(__m256i k, __m256 mg, __m256i cut, int sh,
-									  __m256d *above, nmp_cpu_cut *in_bin)
-{
-	const __m256i bin = _mm256_srai_epi32(k, sh);
-	const __m256 a = _mm256_and_ps(mg, _mm256_castsi256_ps(_mm256_cmpgt_epi32(bin, cut)));
-	*above = _mm256_add_pd(*above, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a)),
-						     _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1))));
-	unsigned inside = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bin, cut)));
-	if (inside) {
-		uint32_t key[8];
-		_mm256_storeu_si256((__m256i *)(void *)key, k);
-		for (; inside; inside &= inside - 1)
-			nmp_cpu_cut_push(in_bin, key[__builtin_ctz(inside)]);
-	}
-}
-
 /* Are the 32 rows from ro on adjacent elements (eight tiles side by side)? */
 static inline bool tile8_adjacent(const uint64_t *ro)
 {
@@ -247,7 +230,7 @@ static const int tile8_lane[8] = { 0, 2, 4, 6, 1, 3, 5, 7 };
 
 static inline __attribute__((target("avx2"), always_inline)) void tiles8_choose(
 	const tile4_tables *tb, const uint16_t *pats, int n_pat, const uint8_t *in, uint64_t base, uint64_t inner,
-	int kind, __m256i cut, __m256d *above, nmp_cpu_cut *in_bin, unsigned best[8], double score[8])
+	int kind, __m256i cut, __m256d above[2], nmp_cpu_cut *in_bin, unsigned best[8], double score[8])
 {
 	static const int ci[6] = { 0, 0, 1, 0, 1, 2 }, cj[6] = { 1, 2, 2, 3, 3, 3 }; /* row choice q: its cells */
 	const int sh = nmp_cpu_ref_shift(kind);
@@ -257,7 +240,7 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles8_choose(
 		for (int q = 0; q < 4; q++) {
 			const __m256i k = nmp_cpu_key8(in, base + (uint64_t)c * inner + 8 * (uint64_t)q, kind);
 			l[q] = nmp_cpu_mag8(k, kind);
-			tile_ref8(k, l[q], cut, sh, above, in_bin);
+			nmp_cpu_ref8(k, l[q], cut, sh, above, in_bin);
 		}
 		const __m256 a = _mm256_unpacklo_ps(l[0], l[1]), b = _mm256_unpackhi_ps(l[0], l[1]);
 		const __m256 d = _mm256_unpacklo_ps(l[2], l[3]), f = _mm256_unpackhi_ps(l[2], l[3]);
@@ -341,7 +324,7 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 	const bool rows_fast = nmp_cpu_rows_fast(j);
 	const int sh = nmp_cpu_ref_shift(kind), mk = kind == NMP_CK_Q ? NMP_CK_F32 : kind;
 	const __m256i cut = _mm256_set1_epi32((int)j->ref_bin);
-	__m256d above0 = _mm256_setzero_pd(), above1 = _mm256_setzero_pd();
+	__m256d above[2] = { _mm256_setzero_pd(), _mm256_setzero_pd() };
 	double wd[16], kept = 0;
 	/* A tile whose four rows are adjacent elements is read and marked a column at a time. */
 	const bool by_column = kind == NMP_CK_F32 || kind == NMP_CK_F16;
@@ -352,7 +335,7 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 		if (n == 2 && by_column && rows_fast && it + 8 <= e && rb + 8 <= rblocks && tile8_adjacent(ro)) {
 			unsigned best8[8];
 			double score8[8];
-			tiles8_choose(tb, pats, n_pat, in, ro[0] + c0, inner, kind, cut, &above0, &acc->cut, best8, score8);
+			tiles8_choose(tb, pats, n_pat, in, ro[0] + c0, inner, kind, cut, above, &acc->cut, best8, score8);
 			for (int t = 0; t < 8; t++) {
 				tile4_write(mask, zero, ro + 4 * t, c0, inner, best8[t], true, mk);
 				kept += score8[t];
@@ -390,12 +373,12 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 		kept += score;
 
 		/* The reference: magnitudes above the cut bin, and the rare keys inside it. */
-		tile_ref8(k01, m01, cut, sh, &above0, &acc->cut);
-		tile_ref8(k23, m23, cut, sh, &above1, &acc->cut);
+		nmp_cpu_ref8(k01, m01, cut, sh, above, &acc->cut);
+		nmp_cpu_ref8(k23, m23, cut, sh, above, &acc->cut);
 	}
 	double lanes[8];
-	_mm256_storeu_pd(lanes, above0);
-	_mm256_storeu_pd(lanes + 4, above1);
+	_mm256_storeu_pd(lanes, above[0]);
+	_mm256_storeu_pd(lanes + 4, above[1]);
 	for (int w = 0; w < 8; w++)
 		acc->above += lanes[w];
 	acc->kept += (e - b) * 4 * (uint64_t)n;
