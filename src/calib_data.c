@@ -252,7 +252,11 @@ static nmp_status read_file(const char *path, uint8_t **buf, size_t *len, nmp_er
 	return s;
 }
 
-/* A TensorProto's elements in raw layout (a new buffer). */
+/*
+ * A TensorProto's elements in raw layout (a new buffer).  The payload must
+ * hold its numel elements before anything is allocated: a few bytes of
+ * header must not claim gigabytes.
+ */
 static nmp_status tensor_to_raw(const Onnx__TensorProto *tp, const char *path, uint64_t numel, void **out,
 				nmp_error *err)
 {
@@ -261,28 +265,35 @@ static nmp_status tensor_to_raw(const Onnx__TensorProto *tp, const char *path, u
 		return nmp_error_set(err, NMP_ERR_USAGE, "%s: tensor of type %s cannot be fed", path,
 				     nmp_dtype_name(tp->data_type));
 	uint64_t bytes = numel * (bits / 8);
-	uint8_t *buf = malloc(bytes ? bytes : 1);
-	if (!buf)
-		return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", path);
 	bool ok = false;
+	enum nmp_field f = NMP_FIELD_RAW_DATA;
 	if (tp->has_data_location && tp->data_location == ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL) {
 		/* external data is not read for samples */
 	} else if (tp->has_raw_data) {
 		ok = tp->raw_data.len == bytes;
-		if (ok)
-			memcpy(buf, tp->raw_data.data, bytes);
 	} else {
 		/* a typed field, read as model I/O reads heap payloads */
-		enum nmp_field f = tp->n_float_data ? NMP_FIELD_FLOAT_DATA : tp->n_int64_data ? NMP_FIELD_INT64_DATA :
-				   tp->n_double_data ? NMP_FIELD_DOUBLE_DATA :
-				   tp->n_uint64_data ? NMP_FIELD_UINT64_DATA : NMP_FIELD_INT32_DATA;
+		f = tp->n_float_data ? NMP_FIELD_FLOAT_DATA : tp->n_int64_data ? NMP_FIELD_INT64_DATA :
+		    tp->n_double_data ? NMP_FIELD_DOUBLE_DATA :
+		    tp->n_uint64_data ? NMP_FIELD_UINT64_DATA : NMP_FIELD_INT32_DATA;
 		size_t have = f == NMP_FIELD_FLOAT_DATA ? tp->n_float_data : f == NMP_FIELD_INT64_DATA ? tp->n_int64_data :
 			      f == NMP_FIELD_DOUBLE_DATA ? tp->n_double_data :
 			      f == NMP_FIELD_UINT64_DATA ? tp->n_uint64_data : tp->n_int32_data;
-		nmp_tensor t = { .proto = (Onnx__TensorProto *)tp, .dtype = tp->data_type, .numel = numel, .field = f };
 		uint64_t want;
-		ok = numel == 0 || (nmp_dtype_field_count(tp->data_type, f, numel, &want) && want == have &&
-				    nmp_heap_to_raw(&t, buf));
+		ok = numel == 0 || (nmp_dtype_field_count(tp->data_type, f, numel, &want) && want == have);
+	}
+	uint8_t *buf = NULL;
+	if (ok) {
+		if (!(buf = malloc(bytes ? bytes : 1)))
+			return nmp_error_set(err, NMP_ERR_NOMEM, "%s: out of memory", path);
+		if (f == NMP_FIELD_RAW_DATA) {
+			if (bytes) /* empty bytes may have no data pointer */
+				memcpy(buf, tp->raw_data.data, bytes);
+		} else if (numel) {
+			nmp_tensor t = { .proto = (Onnx__TensorProto *)tp, .dtype = tp->data_type, .numel = numel,
+					 .field = f };
+			ok = nmp_heap_to_raw(&t, buf);
+		}
 	}
 	if (!ok) {
 		free(buf);
@@ -382,7 +393,8 @@ static nmp_status sample_dirs(nmp_calib_data *d, size_t i, nmp_error *err)
 			bound[at] = true;
 			nmp_host_tensor *t = &d->t[d->n];
 			*t = (nmp_host_tensor){ .dtype = tp->data_type, .rank = (int)tp->n_dims, .data = raw, .numel = numel };
-			memcpy(t->dims, tp->dims, tp->n_dims * sizeof *tp->dims);
+			if (tp->n_dims) /* a scalar's dims may be NULL */
+				memcpy(t->dims, tp->dims, tp->n_dims * sizeof *tp->dims);
 			d->names[d->n] = in->name;
 			d->owned[d->n++] = raw;
 		}

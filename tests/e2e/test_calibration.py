@@ -4,6 +4,7 @@ sums over tokens, Conv patches by an explicit im2col, the OBS sweep in plain
 numpy linear algebra."""
 import json
 import re
+import subprocess
 
 import numpy as np
 import onnx
@@ -12,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import load_file, save_file
 
-from conftest import nmprune, save, weights
+from conftest import NMPRUNE, nmprune, save, weights
 import reference
 
 
@@ -394,6 +395,54 @@ def test_test_data_layout_gives_the_same_result_as_safetensors(tmp_path, mlp_cas
     wa = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "a.onnx")).graph.initializer}
     wb = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "b.onnx")).graph.initializer}
     assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
+def _test_data(root, samples):
+    """ONNX's test-data layout: test_data_set_<i>/input_<k>.pb, one TensorProto per file."""
+    for i, tensors in enumerate(samples):
+        (root / f"test_data_set_{i}").mkdir(parents=True)
+        for k, t in enumerate(tensors):
+            (root / f"test_data_set_{i}" / f"input_{k}.pb").write_bytes(t.SerializeToString())
+    return root
+
+
+def test_test_data_layout_feeds_a_scalar_input(tmp_path, rng):
+    """A scalar's TensorProto has no dims: it feeds a rank-0 input, as the same values in safetensors do."""
+    path = save(_gain_bias_model(rng), tmp_path / "m.onnx")
+    X = rng.standard_normal((3, 2, 8)).astype(np.float32)
+    bias = rng.standard_normal((2, 8)).astype(np.float32)
+    gains = [np.array(g, np.float32) for g in (0.5, 2.0, 3.0)]
+    d = _test_data(tmp_path / "td", [[numpy_helper.from_array(X[i], "x"), numpy_helper.from_array(bias, "bias"),
+                                      numpy_helper.from_array(gains[i], "gain")] for i in range(3)])
+    r = nmprune("prune", path, "--dry-run", "--method", "wanda", "--calibration", d, "--align", "none",
+                "--calibration-stats", tmp_path / "st.safetensors", "--json", check=0)
+    assert json.loads(r.out)["calibration"]["samples"] == 3
+    want = sum((((X[i] + bias) * gains[i]).astype(np.float64) ** 2).sum(axis=0) for i in range(3))
+    np.testing.assert_allclose(load_file(str(tmp_path / "st.safetensors"))["W.sq"], want, rtol=1e-6)
+
+
+def limit_address_space_to_1gib():
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+@pytest.mark.skipif("ASAN_OPTIONS" in __import__("os").environ,
+                    reason="AddressSanitizer reserves more address space than the limit this test sets")
+@pytest.mark.parametrize("field", ["raw_data", "float_data"])
+def test_a_sample_that_claims_more_than_it_holds_is_refused_before_allocating(tmp_path, rng, field):
+    """A TensorProto of a few bytes whose dims claim 2 GiB is bad data (exit 2, naming the file), not an
+    allocation of what it claims: under a 1 GiB address-space limit the answer is the same."""
+    path = save(_gain_bias_model(rng, gain=False), tmp_path / "m.onnx")
+    x = TensorProto(name="x", data_type=TensorProto.FLOAT, dims=[1 << 26, 8])
+    if field == "raw_data":
+        x.raw_data = np.zeros(8, np.float32).tobytes()
+    else:
+        x.float_data.extend([0.0] * 8)
+    d = _test_data(tmp_path / "td", [[x, numpy_helper.from_array(np.zeros((1, 8), np.float32), "bias")]])
+    p = subprocess.run([NMPRUNE, "prune", str(path), "--dry-run", "--method", "wanda", "--calibration", str(d),
+                        "--align", "none"], capture_output=True, text=True, preexec_fn=limit_address_space_to_1gib)
+    assert p.returncode == 2, p.stderr
+    assert "input_0.pb: tensor payload does not match its 536870912 elements" in p.stderr, p.stderr
 
 
 def test_batch_rows_are_samples_when_the_rank_matches(tmp_path, rng):
