@@ -53,7 +53,8 @@ $(CONFIG_STAMP):
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 FAULT_SO := $(BUILD)/tests/fault_inject.so
 # The libFuzzer harnesses built as plain programs that replay files (fuzz/replay.c).
-FUZZ_REPLAY := $(BUILD)/tests/replay_fuzz_model $(BUILD)/tests/replay_fuzz_parsers $(BUILD)/tests/replay_fuzz_npz
+FUZZ_REPLAY := $(BUILD)/tests/replay_fuzz_model $(BUILD)/tests/replay_fuzz_parsers $(BUILD)/tests/replay_fuzz_npz \
+	$(BUILD)/tests/replay_fuzz_calib
 
 .PHONY: all help deps test test-unit test-e2e test-real test-cuda bench-cuda gpu-bundle bench bench-quality bench-large asan test-asan valgrind install clean fuzz fuzz-corpus fuzz-run report-screenshot
 .DEFAULT_GOAL := all
@@ -173,13 +174,14 @@ FUZZ_TIME ?= 600
 
 fuzz: ## build the libFuzzer harnesses (clang) into build-fuzz/; FUZZ_TIME=s make fuzz-run runs each
 	$(MAKE) BUILD=$(FUZZ_BUILD) CC=clang CUDA=0 OPT="$(FUZZ_FLAGS) -fsanitize=fuzzer-no-link" $(FUZZ_BUILD)/libnmprune.a
-	for h in fuzz_model fuzz_parsers fuzz_npz; do \
+	for h in fuzz_model fuzz_parsers fuzz_npz fuzz_calib; do \
 		clang $(CPPFLAGS:$(BUILD)/gen=$(FUZZ_BUILD)/gen) -I$(FUZZ_BUILD)/gen $(CSTD) $(FUZZ_FLAGS) -fsanitize=fuzzer \
 			-o $(FUZZ_BUILD)/$$h fuzz/$$h.c $(FUZZ_BUILD)/libnmprune.a $(LDLIBS) || exit 1; done
 
 fuzz-corpus: ## seed corpora from models/, the generated models and ONNX's backend test data
-	mkdir -p $(FUZZ_BUILD)/corpus/model $(FUZZ_BUILD)/corpus/parsers $(FUZZ_BUILD)/corpus/npz
+	mkdir -p $(FUZZ_BUILD)/corpus/model $(FUZZ_BUILD)/corpus/parsers $(FUZZ_BUILD)/corpus/npz $(FUZZ_BUILD)/corpus/calib
 	$(PYTHON) fuzz/npz_seeds.py $(FUZZ_BUILD)/corpus/npz
+	$(PYTHON) fuzz/calib_seeds.py $(FUZZ_BUILD)/corpus/calib
 	$(PYTHON) models/make_models.py all $(FUZZ_BUILD)/models >/dev/null
 	cp models/demo.onnx $(FUZZ_BUILD)/corpus/model/
 	for f in $(FUZZ_BUILD)/models/*.onnx; do cp $$f $(FUZZ_BUILD)/corpus/model/; done
@@ -197,6 +199,8 @@ fuzz-run: fuzz fuzz-corpus ## run each harness for FUZZ_TIME seconds (default 60
 		-artifact_prefix=$(FUZZ_BUILD)/crash-parsers- $(FUZZ_BUILD)/corpus/parsers
 	$(FUZZ_BUILD)/fuzz_npz -max_total_time=$(FUZZ_TIME) -rss_limit_mb=2048 -timeout=10 \
 		-artifact_prefix=$(FUZZ_BUILD)/crash-npz- $(FUZZ_BUILD)/corpus/npz
+	$(FUZZ_BUILD)/fuzz_calib -max_total_time=$(FUZZ_TIME) -rss_limit_mb=2048 -timeout=10 \
+		-artifact_prefix=$(FUZZ_BUILD)/crash-calib- $(FUZZ_BUILD)/corpus/calib
 
 ASAN_OPT := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 # The fault-injection shim is preloaded ahead of the sanitizer runtime; that is fine for these tests.

@@ -2,7 +2,8 @@
 line: each must end in a status, never a signal, in bounded time and memory.
 
 parsers-*: the first byte's low bit picks the pattern grammar (1) or a rules file (0);
-model-*: a model file; npz-*: a calibration archive."""
+model-*: a model file; npz-*: a calibration archive; calib-*: an input of the calibration-data
+harness (fuzz/fuzz_calib.c), replayed by that harness."""
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from conftest import NMPRUNE, ROOT
 
 CASES = sorted((ROOT / "tests" / "fuzz-regressions").glob("*"))
+CLI_CASES = [c for c in CASES if not c.name.startswith("calib-")]
 DEMO = ROOT / "models" / "demo.onnx"
 
 
@@ -21,7 +23,7 @@ def _run(args):
     return p.returncode, rss_kib
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c.name for c in CLI_CASES])
 def test_fuzz_regression(tmp_path, case):
     data = case.read_bytes()
     if case.name.startswith("parsers-"):
@@ -45,12 +47,14 @@ def test_fuzz_regression(tmp_path, case):
     assert rss < 256 * 1024, rss
 
 
-def _replay(harness, files):
-    """The libFuzzer harness built as a plain program (fuzz/replay.c), over files."""
+def _replay(harness, files, env=None):
+    """The libFuzzer harness built as a plain program (fuzz/replay.c), over files; returns its stderr."""
     exe = Path(NMPRUNE).parent / "tests" / f"replay_{harness}"
-    p = subprocess.run([exe, *map(str, files)], capture_output=True, text=True, timeout=600)
+    p = subprocess.run([exe, *map(str, files)], capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, **(env or {})})
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip() == f"{len(files)} inputs replayed", p.stdout
+    return p.stderr
 
 
 def test_parsers_harness_replays_its_regressions():
@@ -82,18 +86,43 @@ def test_npz_harness_survives_truncated_and_flipped_archives(tmp_path):
     checks that arrays lie inside the input and hold their shapes' bytes)."""
     import sys
     subprocess.run([sys.executable, str(ROOT / "fuzz" / "npz_seeds.py"), str(tmp_path / "seeds")], check=True)
-    rng = np.random.default_rng(11)
-    files = []
-    for seed in sorted((tmp_path / "seeds").glob("*.npz")) + [c for c in CASES if c.name.startswith("npz-")]:
-        raw = seed.read_bytes()
-        files.append(seed)
-        for n, cut in enumerate(range(0, len(raw), 7)):
-            files.append(tmp_path / f"{seed.stem}-cut{n}")
-            files[-1].write_bytes(raw[:cut])
-        for n in range(300):
-            b = bytearray(raw)
-            b[rng.integers(len(b))] ^= 1 << int(rng.integers(8))
-            files.append(tmp_path / f"{seed.stem}-flip{n}")
-            files[-1].write_bytes(bytes(b))
+    seeds = sorted((tmp_path / "seeds").glob("*.npz")) + [c for c in CASES if c.name.startswith("npz-")]
+    files = seeds + _cut_and_flip(seeds, tmp_path, np.random.default_rng(11), 300)
     assert len(files) > 900
     _replay("fuzz_npz", files)
+
+
+def _cut_and_flip(seeds, out, rng, flips):
+    """Each seed, cut at every 7th byte, and with seeded single-byte flips."""
+    files = []
+    for seed in seeds:
+        raw = seed.read_bytes()
+        for n, cut in enumerate(range(0, len(raw), 7)):
+            files.append(out / f"{seed.name}-cut{n}")
+            files[-1].write_bytes(raw[:cut])
+        for n in range(flips):
+            b = bytearray(raw)
+            b[rng.integers(len(b))] ^= 1 << int(rng.integers(8))
+            files.append(out / f"{seed.name}-flip{n}")
+            files[-1].write_bytes(bytes(b))
+    return files
+
+
+def test_calibration_data_harness_reads_its_seeds_and_survives_damaged_ones(tmp_path):
+    """The calibration-data reader, in each layout (safetensors, .npz, test-data .pb files), bound to a fixed set
+    of model inputs: every seed opens with the samples it holds, and each cut or flipped copy ends in samples
+    that fit the inputs (the harness checks types, ranks, dimensions and reads every byte) or an error."""
+    import sys
+    seeds_dir = tmp_path / "seeds"
+    subprocess.run([sys.executable, str(ROOT / "fuzz" / "calib_seeds.py"), str(seeds_dir)], check=True)
+    seeds = sorted(seeds_dir.iterdir())
+    assert len(seeds) == 16
+    trace = _replay("fuzz_calib", seeds, env={"NMP_FUZZ_TRACE": "1"}).splitlines()
+    want = {"st-stacked": 4, "st-rows": 2, "st-any-rank": 3, "npz-shared-state": 4, "pb-named": 1}
+    opened = dict(zip((s.name for s in seeds), trace))
+    assert all(line.startswith("opened ") for line in trace) and len(trace) == len(seeds), trace
+    assert {k: int(opened[k].split()[1]) for k in want} == want
+    regressions = [c for c in CASES if c.name.startswith("calib-")]
+    files = _cut_and_flip(seeds, tmp_path, np.random.default_rng(12), 60) + regressions
+    assert len(files) > 1500
+    _replay("fuzz_calib", files)
