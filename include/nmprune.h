@@ -126,6 +126,8 @@ typedef struct nmp_weight {
 	const char *method;                /* what chose the mask ("magnitude" where the method fell back), or "" */
 	const char *note;                  /* why it fell back, or ""  */
 	double output_error;               /* sparsegpt: the layer's relative squared output error; NaN otherwise */
+	/* after nmp_rank_sensitivity: */
+	double fidelity_alone;             /* the model's fidelity with this weight alone pruned; NaN if not ranked */
 } nmp_weight;
 
 /* Candidate weights, in graph order. */
@@ -137,6 +139,42 @@ nmp_status nmp_prune_save(nmp_session *s, const char *out_path);
 
 /* Checks every eligible weight against its pattern; *failing counts those that do not comply. */
 nmp_status nmp_check_weights(nmp_session *s, size_t *failing);
+
+/*
+ * Which weights the outputs depend on most (nmprune inspect --sensitivity):
+ * each eligible weight is pruned alone as nmp_prune_save would prune it (the
+ * session's pattern, method, damp, permute and stages) and the model runs on
+ * the samples; the weights are ranked by the fidelity to the dense model's
+ * outputs that leaves, the most sensitive (lowest) first.  With a target,
+ * also how many of the most sensitive must stay dense for the model with all
+ * the others pruned to reach it, and the rules file that keeps them dense
+ * (for nmp_options.rules_path).  A zeroed nmp_sensitivity_options takes the
+ * defaults.
+ */
+typedef struct nmp_sensitivity_options {
+	const char *calibration;           /* the samples; NULL: the session's options.calibration */
+	const char *eval_data;             /* measure fidelity on these samples; NULL: on the calibration ones */
+	const char *measure;               /* "cosine" (default, NULL), "rel-l2" or "top1" (inspect --fidelity) */
+	double target_fidelity;            /* in (0, 1]: search the weights to keep dense; 0: rank only */
+} nmp_sensitivity_options;
+
+typedef struct nmp_sensitivity_summary {
+	size_t ranked;                     /* eligible weights ranked */
+	size_t samples;                    /* samples each model ran on */
+	size_t runs;                       /* runs of the model over them, calibration's included */
+	double all_pruned;                 /* the fidelity with every eligible weight pruned */
+	size_t keep_dense;                 /* with a target: how many of the most sensitive stay dense */
+	double reached;                    /* ... and the fidelity that gives; NaN without a target */
+	bool target_met;                   /* false: not reached even with every weight dense */
+} nmp_sensitivity_summary;
+
+nmp_status nmp_rank_sensitivity(nmp_session *s, const nmp_sensitivity_options *o, nmp_sensitivity_summary *out);
+
+/* The weight (an index for nmp_weight_get) at `rank` of the last ranking, the most sensitive at 0. */
+nmp_status nmp_sensitivity_ranked(const nmp_session *s, size_t rank, size_t *weight);
+
+/* The rules file keeping the last ranking's keep_dense weights dense (a JSON array), written atomically. */
+nmp_status nmp_sensitivity_write_rules(nmp_session *s, const char *path);
 
 /*
  * How far a pruned model's outputs moved from the dense model's (nmprune

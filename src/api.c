@@ -10,9 +10,11 @@
 #include "calib.h"
 #include "compare.h"
 #include "nmprune.h"
+#include "pending.h"
 #include "plan.h"
 #include "prune.h"
 #include "report.h"
+#include "sensitivity.h"
 #include "version.h"
 
 /* The option strings nmp_prune_save reads, copied by nmp_open. */
@@ -27,6 +29,8 @@ struct nmp_session {
 	nmp_pass_result result;
 	nmp_channels *channels;            /* planned on the first save with permute */
 	nmp_calib *calib;                  /* calibrated on the first save with a calibrated method */
+	nmp_sensitivity_result sens;       /* the last ranking */
+	double sens_target;                /* its target fidelity; 0: none, or no ranking */
 	nmp_error err;
 };
 
@@ -113,6 +117,7 @@ void nmp_close(nmp_session **ps)
 	if (!s)
 		return;
 	nmp_pass_result_free(&s->result);
+	nmp_sensitivity_free(&s->sens);
 	nmp_calib_free(&s->calib);
 	nmp_channels_free(&s->channels);
 	nmp_engine_free(&s->engine);
@@ -162,6 +167,7 @@ nmp_status nmp_weight_get(const nmp_session *s, size_t i, nmp_weight *w)
 		w->note = cr->note;
 		w->output_error = cr->error;
 	}
+	w->fidelity_alone = s->sens.fidelity && s->sens.n_ranked ? s->sens.fidelity[i] : NAN;
 	return NMP_OK;
 }
 
@@ -198,6 +204,72 @@ nmp_status nmp_check_weights(nmp_session *s, size_t *failing)
 	nmp_status st = nmp_check(&s->plan, s->engine, &s->result, &s->err);
 	if (failing)
 		*failing = s->result.failing;
+	return st;
+}
+
+nmp_status nmp_rank_sensitivity(nmp_session *s, const nmp_sensitivity_options *o, nmp_sensitivity_summary *out)
+{
+	static const nmp_sensitivity_options dflt = { 0 };
+	nmp_sensitivity_free(&s->sens);
+	s->sens_target = 0;
+	nmp_error_clear(&s->err);
+	if (!o)
+		o = &dflt;
+	const char *data = o->calibration ? o->calibration : s->opt.calibration;
+	nmp_fidelity_measure measure = NMP_FIDELITY_COSINE;
+	if (!data)
+		return nmp_error_set(&s->err, NMP_ERR_USAGE, "%s", "sensitivity needs calibration samples to run the model on");
+	if (o->measure && !nmp_fidelity_measure_parse(o->measure, &measure))
+		return nmp_error_set(&s->err, NMP_ERR_USAGE, "measure '%s': expected cosine, rel-l2 or top1", o->measure);
+	if (!(o->target_fidelity >= 0 && o->target_fidelity <= 1))
+		return nmp_error_set(&s->err, NMP_ERR_USAGE, "target fidelity %g: expected 0 (none) or a value in (0, 1]",
+				     o->target_fidelity);
+	nmp_sensitivity_opts so = { .data = data, .max_samples = s->opt.calibration_samples,
+				    .ort_library = s->opt.ort_library, .threads = s->opt.threads, .engine = s->engine,
+				    .method = s->method, .damp = s->opt.damp, .stages = s->opt.calibration_stages,
+				    .permute = s->opt.permute, .permute_effort = s->opt.permute_effort,
+				    .eval_data = o->eval_data, .fidelity = measure, .target = o->target_fidelity };
+	nmp_status st = nmp_sensitivity(&s->plan, &so, &s->sens, &s->err);
+	if (st != NMP_OK) {
+		nmp_sensitivity_free(&s->sens);
+		return st;
+	}
+	s->sens_target = o->target_fidelity;
+	if (out) {
+		const bool searched = o->target_fidelity > 0;
+		*out = (nmp_sensitivity_summary){ .ranked = s->sens.n_ranked, .samples = s->sens.samples,
+						  .runs = s->sens.runs, .all_pruned = s->sens.all_pruned,
+						  .keep_dense = searched ? s->sens.keep_dense : 0,
+						  .reached = searched ? s->sens.reached : NAN,
+						  .target_met = searched && s->sens.target_met };
+	}
+	return NMP_OK;
+}
+
+nmp_status nmp_sensitivity_ranked(const nmp_session *s, size_t rank, size_t *weight)
+{
+	if (rank >= s->sens.n_ranked)
+		return NMP_ERR_USAGE;
+	*weight = s->sens.order[rank];
+	return NMP_OK;
+}
+
+nmp_status nmp_sensitivity_write_rules(nmp_session *s, const char *path)
+{
+	nmp_error_clear(&s->err);
+	if (!(s->sens_target > 0))
+		return nmp_error_set(&s->err, NMP_ERR_USAGE, "%s",
+				     "rules need a ranking with a target fidelity: nmp_rank_sensitivity with target_fidelity");
+	nmp_pending *pending = NULL;
+	FILE *f;
+	nmp_status st = nmp_pending_create(&pending, &s->err);
+	if (st == NMP_OK)
+		st = nmp_pending_open(pending, path, "rules file", &f, &s->err);
+	if (st == NMP_OK)
+		st = nmp_sensitivity_rules(&s->plan, &s->sens, f, &s->err);
+	if (st == NMP_OK)
+		st = nmp_pending_commit(pending, &s->err);
+	nmp_pending_free(&pending);
 	return st;
 }
 

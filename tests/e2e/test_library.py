@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
 from safetensors.numpy import load_file
 
@@ -247,3 +248,94 @@ def test_library_compares_as_the_command_does(tmp_path):
     r = subprocess.run([str(exe), str(dense), str(dense), str(data), "0"], capture_output=True, text=True,
                        env=dict(os.environ, NMPRUNE_ORT_LIBRARY="/nonexistent/libort.so"))
     assert r.returncode == 1 and r.stderr.startswith("ONNX Runtime error: ") and "/nonexistent/libort.so" in r.stderr
+
+
+SENSITIVITY_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <nmprune.h>
+
+/* sensitivity MODEL METHOD DATA TARGET RULES [MEASURE]: the ranking, the summary, and the rules file */
+int main(int argc, char **argv)
+{
+	nmp_options o;
+	nmp_options_init(&o);
+	o.align = "none";
+	o.method = argv[2];
+	o.calibration = argv[2][0] == 'm' ? NULL : argv[3]; /* magnitude takes its samples from the ranking's options */
+	nmp_session *s = NULL;
+	char err[512];
+	nmp_status st = nmp_open(argv[1], &o, &s, err, sizeof err);
+	if (st != NMP_OK) {
+		fprintf(stderr, "%s: %s\n", nmp_status_string(st), err);
+		return 10 + (int)st;
+	}
+	nmp_sensitivity_options so = { .calibration = o.calibration || !argv[3][0] ? NULL : argv[3],
+				       .target_fidelity = atof(argv[4]),
+				       .measure = argc > 6 ? argv[6] : NULL };
+	nmp_sensitivity_summary sum;
+	if ((st = nmp_rank_sensitivity(s, &so, &sum)) != NMP_OK ||
+	    (argv[5][0] && (st = nmp_sensitivity_write_rules(s, argv[5])) != NMP_OK)) {
+		fprintf(stderr, "%s: %s\n", nmp_status_string(st), nmp_last_error(s));
+		nmp_close(&s);
+		return 20 + (int)st;
+	}
+	for (size_t r = 0; r < sum.ranked; r++) {
+		size_t i;
+		nmp_weight w;
+		nmp_sensitivity_ranked(s, r, &i);
+		nmp_weight_get(s, i, &w);
+		printf("%zu %s %.12g\n", r + 1, w.name, w.fidelity_alone);
+	}
+	printf("samples %zu runs %zu all %.12g keep %zu reached %.12g met %d\n", sum.samples, sum.runs, sum.all_pruned,
+	       sum.keep_dense, sum.reached, sum.target_met);
+	size_t past;
+	printf("past the end: %d\n", nmp_sensitivity_ranked(s, sum.ranked, &past) == NMP_ERR_USAGE);
+	nmp_close(&s);
+	return 0;
+}
+"""
+
+
+def test_library_ranks_sensitivity_as_the_command_does(tmp_path):
+    """nmp_rank_sensitivity is inspect --sensitivity in process: the same ranking, fidelities, search and rules
+    file, for magnitude (samples in the ranking's options) and for a calibrated method (the session's)."""
+    import json
+    path, data = _mlp_with_samples(tmp_path, 11)
+    src = tmp_path / "sensitivity.c"
+    src.write_text(SENSITIVITY_C)
+    exe = _build(tmp_path, src)
+    for method, measure in (("magnitude", "cosine"), ("sparsegpt", "rel-l2")):
+        rules, cli_rules = tmp_path / f"lib-{method}.json", tmp_path / f"cli-{method}.json"
+        r = subprocess.run([str(exe), str(path), method, str(data), "0.9999", str(rules), measure],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        j = json.loads(nmprune("inspect", path, "--sensitivity", "--calibration", data, "--align", "none",
+                               "--method", method, "--fidelity", measure, "--target-fidelity", "0.9999",
+                               "--write-rules", cli_rules, "--json", check=0).out)
+        lines = r.stdout.splitlines()
+        got = [line.split() for line in lines[:-2]]
+        assert [(int(g[0]), g[1]) for g in got] == [(w["rank"], w["name"]) for w in j["weights"]]
+        assert [float(g[2]) for g in got] == pytest.approx([w["fidelity_pruned_alone"] for w in j["weights"]],
+                                                          abs=1e-7)  # the report rounds what it prints
+        t, summary = j["target"], lines[-2].split()
+        assert summary[0::2] == ["samples", "runs", "all", "keep", "reached", "met"]
+        assert [int(summary[1]), int(summary[3]), int(summary[7]), int(summary[11])] == \
+            [j["samples"], j["runs"], t["keep_dense"], int(t["met"])]
+        assert [float(summary[5]), float(summary[9])] == pytest.approx([j["fidelity_all_pruned"], t["reached"]],
+                                                                       abs=1e-7)
+        assert lines[-1] == "past the end: 1"
+        assert len(j["weights"]) == 2 and j["samples"] == 12 and t["keep_dense"] >= 1
+        assert rules.read_text() == cli_rules.read_text()
+    # usage errors: a bad measure or target, rules without a target, no samples
+    r = subprocess.run([str(exe), str(path), "magnitude", str(data), "0", str(rules)], capture_output=True, text=True)
+    assert r.returncode == 21 and "rules need a ranking with a target fidelity" in r.stderr, r.stderr
+    r = subprocess.run([str(exe), str(path), "magnitude", str(data), "0", "", "top5"], capture_output=True, text=True)
+    assert r.returncode == 21 and "measure 'top5'" in r.stderr, r.stderr
+    r = subprocess.run([str(exe), str(path), "magnitude", str(data), "1.5", ""], capture_output=True, text=True)
+    assert r.returncode == 21 and "target fidelity 1.5" in r.stderr, r.stderr
+    r = subprocess.run([str(exe), str(path), "magnitude", str(tmp_path / "none.safetensors"), "0", ""],
+                       capture_output=True, text=True)
+    assert r.returncode == 23 and "none.safetensors: cannot open calibration data" in r.stderr, r.stderr  # IO
+    r = subprocess.run([str(exe), str(path), "magnitude", "", "0", ""], capture_output=True, text=True)
+    assert r.returncode == 21 and "sensitivity needs calibration samples" in r.stderr, r.stderr
