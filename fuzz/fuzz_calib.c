@@ -1,6 +1,7 @@
 /*
  * libFuzzer harness: calibration data (calib_data.h) over arbitrary bytes,
- * bound to a fixed set of model inputs.  The first byte picks the layout:
+ * bound to a fixed set of model inputs.  The first byte, modulo 3, picks
+ * the layout:
  *   0: the rest is a .safetensors file;
  *   1: the rest is a .npz file;
  *   2: a test-data directory of one sample: the second byte gives how many
@@ -26,7 +27,10 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* Required x (float, 3 columns) and ids (int64 tokens); optional sr (an int64 scalar), state (fp16 [2, 1, 4]) and any (unknown rank). */
+/*
+ * Required: x (float, 3 columns) and ids (int64 tokens).  Optional: sr (an
+ * int64 scalar), state (fp16 [2, 1, 4]) and any (uint8 of unknown rank).
+ */
 static const nmp_model_input inputs[] = {
 	{ .name = "x", .dtype = NMP_DT_FLOAT, .rank = 2, .dims = { -1, 3 } },
 	{ .name = "ids", .dtype = NMP_DT_INT64, .rank = 1, .dims = { -1 } },
