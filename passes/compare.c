@@ -28,39 +28,63 @@ typedef struct acc {
 	uint64_t shape_changed;
 } acc;
 
-void nmp_output_acc_add(nmp_output_acc *x, const double *ref, const nmp_host_tensor *t, uint64_t last)
+/* Values are read a chunk at a time, as doubles. */
+enum { CHUNK = 512 };
+
+/* The first index of the largest of n values from `first` on (NaN never larger). */
+static uint64_t host_argmax(const nmp_host_tensor *t, uint64_t first, uint64_t n)
 {
-	double dot = 0, na = 0, nb = 0, diff = 0;
-	for (uint64_t i = 0; i < t->numel; i++) {
-		double a = ref[i], b = nmp_host_value(t, i);
-		dot += a * b;
-		na += a * a;
-		nb += b * b;
-		diff += (a - b) * (a - b);
+	double v[CHUNK], best_v = NAN;
+	uint64_t best = 0;
+	for (uint64_t j0 = 0; j0 < n; j0 += CHUNK) {
+		const size_t m = n - j0 < CHUNK ? (size_t)(n - j0) : CHUNK;
+		nmp_host_values(t, first + j0, m, v);
+		for (size_t j = 0; j < m; j++)
+			if (j0 + j == 0 || v[j] > best_v) {
+				best = j0 + j;
+				best_v = v[j];
+			}
+	}
+	return best;
+}
+
+void nmp_output_acc_add(nmp_output_acc *x, const nmp_host_tensor *ref, const nmp_host_tensor *t, uint64_t last)
+{
+	double dot = 0, na = 0, nb = 0, diff = 0, va[CHUNK], vb[CHUNK];
+	for (uint64_t i0 = 0; i0 < t->numel; i0 += CHUNK) {
+		const size_t m = t->numel - i0 < CHUNK ? (size_t)(t->numel - i0) : CHUNK;
+		nmp_host_values(ref, i0, m, va);
+		nmp_host_values(t, i0, m, vb);
+		for (size_t i = 0; i < m; i++) {
+			const double a = va[i], b = vb[i];
+			dot += a * b;
+			na += a * a;
+			nb += b * b;
+			diff += (a - b) * (a - b);
+		}
 	}
 	nmp_cosine_add(&x->cos, dot, na, nb, t->numel);
 	x->diff2 += diff;
 	x->ref2 += na;
 	for (uint64_t r = 0; last > 1 && r < t->numel / last; r++) {
-		uint64_t ia = 0, ib = 0;
-		for (uint64_t j = 1; j < last; j++) {
-			ia = ref[r * last + j] > ref[r * last + ia] ? j : ia;
-			ib = nmp_host_value(t, r * last + j) > nmp_host_value(t, r * last + ib) ? j : ib;
-		}
-		x->agree += ia == ib;
+		x->agree += host_argmax(ref, r * last, last) == host_argmax(t, r * last, last);
 		x->rows++;
 	}
 }
 
-void nmp_output_acc_miss(nmp_output_acc *x, const double *ref, uint64_t numel, uint64_t last)
+void nmp_output_acc_miss(nmp_output_acc *x, const nmp_host_tensor *ref, uint64_t last)
 {
-	double na = 0;
-	for (uint64_t i = 0; i < numel; i++)
-		na += ref[i] * ref[i];
-	nmp_cosine_add(&x->cos, 0, na, na > 0 ? na : 1, numel); /* no direction in common */
+	double na = 0, v[CHUNK];
+	for (uint64_t i0 = 0; i0 < ref->numel; i0 += CHUNK) {
+		const size_t m = ref->numel - i0 < CHUNK ? (size_t)(ref->numel - i0) : CHUNK;
+		nmp_host_values(ref, i0, m, v);
+		for (size_t i = 0; i < m; i++)
+			na += v[i] * v[i];
+	}
+	nmp_cosine_add(&x->cos, 0, na, na > 0 ? na : 1, ref->numel); /* no direction in common */
 	x->diff2 += na;
 	x->ref2 += na;
-	x->rows += last > 1 ? numel / last : 0;
+	x->rows += last > 1 ? ref->numel / last : 0;
 }
 
 double nmp_output_rel_l2(const nmp_output_acc *x)
@@ -118,16 +142,10 @@ static nmp_status accumulate(const nmp_compare_opts *o, const char *name, const 
 		x->elems += a->numel;
 		return NMP_OK;
 	}
-	double *ref = malloc((a->numel ? a->numel : 1) * sizeof *ref);
-	if (!ref)
-		return nmp_error_set(err, NMP_ERR_NOMEM, "out of memory comparing output '%s'", name);
-	for (uint64_t i = 0; i < a->numel; i++)
-		ref[i] = nmp_host_value(a, i);
 	if (same)
-		nmp_output_acc_add(&x->f, ref, b, nmp_host_last(a));
+		nmp_output_acc_add(&x->f, a, b, nmp_host_last(a));
 	else
-		nmp_output_acc_miss(&x->f, ref, a->numel, nmp_host_last(a));
-	free(ref);
+		nmp_output_acc_miss(&x->f, a, nmp_host_last(a));
 	return NMP_OK;
 }
 

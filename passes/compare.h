@@ -111,17 +111,18 @@ typedef struct nmp_output_acc {
 struct nmp_host_tensor;
 
 /*
- * Adds one sample: the dense output's values (ref, t->numel of them) and the
- * pruned one's; `last` is the length of the last axis (top-1 rows when > 1).
+ * Adds one sample: the dense output ref and the pruned one t, of the same
+ * type and shape; `last` is the length of the last axis (top-1 rows when > 1).
  */
-void nmp_output_acc_add(nmp_output_acc *x, const double *ref, const struct nmp_host_tensor *t, uint64_t last);
+void nmp_output_acc_add(nmp_output_acc *x, const struct nmp_host_tensor *ref, const struct nmp_host_tensor *t,
+			uint64_t last);
 
 /*
- * Adds a sample whose pruned output has another shape than the dense one's
- * (ref, numel elements, last axis `last`): nothing of it agrees: cosine 0,
- * the whole dense output as error, no row's argmax.
+ * Adds a sample whose pruned output has another shape than the dense one
+ * (ref, last axis `last`): nothing of it agrees: cosine 0, the whole dense
+ * output as error, no row's argmax.
  */
-void nmp_output_acc_miss(nmp_output_acc *x, const double *ref, uint64_t numel, uint64_t last);
+void nmp_output_acc_miss(nmp_output_acc *x, const struct nmp_host_tensor *ref, uint64_t last);
 
 /* The relative L2 error over the samples added; NAN without samples. */
 double nmp_output_rel_l2(const nmp_output_acc *x);

@@ -41,8 +41,8 @@ typedef struct ctx {
 	size_t n_inputs;
 	const char **outs;            /* the model's outputs */
 	size_t n_out;
-	double **dense;               /* [sample * n_out + j]: the dense model's output, NULL when not floating */
-	nmp_host_tensor *shape;       /* [sample * n_out + j]: its type and shape (no data) */
+	nmp_host_tensor *dense;       /* [sample * n_out + j]: the dense model's output, a copy in its own type
+					 (data NULL when not floating) */
 	size_t samples;
 	const void **payloads;        /* per model tensor: what the next run uses, NULL the original */
 	size_t runs;                  /* of the model over the samples, calibration's included */
@@ -101,8 +101,7 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 	if (s == NMP_OK && record) {
 		c->samples = nmp_calib_data_count(data);
 		c->dense = calloc(c->samples * c->n_out + 1, sizeof *c->dense);
-		c->shape = calloc(c->samples * c->n_out + 1, sizeof *c->shape);
-		if (!c->dense || !c->shape)
+		if (!c->dense)
 			s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
 	}
 	nmp_output_acc *acc = calloc(c->n_out + 1, sizeof *acc);
@@ -119,27 +118,27 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 		for (size_t j = 0; s == NMP_OK && j < c->n_out; j++) {
 			const nmp_host_tensor *t = &res.t[j];
 			const size_t at = k * c->n_out + j;
-			double **ref = &c->dense[at];
+			nmp_host_tensor *dense = &c->dense[at];
 			if (record) {
-				c->shape[at] = *t;
-				c->shape[at].data = NULL;
+				*dense = *t;
+				dense->data = NULL;
 				if (!nmp_host_is_floating(t->dtype))
 					continue;
-				if (!(*ref = malloc((t->numel ? t->numel : 1) * sizeof **ref))) {
+				const size_t bytes = (size_t)t->numel * (nmp_dtype_bits(t->dtype) / 8);
+				if (!(dense->data = malloc(bytes ? bytes : 1))) {
 					s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory for the dense model's outputs");
 					break;
 				}
-				for (uint64_t i = 0; i < t->numel; i++)
-					(*ref)[i] = nmp_host_value(t, i);
+				if (bytes) /* an empty output may have no data */
+					memcpy(dense->data, t->data, bytes);
 				continue;
 			}
-			if (!*ref || !nmp_host_is_floating(t->dtype))
+			if (!dense->data || !nmp_host_is_floating(t->dtype))
 				continue;
-			const nmp_host_tensor *dense = &c->shape[at];
 			if (!nmp_host_same_shape(t, dense)) /* a shape the pruning changed */
-				nmp_output_acc_miss(&acc[j], *ref, dense->numel, nmp_host_last(dense));
+				nmp_output_acc_miss(&acc[j], dense, nmp_host_last(dense));
 			else
-				nmp_output_acc_add(&acc[j], *ref, t, nmp_host_last(t));
+				nmp_output_acc_add(&acc[j], dense, t, nmp_host_last(t));
 		}
 		if (res.values)
 			nmp_ort_outputs_release(sess, &res);
@@ -363,9 +362,8 @@ nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, 
 	r->samples = c.samples;
 	r->runs = c.runs;
 	for (size_t i = 0; c.dense && i < c.samples * c.n_out; i++)
-		free(c.dense[i]);
+		free(c.dense[i].data);
 	free(c.dense);
-	free(c.shape);
 	variant_free(&c, &full);
 	free(c.payloads);
 	free(c.outs);

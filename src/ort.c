@@ -508,6 +508,23 @@ uint64_t nmp_host_last(const nmp_host_tensor *t)
 	return t->rank ? (uint64_t)t->dims[t->rank - 1] : 1;
 }
 
+void nmp_host_values(const nmp_host_tensor *t, uint64_t first, size_t n, double *out)
+{
+	const uint8_t *d = t->data;
+	switch (t->dtype) { /* the common type in its own loop; the others element by element */
+	case NMP_DT_FLOAT:
+		for (size_t i = 0; i < n; i++) {
+			float f;
+			memcpy(&f, d + 4 * (first + i), 4);
+			out[i] = f;
+		}
+		return;
+	default:
+		for (size_t i = 0; i < n; i++)
+			out[i] = nmp_host_value(t, first + i);
+	}
+}
+
 double nmp_host_value(const nmp_host_tensor *t, uint64_t i)
 {
 	const uint8_t *d = t->data;

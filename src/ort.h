@@ -56,6 +56,8 @@ typedef struct nmp_ort_outputs {
 bool nmp_host_is_floating(int32_t dtype);
 /* Element i of a host tensor as a double (floating and integer types; NAN for others). */
 double nmp_host_value(const nmp_host_tensor *t, uint64_t i);
+/* Elements first .. first+n-1 as doubles into out, as nmp_host_value gives them. */
+void nmp_host_values(const nmp_host_tensor *t, uint64_t first, size_t n, double *out);
 /* Do a and b have the same rank and dimensions? */
 bool nmp_host_same_shape(const nmp_host_tensor *a, const nmp_host_tensor *b);
 /* The length of the last axis (1 for a scalar): the rows a top-1 agreement runs along. */
