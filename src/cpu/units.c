@@ -88,21 +88,13 @@ static inline __attribute__((target("avx2"), always_inline)) __m128i units_key4(
 			      (int)nmp_cpu_key32_at(in, q, i + 2 * s, kind), (int)nmp_cpu_key32_at(in, q, i + 3 * s, kind));
 }
 
-/* The magnitudes of four keys; sums those above the reference bin, gathers those inside it. */
+/* The magnitudes of four keys, after the reference bin's work on them (nmp_cpu_ref4). */
 static inline __attribute__((target("avx2"), always_inline)) __m128 units_mag4(__m128i k, int kind, __m128i cut,
 									     __m256d *above, nmp_cpu_cut *in_bin)
 {
-	const int sh = nmp_cpu_ref_shift(kind), mk = kind == NMP_CK_Q ? NMP_CK_F32 : kind;
+	const int mk = kind == NMP_CK_Q ? NMP_CK_F32 : kind;
 	const __m128 mg = _mm256_castps256_ps128(nmp_cpu_mag8(_mm256_zextsi128_si256(k), mk));
-	const __m128i bin = _mm_srai_epi32(k, sh);
-	*above = _mm256_add_pd(*above, _mm256_cvtps_pd(_mm_and_ps(mg, _mm_castsi128_ps(_mm_cmpgt_epi32(bin, cut)))));
-	unsigned inside = (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(bin, cut)));
-	if (inside) {
-		uint32_t key[4];
-		_mm_storeu_si128((__m128i *)(void *)key, k);
-		for (; inside; inside &= inside - 1)
-			nmp_cpu_cut_push(in_bin, key[__builtin_ctz(inside)]);
-	}
+	nmp_cpu_ref4(k, mg, cut, nmp_cpu_ref_shift(kind), above, in_bin);
 	return mg;
 }
 
