@@ -167,7 +167,7 @@ nmp_status nmp_weight_get(const nmp_session *s, size_t i, nmp_weight *w)
 		w->note = cr->note;
 		w->output_error = cr->error;
 	}
-	w->fidelity_alone = s->sens.fidelity && s->sens.n_ranked ? s->sens.fidelity[i] : NAN;
+	w->fidelity_alone = s->sens.fidelity ? s->sens.fidelity[i] : NAN; /* NaN where not eligible */
 	return NMP_OK;
 }
 
