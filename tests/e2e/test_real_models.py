@@ -221,14 +221,10 @@ def test_groups_inside_if_branches_are_permuted(tmp_path):
     assert nmprune("check", pruned, "-q").code == 0
 
 
-@pytest.mark.parametrize("name", ["ppocrv4_rec", "ppocrv4_det"])
-@pytest.mark.parametrize("pattern", ["2:4", "4:8", "2:4@v4", "2:4@b4x4", "50%"])
-def test_real_weights_match_the_reference_masks(tmp_path, name, pattern):
-    """Every pruned weight of a real model equals the independent numpy reference's mask applied to it."""
+def _matches_the_reference(src, out, pattern):
+    """Asserts that every eligible weight of src is pruned in out to the independent numpy reference's mask,
+    and that the rest are untouched; returns how many weights were pruned."""
     import reference
-    src = REAL / f"{name}.onnx"
-    out = tmp_path / "o.onnx"
-    nmprune("prune", src, "-o", out, "--pattern", pattern, "--align", "none", "-q", check=0)
     cands = json.loads(nmprune("inspect", src, "--pattern", pattern, "--align", "none", "--json", check=0).out)
     dense, pruned = weights(src), weights(out)
     checked = 0
@@ -240,9 +236,58 @@ def test_real_weights_match_the_reference_masks(tmp_path, name, pattern):
         w = dense[c["name"]]
         out_axis = 0 if use["op"] == "Conv" else (w.ndim - 1 if use["input"] == 1 else w.ndim - 2)
         keep = reference.mask(w, pattern, c["axis"], out_axis)
+        assert pruned[c["name"]].dtype == w.dtype
         assert np.array_equal(pruned[c["name"]], np.where(keep, w, 0)), c["name"]
         checked += 1
-    assert checked >= 20
+    return checked
+
+
+@pytest.mark.parametrize("name", ["ppocrv4_rec", "ppocrv4_det"])
+@pytest.mark.parametrize("pattern", ["2:4", "4:8", "2:4@v4", "2:4@b4x4", "50%"])
+def test_real_weights_match_the_reference_masks(tmp_path, name, pattern):
+    """Every pruned weight of a real model equals the independent numpy reference's mask applied to it."""
+    src = REAL / f"{name}.onnx"
+    out = tmp_path / "o.onnx"
+    nmprune("prune", src, "-o", out, "--pattern", pattern, "--align", "none", "-q", check=0)
+    assert _matches_the_reference(src, out, pattern) >= 20
+
+
+@pytest.fixture(scope="module")
+def fp16_exports(tmp_path_factory):
+    """The OCR models as users make them fp16 for deployment: onnxconverter-common's float16 pass, inputs and
+    outputs kept fp32 (Casts at the edges), every weight (these exports hold them in Constant nodes) FLOAT16."""
+    import warnings
+    from onnxconverter_common import float16
+    d = tmp_path_factory.mktemp("fp16")
+    paths = {}
+    for name in ("ppocrv4_rec", "ppocrv4_det"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # it warns of every weight below fp16's smallest normal
+            m = float16.convert_float_to_float16(onnx.load(str(REAL / f"{name}.onnx")), keep_io_types=True)
+        paths[name] = d / f"{name}.fp16.onnx"
+        onnx.save(m, str(paths[name]))
+    return paths
+
+
+def _ties_at_the_cut(w, n, m):
+    """Groups of a Conv weight whose n-th and (n+1)-th largest magnitudes are equal: where the tie rule decides."""
+    g = np.sort(np.abs(np.moveaxis(w, 1, -1).astype(np.float64)).reshape(-1, m), axis=1)
+    return int(np.sum(g[:, m - n] == g[:, m - n - 1]))
+
+
+@pytest.mark.parametrize("name,ties", [("ppocrv4_rec", 10000), ("ppocrv4_det", 900)])
+@pytest.mark.parametrize("pattern", ["2:4", "4:8", "2:4@v4", "2:4@b4x4", "2:4@t", "50%"])
+def test_fp16_exports_match_the_reference_masks(tmp_path, fp16_exports, name, ties, pattern):
+    """The same on the fp16 conversions of the real models: eleven bits of mantissa put exact ties at the 2:4
+    cut in thousands of real groups (against none in fp32), so the tie rule decides there, on real data."""
+    src = fp16_exports[name]
+    if pattern == "2:4":
+        assert sum(_ties_at_the_cut(w, 2, 4) for w in weights(src).values()
+                   if w.dtype == np.float16 and w.ndim == 4 and w.shape[1] % 4 == 0) >= ties
+    out = tmp_path / "o.onnx"
+    nmprune("prune", src, "-o", out, "--pattern", pattern, "--align", "none", "-q", check=0)
+    assert _matches_the_reference(src, out, pattern) >= 20
+    assert nmprune("check", out, "--pattern", pattern, "--align", "none", "-q", check=0).code == 0
 
 
 def _bench_data(tmp_path, make, n):
@@ -258,6 +303,35 @@ def _bench_data(tmp_path, make, n):
         bench_quality.save_file({k: v[part] if v.ndim and len(v) == total else v for k, v in data.items()},
                                 str(path))
     return paths
+
+
+def test_fp16_recognizer_calibrates_and_is_rebuilt_in_fp16(tmp_path, fp16_exports):
+    """sparsegpt on the fp16 conversion of PP-OCRv4's recognizer: onnxruntime runs the fp16 graph on 16
+    calibration lines, every rebuilt weight is stored back as FLOAT16 in 2:4, and on 16 held-out lines the
+    output keeps a cosine far above magnitude's (0.86 against 0.30 when written)."""
+    src = fp16_exports["ppocrv4_rec"]
+    cal, held = _bench_data(tmp_path, "ocr_rec_data", 16)
+    cos = {}
+    for method in ("magnitude", "sparsegpt"):
+        out = tmp_path / f"{method}.onnx"
+        extra = [] if method == "magnitude" else ["--method", method, "--calibration", cal]
+        rep = json.loads(nmprune("prune", src, "-o", out, "--align", "none", "--json", *extra, check=0).out)
+        assert rep["summary"]["done"] == 32
+        assert nmprune("check", out, "--align", "none", "-q", check=0).code == 0
+        c = json.loads(nmprune("compare", src, out, "--calibration", held, "--json", check=0).out)
+        cos[method] = c["outputs"][0]["cosine"]
+    assert rep["calibration"]["method"] == "sparsegpt" and rep["calibration"]["samples"] == 16
+    dense, rebuilt = weights(src), weights(out)
+    done = [w for w in rep["weights"] if w.get("calibration", {}).get("reconstructed")]
+    assert len(done) == 32
+    for w in done:
+        d, r = dense[w["name"]], rebuilt[w["name"]]
+        assert r.dtype == np.float16 and np.isfinite(r).all()
+        nonzero = (np.moveaxis(r, w["axis"], -1).reshape(-1, 4) != 0).sum(axis=1)
+        assert nonzero.max() <= 2 and (nonzero == 2).mean() > 0.97, w["name"]  # dead input channels stay 0
+        kept = r != 0
+        assert not np.array_equal(r[kept], d[kept]), w["name"]
+    assert cos["sparsegpt"] > 0.8 and cos["sparsegpt"] > cos["magnitude"] + 0.4, cos
 
 
 def test_recognizer_dense_set_by_sparsegpt_is_what_prune_gives_and_smaller_than_magnitudes(tmp_path):
