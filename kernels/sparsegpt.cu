@@ -161,7 +161,7 @@ static void free_buffers(dev_buffers *b)
 static nmp_status sweep(cublasHandle_t h, dev_buffers *d, double *W, uint64_t rows, uint64_t K, const double *U,
 			const nmp_pattern *p, uint64_t before, const nmp_sgpt_grid *qgrid, uint8_t *mask, nmp_error *err)
 {
-	const uint64_t B = NMP_SPARSEGPT_BLOCK;
+	const uint64_t B = nmp_sparsegpt_block(p);
 	const unsigned grid = (unsigned)((rows + NMP_CU_THREADS - 1) / NMP_CU_THREADS);
 	const double one = 1.0, minus_one = -1.0;
 	CUDA_CHECK(err, cudaMalloc(&d->W, rows * K * sizeof(double)));

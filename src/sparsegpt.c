@@ -15,6 +15,14 @@ bool nmp_sparsegpt_supports(const nmp_pattern *p)
 	return p->unit == NMP_UNIT_ELEMENT;
 }
 
+uint64_t nmp_sparsegpt_block(const nmp_pattern *p)
+{
+	const uint64_t B = NMP_SPARSEGPT_BLOCK;
+	if (!p->structured)
+		return B;
+	return p->m >= B ? p->m : B / p->m * p->m;
+}
+
 
 nmp_status nmp_sparsegpt_factor(double *H, uint64_t K, double damp, double *damp_used, const char *name,
 				nmp_error *err)
@@ -105,7 +113,7 @@ nmp_status nmp_sparsegpt_solve(double *W, uint64_t rows, uint64_t K, double *H, 
 				     (unsigned long long)K, p->m);
 	NMP_TRY(nmp_sparsegpt_factor(H, K, damp, damp_used, name, err));
 	const double *U = H;
-	const uint64_t B = NMP_SPARSEGPT_BLOCK;
+	const uint64_t B = nmp_sparsegpt_block(p);
 	double *W1 = malloc(rows * B * sizeof *W1), *E1 = malloc(rows * B * sizeof *E1), *err_col = malloc(rows * sizeof *err_col);
 	double *q_col = malloc(rows * sizeof *q_col);
 	double *dd = malloc(B * sizeof *dd);

@@ -6,7 +6,7 @@
  * H is damped (damp x its mean diagonal added to the diagonal; a column no
  * token touched gets 1), inverted through its Cholesky factor, and the
  * upper Cholesky factor U of H^-1 drives the sweep: columns are taken in
- * order, in blocks of NMP_SPARSEGPT_BLOCK; each pruned weight's error,
+ * order, in blocks (nmp_sparsegpt_block); each pruned weight's error,
  * divided by U[i][i], is spread over the columns still to come along row i
  * of U (inside a block by rank-1 updates, to the later columns once per
  * block by one matrix product).  The mask is chosen as the sweep reaches it,
@@ -28,6 +28,14 @@
 #include "pattern.h"
 
 #define NMP_SPARSEGPT_BLOCK 128
+
+/*
+ * The sweep's block width for a pattern: NMP_SPARSEGPT_BLOCK columns, or
+ * for N:M the largest multiple of M up to it (M itself above it), so that
+ * no group straddles two blocks: a group's mask is chosen at its first
+ * column, from weights that every earlier column of its block has updated.
+ */
+uint64_t nmp_sparsegpt_block(const nmp_pattern *p);
 
 /*
  * The integer grid of a quantized layer, per weight (rows x K, row-major):

@@ -67,33 +67,57 @@ static void test_choose_nm_keeps_highest_scores_ties_low(void **state)
 	}
 }
 
+/*
+ * With H = I the sweep spreads no error: its N:M mask is magnitude's, group
+ * by group, and the kept weights are untouched.  The patterns include M that
+ * do not divide the block (3, 5, 6: blocks of 126 or 125 columns) and M above
+ * it (256), where a block of 128 would split groups: every group of M along K
+ * must still be chosen whole.
+ */
 static void test_identity_hessian_is_magnitude_pruning(void **state)
 {
 	(void)state;
-	const uint64_t R = 5, K = 264; /* three blocks, the last partial */
-	double *W = malloc(R * K * sizeof *W), *W0 = malloc(R * K * sizeof *W), *H = calloc(K * K, sizeof *H);
-	uint8_t *mask = malloc(R * K);
-	for (uint64_t i = 0; i < R * K; i++)
-		W0[i] = W[i] = uniform() - 0.5;
-	for (uint64_t i = 0; i < K; i++)
-		H[i * K + i] = 1;
+	static const struct { const char *pat; uint64_t K, B; } cases[] = {
+		{ "2:4", 264, 128 },   /* three blocks, the last partial */
+		{ "1:3", 387, 126 },   /* four blocks, the last of 9 */
+		{ "3:5", 255, 125 },
+		{ "5:6", 390, 126 },
+		{ "64:256", 512, 256 },
+		{ "7:160", 480, 160 },
+	};
+	for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+		const uint64_t R = 5, K = cases[c].K;
+		double *W = malloc(R * K * sizeof *W), *W0 = malloc(R * K * sizeof *W), *H = calloc(K * K, sizeof *H);
+		double *one = malloc(K * sizeof *one);
+		uint8_t *mask = malloc(R * K), *want = malloc(K);
+		for (uint64_t i = 0; i < R * K; i++)
+			W0[i] = W[i] = uniform() - 0.5;
+		for (uint64_t i = 0; i < K; i++) {
+			H[i * K + i] = 1;
+			one[i] = 1;
+		}
+		nmp_pattern p;
+		nmp_error err = { 0 };
+		double damp;
+		assert_int_equal(nmp_pattern_parse(cases[c].pat, &p, &err), NMP_OK);
+		assert_int_equal(nmp_sparsegpt_block(&p), cases[c].B);
+		assert_int_equal(nmp_sparsegpt_solve(W, R, K, H, 0.01, &p, 0, NULL, mask, &damp, "w", &err), NMP_OK);
+		assert_true(damp == 0.01);
+		for (uint64_t r = 0; r < R; r++)
+			for (uint64_t g = 0; g < K; g += p.m) {
+				nmp_sgpt_choose_nm(W0 + r * K + g, one, p.n, p.m, want);
+				for (uint64_t j = 0; j < p.m; j++) {
+					assert_int_equal(mask[r * K + g + j], want[j]);
+					assert_true(W[r * K + g + j] == (want[j] ? W0[r * K + g + j] : 0.0));
+				}
+			}
+		free(W), free(W0), free(H), free(one), free(mask), free(want);
+	}
+	/* P% keeps the nominal block, whatever it prunes. */
 	nmp_pattern p;
 	nmp_error err = { 0 };
-	double damp;
-	assert_int_equal(nmp_pattern_parse("2:4", &p, &err), NMP_OK);
-	assert_int_equal(nmp_sparsegpt_solve(W, R, K, H, 0.01, &p, 0, NULL, mask, &damp, "w", &err), NMP_OK);
-	assert_true(damp == 0.01);
-	for (uint64_t r = 0; r < R; r++)
-		for (uint64_t g = 0; g < K; g += 4) {
-			uint8_t want[4];
-			const double dd[4] = { 1, 1, 1, 1 };
-			nmp_sgpt_choose_nm(W0 + r * K + g, dd, 2, 4, want);
-			for (int j = 0; j < 4; j++) {
-				assert_int_equal(mask[r * K + g + j], want[j]);
-				assert_true(W[r * K + g + j] == (want[j] ? W0[r * K + g + j] : 0.0));
-			}
-		}
-	free(W), free(W0), free(H), free(mask);
+	assert_int_equal(nmp_pattern_parse("30%", &p, &err), NMP_OK);
+	assert_int_equal(nmp_sparsegpt_block(&p), NMP_SPARSEGPT_BLOCK);
 }
 
 /* H = X^T X over T random tokens with correlated channels. */
@@ -112,46 +136,56 @@ static double *correlated_hessian(uint64_t K, uint64_t T)
 	return H;
 }
 
+/*
+ * On a correlated Hessian every group keeps exactly N, the pruned weights are
+ * exactly 0, and the output error is under half magnitude's; 2:6 sweeps
+ * blocks of 126 columns, whose groups the later blocks' updates must not
+ * split.
+ */
 static void test_reconstruction_beats_the_magnitude_mask(void **state)
 {
 	(void)state;
-	const uint64_t R = 16, K = 160;
-	double *H = correlated_hessian(K, 4 * K), *Hc = malloc(K * K * sizeof *Hc);
-	double *W = malloc(R * K * sizeof *W), *W0 = malloc(R * K * sizeof *W), *D = malloc(R * K * sizeof *D);
-	uint8_t *mask = malloc(R * K);
-	for (uint64_t i = 0; i < R * K; i++)
-		W0[i] = W[i] = uniform() - 0.5;
-	memcpy(Hc, H, K * K * sizeof *H);
-	nmp_pattern p;
-	nmp_error err = { 0 };
-	double damp;
-	assert_int_equal(nmp_pattern_parse("4:8", &p, &err), NMP_OK);
-	assert_int_equal(nmp_sparsegpt_solve(W, R, K, Hc, 0.01, &p, 0, NULL, mask, &damp, "w", &err), NMP_OK);
-	for (uint64_t r = 0; r < R; r++)
-		for (uint64_t g = 0; g < K; g += 8) {
-			int kept = 0;
-			for (int j = 0; j < 8; j++) {
-				kept += mask[r * K + g + j];
-				if (!mask[r * K + g + j])
-					assert_true(W[r * K + g + j] == 0.0);
+	static const struct { const char *pat; uint64_t K; } cases[] = { { "4:8", 160 }, { "2:6", 390 } };
+	for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+		const uint64_t R = 16, K = cases[c].K;
+		double *H = correlated_hessian(K, 4 * K), *Hc = malloc(K * K * sizeof *Hc);
+		double *W = malloc(R * K * sizeof *W), *W0 = malloc(R * K * sizeof *W), *D = malloc(R * K * sizeof *D);
+		double *one = malloc(K * sizeof *one);
+		uint8_t *mask = malloc(R * K), *keep = malloc(K);
+		for (uint64_t i = 0; i < R * K; i++)
+			W0[i] = W[i] = uniform() - 0.5;
+		for (uint64_t i = 0; i < K; i++)
+			one[i] = 1;
+		memcpy(Hc, H, K * K * sizeof *H);
+		nmp_pattern p;
+		nmp_error err = { 0 };
+		double damp;
+		assert_int_equal(nmp_pattern_parse(cases[c].pat, &p, &err), NMP_OK);
+		assert_int_equal(nmp_sparsegpt_solve(W, R, K, Hc, 0.01, &p, 0, NULL, mask, &damp, "w", &err), NMP_OK);
+		for (uint64_t r = 0; r < R; r++)
+			for (uint64_t g = 0; g < K; g += p.m) {
+				unsigned kept = 0;
+				for (uint64_t j = 0; j < p.m; j++) {
+					kept += mask[r * K + g + j];
+					if (!mask[r * K + g + j])
+						assert_true(W[r * K + g + j] == 0.0);
+				}
+				assert_int_equal(kept, p.n);
 			}
-			assert_int_equal(kept, 4);
-		}
-	for (uint64_t i = 0; i < R * K; i++)
-		D[i] = W0[i] - W[i];
-	double e_sgpt = nmp_sparsegpt_output_error(D, R, K, H);
-	for (uint64_t r = 0; r < R; r++) /* magnitude 4:8 without reconstruction */
-		for (uint64_t g = 0; g < K; g += 8) {
-			uint8_t keep[8];
-			const double one[8] = { 1, 1, 1, 1, 1, 1, 1, 1 };
-			nmp_sgpt_choose_nm(W0 + r * K + g, one, 4, 8, keep);
-			for (int j = 0; j < 8; j++)
-				D[r * K + g + j] = keep[j] ? 0 : W0[r * K + g + j];
-		}
-	double e_mag = nmp_sparsegpt_output_error(D, R, K, H);
-	printf("           output error: sparsegpt %.4g, magnitude %.4g\n", e_sgpt, e_mag);
-	assert_true(e_sgpt < 0.5 * e_mag);
-	free(H), free(Hc), free(W), free(W0), free(D), free(mask);
+		for (uint64_t i = 0; i < R * K; i++)
+			D[i] = W0[i] - W[i];
+		double e_sgpt = nmp_sparsegpt_output_error(D, R, K, H);
+		for (uint64_t r = 0; r < R; r++) /* magnitude N:M without reconstruction */
+			for (uint64_t g = 0; g < K; g += p.m) {
+				nmp_sgpt_choose_nm(W0 + r * K + g, one, p.n, p.m, keep);
+				for (uint64_t j = 0; j < p.m; j++)
+					D[r * K + g + j] = keep[j] ? 0 : W0[r * K + g + j];
+			}
+		double e_mag = nmp_sparsegpt_output_error(D, R, K, H);
+		printf("           %s output error: sparsegpt %.4g, magnitude %.4g\n", cases[c].pat, e_sgpt, e_mag);
+		assert_true(e_sgpt < 0.5 * e_mag);
+		free(H), free(Hc), free(W), free(W0), free(D), free(one), free(mask), free(keep);
+	}
 }
 
 /*

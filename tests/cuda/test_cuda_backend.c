@@ -313,7 +313,8 @@ static void test_engine_dispatch(void **state)
 /*
  * The sparsegpt sweep on the GPU against the CPU's: random layers (rows and
  * inputs that are not multiples of a block of threads or of the 128-column
- * block), a Hessian from random activations with a dead input, N:M and P%,
+ * block), a Hessian from random activations with a dead input, N:M (M that
+ * do not divide the 128-column block, and M above it) and P%,
  * float and on an integer grid (int8 with a scale per row and zero points
  * per element, uint8 with one scale and zero point, and a zero scale on one
  * row).  Masks identical; rebuilt weights within 1e-9 of the layer's
@@ -329,7 +330,8 @@ static void test_sparsegpt_sweep(void **state)
 	static const struct { uint64_t rows, K; const char *pat; int grid; } cases[] = {
 		{ 33, 200, "2:4", FLOAT }, { 257, 136, "4:8", FLOAT }, { 64, 384, "1:4", FLOAT }, { 19, 130, "30%", FLOAT },
 		{ 300, 256, "50%", FLOAT }, { 65, 264, "2:4", INT8_ROWS }, { 40, 136, "40%", UINT8_ONE },
-		{ 129, 128, "4:8", UINT8_ONE },
+		{ 129, 128, "4:8", UINT8_ONE }, { 31, 387, "1:3", FLOAT }, { 17, 512, "64:256", FLOAT },
+		{ 33, 390, "5:6", INT8_ROWS },
 	};
 	uint64_t seed = 7;
 	for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {

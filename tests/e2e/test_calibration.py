@@ -103,10 +103,12 @@ def assert_gram(got, want):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-def sparsegpt_ref(W, H, n, m, damp=0.01, block=128, sparsity=None, grid=None):
+def sparsegpt_ref(W, H, n, m, damp=0.01, sparsity=None, grid=None):
     """The OBS sweep: W rows x K, H K x K. Returns (reconstructed W, keep mask).  grid: (scale, zero, qmin,
     qmax), each of the first two one value per row: every kept weight is put on that integer grid as its
-    column is reached, and the rounding error spread like a pruned weight's."""
+    column is reached, and the rounding error spread like a pruned weight's.  Blocks of 128 columns; for
+    N:M the largest multiple of M up to 128 (M above it), so that every group lies in one block."""
+    block = 128 if sparsity is not None else max(m, 128 // m * m)
     W = W.astype(np.float64).copy()
     H = H.astype(np.float64).copy()
     K = W.shape[1]
@@ -255,6 +257,32 @@ def test_sparsegpt_matches_reference_sweep(tmp_path, mlp_case, pattern):
     assert all(c["method"] == "sparsegpt" and c["reconstructed"] for c in cal.values())
     assert all(c["output_error"] < c["output_error_magnitude"] for c in cal.values())
     assert rep["calibration"]["samples"] == 12 and rep["calibration"]["tokens"] == 120
+
+
+@pytest.mark.parametrize("pattern,K", [("1:3", 387), ("5:6", 390), ("3:5", 255), ("64:256", 512)])
+def test_sparsegpt_groups_that_do_not_tile_128_columns_stay_whole(tmp_path, rng, pattern, K):
+    """M that does not divide the sweep's 128-column block, or exceeds it: the sweep takes blocks of whole
+    groups (126, 125 or 256 columns here), so each group's mask is chosen once from weights every earlier
+    column has updated.  Masks and weights equal the reference sweep's and check passes (with blocks of 128,
+    groups that straddle two blocks were chosen from stale weights and misaligned, and read past the block)."""
+    n, m = map(int, pattern.split(":"))
+    W = rng.standard_normal((K, 16)).astype(np.float32)
+    X = (rng.standard_normal((2 * K, K)) + rng.standard_normal((2 * K, 1))).astype(np.float32)
+    model = _model([helper.make_node("MatMul", ["x", "W"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", K])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 16])], {"W": W})
+    path, out = save(model, tmp_path / "m.onnx"), tmp_path / "o.onnx"
+    save_file({"x": X}, str(tmp_path / "d.safetensors"))
+    nmprune("prune", path, "-o", out, "--method", "sparsegpt", "--calibration", tmp_path / "d.safetensors",
+            "--align", "none", "--pattern", pattern, "--save-masks", tmp_path / "mk.safetensors", "-q", check=0)
+    keep = load_file(str(tmp_path / "mk.safetensors"))["W"].astype(bool)
+    pruned = numpy_helper.to_array(onnx.load(str(out)).graph.initializer[0])
+    x = X.astype(np.float64)
+    ref_w, ref_keep = sparsegpt_ref(W.T, x.T @ x, n, m)
+    assert np.array_equal(keep, ref_keep.T)
+    np.testing.assert_allclose(pruned, ref_w.T.astype(np.float32), rtol=2e-4, atol=2e-5)
+    assert (keep.T.reshape(16, -1, m).sum(axis=2) == n).all()
+    assert nmprune("check", out, "--pattern", pattern, "--align", "none", "-q", check=0).code == 0
 
 
 def test_sparsegpt_p_percent_prunes_the_tensors_count_and_passes_check(tmp_path, rng):
