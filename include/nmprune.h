@@ -189,6 +189,8 @@ typedef struct nmp_fidelity {
 	double top1;                       /* rows whose argmax along the last axis agrees; NaN without rows */
 	double agreement;                  /* integer outputs: the share of equal elements; NaN otherwise */
 	uint64_t shape_changed;            /* samples whose pruned output has other dimensions: complete misses */
+	uint64_t nonfinite;                /* values NaN or infinite in one model's output, not the same in the other's */
+	uint64_t nonfinite_samples;        /* the samples holding them: complete misses too */
 } nmp_fidelity;
 
 typedef struct nmp_comparison nmp_comparison;

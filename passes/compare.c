@@ -31,7 +31,7 @@ typedef struct acc {
 /* Values are read a chunk at a time, as doubles. */
 enum { CHUNK = 512 };
 
-/* The first index of the largest of n values from `first` on (NaN never larger). */
+/* The first index of the largest of n values from `first` on: a NaN is never picked (all NaN: 0). */
 static uint64_t host_argmax(const nmp_host_tensor *t, uint64_t first, uint64_t n)
 {
 	double v[CHUNK], best_v = NAN;
@@ -40,7 +40,7 @@ static uint64_t host_argmax(const nmp_host_tensor *t, uint64_t first, uint64_t n
 		const size_t m = n - j0 < CHUNK ? (size_t)(n - j0) : CHUNK;
 		nmp_host_values(t, first + j0, m, v);
 		for (size_t j = 0; j < m; j++)
-			if (j0 + j == 0 || v[j] > best_v) {
+			if (!isnan(v[j]) && (isnan(best_v) || v[j] > best_v)) {
 				best = j0 + j;
 				best_v = v[j];
 			}
@@ -48,20 +48,41 @@ static uint64_t host_argmax(const nmp_host_tensor *t, uint64_t first, uint64_t n
 	return best;
 }
 
+/* A miss of the sample whose dense output's finite values have squared norm na (nmp_output_acc_miss). */
+static void add_miss(nmp_output_acc *x, double na, uint64_t numel, uint64_t last)
+{
+	nmp_cosine_add(&x->cos, 0, na, na > 0 ? na : 1, numel); /* no direction in common */
+	x->diff2 += na;
+	x->ref2 += na;
+	x->rows += last > 1 ? numel / last : 0;
+}
+
 void nmp_output_acc_add(nmp_output_acc *x, const nmp_host_tensor *ref, const nmp_host_tensor *t, uint64_t last)
 {
 	double dot = 0, na = 0, nb = 0, diff = 0, va[CHUNK], vb[CHUNK];
+	uint64_t nonfinite = 0;
 	for (uint64_t i0 = 0; i0 < t->numel; i0 += CHUNK) {
 		const size_t m = t->numel - i0 < CHUNK ? (size_t)(t->numel - i0) : CHUNK;
 		nmp_host_values(ref, i0, m, va);
 		nmp_host_values(t, i0, m, vb);
 		for (size_t i = 0; i < m; i++) {
 			const double a = va[i], b = vb[i];
+			if (!isfinite(a) || !isfinite(b)) { /* the same infinity, or NaN in both, agrees */
+				nonfinite += a != b && !(isnan(a) && isnan(b));
+				na += isfinite(a) ? a * a : 0;
+				continue;
+			}
 			dot += a * b;
 			na += a * a;
 			nb += b * b;
 			diff += (a - b) * (a - b);
 		}
+	}
+	if (nonfinite) {
+		x->nonfinite += nonfinite;
+		x->nonfinite_samples++;
+		add_miss(x, na, t->numel, last);
+		return;
 	}
 	nmp_cosine_add(&x->cos, dot, na, nb, t->numel);
 	x->diff2 += diff;
@@ -79,12 +100,9 @@ void nmp_output_acc_miss(nmp_output_acc *x, const nmp_host_tensor *ref, uint64_t
 		const size_t m = ref->numel - i0 < CHUNK ? (size_t)(ref->numel - i0) : CHUNK;
 		nmp_host_values(ref, i0, m, v);
 		for (size_t i = 0; i < m; i++)
-			na += v[i] * v[i];
+			na += isfinite(v[i]) ? v[i] * v[i] : 0;
 	}
-	nmp_cosine_add(&x->cos, 0, na, na > 0 ? na : 1, ref->numel); /* no direction in common */
-	x->diff2 += na;
-	x->ref2 += na;
-	x->rows += last > 1 ? ref->numel / last : 0;
+	add_miss(x, na, ref->numel, last);
 }
 
 double nmp_output_rel_l2(const nmp_output_acc *x)
@@ -208,6 +226,8 @@ nmp_status nmp_compare(const nmp_compare_opts *o, nmp_compare_result *r, nmp_err
 			f->agreement = !f->floating && a[i].elems ? (double)a[i].equal / (double)a[i].elems : NAN;
 			f->rows = a[i].f.rows;
 			f->shape_changed = a[i].shape_changed;
+			f->nonfinite = a[i].f.nonfinite;
+			f->nonfinite_samples = a[i].f.nonfinite_samples;
 		}
 	}
 	free(names);

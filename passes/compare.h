@@ -18,7 +18,12 @@
  * sample where the pruned model's output has other dimensions than the
  * dense model's counts as a complete miss (nmp_output_acc_miss; integer
  * outputs: no element agrees), and shape_changed counts those samples; a
- * different type or rank is an error (not the same model).
+ * different type or rank is an error (not the same model).  So does a
+ * sample whose floating output holds a NaN or an infinity where the other
+ * model's does not hold the same (a pruned model that overflows): nonfinite
+ * counts such values and nonfinite_samples their samples.  Values that are
+ * the same infinity, or NaN, in both agree and add nothing; top-1 never
+ * picks a NaN.
  *
  * Ownership: nmp_compare fills a caller-owned result; nmp_compare_free
  * releases what it holds.
@@ -50,6 +55,8 @@ typedef struct nmp_output_fidelity {
 	double agreement;            /* integer outputs: equal elements; NAN otherwise */
 	uint64_t rows;               /* rows compared for top1 */
 	uint64_t shape_changed;      /* samples where the pruned output has other dimensions */
+	uint64_t nonfinite;          /* values NaN or infinite in one output and not the same in the other */
+	uint64_t nonfinite_samples;  /* the samples that hold them: misses */
 } nmp_output_fidelity;
 
 typedef struct nmp_compare_result {
@@ -106,6 +113,7 @@ typedef struct nmp_output_acc {
 	nmp_cosine_acc cos;
 	double diff2, ref2;          /* sum |pruned - dense|^2, sum |dense|^2 */
 	uint64_t rows, agree;        /* rows along the last axis, and those whose argmax agrees */
+	uint64_t nonfinite, nonfinite_samples; /* as nmp_output_fidelity's */
 } nmp_output_acc;
 
 struct nmp_host_tensor;
@@ -113,6 +121,8 @@ struct nmp_host_tensor;
 /*
  * Adds one sample: the dense output ref and the pruned one t, of the same
  * type and shape; `last` is the length of the last axis (top-1 rows when > 1).
+ * A sample where one holds a NaN or an infinity that the other does not is
+ * added as a miss (nmp_output_acc_miss), and counted in nonfinite.
  */
 void nmp_output_acc_add(nmp_output_acc *x, const struct nmp_host_tensor *ref, const struct nmp_host_tensor *t,
 			uint64_t last);

@@ -330,6 +330,7 @@ nmp_status nmp_comparison_get(const nmp_comparison *c, size_t i, nmp_fidelity *f
 	const nmp_output_fidelity *g = &c->r.outputs[i];
 	*f = (nmp_fidelity){ .output = g->name, .floating = g->floating, .cosine = g->cosine,
 			     .cosine_min = g->cosine_min, .rel_l2 = g->rel_l2, .top1 = g->top1,
-			     .agreement = g->agreement, .shape_changed = g->shape_changed };
+			     .agreement = g->agreement, .shape_changed = g->shape_changed, .nonfinite = g->nonfinite,
+			     .nonfinite_samples = g->nonfinite_samples };
 	return NMP_OK;
 }

@@ -376,6 +376,8 @@ static nmp_status run_compare(const nmp_cli *cli, nmp_error *err)
 			json_object_set_new(e, "top1", nmp_report_ratio_json(f->top1));
 			json_object_set_new(e, "agreement", nmp_report_ratio_json(f->agreement));
 			json_object_set_new(e, "shape_changed", json_integer((json_int_t)f->shape_changed));
+			json_object_set_new(e, "nonfinite", json_integer((json_int_t)f->nonfinite));
+			json_object_set_new(e, "nonfinite_samples", json_integer((json_int_t)f->nonfinite_samples));
 			json_array_append_new(outs, e);
 		}
 		json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:s,s:I,s:f,s:s,s:o}", "tool", "nmprune", "version", NMP_VERSION,
@@ -404,6 +406,12 @@ static nmp_status run_compare(const nmp_cli *cli, nmp_error *err)
 			if (r.outputs[i].shape_changed)
 				printf("output '%s': %llu of %zu samples changed shape, counted as misses\n",
 				       r.outputs[i].name, (unsigned long long)r.outputs[i].shape_changed, r.samples);
+		for (size_t i = 0; i < r.n; i++)
+			if (r.outputs[i].nonfinite)
+				printf("output '%s': %llu values NaN or infinite in one model and not the other, in %llu of "
+				       "%zu samples, counted as misses\n", r.outputs[i].name,
+				       (unsigned long long)r.outputs[i].nonfinite,
+				       (unsigned long long)r.outputs[i].nonfinite_samples, r.samples);
 		printf("%zu samples, %.3f s, %s\n", r.samples, r.seconds, r.runtime);
 	}
 	nmp_compare_free(&r);

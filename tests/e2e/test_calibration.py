@@ -1295,6 +1295,46 @@ def test_sensitivity_measures_fidelity_on_held_out_samples(tmp_path, mlp_case, r
     assert "bad.safetensors: tensor 'y' names no input" in r.err and len(r.err.strip().splitlines()) == 1
 
 
+def test_outputs_that_turn_nan_or_infinite_are_misses_in_compare_and_sensitivity(tmp_path, rng):
+    """y2 = Log(|x| W2): W2's groups hold three weights of +0.6 and one of -1, so the dense sums are positive but
+    magnitude 2:4 keeps the -1 with one +0.6, and the pruned sums go negative: y2 turns NaN.  compare counts
+    those values and treats their samples as misses (cosine 0, the dense output as error, no top-1), where
+    it used to print no cosine at all; values NaN in both models agree, and top-1 never picks a NaN.
+    Sensitivity ranks W2, which breaks y2, as the most sensitive weight, not as harmless because y1 is."""
+    W1 = rng.standard_normal((16, 8)).astype(np.float32)
+    W2 = np.tile(np.array([0.6, 0.6, 0.6, -1.0], np.float32), 4)[:, None] * np.ones((1, 8), np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["y1"]), helper.make_node("Abs", ["x"], ["ax"]),
+             helper.make_node("MatMul", ["ax", "W2"], ["s"]), helper.make_node("Log", ["s"], ["y2"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 16])],
+                   [helper.make_tensor_value_info("y1", TensorProto.FLOAT, ["b", 8]),
+                    helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["b", 8])], {"W1": W1, "W2": W2})
+    path, out = save(model, tmp_path / "m.onnx"), tmp_path / "o.onnx"
+    X = (1 + 0.1 * rng.standard_normal((6, 4, 16))).astype(np.float32)  # |x| near 1: dense sums near +0.8
+    save_file({"x": X}, str(tmp_path / "d.safetensors"))
+    nmprune("prune", path, "-o", out, "--align", "none", "-q", check=0)
+    sess = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+    dense = [sess(path).run(None, {"x": x}) for x in X]
+    pruned = [sess(out).run(None, {"x": x}) for x in X]
+    assert all(np.isfinite(d[1]).all() for d in dense) and all(np.isnan(p[1]).all() for p in pruned)
+    r = {o["name"]: o for o in json.loads(nmprune("compare", path, out, "--calibration", tmp_path / "d.safetensors",
+                                                  "--json", check=0).out)["outputs"]}
+    assert r["y2"]["nonfinite"] == 6 * 4 * 8 and r["y2"]["nonfinite_samples"] == 6
+    assert r["y2"]["cosine"] == 0 and r["y2"]["rel_l2"] == pytest.approx(1) and r["y2"]["top1"] == 0
+    assert r["y1"]["nonfinite"] == 0 and r["y1"]["cosine"] == pytest.approx(np.mean(
+        [d[0].ravel() @ p[0].ravel() / np.linalg.norm(d[0]) / np.linalg.norm(p[0]) for d, p in zip(dense, pruned)]))
+    text = nmprune("compare", path, out, "--calibration", tmp_path / "d.safetensors", check=0).out
+    assert "output 'y2': 192 values NaN or infinite in one model and not the other, in 6 of 6 samples" in text
+    # the same NaN in both models agrees: the pruned model against itself is exact, top-1 over the finite values
+    same = json.loads(nmprune("compare", out, out, "--calibration", tmp_path / "d.safetensors", "--json",
+                              check=0).out)["outputs"]
+    assert [(o["cosine"], o["rel_l2"], o["top1"], o["nonfinite"]) for o in same] == [(1, 0, 1, 0), (1, 0, 1, 0)]
+    rank = json.loads(nmprune("inspect", path, "--sensitivity", "--calibration", tmp_path / "d.safetensors",
+                              "--align", "none", "--json", check=0).out)["weights"]
+    # W2 alone: y1 untouched (1), y2 a miss (0)
+    assert [(w["name"], w["fidelity_pruned_alone"]) for w in rank][0] == ("W2", pytest.approx(0.5))
+    assert rank[1]["name"] == "W1" and rank[1]["fidelity_pruned_alone"] > 0.5
+
+
 def test_inspect_and_compare_write_their_json_to_report(tmp_path, mlp_case):
     """--report FILE holds what --json prints (elapsed times aside); a report over an input is refused."""
     path, _, _, _ = mlp_case
