@@ -18,12 +18,12 @@
  * sample where the pruned model's output has other dimensions than the
  * dense model's counts as a complete miss (nmp_output_acc_miss; integer
  * outputs: no element agrees), and shape_changed counts those samples; a
- * different type or rank is an error (not the same model).  So does a
- * sample whose floating output holds a NaN or an infinity where the other
- * model's does not hold the same (a pruned model that overflows): nonfinite
- * counts such values and nonfinite_samples their samples.  Values that are
- * the same infinity, or NaN, in both agree and add nothing; top-1 never
- * picks a NaN.
+ * different type or rank is an error (not the same model).  A sample
+ * whose floating output holds a NaN or an infinity where the other model's
+ * does not hold the same (a pruned model that overflows) is a complete miss
+ * too: nonfinite counts such values and nonfinite_samples their samples.
+ * Values that are the same infinity, or NaN, in both agree and add nothing;
+ * top-1 never picks a NaN.
  *
  * Ownership: nmp_compare fills a caller-owned result; nmp_compare_free
  * releases what it holds.

@@ -23,7 +23,6 @@ uint64_t nmp_sparsegpt_block(const nmp_pattern *p)
 	return p->m >= B ? p->m : B / p->m * p->m;
 }
 
-
 nmp_status nmp_sparsegpt_factor(double *H, uint64_t K, double damp, double *damp_used, const char *name,
 				nmp_error *err)
 {
