@@ -270,16 +270,18 @@ def fp16_exports(tmp_path_factory):
 
 
 def _ties_at_the_cut(w, n, m):
-    """Groups of a Conv weight whose n-th and (n+1)-th largest magnitudes are equal: where the tie rule decides."""
+    """Groups of a Conv weight whose n-th and (n+1)-th largest magnitudes are equal and nonzero: where the tie
+    rule decides which weights survive (between zeros it changes no weight)."""
     g = np.sort(np.abs(np.moveaxis(w, 1, -1).astype(np.float64)).reshape(-1, m), axis=1)
-    return int(np.sum(g[:, m - n] == g[:, m - n - 1]))
+    return int(np.sum((g[:, m - n] == g[:, m - n - 1]) & (g[:, m - n] > 0)))
 
 
-@pytest.mark.parametrize("name,ties", [("ppocrv4_rec", 10000), ("ppocrv4_det", 900)])
+@pytest.mark.parametrize("name,ties", [("ppocrv4_rec", 7000), ("ppocrv4_det", 600)])
 @pytest.mark.parametrize("pattern", ["2:4", "4:8", "2:4@v4", "2:4@b4x4", "2:4@t", "50%"])
 def test_fp16_exports_match_the_reference_masks(tmp_path, fp16_exports, name, ties, pattern):
-    """The same on the fp16 conversions of the real models: eleven bits of mantissa put exact ties at the 2:4
-    cut in thousands of real groups (against none in fp32), so the tie rule decides there, on real data."""
+    """The same on the fp16 conversions of the real models: eleven bits of mantissa put exact ties between
+    nonzero magnitudes at the 2:4 cut in thousands of real groups (7 603 and 678; the fp32 weights tie only
+    at zero, in dead channels), so the tie rule decides which weights survive there, on real data."""
     src = fp16_exports[name]
     if pattern == "2:4":
         assert sum(_ties_at_the_cut(w, 2, 4) for w in weights(src).values()
