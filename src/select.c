@@ -92,9 +92,11 @@ static const char *regex_problem(const char *src)
 			if (c == '{') {
 				char *end;
 				long lo = strtol(src + i + 1, &end, 10), hi = lo;
+				if (lo > 255) /* before lo + 1: strtol gives LONG_MAX for a count past its range */
+					return "a repetition count above 255";
 				if (*end == ',')
 					hi = end[1] == '}' ? lo + 1 : strtol(end + 1, &end, 10);
-				if (lo > 255 || hi > 255)
+				if (hi > 255)
 					return "a repetition count above 255";
 				times = (double)(hi > lo ? hi : lo) + 1;
 				while (i < len && src[i] != '}')

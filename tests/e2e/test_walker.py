@@ -352,6 +352,7 @@ def test_regex_and_ops_errors(tmp_path):
     r = nmprune("inspect", p, "--include", "[a-")
     assert r.code == 2 and "--include: bad regex '[a-'" in r.err, r
     for bad, why in (("x+++", "a repetition operator applied to another"), ("a{1000}", "above 255"),
+                     ("a{" + "3" * 40 + ",}", "above 255"), ("a{2," + "9" * 30 + "}", "above 255"),
                      ("z" * 1100, "longer than 1024")):
         r = nmprune("inspect", p, "--exclude", bad)
         assert r.code == 2 and why in r.err, r
