@@ -123,6 +123,7 @@ typedef struct walk {
 	size_t step_limit;
 	entry **crossed;             /* Identity and Cast outputs crossed by the trace under way */
 	size_t n_crossed, cap_crossed;
+	const Onnx__NodeProto **reader; /* per model tensor: the first node that reads it but is no consumer; lazy */
 } walk;
 
 static nmp_status dup_name(walk *w, const Onnx__GraphProto *gr, const char *name)
@@ -751,6 +752,133 @@ bool nmp_graph_is_consumer(const char *op)
 	       is_recurrent(op);
 }
 
+/* ---- other readers of a weight's values ------------------------------------------ */
+
+/* Stands for a graph's outputs among the readers: a weight returned as it is. */
+static const Onnx__NodeProto graph_output_reader = { .op_type = (char *)"graph output" };
+
+/* Scan's inputs lead with sequence_lens before opset 9: 1 then, else 0. */
+static size_t scan_lead(const Onnx__NodeProto *n, const Onnx__GraphProto *body)
+{
+	return strcmp(op_of(n), "Scan") == 0 && n->n_input == body->n_input + 1 ? 1 : 0;
+}
+
+/* A Loop or Scan input that its body passes on unchanged: the body's readers of it are the ones that count. */
+static bool carried_input(const Onnx__NodeProto *n, size_t in)
+{
+	const Onnx__GraphProto *body = nmp_node_subgraph(n, 0, NULL);
+	if (!body || nmp_node_subgraph(n, 1, NULL))
+		return false;
+	size_t lead = scan_lead(n, body);
+	if (in < lead || in - lead >= body->n_input || !body->input[in - lead]->name)
+		return false;
+	scope sc = { .owner = n, .graph = body };
+	const char *from = carried_from(&sc, body->input[in - lead]->name);
+	return from && strcmp(from, n->input[in]) == 0;
+}
+
+/*
+ * The input of Loop or Scan node `o` whose value its output `out` returns
+ * unchanged (a carried value or state the body passes on), or -1.
+ */
+static int carried_output(const Onnx__NodeProto *o, int32_t out)
+{
+	const Onnx__GraphProto *body = nmp_node_subgraph(o, 0, NULL);
+	if (!body || !nmp_node_default_domain(o) || out < 0)
+		return -1;
+	size_t in = (size_t)out;
+	if (strcmp(op_of(o), "Loop") == 0)
+		in += 2; /* outputs (carried..., scans...), inputs (count, condition, carried...) */
+	else if (strcmp(op_of(o), "Scan") == 0)
+		in += scan_lead(o, body); /* outputs (states..., scans...), inputs ([sequence_lens,] states..., scans...) */
+	else
+		return -1;
+	return in < o->n_input && carried_input(o, in) ? (int)in : -1;
+}
+
+/*
+ * `name`, read by `n` in `sc`, holds a weight's values: remember `n` as that
+ * weight's first reader that is not a consumer.  A Loop's or Scan's final
+ * value of a weight its body carries unchanged is the weight; an activation
+ * is passed over at its first lookup.
+ */
+static nmp_status note_reader(walk *w, const scope *sc, const char *name, const Onnx__NodeProto *n)
+{
+	const scope *where;
+	const entry *e;
+	int in;
+	for (size_t steps = 0; (e = lookup(sc, name, &where)) != NULL && e->kind == K_NODE &&
+			       (in = carried_output(e->node, e->out_index)) >= 0 && steps <= w->step_limit; steps++) {
+		name = e->node->input[in];
+		sc = where;
+	}
+	if (!e || (e->kind == K_NODE && !e->is_const))
+		return NMP_OK;
+	trace t = { 0 };
+	nmp_status s = trace_back(w, sc, name, &t);
+	free(t.chain);
+	if (s != NMP_OK || !t.tensor)
+		return s;
+	if (!w->reader && !(w->reader = calloc(w->m->n_tensors, sizeof *w->reader)))
+		return nmp_error_set(w->err, NMP_ERR_NOMEM, "%s: out of memory", w->m->path);
+	size_t k = (size_t)(t.tensor - w->m->tensors);
+	if (!w->reader[k])
+		w->reader[k] = n;
+	return NMP_OK;
+}
+
+/*
+ * The inputs of `n` (in `sc`) through which it reads a weight's values
+ * other than as a consumer's weight, whose bytes pruning changes: all but a
+ * consumer's weight-side inputs [first, last], the input a look-through
+ * node (Transpose, DequantizeLinear, Cast, Identity, a scaling Mul) passes
+ * on, the shape-only inputs of Shape and Size, and what a Loop or Scan body
+ * passes on unchanged.
+ */
+static nmp_status note_readers(walk *w, const scope *sc, const Onnx__NodeProto *n, int first, int last)
+{
+	const char *op = op_of(n);
+	int through = -1;
+	if (nmp_node_default_domain(n)) {
+		if (strcmp(op, "Shape") == 0 || strcmp(op, "Size") == 0)
+			return NMP_OK;
+		if (strcmp(op, "Transpose") == 0 || strcmp(op, "DequantizeLinear") == 0 || strcmp(op, "Cast") == 0 ||
+		    strcmp(op, "Identity") == 0)
+			through = 0;
+		else if (strcmp(op, "Mul") == 0)
+			through = scaling_mul_weight_input(n, sc);
+	}
+	bool looping = nmp_node_default_domain(n) && (strcmp(op, "Loop") == 0 || strcmp(op, "Scan") == 0);
+	for (size_t i = 0; i < n->n_input; i++) {
+		if (!n->input[i] || !n->input[i][0] || ((int)i >= first && (int)i <= last) || (int)i == through ||
+		    (looping && carried_input(n, i)))
+			continue;
+		NMP_TRY(note_reader(w, sc, n->input[i], n));
+	}
+	return NMP_OK;
+}
+
+/*
+ * A graph's outputs read what they name, except a body's carried values that
+ * it passes on unchanged; a subgraph's are read by the node that holds it.
+ */
+static nmp_status note_outputs(walk *w, const scope *sc)
+{
+	const Onnx__NodeProto *reader = sc->owner ? sc->owner : &graph_output_reader;
+	for (size_t i = 0; i < sc->graph->n_output; i++) {
+		const char *name = sc->graph->output[i]->name;
+		if (!name || !name[0])
+			continue;
+		const entry *e = find(sc, name);
+		if (e && e->kind == K_INPUT && carried_from(sc, name))
+			continue;
+		NMP_TRY(note_reader(w, sc, name, reader));
+	}
+	return NMP_OK;
+}
+
+/* ---- the walk ---------------------------------------------------------------------- */
+
 static nmp_status walk_graph(walk *w, const Onnx__GraphProto *gr, const scope *parent, const Onnx__NodeProto *owner)
 {
 	scope sc;
@@ -758,10 +886,11 @@ static nmp_status walk_graph(walk *w, const Onnx__GraphProto *gr, const scope *p
 	for (size_t i = 0; i < gr->n_node && s == NMP_OK; i++) {
 		const Onnx__NodeProto *n = gr->node[i];
 		const char *op = op_of(n);
+		int first = -1, last = -1;
 		if (nmp_node_default_domain(n) && nmp_graph_is_consumer(op)) {
 			const char *b = base_op(op);
-			int last = strcmp(b, "Conv") == 0 || strcmp(b, "ConvTranspose") == 0 ? 1 : 0;
-			int first = last;
+			last = strcmp(b, "Conv") == 0 || strcmp(b, "ConvTranspose") == 0 ? 1 : 0;
+			first = last;
 			if (strcmp(b, "Gemm") == 0 || strcmp(b, "MatMul") == 0)
 				last = 1;
 			if (is_recurrent(op)) /* W and R */
@@ -770,11 +899,15 @@ static nmp_status walk_graph(walk *w, const Onnx__GraphProto *gr, const scope *p
 				if (n->input[in] && n->input[in][0])
 					s = add_use(w, &sc, n, in);
 		}
+		if (s == NMP_OK)
+			s = note_readers(w, &sc, n, first, last);
 		/* Subgraphs are walked where their node stands, so order stays topological. */
 		const Onnx__GraphProto *sub;
 		for (int32_t k = 0; s == NMP_OK && (sub = nmp_node_subgraph(n, k, NULL)) != NULL; k++)
 			s = walk_graph(w, sub, &sc, n);
 	}
+	if (s == NMP_OK)
+		s = note_outputs(w, &sc);
 	scope_free(&sc);
 	return s;
 }
@@ -803,6 +936,18 @@ nmp_status nmp_graph_walk(const nmp_model *m, nmp_graph **out, nmp_error *err)
 	/* No chain of look-through nodes is longer than the model has nodes. */
 	walk w = { .m = m, .g = g, .err = err, .step_limit = count_nodes(m->proto->graph) + 1 };
 	nmp_status s = walk_graph(&w, m->proto->graph, NULL, NULL);
+	for (size_t i = 0; s == NMP_OK && w.reader && i < g->n_cands; i++) {
+		nmp_candidate *c = &g->cands[i];
+		const Onnx__NodeProto *r = c->tensor ? w.reader[c->tensor - m->tensors] : NULL;
+		if (!r || c->problem[0])
+			continue;
+		if (r == &graph_output_reader)
+			snprintf(c->problem, sizeof c->problem, "also a graph output: pruning would change it");
+		else
+			snprintf(c->problem, sizeof c->problem, "also read by %s '%s': pruning would change it",
+				 op_of(r), r->name && r->name[0] ? r->name : "(unnamed)");
+	}
+	free(w.reader);
 	free(w.crossed);
 	if (s != NMP_OK) {
 		nmp_graph_free(&g);

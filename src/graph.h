@@ -16,7 +16,10 @@
  * blocked it; activations are not candidates at all.
  *
  * The weights of LSTM, GRU and RNN (W and R) are listed with their reason
- * (no N:M kernel serves a recurrence), never pruned.
+ * (no N:M kernel serves a recurrence), never pruned.  So is a weight whose
+ * values any other node reads (Shape and Size aside, and the look-through
+ * nodes on the way to a consumer), or that a graph returns: pruning would
+ * change what that reader computes too.
  *
  * The walker decides nothing about eligibility beyond what the graph says
  * (a path it cannot follow, uses that disagree on the axis); select.h does.

@@ -184,9 +184,10 @@ def test_name_shadowed_in_subgraph(tmp_path):
     assert cands[0]["shape"] == [128, 16]      # the subgraph's own W, not the outer one
 
 
-def _loop_model(update_w=False, transposed=False):
+def _loop_model(update_w=False, transposed=False, final_out=False):
     """A decoder loop as exporters write it: the weight W enters the Loop as a carried value and every iteration
-    passes it on unchanged (or, with update_w, replaces it: then it is state, not a weight)."""
+    passes it on unchanged (or, with update_w, replaces it: then it is state, not a weight).  The Loop's final
+    value of it, W_final, is read by nothing, or with final_out is a graph output."""
     body_nodes = [helper.make_node("Identity", ["cond_in"], ["cond_out"])]
     w_in = "w_in"
     if transposed:
@@ -208,7 +209,7 @@ def _loop_model(update_w=False, transposed=False):
     return model([helper.make_node("Constant", [], ["W"], value=w("value", shape)),
                   helper.make_node("Loop", ["n", "", "X", "W"], ["Y", "W_final"], name="decoder", body=body)],
                  [numpy_helper.from_array(np.array(3, np.int64), "n")], inputs=(("X", F, [4, 32]),),
-                 outputs=(("Y", F, None), ("W_final", F, None)))
+                 outputs=(("Y", F, None),) + ((("W_final", F, None),) if final_out else ()))
 
 
 @pytest.mark.parametrize("transposed", [False, True])
@@ -229,9 +230,13 @@ def test_weight_a_scan_carries_as_unchanged_state_is_a_candidate(tmp_path):
         [helper.make_tensor_value_info("w_s", F, None), helper.make_tensor_value_info("x_t", F, None)],
         [helper.make_tensor_value_info("w_s", F, None), helper.make_tensor_value_info("y_t", F, None)])
     m = model([helper.make_node("Scan", ["W", "X"], ["W_end", "Y"], name="scan", body=body, num_scan_inputs=1)],
-              [w("W", (32, 16))], inputs=(("X", F, [5, 32]),), outputs=(("W_end", F, None), ("Y", F, None)))
+              [w("W", (32, 16))], inputs=(("X", F, [5, 32]),), outputs=(("Y", F, None),))
     c = inspect(tmp_path, m, "--align", "none")["W"]
     assert c["consumers"] == [{"node": "scan_mm", "op": "MatMul", "input": 1}] and c["axis"] == 0
+    assert c["eligible"], c
+    # The final state is W itself: a model that returns it would return the pruned weight.
+    m.graph.output.insert(0, helper.make_tensor_value_info("W_end", F, None))
+    assert inspect(tmp_path, m, "--align", "none")["W"]["reason"] == "also a graph output: pruning would change it"
 
 
 def test_reshape_blocks_the_path(tmp_path):
@@ -250,6 +255,93 @@ def test_activations_are_not_candidates(tmp_path):
         helper.make_node("MatMul", ["X", "Xt"], ["Y"], name="attention"),
     ], [])
     assert inspect(tmp_path, m) == {}
+
+
+# ---- weights that something besides their consumers reads ------------------------------
+
+def _read_elsewhere(case):
+    """W (64x32) feeds MatMul 'mm' and, by `case`, something else that would see the pruned values."""
+    ids = ("ids", TensorProto.INT64, [1, 8])
+    mm = helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm")
+    if case == "tied embedding":  # a language model's head shares the token embedding, as [vocab, hidden]
+        return model([helper.make_node("Gather", ["W", "ids"], ["E"], name="embed"),
+                      helper.make_node("Transpose", ["W"], ["Wt"], perm=[1, 0]),
+                      helper.make_node("MatMul", ["E", "Wt"], ["Y"], name="head")],
+                     [w("W", (64, 32))], inputs=(ids,)), "also read by Gather 'embed'"
+    if case == "behind DequantizeLinear":
+        q = numpy_helper.from_array(np.random.default_rng(1).integers(-100, 100, (64, 32), dtype=np.int8), "W")
+        s = numpy_helper.from_array(np.array(0.02, np.float32), "s")
+        return model([helper.make_node("DequantizeLinear", ["W", "s"], ["Wd"]),
+                      helper.make_node("MatMul", ["X", "Wd"], ["Y"], name="mm"),
+                      helper.make_node("ReduceSum", ["Wd"], ["R"], name="norm")],
+                     [q, s], outputs=(("Y", F, None), ("R", F, None))), "also read by ReduceSum 'norm'"
+    if case == "graph output":
+        return model([mm, helper.make_node("Identity", ["W"], ["W_copy"])], [w("W", (64, 32))],
+                     outputs=(("Y", F, None), ("W_copy", F, None))), "also a graph output"
+    if case == "other domain":
+        return model([mm, helper.make_node("FusedMatMul", ["X", "W"], ["Z"], name="fused", domain="com.microsoft")],
+                     [w("W", (64, 32))], outputs=(("Y", F, None), ("Z", F, None))), "also read by FusedMatMul 'fused'"
+    if case == "inside an If branch":
+        then = helper.make_graph([helper.make_node("Gather", ["W", "ids"], ["T"], name="lookup")], "then", [],
+                                 [helper.make_tensor_value_info("T", F, None)])
+        other = helper.make_graph([helper.make_node("Identity", ["Y"], ["E"])], "else", [],
+                                  [helper.make_tensor_value_info("E", F, None)])
+        return model([mm, helper.make_node("If", ["C"], ["Z"], name="if", then_branch=then, else_branch=other)],
+                     [w("W", (64, 32))], inputs=(("X", F, None), ("C", TensorProto.BOOL, []), ids),
+                     outputs=(("Z", F, None),)), "also read by Gather 'lookup'"
+    if case == "returned by an If branch":
+        then = helper.make_graph([helper.make_node("Transpose", ["W"], ["T"])], "then", [],
+                                 [helper.make_tensor_value_info("T", F, None)])
+        other = helper.make_graph([helper.make_node("Transpose", ["Y"], ["E"])], "else", [],
+                                  [helper.make_tensor_value_info("E", F, None)])
+        return model([mm, helper.make_node("If", ["C"], ["Z"], name="pick", then_branch=then, else_branch=other)],
+                     [w("W", (64, 32))], inputs=(("X", F, None), ("C", TensorProto.BOOL, [])),
+                     outputs=(("Z", F, None),)), "also read by If 'pick'"
+    if case == "final value of a Loop":
+        return _loop_model(final_out=True), "also a graph output"
+    if case == "state a Loop updates":  # W starts a value the body replaces: the Loop reads it as data
+        body = helper.make_graph(
+            [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Neg", ["s_in"], ["s_out"])],
+            "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                     helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+                     helper.make_tensor_value_info("s_in", F, None)],
+            [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("s_out", F, None)])
+        return model([mm, helper.make_node("Loop", ["n", "", "W"], ["S"], name="flip", body=body)],
+                     [w("W", (64, 32)), numpy_helper.from_array(np.array(3, np.int64), "n")],
+                     outputs=(("Y", F, None), ("S", F, None))), "also read by Loop 'flip'"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["tied embedding", "behind DequantizeLinear", "graph output", "other domain",
+                                  "inside an If branch", "returned by an If branch", "final value of a Loop",
+                                  "state a Loop updates"])
+def test_weight_another_node_reads_is_not_pruned(tmp_path, case):
+    """Pruning a weight changes what every reader of its values computes, not only the sparse consumer's
+    product: one read by anything else is listed with that reader and left dense."""
+    m, reader = _read_elsewhere(case)
+    c = inspect(tmp_path, m, "--align", "none")["W"]
+    assert not c["eligible"] and c["reason"] == f"{reader}: pruning would change it", c
+
+
+def test_tied_weight_is_left_as_it_was_and_said_why(tmp_path):
+    from conftest import weights
+    m, _ = _read_elsewhere("tied embedding")
+    src = save(m, tmp_path / "tied.onnx")
+    out = tmp_path / "out.onnx"
+    r = nmprune("prune", src, "-o", out, "--align", "none", "--report", tmp_path / "r.json")
+    assert "pruned 0 weights, skipped 1" in r.err
+    np.testing.assert_array_equal(weights(out)["W"], weights(src)["W"])
+    entries = json.loads((tmp_path / "r.json").read_text())["weights"]
+    assert [(e["name"], e["eligible"], e["reason"]) for e in entries] == [
+        ("W", False, "also read by Gather 'embed': pruning would change it")]
+
+
+@pytest.mark.parametrize("reader", ["Shape", "Size"])
+def test_readers_of_the_shape_alone_do_not_stop_pruning(tmp_path, reader):
+    m = model([helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm"), helper.make_node(reader, ["W"], ["S"])],
+              [w("W", (64, 32))], outputs=(("Y", F, None), ("S", TensorProto.INT64, None)))
+    assert inspect(tmp_path, m, "--align", "none")["W"]["eligible"]
 
 
 def test_fp16_in_int32_data(tmp_path):
