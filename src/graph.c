@@ -40,6 +40,7 @@ typedef struct scope {
 	size_t n_entries;
 	uint32_t *table;
 	size_t cap;                  /* power of two */
+	uint64_t *may_hold_weight;   /* a bit per table cell: some name hashed there may lead to a weight */
 } scope;
 
 /* The table cell that holds `name`, or the empty cell where it would go. */
@@ -49,6 +50,29 @@ static uint32_t *cell(const scope *sc, const char *name)
 	while (sc->table[h] && strcmp(sc->entries[sc->table[h] - 1].name, name) != 0)
 		h = (h + 1) & (sc->cap - 1);
 	return &sc->table[h];
+}
+
+/*
+ * Could `name` lead to a weight in `sc`?  False only when no scope from `sc`
+ * out defines an initializer, a constant, a graph input or a Loop or Scan
+ * output whose name hashes where it does: most activations are passed over
+ * without a probe of the table.
+ */
+static bool may_hold_weight(const scope *sc, const char *name)
+{
+	uint64_t h = nmp_str_hash(name);
+	for (; sc; sc = sc->parent) {
+		size_t b = (size_t)h & (sc->cap - 1);
+		if (sc->may_hold_weight[b / 64] >> (b % 64) & 1)
+			return true;
+	}
+	return false;
+}
+
+static void mark_may_hold_weight(scope *sc, const char *name)
+{
+	size_t b = (size_t)nmp_str_hash(name) & (sc->cap - 1);
+	sc->may_hold_weight[b / 64] |= (uint64_t)1 << (b % 64);
 }
 
 static entry *find(const scope *sc, const char *name)
@@ -176,7 +200,8 @@ static nmp_status scope_build(walk *w, scope *sc, const Onnx__GraphProto *gr, co
 		sc->cap *= 2;
 	sc->entries = malloc((n ? n : 1) * sizeof *sc->entries);
 	sc->table = calloc(sc->cap, sizeof *sc->table);
-	if (!sc->entries || !sc->table)
+	sc->may_hold_weight = calloc((sc->cap + 63) / 64, sizeof *sc->may_hold_weight);
+	if (!sc->entries || !sc->table || !sc->may_hold_weight)
 		return nmp_error_set(w->err, NMP_ERR_NOMEM, "%s: out of memory", w->m->path);
 
 	entry *e, *old;
@@ -187,6 +212,7 @@ static nmp_status scope_build(walk *w, scope *sc, const Onnx__GraphProto *gr, co
 		e->kind = K_INIT;
 		e->init = t;
 		e->is_const = true;
+		mark_may_hold_weight(sc, t->name);
 	}
 	for (size_t i = 0; i < gr->n_input; i++) {
 		const char *name = gr->input[i]->name ? gr->input[i]->name : "";
@@ -197,10 +223,13 @@ static nmp_status scope_build(walk *w, scope *sc, const Onnx__GraphProto *gr, co
 			continue;
 		}
 		e->kind = K_INPUT;
+		if (owner) /* a body input may carry a weight in */
+			mark_may_hold_weight(sc, name);
 	}
 	for (size_t i = 0; i < gr->n_node; i++) {
 		const Onnx__NodeProto *nd = gr->node[i];
 		bool c = node_outputs_const(sc, nd);
+		bool looping = strcmp(op_of(nd), "Loop") == 0 || strcmp(op_of(nd), "Scan") == 0;
 		for (size_t o = 0; o < nd->n_output; o++) {
 			const char *name = nd->output[o];
 			if (!name || !name[0])
@@ -211,6 +240,8 @@ static nmp_status scope_build(walk *w, scope *sc, const Onnx__GraphProto *gr, co
 			e->node = nd;
 			e->out_index = (int32_t)o;
 			e->is_const = c;
+			if (c || looping)
+				mark_may_hold_weight(sc, name);
 		}
 	}
 	return NMP_OK;
@@ -220,6 +251,7 @@ static void scope_free(scope *sc)
 {
 	free(sc->entries);
 	free(sc->table);
+	free(sc->may_hold_weight);
 }
 
 /* ---- tracing a consumer input back to its weight ------------------------------- */
@@ -804,6 +836,8 @@ static int carried_output(const Onnx__NodeProto *o, int32_t out)
  */
 static nmp_status note_reader(walk *w, const scope *sc, const char *name, const Onnx__NodeProto *n)
 {
+	if (!may_hold_weight(sc, name))
+		return NMP_OK;
 	const scope *where;
 	const entry *e;
 	int in;

@@ -299,6 +299,20 @@ def _read_elsewhere(case):
                      outputs=(("Z", F, None),)), "also read by If 'pick'"
     if case == "final value of a Loop":
         return _loop_model(final_out=True), "also a graph output"
+    if case == "inside a Loop body":  # the body carries W unchanged and reads it besides its MatMul
+        body = helper.make_graph(
+            [helper.make_node("Identity", ["c_in"], ["c_out"]),
+             helper.make_node("MatMul", ["h_in", "w_in"], ["p"], name="step_mm"),
+             helper.make_node("ReduceMean", ["w_in"], ["bias"], name="mean", keepdims=0),
+             helper.make_node("Add", ["p", "bias"], ["h_out"])],
+            "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                     helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+                     helper.make_tensor_value_info("h_in", F, None), helper.make_tensor_value_info("w_in", F, None)],
+            [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("h_out", F, None), helper.make_tensor_value_info("w_in", F, None)])
+        return model([helper.make_node("Loop", ["n", "", "X", "W"], ["Y", "W_final"], name="decoder", body=body)],
+                     [w("W", (32, 32)), numpy_helper.from_array(np.array(3, np.int64), "n")]), \
+            "also read by ReduceMean 'mean'"
     if case == "state a Loop updates":  # W starts a value the body replaces: the Loop reads it as data
         body = helper.make_graph(
             [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Neg", ["s_in"], ["s_out"])],
@@ -315,7 +329,7 @@ def _read_elsewhere(case):
 
 @pytest.mark.parametrize("case", ["tied embedding", "behind DequantizeLinear", "graph output", "other domain",
                                   "inside an If branch", "returned by an If branch", "final value of a Loop",
-                                  "state a Loop updates"])
+                                  "inside a Loop body", "state a Loop updates"])
 def test_weight_another_node_reads_is_not_pruned(tmp_path, case):
     """Pruning a weight changes what every reader of its values computes, not only the sparse consumer's
     product: one read by anything else is listed with that reader and left dense."""
