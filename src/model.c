@@ -773,6 +773,35 @@ static nmp_status check_model_header(load_ctx *c)
 	return NMP_OK;
 }
 
+/*
+ * Every graph input, output and value_info names its value (the IR requires
+ * it, and the walker, calibration and permutation look values up by name):
+ * one without a name is a bad model, here and in every subgraph.
+ */
+static nmp_status check_value_names(load_ctx *c, const Onnx__GraphProto *g)
+{
+	static const char *const what[] = { "input", "output", "value_info" };
+	Onnx__ValueInfoProto **lists[] = { g->input, g->output, g->value_info };
+	size_t counts[] = { g->n_input, g->n_output, g->n_value_info };
+	for (int l = 0; l < 3; l++)
+		for (size_t i = 0; i < counts[l]; i++)
+			if (!lists[l][i]->name || !lists[l][i]->name[0])
+				return nmp_error_set(c->err, NMP_ERR_MODEL, "%s: graph '%s': %s %zu has no name",
+						     c->m->path, g->name && g->name[0] ? g->name : "(unnamed graph)",
+						     what[l], i);
+	for (size_t i = 0; i < g->n_node; i++) {
+		const Onnx__NodeProto *n = g->node[i];
+		for (size_t a = 0; a < n->n_attribute; a++) {
+			const Onnx__AttributeProto *at = n->attribute[a];
+			if (at->g)
+				NMP_TRY(check_value_names(c, at->g));
+			for (size_t k = 0; k < at->n_graphs; k++)
+				NMP_TRY(check_value_names(c, at->graphs[k]));
+		}
+	}
+	return NMP_OK;
+}
+
 static char *dir_of(const char *path)
 {
 	const char *slash = strrchr(path, '/');
@@ -861,6 +890,8 @@ nmp_status nmp_model_load(const char *path, nmp_model **out, nmp_error *err)
 		goto fail;
 	}
 	s = check_model_header(&c);
+	if (s == NMP_OK)
+		s = check_value_names(&c, m->proto->graph);
 	if (s == NMP_OK)
 		s = collect_tensors(&c);
 	if (s != NMP_OK)

@@ -5,6 +5,7 @@ import subprocess
 import time
 
 import numpy as np
+import pytest
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
@@ -87,6 +88,51 @@ def test_duplicate_names(tmp_path):
     code, err, _, _ = _measured(["inspect", save(m, tmp_path / "m2.onnx")])
     assert code == 3 and "name 'h' is defined twice" in err, err
     assert not (tmp_path / "o.onnx").exists()
+
+
+def _unnamed(where):
+    """A decoder loop whose `where` (a graph's input, output or value_info) has no name."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("MatMul", ["h_in", "w_in"], ["h_out"])],
+        "body", [helper.make_tensor_value_info(n, t, s) for n, t, s in
+                 (("i", TensorProto.INT64, []), ("c_in", TensorProto.BOOL, []), ("h_in", F, [1, 64]),
+                  ("w_in", F, [64, 64]))],
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in
+         (("c_out", TensorProto.BOOL, []), ("h_out", F, [1, 64]), ("w_in", F, [64, 64]))])
+    m = _graph([helper.make_node("Loop", ["n", "", "x", "w"], ["h", "w_end"], name="loop", body=body),
+                helper.make_node("Relu", ["h"], ["r"]), helper.make_node("Slice", ["r", "lo", "hi", "ax"], ["y"])],
+               [_w((64, 64))] + [numpy_helper.from_array(np.array(v, np.int64), k)
+                                 for k, v in (("n", 2), ("lo", [0]), ("hi", [32]), ("ax", [1]))])
+    m.graph.value_info.append(helper.make_tensor_value_info("r", F, [1, 64]))
+    graph, field, i = {"graph input": (m.graph, "input", 0), "graph output": (m.graph, "output", 0),
+                       "value_info": (m.graph, "value_info", 0), "body input": (body, "input", 1),
+                       "body output": (body, "output", 2)}[where]
+    getattr(graph, field)[i].ClearField("name")
+    if graph is body:
+        m.graph.node[0].attribute[0].g.CopyFrom(body)
+    return m, f"graph '{graph.name}': {field} {i} has no name"
+
+
+@pytest.mark.parametrize("where", ["graph input", "graph output", "value_info", "body input", "body output"])
+def test_value_without_a_name_is_a_bad_model(tmp_path, where):
+    """The IR requires every graph input, output and value_info to name its value; lookups by name crashed on one
+    that did not (a Loop body's unnamed input stopped the walker with a segmentation fault)."""
+    m, why = _unnamed(where)
+    src = save(m, tmp_path / "m.onnx")
+    before = src.read_bytes()
+    for args in (["inspect", src], ["prune", src, "-o", tmp_path / "o.onnx"], ["check", src]):
+        code, err, _, _ = _measured(args)
+        assert code == 3 and err.splitlines()[0] == f"nmprune: error: {src}: {why}", (args, err)
+    assert not (tmp_path / "o.onnx").exists() and src.read_bytes() == before
+
+
+def test_model_with_every_value_named_prunes_its_loop_weight(tmp_path):
+    """The same model with its names in place: the weight the loop carries is found and pruned."""
+    m, _ = _unnamed("graph input")
+    m.graph.input[0].name = "x"
+    src = save(m, tmp_path / "m.onnx")
+    code, err, _, _ = _measured(["prune", src, "-o", tmp_path / "o.onnx", "--align", "none"])
+    assert code == 0 and "pruned 1 weights" in err, err
 
 
 def test_graph_cycle(tmp_path):
