@@ -774,12 +774,13 @@ static nmp_status check_model_header(load_ctx *c)
 }
 
 /*
- * Every graph input, output and value_info names its value (the IR requires
- * it, and the walker, calibration and permutation look values up by name):
- * one without a name is a bad model, here and in every subgraph.
+ * The names the IR requires and every pass looks things up by: each graph
+ * input, output and value_info names its value, each node has an op type,
+ * each attribute a name.  A model without one is bad, in any subgraph.
  */
-static nmp_status check_value_names(load_ctx *c, const Onnx__GraphProto *g)
+static nmp_status check_required_names(load_ctx *c, const Onnx__GraphProto *g)
 {
+	const char *gname = g->name && g->name[0] ? g->name : "(unnamed graph)";
 	static const char *const what[] = { "input", "output", "value_info" };
 	Onnx__ValueInfoProto **lists[] = { g->input, g->output, g->value_info };
 	size_t counts[] = { g->n_input, g->n_output, g->n_value_info };
@@ -787,16 +788,23 @@ static nmp_status check_value_names(load_ctx *c, const Onnx__GraphProto *g)
 		for (size_t i = 0; i < counts[l]; i++)
 			if (!lists[l][i]->name || !lists[l][i]->name[0])
 				return nmp_error_set(c->err, NMP_ERR_MODEL, "%s: graph '%s': %s %zu has no name",
-						     c->m->path, g->name && g->name[0] ? g->name : "(unnamed graph)",
-						     what[l], i);
+						     c->m->path, gname, what[l], i);
 	for (size_t i = 0; i < g->n_node; i++) {
 		const Onnx__NodeProto *n = g->node[i];
+		const char *nname = n->name && n->name[0] ? n->name : "(unnamed)";
+		if (!n->op_type || !n->op_type[0])
+			return nmp_error_set(c->err, NMP_ERR_MODEL, "%s: graph '%s': node %zu '%s' has no op_type",
+					     c->m->path, gname, i, nname);
 		for (size_t a = 0; a < n->n_attribute; a++) {
 			const Onnx__AttributeProto *at = n->attribute[a];
+			if (!at->name || !at->name[0])
+				return nmp_error_set(c->err, NMP_ERR_MODEL,
+						     "%s: graph '%s': node %zu '%s': attribute %zu has no name",
+						     c->m->path, gname, i, nname, a);
 			if (at->g)
-				NMP_TRY(check_value_names(c, at->g));
+				NMP_TRY(check_required_names(c, at->g));
 			for (size_t k = 0; k < at->n_graphs; k++)
-				NMP_TRY(check_value_names(c, at->graphs[k]));
+				NMP_TRY(check_required_names(c, at->graphs[k]));
 		}
 	}
 	return NMP_OK;
@@ -891,7 +899,7 @@ nmp_status nmp_model_load(const char *path, nmp_model **out, nmp_error *err)
 	}
 	s = check_model_header(&c);
 	if (s == NMP_OK)
-		s = check_value_names(&c, m->proto->graph);
+		s = check_required_names(&c, m->proto->graph);
 	if (s == NMP_OK)
 		s = collect_tensors(&c);
 	if (s != NMP_OK)

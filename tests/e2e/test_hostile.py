@@ -91,7 +91,7 @@ def test_duplicate_names(tmp_path):
 
 
 def _unnamed(where):
-    """A decoder loop whose `where` (a graph's input, output or value_info) has no name."""
+    """A decoder loop whose `where` (a graph's input, output or value_info, a node's op type, an attribute) has no name."""
     body = helper.make_graph(
         [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("MatMul", ["h_in", "w_in"], ["h_out"])],
         "body", [helper.make_tensor_value_info(n, t, s) for n, t, s in
@@ -104,6 +104,14 @@ def _unnamed(where):
                [_w((64, 64))] + [numpy_helper.from_array(np.array(v, np.int64), k)
                                  for k, v in (("n", 2), ("lo", [0]), ("hi", [32]), ("ax", [1]))])
     m.graph.value_info.append(helper.make_tensor_value_info("r", F, [1, 64]))
+    if where == "op type":  # the node that holds the body
+        m.graph.node[0].ClearField("op_type")
+        return m, "graph 'g': node 0 'loop' has no op_type"
+    if where == "attribute":
+        body.node[1].attribute.append(helper.make_attribute("x", 1))
+        body.node[1].attribute[0].ClearField("name")
+        m.graph.node[0].attribute[0].g.CopyFrom(body)
+        return m, "graph 'body': node 1 '(unnamed)': attribute 0 has no name"
     graph, field, i = {"graph input": (m.graph, "input", 0), "graph output": (m.graph, "output", 0),
                        "value_info": (m.graph, "value_info", 0), "body input": (body, "input", 1),
                        "body output": (body, "output", 2)}[where]
@@ -113,10 +121,12 @@ def _unnamed(where):
     return m, f"graph '{graph.name}': {field} {i} has no name"
 
 
-@pytest.mark.parametrize("where", ["graph input", "graph output", "value_info", "body input", "body output"])
-def test_value_without_a_name_is_a_bad_model(tmp_path, where):
-    """The IR requires every graph input, output and value_info to name its value; lookups by name crashed on one
-    that did not (a Loop body's unnamed input stopped the walker with a segmentation fault)."""
+@pytest.mark.parametrize("where", ["graph input", "graph output", "value_info", "body input", "body output",
+                                   "op type", "attribute"])
+def test_a_missing_required_name_is_a_bad_model(tmp_path, where):
+    """The IR requires every graph input, output and value_info to name its value, every node its op type and
+    every attribute its name; lookups by name crashed on a model without one (a Loop body's unnamed input, or a
+    node without an op type that holds a subgraph, stopped the walker with a segmentation fault)."""
     m, why = _unnamed(where)
     src = save(m, tmp_path / "m.onnx")
     before = src.read_bytes()
