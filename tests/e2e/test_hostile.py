@@ -91,7 +91,8 @@ def test_duplicate_names(tmp_path):
 
 
 def _unnamed(where):
-    """A decoder loop whose `where` (a graph's input, output or value_info, a node's op type, an attribute) has no name."""
+    """A decoder loop whose `where` (a graph's input, output or value_info, a node's op type, an attribute) has
+    no name."""
     body = helper.make_graph(
         [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("MatMul", ["h_in", "w_in"], ["h_out"])],
         "body", [helper.make_tensor_value_info(n, t, s) for n, t, s in
