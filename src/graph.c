@@ -333,41 +333,57 @@ static void settle_crossed(walk *w, const char *name, const scope *sc)
 	w->n_crossed = 0;
 }
 
-/*
- * A Loop or Scan body input that every iteration passes on unchanged (the
- * body returns it as the same loop-carried or state value): it holds what
- * the node was given, so the trace goes on from the node's input in the
- * enclosing scope.  Exporters pass a decoder's weights into its loop this
- * way.  NULL for any other graph input.
- */
-static const char *carried_from(const scope *sc, const char *name)
+/* Scan's inputs lead with sequence_lens before opset 9: 1 then, else 0. */
+static size_t scan_lead(const Onnx__NodeProto *o, const Onnx__GraphProto *body)
 {
-	const Onnx__NodeProto *o = sc->owner;
-	const Onnx__GraphProto *g = sc->graph;
-	if (!o || !nmp_node_default_domain(o))
-		return NULL;
-	size_t idx = 0;
-	while (idx < g->n_input && strcmp(g->input[idx]->name, name) != 0)
-		idx++;
+	return strcmp(op_of(o), "Scan") == 0 && o->n_input == body->n_input + 1 ? 1 : 0;
+}
+
+/*
+ * Body input idx of Loop or Scan node `o` (body `g`) when every iteration
+ * passes it on unchanged (the body returns it as the same loop-carried or
+ * state value): the index of the node's input whose value it holds; -1 for
+ * any other input, or another node.
+ */
+static int carried_index(const Onnx__NodeProto *o, const Onnx__GraphProto *g, size_t idx)
+{
+	if (!o || !nmp_node_default_domain(o) || idx >= g->n_input)
+		return -1;
 	size_t out, in;
-	if (strcmp(o->op_type, "Loop") == 0 && idx >= 2) {
+	if (strcmp(op_of(o), "Loop") == 0 && idx >= 2) {
 		/* inputs (iteration, condition, carried...), outputs (condition, carried..., scans...) */
 		out = idx - 1;
 		in = idx;
-	} else if (strcmp(o->op_type, "Scan") == 0 && idx < g->n_input) {
-		/* states first in the body; the node's inputs lead with sequence_lens before opset 9 */
+	} else if (strcmp(op_of(o), "Scan") == 0) {
+		/* states first in the body */
 		int64_t scans = nmp_node_attr_int(o, "num_scan_inputs", -1);
-		size_t lead = o->n_input == g->n_input + 1 ? 1 : 0;
 		if (scans < 0 || (size_t)scans > g->n_input || idx >= g->n_input - (size_t)scans)
-			return NULL;
+			return -1;
 		out = idx;
-		in = idx + lead;
+		in = idx + scan_lead(o, g);
 	} else {
-		return NULL;
+		return -1;
 	}
-	if (out >= g->n_output || strcmp(g->output[out]->name, name) != 0 || in >= o->n_input || !o->input[in][0])
-		return NULL;
-	return o->input[in];
+	if (out >= g->n_output || strcmp(g->output[out]->name, g->input[idx]->name) != 0 || in >= o->n_input ||
+	    !o->input[in][0])
+		return -1;
+	return (int)in;
+}
+
+/*
+ * A body input that every iteration passes on unchanged holds what the node
+ * was given, so a trace goes on from the node's input in the enclosing
+ * scope.  Exporters pass a decoder's weights into its loop this way.  NULL
+ * for any other graph input.
+ */
+static const char *carried_from(const scope *sc, const char *name)
+{
+	const Onnx__GraphProto *g = sc->graph;
+	size_t idx = 0;
+	while (idx < g->n_input && strcmp(g->input[idx]->name, name) != 0)
+		idx++;
+	int in = carried_index(sc->owner, g, idx);
+	return in >= 0 ? sc->owner->input[in] : NULL;
 }
 
 static nmp_status trace_back(walk *w, const scope *sc, const char *name, trace *t)
@@ -789,12 +805,6 @@ bool nmp_graph_is_consumer(const char *op)
 /* Stands for a graph's outputs among the readers: a weight returned as it is. */
 static const Onnx__NodeProto graph_output_reader = { .op_type = (char *)"graph output" };
 
-/* Scan's inputs lead with sequence_lens before opset 9: 1 then, else 0. */
-static size_t scan_lead(const Onnx__NodeProto *n, const Onnx__GraphProto *body)
-{
-	return strcmp(op_of(n), "Scan") == 0 && n->n_input == body->n_input + 1 ? 1 : 0;
-}
-
 /* A Loop or Scan input that its body passes on unchanged: the body's readers of it are the ones that count. */
 static bool carried_input(const Onnx__NodeProto *n, size_t in)
 {
@@ -802,11 +812,7 @@ static bool carried_input(const Onnx__NodeProto *n, size_t in)
 	if (!body || nmp_node_subgraph(n, 1, NULL))
 		return false;
 	size_t lead = scan_lead(n, body);
-	if (in < lead || in - lead >= body->n_input || !body->input[in - lead]->name)
-		return false;
-	scope sc = { .owner = n, .graph = body };
-	const char *from = carried_from(&sc, body->input[in - lead]->name);
-	return from && strcmp(from, n->input[in]) == 0;
+	return in >= lead && carried_index(n, body, in - lead) == (int)in;
 }
 
 /*
@@ -901,8 +907,6 @@ static nmp_status note_outputs(walk *w, const scope *sc)
 	const Onnx__NodeProto *reader = sc->owner ? sc->owner : &graph_output_reader;
 	for (size_t i = 0; i < sc->graph->n_output; i++) {
 		const char *name = sc->graph->output[i]->name;
-		if (!name || !name[0])
-			continue;
 		const entry *e = find(sc, name);
 		if (e && e->kind == K_INPUT && carried_from(sc, name))
 			continue;
