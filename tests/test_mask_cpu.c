@@ -5,7 +5,9 @@
  * fp16 subnormals, negative zero):
  *  - every group of M along the group axis keeps exactly N, and they are the
  *    largest: their sum equals the best over all C(M,N) choices;
- *  - ties keep the lower index;
+ *  - ties keep the lower index, and element-wise N:M keeps exactly the N
+ *    that outrank the rest on every path the engine takes (layouts, group
+ *    sizes, tails, dtypes);
  *  - vector and block patterns agree with a naive scorer written here;
  *  - transposable tiles keep N per row and column, with the best sum found by
  *    exhaustive search on 4x4 and 8x8 tiles;
@@ -948,6 +950,107 @@ static void test_apply_zeroes_what_the_mask_prunes(void **state)
 				}
 }
 
+/* ---- element-wise N:M: the rule, exactly, on every path --------------------------------------------- */
+
+/* A stored value whose magnitude is often one of a few levels (so groups tie), else random; either sign. */
+static uint32_t tie_heavy_bits(int32_t dtype)
+{
+	static const uint32_t f32[] = { 0, 1, 0x3f800000, 0x3f800001, 0x7f800000 };
+	static const uint32_t f16[] = { 0, 1, 0x3c00, 0x3c01, 0x7c00 };
+	static const uint32_t b16[] = { 0, 1, 0x3f80, 0x3f81, 0x7f80 };
+	const bool wide = dtype == NMP_DT_FLOAT;
+	const uint32_t *levels = wide ? f32 : dtype == NMP_DT_FLOAT16 ? f16 : b16;
+	const uint32_t inf = levels[4], sign = wide ? 0x80000000u : 0x8000u;
+	uint32_t mag = rnd() % 4 ? levels[rnd() % 5] : (uint32_t)(rnd() % inf);
+	return mag | (rnd() & 1 ? sign : 0);
+}
+
+/* Element x of a group is kept when fewer than N of its group outrank it: larger, or equal and before it. */
+static void nm_by_the_rule(const tensor *t, int n, int m, uint8_t *want)
+{
+	const uint64_t L = (uint64_t)t->dims[t->axis], rows = t->numel / L;
+	for (uint64_t r = 0; r < rows; r++)
+		for (uint64_t c0 = 0; c0 < L; c0 += (uint64_t)m)
+			for (int x = 0; x < m; x++) {
+				const double vx = mag(t, flat_of(t, r, c0 + (uint64_t)x));
+				int above = 0;
+				for (int y = 0; y < m; y++) {
+					const double vy = mag(t, flat_of(t, r, c0 + (uint64_t)y));
+					above += vy > vx || (vy == vx && y < x);
+				}
+				want[flat_of(t, r, c0 + (uint64_t)x)] = above < n;
+			}
+}
+
+/*
+ * Every M up to 32 takes one of several paths by layout and size (pair
+ * counts, a sorting network's threshold, vectors rotated within groups,
+ * groups transposed eight at a time, and the generic tiles that take the
+ * rest and the tails); whichever it takes, with ties everywhere, the mask
+ * is the rule's, APPLY zeroes exactly what it prunes, and the counts agree.
+ */
+static void test_nm_exact_on_every_path(void **state)
+{
+	(void)state;
+	static const int nm[][2] = { { 1, 2 },   { 2, 4 },   { 1, 4 },   { 3, 4 },  { 2, 8 },  { 5, 8 },
+				     { 4, 16 },  { 15, 16 }, { 12, 24 }, { 1, 32 }, { 16, 32 }, { 31, 32 },
+				     { 3, 6 },   { 5, 12 },  { 7, 20 } };
+	for (size_t k = 0; k < sizeof nm / sizeof nm[0]; k++)
+		for (int shape = 0; shape < 5; shape++)
+			for (int dt = 0; dt < 3; dt++) {
+				const int n = nm[k][0], m = nm[k][1];
+				const int64_t L = m * 3;
+				/* groups of 3 x 7 = 21 rows (8 + 8 + 5), or 8, 13 and 27 side by side, or a Conv's 9 */
+				const struct {
+					int rank;
+					int64_t dims[4];
+					int axis, out;
+				} shapes[] = { { 2, { 7, L }, 1, 0 },        { 2, { L, 8 }, 0, 1 }, { 2, { L, 13 }, 0, 1 },
+					       { 3, { 2, L, 27 }, 1, 2 },    { 4, { 3, L, 3, 3 }, 1, 0 } };
+				tensor t = { .rank = shapes[shape].rank, .axis = shapes[shape].axis,
+					     .out_axis = shapes[shape].out, .dtype = float_types[dt], .numel = 1 };
+				for (int a = 0; a < t.rank; a++) {
+					t.dims[a] = shapes[shape].dims[a];
+					t.numel *= (uint64_t)t.dims[a];
+				}
+				const size_t es = t.dtype == NMP_DT_FLOAT ? 4 : 2;
+				t.data = malloc(t.numel * es);
+				for (uint64_t i = 0; i < t.numel; i++) {
+					uint32_t b = tie_heavy_bits(t.dtype);
+					if (es == 4)
+						memcpy((uint8_t *)t.data + 4 * i, &b, 4);
+					else
+						((uint16_t *)t.data)[i] = (uint16_t)b;
+				}
+				uint8_t *want = malloc(t.numel), *before = malloc(t.numel * es);
+				nm_by_the_rule(&t, n, m, want);
+				memcpy(before, t.data, t.numel * es);
+				char p[16];
+				snprintf(p, sizeof p, "%d:%d", n, m);
+				for (int threads = 1; threads <= 3; threads += 2) {
+					memcpy(t.data, before, t.numel * es);
+					nmp_mask_stats st;
+					uint8_t *mask = run(&t, p, NMP_MASK_APPLY, threads, &st);
+					for (uint64_t i = 0; i < t.numel; i++) {
+						if (mask[i] != want[i])
+							fail_msg("%s, dtype %d, shape %d, %d threads: element %llu is %d, want %d",
+								 p, t.dtype, shape, threads, (unsigned long long)i, mask[i],
+								 want[i]);
+						const uint8_t zero[4] = { 0 };
+						if (memcmp((uint8_t *)t.data + i * es, want[i] ? before + i * es : zero, es))
+							fail_msg("%s, dtype %d, shape %d: element %llu %s", p, t.dtype, shape,
+								 (unsigned long long)i, want[i] ? "changed" : "not zeroed");
+					}
+					assert_int_equal(st.kept, t.numel / (uint64_t)m * (uint64_t)n);
+					assert_int_equal(st.groups, t.numel / (uint64_t)m);
+					free(mask);
+				}
+				free(want);
+				free(before);
+				free(t.data);
+			}
+}
+
 /* ---- unstructured -------------------------------------------------------------------------------------- */
 
 static void test_unstructured(void **state)
@@ -1069,6 +1172,7 @@ int main(void)
 		cmocka_unit_test(test_units_adversarial),
 		cmocka_unit_test(test_units_sum_order),
 		cmocka_unit_test(test_apply_zeroes_what_the_mask_prunes),
+		cmocka_unit_test(test_nm_exact_on_every_path),
 		cmocka_unit_test(test_unstructured),
 		cmocka_unit_test(test_quantized_zero_point),
 		cmocka_unit_test(test_check_and_threads),

@@ -3,9 +3,12 @@
  * quantized), in one pass that chooses, zeroes and gathers the statistics.
  *
  * Groups are processed in lane tiles of NMP_LANES groups side by side: each
- * element's rank is counted against the others of its group with
- * comparisons the compiler vectorizes across lanes (and, for contiguous
- * lanes of floats, with AVX2 intrinsics chosen at run time).  A first scan
+ * element's rank is counted against the others of its group (or, for M
+ * above 8, compared with the group's N-th largest key) with comparisons the
+ * compiler vectorizes across lanes.  Floats take AVX2 paths chosen at run
+ * time: eight adjacent groups at once where groups are strided, and where
+ * they are contiguous, vectors rotated within groups of 2 or 4 or groups
+ * transposed eight at a time (M a multiple of 8).  A first scan
  * finds NaNs, the dense L1 and a histogram of keys, which places the
  * unstructured reference's cut in one of the reference bins (reference.c);
  * the choosing pass sums what lies above that bin and keeps the few keys
@@ -27,33 +30,51 @@
 #define HOT __attribute__((target_clones("avx2", "default")))
 #define INLINE NMP_CPU_INLINE
 
+/*
+ * Groups of more than SORT_ABOVE elements are decided by a threshold rather
+ * than by counting every pair: the group's keys, padded with -1 (below every
+ * key) to a power of two, go through Batcher's odd-even merge sorting
+ * network, largest first; the N-th largest key T is the threshold.  Keys
+ * above T are kept, and of the keys equal to T the lowest-indexed ones until
+ * the group has N, so the mask is the pair count's (ties to the lower
+ * index).  32 elements take 191 comparators where the pairs are 496.
+ */
+#define SORT_ABOVE 8
+#define SORT_MAX_PAIRS 191 /* the network for 32 */
+
+typedef struct sort_net {
+	int width, count;
+	uint8_t a[SORT_MAX_PAIRS], b[SORT_MAX_PAIRS]; /* comparator c orders a[c] before b[c] */
+} sort_net;
+
+/* The odd-even merge sorting network for the smallest power of two >= m (m <= 32). */
+static void sort_net_build(int m, sort_net *net)
+{
+	int width = 1;
+	while (width < m)
+		width *= 2;
+	net->width = width;
+	net->count = 0;
+	for (int p = 1; p < width; p *= 2)         /* merge sorted runs of p into runs of 2p */
+		for (int d = p; d >= 1; d /= 2)    /* compare at distance d */
+			for (int lo = d % p; lo + d < width; lo += 2 * d)
+				for (int i = lo; i < lo + d && i + d < width; i++)
+					if (i / (2 * p) == (i + d) / (2 * p)) {
+						net->a[net->count] = (uint8_t)i;
+						net->b[net->count++] = (uint8_t)(i + d);
+					}
+}
+
 typedef struct nm_acc {
 	double kept_lane[NMP_LANES];  /* kept magnitude, per lane */
 	double above_lane[NMP_LANES]; /* magnitude above the reference bin, per lane */
 	nmp_cpu_cut cut;              /* keys in the reference bin */
 } nm_acc;
 
-/*
- * One tile: NMP_LANES groups side by side, element e of lane w at
- * base + w * lane_step + e * elem_step.  rank[e] counts the elements of its
- * group that outrank e (larger, or equal at a lower index); e is kept when
- * fewer than N do.  Every array is 32-bit per lane and every inner loop runs
- * over the lanes, so the compiler turns each into a few vector instructions
- * (keys are below 2^31, so signed compares order them).
- */
-INLINE void nm_tile(const nmp_cpu_job *j, uint64_t base, uint64_t lane_step, uint64_t elem_step, int lanes,
-		    nm_acc *acc, int kind, bool full)
+/* keep[e][w]: 1 when fewer than N of lane w's keys outrank k[e][w], by counting the pairs. */
+INLINE void keep_by_rank(int32_t k[][NMP_LANES], int m, int n, int32_t keep[][NMP_LANES])
 {
-	const int m = (int)j->p->m, n = (int)j->p->n;
-	const int32_t cut_bin = (int32_t)j->ref_bin;
-	const int sh = nmp_cpu_ref_shift(kind);
-	int32_t k[FUSED_MAX_M][NMP_LANES], rank[FUSED_MAX_M][NMP_LANES];
-	double kept[NMP_LANES] = { 0 }, above[NMP_LANES] = { 0 };
-
-	for (int e = 0; e < m; e++)
-		for (int w = 0; w < NMP_LANES; w++)
-			k[e][w] = (full || w < lanes)
-				? (int32_t)nmp_cpu_key32(j, base + (uint64_t)w * lane_step + (uint64_t)e * elem_step, kind) : 0;
+	int32_t rank[FUSED_MAX_M][NMP_LANES];
 	for (int e = 0; e < m; e++)
 		for (int w = 0; w < NMP_LANES; w++)
 			rank[e][w] = 0;
@@ -64,11 +85,73 @@ INLINE void nm_tile(const nmp_cpu_job *j, uint64_t base, uint64_t lane_step, uin
 				rank[b][w] += ge;
 				rank[a][w] += 1 - ge;
 			}
+	for (int e = 0; e < m; e++)
+		for (int w = 0; w < NMP_LANES; w++)
+			keep[e][w] = rank[e][w] < n;
+}
+
+/* The same keep, by the N-th largest key of each lane (the sorting network above). */
+INLINE void keep_by_threshold(int32_t k[][NMP_LANES], int m, int n, const sort_net *net, int32_t keep[][NMP_LANES])
+{
+	int32_t s[FUSED_MAX_M][NMP_LANES], t[NMP_LANES], need[NMP_LANES], seen[NMP_LANES];
+	for (int e = 0; e < net->width; e++)
+		for (int w = 0; w < NMP_LANES; w++)
+			s[e][w] = e < m ? k[e][w] : -1;
+	for (int c = 0; c < net->count; c++) {
+		int32_t *x = s[net->a[c]], *y = s[net->b[c]];
+		for (int w = 0; w < NMP_LANES; w++) {
+			int32_t hi = x[w] > y[w] ? x[w] : y[w], lo = x[w] > y[w] ? y[w] : x[w];
+			x[w] = hi;
+			y[w] = lo;
+		}
+	}
+	for (int w = 0; w < NMP_LANES; w++) {
+		t[w] = s[n - 1][w];
+		need[w] = n;
+		seen[w] = 0;
+	}
+	for (int e = 0; e < m; e++)
+		for (int w = 0; w < NMP_LANES; w++)
+			need[w] -= k[e][w] > t[w];
+	for (int e = 0; e < m; e++)
+		for (int w = 0; w < NMP_LANES; w++) {
+			int32_t eq = k[e][w] == t[w];
+			keep[e][w] = (k[e][w] > t[w]) | (eq & (seen[w] < need[w]));
+			seen[w] += eq;
+		}
+}
+
+/*
+ * One tile: NMP_LANES groups side by side, element e of lane w at
+ * base + w * lane_step + e * elem_step.  Element e is kept when fewer than
+ * N elements of its group outrank it (are larger, or equal at a lower
+ * index): counted pair by pair for small M, by the threshold above for
+ * larger.  Every array is 32-bit per lane and every inner loop runs over the
+ * lanes, so the compiler turns each into a few vector instructions (keys are
+ * below 2^31, so signed compares order them).
+ */
+INLINE void nm_tile(const nmp_cpu_job *j, const sort_net *net, uint64_t base, uint64_t lane_step,
+		    uint64_t elem_step, int lanes, nm_acc *acc, int kind, bool full)
+{
+	const int m = (int)j->p->m, n = (int)j->p->n;
+	const int32_t cut_bin = (int32_t)j->ref_bin;
+	const int sh = nmp_cpu_ref_shift(kind);
+	int32_t k[FUSED_MAX_M][NMP_LANES], keep[FUSED_MAX_M][NMP_LANES];
+	double kept[NMP_LANES] = { 0 }, above[NMP_LANES] = { 0 };
+
+	for (int e = 0; e < m; e++)
+		for (int w = 0; w < NMP_LANES; w++)
+			k[e][w] = (full || w < lanes)
+				? (int32_t)nmp_cpu_key32(j, base + (uint64_t)w * lane_step + (uint64_t)e * elem_step, kind) : 0;
+	if (m > SORT_ABOVE)
+		keep_by_threshold(k, m, n, net, keep);
+	else
+		keep_by_rank(k, m, n, keep);
 	for (int e = 0; e < m; e++) {
 		int32_t in_cut = 0;
 		for (int w = 0; w < NMP_LANES; w++) {
 			float mg = nmp_cpu_mag32((uint32_t)k[e][w], kind);
-			kept[w] += rank[e][w] < n ? (double)mg : 0.0;
+			kept[w] += keep[e][w] ? (double)mg : 0.0;
 			above[w] += (k[e][w] >> sh) > cut_bin ? (double)mg : 0.0;
 			in_cut |= (k[e][w] >> sh) == cut_bin;
 		}
@@ -84,7 +167,7 @@ INLINE void nm_tile(const nmp_cpu_job *j, uint64_t base, uint64_t lane_step, uin
 	if (j->mask)
 		for (int e = 0; e < m; e++)
 			for (int w = 0; w < lanes; w++)
-				j->mask[base + (uint64_t)w * lane_step + (uint64_t)e * elem_step] = rank[e][w] < n;
+				j->mask[base + (uint64_t)w * lane_step + (uint64_t)e * elem_step] = (uint8_t)keep[e][w];
 	if (j->mode != NMP_MASK_APPLY)
 		return;
 	const uint8_t *in = j->in;
@@ -95,19 +178,19 @@ INLINE void nm_tile(const nmp_cpu_job *j, uint64_t base, uint64_t lane_step, uin
 			for (int w = 0; w < (full ? NMP_LANES : lanes); w++) {
 				uint32_t v;
 				memcpy(&v, in + 4 * (row + (uint64_t)w * lane_step), 4);
-				v = rank[e][w] < n ? v : 0;
+				v = keep[e][w] ? v : 0;
 				memcpy(d + 4 * (row + (uint64_t)w * lane_step), &v, 4);
 			}
 		} else if (kind == NMP_CK_F16 || kind == NMP_CK_BF16) {
 			for (int w = 0; w < (full ? NMP_LANES : lanes); w++) {
 				uint16_t v;
 				memcpy(&v, in + 2 * (row + (uint64_t)w * lane_step), 2);
-				v = rank[e][w] < n ? v : 0;
+				v = keep[e][w] ? v : 0;
 				memcpy(d + 2 * (row + (uint64_t)w * lane_step), &v, 2);
 			}
 		} else {
 			for (int w = 0; w < lanes; w++)
-				if (rank[e][w] >= n)
+				if (!keep[e][w])
 					nmp_cpu_prune_elem(j, row + (uint64_t)w * lane_step);
 		}
 	}
@@ -115,66 +198,229 @@ INLINE void nm_tile(const nmp_cpu_job *j, uint64_t base, uint64_t lane_step, uin
 
 #if defined(__x86_64__)
 /*
- * The same tile for eight contiguous lanes of fp32, fp16 or bf16, written
- * with AVX2 intrinsics: element e of lane w at base + w + e * elem_step.
+ * The AVX2 paths for fp32, fp16 and bf16, eight groups or eight elements
+ * to a vector.  Each decides a vector of eight adjacent elements (keys k,
+ * keep mask keep) and hands it to emit8, which sums, marks and zeroes.
  */
-__attribute__((target("avx2"))) static void nm_tile8_avx2(const nmp_cpu_job *j, uint64_t base, uint64_t elem_step,
-							  nm_acc *acc, int kind)
-{
-	const int m = (int)j->p->m;
-	const __m256i vn = _mm256_set1_epi32((int)j->p->n), ones = _mm256_set1_epi32(-1);
-	const __m256i vcut = _mm256_set1_epi32((int)j->ref_bin);
-	const int sh = nmp_cpu_ref_shift(kind);
-	__m256i k[FUSED_MAX_M], r[FUSED_MAX_M];
-	const uint8_t *in = j->in;
-	uint8_t *d = j->t->data;
+#define AVX2 __attribute__((target("avx2")))
+#define AVX2_INLINE static inline __attribute__((target("avx2"), always_inline))
 
-	for (int e = 0; e < m; e++) {
-		k[e] = nmp_cpu_key8(in, base + (uint64_t)e * elem_step, kind);
-		r[e] = _mm256_setzero_si256();
+/* A pass's per-lane sums, kept in registers across its vectors. */
+typedef struct sums8 {
+	__m256d kept[2], above[2];
+} sums8;
+
+AVX2_INLINE sums8 sums8_load(const nm_acc *acc)
+{
+	return (sums8){ { _mm256_loadu_pd(acc->kept_lane), _mm256_loadu_pd(acc->kept_lane + 4) },
+			{ _mm256_loadu_pd(acc->above_lane), _mm256_loadu_pd(acc->above_lane + 4) } };
+}
+
+AVX2_INLINE void sums8_store(const sums8 *s, nm_acc *acc)
+{
+	_mm256_storeu_pd(acc->kept_lane, s->kept[0]);
+	_mm256_storeu_pd(acc->kept_lane + 4, s->kept[1]);
+	_mm256_storeu_pd(acc->above_lane, s->above[0]);
+	_mm256_storeu_pd(acc->above_lane + 4, s->above[1]);
+}
+
+/* What emit8 needs of the job, read once per call of a pass (its stores could alias the job). */
+typedef struct out8 {
+	const uint8_t *in;
+	uint8_t *data, *mask;
+	bool apply;
+	__m256i vcut;
+} out8;
+
+AVX2_INLINE out8 out8_of(const nmp_cpu_job *j)
+{
+	return (out8){ j->in, j->t->data, j->mask, j->mode == NMP_MASK_APPLY, _mm256_set1_epi32((int)j->ref_bin) };
+}
+
+/* Elements i .. i + 7 with keys k: their sums, their mask bytes and, under APPLY, the output. */
+AVX2_INLINE void emit8(const out8 *o, uint64_t i, __m256i k, __m256i keep, sums8 *s, nm_acc *acc, int kind)
+{
+	const __m256 mg = nmp_cpu_mag8(k, kind);
+	const __m256 kept_mg = _mm256_and_ps(mg, _mm256_castsi256_ps(keep));
+	s->kept[0] = _mm256_add_pd(s->kept[0], _mm256_cvtps_pd(_mm256_castps256_ps128(kept_mg)));
+	s->kept[1] = _mm256_add_pd(s->kept[1], _mm256_cvtps_pd(_mm256_extractf128_ps(kept_mg, 1)));
+	nmp_cpu_ref8(k, mg, o->vcut, nmp_cpu_ref_shift(kind), s->above, &acc->cut);
+	const __m128i keep16 = _mm_packs_epi32(_mm256_castsi256_si128(keep), _mm256_extracti128_si256(keep, 1));
+	if (o->mask)
+		_mm_storel_epi64((__m128i *)(void *)(o->mask + i),
+				 _mm_and_si128(_mm_packs_epi16(keep16, keep16), _mm_set1_epi8(1)));
+	if (!o->apply)
+		return;
+	if (kind == NMP_CK_F32) {
+		const __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(o->in + 4 * i));
+		_mm256_storeu_si256((__m256i *)(void *)(o->data + 4 * i), _mm256_and_si256(v, keep));
+	} else {
+		const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(o->in + 2 * i));
+		_mm_storeu_si128((__m128i *)(void *)(o->data + 2 * i), _mm_and_si128(v, keep16));
 	}
+}
+
+/* keep[e] for eight groups side by side, k[e] lane w being element e of group w (the rule of nm_tile). */
+AVX2_INLINE void keep8(const __m256i *k, int m, int n, const sort_net *net, __m256i *keep)
+{
+	const __m256i vn = _mm256_set1_epi32(n), ones = _mm256_set1_epi32(-1);
+	if (m > SORT_ABOVE) {
+		__m256i s[FUSED_MAX_M], need = vn, seen = _mm256_setzero_si256();
+		for (int e = 0; e < net->width; e++)
+			s[e] = e < m ? k[e] : ones;
+		for (int c = 0; c < net->count; c++) {
+			const __m256i x = s[net->a[c]], y = s[net->b[c]];
+			s[net->a[c]] = _mm256_max_epi32(x, y);
+			s[net->b[c]] = _mm256_min_epi32(x, y);
+		}
+		const __m256i t = s[n - 1];
+		for (int e = 0; e < m; e++)
+			need = _mm256_add_epi32(need, _mm256_cmpgt_epi32(k[e], t));
+		for (int e = 0; e < m; e++) {
+			const __m256i eq = _mm256_cmpeq_epi32(k[e], t);
+			keep[e] = _mm256_or_si256(_mm256_cmpgt_epi32(k[e], t),
+						  _mm256_and_si256(eq, _mm256_cmpgt_epi32(need, seen)));
+			seen = _mm256_sub_epi32(seen, eq);
+		}
+		return;
+	}
+	__m256i r[FUSED_MAX_M];
+	for (int e = 0; e < m; e++)
+		r[e] = _mm256_setzero_si256();
 	for (int a = 0; a < m; a++)
 		for (int b = a + 1; b < m; b++) {
-			__m256i lt = _mm256_cmpgt_epi32(k[b], k[a]);      /* b outranks a */
+			const __m256i lt = _mm256_cmpgt_epi32(k[b], k[a]); /* b outranks a */
 			r[a] = _mm256_sub_epi32(r[a], lt);
 			r[b] = _mm256_sub_epi32(r[b], _mm256_xor_si256(lt, ones));
 		}
-	__m256d kept0 = _mm256_loadu_pd(acc->kept_lane), kept1 = _mm256_loadu_pd(acc->kept_lane + 4);
-	__m256d above[2] = { _mm256_loadu_pd(acc->above_lane), _mm256_loadu_pd(acc->above_lane + 4) };
-	for (int e = 0; e < m; e++) {
-		__m256i keep = _mm256_cmpgt_epi32(vn, r[e]);
-		__m256 mg = nmp_cpu_mag8(k[e], kind);
-		__m256 kept_mg = _mm256_and_ps(mg, _mm256_castsi256_ps(keep));
-		kept0 = _mm256_add_pd(kept0, _mm256_cvtps_pd(_mm256_castps256_ps128(kept_mg)));
-		kept1 = _mm256_add_pd(kept1, _mm256_cvtps_pd(_mm256_extractf128_ps(kept_mg, 1)));
-		nmp_cpu_ref8(k[e], mg, vcut, sh, above, &acc->cut);
-		uint64_t i = base + (uint64_t)e * elem_step;
-		if (j->mask) {
-			int km = _mm256_movemask_ps(_mm256_castsi256_ps(keep));
-			for (int w = 0; w < 8; w++)
-				j->mask[i + (uint64_t)w] = km >> w & 1;
+	for (int e = 0; e < m; e++)
+		keep[e] = _mm256_cmpgt_epi32(vn, r[e]);
+}
+
+/* Strided groups: eight adjacent groups, element e of group w at base + w + e * elem_step. */
+AVX2 static void nm_strided8(const nmp_cpu_job *j, const sort_net *net, uint64_t base, uint64_t elem_step,
+			     nm_acc *acc, int kind)
+{
+	const int m = (int)j->p->m;
+	const out8 o = out8_of(j);
+	__m256i k[FUSED_MAX_M], keep[FUSED_MAX_M];
+	for (int e = 0; e < m; e++)
+		k[e] = nmp_cpu_key8(o.in, base + (uint64_t)e * elem_step, kind);
+	keep8(k, m, (int)j->p->n, net, keep);
+	sums8 s = sums8_load(acc);
+	for (int e = 0; e < m; e++)
+		emit8(&o, base + (uint64_t)e * elem_step, k[e], keep[e], &s, acc, kind);
+	sums8_store(&s, acc);
+}
+
+/*
+ * Contiguous groups of M = 2 or 4: a vector of eight keys holds 8 / M
+ * whole groups, and each key is ranked against its group by rotating the
+ * vector within every group M - 1 times.  After rotating by r, position x
+ * of a group faces position (x + r) mod M, which outranks it when larger, or
+ * equal and at a lower index (x + r >= M).  Returns the first group left.
+ */
+AVX2 static uint64_t nm_rotated8(const nmp_cpu_job *j, uint64_t g, uint64_t end, nm_acc *acc, int kind)
+{
+	const int m = (int)j->p->m, per = 8 / m;
+	const __m256i vn = _mm256_set1_epi32((int)j->p->n);
+	const out8 o = out8_of(j);
+	__m256i rot[3], wraps[3];
+	for (int r = 1; r < m; r++) {
+		int32_t idx[8], w[8];
+		for (int x = 0; x < 8; x++) {
+			idx[x] = x / m * m + (x % m + r) % m;
+			w[x] = x % m + r >= m ? -1 : 0;
 		}
-		if (j->mode != NMP_MASK_APPLY)
-			continue;
-		if (kind == NMP_CK_F32) {
-			__m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(in + 4 * i));
-			_mm256_storeu_si256((__m256i *)(void *)(d + 4 * i), _mm256_and_si256(v, keep));
-		} else {
-			__m128i keep16 = _mm_packs_epi32(_mm256_castsi256_si128(keep), _mm256_extracti128_si256(keep, 1));
-			__m128i v = _mm_loadu_si128((const __m128i *)(const void *)(in + 2 * i));
-			_mm_storeu_si128((__m128i *)(void *)(d + 2 * i), _mm_and_si128(v, keep16));
+		rot[r - 1] = _mm256_loadu_si256((const __m256i *)(const void *)idx);
+		wraps[r - 1] = _mm256_loadu_si256((const __m256i *)(const void *)w);
+	}
+	sums8 s = sums8_load(acc);
+	for (; g + (uint64_t)per <= end; g += (uint64_t)per) {
+		const uint64_t i = g * (uint64_t)m;
+		const __m256i k = nmp_cpu_key8(o.in, i, kind);
+		__m256i rank = _mm256_setzero_si256();
+		for (int r = 0; r < m - 1; r++) {
+			const __m256i o = _mm256_permutevar8x32_epi32(k, rot[r]);
+			const __m256i beats = _mm256_or_si256(_mm256_cmpgt_epi32(o, k),
+							      _mm256_and_si256(_mm256_cmpeq_epi32(o, k), wraps[r]));
+			rank = _mm256_sub_epi32(rank, beats);
+		}
+		emit8(&o, i, k, _mm256_cmpgt_epi32(vn, rank), &s, acc, kind);
+	}
+	sums8_store(&s, acc);
+	return g;
+}
+
+/* Transposes the 8 x 8 matrix of 32-bit lanes whose row x is v[x]. */
+AVX2_INLINE void transpose8(__m256i v[8])
+{
+	__m256i a[8], b[8];
+	for (int x = 0; x < 8; x += 2) {
+		a[x] = _mm256_unpacklo_epi32(v[x], v[x + 1]);
+		a[x + 1] = _mm256_unpackhi_epi32(v[x], v[x + 1]);
+	}
+	for (int x = 0; x < 8; x += 4) {
+		b[x] = _mm256_unpacklo_epi64(a[x], a[x + 2]);
+		b[x + 1] = _mm256_unpackhi_epi64(a[x], a[x + 2]);
+		b[x + 2] = _mm256_unpacklo_epi64(a[x + 1], a[x + 3]);
+		b[x + 3] = _mm256_unpackhi_epi64(a[x + 1], a[x + 3]);
+	}
+	for (int x = 0; x < 4; x++) {
+		v[x] = _mm256_permute2x128_si256(b[x], b[x + 4], 0x20);
+		v[x + 4] = _mm256_permute2x128_si256(b[x], b[x + 4], 0x31);
+	}
+}
+
+/*
+ * Contiguous groups of M = 8, 16, 24 or 32: eight groups at a time, their keys
+ * transposed by blocks of 8 x 8 so that a vector holds one element of each
+ * group (the strided layout), decided there, and the keep masks transposed
+ * back.  Returns the first group left.
+ */
+AVX2 static uint64_t nm_transposed8(const nmp_cpu_job *j, const sort_net *net, uint64_t g, uint64_t end,
+				    nm_acc *acc, int kind)
+{
+	const int m = (int)j->p->m, blocks = m / 8;
+	const out8 o = out8_of(j);
+	sums8 s = sums8_load(acc);
+	for (; g + 8 <= end; g += 8) {
+		__m256i mem[FUSED_MAX_M], k[FUSED_MAX_M], keep[FUSED_MAX_M]; /* mem[8b + w]: group w's block b */
+		for (int b = 0; b < blocks; b++) {
+			for (int w = 0; w < 8; w++)
+				k[8 * b + w] = mem[8 * b + w] = nmp_cpu_key8(o.in, (g + (uint64_t)w) * (uint64_t)m + 8u * (unsigned)b, kind);
+			transpose8(k + 8 * b);
+		}
+		keep8(k, m, (int)j->p->n, net, keep);
+		for (int b = 0; b < blocks; b++) {
+			transpose8(keep + 8 * b);
+			for (int w = 0; w < 8; w++)
+				emit8(&o, (g + (uint64_t)w) * (uint64_t)m + 8u * (unsigned)b, mem[8 * b + w],
+				      keep[8 * b + w], &s, acc, kind);
 		}
 	}
-	_mm256_storeu_pd(acc->kept_lane, kept0);
-	_mm256_storeu_pd(acc->kept_lane + 4, kept1);
-	_mm256_storeu_pd(acc->above_lane, above[0]);
-	_mm256_storeu_pd(acc->above_lane + 4, above[1]);
+	sums8_store(&s, acc);
+	return g;
 }
 
 #else
-static void nm_tile8_avx2(const nmp_cpu_job *j, uint64_t base, uint64_t elem_step, nm_acc *acc, int kind)
+static void nm_strided8(const nmp_cpu_job *j, const sort_net *net, uint64_t base, uint64_t elem_step, nm_acc *acc,
+			int kind)
 {
-	(void)j, (void)base, (void)elem_step, (void)acc, (void)kind;
+	(void)j, (void)net, (void)base, (void)elem_step, (void)acc, (void)kind;
+}
+
+static uint64_t nm_rotated8(const nmp_cpu_job *j, uint64_t g, uint64_t end, nm_acc *acc, int kind)
+{
+	(void)j, (void)end, (void)acc, (void)kind;
+	return g;
+}
+
+static uint64_t nm_transposed8(const nmp_cpu_job *j, const sort_net *net, uint64_t g, uint64_t end, nm_acc *acc,
+			       int kind)
+{
+	(void)j, (void)net, (void)end, (void)acc, (void)kind;
+	return g;
 }
 #endif
 
@@ -183,25 +429,32 @@ static void nm_tile8_avx2(const nmp_cpu_job *j, uint64_t base, uint64_t elem_ste
 INLINE void nm_run(nmp_cpu_job *j, uint64_t b, uint64_t e, nm_acc *acc, int kind)
 {
 	const uint64_t m = j->p->m, groups = j->L / m;
+	sort_net net;
+	if (m > SORT_ABOVE)
+		sort_net_build((int)m, &net);
+	const bool avx2 = kind != NMP_CK_Q && nmp_cpu_have_avx2();
 	if (j->inner == 1) {
 		uint64_t g = b;
+		if (avx2 && m < 8 && 8 % m == 0)
+			g = nm_rotated8(j, g, e, acc, kind);
+		else if (avx2 && m % 8 == 0)
+			g = nm_transposed8(j, &net, g, e, acc, kind);
 		for (; g + NMP_LANES <= e; g += NMP_LANES)
-			nm_tile(j, g * m, m, 1, NMP_LANES, acc, kind, true);
+			nm_tile(j, &net, g * m, m, 1, NMP_LANES, acc, kind, true);
 		if (g < e)
-			nm_tile(j, g * m, m, 1, (int)(e - g), acc, kind, false);
+			nm_tile(j, &net, g * m, m, 1, (int)(e - g), acc, kind, false);
 		return;
 	}
-	const bool avx2 = kind != NMP_CK_Q && nmp_cpu_have_avx2();
 	for (uint64_t w = b; w < e; w++) {
 		uint64_t o = w / groups, g = w % groups;
 		uint64_t base = (o * j->L + g * m) * j->inner, i = 0;
 		if (avx2)
 			for (; i + 8 <= j->inner; i += 8)
-				nm_tile8_avx2(j, base + i, j->inner, acc, kind);
+				nm_strided8(j, &net, base + i, j->inner, acc, kind);
 		for (; i + NMP_LANES <= j->inner; i += NMP_LANES)
-			nm_tile(j, base + i, 1, j->inner, NMP_LANES, acc, kind, true);
+			nm_tile(j, &net, base + i, 1, j->inner, NMP_LANES, acc, kind, true);
 		if (i < j->inner)
-			nm_tile(j, base + i, 1, j->inner, (int)(j->inner - i), acc, kind, false);
+			nm_tile(j, &net, base + i, 1, j->inner, (int)(j->inner - i), acc, kind, false);
 	}
 }
 
