@@ -172,16 +172,29 @@ static const uint32_t tile4_spread[16] = {
 	0x01000000, 0x01000001, 0x01000100, 0x01000101, 0x01010000, 0x01010001, 0x01010100, 0x01010101,
 };
 
+/* How a tile's cells lie: apart, or four adjacent elements to a column or to a row. */
+typedef enum tile4_lie { TILE4_APART, TILE4_COLUMNS, TILE4_ROWS } tile4_lie;
+
 /*
  * Marks tile `best` in the mask and zeroes a float weight's pruned cells
- * (either may be NULL); with columns, the tile's four rows are adjacent
- * elements and each column is written at once.
+ * (either may be NULL); where a column's or a row's four cells are adjacent
+ * elements, each is written at once.
  */
 static inline __attribute__((always_inline)) void tile4_write(uint8_t *mask, uint8_t *zero, const uint64_t *ro,
-							      uint64_t c0, uint64_t inner, unsigned best, bool columns,
+							      uint64_t c0, uint64_t inner, unsigned best, tile4_lie lie,
 							      int kind)
 {
-	if (columns) {
+	if (lie == TILE4_ROWS) {
+		for (int r = 0; r < 4; r++) {
+			const unsigned nib = best >> (4 * r) & 15;
+			if (mask)
+				memcpy(mask + ro[r] + c0, &tile4_spread[nib], 4);
+			if (zero)
+				nmp_cpu_zero4_unless(zero, ro[r] + c0, nib, kind);
+		}
+		return;
+	}
+	if (lie == TILE4_COLUMNS) {
 		for (int c = 0; c < 4; c++) {
 			const unsigned nib = (best >> c & 1) | (best >> (c + 3) & 2) | (best >> (c + 6) & 4) |
 					     (best >> (c + 9) & 8);
@@ -213,8 +226,11 @@ static inline bool tile8_adjacent(const uint64_t *ro)
 }
 
 /*
- * Eight exact 2:4 tiles side by side, their 32 rows adjacent elements (a
- * MatMul's B, tiles along its rows).  A vector holds one cell of the eight
+ * Eight exact 2:4 tiles side by side: their 32 rows adjacent elements (a
+ * MatMul's B, tiles along its rows; `start` holds where each of the four
+ * columns starts), or their rows runs of four adjacent elements, the eight
+ * tiles one after another along the rows (a Gemm's transposed B; `start` holds
+ * where each of the four rows starts).  A vector holds one cell of the eight
  * tiles (lane l: tile tile8_lane[l]), so the 90 tile sums are additions,
  * not permutations: the two cells of each row choice, then rows 0 and 1
  * and rows 2 and 3, then the halves, within 3 fp32 roundings of the exact
@@ -229,25 +245,25 @@ static inline bool tile8_adjacent(const uint64_t *ro)
 static const int tile8_lane[8] = { 0, 2, 4, 6, 1, 3, 5, 7 };
 
 static inline __attribute__((target("avx2"), always_inline)) void tiles8_choose(
-	const tile4_tables *tb, const uint16_t *pats, int n_pat, const uint8_t *in, uint64_t base, uint64_t inner,
+	const tile4_tables *tb, const uint16_t *pats, int n_pat, const uint8_t *in, const uint64_t start[4], bool rows,
 	int kind, __m256i cut, __m256d above[2], nmp_cpu_cut *in_bin, unsigned best[8], double score[8])
 {
 	static const int ci[6] = { 0, 0, 1, 0, 1, 2 }, cj[6] = { 1, 2, 2, 3, 3, 3 }; /* row choice q: its cells */
 	const int sh = nmp_cpu_ref_shift(kind);
 	__m256 C[16]; /* cell 4r + c of the eight tiles */
-	for (int c = 0; c < 4; c++) {
-		__m256 l[4]; /* l[q]: rows 0-3 of tile 2q, then of tile 2q + 1 */
+	for (int v = 0; v < 4; v++) { /* column v, or row v */
+		__m256 l[4]; /* l[q]: the four cells of tile 2q, then of tile 2q + 1 */
 		for (int q = 0; q < 4; q++) {
-			const __m256i k = nmp_cpu_key8(in, base + (uint64_t)c * inner + 8 * (uint64_t)q, kind);
+			const __m256i k = nmp_cpu_key8(in, start[v] + 8 * (uint64_t)q, kind);
 			l[q] = nmp_cpu_mag8(k, kind);
 			nmp_cpu_ref8(k, l[q], cut, sh, above, in_bin);
 		}
 		const __m256 a = _mm256_unpacklo_ps(l[0], l[1]), b = _mm256_unpackhi_ps(l[0], l[1]);
 		const __m256 d = _mm256_unpacklo_ps(l[2], l[3]), f = _mm256_unpackhi_ps(l[2], l[3]);
-		C[c] = _mm256_shuffle_ps(a, d, 0x44);
-		C[4 + c] = _mm256_shuffle_ps(a, d, 0xee);
-		C[8 + c] = _mm256_shuffle_ps(b, f, 0x44);
-		C[12 + c] = _mm256_shuffle_ps(b, f, 0xee);
+		const __m256 x[4] = { _mm256_shuffle_ps(a, d, 0x44), _mm256_shuffle_ps(a, d, 0xee),
+				      _mm256_shuffle_ps(b, f, 0x44), _mm256_shuffle_ps(b, f, 0xee) }; /* cell x of each */
+		for (int i = 0; i < 4; i++)
+			C[rows ? 4 * v + i : 4 * i + v] = x[i];
 	}
 	__m256 R[4][6], T[36], U[36];
 	for (int r = 0; r < 4; r++)
@@ -326,26 +342,42 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 	const __m256i cut = _mm256_set1_epi32((int)j->ref_bin);
 	__m256d above[2] = { _mm256_setzero_pd(), _mm256_setzero_pd() };
 	double wd[16], kept = 0;
-	/* A tile whose four rows are adjacent elements is read and marked a column at a time. */
-	const bool by_column = kind == NMP_CK_F32 || kind == NMP_CK_F16;
+	/*
+	 * A tile whose four rows are adjacent elements is read and marked a
+	 * column at a time; one whose columns are (the group axis innermost),
+	 * a row at a time, and its tiles follow one another along the rows.
+	 */
+	const bool runs = kind == NMP_CK_F32 || kind == NMP_CK_F16;
+	const bool by_row = runs && inner == 1 && !rows_fast;
 	for (uint64_t it = b; it < e; it++) {
 		const uint64_t rb = rows_fast ? it % rblocks : it / groups, g = rows_fast ? it / rblocks : it % groups;
 		const uint64_t c0 = g * 4 * inner;
 		const uint64_t *ro = row_off + rb * 4;
-		if (n == 2 && by_column && rows_fast && it + 8 <= e && rb + 8 <= rblocks && tile8_adjacent(ro)) {
+		const bool eight_by_column = rows_fast && rb + 8 <= rblocks && tile8_adjacent(ro);
+		const bool eight_by_row = by_row && g + 8 <= groups;
+		if (n == 2 && runs && it + 8 <= e && (eight_by_column || eight_by_row)) {
 			unsigned best8[8];
 			double score8[8];
-			tiles8_choose(tb, pats, n_pat, in, ro[0] + c0, inner, kind, cut, above, &acc->cut, best8, score8);
+			uint64_t at[4];
+			for (int v = 0; v < 4; v++)
+				at[v] = eight_by_row ? ro[v] + c0 : ro[0] + c0 + (uint64_t)v * inner;
+			tiles8_choose(tb, pats, n_pat, in, at, eight_by_row, kind, cut, above, &acc->cut, best8, score8);
 			for (int t = 0; t < 8; t++) {
-				tile4_write(mask, zero, ro + 4 * t, c0, inner, best8[t], true, mk);
+				if (eight_by_row)
+					tile4_write(mask, zero, ro, c0 + 4 * (uint64_t)t, inner, best8[t], TILE4_ROWS, mk);
+				else
+					tile4_write(mask, zero, ro + 4 * t, c0, inner, best8[t], TILE4_COLUMNS, mk);
 				kept += score8[t];
 			}
 			it += 7;
 			continue;
 		}
-		const bool columns = by_column && ro[3] - ro[0] == 3; /* offsets rise, so the rows are adjacent */
+		const bool columns = runs && ro[3] - ro[0] == 3; /* offsets rise, so the rows are adjacent */
 		__m256i k01, k23;
-		if (columns) {
+		if (by_row) {
+			k01 = _mm256_set_m128i(nmp_cpu_key4(in, ro[1] + c0, kind), nmp_cpu_key4(in, ro[0] + c0, kind));
+			k23 = _mm256_set_m128i(nmp_cpu_key4(in, ro[3] + c0, kind), nmp_cpu_key4(in, ro[2] + c0, kind));
+		} else if (columns) {
 			__m128 col[4]; /* lane r of col[c]: the key of cell (r, c) */
 			for (int c = 0; c < 4; c++)
 				col[c] = _mm_castsi128_ps(nmp_cpu_key4(in, ro[0] + c0 + (uint64_t)c * inner, kind));
@@ -369,7 +401,7 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 			_mm256_storeu_pd(wd + 4 * r, _mm256_cvtps_pd(rows[r]));
 		double score;
 		const unsigned best = pats[tile4_best_avx2(tb, pats, n_pat, n, rows, wd, &score)];
-		tile4_write(mask, zero, ro, c0, inner, best, columns, mk);
+		tile4_write(mask, zero, ro, c0, inner, best, by_row ? TILE4_ROWS : columns ? TILE4_COLUMNS : TILE4_APART, mk);
 		kept += score;
 
 		/* The reference: magnitudes above the cut bin, and the rare keys inside it. */
