@@ -66,27 +66,41 @@ NMP_CPU_INLINE void scan_run(nmp_cpu_job *j, uint64_t b, uint64_t e, scan_acc *a
 }
 
 #if defined(__x86_64__)
-/* The scan for fp32, fp16 and bf16 with AVX2: vector NaN test and sums, scalar counts. */
+#define SCAN_BLOCK 256
+
+/*
+ * The scan for fp32, fp16 and bf16 with AVX2: vector NaN test and sums, and
+ * scalar counts.  The bins of a block of keys are packed to 16 bits and
+ * counted after the block, in a loop of their own: counting each vector's
+ * eight as they are unpacked from it took a fifth of every family's time.
+ */
 __attribute__((target("avx2"))) static void scan_avx2(nmp_cpu_job *j, uint64_t b, uint64_t e, scan_acc *acc, int kind)
 {
 	const int sh = nmp_cpu_ref_shift(kind);
 	const __m256i nan_above = _mm256_set1_epi32((int)nmp_cpu_nan_above(kind));
 	__m256d l1a = _mm256_setzero_pd(), l1b = _mm256_setzero_pd();
 	uint64_t i = b;
-	for (; i + 8 <= e; i += 8) {
-		__m256i k = nmp_cpu_key8(j->in, i, kind);
-		if (_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(k, nan_above)))) {
-			scan_run(j, i, i + 8, acc, kind); /* the scalar loop records the first NaN */
-			if (acc->nan_at)
-				return;
+	uint32_t (*hist)[NMP_CPU_REF_BINS] = acc->bins;
+	for (; i + SCAN_BLOCK <= e; i += SCAN_BLOCK) {
+		uint16_t bins[SCAN_BLOCK];
+		for (int x = 0; x < SCAN_BLOCK; x += 8) {
+			__m256i k = nmp_cpu_key8(j->in, i + (uint64_t)x, kind);
+			if (_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(k, nan_above)))) {
+				scan_run(j, i + (uint64_t)x, i + (uint64_t)x + 8, acc, kind); /* records the first NaN */
+				if (acc->nan_at)
+					return;
+			}
+			__m256 mg = nmp_cpu_mag8(k, kind);
+			l1a = _mm256_add_pd(l1a, _mm256_cvtps_pd(_mm256_castps256_ps128(mg)));
+			l1b = _mm256_add_pd(l1b, _mm256_cvtps_pd(_mm256_extractf128_ps(mg, 1)));
+			const __m256i bv = _mm256_srai_epi32(k, sh);
+			_mm_storeu_si128((__m128i *)(void *)(bins + x),
+					 _mm_packus_epi32(_mm256_castsi256_si128(bv), _mm256_extracti128_si256(bv, 1)));
 		}
-		__m256 mg = nmp_cpu_mag8(k, kind);
-		l1a = _mm256_add_pd(l1a, _mm256_cvtps_pd(_mm256_castps256_ps128(mg)));
-		l1b = _mm256_add_pd(l1b, _mm256_cvtps_pd(_mm256_extractf128_ps(mg, 1)));
-		int32_t bins[8];
-		_mm256_storeu_si256((__m256i *)(void *)bins, _mm256_srai_epi32(k, sh));
-		for (int w = 0; w < 8; w++)
-			acc->bins[w & 1][bins[w]]++;
+		for (int x = 0; x < SCAN_BLOCK; x += 2) {
+			hist[0][bins[x]]++;
+			hist[1][bins[x + 1]]++;
+		}
 	}
 	double lanes[8];
 	_mm256_storeu_pd(lanes, l1a);
