@@ -1,6 +1,9 @@
 /*
  * engine_bench — mask engine throughput in GB/s of weight bytes, per pattern,
- * dtype and thread count, beside memcpy of the same bytes in the same run.
+ * dtype, layout and thread count, beside memcpy of the same bytes in the same
+ * run.  Layouts: a MatMul's B [K, N], whose groups run down the columns
+ * (strided), and a Gemm's transposed B [N, K] or a 1x1 Conv, whose groups
+ * are runs of adjacent elements (contiguous).
  *
  *   engine_bench [MB] [patterns...]
  */
@@ -76,7 +79,9 @@ int main(int argc, char **argv)
 	const char **patterns = argc > 2 ? (const char **)argv + 2 : defaults;
 	int n_patterns = argc > 2 ? argc - 2 : 5;
 	int cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
-	printf("  %-10s %-8s %7s %10s %10s %8s\n", "pattern", "dtype", "threads", "GB/s", "memcpy", "ratio");
+	static const char *layouts[2] = { "strided", "contiguous" };
+	printf("  %-10s %-8s %-11s %7s %10s %10s %8s\n", "pattern", "dtype", "layout", "threads", "GB/s", "memcpy",
+	       "ratio");
 	for (int dt = 0; dt < 2; dt++) {
 		int32_t dtype = dt ? NMP_DT_FLOAT16 : NMP_DT_FLOAT;
 		size_t esz = dt ? 2 : 4;
@@ -84,8 +89,6 @@ int main(int argc, char **argv)
 		rows -= rows % 32;
 		size_t n = (size_t)(rows * cols), bytes = n * esz;
 		int64_t *dims = malloc(2 * sizeof *dims);
-		dims[0] = cols; /* MatMul B [K, N]: groups run down the columns */
-		dims[1] = rows;
 		void *pristine = malloc(bytes), *work = malloc(bytes);
 		srand(1);
 		for (size_t i = 0; i < n; i++) {
@@ -95,8 +98,7 @@ int main(int argc, char **argv)
 			else
 				((float *)pristine)[i] = f;
 		}
-		run_arg r = { .t = { .name = "bench", .data = work, .dtype = dtype, .rank = 2, .dims = dims,
-				     .axis = 0, .out_axis = 1 },
+		run_arg r = { .t = { .name = "bench", .data = work, .dtype = dtype, .rank = 2, .dims = dims },
 			      .pristine = pristine, .bytes = bytes };
 		double mc = (double)bytes / best_of(3, time_memcpy, &r) / 1e9;
 		for (int k = 0; k < n_patterns; k++) {
@@ -105,14 +107,21 @@ int main(int argc, char **argv)
 				fprintf(stderr, "engine_bench: %s\n", err.message);
 				return 2;
 			}
-			int threads[2] = { 1, cores };
-			for (int ti = 0; ti < (cores > 1 ? 2 : 1); ti++) {
-				r.threads = threads[ti];
-				int reps = r.p.unit == NMP_UNIT_ELEMENT ? 3 : 1;
-				double gbs = (double)bytes / best_of(reps, time_engine, &r) / 1e9;
-				printf("  %-10s %-8s %7d %10.2f %10.2f %7.0f%%\n", patterns[k], dt ? "fp16" : "fp32",
-				       r.threads, gbs, mc, 100.0 * gbs / mc);
-				fflush(stdout);
+			for (int lay = 0; lay < 2; lay++) {
+				/* [K, N] with groups along axis 0, or [N, K] with groups along axis 1 */
+				dims[0] = lay ? rows : cols;
+				dims[1] = lay ? cols : rows;
+				r.t.axis = lay;
+				r.t.out_axis = 1 - lay;
+				int threads[2] = { 1, cores };
+				for (int ti = 0; ti < (cores > 1 ? 2 : 1); ti++) {
+					r.threads = threads[ti];
+					int reps = r.p.unit == NMP_UNIT_ELEMENT ? 3 : 1;
+					double gbs = (double)bytes / best_of(reps, time_engine, &r) / 1e9;
+					printf("  %-10s %-8s %-11s %7d %10.2f %10.2f %7.0f%%\n", patterns[k],
+					       dt ? "fp16" : "fp32", layouts[lay], r.threads, gbs, mc, 100.0 * gbs / mc);
+					fflush(stdout);
+				}
 			}
 		}
 		free(pristine);
