@@ -372,6 +372,12 @@ AVX2_INLINE void transpose8(__m256i v[8])
 	}
 }
 
+/* Where block b (elements 8b .. 8b + 7) of group g + w starts, groups of m adjacent elements. */
+static inline uint64_t block_at(uint64_t g, int w, int m, int b)
+{
+	return (g + (uint64_t)w) * (uint64_t)m + 8 * (uint64_t)b;
+}
+
 /*
  * Contiguous groups of M = 8, 16, 24 or 32: eight groups at a time, their keys
  * transposed by blocks of 8 x 8 so that a vector holds one element of each
@@ -388,15 +394,14 @@ AVX2 static uint64_t nm_transposed8(const nmp_cpu_job *j, const sort_net *net, u
 		__m256i mem[FUSED_MAX_M], k[FUSED_MAX_M], keep[FUSED_MAX_M]; /* mem[8b + w]: group w's block b */
 		for (int b = 0; b < blocks; b++) {
 			for (int w = 0; w < 8; w++)
-				k[8 * b + w] = mem[8 * b + w] = nmp_cpu_key8(o.in, (g + (uint64_t)w) * (uint64_t)m + 8u * (unsigned)b, kind);
+				k[8 * b + w] = mem[8 * b + w] = nmp_cpu_key8(o.in, block_at(g, w, m, b), kind);
 			transpose8(k + 8 * b);
 		}
 		keep8(k, m, (int)j->p->n, net, keep);
 		for (int b = 0; b < blocks; b++) {
 			transpose8(keep + 8 * b);
 			for (int w = 0; w < 8; w++)
-				emit8(&o, (g + (uint64_t)w) * (uint64_t)m + 8u * (unsigned)b, mem[8 * b + w],
-				      keep[8 * b + w], &s, acc, kind);
+				emit8(&o, block_at(g, w, m, b), mem[8 * b + w], keep[8 * b + w], &s, acc, kind);
 		}
 	}
 	sums8_store(&s, acc);
