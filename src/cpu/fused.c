@@ -341,9 +341,9 @@ AVX2 static uint64_t nm_rotated8(const nmp_cpu_job *j, uint64_t g, uint64_t end,
 		const __m256i k = nmp_cpu_key8(o.in, i, kind);
 		__m256i rank = _mm256_setzero_si256();
 		for (int r = 0; r < m - 1; r++) {
-			const __m256i o = _mm256_permutevar8x32_epi32(k, rot[r]);
-			const __m256i beats = _mm256_or_si256(_mm256_cmpgt_epi32(o, k),
-							      _mm256_and_si256(_mm256_cmpeq_epi32(o, k), wraps[r]));
+			const __m256i facing = _mm256_permutevar8x32_epi32(k, rot[r]);
+			const __m256i beats = _mm256_or_si256(_mm256_cmpgt_epi32(facing, k),
+							      _mm256_and_si256(_mm256_cmpeq_epi32(facing, k), wraps[r]));
 			rank = _mm256_sub_epi32(rank, beats);
 		}
 		emit8(&o, i, k, _mm256_cmpgt_epi32(vn, rank), &s, acc, kind);
