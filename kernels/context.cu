@@ -237,6 +237,25 @@ static nmp_status reset_stats(cu_ctx *c, nmp_error *err)
 	return NMP_OK;
 }
 
+/*
+ * Both histograms zeroed before either stream's kernels count into them.  The
+ * streams do not wait for the legacy default stream, so a plain cudaMemset
+ * could still be running when the scan starts: clear on a stream of ours and
+ * wait for it.
+ */
+static nmp_status clear_histograms(cu_ctx *c, const nmp_mask_tensor *t, size_t bytes, nmp_error *err)
+{
+	cudaError_t e = cudaMemsetAsync(c->d_hist, 0, bytes, c->stream[0]);
+	if (e == cudaSuccess)
+		e = cudaMemsetAsync(c->d_hist2, 0, bytes, c->stream[0]);
+	if (e == cudaSuccess)
+		e = cudaStreamSynchronize(c->stream[0]);
+	if (e != cudaSuccess)
+		return nmp_error_set(err, NMP_ERR_DEVICE, "tensor '%s': CUDA: cannot clear a histogram: %s", t->name,
+				     cudaGetErrorString(e));
+	return NMP_OK;
+}
+
 static nmp_status nan_error(const nmp_mask_tensor *t, const nmp_cu_stats *h, nmp_error *err)
 {
 	if (h->nan_at == ~0ull)
@@ -361,10 +380,8 @@ static nmp_status run_fast(cu_ctx *c, const nmp_mask_tensor *t, const nmp_patter
 		s = stage_quant(c, t, x, err);
 	if (s == NMP_OK)
 		s = reset_stats(c, err);
-	if (s == NMP_OK && cudaMemset(c->d_hist, 0, sizeof hist) != cudaSuccess)
-		s = nmp_error_set(err, NMP_ERR_DEVICE, "tensor '%s': CUDA: cannot clear a histogram", t->name);
-	if (s == NMP_OK && cudaMemset(c->d_hist2, 0, sizeof hist) != cudaSuccess)
-		s = nmp_error_set(err, NMP_ERR_DEVICE, "tensor '%s': CUDA: cannot clear a histogram", t->name);
+	if (s == NMP_OK)
+		s = clear_histograms(c, t, sizeof hist, err);
 	if (s == NMP_OK)
 		s = fast_pass(c, t, x, sl, pairs, 0, resident, 0, 0, NULL, mode, err);
 	if (s == NMP_OK)
