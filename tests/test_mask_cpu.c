@@ -996,17 +996,22 @@ static void test_nm_exact_on_every_path(void **state)
 				     { 4, 16 },  { 15, 16 }, { 12, 24 }, { 1, 32 }, { 16, 32 }, { 31, 32 },
 				     { 3, 6 },   { 5, 12 },  { 7, 20 } };
 	for (size_t k = 0; k < sizeof nm / sizeof nm[0]; k++)
-		for (int shape = 0; shape < 5; shape++)
+		for (int shape = 0; shape < 7; shape++)
 			for (int dt = 0; dt < 3; dt++) {
 				const int n = nm[k][0], m = nm[k][1];
 				const int64_t L = m * 3;
-				/* groups of 3 x 7 = 21 rows (8 + 8 + 5), or 8, 13 and 27 side by side, or a Conv's 9 */
+				/*
+				 * groups of 3 x 7 = 21 rows (8 + 8 + 5), or 8, 13 and 27 side by side, or a
+				 * Conv's window of 9, 3 or 25 positions (the positions left over by the vectors
+				 * taken across 9, 15 and 18 (outer, group) pairs: one batch of eight and a tail)
+				 */
 				const struct {
 					int rank;
 					int64_t dims[4];
 					int axis, out;
-				} shapes[] = { { 2, { 7, L }, 1, 0 },        { 2, { L, 8 }, 0, 1 }, { 2, { L, 13 }, 0, 1 },
-					       { 3, { 2, L, 27 }, 1, 2 },    { 4, { 3, L, 3, 3 }, 1, 0 } };
+				} shapes[] = { { 2, { 7, L }, 1, 0 },     { 2, { L, 8 }, 0, 1 },     { 2, { L, 13 }, 0, 1 },
+					       { 3, { 2, L, 27 }, 1, 2 }, { 4, { 3, L, 3, 3 }, 1, 0 }, { 4, { 5, L, 1, 3 }, 1, 0 },
+					       { 4, { 6, L, 5, 5 }, 1, 0 } };
 				tensor t = { .rank = shapes[shape].rank, .axis = shapes[shape].axis,
 					     .out_axis = shapes[shape].out, .dtype = float_types[dt], .numel = 1 };
 				for (int a = 0; a < t.rank; a++) {
@@ -1028,9 +1033,19 @@ static void test_nm_exact_on_every_path(void **state)
 				char p[16];
 				snprintf(p, sizeof p, "%d:%d", n, m);
 				for (int threads = 1; threads <= 3; threads += 2) {
-					memcpy(t.data, before, t.numel * es);
+					/* in place on one thread; on three, read from a source and write every element */
+					const bool from_src = threads == 3;
+					memset(t.data, 0xa5, t.numel * es);
+					if (!from_src)
+						memcpy(t.data, before, t.numel * es);
+					nmp_pattern pt = pat(p);
+					nmp_mask_tensor v = view_of(&t);
+					v.src = from_src ? before : NULL;
+					uint8_t *mask = malloc(t.numel);
 					nmp_mask_stats st;
-					uint8_t *mask = run(&t, p, NMP_MASK_APPLY, threads, &st);
+					nmp_error err = { 0 };
+					if (nmp_cpu_run(&v, &pt, NMP_MASK_APPLY, threads, mask, &st, &err) != NMP_OK)
+						fail_msg("%s: %s", p, err.message);
 					for (uint64_t i = 0; i < t.numel; i++) {
 						if (mask[i] != want[i])
 							fail_msg("%s, dtype %d, shape %d, %d threads: element %llu is %d, want %d",

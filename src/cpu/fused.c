@@ -237,14 +237,20 @@ AVX2_INLINE out8 out8_of(const nmp_cpu_job *j)
 	return (out8){ j->in, j->t->data, j->mask, j->mode == NMP_MASK_APPLY, _mm256_set1_epi32((int)j->ref_bin) };
 }
 
-/* Elements i .. i + 7 with keys k: their sums, their mask bytes and, under APPLY, the output. */
-AVX2_INLINE void emit8(const out8 *o, uint64_t i, __m256i k, __m256i keep, sums8 *s, nm_acc *acc, int kind)
+/* Eight elements with keys k and keep mask keep: the kept magnitude, and the reference bin's work. */
+AVX2_INLINE void sum8(const out8 *o, __m256i k, __m256i keep, sums8 *s, nm_acc *acc, int kind)
 {
 	const __m256 mg = nmp_cpu_mag8(k, kind);
 	const __m256 kept_mg = _mm256_and_ps(mg, _mm256_castsi256_ps(keep));
 	s->kept[0] = _mm256_add_pd(s->kept[0], _mm256_cvtps_pd(_mm256_castps256_ps128(kept_mg)));
 	s->kept[1] = _mm256_add_pd(s->kept[1], _mm256_cvtps_pd(_mm256_extractf128_ps(kept_mg, 1)));
 	nmp_cpu_ref8(k, mg, o->vcut, nmp_cpu_ref_shift(kind), s->above, &acc->cut);
+}
+
+/* Elements i .. i + 7 with keys k: their sums, their mask bytes and, under APPLY, the output. */
+AVX2_INLINE void emit8(const out8 *o, uint64_t i, __m256i k, __m256i keep, sums8 *s, nm_acc *acc, int kind)
+{
+	sum8(o, k, keep, s, acc, kind);
 	const __m128i keep16 = _mm_packs_epi32(_mm256_castsi256_si128(keep), _mm256_extracti128_si256(keep, 1));
 	if (o->mask)
 		_mm_storel_epi64((__m128i *)(void *)(o->mask + i),
@@ -310,6 +316,47 @@ AVX2 static void nm_strided8(const nmp_cpu_job *j, const sort_net *net, uint64_t
 	sums8 s = sums8_load(acc);
 	for (int e = 0; e < m; e++)
 		emit8(&o, base + (uint64_t)e * elem_step, k[e], keep[e], &s, acc, kind);
+	sums8_store(&s, acc);
+}
+
+/*
+ * Eight groups that lie apart, element e of group w at base + w * lane_step +
+ * e * elem_step: the positions of a Conv's kernel window that are left over
+ * when its area is not a multiple of eight (3x3: one in nine), eight
+ * (outer, group) pairs side by side.  Keys are gathered into a vector and
+ * the results scattered back.
+ */
+AVX2 static void nm_gathered8(const nmp_cpu_job *j, const sort_net *net, uint64_t base, uint64_t lane_step,
+			      uint64_t elem_step, nm_acc *acc, int kind)
+{
+	const int m = (int)j->p->m;
+	const size_t eb = kind == NMP_CK_F32 ? 4 : 2;
+	const out8 o = out8_of(j);
+	__m256i k[FUSED_MAX_M], keep[FUSED_MAX_M];
+	for (int e = 0; e < m; e++) {
+		uint8_t lanes[8 * 4];
+		for (int w = 0; w < 8; w++)
+			memcpy(lanes + eb * (size_t)w, o.in + eb * (base + (uint64_t)w * lane_step + (uint64_t)e * elem_step), eb);
+		k[e] = nmp_cpu_key8(lanes, 0, kind);
+	}
+	keep8(k, m, (int)j->p->n, net, keep);
+	sums8 s = sums8_load(acc);
+	for (int e = 0; e < m; e++) {
+		sum8(&o, k[e], keep[e], &s, acc, kind);
+		const unsigned kept = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(keep[e]));
+		for (int w = 0; w < 8; w++) {
+			const uint64_t i = base + (uint64_t)w * lane_step + (uint64_t)e * elem_step;
+			const bool on = kept >> w & 1;
+			if (o.mask)
+				o.mask[i] = on;
+			if (!o.apply)
+				continue;
+			if (!on)
+				memset(o.data + eb * i, 0, eb);
+			else if (o.data != o.in)
+				memcpy(o.data + eb * i, o.in + eb * i, eb);
+		}
+	}
 	sums8_store(&s, acc);
 }
 
@@ -415,6 +462,12 @@ static void nm_strided8(const nmp_cpu_job *j, const sort_net *net, uint64_t base
 	(void)j, (void)net, (void)base, (void)elem_step, (void)acc, (void)kind;
 }
 
+static void nm_gathered8(const nmp_cpu_job *j, const sort_net *net, uint64_t base, uint64_t lane_step,
+			 uint64_t elem_step, nm_acc *acc, int kind)
+{
+	(void)j, (void)net, (void)base, (void)lane_step, (void)elem_step, (void)acc, (void)kind;
+}
+
 static uint64_t nm_rotated8(const nmp_cpu_job *j, uint64_t g, uint64_t end, nm_acc *acc, int kind)
 {
 	(void)j, (void)end, (void)acc, (void)kind;
@@ -429,11 +482,16 @@ static uint64_t nm_transposed8(const nmp_cpu_job *j, const sort_net *net, uint64
 }
 #endif
 
-/* Work item: one (outer, group) pair and all its inner positions; or, when
- * groups are contiguous (inner == 1), one group. */
+/*
+ * Work item: one (outer, group) pair and all its inner positions; or, when
+ * groups are contiguous (inner == 1), one group.  Item w's elements start at
+ * w * M * inner.  Strided items take their inner positions a vector at a
+ * time, and the positions left over (inner not a multiple of the vector)
+ * are taken across items, a vector of items at a time.
+ */
 INLINE void nm_run(nmp_cpu_job *j, uint64_t b, uint64_t e, nm_acc *acc, int kind)
 {
-	const uint64_t m = j->p->m, groups = j->L / m;
+	const uint64_t m = j->p->m;
 	sort_net net;
 	if (m > SORT_ABOVE)
 		sort_net_build((int)m, &net);
@@ -450,16 +508,24 @@ INLINE void nm_run(nmp_cpu_job *j, uint64_t b, uint64_t e, nm_acc *acc, int kind
 			nm_tile(j, &net, g * m, m, 1, (int)(e - g), acc, kind, false);
 		return;
 	}
-	for (uint64_t w = b; w < e; w++) {
-		uint64_t o = w / groups, g = w % groups;
-		uint64_t base = (o * j->L + g * m) * j->inner, i = 0;
-		if (avx2)
-			for (; i + 8 <= j->inner; i += 8)
-				nm_strided8(j, &net, base + i, j->inner, acc, kind);
-		for (; i + NMP_LANES <= j->inner; i += NMP_LANES)
-			nm_tile(j, &net, base + i, 1, j->inner, NMP_LANES, acc, kind, true);
-		if (i < j->inner)
-			nm_tile(j, &net, base + i, 1, j->inner, (int)(j->inner - i), acc, kind, false);
+	const uint64_t inner = j->inner, item = m * inner, step = avx2 ? 8 : NMP_LANES, body = inner / step * step;
+	for (uint64_t w = b; w < e; w++)
+		for (uint64_t i = 0; i < body; i += step)
+			if (avx2)
+				nm_strided8(j, &net, w * item + i, inner, acc, kind);
+			else
+				nm_tile(j, &net, w * item + i, 1, inner, NMP_LANES, acc, kind, true);
+	if (body == inner)
+		return;
+	uint64_t w = b;
+	if (avx2)
+		for (; w + 8 <= e; w += 8)
+			for (uint64_t i = body; i < inner; i++)
+				nm_gathered8(j, &net, w * item + i, item, inner, acc, kind);
+	for (; w < e; w += NMP_LANES) {
+		const int lanes = e - w < NMP_LANES ? (int)(e - w) : NMP_LANES;
+		for (uint64_t i = body; i < inner; i++)
+			nm_tile(j, &net, w * item + i, item, inner, lanes, acc, kind, lanes == NMP_LANES);
 	}
 }
 
