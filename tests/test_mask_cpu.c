@@ -619,9 +619,11 @@ static uint16_t adversarial_half(int kind)
 /*
  * Exact transposable tiles of M = 4 choose the first tile of the shared
  * table with the largest exact score (nmp_tile_best, mask_rules.h), however
- * the backend gets there: on every adversarial kind, fp32 and fp16, both
- * layouts (rows contiguous or not), 1:4,
- * 2:4 and 3:4, and the kept magnitude is the sum of the chosen scores.
+ * the backend gets there: on every adversarial kind, fp32 and fp16, in a
+ * MatMul's layouts (rows contiguous or not) and a Conv's (tiles at adjacent
+ * kernel positions side by side: 3x3 and 5x5 windows, so eight positions at
+ * a time and the rest), 1:4, 2:4 and 3:4; the kept magnitude is the sum of
+ * the chosen scores, and APPLY zeroes exactly the pruned cells.
  */
 static void test_transposable_matches_the_rule(void **state)
 {
@@ -629,13 +631,22 @@ static void test_transposable_matches_the_rule(void **state)
 	static const uint16_t table[] = NMP_TILE_PATTERNS_INIT;
 	for (int fp16 = 0; fp16 < 2; fp16++)
 	for (int n = 1; n <= 3; n++)
-		for (int layout = 0; layout < 2; layout++) {
-			/* layout 0: [rows, L] with the group axis last; layout 1: [L, rows], rows contiguous */
-			tensor t = { .rank = 2, .dtype = fp16 ? NMP_DT_FLOAT16 : NMP_DT_FLOAT, .numel = 64 * 40 };
-			t.dims[0] = 64, t.dims[1] = 40;
-			t.axis = layout ? 0 : 1;
-			t.out_axis = layout ? 1 : 0;
-			const int rows = layout ? 40 : 64, L = layout ? 64 : 40;
+		for (int layout = 0; layout < 5; layout++) {
+			/*
+			 * layout 0: [rows, L] with the group axis last; layout 1: [L, rows], rows
+			 * contiguous; layouts 2 and 3: a Conv's [Cout, Cin, k, k], 3x3 and 5x5;
+			 * layout 4: [2, Cout, Cin, 5], whose ten positions are adjacent five at a time
+			 */
+			static const struct {
+				int rank, axis, out;
+				int64_t dims[4];
+			} shapes[5] = { { 2, 1, 0, { 64, 40 } },      { 2, 0, 1, { 64, 40 } }, { 4, 1, 0, { 8, 40, 3, 3 } },
+					{ 4, 1, 0, { 4, 8, 5, 5 } }, { 4, 2, 1, { 2, 4, 8, 5 } } };
+			tensor t = { .rank = shapes[layout].rank, .dtype = fp16 ? NMP_DT_FLOAT16 : NMP_DT_FLOAT, .numel = 1,
+				     .axis = shapes[layout].axis, .out_axis = shapes[layout].out };
+			for (int a = 0; a < t.rank; a++)
+				t.numel *= (uint64_t)(t.dims[a] = shapes[layout].dims[a]);
+			const int L = (int)t.dims[t.axis], rows = (int)(t.numel / (uint64_t)L);
 			float *x = malloc(t.numel * sizeof *x);
 			uint16_t *h = malloc(t.numel * sizeof *h);
 			t.data = fp16 ? (void *)h : (void *)x;
@@ -675,6 +686,17 @@ static void test_transposable_matches_the_rule(void **state)
 				}
 			assert_int_equal(st.kept, t.numel * (uint64_t)n / 4);
 			assert_true(st.l1_kept == kept || fabs(st.l1_kept - kept) <= 1e-12 * kept);
+			const size_t es = fp16 ? 2 : 4;
+			uint8_t *before = malloc(t.numel * es);
+			memcpy(before, t.data, t.numel * es);
+			free(run(&t, p, NMP_MASK_APPLY, 2, NULL));
+			for (uint64_t i = 0; i < t.numel; i++) {
+				const uint8_t zero[4] = { 0 };
+				if (memcmp((uint8_t *)t.data + i * es, mask[i] ? before + i * es : zero, es))
+					fail_msg("%s %s layout %d: APPLY left element %llu wrong", p, fp16 ? "fp16" : "fp32",
+						 layout, (unsigned long long)i);
+			}
+			free(before);
 			free(mask);
 			free(x);
 			free(h);

@@ -244,27 +244,17 @@ static inline bool tile8_adjacent(const uint64_t *ro)
  */
 static const int tile8_lane[8] = { 0, 2, 4, 6, 1, 3, 5, 7 };
 
-static inline __attribute__((target("avx2"), always_inline)) void tiles8_choose(
-	const tile4_tables *tb, const uint16_t *pats, int n_pat, const uint8_t *in, const uint64_t start[4], bool rows,
-	int kind, __m256i cut, __m256d above[2], nmp_cpu_cut *in_bin, unsigned best[8], double score[8])
+static const int tile8_in_order[8] = { 0, 1, 2, 3, 4, 5, 6, 7 };
+
+/*
+ * The choice of eight tiles from their cells' magnitudes: C[4r + c] holds
+ * cell (r, c) of the eight tiles, lane l of tile lane_tile[l].
+ */
+static inline __attribute__((target("avx2"), always_inline)) void tiles8_decide(
+	const tile4_tables *tb, const uint16_t *pats, int n_pat, const __m256 C[16], const int lane_tile[8],
+	unsigned best[8], double score[8])
 {
 	static const int ci[6] = { 0, 0, 1, 0, 1, 2 }, cj[6] = { 1, 2, 2, 3, 3, 3 }; /* row choice q: its cells */
-	const int sh = nmp_cpu_ref_shift(kind);
-	__m256 C[16]; /* cell 4r + c of the eight tiles */
-	for (int v = 0; v < 4; v++) { /* column v, or row v */
-		__m256 l[4]; /* l[q]: the four cells of tile 2q, then of tile 2q + 1 */
-		for (int q = 0; q < 4; q++) {
-			const __m256i k = nmp_cpu_key8(in, start[v] + 8 * (uint64_t)q, kind);
-			l[q] = nmp_cpu_mag8(k, kind);
-			nmp_cpu_ref8(k, l[q], cut, sh, above, in_bin);
-		}
-		const __m256 a = _mm256_unpacklo_ps(l[0], l[1]), b = _mm256_unpackhi_ps(l[0], l[1]);
-		const __m256 d = _mm256_unpacklo_ps(l[2], l[3]), f = _mm256_unpackhi_ps(l[2], l[3]);
-		const __m256 x[4] = { _mm256_shuffle_ps(a, d, 0x44), _mm256_shuffle_ps(a, d, 0xee),
-				      _mm256_shuffle_ps(b, f, 0x44), _mm256_shuffle_ps(b, f, 0xee) }; /* cell x of each */
-		for (int i = 0; i < 4; i++)
-			C[rows ? 4 * v + i : 4 * i + v] = x[i];
-	}
 	__m256 R[4][6], T[36], U[36];
 	for (int r = 0; r < 4; r++)
 		for (int q = 0; q < 6; q++)
@@ -317,9 +307,83 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles8_choose(
 		bits[l] = pats[tile4_best_avx2(tb, pats, n_pat, 2, rows, wd, &sc[l])];
 	}
 	for (int l = 0; l < 8; l++) {
-		best[tile8_lane[l]] = (unsigned)bits[l];
-		score[tile8_lane[l]] = sc[l];
+		best[lane_tile[l]] = (unsigned)bits[l];
+		score[lane_tile[l]] = sc[l];
 	}
+}
+
+static inline __attribute__((target("avx2"), always_inline)) void tiles8_choose(
+	const tile4_tables *tb, const uint16_t *pats, int n_pat, const uint8_t *in, const uint64_t start[4], bool rows,
+	int kind, __m256i cut, __m256d above[2], nmp_cpu_cut *in_bin, unsigned best[8], double score[8])
+{
+	const int sh = nmp_cpu_ref_shift(kind);
+	__m256 C[16]; /* cell 4r + c of the eight tiles */
+	for (int v = 0; v < 4; v++) { /* column v, or row v */
+		__m256 l[4]; /* l[q]: the four cells of tile 2q, then of tile 2q + 1 */
+		for (int q = 0; q < 4; q++) {
+			const __m256i k = nmp_cpu_key8(in, start[v] + 8 * (uint64_t)q, kind);
+			l[q] = nmp_cpu_mag8(k, kind);
+			nmp_cpu_ref8(k, l[q], cut, sh, above, in_bin);
+		}
+		const __m256 a = _mm256_unpacklo_ps(l[0], l[1]), b = _mm256_unpackhi_ps(l[0], l[1]);
+		const __m256 d = _mm256_unpacklo_ps(l[2], l[3]), f = _mm256_unpackhi_ps(l[2], l[3]);
+		const __m256 x[4] = { _mm256_shuffle_ps(a, d, 0x44), _mm256_shuffle_ps(a, d, 0xee),
+				      _mm256_shuffle_ps(b, f, 0x44), _mm256_shuffle_ps(b, f, 0xee) }; /* cell x of each */
+		for (int i = 0; i < 4; i++)
+			C[rows ? 4 * v + i : 4 * i + v] = x[i];
+	}
+	tiles8_decide(tb, pats, n_pat, C, tile8_lane, best, score);
+}
+
+/*
+ * Eight exact 2:4 tiles whose cells lie side by side element by element:
+ * cell i of tile l at at[i] + l (a Conv's tiles at eight adjacent kernel
+ * positions).  A vector holds one cell of the eight tiles as it is stored.
+ */
+static inline __attribute__((target("avx2"), always_inline)) void tiles8_choose_cells(
+	const tile4_tables *tb, const uint16_t *pats, int n_pat, const uint8_t *in, const uint64_t at[16], int kind,
+	__m256i cut, __m256d above[2], nmp_cpu_cut *in_bin, unsigned best[8], double score[8])
+{
+	const int sh = nmp_cpu_ref_shift(kind);
+	__m256 C[16];
+	for (int i = 0; i < 16; i++) {
+		const __m256i k = nmp_cpu_key8(in, at[i], kind);
+		C[i] = nmp_cpu_mag8(k, kind);
+		nmp_cpu_ref8(k, C[i], cut, sh, above, in_bin);
+	}
+	tiles8_decide(tb, pats, n_pat, C, tile8_in_order, best, score);
+}
+
+/* Marks the eight tiles of tiles8_choose_cells, and zeroes a float weight's pruned cells, a cell at a time. */
+static inline __attribute__((always_inline)) void tiles8_write_cells(uint8_t *mask, uint8_t *zero, const uint64_t at[16],
+								      const unsigned best[8], int kind)
+{
+	for (int i = 0; i < 16; i++) {
+		unsigned kept = 0; /* bit l: tile l keeps cell i */
+		for (int l = 0; l < 8; l++)
+			kept |= (best[l] >> i & 1) << l;
+		if (mask) {
+			memcpy(mask + at[i], &tile4_spread[kept & 15], 4);
+			memcpy(mask + at[i] + 4, &tile4_spread[kept >> 4], 4);
+		}
+		if (zero) {
+			nmp_cpu_zero4_unless(zero, at[i], kept & 15, kind);
+			nmp_cpu_zero4_unless(zero, at[i] + 4, kept >> 4, kind);
+		}
+	}
+}
+
+/*
+ * Do the tiles of row block r0 (rows r0 .. r0 + 3) at positions p .. p + 7,
+ * `per` rows apart, lie element by element side by side?
+ */
+static inline bool tile8_positions(const uint64_t *row_off, uint64_t r0, uint64_t per)
+{
+	for (uint64_t k = 1; k < 8; k++)
+		for (int r = 0; r < 4; r++)
+			if (row_off[r0 + k * per + (uint64_t)r] != row_off[r0 + (uint64_t)r] + k)
+				return false;
+	return true;
 }
 
 /*
@@ -349,10 +413,39 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 	 */
 	const bool runs = kind == NMP_CK_F32 || kind == NMP_CK_F16;
 	const bool by_row = runs && inner == 1 && !rows_fast;
+	/*
+	 * A Conv's rows are (kernel position, output channel), the channel
+	 * fastest, `per` rows to a position, and the positions are adjacent
+	 * elements: its tiles are taken position fastest, so that eight at
+	 * adjacent positions are read and marked a cell at a time.
+	 */
+	const int oa = j->t->out_axis;
+	const uint64_t per = oa >= 0 && oa < j->t->rank ? (uint64_t)j->t->dims[oa] : 0;
+	const bool by_pos = runs && n == 2 && !rows_fast && inner > 1 && per % 4 == 0 && per > 0 &&
+			    j->rows / per >= 8 && row_off[per] == row_off[0] + 1;
+	const uint64_t positions = by_pos ? j->rows / per : 1;
 	for (uint64_t it = b; it < e; it++) {
-		const uint64_t rb = rows_fast ? it % rblocks : it / groups, g = rows_fast ? it / rblocks : it % groups;
+		uint64_t rb = rows_fast ? it % rblocks : it / groups, g = rows_fast ? it / rblocks : it % groups, p = 0;
+		if (by_pos) {
+			p = it % positions;
+			g = it / positions % groups;
+			rb = p * (per / 4) + it / positions / groups;
+		}
 		const uint64_t c0 = g * 4 * inner;
 		const uint64_t *ro = row_off + rb * 4;
+		if (by_pos && p + 8 <= positions && it + 8 <= e && tile8_positions(row_off, rb * 4, per)) {
+			unsigned best8[8];
+			double score8[8];
+			uint64_t at[16];
+			for (int i = 0; i < 16; i++)
+				at[i] = ro[i / 4] + c0 + (uint64_t)(i % 4) * inner;
+			tiles8_choose_cells(tb, pats, n_pat, in, at, kind, cut, above, &acc->cut, best8, score8);
+			tiles8_write_cells(mask, zero, at, best8, mk);
+			for (int t = 0; t < 8; t++)
+				kept += score8[t];
+			it += 7;
+			continue;
+		}
 		const bool eight_by_column = rows_fast && rb + 8 <= rblocks && tile8_adjacent(ro);
 		const bool eight_by_row = by_row && g + 8 <= groups;
 		if (n == 2 && runs && it + 8 <= e && (eight_by_column || eight_by_row)) {
