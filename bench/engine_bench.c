@@ -2,8 +2,9 @@
  * engine_bench — mask engine throughput in GB/s of weight bytes, per pattern,
  * dtype, layout and thread count, beside memcpy of the same bytes in the same
  * run.  Layouts: a MatMul's B [K, N], whose groups run down the columns
- * (strided), and a Gemm's transposed B [N, K] or a 1x1 Conv, whose groups
- * are runs of adjacent elements (contiguous).
+ * (strided); a Gemm's transposed B [N, K] or a 1x1 Conv, whose groups are
+ * runs of adjacent elements (contiguous); and a 3x3 Conv [Cout, Cin, 3, 3],
+ * whose groups run along Cin nine elements apart (conv3x3).
  *
  *   engine_bench [MB] [patterns...]
  */
@@ -79,7 +80,7 @@ int main(int argc, char **argv)
 	const char **patterns = argc > 2 ? (const char **)argv + 2 : defaults;
 	int n_patterns = argc > 2 ? argc - 2 : 5;
 	int cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
-	static const char *layouts[2] = { "strided", "contiguous" };
+	static const char *layouts[3] = { "strided", "contiguous", "conv3x3" };
 	printf("  %-10s %-8s %-11s %7s %10s %10s %8s\n", "pattern", "dtype", "layout", "threads", "GB/s", "memcpy",
 	       "ratio");
 	for (int dt = 0; dt < 2; dt++) {
@@ -88,7 +89,7 @@ int main(int argc, char **argv)
 		int64_t cols = 4096, rows = (int64_t)(mb << 20) / (int64_t)esz / cols;
 		rows -= rows % 32;
 		size_t n = (size_t)(rows * cols), bytes = n * esz;
-		int64_t *dims = malloc(2 * sizeof *dims);
+		int64_t *dims = malloc(4 * sizeof *dims);
 		void *pristine = malloc(bytes), *work = malloc(bytes);
 		srand(1);
 		for (size_t i = 0; i < n; i++) {
@@ -107,17 +108,21 @@ int main(int argc, char **argv)
 				fprintf(stderr, "engine_bench: %s\n", err.message);
 				return 2;
 			}
-			for (int lay = 0; lay < 2; lay++) {
-				/* [K, N] with groups along axis 0, or [N, K] with groups along axis 1 */
-				dims[0] = lay ? rows : cols;
-				dims[1] = lay ? cols : rows;
-				r.t.axis = lay;
-				r.t.out_axis = 1 - lay;
+			for (int lay = 0; lay < 3; lay++) {
+				/* [K, N] with groups along axis 0, [N, K] with groups along axis 1, or
+				   [Cout, Cin, 3, 3] along axis 1, Cout a multiple of 32 (about the same bytes) */
+				r.t.rank = lay == 2 ? 4 : 2;
+				r.t.axis = lay ? 1 : 0;
+				r.t.out_axis = lay == 1 ? 0 : lay == 2 ? 0 : 1;
+				dims[0] = lay == 0 ? cols : lay == 1 ? rows : (int64_t)(n / (512 * 9)) / 32 * 32;
+				dims[1] = lay == 0 ? rows : lay == 1 ? cols : 512;
+				dims[2] = dims[3] = 3;
+				r.bytes = lay == 2 ? (size_t)dims[0] * 512 * 9 * esz : bytes;
 				int threads[2] = { 1, cores };
 				for (int ti = 0; ti < (cores > 1 ? 2 : 1); ti++) {
 					r.threads = threads[ti];
 					int reps = r.p.unit == NMP_UNIT_ELEMENT ? 3 : 1;
-					double gbs = (double)bytes / best_of(reps, time_engine, &r) / 1e9;
+					double gbs = (double)r.bytes / best_of(reps, time_engine, &r) / 1e9;
 					printf("  %-10s %-8s %-11s %7d %10.2f %10.2f %7.0f%%\n", patterns[k],
 					       dt ? "fp16" : "fp32", layouts[lay], r.threads, gbs, mc, 100.0 * gbs / mc);
 					fflush(stdout);
