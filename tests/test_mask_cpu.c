@@ -23,6 +23,7 @@
 #include "dtype.h"
 #include "mask.h"
 #include "mask_rules.h"
+#include "cpu/cpu.h"
 
 static uint64_t rng_state = 88172645463325252ull;
 
@@ -1010,10 +1011,10 @@ static void nm_by_the_rule(const tensor *t, int n, int m, uint8_t *want)
  * groups transposed eight at a time, and the generic tiles that take the
  * rest and the tails); whichever it takes, with ties everywhere, the mask
  * is the rule's, APPLY zeroes exactly what it prunes, and the counts agree.
+ * The portable paths too, which a CPU without AVX2 takes.
  */
-static void test_nm_exact_on_every_path(void **state)
+static void nm_exact_on_every_path(void)
 {
-	(void)state;
 	static const int nm[][2] = { { 1, 2 },   { 2, 4 },   { 1, 4 },   { 3, 4 },  { 2, 8 },  { 5, 8 },
 				     { 4, 16 },  { 15, 16 }, { 12, 24 }, { 1, 32 }, { 16, 32 }, { 31, 32 },
 				     { 3, 6 },   { 5, 12 },  { 7, 20 } };
@@ -1086,6 +1087,15 @@ static void test_nm_exact_on_every_path(void **state)
 				free(before);
 				free(t.data);
 			}
+}
+
+static void test_nm_exact_on_every_path(void **state)
+{
+	(void)state;
+	nm_exact_on_every_path();
+	nmp_cpu_use_avx2(false);
+	nm_exact_on_every_path();
+	nmp_cpu_use_avx2(true);
 }
 
 /* ---- unstructured -------------------------------------------------------------------------------------- */

@@ -163,6 +163,11 @@ typedef struct nmp_cpu_binpart {
 #define NMP_CPU_BIN_PART (1u << 16)
 
 bool nmp_cpu_have_avx2(void);
+/*
+ * false: the portable paths, even where the CPU has AVX2 (so that tests on
+ * such a CPU cover them too); call it while no engine runs.
+ */
+void nmp_cpu_use_avx2(bool on);
 nmp_status nmp_cpu_scan32(nmp_cpu_job *j, nmp_mask_stats *st, uint64_t *bins);
 uint32_t nmp_cpu_bin_from_top(const uint64_t *bins, uint64_t keep, uint64_t *above);
 nmp_cpu_binpart *nmp_cpu_bin_pass(nmp_cpu_job *j, uint32_t bin, int *parts);

@@ -12,16 +12,23 @@
 
 #include "cpu.h"
 
+static bool avx2_declined; /* nmp_cpu_use_avx2(false) */
+
 bool nmp_cpu_have_avx2(void)
 {
 #if defined(__x86_64__)
 	static int cached = -1;
 	if (cached < 0)
 		cached = __builtin_cpu_supports("avx2") ? 1 : 0;
-	return cached == 1;
+	return cached == 1 && !avx2_declined;
 #else
 	return false;
 #endif
+}
+
+void nmp_cpu_use_avx2(bool on)
+{
+	avx2_declined = !on;
 }
 
 void nmp_cpu_cut_push(nmp_cpu_cut *c, uint32_t key)
