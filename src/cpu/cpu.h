@@ -111,6 +111,14 @@ NMP_CPU_INLINE void nmp_cpu_zero4_unless(uint8_t *d, uint64_t i, unsigned keep, 
 	}
 }
 
+/* Mask bytes of the eight elements from i on: byte l is bit l of `on` (little-endian, as the AVX2 paths). */
+NMP_CPU_INLINE void nmp_cpu_mark8(uint8_t *mask, uint64_t i, unsigned on)
+{
+	const uint64_t lo = (on & 15u) * 0x00204081ull & 0x01010101u, hi = (on >> 4 & 15u) * 0x00204081ull & 0x01010101u;
+	const uint64_t bytes = lo | hi << 32;
+	memcpy(mask + i, &bytes, 8);
+}
+
 /* Zeroes element i of a float weight d (as nmp_cpu_zero4_unless) unless keep is 1. */
 NMP_CPU_INLINE void nmp_cpu_zero_unless(uint8_t *d, uint64_t i, unsigned keep, int kind)
 {
@@ -361,6 +369,50 @@ static inline void nmp_cpu_mark(const nmp_cpu_job *j, uint64_t i, bool keep, nmp
 static inline bool nmp_cpu_rows_fast(const nmp_cpu_job *j)
 {
 	return j->rows > 1 && j->row_off[1] - j->row_off[0] < j->inner;
+}
+
+/*
+ * A Conv's rows are (kernel position, output channel), the channel fastest:
+ * `per` rows to a position.  Where neighbouring positions are neighbouring
+ * elements, the units of a row block at eight adjacent positions lie side
+ * by side element by element, and a family reads one cell of eight units
+ * to a vector.  Its items then run position fastest: nmp_cpu_positions
+ * says how many positions there are (0: not this layout, fewer than
+ * eight, or a row block of unit_rows that would straddle two), and
+ * nmp_cpu_item_at places item w.
+ */
+static inline uint64_t nmp_cpu_positions(const nmp_cpu_job *j, unsigned unit_rows, uint64_t *per)
+{
+	const int oa = j->t->out_axis;
+	*per = oa >= 0 && oa < j->t->rank ? (uint64_t)j->t->dims[oa] : 0;
+	if (nmp_cpu_rows_fast(j) || j->inner == 1 || *per == 0 || *per % unit_rows || j->rows / *per < 8 ||
+	    j->row_off[*per] != j->row_off[0] + 1)
+		return 0;
+	return j->rows / *per;
+}
+
+/* Item w of position-fastest items: its row block and group; returns its position. */
+static inline uint64_t nmp_cpu_item_at(uint64_t w, uint64_t positions, uint64_t groups, uint64_t blocks_per_position,
+				       uint64_t *rb, uint64_t *g)
+{
+	const uint64_t p = w % positions, rest = w / positions;
+	*g = rest % groups;
+	*rb = p * blocks_per_position + rest / groups;
+	return p;
+}
+
+/*
+ * Do the `rows` rows from r0 (at one position) lie side by side, element by
+ * element, with theirs at the next seven positions, `per` rows on each?
+ * (An axis before the group axis can break the run.)
+ */
+static inline bool nmp_cpu_side_by_side8(const uint64_t *row_off, uint64_t r0, unsigned rows, uint64_t per)
+{
+	for (uint64_t k = 1; k < 8; k++)
+		for (unsigned r = 0; r < rows; r++)
+			if (row_off[r0 + k * per + r] != row_off[r0 + r] + k)
+				return false;
+	return true;
 }
 
 static inline uint64_t nmp_cpu_prod(const int64_t *d, int from, int to)

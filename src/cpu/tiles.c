@@ -362,28 +362,13 @@ static inline __attribute__((always_inline)) void tiles8_write_cells(uint8_t *ma
 		unsigned kept = 0; /* bit l: tile l keeps cell i */
 		for (int l = 0; l < 8; l++)
 			kept |= (best[l] >> i & 1) << l;
-		if (mask) {
-			memcpy(mask + at[i], &tile4_spread[kept & 15], 4);
-			memcpy(mask + at[i] + 4, &tile4_spread[kept >> 4], 4);
-		}
+		if (mask)
+			nmp_cpu_mark8(mask, at[i], kept);
 		if (zero) {
 			nmp_cpu_zero4_unless(zero, at[i], kept & 15, kind);
 			nmp_cpu_zero4_unless(zero, at[i] + 4, kept >> 4, kind);
 		}
 	}
-}
-
-/*
- * Do the tiles of row block r0 (rows r0 .. r0 + 3) at positions p .. p + 7,
- * `per` rows apart, lie element by element side by side?
- */
-static inline bool tile8_positions(const uint64_t *row_off, uint64_t r0, uint64_t per)
-{
-	for (uint64_t k = 1; k < 8; k++)
-		for (int r = 0; r < 4; r++)
-			if (row_off[r0 + k * per + (uint64_t)r] != row_off[r0 + (uint64_t)r] + k)
-				return false;
-	return true;
 }
 
 /*
@@ -413,27 +398,16 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 	 */
 	const bool runs = kind == NMP_CK_F32 || kind == NMP_CK_F16;
 	const bool by_row = runs && inner == 1 && !rows_fast;
-	/*
-	 * A Conv's rows are (kernel position, output channel), the channel
-	 * fastest, `per` rows to a position, and the positions are adjacent
-	 * elements: its tiles are taken position fastest, so that eight at
-	 * adjacent positions are read and marked a cell at a time.
-	 */
-	const int oa = j->t->out_axis;
-	const uint64_t per = oa >= 0 && oa < j->t->rank ? (uint64_t)j->t->dims[oa] : 0;
-	const bool by_pos = runs && n == 2 && !rows_fast && inner > 1 && per % 4 == 0 && per > 0 &&
-			    j->rows / per >= 8 && row_off[per] == row_off[0] + 1;
-	const uint64_t positions = by_pos ? j->rows / per : 1;
+	/* A Conv's tiles, position fastest, eight at adjacent positions read and marked a cell at a time. */
+	uint64_t per;
+	const uint64_t positions = runs && n == 2 ? nmp_cpu_positions(j, 4, &per) : 0;
 	for (uint64_t it = b; it < e; it++) {
 		uint64_t rb = rows_fast ? it % rblocks : it / groups, g = rows_fast ? it / rblocks : it % groups, p = 0;
-		if (by_pos) {
-			p = it % positions;
-			g = it / positions % groups;
-			rb = p * (per / 4) + it / positions / groups;
-		}
+		if (positions)
+			p = nmp_cpu_item_at(it, positions, groups, per / 4, &rb, &g);
 		const uint64_t c0 = g * 4 * inner;
 		const uint64_t *ro = row_off + rb * 4;
-		if (by_pos && p + 8 <= positions && it + 8 <= e && tile8_positions(row_off, rb * 4, per)) {
+		if (positions && p + 8 <= positions && it + 8 <= e && nmp_cpu_side_by_side8(row_off, rb * 4, 4, per)) {
 			unsigned best8[8];
 			double score8[8];
 			uint64_t at[16];
