@@ -872,13 +872,18 @@ static void test_units_adversarial(void **state)
 			for (int shape = 0; shape < 3; shape++) {
 				tensor t = shape == 2 ? make_adversarial(float_types[dt], 4, conv, 1, 0) :
 					   make_adversarial(float_types[dt], 2, mm, shape == 0 ? 0 : 1, shape == 0 ? 1 : 0);
-				uint8_t *mask = run(&t, cases[k].p, NMP_MASK_DRY, 2, NULL);
+				nmp_mask_stats st;
+				uint8_t *mask = run(&t, cases[k].p, NMP_MASK_DRY, 2, &st);
 				uint8_t *want = malloc(t.numel);
 				naive_units(&t, cases[k].n, cases[k].m, cases[k].ur, cases[k].uc, want);
-				for (uint64_t i = 0; i < t.numel; i++)
+				uint64_t kept = 0;
+				for (uint64_t i = 0; i < t.numel; i++) {
+					kept += want[i];
 					if (mask[i] != want[i])
 						fail_msg("%s, dtype %d, shape %d: element %llu is %d", cases[k].p, float_types[dt],
 							 shape, (unsigned long long)i, mask[i]);
+				}
+				assert_int_equal(st.kept, kept);
 				free(want);
 				free(mask);
 				free(t.data);

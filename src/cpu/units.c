@@ -110,6 +110,66 @@ static inline bool units_rows_in_fours(const uint64_t *ro, unsigned ur)
 }
 
 /*
+ * The units of one (row block, group) at eight adjacent kernel positions of
+ * a Conv (nmp_cpu_positions): lane l of a vector holds the cell of the unit
+ * at position l, so each unit's sum, in double, keeps the rule's order
+ * while eight run side by side; each lane keeps its own N of the M.  The
+ * reference bin's work and the zeroing as in units4_run.  Returns the kept
+ * magnitude; *count receives the kept units.
+ */
+static inline __attribute__((target("avx2"), always_inline)) double units8_positions(
+	const nmp_cpu_job *j, const uint64_t *ro, uint64_t c0, int m, int kind, __m256d above[2], nmp_cpu_cut *in_bin,
+	uint64_t *count)
+{
+	const int n = (int)j->p->n;
+	const unsigned ur = nmp_pattern_unit_rows(j->p), uc = nmp_pattern_unit_cols(j->p);
+	const uint64_t inner = j->inner;
+	const __m256i cut = _mm256_set1_epi32((int)j->ref_bin);
+	__m256d s[8][2]; /* unit x of the group: positions 0-3, 4-7 */
+	for (int x = 0; x < m; x++)
+		s[x][0] = s[x][1] = _mm256_setzero_pd();
+	for (unsigned t = 0; t < ur; t++)
+		for (unsigned c = 0; c < uc; c++)
+			for (int x = 0; x < m; x++) {
+				const __m256i k = nmp_cpu_key8(j->in, ro[t] + c0 + ((uint64_t)x * uc + c) * inner, kind);
+				const __m256 mg = nmp_cpu_mag8(k, kind);
+				nmp_cpu_ref8(k, mg, cut, nmp_cpu_ref_shift(kind), above, in_bin);
+				s[x][0] = _mm256_add_pd(s[x][0], _mm256_cvtps_pd(_mm256_castps256_ps128(mg)));
+				s[x][1] = _mm256_add_pd(s[x][1], _mm256_cvtps_pd(_mm256_extractf128_ps(mg, 1)));
+			}
+	double sums[8][8], kept = 0; /* [x][position] */
+	unsigned on[8] = { 0 };          /* bit l: unit x keeps at position l */
+	for (int x = 0; x < m; x++) {
+		_mm256_storeu_pd(sums[x], s[x][0]);
+		_mm256_storeu_pd(sums[x] + 4, s[x][1]);
+	}
+	for (int l = 0; l < 8; l++) {
+		double score[8];
+		uint8_t keep[8];
+		for (int x = 0; x < m; x++)
+			score[x] = sums[x][l];
+		top_n_double(score, m, n, keep);
+		for (int x = 0; x < m; x++) {
+			kept += keep[x] ? score[x] : 0.0;
+			*count += keep[x];
+			on[x] |= (unsigned)keep[x] << l;
+		}
+	}
+	for (unsigned t = 0; t < ur; t++)
+		for (unsigned c = 0; c < uc; c++)
+			for (int x = 0; x < m; x++) {
+				const uint64_t at = ro[t] + c0 + ((uint64_t)x * uc + c) * inner;
+				if (j->mask)
+					nmp_cpu_mark8(j->mask, at, on[x]);
+				if (j->zero) {
+					nmp_cpu_zero4_unless(j->zero, at, on[x] & 15, kind);
+					nmp_cpu_zero4_unless(j->zero, at + 4, on[x] >> 4, kind);
+				}
+			}
+	return kept;
+}
+
+/*
  * The same rule as units_run, four units to a vector: at each cell of the
  * unit (rows, then columns) the cells of four side-by-side units are read
  * together and their magnitudes added to four double sums, in the rule's
@@ -139,9 +199,20 @@ static inline __attribute__((target("avx2"), always_inline)) void units4_run(nmp
 	__m256d above = _mm256_setzero_pd();
 	double kept = acc->l1_kept;
 	uint64_t count = 0;
+	/* A Conv's units, position fastest, eight at adjacent positions side by side. */
+	uint64_t per;
+	const uint64_t positions = kind != NMP_CK_Q ? nmp_cpu_positions(j, ur, &per) : 0;
+	__m256d above8[2] = { _mm256_setzero_pd(), _mm256_setzero_pd() };
 	for (uint64_t w = b; w < e; w++) {
-		const uint64_t rb = rows_fast ? w % rblocks : w / groups, g = rows_fast ? w / rblocks : w % groups;
+		uint64_t rb = rows_fast ? w % rblocks : w / groups, g = rows_fast ? w / rblocks : w % groups, p = 0;
+		if (positions)
+			p = nmp_cpu_item_at(w, positions, groups, per / ur, &rb, &g);
 		const uint64_t *ro = row_off + rb * ur, c0 = g * gcols * inner;
+		if (positions && p + 8 <= positions && w + 8 <= e && nmp_cpu_side_by_side8(row_off, rb * ur, ur, per)) {
+			kept += units8_positions(j, ro, c0, m, kind, above8, &acc->cut, &count);
+			w += 7;
+			continue;
+		}
 		const bool fours = units_rows_in_fours(ro, ur);
 		__m256d s[2] = { _mm256_setzero_pd(), _mm256_setzero_pd() };
 		if (fours && uc <= 4) {
@@ -204,9 +275,12 @@ static inline __attribute__((target("avx2"), always_inline)) void units4_run(nmp
 						nmp_cpu_zero_unless(zero, at, keep[x], kind);
 				}
 	}
-	double lanes[4];
+	double lanes[12];
 	_mm256_storeu_pd(lanes, above);
-	acc->above += lanes[0] + lanes[1] + lanes[2] + lanes[3];
+	_mm256_storeu_pd(lanes + 4, above8[0]);
+	_mm256_storeu_pd(lanes + 8, above8[1]);
+	for (int l = 0; l < 12; l++)
+		acc->above += lanes[l];
 	acc->l1_kept = kept;
 	acc->kept += count * ur * uc;
 }
