@@ -632,17 +632,18 @@ static void test_transposable_matches_the_rule(void **state)
 	static const uint16_t table[] = NMP_TILE_PATTERNS_INIT;
 	for (int fp16 = 0; fp16 < 2; fp16++)
 	for (int n = 1; n <= 3; n++)
-		for (int layout = 0; layout < 5; layout++) {
+		for (int layout = 0; layout < 6; layout++) {
 			/*
 			 * layout 0: [rows, L] with the group axis last; layout 1: [L, rows], rows
 			 * contiguous; layouts 2 and 3: a Conv's [Cout, Cin, k, k], 3x3 and 5x5;
-			 * layout 4: [2, Cout, Cin, 5], whose ten positions are adjacent five at a time
+			 * layout 4: [2, Cout, Cin, 5], whose ten positions are adjacent five at a time;
+			 * layout 5: a 3x3 Conv of 675 tiles, which two threads split inside a run
 			 */
 			static const struct {
 				int rank, axis, out;
 				int64_t dims[4];
-			} shapes[5] = { { 2, 1, 0, { 64, 40 } },      { 2, 0, 1, { 64, 40 } }, { 4, 1, 0, { 8, 40, 3, 3 } },
-					{ 4, 1, 0, { 4, 8, 5, 5 } }, { 4, 2, 1, { 2, 4, 8, 5 } } };
+			} shapes[6] = { { 2, 1, 0, { 64, 40 } },      { 2, 0, 1, { 64, 40 } }, { 4, 1, 0, { 8, 40, 3, 3 } },
+					{ 4, 1, 0, { 4, 8, 5, 5 } }, { 4, 2, 1, { 2, 4, 8, 5 } }, { 4, 1, 0, { 20, 60, 3, 3 } } };
 			tensor t = { .rank = shapes[layout].rank, .dtype = fp16 ? NMP_DT_FLOAT16 : NMP_DT_FLOAT, .numel = 1,
 				     .axis = shapes[layout].axis, .out_axis = shapes[layout].out };
 			for (int a = 0; a < t.rank; a++)
