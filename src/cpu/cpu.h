@@ -111,14 +111,6 @@ NMP_CPU_INLINE void nmp_cpu_zero4_unless(uint8_t *d, uint64_t i, unsigned keep, 
 	}
 }
 
-/* Mask bytes of the eight elements from i on: byte l is bit l of `on` (little-endian, as the AVX2 paths). */
-NMP_CPU_INLINE void nmp_cpu_mark8(uint8_t *mask, uint64_t i, unsigned on)
-{
-	const uint64_t lo = (on & 15u) * 0x00204081ull & 0x01010101u, hi = (on >> 4 & 15u) * 0x00204081ull & 0x01010101u;
-	const uint64_t bytes = lo | hi << 32;
-	memcpy(mask + i, &bytes, 8);
-}
-
 /* Zeroes element i of a float weight d (as nmp_cpu_zero4_unless) unless keep is 1. */
 NMP_CPU_INLINE void nmp_cpu_zero_unless(uint8_t *d, uint64_t i, unsigned keep, int kind)
 {
@@ -208,6 +200,29 @@ static inline __attribute__((target("avx2"), always_inline)) __m128i nmp_cpu_key
 		return _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)(in + 4 * i)), _mm_set1_epi32(0x7fffffff));
 	return _mm_and_si128(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(in + 2 * i))),
 			     _mm_set1_epi32(0x7fff));
+}
+
+/*
+ * Elements i .. i + 7 decided by keep (32-bit lanes, all ones to keep): their
+ * mask bytes when mask is given, and when out is given a float weight's
+ * elements from src, zeroed where not kept (out may be src).
+ */
+static inline __attribute__((target("avx2"), always_inline)) void nmp_cpu_keep8(uint8_t *mask, uint8_t *out,
+									      const uint8_t *src, uint64_t i,
+									      __m256i keep, int kind)
+{
+	const __m128i keep16 = _mm_packs_epi32(_mm256_castsi256_si128(keep), _mm256_extracti128_si256(keep, 1));
+	if (mask)
+		_mm_storel_epi64((__m128i *)(void *)(mask + i), _mm_and_si128(_mm_packs_epi16(keep16, keep16), _mm_set1_epi8(1)));
+	if (!out)
+		return;
+	if (kind == NMP_CK_F32) {
+		const __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(src + 4 * i));
+		_mm256_storeu_si256((__m256i *)(void *)(out + 4 * i), _mm256_and_si256(v, keep));
+	} else {
+		const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(src + 2 * i));
+		_mm_storeu_si128((__m128i *)(void *)(out + 2 * i), _mm_and_si128(v, keep16));
+	}
 }
 
 /* The magnitudes of eight keys, as nmp_cpu_mag32. */

@@ -251,19 +251,7 @@ AVX2_INLINE void sum8(const out8 *o, __m256i k, __m256i keep, sums8 *s, nm_acc *
 AVX2_INLINE void emit8(const out8 *o, uint64_t i, __m256i k, __m256i keep, sums8 *s, nm_acc *acc, int kind)
 {
 	sum8(o, k, keep, s, acc, kind);
-	const __m128i keep16 = _mm_packs_epi32(_mm256_castsi256_si128(keep), _mm256_extracti128_si256(keep, 1));
-	if (o->mask)
-		_mm_storel_epi64((__m128i *)(void *)(o->mask + i),
-				 _mm_and_si128(_mm_packs_epi16(keep16, keep16), _mm_set1_epi8(1)));
-	if (!o->apply)
-		return;
-	if (kind == NMP_CK_F32) {
-		const __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(o->in + 4 * i));
-		_mm256_storeu_si256((__m256i *)(void *)(o->data + 4 * i), _mm256_and_si256(v, keep));
-	} else {
-		const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(o->in + 2 * i));
-		_mm_storeu_si128((__m128i *)(void *)(o->data + 2 * i), _mm_and_si128(v, keep16));
-	}
+	nmp_cpu_keep8(o->mask, o->apply ? o->data : NULL, o->in, i, keep, kind);
 }
 
 /* keep[e] for eight groups side by side, k[e] lane w being element e of group w (the rule of nm_tile). */

@@ -378,19 +378,13 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles8_choose_
 }
 
 /* Marks the eight tiles of tiles8_choose_cells, and zeroes a float weight's pruned cells, a cell at a time. */
-static inline __attribute__((always_inline)) void tiles8_write_cells(uint8_t *mask, uint8_t *zero, const uint64_t at[16],
-								      const unsigned best[8], int kind)
+static inline __attribute__((target("avx2"), always_inline)) void tiles8_write_cells(
+	uint8_t *mask, uint8_t *zero, const uint64_t at[16], const unsigned best[8], int kind)
 {
+	const __m256i pat = _mm256_loadu_si256((const __m256i *)(const void *)best); /* lane l: tile l's pattern */
 	for (int i = 0; i < 16; i++) {
-		unsigned kept = 0; /* bit l: tile l keeps cell i */
-		for (int l = 0; l < 8; l++)
-			kept |= (best[l] >> i & 1) << l;
-		if (mask)
-			nmp_cpu_mark8(mask, at[i], kept);
-		if (zero) {
-			nmp_cpu_zero4_unless(zero, at[i], kept & 15, kind);
-			nmp_cpu_zero4_unless(zero, at[i] + 4, kept >> 4, kind);
-		}
+		const __m256i bit = _mm256_set1_epi32(1 << i);
+		nmp_cpu_keep8(mask, zero, zero, at[i], _mm256_cmpeq_epi32(_mm256_and_si256(pat, bit), bit), kind);
 	}
 }
 

@@ -155,17 +155,15 @@ static inline __attribute__((target("avx2"), always_inline)) double units8_posit
 			on[x] |= (unsigned)keep[x] << l;
 		}
 	}
+	const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+	__m256i keep[8];
+	for (int x = 0; x < m; x++)
+		keep[x] = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)on[x]), lane_bit), lane_bit);
 	for (unsigned t = 0; t < ur; t++)
 		for (unsigned c = 0; c < uc; c++)
-			for (int x = 0; x < m; x++) {
-				const uint64_t at = ro[t] + c0 + ((uint64_t)x * uc + c) * inner;
-				if (j->mask)
-					nmp_cpu_mark8(j->mask, at, on[x]);
-				if (j->zero) {
-					nmp_cpu_zero4_unless(j->zero, at, on[x] & 15, kind);
-					nmp_cpu_zero4_unless(j->zero, at + 4, on[x] >> 4, kind);
-				}
-			}
+			for (int x = 0; x < m; x++)
+				nmp_cpu_keep8(j->mask, j->zero, j->zero, ro[t] + c0 + ((uint64_t)x * uc + c) * inner, keep[x],
+					      kind);
 	return kept;
 }
 
