@@ -406,28 +406,11 @@ static inline uint64_t nmp_cpu_positions(const nmp_cpu_job *j, unsigned unit_row
 	return j->rows / *per;
 }
 
-/*
- * Item w of position-fastest items: its row block and group; returns its
- * position.  The items first cover the positions in whole eights, position
- * fastest, then each position left over (3x3: the ninth), row blocks and
- * groups fastest.  *run receives how many items from w on continue its run
- * (the same row block and group at the next positions, or the same leftover
- * position).
- */
+/* Item w of position-fastest items: its row block and group; returns its position. */
 static inline uint64_t nmp_cpu_item_at(uint64_t w, uint64_t positions, uint64_t groups, uint64_t blocks_per_position,
-				       uint64_t *rb, uint64_t *g, uint64_t *run)
+				       uint64_t *rb, uint64_t *g)
 {
-	const uint64_t eights = positions / 8 * 8, per_position = blocks_per_position * groups;
-	uint64_t p, rest;
-	if (w < eights * per_position) {
-		p = w % eights;
-		rest = w / eights;
-		*run = eights - p;
-	} else {
-		p = eights + (w - eights * per_position) / per_position;
-		rest = (w - eights * per_position) % per_position;
-		*run = per_position - rest;
-	}
+	const uint64_t p = w % positions, rest = w / positions;
 	*g = rest % groups;
 	*rb = p * blocks_per_position + rest / groups;
 	return p;

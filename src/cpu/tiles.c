@@ -354,29 +354,6 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles8_choose_
 	tiles8_decide(tb, pats, n_pat, C, tile8_in_order, best, score);
 }
 
-/*
- * Eight exact 2:4 tiles that lie apart, tile l's row block at ro[l] and its
- * first column at c0[l] (a Conv's tiles at a kernel position left over by
- * the eights): a vector holds one cell of the eight tiles, read one by one.
- */
-static inline __attribute__((target("avx2"), always_inline)) void tiles8_choose_apart(
-	const tile4_tables *tb, const uint16_t *pats, int n_pat, const uint8_t *in, const uint64_t *const ro[8],
-	const uint64_t c0[8], uint64_t inner, int kind, __m256i cut, __m256d above[2], nmp_cpu_cut *in_bin,
-	unsigned best[8], double score[8])
-{
-	const int sh = nmp_cpu_ref_shift(kind);
-	__m256 C[16];
-	for (int i = 0; i < 16; i++) {
-		uint32_t key[8];
-		for (int l = 0; l < 8; l++)
-			key[l] = nmp_cpu_key32_at(in, NULL, ro[l][i / 4] + c0[l] + (uint64_t)(i % 4) * inner, kind);
-		const __m256i k = _mm256_loadu_si256((const __m256i *)(const void *)key);
-		C[i] = nmp_cpu_mag8(k, kind);
-		nmp_cpu_ref8(k, C[i], cut, sh, above, in_bin);
-	}
-	tiles8_decide(tb, pats, n_pat, C, tile8_in_order, best, score);
-}
-
 /* Marks the eight tiles of tiles8_choose_cells, and zeroes a float weight's pruned cells, a cell at a time. */
 static inline __attribute__((target("avx2"), always_inline)) void tiles8_write_cells(
 	uint8_t *mask, uint8_t *zero, const uint64_t at[16], const unsigned best[8], int kind)
@@ -419,37 +396,19 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 	uint64_t per;
 	const uint64_t positions = runs && n == 2 ? nmp_cpu_positions(j, 4, &per) : 0;
 	for (uint64_t it = b; it < e; it++) {
-		uint64_t rb = rows_fast ? it % rblocks : it / groups, g = rows_fast ? it / rblocks : it % groups, p = 0, run = 0;
+		uint64_t rb = rows_fast ? it % rblocks : it / groups, g = rows_fast ? it / rblocks : it % groups, p = 0;
 		if (positions)
-			p = nmp_cpu_item_at(it, positions, groups, per / 4, &rb, &g, &run);
+			p = nmp_cpu_item_at(it, positions, groups, per / 4, &rb, &g);
 		const uint64_t c0 = g * 4 * inner;
 		const uint64_t *ro = row_off + rb * 4;
-		/* eight tiles at once: 1 at adjacent positions, side by side; 2 at one leftover position */
-		int eight = 0;
-		if (positions && run >= 8 && it + 8 <= e)
-			eight = p >= positions / 8 * 8 ? 2 : nmp_cpu_side_by_side8(row_off, rb * 4, 4, per) ? 1 : 0;
-		if (eight) {
+		if (positions && p + 8 <= positions && it + 8 <= e && nmp_cpu_side_by_side8(row_off, rb * 4, 4, per)) {
 			unsigned best8[8];
 			double score8[8];
-			if (eight == 1) {
-				uint64_t at[16];
-				for (int i = 0; i < 16; i++)
-					at[i] = ro[i / 4] + c0 + (uint64_t)(i % 4) * inner;
-				tiles8_choose_cells(tb, pats, n_pat, in, at, kind, cut, above, &acc->cut, best8, score8);
-				tiles8_write_cells(mask, zero, at, best8, mk);
-			} else {
-				const uint64_t *ro8[8];
-				uint64_t c08[8], r8, g8, run8;
-				for (int t = 0; t < 8; t++) {
-					nmp_cpu_item_at(it + (uint64_t)t, positions, groups, per / 4, &r8, &g8, &run8);
-					ro8[t] = row_off + r8 * 4;
-					c08[t] = g8 * 4 * inner;
-				}
-				tiles8_choose_apart(tb, pats, n_pat, in, ro8, c08, inner, kind, cut, above, &acc->cut, best8,
-						    score8);
-				for (int t = 0; t < 8; t++)
-					tile4_write(mask, zero, ro8[t], c08[t], inner, best8[t], TILE4_APART, mk);
-			}
+			uint64_t at[16];
+			for (int i = 0; i < 16; i++)
+				at[i] = ro[i / 4] + c0 + (uint64_t)(i % 4) * inner;
+			tiles8_choose_cells(tb, pats, n_pat, in, at, kind, cut, above, &acc->cut, best8, score8);
+			tiles8_write_cells(mask, zero, at, best8, mk);
 			for (int t = 0; t < 8; t++)
 				kept += score8[t];
 			it += 7;

@@ -202,12 +202,11 @@ static inline __attribute__((target("avx2"), always_inline)) void units4_run(nmp
 	const uint64_t positions = kind != NMP_CK_Q ? nmp_cpu_positions(j, ur, &per) : 0;
 	__m256d above8[2] = { _mm256_setzero_pd(), _mm256_setzero_pd() };
 	for (uint64_t w = b; w < e; w++) {
-		uint64_t rb = rows_fast ? w % rblocks : w / groups, g = rows_fast ? w / rblocks : w % groups, p = 0, run = 0;
+		uint64_t rb = rows_fast ? w % rblocks : w / groups, g = rows_fast ? w / rblocks : w % groups, p = 0;
 		if (positions)
-			p = nmp_cpu_item_at(w, positions, groups, per / ur, &rb, &g, &run);
+			p = nmp_cpu_item_at(w, positions, groups, per / ur, &rb, &g);
 		const uint64_t *ro = row_off + rb * ur, c0 = g * gcols * inner;
-		if (positions && p < positions / 8 * 8 && run >= 8 && w + 8 <= e &&
-		    nmp_cpu_side_by_side8(row_off, rb * ur, ur, per)) {
+		if (positions && p + 8 <= positions && w + 8 <= e && nmp_cpu_side_by_side8(row_off, rb * ur, ur, per)) {
 			kept += units8_positions(j, ro, c0, m, kind, above8, &acc->cut, &count);
 			w += 7;
 			continue;
