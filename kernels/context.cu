@@ -276,7 +276,8 @@ typedef struct slot {
  * each a contiguous run of memory: pass 0 scans, pass 1 chooses and writes.
  * Slice k runs on stream k % 2, so while one stream's slice is in its
  * kernels the host stages the next into the other stream's pinned buffer.
- * A tensor that fits is one resident slice, uploaded once for both passes.
+ * A tensor that fits is one resident slice, uploaded once for both passes
+ * and brought back, through both pinned buffers in turn (upload, download).
  */
 static nmp_status fast_pass(cu_ctx *c, const nmp_mask_tensor *t, cu_tensor *x, slot *sl, uint64_t pairs, int pass,
 			    bool resident, uint32_t cut_bin, int cut_shift, uint8_t *mask, nmp_mask_mode mode, nmp_error *err)
@@ -289,7 +290,12 @@ static nmp_status fast_pass(cu_ctx *c, const nmp_mask_tensor *t, cu_tensor *x, s
 		const uint64_t base = p0 * group_elems, n = np * group_elems;
 		cudaStream_t s = c->stream[b];
 		CUDA_CHECK(err, cudaStreamSynchronize(s)); /* this stream's previous slice is done */
-		if (!(resident && pass == 1)) {
+		if (resident && pass == 0) {
+			/* One slice: both pinned buffers in turn, the host's copy of a piece beside the last one's transfer. */
+			nmp_status st = upload(c, sl[b].in, x->host_in + base * x->eb, n * x->eb, err);
+			if (st != NMP_OK)
+				return st;
+		} else if (!resident) {
 			/* Stage through pinned memory in STAGE_BYTES pieces on this stream. */
 			for (uint64_t off = 0; off < n * x->eb; off += STAGE_BYTES) {
 				size_t m = n * x->eb - off < STAGE_BYTES ? n * x->eb - off : STAGE_BYTES;
@@ -317,6 +323,14 @@ static nmp_status fast_pass(cu_ctx *c, const nmp_mask_tensor *t, cu_tensor *x, s
 		v.mask = sl[b].mask;
 		v.out = apply ? sl[b].out : NULL;
 		CUDA_CHECK(err, nmp_cu_nm_fast(v, cut_bin, cut_shift, cut_shift ? c->d_hist2 : NULL, s));
+		if (resident) { /* results back through both pinned buffers in turn (download waits for the kernel first) */
+			nmp_status st = apply ? download(c, (uint8_t *)t->data + base * x->eb, sl[b].out, n * x->eb, err) : NMP_OK;
+			if (st == NMP_OK && mask)
+				st = download(c, mask + base, sl[b].mask, n, err);
+			if (st != NMP_OK)
+				return st;
+			continue;
+		}
 		/* Results back: output and mask, through the pinned buffer, synchronously per piece. */
 		if (apply) {
 			CUDA_CHECK(err, cudaStreamSynchronize(s));
