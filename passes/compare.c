@@ -31,21 +31,18 @@ typedef struct acc {
 /* Values are read a chunk at a time, as doubles. */
 enum { CHUNK = 512 };
 
-/* The first index of the largest of n values from `first` on: a NaN is never picked (all NaN: 0). */
-static uint64_t host_argmax(const nmp_host_tensor *t, uint64_t first, uint64_t n)
+/* A row's argmax as its values go by: the first index of the largest, a NaN never picked (all NaN: 0). */
+typedef struct argmax {
+	double best;
+	uint64_t at;
+} argmax;
+
+static inline void argmax_see(argmax *m, double v, uint64_t col)
 {
-	double v[CHUNK], best_v = NAN;
-	uint64_t best = 0;
-	for (uint64_t j0 = 0; j0 < n; j0 += CHUNK) {
-		const size_t m = n - j0 < CHUNK ? (size_t)(n - j0) : CHUNK;
-		nmp_host_values(t, first + j0, m, v);
-		for (size_t j = 0; j < m; j++)
-			if (!isnan(v[j]) && (isnan(best_v) || v[j] > best_v)) {
-				best = j0 + j;
-				best_v = v[j];
-			}
+	if (!isnan(v) && (isnan(m->best) || v > m->best)) {
+		m->best = v;
+		m->at = col;
 	}
-	return best;
 }
 
 /* A miss of the sample whose dense output's finite values have squared norm na (nmp_output_acc_miss). */
@@ -57,16 +54,30 @@ static void add_miss(nmp_output_acc *x, double na, uint64_t numel, uint64_t last
 	x->rows += last > 1 ? numel / last : 0;
 }
 
+/*
+ * One pass over both outputs: the sums, and when rows have `last` > 1
+ * values, each row's argmax in either (top-1 agreement).
+ */
 void nmp_output_acc_add(nmp_output_acc *x, const nmp_host_tensor *ref, const nmp_host_tensor *t, uint64_t last)
 {
 	double dot = 0, na = 0, nb = 0, diff = 0, va[CHUNK], vb[CHUNK];
-	uint64_t nonfinite = 0;
+	uint64_t nonfinite = 0, agree = 0, col = 0;
+	argmax ma = { NAN, 0 }, mb = { NAN, 0 };
 	for (uint64_t i0 = 0; i0 < t->numel; i0 += CHUNK) {
 		const size_t m = t->numel - i0 < CHUNK ? (size_t)(t->numel - i0) : CHUNK;
 		nmp_host_values(ref, i0, m, va);
 		nmp_host_values(t, i0, m, vb);
 		for (size_t i = 0; i < m; i++) {
 			const double a = va[i], b = vb[i];
+			if (last > 1) {
+				argmax_see(&ma, a, col);
+				argmax_see(&mb, b, col);
+				if (++col == last) {
+					agree += ma.at == mb.at;
+					ma = mb = (argmax){ NAN, 0 };
+					col = 0;
+				}
+			}
 			if (!isfinite(a) || !isfinite(b)) { /* the same infinity, or NaN in both, agrees */
 				nonfinite += a != b && !(isnan(a) && isnan(b));
 				na += isfinite(a) ? a * a : 0;
@@ -87,9 +98,9 @@ void nmp_output_acc_add(nmp_output_acc *x, const nmp_host_tensor *ref, const nmp
 	nmp_cosine_add(&x->cos, dot, na, nb, t->numel);
 	x->diff2 += diff;
 	x->ref2 += na;
-	for (uint64_t r = 0; last > 1 && r < t->numel / last; r++) {
-		x->agree += host_argmax(ref, r * last, last) == host_argmax(t, r * last, last);
-		x->rows++;
+	if (last > 1) {
+		x->agree += agree;
+		x->rows += t->numel / last;
 	}
 }
 
