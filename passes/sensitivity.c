@@ -39,6 +39,7 @@ typedef struct ctx {
 	nmp_ort *ort;
 	nmp_model_input *inputs;
 	size_t n_inputs;
+	nmp_calib_data *data;         /* the samples every fidelity is measured on, open for every run */
 	const char **outs;            /* the model's outputs */
 	size_t n_out;
 	nmp_host_tensor *dense;       /* [sample * n_out + j]: the dense model's output, a copy in its own type
@@ -90,16 +91,13 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 	uint8_t *bytes = NULL;
 	size_t len = 0;
 	nmp_ort_session *sess = NULL;
-	nmp_calib_data *data = NULL;
 	nmp_status s = nmp_model_serialize(m, c->payloads, NULL, 0, &bytes, &len, err);
 	if (s == NMP_OK)
 		s = nmp_ort_session_create(c->ort, bytes, len, m->path, c->o->threads, &sess, err);
 	free(bytes);
-	if (s == NMP_OK)
-		s = nmp_calib_data_open(samples_of(c->o), c->inputs, c->n_inputs, c->o->max_samples, &data, err);
 	const bool record = c->dense == NULL;
 	if (s == NMP_OK && record) {
-		c->samples = nmp_calib_data_count(data);
+		c->samples = nmp_calib_data_count(c->data);
 		c->dense = calloc(c->samples * c->n_out + 1, sizeof *c->dense);
 		if (!c->dense)
 			s = nmp_error_set(err, NMP_ERR_NOMEM, "out of memory");
@@ -112,7 +110,7 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 		const nmp_host_tensor *in;
 		size_t n_in;
 		nmp_ort_outputs res = { 0 };
-		s = nmp_calib_data_sample(data, k, &names, &in, &n_in, err);
+		s = nmp_calib_data_sample(c->data, k, &names, &in, &n_in, err);
 		if (s == NMP_OK)
 			s = nmp_ort_run(sess, n_in, names, in, c->n_out, c->outs, &res, err);
 		for (size_t j = 0; s == NMP_OK && j < c->n_out; j++) {
@@ -157,7 +155,6 @@ static nmp_status run_all(ctx *c, double *fidelity, nmp_error *err)
 	}
 	free(acc);
 	c->runs++;
-	nmp_calib_data_free(&data);
 	nmp_ort_session_free(&sess);
 	return s;
 }
@@ -289,12 +286,15 @@ nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, 
 	ctx c = { .plan = plan, .o = o };
 	variant full = { 0 };
 	nmp_status s = nmp_model_inputs(m, &c.inputs, &c.n_inputs, err);
-	/* the data is checked before the runtime is looked for */
+	/* the data is checked before the runtime is looked for; the samples measured on stay open */
 	const char *sets[2] = { o->data, o->eval_data };
 	for (size_t d = 0; s == NMP_OK && d < 2 && sets[d]; d++) {
-		nmp_calib_data *probe = NULL;
-		s = nmp_calib_data_open(sets[d], c.inputs, c.n_inputs, o->max_samples, &probe, err);
-		nmp_calib_data_free(&probe);
+		nmp_calib_data *opened = NULL;
+		s = nmp_calib_data_open(sets[d], c.inputs, c.n_inputs, o->max_samples, &opened, err);
+		if (sets[d] == samples_of(o) && !c.data)
+			c.data = opened;
+		else
+			nmp_calib_data_free(&opened);
 	}
 	/* a weight pruned alone is calibrated on the dense model, whatever the stages */
 	if (s == NMP_OK)
@@ -367,6 +367,7 @@ nmp_status nmp_sensitivity(const nmp_plan *plan, const nmp_sensitivity_opts *o, 
 	variant_free(&c, &full);
 	free(c.payloads);
 	free(c.outs);
+	nmp_calib_data_free(&c.data);
 	free(c.inputs);
 	nmp_ort_close(&c.ort);
 	r->seconds = nmp_now() - t0;
