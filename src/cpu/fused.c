@@ -337,12 +337,12 @@ AVX2 static void nm_gathered8(const nmp_cpu_job *j, const sort_net *net, uint64_
 			const bool on = kept >> w & 1;
 			if (o.mask)
 				o.mask[i] = on;
-			if (!o.apply)
-				continue;
-			if (!on)
-				memset(o.data + eb * i, 0, eb);
-			else if (o.data != o.in)
-				memcpy(o.data + eb * i, o.in + eb * i, eb);
+			if (o.apply) { /* the element as read, or zero */
+				uint32_t v = 0;
+				if (on)
+					memcpy(&v, o.in + eb * i, eb);
+				memcpy(o.data + eb * i, &v, eb);
+			}
 		}
 	}
 	sums8_store(&s, acc);
