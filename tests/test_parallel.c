@@ -27,10 +27,14 @@ static void test_every_item_runs_once(void **state)
 {
 	(void)state;
 	static unsigned char runs[1000];
+	/* 2000 threads is more than any size here: the loop starts one per item at most. valgrind allows 500
+	 * threads alive at once, so the largest size that meets 2000 threads stays below that. */
 	const int threads[] = { -3, 0, 1, 2, 3, 8, 2000 };
-	const size_t sizes[] = { 0, 1, 2, 7, 1000 };
+	const size_t sizes[] = { 0, 1, 2, 7, 300, 1000 };
 	for (size_t t = 0; t < sizeof threads / sizeof *threads; t++) {
 		for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+			if (threads[t] > 8 && sizes[k] > 300)
+				continue;
 			memset(runs, 0, sizeof runs);
 			counts c = { runs, SIZE_MAX };
 			nmp_error err = { 0 };
