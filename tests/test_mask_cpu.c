@@ -749,6 +749,66 @@ static void test_transposable_rounding_trap(void **state)
 	}
 }
 
+/*
+ * Tiles whose best exact score has exactly one rival within 2^-18 of it (a
+ * tie, or a sum an ulp or two away): whatever pair of the 90 tiles the two
+ * are, in the same class of tops and bottoms or not, the first of the exact
+ * best is kept.  The tiles are drawn from few levels until 512 such are
+ * found, in both layouts of eight tiles side by side.
+ */
+static void test_transposable_one_rival(void **state)
+{
+	(void)state;
+	static const uint16_t table[] = NMP_TILE_PATTERNS_INIT;
+	int n_pat;
+	const uint16_t *pats = table + nmp_tile_table(4, 2, &n_pat);
+	enum { TILES = 512 };
+	static const float levels[6] = { 1.0f, 2.0f, 3.0f, 1.0f + 0x1p-23f, 2.0f + 0x1p-22f, 0.0f };
+	float (*w)[16] = malloc(TILES * sizeof *w);
+	int want[TILES], same_half = 0;
+	for (int k = 0; k < TILES;) {
+		double wd[16], sc[90], top = 0;
+		for (int i = 0; i < 16; i++)
+			wd[i] = w[k][i] = levels[rnd() % (rnd() % 4 ? 3 : 6)];
+		for (int p = 0; p < n_pat; p++)
+			top = fmax(top, sc[p] = nmp_tile_score(pats[p], 4, wd));
+		int near = 0, first = -1, other = -1;
+		for (int p = 0; p < n_pat; p++)
+			if (sc[p] >= top * (1 - 0x1p-18)) {
+				near++;
+				if (sc[p] == top && first < 0)
+					first = p;
+				else
+					other = p;
+			}
+		if (near != 2)
+			continue;
+		same_half += (pats[first] & 0xff) == (pats[other] & 0xff) || (pats[first] >> 8) == (pats[other] >> 8);
+		want[k++] = first;
+	}
+	assert_true(same_half > TILES / 8); /* the rival shares a top or a bottom often enough to matter */
+	for (int layout = 0; layout < 2; layout++) {
+		/* layout 0: [4, 4 * TILES], rows adjacent; layout 1: [4 * TILES, 4], the group axis last */
+		tensor t = { .rank = 2, .dtype = NMP_DT_FLOAT, .numel = 16 * TILES, .axis = layout, .out_axis = !layout };
+		t.dims[0] = layout ? 4 * TILES : 4, t.dims[1] = layout ? 4 : 4 * TILES;
+		float *x = malloc(t.numel * sizeof *x);
+		t.data = x;
+		for (uint64_t r = 0; r < 4 * TILES; r++)
+			for (uint64_t c = 0; c < 4; c++)
+				x[flat_of(&t, r, c)] = w[r / 4][4 * (r % 4) + c];
+		uint8_t *mask = run(&t, "2:4@t", NMP_MASK_DRY, 1, NULL);
+		for (uint64_t r = 0; r < 4 * TILES; r++)
+			for (uint64_t c = 0; c < 4; c++)
+				if (mask[flat_of(&t, r, c)] != (pats[want[r / 4]] >> (4 * (r % 4) + c) & 1))
+					fail_msg("layout %d, tile %llu: cell (%llu, %llu) is %d, want tile %d", layout,
+						 (unsigned long long)(r / 4), (unsigned long long)(r % 4),
+						 (unsigned long long)c, mask[flat_of(&t, r, c)], want[r / 4]);
+		free(mask);
+		free(x);
+	}
+	free(w);
+}
+
 static void test_greedy_reports_deficits(void **state)
 {
 	(void)state;
@@ -1220,6 +1280,7 @@ int main(void)
 		cmocka_unit_test(test_transposable),
 		cmocka_unit_test(test_transposable_matches_the_rule),
 		cmocka_unit_test(test_transposable_rounding_trap),
+		cmocka_unit_test(test_transposable_one_rival),
 		cmocka_unit_test(test_greedy_reports_deficits),
 		cmocka_unit_test(test_transposable_exact_adversarial),
 		cmocka_unit_test(test_units_adversarial),

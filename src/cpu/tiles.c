@@ -5,6 +5,7 @@
  * as a maximum-weight b-matching of rows to columns; greedy (sort and
  * accept, which may keep fewer) on request.
  */
+#include <math.h>
 #include <stdlib.h>
 
 #include "cpu.h"
@@ -78,11 +79,66 @@ static int tile_greedy(int m, int n, const double *w, uint8_t *keep)
  * that could overflow or lose relative accuracy (largest below 2^-100 or
  * above 2^100) send the tile to the full exact method.
  */
+/*
+ * The 90 tiles of 2:4 in classes, for the eight-tile chooser.  A tile is
+ * its rows 0 and 1 (a top: one of the 36 pairs of row choices) over its
+ * rows 2 and 3 (a bottom), and it keeps two per column exactly when the
+ * bottom's column counts are two less the top's.  Tops of equal column
+ * counts form a class, and each goes with every bottom of the complementary
+ * counts: 6 classes of one top and one bottom (both rows alike), 12 of two
+ * and two (rows sharing one cell) and one of six and six (rows that are
+ * complements).  A class's tile sums are its tops' sums plus its bottoms',
+ * and fp32 addition is monotonic, so its largest sum is its largest top's
+ * plus its largest bottom's, and its second largest the larger of the
+ * largest with the other's second.  A half is one top or bottom: 6 q0 + q1.
+ */
+typedef struct tile4_classes {
+	uint8_t one[6][2];    /* top, bottom */
+	uint8_t two[12][4];   /* tops, then bottoms */
+	uint8_t six[2][6];    /* tops; bottoms */
+	int32_t half[36];     /* a half's two nibbles, as rows 0 and 1 of a pattern */
+} tile4_classes;
+
 typedef struct tile4_tables {
 	int32_t take[3][8];        /* row choice q: the position of its k-th cell (k < N) */
 	int32_t choice[12][4][8];  /* vector v, row r, lane l: tile 8v + l's choice in row r */
-	uint8_t top[128], bottom[128]; /* tile p: 6 q0 + q1 of its rows 0 and 1, and of rows 2 and 3 */
+	tile4_classes cls;         /* N = 2 only */
 } tile4_tables;
+
+static void tile4_build_classes(const int *nib_of, tile4_classes *cl)
+{
+	int key[36], n_one = 0, n_two = 0;
+	for (int x = 0; x < 36; x++) { /* column counts of a half, in base 3 */
+		key[x] = 0;
+		for (int c = 0, p3 = 1; c < 4; c++, p3 *= 3)
+			key[x] += ((nib_of[x / 6] >> c & 1) + (nib_of[x % 6] >> c & 1)) * p3;
+		cl->half[x] = nib_of[x / 6] | nib_of[x % 6] << 4;
+	}
+	bool seen[81] = { false };
+	for (int x = 0; x < 36; x++) {
+		if (seen[key[x]])
+			continue;
+		seen[key[x]] = true;
+		uint8_t tops[6], bots[6];
+		int nt = 0, nb = 0;
+		for (int y = 0; y < 36; y++) {
+			if (key[y] == key[x])
+				tops[nt++] = (uint8_t)y;
+			if (key[y] == 80 - key[x]) /* 80: counts of two in every column */
+				bots[nb++] = (uint8_t)y;
+		}
+		if (nt == 1) {
+			cl->one[n_one][0] = tops[0];
+			cl->one[n_one++][1] = bots[0];
+		} else if (nt == 2) {
+			memcpy(cl->two[n_two], tops, 2);
+			memcpy(cl->two[n_two++] + 2, bots, 2);
+		} else {
+			memcpy(cl->six[0], tops, 6);
+			memcpy(cl->six[1], bots, 6);
+		}
+	}
+}
 
 static void tile4_build(int n, const uint16_t *pats, int n_pat, tile4_tables *tb)
 {
@@ -103,9 +159,9 @@ static void tile4_build(int n, const uint16_t *pats, int n_pat, tile4_tables *tb
 			for (int q = 0; q < n_choice; q++)
 				if (nib_of[q] == (pat >> (4 * r) & 15))
 					tb->choice[p / 8][r][p % 8] = q;
-		tb->top[p] = (uint8_t)(n_choice * tb->choice[p / 8][0][p % 8] + tb->choice[p / 8][1][p % 8]);
-		tb->bottom[p] = (uint8_t)(n_choice * tb->choice[p / 8][2][p % 8] + tb->choice[p / 8][3][p % 8]);
 	}
+	if (n == 2)
+		tile4_build_classes(nib_of, &tb->cls);
 }
 
 #if defined(__x86_64__)
@@ -234,10 +290,11 @@ static inline bool tile8_adjacent(const uint64_t *ro)
  * tiles (lane l: tile tile8_lane[l]), so the 90 tile sums are additions,
  * not permutations: the two cells of each row choice, then rows 0 and 1
  * and rows 2 and 3, then the halves, within 3 fp32 roundings of the exact
- * sum, so tile4_best_avx2's bound holds.  A tile whose largest sum is the
- * only one above that bound's threshold keeps it (the first in table order
- * of equal fp32 sums is tracked, and a second near one sends the tile to
- * tile4_best_avx2, as does a largest sum out of range); its exact score is
+ * sum, so tile4_best_avx2's bound holds.  The largest two of the 90 sums
+ * come from the classes of tile4_classes, not from each sum.  A tile whose
+ * largest sum is the only one above that bound's threshold keeps it (a
+ * second near one sends the tile to tile4_best_avx2, as does a largest sum
+ * out of range, so which of equal sums is taken never matters); its exact score is
  * the kept cells' magnitudes in double, summed in row-major order as
  * nmp_tile_score sums them.  Returns the eight tiles' patterns and scores in
  * tile order, and does the reference bin's work on their keys.
@@ -245,6 +302,50 @@ static inline bool tile8_adjacent(const uint64_t *ro)
 static const int tile8_lane[8] = { 0, 2, 4, 6, 1, 3, 5, 7 };
 
 static const int tile8_in_order[8] = { 0, 1, 2, 3, 4, 5, 6, 7 };
+
+/*
+ * The largest of k halves' sums X[idx[i]], *second the second largest, and
+ * *bits the largest's nibbles shifted to its rows (either of equal ones).
+ */
+static inline __attribute__((target("avx2"), always_inline)) __m256 tile4_largest(const __m256 *X, const uint8_t *idx,
+										 int k, const int32_t *half, int shift,
+										 __m256 *second, __m256i *bits)
+{
+	__m256 v1 = X[idx[0]], v2 = _mm256_set1_ps(-INFINITY);
+	__m256i b = _mm256_set1_epi32(half[idx[0]] << shift);
+	for (int i = 1; i < k; i++) {
+		const __m256 v = X[idx[i]];
+		v2 = _mm256_max_ps(v2, _mm256_min_ps(v1, v));
+		b = _mm256_blendv_epi8(b, _mm256_set1_epi32(half[idx[i]] << shift),
+				       _mm256_castps_si256(_mm256_cmp_ps(v, v1, _CMP_GT_OQ)));
+		v1 = _mm256_max_ps(v1, v);
+	}
+	*second = v2;
+	*bits = b;
+	return v1;
+}
+
+/* Folds a class's largest sum `first` (pattern `bits`) and its second into the tiles' largest two so far. */
+static inline __attribute__((target("avx2"), always_inline)) void tile4_fold(__m256 first, __m256 second, __m256i bits,
+									    __m256 *m1, __m256 *m2, __m256i *at)
+{
+	*m2 = _mm256_max_ps(*m2, _mm256_max_ps(second, _mm256_min_ps(*m1, first)));
+	*at = _mm256_blendv_epi8(*at, bits, _mm256_castps_si256(_mm256_cmp_ps(first, *m1, _CMP_GT_OQ)));
+	*m1 = _mm256_max_ps(*m1, first);
+}
+
+/* A class of k tops and k bottoms: its largest sum is the largest top's plus the largest bottom's. */
+static inline __attribute__((target("avx2"), always_inline)) void tile4_fold_class(
+	const __m256 *T, const __m256 *U, const uint8_t *tops, const uint8_t *bots, int k, const int32_t *half,
+	__m256 *m1, __m256 *m2, __m256i *at)
+{
+	__m256 t2, u2;
+	__m256i tb, ub;
+	const __m256 t1 = tile4_largest(T, tops, k, half, 0, &t2, &tb);
+	const __m256 u1 = tile4_largest(U, bots, k, half, 8, &u2, &ub);
+	tile4_fold(_mm256_add_ps(t1, u1), _mm256_max_ps(_mm256_add_ps(t1, u2), _mm256_add_ps(t2, u1)),
+		   _mm256_or_si256(tb, ub), m1, m2, at);
+}
 
 /*
  * The choice of eight tiles from their cells' magnitudes: C[4r + c] holds
@@ -264,22 +365,23 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles8_decide(
 			T[6 * x + y] = _mm256_add_ps(R[0][x], R[1][y]);
 			U[6 * x + y] = _mm256_add_ps(R[2][x], R[3][y]);
 		}
+	/* The classes' largest and second largest sums, folded into the tiles' (see tile4_classes). */
+	const tile4_classes *cl = &tb->cls;
+	const __m256 none = _mm256_set1_ps(-INFINITY);
 	__m256 m1 = _mm256_set1_ps(-1.0f), m2 = m1;
-	__m256i at = _mm256_setzero_si256(), pv = at;
-	for (int p = 0; p < n_pat; p++, pv = _mm256_sub_epi32(pv, _mm256_set1_epi32(-1))) {
-		const __m256 A = _mm256_add_ps(T[tb->top[p]], U[tb->bottom[p]]);
-		m2 = _mm256_max_ps(m2, _mm256_min_ps(m1, A));
-		at = _mm256_blendv_epi8(at, pv, _mm256_castps_si256(_mm256_cmp_ps(A, m1, _CMP_GT_OQ)));
-		m1 = _mm256_max_ps(m1, A);
-	}
+	__m256i at = _mm256_setzero_si256(); /* the largest's pattern */
+	for (int k = 0; k < 6; k++)
+		tile4_fold(_mm256_add_ps(T[cl->one[k][0]], U[cl->one[k][1]]), none,
+			   _mm256_set1_epi32(cl->half[cl->one[k][0]] | cl->half[cl->one[k][1]] << 8), &m1, &m2, &at);
+	for (int k = 0; k < 12; k++)
+		tile4_fold_class(T, U, cl->two[k], cl->two[k] + 2, 2, cl->half, &m1, &m2, &at);
+	tile4_fold_class(T, U, cl->six[0], cl->six[1], 6, cl->half, &m1, &m2, &at);
 	const __m256 thr = _mm256_sub_ps(m1, _mm256_mul_ps(m1, _mm256_set1_ps(0x1p-19f)));
 	const __m256 alone = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(m1, _mm256_set1_ps(0x1p-100f), _CMP_GE_OQ),
 							 _mm256_cmp_ps(m1, _mm256_set1_ps(0x1p100f), _CMP_LT_OQ)),
 					   _mm256_cmp_ps(m2, thr, _CMP_LT_OQ));
-	int32_t idx[8], bits[8];
-	_mm256_storeu_si256((__m256i *)(void *)idx, at);
-	for (int l = 0; l < 8; l++)
-		bits[l] = pats[idx[l]];
+	int32_t bits[8];
+	_mm256_storeu_si256((__m256i *)(void *)bits, at);
 	const __m256i pat = _mm256_loadu_si256((const __m256i *)(const void *)bits);
 	__m256d s_lo = _mm256_setzero_pd(), s_hi = _mm256_setzero_pd();
 	for (int i = 0; i < 16; i++) {
