@@ -67,6 +67,27 @@ static int tile_greedy(int m, int n, const double *w, uint8_t *keep)
 /* ---- exact 4 x 4 tiles of 32-bit keys, filtered with AVX2 ------------------------------------ */
 
 /*
+ * The 90 tiles of 2:4 in classes, for the eight-tile chooser.  A tile is
+ * its rows 0 and 1 (a top: one of the 36 pairs of row choices) over its
+ * rows 2 and 3 (a bottom), and it keeps two per column exactly when each
+ * column's count in the bottom is two minus its count in the top.  Tops of
+ * equal column counts form a class, and each goes with every bottom of the
+ * complementary counts: 6 classes of one top and one bottom (both rows
+ * alike), 12 of two and two (rows sharing one cell) and one of six and six
+ * (rows that are complements).  A class's tile sums are its tops' sums plus
+ * its bottoms', and fp32 addition is monotonic, so its largest sum is the
+ * largest top plus the largest bottom, and its second largest the larger
+ * of largest top plus second bottom and second top plus largest bottom.
+ * A half is one top or bottom, 6 q0 + q1 for its two rows' choices.
+ */
+typedef struct tile4_classes {
+	uint8_t one[6][2];    /* top, bottom */
+	uint8_t two[12][4];   /* tops, then bottoms */
+	uint8_t six[2][6];    /* tops; bottoms */
+	int32_t half[36];     /* a half's two nibbles, as rows 0 and 1 of a pattern */
+} tile4_classes;
+
+/*
  * The exact method scores every tile of the table in double, in its set
  * bits' order, and keeps the first best.  The filter gets the same answer
  * with far fewer exact scores: every tile's sum is first approximated in
@@ -79,26 +100,6 @@ static int tile_greedy(int m, int n, const double *w, uint8_t *keep)
  * that could overflow or lose relative accuracy (largest below 2^-100 or
  * above 2^100) send the tile to the full exact method.
  */
-/*
- * The 90 tiles of 2:4 in classes, for the eight-tile chooser.  A tile is
- * its rows 0 and 1 (a top: one of the 36 pairs of row choices) over its
- * rows 2 and 3 (a bottom), and it keeps two per column exactly when the
- * bottom's column counts are two less the top's.  Tops of equal column
- * counts form a class, and each goes with every bottom of the complementary
- * counts: 6 classes of one top and one bottom (both rows alike), 12 of two
- * and two (rows sharing one cell) and one of six and six (rows that are
- * complements).  A class's tile sums are its tops' sums plus its bottoms',
- * and fp32 addition is monotonic, so its largest sum is its largest top's
- * plus its largest bottom's, and its second largest the larger of the
- * largest with the other's second.  A half is one top or bottom: 6 q0 + q1.
- */
-typedef struct tile4_classes {
-	uint8_t one[6][2];    /* top, bottom */
-	uint8_t two[12][4];   /* tops, then bottoms */
-	uint8_t six[2][6];    /* tops; bottoms */
-	int32_t half[36];     /* a half's two nibbles, as rows 0 and 1 of a pattern */
-} tile4_classes;
-
 typedef struct tile4_tables {
 	int32_t take[3][8];        /* row choice q: the position of its k-th cell (k < N) */
 	int32_t choice[12][4][8];  /* vector v, row r, lane l: tile 8v + l's choice in row r */
