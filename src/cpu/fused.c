@@ -298,8 +298,10 @@ AVX2 static void nm_strided8(const nmp_cpu_job *j, const sort_net *net, uint64_t
 	const int m = (int)j->p->m;
 	const out8 o = out8_of(j);
 	__m256i k[FUSED_MAX_M], keep[FUSED_MAX_M];
-	for (int e = 0; e < m; e++)
+	for (int e = 0; e < m; e++) {
+		nmp_cpu_fetch_ahead(o.in, base + (uint64_t)e * elem_step, j->numel, kind);
 		k[e] = nmp_cpu_key8(o.in, base + (uint64_t)e * elem_step, kind);
+	}
 	keep8(k, m, (int)j->p->n, net, keep);
 	sums8 s = sums8_load(acc);
 	for (int e = 0; e < m; e++)
@@ -373,6 +375,7 @@ AVX2 static uint64_t nm_rotated8(const nmp_cpu_job *j, uint64_t g, uint64_t end,
 	sums8 s = sums8_load(acc);
 	for (; g + (uint64_t)per <= end; g += (uint64_t)per) {
 		const uint64_t i = g * (uint64_t)m;
+		nmp_cpu_fetch_ahead(o.in, i, j->numel, kind);
 		const __m256i k = nmp_cpu_key8(o.in, i, kind);
 		__m256i rank = _mm256_setzero_si256();
 		for (int r = 0; r < m - 1; r++) {
@@ -427,6 +430,8 @@ AVX2 static uint64_t nm_transposed8(const nmp_cpu_job *j, const sort_net *net, u
 	sums8 s = sums8_load(acc);
 	for (; g + 8 <= end; g += 8) {
 		__m256i mem[FUSED_MAX_M], k[FUSED_MAX_M], keep[FUSED_MAX_M]; /* mem[8b + w]: group w's block b */
+		for (int x = 0; x < 8 * m; x += 16)
+			nmp_cpu_fetch_ahead(o.in, g * (uint64_t)m + (uint64_t)x, j->numel, kind);
 		for (int b = 0; b < blocks; b++) {
 			for (int w = 0; w < 8; w++)
 				k[8 * b + w] = mem[8 * b + w] = nmp_cpu_key8(o.in, block_at(g, w, m, b), kind);

@@ -74,7 +74,6 @@ NMP_CPU_INLINE void scan_run(nmp_cpu_job *j, uint64_t b, uint64_t e, scan_acc *a
 
 #if defined(__x86_64__)
 #define SCAN_BLOCK 256
-#define SCAN_AHEAD 4 /* blocks: how far ahead of the scan its keys are fetched */
 
 /*
  * The scan for fp32, fp16 and bf16 with AVX2: vector NaN test and sums, and
@@ -82,7 +81,7 @@ NMP_CPU_INLINE void scan_run(nmp_cpu_job *j, uint64_t b, uint64_t e, scan_acc *a
  * counted after the block, in a loop of their own: counting each vector's
  * eight as they are unpacked from it took a fifth of every family's time.
  * The counting loop reads no keys, so the hardware stops fetching ahead
- * while it runs: each block asks for the one SCAN_AHEAD blocks on.
+ * while it runs: each block asks for the keys NMP_CPU_AHEAD on.
  */
 __attribute__((target("avx2"))) static void scan_avx2(nmp_cpu_job *j, uint64_t b, uint64_t e, scan_acc *acc, int kind)
 {
@@ -94,9 +93,8 @@ __attribute__((target("avx2"))) static void scan_avx2(nmp_cpu_job *j, uint64_t b
 	const size_t esz = kind == NMP_CK_F32 ? 4 : 2;
 	for (; i + SCAN_BLOCK <= e; i += SCAN_BLOCK) {
 		uint16_t bins[SCAN_BLOCK];
-		if (i + (SCAN_AHEAD + 1) * SCAN_BLOCK <= e)
-			for (size_t o = 0; o < SCAN_BLOCK * esz; o += 64)
-				_mm_prefetch((const char *)j->in + (i + SCAN_AHEAD * SCAN_BLOCK) * esz + o, _MM_HINT_T0);
+		for (uint64_t x = 0; x < SCAN_BLOCK; x += 64 / esz) /* a line at a time */
+			nmp_cpu_fetch_ahead(j->in, i + x, e, kind);
 		for (int x = 0; x < SCAN_BLOCK; x += 8) {
 			__m256i k = nmp_cpu_key8(j->in, i + (uint64_t)x, kind);
 			if (_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(k, nan_above)))) {
