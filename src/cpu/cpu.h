@@ -207,6 +207,14 @@ static inline __attribute__((always_inline)) void nmp_cpu_fetch_ahead(const uint
 		_mm_prefetch((const char *)in + (i + NMP_CPU_AHEAD) * (kind == NMP_CK_F32 ? 4u : 2u), _MM_HINT_T0);
 }
 
+/* The same for a pass that walks down: the line of element i - NMP_CPU_AHEAD, where it lies at `begin` or after. */
+static inline __attribute__((always_inline)) void nmp_cpu_fetch_behind(const uint8_t *in, uint64_t i, uint64_t begin,
+								       int kind)
+{
+	if (i >= begin + NMP_CPU_AHEAD)
+		_mm_prefetch((const char *)in + (i - NMP_CPU_AHEAD) * (kind == NMP_CK_F32 ? 4u : 2u), _MM_HINT_T0);
+}
+
 /* Four keys from element i on, as nmp_cpu_key8 (for runs of four that may end the tensor). */
 static inline __attribute__((target("avx2"), always_inline)) __m128i nmp_cpu_key4(const uint8_t *in, uint64_t i,
 										 int kind)

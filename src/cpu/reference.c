@@ -198,6 +198,7 @@ __attribute__((target("avx2"))) static void bin_avx2(nmp_cpu_job *j, uint64_t b,
 	__m256d above[2] = { _mm256_setzero_pd(), _mm256_setzero_pd() };
 	uint64_t i = b;
 	for (; i + 8 <= e; i += 8) {
+		nmp_cpu_fetch_ahead(j->in, i, e, kind);
 		const __m256i k = nmp_cpu_key8(j->in, i, kind);
 		nmp_cpu_ref8(k, nmp_cpu_mag8(k, kind), vcut, sh, above, &bp->cut);
 	}

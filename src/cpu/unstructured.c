@@ -255,6 +255,7 @@ __attribute__((target("avx2"))) static void mark32_avx2(nmp_cpu_job *j, uint64_t
 	const __m256i thr = _mm256_set1_epi32((int)x->thr);
 	uint64_t i = e;
 	for (; i >= b + 8; i -= 8) {
+		nmp_cpu_fetch_behind(j->in, i - 8, b, kind);
 		__m256i k = nmp_cpu_key8(j->in, i - 8, kind);
 		if (_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(k, thr)))) {
 			mark32_run(j, i - 8, i, later, kind);
