@@ -61,6 +61,10 @@ static inline int nmp_cpu_kind32(const nmp_cpu_job *j)
 
 #define NMP_CPU_INLINE static inline __attribute__((always_inline))
 
+/* The x86-64 paths: AVX2, with F16C for fp16 magnitudes (nmp_cpu_have_avx2 checks both). */
+#define NMP_CPU_SIMD __attribute__((target("avx2,f16c")))
+#define NMP_CPU_SIMD_INLINE static inline __attribute__((target("avx2,f16c"), always_inline))
+
 /* The key kind of mask_rules.h that a 32-bit kind follows (quantized keys are fp32 bits). */
 NMP_CPU_INLINE nmp_key_kind nmp_cpu_kk32(int kind)
 {
@@ -162,7 +166,7 @@ typedef struct nmp_cpu_binpart {
 /* Parts of a bin pass hold at least this many elements (a caller that partitions alike uses it too). */
 #define NMP_CPU_BIN_PART (1u << 16)
 
-bool nmp_cpu_have_avx2(void);
+bool nmp_cpu_have_avx2(void); /* AVX2 and F16C, and not declined */
 /*
  * false: the portable paths, even where the CPU has AVX2 (so that tests on
  * such a CPU cover them too); call it while no engine runs.
@@ -182,8 +186,7 @@ nmp_status nmp_cpu_reference32(nmp_cpu_job *j, const uint64_t *bins, uint64_t ke
 #include <immintrin.h>
 
 /* Eight keys from element i on (fp32, fp16 or bf16). */
-static inline __attribute__((target("avx2"), always_inline)) __m256i nmp_cpu_key8(const uint8_t *in, uint64_t i,
-										 int kind)
+NMP_CPU_SIMD_INLINE __m256i nmp_cpu_key8(const uint8_t *in, uint64_t i, int kind)
 {
 	if (kind == NMP_CK_F32)
 		return _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(in + 4 * i)),
@@ -216,8 +219,7 @@ static inline __attribute__((always_inline)) void nmp_cpu_fetch_behind(const uin
 }
 
 /* Four keys from element i on, as nmp_cpu_key8 (for runs of four that may end the tensor). */
-static inline __attribute__((target("avx2"), always_inline)) __m128i nmp_cpu_key4(const uint8_t *in, uint64_t i,
-										 int kind)
+NMP_CPU_SIMD_INLINE __m128i nmp_cpu_key4(const uint8_t *in, uint64_t i, int kind)
 {
 	if (kind == NMP_CK_F32)
 		return _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)(in + 4 * i)), _mm_set1_epi32(0x7fffffff));
@@ -230,9 +232,8 @@ static inline __attribute__((target("avx2"), always_inline)) __m128i nmp_cpu_key
  * mask bytes when mask is given, and when out is given a float weight's
  * elements from src, zeroed where not kept (out may be src).
  */
-static inline __attribute__((target("avx2"), always_inline)) void nmp_cpu_keep8(uint8_t *mask, uint8_t *out,
-									      const uint8_t *src, uint64_t i,
-									      __m256i keep, int kind)
+NMP_CPU_SIMD_INLINE void nmp_cpu_keep8(uint8_t *mask, uint8_t *out, const uint8_t *src, uint64_t i, __m256i keep,
+				       int kind)
 {
 	const __m128i keep16 = _mm_packs_epi32(_mm256_castsi256_si128(keep), _mm256_extracti128_si256(keep, 1));
 	if (mask)
@@ -249,17 +250,14 @@ static inline __attribute__((target("avx2"), always_inline)) void nmp_cpu_keep8(
 }
 
 /* The magnitudes of eight keys, as nmp_cpu_mag32. */
-static inline __attribute__((target("avx2"), always_inline)) __m256 nmp_cpu_mag8(__m256i k, int kind)
+NMP_CPU_SIMD_INLINE __m256 nmp_cpu_mag8(__m256i k, int kind)
 {
 	if (kind == NMP_CK_F32)
 		return _mm256_castsi256_ps(k);
 	if (kind == NMP_CK_BF16)
 		return _mm256_castsi256_ps(_mm256_slli_epi32(k, 16));
-	__m256 normal = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(0x1c000)), 13));
-	__m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(k), _mm256_set1_ps(0x1p-24f));
-	__m256 mg = _mm256_blendv_ps(sub, normal, _mm256_castsi256_ps(_mm256_cmpgt_epi32(k, _mm256_set1_epi32(0x3ff))));
-	return _mm256_blendv_ps(mg, _mm256_castsi256_ps(_mm256_set1_epi32(0x7f800000)),
-				_mm256_castsi256_ps(_mm256_cmpgt_epi32(k, _mm256_set1_epi32(0x7bff))));
+	/* fp16: the key is the half without its sign (never a NaN, which the scan refuses), converted exactly */
+	return _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(k), _mm256_extracti128_si256(k, 1)));
 }
 /* Pushes the keys of the lanes set in `lanes` into the reference bin, lowest lane first. */
 static inline __attribute__((always_inline)) void nmp_cpu_cut_push_lanes(nmp_cpu_cut *in_bin, const uint32_t *key,
@@ -274,9 +272,7 @@ static inline __attribute__((always_inline)) void nmp_cpu_cut_push_lanes(nmp_cpu
  * magnitudes above bin cut (keys shifted right by sh) to *above, and gathers
  * the keys inside it, lowest lane first.
  */
-static inline __attribute__((target("avx2"), always_inline)) void nmp_cpu_ref4(__m128i k, __m128 mg, __m128i cut,
-									     int sh, __m256d *above,
-									     nmp_cpu_cut *in_bin)
+NMP_CPU_SIMD_INLINE void nmp_cpu_ref4(__m128i k, __m128 mg, __m128i cut, int sh, __m256d *above, nmp_cpu_cut *in_bin)
 {
 	const __m128i bin = _mm_srai_epi32(k, sh);
 	*above = _mm256_add_pd(*above, _mm256_cvtps_pd(_mm_and_ps(mg, _mm_castsi128_ps(_mm_cmpgt_epi32(bin, cut)))));
@@ -293,9 +289,7 @@ static inline __attribute__((target("avx2"), always_inline)) void nmp_cpu_ref4(_
  * above[1]: one 256-bit pass, not two of nmp_cpu_ref4 (which costs the tile
  * passes a few percent).
  */
-static inline __attribute__((target("avx2"), always_inline)) void nmp_cpu_ref8(__m256i k, __m256 mg, __m256i cut,
-									     int sh, __m256d above[2],
-									     nmp_cpu_cut *in_bin)
+NMP_CPU_SIMD_INLINE void nmp_cpu_ref8(__m256i k, __m256 mg, __m256i cut, int sh, __m256d above[2], nmp_cpu_cut *in_bin)
 {
 	const __m256i bin = _mm256_srai_epi32(k, sh);
 	const __m256 a = _mm256_and_ps(mg, _mm256_castsi256_ps(_mm256_cmpgt_epi32(bin, cut)));

@@ -202,21 +202,19 @@ INLINE void nm_tile(const nmp_cpu_job *j, const sort_net *net, uint64_t base, ui
  * to a vector.  Each decides a vector of eight adjacent elements (keys k,
  * keep mask keep) and hands it to emit8, which sums, marks and zeroes.
  */
-#define AVX2 __attribute__((target("avx2")))
-#define AVX2_INLINE static inline __attribute__((target("avx2"), always_inline))
 
 /* A pass's per-lane sums, kept in registers across its vectors. */
 typedef struct sums8 {
 	__m256d kept[2], above[2];
 } sums8;
 
-AVX2_INLINE sums8 sums8_load(const nm_acc *acc)
+NMP_CPU_SIMD_INLINE sums8 sums8_load(const nm_acc *acc)
 {
 	return (sums8){ { _mm256_loadu_pd(acc->kept_lane), _mm256_loadu_pd(acc->kept_lane + 4) },
 			{ _mm256_loadu_pd(acc->above_lane), _mm256_loadu_pd(acc->above_lane + 4) } };
 }
 
-AVX2_INLINE void sums8_store(const sums8 *s, nm_acc *acc)
+NMP_CPU_SIMD_INLINE void sums8_store(const sums8 *s, nm_acc *acc)
 {
 	_mm256_storeu_pd(acc->kept_lane, s->kept[0]);
 	_mm256_storeu_pd(acc->kept_lane + 4, s->kept[1]);
@@ -232,13 +230,13 @@ typedef struct out8 {
 	__m256i vcut;
 } out8;
 
-AVX2_INLINE out8 out8_of(const nmp_cpu_job *j)
+NMP_CPU_SIMD_INLINE out8 out8_of(const nmp_cpu_job *j)
 {
 	return (out8){ j->in, j->t->data, j->mask, j->mode == NMP_MASK_APPLY, _mm256_set1_epi32((int)j->ref_bin) };
 }
 
 /* Eight elements with keys k and keep mask keep: the kept magnitude, and the reference bin's work. */
-AVX2_INLINE void sum8(const out8 *o, __m256i k, __m256i keep, sums8 *s, nm_acc *acc, int kind)
+NMP_CPU_SIMD_INLINE void sum8(const out8 *o, __m256i k, __m256i keep, sums8 *s, nm_acc *acc, int kind)
 {
 	const __m256 mg = nmp_cpu_mag8(k, kind);
 	const __m256 kept_mg = _mm256_and_ps(mg, _mm256_castsi256_ps(keep));
@@ -248,14 +246,14 @@ AVX2_INLINE void sum8(const out8 *o, __m256i k, __m256i keep, sums8 *s, nm_acc *
 }
 
 /* Elements i .. i + 7 with keys k: their sums, their mask bytes and, under APPLY, the output. */
-AVX2_INLINE void emit8(const out8 *o, uint64_t i, __m256i k, __m256i keep, sums8 *s, nm_acc *acc, int kind)
+NMP_CPU_SIMD_INLINE void emit8(const out8 *o, uint64_t i, __m256i k, __m256i keep, sums8 *s, nm_acc *acc, int kind)
 {
 	sum8(o, k, keep, s, acc, kind);
 	nmp_cpu_keep8(o->mask, o->apply ? o->data : NULL, o->in, i, keep, kind);
 }
 
 /* keep[e] for eight groups side by side, k[e] lane w being element e of group w (the rule of nm_tile). */
-AVX2_INLINE void keep8(const __m256i *k, int m, int n, const sort_net *net, __m256i *keep)
+NMP_CPU_SIMD_INLINE void keep8(const __m256i *k, int m, int n, const sort_net *net, __m256i *keep)
 {
 	const __m256i vn = _mm256_set1_epi32(n), ones = _mm256_set1_epi32(-1);
 	if (m > SORT_ABOVE) {
@@ -292,8 +290,8 @@ AVX2_INLINE void keep8(const __m256i *k, int m, int n, const sort_net *net, __m2
 }
 
 /* Strided groups: eight adjacent groups, element e of group w at base + w + e * elem_step. */
-AVX2 static void nm_strided8(const nmp_cpu_job *j, const sort_net *net, uint64_t base, uint64_t elem_step,
-			     nm_acc *acc, int kind)
+NMP_CPU_SIMD static void nm_strided8(const nmp_cpu_job *j, const sort_net *net, uint64_t base, uint64_t elem_step,
+				     nm_acc *acc, int kind)
 {
 	const int m = (int)j->p->m;
 	const out8 o = out8_of(j);
@@ -316,8 +314,8 @@ AVX2 static void nm_strided8(const nmp_cpu_job *j, const sort_net *net, uint64_t
  * (outer, group) pairs side by side.  Keys are gathered into a vector and
  * the results scattered back.
  */
-AVX2 static void nm_gathered8(const nmp_cpu_job *j, const sort_net *net, uint64_t base, uint64_t lane_step,
-			      uint64_t elem_step, nm_acc *acc, int kind)
+NMP_CPU_SIMD static void nm_gathered8(const nmp_cpu_job *j, const sort_net *net, uint64_t base, uint64_t lane_step,
+				      uint64_t elem_step, nm_acc *acc, int kind)
 {
 	const int m = (int)j->p->m;
 	const size_t eb = kind == NMP_CK_F32 ? 4 : 2;
@@ -357,7 +355,7 @@ AVX2 static void nm_gathered8(const nmp_cpu_job *j, const sort_net *net, uint64_
  * of a group faces position (x + r) mod M, which outranks it when larger, or
  * equal and at a lower index (x + r >= M).  Returns the first group left.
  */
-AVX2 static uint64_t nm_rotated8(const nmp_cpu_job *j, uint64_t g, uint64_t end, nm_acc *acc, int kind)
+NMP_CPU_SIMD static uint64_t nm_rotated8(const nmp_cpu_job *j, uint64_t g, uint64_t end, nm_acc *acc, int kind)
 {
 	const int m = (int)j->p->m, per = 8 / m;
 	const __m256i vn = _mm256_set1_epi32((int)j->p->n);
@@ -391,7 +389,7 @@ AVX2 static uint64_t nm_rotated8(const nmp_cpu_job *j, uint64_t g, uint64_t end,
 }
 
 /* Transposes the 8 x 8 matrix of 32-bit lanes whose row x is v[x]. */
-AVX2_INLINE void transpose8(__m256i v[8])
+NMP_CPU_SIMD_INLINE void transpose8(__m256i v[8])
 {
 	__m256i a[8], b[8];
 	for (int x = 0; x < 8; x += 2) {
@@ -422,8 +420,8 @@ static inline uint64_t block_at(uint64_t g, int w, int m, int b)
  * group (the strided layout), decided there, and the keep masks transposed
  * back.  Returns the first group left.
  */
-AVX2 static uint64_t nm_transposed8(const nmp_cpu_job *j, const sort_net *net, uint64_t g, uint64_t end,
-				    nm_acc *acc, int kind)
+NMP_CPU_SIMD static uint64_t nm_transposed8(const nmp_cpu_job *j, const sort_net *net, uint64_t g, uint64_t end,
+					    nm_acc *acc, int kind)
 {
 	const int m = (int)j->p->m, blocks = m / 8;
 	const out8 o = out8_of(j);

@@ -10,6 +10,10 @@
  */
 #include <stdlib.h>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 #include "cpu.h"
 
 static bool avx2_declined; /* nmp_cpu_use_avx2(false) */
@@ -18,8 +22,11 @@ bool nmp_cpu_have_avx2(void)
 {
 #if defined(__x86_64__)
 	static int cached = -1;
-	if (cached < 0)
-		cached = __builtin_cpu_supports("avx2") ? 1 : 0;
+	if (cached < 0) {
+		unsigned a, b, c = 0, d;
+		const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+		cached = __builtin_cpu_supports("avx2") && f16c ? 1 : 0;
+	}
 	return cached == 1 && !avx2_declined;
 #else
 	return false;
@@ -83,7 +90,7 @@ NMP_CPU_INLINE void scan_run(nmp_cpu_job *j, uint64_t b, uint64_t e, scan_acc *a
  * The counting loop reads no keys, so the hardware stops fetching ahead
  * while it runs: each block asks for the keys NMP_CPU_AHEAD on.
  */
-__attribute__((target("avx2"))) static void scan_avx2(nmp_cpu_job *j, uint64_t b, uint64_t e, scan_acc *acc, int kind)
+NMP_CPU_SIMD static void scan_avx2(nmp_cpu_job *j, uint64_t b, uint64_t e, scan_acc *acc, int kind)
 {
 	const int sh = nmp_cpu_ref_shift(kind);
 	const __m256i nan_above = _mm256_set1_epi32((int)nmp_cpu_nan_above(kind));
@@ -190,8 +197,7 @@ NMP_CPU_INLINE void bin_run(nmp_cpu_job *j, uint64_t b, uint64_t e, nmp_cpu_binp
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx2"))) static void bin_avx2(nmp_cpu_job *j, uint64_t b, uint64_t e, nmp_cpu_binpart *bp,
-						     int kind)
+NMP_CPU_SIMD static void bin_avx2(nmp_cpu_job *j, uint64_t b, uint64_t e, nmp_cpu_binpart *bp, int kind)
 {
 	const int sh = nmp_cpu_ref_shift(kind);
 	const __m256i vcut = _mm256_set1_epi32((int)j->ref_bin);

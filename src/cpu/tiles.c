@@ -167,8 +167,8 @@ static void tile4_build(int n, const uint16_t *pats, int n_pat, tile4_tables *tb
 
 #if defined(__x86_64__)
 /* The index of the first tile with the largest exact score; *score receives that score. */
-static inline __attribute__((target("avx2"), always_inline)) int tile4_best_avx2(const tile4_tables *tb, const uint16_t *pats, int n_pat,
-							    int n, const __m128 *rows, const double *wd, double *score)
+NMP_CPU_SIMD_INLINE int tile4_best_avx2(const tile4_tables *tb, const uint16_t *pats, int n_pat, int n,
+					const __m128 *rows, const double *wd, double *score)
 {
 	const int n_vec = n == 2 ? 12 : 3; /* the tables of 90 and 24 tiles; a constant where N is */
 	__m256 R[4], A[12], mx = _mm256_set1_ps(-1.0f);
@@ -308,9 +308,8 @@ static const int tile8_in_order[8] = { 0, 1, 2, 3, 4, 5, 6, 7 };
  * The largest of k halves' sums X[idx[i]], *second the second largest, and
  * *bits the largest's nibbles shifted to its rows (either of equal ones).
  */
-static inline __attribute__((target("avx2"), always_inline)) __m256 tile4_largest(const __m256 *X, const uint8_t *idx,
-										 int k, const int32_t *half, int shift,
-										 __m256 *second, __m256i *bits)
+NMP_CPU_SIMD_INLINE __m256 tile4_largest(const __m256 *X, const uint8_t *idx, int k, const int32_t *half, int shift,
+					 __m256 *second, __m256i *bits)
 {
 	__m256 v1 = X[idx[0]], v2 = _mm256_set1_ps(-INFINITY);
 	__m256i b = _mm256_set1_epi32(half[idx[0]] << shift);
@@ -327,8 +326,7 @@ static inline __attribute__((target("avx2"), always_inline)) __m256 tile4_larges
 }
 
 /* Folds a class's largest sum `first` (pattern `bits`) and its second into the tiles' largest two so far. */
-static inline __attribute__((target("avx2"), always_inline)) void tile4_fold(__m256 first, __m256 second, __m256i bits,
-									    __m256 *m1, __m256 *m2, __m256i *at)
+NMP_CPU_SIMD_INLINE void tile4_fold(__m256 first, __m256 second, __m256i bits, __m256 *m1, __m256 *m2, __m256i *at)
 {
 	*m2 = _mm256_max_ps(*m2, _mm256_max_ps(second, _mm256_min_ps(*m1, first)));
 	*at = _mm256_blendv_epi8(*at, bits, _mm256_castps_si256(_mm256_cmp_ps(first, *m1, _CMP_GT_OQ)));
@@ -336,7 +334,7 @@ static inline __attribute__((target("avx2"), always_inline)) void tile4_fold(__m
 }
 
 /* A class of k tops and k bottoms: its largest sum is the largest top's plus the largest bottom's. */
-static inline __attribute__((target("avx2"), always_inline)) void tile4_fold_class(
+NMP_CPU_SIMD_INLINE void tile4_fold_class(
 	const __m256 *T, const __m256 *U, const uint8_t *tops, const uint8_t *bots, int k, const int32_t *half,
 	__m256 *m1, __m256 *m2, __m256i *at)
 {
@@ -352,7 +350,7 @@ static inline __attribute__((target("avx2"), always_inline)) void tile4_fold_cla
  * The choice of eight tiles from their cells' magnitudes: C[4r + c] holds
  * cell (r, c) of the eight tiles, lane l of tile lane_tile[l].
  */
-static inline __attribute__((target("avx2"), always_inline)) void tiles8_decide(
+NMP_CPU_SIMD_INLINE void tiles8_decide(
 	const tile4_tables *tb, const uint16_t *pats, int n_pat, const __m256 C[16], const int lane_tile[8],
 	unsigned best[8], double score[8])
 {
@@ -415,7 +413,7 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles8_decide(
 	}
 }
 
-static inline __attribute__((target("avx2"), always_inline)) void tiles8_choose(
+NMP_CPU_SIMD_INLINE void tiles8_choose(
 	const tile4_tables *tb, const uint16_t *pats, int n_pat, const uint8_t *in, const uint64_t start[4], bool rows,
 	int kind, __m256i cut, __m256d above[2], nmp_cpu_cut *in_bin, unsigned best[8], double score[8])
 {
@@ -443,7 +441,7 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles8_choose(
  * cell i of tile l at at[i] + l (a Conv's tiles at eight adjacent kernel
  * positions).  A vector holds one cell of the eight tiles as it is stored.
  */
-static inline __attribute__((target("avx2"), always_inline)) void tiles8_choose_cells(
+NMP_CPU_SIMD_INLINE void tiles8_choose_cells(
 	const tile4_tables *tb, const uint16_t *pats, int n_pat, const uint8_t *in, const uint64_t at[16], int kind,
 	__m256i cut, __m256d above[2], nmp_cpu_cut *in_bin, unsigned best[8], double score[8])
 {
@@ -458,7 +456,7 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles8_choose_
 }
 
 /* Marks the eight tiles of tiles8_choose_cells, and zeroes a float weight's pruned cells, a cell at a time. */
-static inline __attribute__((target("avx2"), always_inline)) void tiles8_write_cells(
+NMP_CPU_SIMD_INLINE void tiles8_write_cells(
 	uint8_t *mask, uint8_t *zero, const uint64_t at[16], const unsigned best[8], int kind)
 {
 	const __m256i pat = _mm256_loadu_si256((const __m256i *)(const void *)best); /* lane l: tile l's pattern */
@@ -473,9 +471,8 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles8_write_c
  * float weight's pruned cells once read), and sum the magnitude above the
  * reference bin, gathering the keys in it.
  */
-static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp_cpu_job *j, uint64_t b, uint64_t e,
-									   nmp_cpu_acc *acc, const tile4_tables *tb,
-									   const uint16_t *pats, int n_pat, int n, int kind)
+NMP_CPU_SIMD_INLINE void tiles4_run(nmp_cpu_job *j, uint64_t b, uint64_t e, nmp_cpu_acc *acc, const tile4_tables *tb,
+				    const uint16_t *pats, int n_pat, int n, int kind)
 {
 	/* Locals, not the job's fields: the mask's byte stores may alias anything. */
 	const uint64_t groups = j->L / 4, rblocks = j->rows / 4, inner = j->inner;
@@ -581,8 +578,8 @@ static inline __attribute__((target("avx2"), always_inline)) void tiles4_run(nmp
 	acc->l1_kept += kept;
 }
 
-__attribute__((target("avx2"))) static void tiles4_avx2(nmp_cpu_job *j, uint64_t b, uint64_t e, nmp_cpu_acc *acc,
-							const uint16_t *pats, int n_pat)
+NMP_CPU_SIMD static void tiles4_avx2(nmp_cpu_job *j, uint64_t b, uint64_t e, nmp_cpu_acc *acc, const uint16_t *pats,
+				     int n_pat)
 {
 	tile4_tables tb;
 	tile4_build((int)j->p->n, pats, n_pat, &tb);

@@ -79,8 +79,7 @@ static inline __attribute__((always_inline)) void units_kind(nmp_cpu_job *j, uin
 
 #if defined(__x86_64__)
 /* The keys at element i and three more, s apart. */
-static inline __attribute__((target("avx2"), always_inline)) __m128i units_key4(const uint8_t *in, const uint32_t *q,
-										 uint64_t i, uint64_t s, int kind)
+NMP_CPU_SIMD_INLINE __m128i units_key4(const uint8_t *in, const uint32_t *q, uint64_t i, uint64_t s, int kind)
 {
 	if (s == 1)
 		return kind == NMP_CK_Q ? _mm_loadu_si128((const __m128i *)(const void *)(q + i)) : nmp_cpu_key4(in, i, kind);
@@ -89,8 +88,7 @@ static inline __attribute__((target("avx2"), always_inline)) __m128i units_key4(
 }
 
 /* The magnitudes of four keys, after the reference bin's work on them (nmp_cpu_ref4). */
-static inline __attribute__((target("avx2"), always_inline)) __m128 units_mag4(__m128i k, int kind, __m128i cut,
-									     __m256d *above, nmp_cpu_cut *in_bin)
+NMP_CPU_SIMD_INLINE __m128 units_mag4(__m128i k, int kind, __m128i cut, __m256d *above, nmp_cpu_cut *in_bin)
 {
 	const int mk = kind == NMP_CK_Q ? NMP_CK_F32 : kind;
 	const __m128 mg = _mm256_castps256_ps128(nmp_cpu_mag8(_mm256_zextsi128_si256(k), mk));
@@ -117,7 +115,7 @@ static inline bool units_rows_in_fours(const uint64_t *ro, unsigned ur)
  * reference bin's work and the zeroing as in units4_run.  Returns the kept
  * magnitude; *count receives the kept units.
  */
-static inline __attribute__((target("avx2"), always_inline)) double units8_positions(
+NMP_CPU_SIMD_INLINE double units8_positions(
 	const nmp_cpu_job *j, const uint64_t *ro, uint64_t c0, int m, int kind, __m256d above[2], nmp_cpu_cut *in_bin,
 	uint64_t *count)
 {
@@ -180,8 +178,7 @@ static inline __attribute__((target("avx2"), always_inline)) double units8_posit
  * (nmp_cpu_job.zero) once it has read them.  Mask bytes of four adjacent
  * rows are written together.
  */
-static inline __attribute__((target("avx2"), always_inline)) void units4_run(nmp_cpu_job *j, uint64_t b, uint64_t e,
-									   nmp_cpu_acc *acc, int kind, int m)
+NMP_CPU_SIMD_INLINE void units4_run(nmp_cpu_job *j, uint64_t b, uint64_t e, nmp_cpu_acc *acc, int kind, int m)
 {
 	/* Locals, not the job's fields: the mask's byte stores may alias anything. */
 	const int n = (int)j->p->n;
@@ -283,7 +280,7 @@ static inline __attribute__((target("avx2"), always_inline)) void units4_run(nmp
 	acc->kept += count * ur * uc;
 }
 
-__attribute__((target("avx2"))) static void units4_avx2(nmp_cpu_job *j, uint64_t b, uint64_t e, nmp_cpu_acc *acc)
+NMP_CPU_SIMD static void units4_avx2(nmp_cpu_job *j, uint64_t b, uint64_t e, nmp_cpu_acc *acc)
 {
 	const int kind = nmp_cpu_kind32(j);
 	/* Specialized for a constant kind and M, as the tiles are. */

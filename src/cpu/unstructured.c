@@ -247,8 +247,7 @@ NMP_CPU_INLINE void mark32_run(nmp_cpu_job *j, uint64_t b, uint64_t e, uint64_t 
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx2"))) static void mark32_avx2(nmp_cpu_job *j, uint64_t b, uint64_t e, uint64_t *later,
-							 int kind)
+NMP_CPU_SIMD static void mark32_avx2(nmp_cpu_job *j, uint64_t b, uint64_t e, uint64_t *later, int kind)
 {
 	const elem_ctx *x = j->part_ctx;
 	/* Keys are below 2^31, so signed compares order them. */
