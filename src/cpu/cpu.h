@@ -185,6 +185,9 @@ nmp_status nmp_cpu_reference32(nmp_cpu_job *j, const uint64_t *bins, uint64_t ke
 #if defined(__x86_64__)
 #include <immintrin.h>
 
+/* Entry m: the lanes set in m, lowest first, a byte each (filled by nmp_cpu_have_avx2's first call). */
+extern uint64_t nmp_cpu_left8[256];
+
 /* Eight keys from element i on (fp32, fp16 or bf16). */
 NMP_CPU_SIMD_INLINE __m256i nmp_cpu_key8(const uint8_t *in, uint64_t i, int kind)
 {
@@ -296,11 +299,17 @@ NMP_CPU_SIMD_INLINE void nmp_cpu_ref8(__m256i k, __m256 mg, __m256i cut, int sh,
 	above[0] = _mm256_add_pd(above[0], _mm256_cvtps_pd(_mm256_castps256_ps128(a)));
 	above[1] = _mm256_add_pd(above[1], _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)));
 	const unsigned inside = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bin, cut)));
-	if (inside) {
-		uint32_t key[8];
-		_mm256_storeu_si256((__m256i *)(void *)key, k);
-		nmp_cpu_cut_push_lanes(in_bin, key, inside);
+	if (!inside)
+		return;
+	if (in_bin->cap - in_bin->n >= 8) { /* the inside lanes packed down, in order, and stored at once */
+		const __m256i to = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)nmp_cpu_left8[inside]));
+		_mm256_storeu_si256((__m256i *)(void *)(in_bin->key + in_bin->n), _mm256_permutevar8x32_epi32(k, to));
+		in_bin->n += (size_t)__builtin_popcount(inside);
+		return;
 	}
+	uint32_t key[8];
+	_mm256_storeu_si256((__m256i *)(void *)key, k);
+	nmp_cpu_cut_push_lanes(in_bin, key, inside);
 }
 #endif
 

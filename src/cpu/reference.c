@@ -8,6 +8,7 @@
  * unstructured threshold are found by a selection over the few keys of one
  * bin, never by a sort.
  */
+#include <pthread.h>
 #include <stdlib.h>
 
 #if defined(__x86_64__)
@@ -18,16 +19,32 @@
 
 static bool avx2_declined; /* nmp_cpu_use_avx2(false) */
 
+#if defined(__x86_64__)
+uint64_t nmp_cpu_left8[256];
+
+static pthread_once_t simd_once = PTHREAD_ONCE_INIT;
+static bool simd_have;
+
+static void simd_detect(void)
+{
+	unsigned a, b, c = 0, d;
+	const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+	simd_have = __builtin_cpu_supports("avx2") && f16c;
+	for (unsigned m = 0; m < 256; m++) {
+		uint64_t v = 0;
+		for (unsigned l = 0, x = 0; l < 8; l++)
+			if (m >> l & 1)
+				v |= (uint64_t)l << (8 * x++);
+		nmp_cpu_left8[m] = v;
+	}
+}
+#endif
+
 bool nmp_cpu_have_avx2(void)
 {
 #if defined(__x86_64__)
-	static int cached = -1;
-	if (cached < 0) {
-		unsigned a, b, c = 0, d;
-		const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
-		cached = __builtin_cpu_supports("avx2") && f16c ? 1 : 0;
-	}
-	return cached == 1 && !avx2_declined;
+	pthread_once(&simd_once, simd_detect);
+	return simd_have && !avx2_declined;
 #else
 	return false;
 #endif
