@@ -110,8 +110,9 @@ def section_io():
     w, r = measure([NMPRUNE, "prune", str(model), "-o", str(out), "--exclude", ".*", "-q"],
                    cleanup=[out])
     row("nmprune prune, nothing to prune", w, r, cp_wall, size, sync_wall)
-    print(f"    target <= 1.5x cp: {'met' if w <= 1.5 * cp_wall else 'NOT met'} "
-          "(nmprune fsyncs its output before the rename; cp does not)")
+    print(f"    target <= 1.5x cp: {'met' if w <= 1.5 * cp_wall else 'NOT met'}; "
+          f"<= 1.5x cp+fsync: {'met' if w <= 1.5 * sync_wall else 'NOT met'} "
+          "(nmprune fsyncs its output before the rename, cp does not: the durable copy is the design's baseline)")
     gw, gr = measure([NMPRUNE, "prune", str(model), "-o", str(out), "--exclude", ".*",
                       "--general-path", "-q"], cleanup=[out])
     row("nmprune, general re-serialization", gw, gr, cp_wall, size, sync_wall)
