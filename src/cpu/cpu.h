@@ -262,10 +262,22 @@ NMP_CPU_SIMD_INLINE __m256 nmp_cpu_mag8(__m256i k, int kind)
 	/* fp16: the key is the half without its sign (never a NaN, which the scan refuses), converted exactly */
 	return _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(k), _mm256_extracti128_si256(k, 1)));
 }
-/* Pushes the keys of the lanes set in `lanes` into the reference bin, lowest lane first. */
-static inline __attribute__((always_inline)) void nmp_cpu_cut_push_lanes(nmp_cpu_cut *in_bin, const uint32_t *key,
-									   unsigned lanes)
+
+/*
+ * Pushes the keys of the lanes set in `lanes` into the reference bin, lowest
+ * lane first: packed down in order and stored at once where the buffer has
+ * room for eight, else one at a time.
+ */
+NMP_CPU_SIMD_INLINE void nmp_cpu_cut_push8(nmp_cpu_cut *in_bin, __m256i k, unsigned lanes)
 {
+	if (in_bin->cap - in_bin->n >= 8) {
+		const __m256i to = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)nmp_cpu_left8[lanes]));
+		_mm256_storeu_si256((__m256i *)(void *)(in_bin->key + in_bin->n), _mm256_permutevar8x32_epi32(k, to));
+		in_bin->n += (size_t)__builtin_popcount(lanes);
+		return;
+	}
+	uint32_t key[8];
+	_mm256_storeu_si256((__m256i *)(void *)key, k);
 	for (; lanes; lanes &= lanes - 1)
 		nmp_cpu_cut_push(in_bin, key[__builtin_ctz(lanes)]);
 }
@@ -280,11 +292,8 @@ NMP_CPU_SIMD_INLINE void nmp_cpu_ref4(__m128i k, __m128 mg, __m128i cut, int sh,
 	const __m128i bin = _mm_srai_epi32(k, sh);
 	*above = _mm256_add_pd(*above, _mm256_cvtps_pd(_mm_and_ps(mg, _mm_castsi128_ps(_mm_cmpgt_epi32(bin, cut)))));
 	const unsigned inside = (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(bin, cut)));
-	if (inside) {
-		uint32_t key[4];
-		_mm_storeu_si128((__m128i *)(void *)key, k);
-		nmp_cpu_cut_push_lanes(in_bin, key, inside);
-	}
+	if (inside)
+		nmp_cpu_cut_push8(in_bin, _mm256_zextsi128_si256(k), inside);
 }
 
 /*
@@ -299,17 +308,8 @@ NMP_CPU_SIMD_INLINE void nmp_cpu_ref8(__m256i k, __m256 mg, __m256i cut, int sh,
 	above[0] = _mm256_add_pd(above[0], _mm256_cvtps_pd(_mm256_castps256_ps128(a)));
 	above[1] = _mm256_add_pd(above[1], _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)));
 	const unsigned inside = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bin, cut)));
-	if (!inside)
-		return;
-	if (in_bin->cap - in_bin->n >= 8) { /* the inside lanes packed down, in order, and stored at once */
-		const __m256i to = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)nmp_cpu_left8[inside]));
-		_mm256_storeu_si256((__m256i *)(void *)(in_bin->key + in_bin->n), _mm256_permutevar8x32_epi32(k, to));
-		in_bin->n += (size_t)__builtin_popcount(inside);
-		return;
-	}
-	uint32_t key[8];
-	_mm256_storeu_si256((__m256i *)(void *)key, k);
-	nmp_cpu_cut_push_lanes(in_bin, key, inside);
+	if (inside)
+		nmp_cpu_cut_push8(in_bin, k, inside);
 }
 #endif
 
