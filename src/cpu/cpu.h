@@ -213,6 +213,15 @@ static inline __attribute__((always_inline)) void nmp_cpu_fetch_ahead(const uint
 		_mm_prefetch((const char *)in + (i + NMP_CPU_AHEAD) * (kind == NMP_CK_F32 ? 4u : 2u), _MM_HINT_T0);
 }
 
+/* nmp_cpu_fetch_ahead for each line of the `count` elements from i on. */
+static inline __attribute__((always_inline)) void nmp_cpu_fetch_ahead_run(const uint8_t *in, uint64_t i,
+									  uint64_t count, uint64_t end, int kind)
+{
+	const uint64_t per_line = kind == NMP_CK_F32 ? 16 : 32;
+	for (uint64_t x = 0; x < count; x += per_line)
+		nmp_cpu_fetch_ahead(in, i + x, end, kind);
+}
+
 /* The same for a pass that walks down: the line of element i - NMP_CPU_AHEAD, where it lies at `begin` or after. */
 static inline __attribute__((always_inline)) void nmp_cpu_fetch_behind(const uint8_t *in, uint64_t i, uint64_t begin,
 								       int kind)

@@ -428,8 +428,7 @@ NMP_CPU_SIMD static uint64_t nm_transposed8(const nmp_cpu_job *j, const sort_net
 	sums8 s = sums8_load(acc);
 	for (; g + 8 <= end; g += 8) {
 		__m256i mem[FUSED_MAX_M], k[FUSED_MAX_M], keep[FUSED_MAX_M]; /* mem[8b + w]: group w's block b */
-		for (int x = 0; x < 8 * m; x += 16)
-			nmp_cpu_fetch_ahead(o.in, g * (uint64_t)m + (uint64_t)x, j->numel, kind);
+		nmp_cpu_fetch_ahead_run(o.in, g * (uint64_t)m, 8 * (uint64_t)m, j->numel, kind);
 		for (int b = 0; b < blocks; b++) {
 			for (int w = 0; w < 8; w++)
 				k[8 * b + w] = mem[8 * b + w] = nmp_cpu_key8(o.in, block_at(g, w, m, b), kind);

@@ -114,11 +114,9 @@ NMP_CPU_SIMD static void scan_avx2(nmp_cpu_job *j, uint64_t b, uint64_t e, scan_
 	__m256d l1a = _mm256_setzero_pd(), l1b = _mm256_setzero_pd();
 	uint64_t i = b;
 	uint32_t (*hist)[NMP_CPU_REF_BINS] = acc->bins;
-	const size_t esz = kind == NMP_CK_F32 ? 4 : 2;
 	for (; i + SCAN_BLOCK <= e; i += SCAN_BLOCK) {
 		uint16_t bins[SCAN_BLOCK];
-		for (uint64_t x = 0; x < SCAN_BLOCK; x += 64 / esz) /* a line at a time */
-			nmp_cpu_fetch_ahead(j->in, i + x, e, kind);
+		nmp_cpu_fetch_ahead_run(j->in, i, SCAN_BLOCK, e, kind);
 		for (int x = 0; x < SCAN_BLOCK; x += 8) {
 			__m256i k = nmp_cpu_key8(j->in, i + (uint64_t)x, kind);
 			if (_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(k, nan_above)))) {
