@@ -380,8 +380,8 @@ NMP_CPU_SIMD_INLINE void tiles8_decide(
 							 _mm256_cmp_ps(m1, _mm256_set1_ps(0x1p100f), _CMP_LT_OQ)),
 					   _mm256_cmp_ps(m2, thr, _CMP_LT_OQ));
 	int32_t bits[8];
-	_mm256_storeu_si256((__m256i *)(void *)bits, at);
-	const __m256i pat = _mm256_loadu_si256((const __m256i *)(const void *)bits);
+	_mm256_storeu_si256((__m256i *)(void *)bits, at); /* the fallback below rewrites some lanes */
+	const __m256i pat = at;
 	__m256d s_lo = _mm256_setzero_pd(), s_hi = _mm256_setzero_pd();
 	for (int i = 0; i < 16; i++) {
 		const __m256i bit = _mm256_set1_epi32(1 << i);
