@@ -1205,7 +1205,28 @@ static void test_unstructured(void **state)
 				assert_int_equal(mask[flat_of(&u, r0 + r, c)], mask[flat_of(&u, r0, c)]);
 	assert_int_equal(st.kept, u.numel / 2);
 	free(mask);
+
+	/*
+	 * A P% that prunes every element, the largest of them infinite: nothing
+	 * is kept, so the kept magnitude is 0 (not 0 x inf), and the reference
+	 * statistic with it.  99.9% of 480 rounds to all 480.
+	 */
 	free(u.data);
+	int64_t small[2] = { 20, 24 };
+	tensor w = make_f32(2, small, 0, 1);
+	float *x = w.data;
+	x[5] = INFINITY;
+	x[17] = -INFINITY;
+	for (int threads = 1; threads <= 2; threads++) {
+		mask = run(&w, "99.9%", NMP_MASK_DRY, threads, &st);
+		assert_int_equal(st.kept, 0);
+		assert_true(st.l1_kept == 0 && st.l1_unstructured == 0);
+		assert_true(isinf(st.l1_dense));
+		for (uint64_t i = 0; i < w.numel; i++)
+			assert_int_equal(mask[i], 0);
+		free(mask);
+	}
+	free(w.data);
 }
 
 /* ---- quantized ------------------------------------------------------------------------------------------ */

@@ -356,7 +356,10 @@ nmp_status nmp_cpu_unstructured32(nmp_cpu_job *j, const uint64_t *bins, double l
 		after += here;
 	}
 	total->kept = numel - n_prune;
-	total->l1_kept = kept_l1 + (double)(n_ties - tie_prune) * nmp_cpu_mag32(thr, kind);
+	/* No tie kept, no term: the threshold may be infinite, and 0 x inf is NaN. */
+	if (n_ties > tie_prune)
+		kept_l1 += (double)(n_ties - tie_prune) * nmp_cpu_mag32(thr, kind);
+	total->l1_kept = kept_l1;
 
 	elem_ctx x = { .thr = thr, .tie_prune = tie_prune, .numel = numel, .ties_after = ties, .parts = parts };
 	int mparts;
