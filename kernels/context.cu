@@ -422,8 +422,11 @@ static nmp_status run_fast(cu_ctx *c, const nmp_mask_tensor *t, const nmp_patter
 		} else if (cudaMemcpy(hist, c->d_hist2, sizeof hist, cudaMemcpyDeviceToHost) != cudaSuccess) {
 			s = nmp_error_set(err, NMP_ERR_DEVICE, "tensor '%s': CUDA: cannot read a histogram", t->name);
 		} else {
+			/* Empty bins add nothing: in the infinite bin their keys are NaNs, and 0 x NaN is NaN. */
 			for (int d = 65535; d >= 0 && need > 0; d--) {
 				uint64_t take = hist[d] < need ? hist[d] : need;
+				if (!take)
+					continue;
 				ref += (double)take * nmp_key_mag(x->v.kk, (uint64_t)cut_bin << 16 | (uint64_t)d);
 				need -= take;
 			}
@@ -554,6 +557,7 @@ static nmp_status run_resident(cu_ctx *c, const nmp_mask_tensor *t, const nmp_pa
 		s = fetch_stats(c, &h, err);
 	if (s == NMP_OK) {
 		st->kept = h.kept;
+		st->l1_dense = h.l1_dense; /* the scan's, still in the statistics */
 		st->l1_kept = h.l1_kept;
 		st->deficits = h.deficits;
 		if (p->structured)

@@ -5,6 +5,8 @@
  * unit index first: each tied unit learns how many tied units follow it from
  * per-block counts and a scan of them.
  */
+#include <math.h>
+
 #include <cub/cub.cuh>
 
 #include "cuda_common.cuh"
