@@ -41,9 +41,25 @@ ifeq ($(HAVE_NVCC)$(if $(wildcard kernels/*.cu),,-none),1)
                -gencode arch=compute_90,code=compute_90
 endif
 
+# CUDA=emu: the CUDA backend compiled for the CPU against the CUDA emulator in
+# tests/cuda_emu, a test build (make test-cuda-emu) that runs its host code and
+# kernels where there is no GPU.
+ifeq ($(CUDA),emu)
+  CXX      ?= g++
+  EMU      := tests/cuda_emu
+  CU_SRC   := $(wildcard kernels/*.cu)
+  CU_OBJ   := $(patsubst %.cu,$(BUILD)/obj/%.o,$(CU_SRC)) $(BUILD)/obj/$(EMU)/runtime.o $(BUILD)/obj/$(EMU)/view.o
+  LIB_OBJ  += $(CU_OBJ)
+  CPPFLAGS += -DNMP_WITH_CUDA=1
+  LDLIBS   += -lstdc++ -ldl -Wl,--export-dynamic-symbol=nmp_emu_on_device,--export-dynamic-symbol=nmp_emu_legacy_sync
+  EMU_CXXFLAGS := $(OPT) -std=c++17 -pthread -fPIC -Wall -Wextra -Werror -Wno-unknown-pragmas \
+                  -I$(EMU) -Iinclude -Isrc -Ikernels
+  EMU_DEPS := $(wildcard $(EMU)/*.h $(EMU)/cub/*.cuh kernels/*.h kernels/*.cuh src/*.h)
+endif
+
 # Objects built with and without CUDA differ (the stub, -DNMP_WITH_CUDA): a
 # stamp named for the setting makes switching rebuild rather than mix them.
-CONFIG_STAMP := $(BUILD)/.config-cuda$(if $(CU_OBJ),1,0)
+CONFIG_STAMP := $(BUILD)/.config-cuda$(if $(CU_OBJ),$(if $(EMU),emu,1),0)
 
 $(CONFIG_STAMP):
 	@mkdir -p $(BUILD)
@@ -56,7 +72,7 @@ FAULT_SO := $(BUILD)/tests/fault_inject.so
 FUZZ_REPLAY := $(BUILD)/tests/replay_fuzz_model $(BUILD)/tests/replay_fuzz_parsers $(BUILD)/tests/replay_fuzz_npz \
 	$(BUILD)/tests/replay_fuzz_calib
 
-.PHONY: all help deps test test-unit test-e2e test-real test-cuda bench-cuda gpu-bundle bench bench-quality bench-large asan test-asan valgrind install clean fuzz fuzz-corpus fuzz-run report-screenshot
+.PHONY: all help deps test test-unit test-e2e test-real test-cuda test-cuda-emu bench-cuda gpu-bundle bench bench-quality bench-large asan test-asan valgrind install clean fuzz fuzz-corpus fuzz-run report-screenshot
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/nmprune $(BUILD)/libnmprune.a ## build the tool and the library
@@ -80,6 +96,30 @@ $(BUILD)/obj/%.o: %.c $(GEN_H) $(CONFIG_STAMP) $(wildcard include/*.h src/*.h sr
 $(BUILD)/obj/%.o: %.cu $(CONFIG_STAMP) $(wildcard kernels/*.h kernels/*.cuh src/*.h)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -Iinclude -Isrc -Ikernels -Xcompiler -fPIC -c $< -o $@
+
+ifeq ($(CUDA),emu)
+# CUDA source with its launches rewritten (launches.sed; a #line keeps the file's own lines): $(1) to $(2).
+emu_rewrite = { printf '\043line 1 "%s"\n' $(1); sed -E -f $(EMU)/launches.sed $(1); } > $(2)
+
+$(BUILD)/obj/kernels/%.o: kernels/%.cu $(CONFIG_STAMP) $(EMU)/launches.sed $(EMU_DEPS)
+	@mkdir -p $(dir $@) $(BUILD)/emu
+	$(call emu_rewrite,$<,$(BUILD)/emu/$*.cc)
+	$(CXX) $(EMU_CXXFLAGS) -c $(BUILD)/emu/$*.cc -o $@
+
+# The emulator's own tests.
+$(BUILD)/tests/emu_selftest: $(EMU)/test_emu.cu $(BUILD)/obj/$(EMU)/runtime.o $(EMU)/launches.sed $(EMU_DEPS)
+	@mkdir -p $(dir $@) $(BUILD)/emu
+	$(call emu_rewrite,$<,$(BUILD)/emu/test_emu.cc)
+	$(CXX) $(EMU_CXXFLAGS) -o $@ $(BUILD)/emu/test_emu.cc $(BUILD)/obj/$(EMU)/runtime.o -lcmocka
+
+$(BUILD)/obj/$(EMU)/%.o: $(EMU)/%.cc $(CONFIG_STAMP) $(EMU_DEPS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
+
+$(BUILD)/emu/libcublas.so.13: $(EMU)/cublas.cc $(EMU)/cublas_v2.h
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -shared -o $@ $< -ldl
+endif
 
 $(BUILD)/libnmprune.a: $(LIB_OBJ)
 	@rm -f $@
@@ -140,6 +180,13 @@ test-cuda: ## the CUDA backend against the CPU backend, and --device cuda = --de
 bench-cuda: ## on a GPU: kernel bandwidth beside a device copy, the engine with transfers, prune --device cuda vs cpu
 	$(MAKE) CUDA=1 all $(BUILD)/bench/cuda_bench
 	NMPRUNE=$(BUILD)/nmprune CUDA_BENCH=$(BUILD)/bench/cuda_bench $(PYTHON) bench/bench_cuda.py
+
+test-cuda-emu: ## test-cuda without a GPU: the CUDA backend's code run on the CPU by tests/cuda_emu, with the sanitizers
+	$(MAKE) BUILD=build-emu CUDA=emu OPT="$(ASAN_OPT)" build-emu/nmprune build-emu/tests/cuda_backend \
+		build-emu/emu/libcublas.so.13 build-emu/tests/emu_selftest
+	$(ASAN_ENV) build-emu/tests/emu_selftest
+	$(ASAN_ENV) LD_LIBRARY_PATH=build-emu/emu build-emu/tests/cuda_backend
+	$(ASAN_ENV) LD_LIBRARY_PATH=build-emu/emu NMPRUNE=build-emu/nmprune $(PYTHON) -m pytest -q -rs tests/cuda
 
 gpu-bundle: ## build with CUDA and pack what the GPU machine needs into .gpu/ (tools/gpu-bundle.sh)
 	./tools/gpu-bundle.sh
@@ -231,4 +278,4 @@ install: all ## install binary, header, library and pkg-config file under PREFIX
 	    nmprune.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/nmprune.pc
 
 clean: ## remove build outputs
-	rm -rf build build-asan
+	rm -rf build build-asan build-emu
