@@ -27,7 +27,11 @@ extern "C" {
 #include "mask_cuda.h"
 }
 
-#define STAGE_BYTES ((size_t)32 << 20) /* pinned staging per stream */
+/* Pinned staging per stream.  The CUDA emulator's build sets it small, so that test tensors cross many pieces. */
+#ifndef NMP_CU_STAGE_BYTES
+#define NMP_CU_STAGE_BYTES ((size_t)32 << 20)
+#endif
+#define STAGE_BYTES ((size_t)(NMP_CU_STAGE_BYTES))
 
 typedef struct cu_ctx {
 	int device;

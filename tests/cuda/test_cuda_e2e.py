@@ -1,6 +1,7 @@
 """End to end on a GPU (make test-cuda): `prune --device cuda` writes the very
-bytes `--device cpu` writes, for every generated model and pattern family,
-and `check` passes.  Skipped, saying why, where no CUDA device answers."""
+bytes `--device cpu` writes, for every generated model and pattern family and
+for the real exported models of `make deps`, and `check` passes.  Skipped,
+saying why, where no CUDA device answers (or no real model is unpacked)."""
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 NMPRUNE = os.environ.get("NMPRUNE", str(ROOT / "build" / "nmprune"))
 PATTERNS = ["2:4", "1:4", "16:32", "5:64", "2:4@v4", "2:4@b4x4", "2:4@t", "4:8@t", "50%", "30%@v4"]
+REAL = ROOT / ".cache" / "real-models"
 
 
 def run(*args):
@@ -54,3 +56,18 @@ def test_cuda_writes_what_cpu_writes(models, device, pattern, tmp_path):
         assert run("check", tmp_path / "cuda" / m.name, "--pattern", pattern, "-q").returncode == 0
         compared += 1
     assert compared >= 3
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "2:4@v4", "2:4@t", "50%"])
+def test_cuda_writes_what_cpu_writes_on_real_models(device, pattern, tmp_path):
+    real = sorted(REAL.glob("*.onnx"))
+    if not real:
+        pytest.skip("real models not unpacked: run make deps")
+    for m in real:
+        outs = {}
+        for dev in ("cpu", "cuda"):
+            out = tmp_path / f"{dev}.onnx"
+            r = run("prune", m, "-o", out, "--pattern", pattern, "--device", dev, "-q")
+            assert r.returncode == 0, (m.name, dev, r.stderr)
+            outs[dev] = out.read_bytes()
+        assert outs["cpu"] == outs["cuda"], f"{m.name} {pattern}: the files differ"
