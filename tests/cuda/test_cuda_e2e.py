@@ -2,11 +2,13 @@
 bytes `--device cpu` writes, for every generated model and pattern family and
 for the real exported models of `make deps`, and `check` passes.  Skipped,
 saying why, where no CUDA device answers (or no real model is unpacked)."""
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,3 +73,47 @@ def test_cuda_writes_what_cpu_writes_on_real_models(device, pattern, tmp_path):
             assert r.returncode == 0, (m.name, dev, r.stderr)
             outs[dev] = out.read_bytes()
         assert outs["cpu"] == outs["cuda"], f"{m.name} {pattern}: the files differ"
+
+
+def _mlp(path, rng):
+    """x [b, 6, 96] -> MatMul W1 [96, 40] -> Relu -> MatMul W2 [40, 24]: K 96 and 40, neither a multiple of 128."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+    w1 = rng.standard_normal((96, 40)).astype(np.float32)
+    w2 = rng.standard_normal((40, 24)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "W2"], ["y"], name="mm2")],
+        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 6, 96])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "4:8", "40%"])
+def test_sparsegpt_on_cuda_matches_the_cpu(device, pattern, tmp_path):
+    """The sweep on the GPU (cuBLAS): the same masks as on the CPU, weights within 1e-5 of the largest."""
+    import onnx
+    from onnx import numpy_helper
+    from safetensors.numpy import load_file, save_file
+    rng = np.random.default_rng(5)
+    _mlp(tmp_path / "mlp.onnx", rng)
+    scale = np.exp(rng.standard_normal(96)).astype(np.float32)
+    save_file({"x": (rng.standard_normal((16, 2, 6, 96)) * scale).astype(np.float32)}, str(tmp_path / "d.safetensors"))
+    got = {}
+    for dev in ("cpu", "cuda"):
+        r = run("prune", tmp_path / "mlp.onnx", "-o", tmp_path / f"{dev}.onnx", "--method", "sparsegpt",
+                "--calibration", tmp_path / "d.safetensors", "--align", "none", "--pattern", pattern,
+                "--device", dev, "--save-masks", tmp_path / f"{dev}.safetensors", "--json")
+        assert r.returncode == 0, r.stderr
+        notes = [w["calibration"].get("note", "") for w in json.loads(r.stdout)["weights"]]
+        assert not any("on the CPU" in n for n in notes), notes
+        weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / f"{dev}.onnx")).graph.initializer}
+        got[dev] = (load_file(str(tmp_path / f"{dev}.safetensors")), weights)
+    for name in ("W1", "W2"):
+        assert np.array_equal(got["cpu"][0][name], got["cuda"][0][name]), name
+        cpu, cuda = got["cpu"][1][name], got["cuda"][1][name]
+        assert (cuda[got["cpu"][0][name] == 0] == 0).all()
+        assert np.abs(cpu - cuda).max() <= 1e-5 * np.abs(cpu).max(), name
