@@ -144,10 +144,17 @@ $(BUILD)/tests/cuda_backend: tests/cuda/test_cuda_backend.c $(BUILD)/libnmprune.
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $< $(BUILD)/libnmprune.a $(LDLIBS) -lcmocka
 
+ifeq ($(CUDA),emu)
+$(BUILD)/bench/cuda_bench: bench/cuda_bench.cu $(BUILD)/libnmprune.a $(EMU)/launches.sed
+	@mkdir -p $(dir $@) $(BUILD)/emu
+	$(call emu_rewrite,$<,$(BUILD)/emu/cuda_bench.cc)
+	$(CXX) $(EMU_CXXFLAGS) -I$(BUILD)/gen -o $@ $(BUILD)/emu/cuda_bench.cc $(BUILD)/libnmprune.a $(LDLIBS)
+else
 $(BUILD)/bench/cuda_bench: bench/cuda_bench.cu $(BUILD)/libnmprune.a
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -Iinclude -Isrc -Ikernels -I$(BUILD)/gen -o $@ $< $(BUILD)/libnmprune.a \
 		-lprotobuf-c -ljansson -lz -lpthread -lm -ldl
+endif
 
 $(BUILD)/bench/engine_bench: bench/engine_bench.c $(BUILD)/libnmprune.a
 	@mkdir -p $(dir $@)
@@ -184,10 +191,13 @@ bench-cuda: ## on a GPU: kernel bandwidth beside a device copy, the engine with 
 
 test-cuda-emu: ## test-cuda without a GPU: the CUDA backend's code run on the CPU by tests/cuda_emu, with the sanitizers
 	$(MAKE) BUILD=build-emu CUDA=emu OPT="$(ASAN_OPT)" build-emu/nmprune build-emu/tests/cuda_backend \
-		build-emu/emu/libcublas.so.13 build-emu/tests/emu_selftest
+		build-emu/emu/libcublas.so.13 build-emu/tests/emu_selftest build-emu/bench/cuda_bench
 	$(ASAN_ENV) build-emu/tests/emu_selftest
 	$(ASAN_ENV) LD_LIBRARY_PATH=build-emu/emu build-emu/tests/cuda_backend
 	$(ASAN_ENV) LD_LIBRARY_PATH=build-emu/emu NMPRUNE=build-emu/nmprune $(PYTHON) -m pytest -q -rs tests/cuda
+	@echo "== make bench-cuda's code, run small under the emulator (its figures mean nothing)"
+	$(ASAN_ENV) LD_LIBRARY_PATH=build-emu/emu NMPRUNE=build-emu/nmprune CUDA_BENCH=build-emu/bench/cuda_bench \
+		CUDA_BENCH_SIDE=256 BENCH_CUDA_SMALL=1 BENCH_REPEAT=1 BENCH_DIR=build-emu/bench-out $(PYTHON) bench/bench_cuda.py
 
 gpu-bundle: ## build with CUDA and pack what the GPU machine needs into .gpu/ (tools/gpu-bundle.sh)
 	./tools/gpu-bundle.sh

@@ -2,7 +2,8 @@
  * cuda_bench — the CUDA backend's kernels beside a device-to-device copy of
  * the same bytes, in the same run, on the same device (make bench-cuda).
  *
- * For each family and dtype, on a 8192 x 8192 MatMul-B weight (axis 0):
+ * For each family and dtype, on a SIDE x SIDE MatMul-B weight (axis 0;
+ * SIDE is the first argument, 8192 unless given):
  *  - copy:   cudaMemcpy device to device of the weight, (read + written) / time;
  *  - kernel: the family's kernels on resident data, the weight read and the
  *            output and mask written, over the time (keys already made for
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cuda_common.cuh"
 
@@ -37,8 +39,21 @@ static float time_ms(cudaEvent_t a, cudaEvent_t b)
 	return ms;
 }
 
-int main(void)
+/* fp16 bits of the fp32 bits x, |x| < 1, truncated; below fp16's normal range, a signed zero. */
+static uint16_t half_of(uint32_t x)
 {
+	const uint32_t sign = (x >> 16) & 0x8000u;
+	const int e = (int)((x >> 23) & 0xff) - 127 + 15;
+	return e <= 0 ? (uint16_t)sign : (uint16_t)(sign | (uint32_t)e << 10 | ((x >> 13) & 0x3ffu));
+}
+
+int main(int argc, char **argv)
+{
+	const int64_t side = argc > 1 ? atoll(argv[1]) : 8192;
+	if (side < 32 || side % 32) {
+		fprintf(stderr, "cuda_bench: SIDE must be a positive multiple of 32\n");
+		return 2;
+	}
 	const nmp_backend *be;
 	void *ctx;
 	char why[256];
@@ -47,8 +62,8 @@ int main(void)
 		return 0;
 	}
 	printf("device: %s\n", why);
-	const int64_t dims[2] = { 8192, 8192 };
-	const uint64_t n = 8192ull * 8192ull;
+	const int64_t dims[2] = { side, side };
+	const uint64_t n = (uint64_t)side * (uint64_t)side, rows = (uint64_t)side;
 	struct { const char *pattern; int32_t dtype; const char *target; double want; } cases[] = {
 		{ "2:4", NMP_DT_FLOAT, "elementwise", 0.7 }, { "2:4", NMP_DT_FLOAT16, "elementwise", 0.7 },
 		{ "16:32", NMP_DT_FLOAT, "elementwise", 0.7 }, { "16:32", NMP_DT_FLOAT16, "elementwise", 0.7 },
@@ -80,20 +95,20 @@ int main(void)
 			else {
 				uint32_t x;
 				memcpy(&x, &f, 4);
-				uint16_t h = cases[ci].dtype == NMP_DT_BFLOAT16 ? (uint16_t)(x >> 16) : (uint16_t)(((x >> 16) & 0x8000u) | ((((x >> 23) & 0xff) - 112) << 10) | ((x >> 13) & 0x3ff));
+				uint16_t h = cases[ci].dtype == NMP_DT_BFLOAT16 ? (uint16_t)(x >> 16) : half_of(x);
 				memcpy(host + 2 * i, &h, 2);
 			}
 		}
 		uint8_t *d_in, *d_out, *d_mask;
-		uint64_t *d_key, *d_rows, *h_rows = (uint64_t *)malloc(8192 * 8);
+		uint64_t *d_key, *d_rows, *h_rows = (uint64_t *)malloc(rows * 8);
 		CK(cudaMalloc(&d_in, bytes));
 		CK(cudaMalloc(&d_out, bytes));
 		CK(cudaMalloc(&d_mask, n));
 		CK(cudaMalloc(&d_key, n * 8));
-		CK(cudaMalloc(&d_rows, 8192 * 8));
-		for (uint64_t r = 0; r < 8192; r++)
+		CK(cudaMalloc(&d_rows, rows * 8));
+		for (uint64_t r = 0; r < rows; r++)
 			h_rows[r] = r; /* [K, N] with axis 0: row r is column r of N, the output channel */
-		CK(cudaMemcpy(d_rows, h_rows, 8192 * 8, cudaMemcpyHostToDevice));
+		CK(cudaMemcpy(d_rows, h_rows, rows * 8, cudaMemcpyHostToDevice));
 		CK(cudaMemcpy(d_in, host, bytes, cudaMemcpyHostToDevice));
 		nmp_cu_stats *d_st;
 		unsigned long long *d_hist;
@@ -116,7 +131,7 @@ int main(void)
 		memset(&v, 0, sizeof v);
 		v.dtype = cases[ci].dtype;
 		nmp_key_kind_of(v.dtype, &v.kk);
-		v.numel = n, v.L = 8192, v.inner = 8192, v.outer = 1, v.rows = 8192;
+		v.numel = n, v.L = rows, v.inner = rows, v.outer = 1, v.rows = rows;
 		v.in = d_in, v.out = d_out, v.mask = d_mask, v.key = d_key, v.row_off = d_rows, v.st = d_st;
 		v.n = p.n, v.m = p.m, v.ur = nmp_pattern_unit_rows(&p), v.uc = nmp_pattern_unit_cols(&p);
 		v.tile = p.structured && p.unit == NMP_UNIT_TILE;

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include <deque>
 #include <map>
@@ -574,6 +575,7 @@ const char *cudaGetErrorString(cudaError_t e)
 	case cudaErrorNoDevice: return "no CUDA-capable device is detected";
 	case cudaErrorInvalidDevice: return "invalid device ordinal";
 	case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+	case cudaErrorNotReady: return "device not ready";
 	}
 	return "unknown error";
 }
@@ -590,6 +592,11 @@ cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
 	*total_bytes = device_capacity();
 	*free_bytes = device_capacity() - device_used;
 	return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t *stream)
+{
+	return cudaStreamCreateWithFlags(stream, cudaStreamDefault);
 }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags)
@@ -725,4 +732,76 @@ cudaError_t cudaMemsetAsync(void *ptr, int value, size_t bytes, cudaStream_t s)
 		return complain(cudaErrorInvalidValue, "cudaMemsetAsync: %zu bytes at %p are not device memory", bytes, ptr);
 	return nmp_emu::enqueue(s, [ptr, value, bytes]() { memset(ptr, value, bytes); }) ? cudaSuccess
 											 : cudaErrorInvalidResourceHandle;
+}
+
+cudaError_t cudaMemset(void *ptr, int value, size_t bytes)
+{
+	if (!is_device(ptr, bytes))
+		return complain(cudaErrorInvalidValue, "cudaMemset: %zu bytes at %p are not device memory", bytes, ptr);
+	legacy_sync();
+	memset(ptr, value, bytes);
+	return cudaSuccess;
+}
+
+/* ---- events ----------------------------------------------------------------------------------- */
+
+struct CUevent_st {
+	CUstream_st *stream; /* where it was last recorded */
+	bool recorded, reached;
+	double ms;           /* the host's monotonic clock when the stream reached it */
+};
+
+namespace {
+std::set<CUevent_st *> events;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t *event)
+{
+	*event = new CUevent_st{ NULL, false, false, 0 };
+	events.insert(*event);
+	return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t e)
+{
+	if (!events.erase(e))
+		return complain(cudaErrorInvalidResourceHandle, "cudaEventDestroy(%p): not an event", (void *)e);
+	drain_all(); /* work queued to stamp it runs first */
+	delete e;
+	return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
+{
+	if (!events.count(e) || (s && !streams.count(s)))
+		return complain(cudaErrorInvalidResourceHandle, "cudaEventRecord: unknown event or stream");
+	e->stream = s;
+	e->recorded = true;
+	e->reached = false;
+	nmp_emu::enqueue(s, [e]() {
+		struct timespec t;
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		e->ms = (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+		e->reached = true;
+	});
+	return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t e)
+{
+	if (!events.count(e))
+		return complain(cudaErrorInvalidResourceHandle, "cudaEventSynchronize(%p): not an event", (void *)e);
+	if (e->recorded && !e->reached)
+		return cudaStreamSynchronize(e->stream);
+	return cudaSuccess;
+}
+
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b)
+{
+	if (!events.count(a) || !events.count(b) || !a->recorded || !b->recorded)
+		return complain(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: an event not recorded");
+	if (!a->reached || !b->reached)
+		return cudaErrorNotReady;
+	*ms = (float)(b->ms - a->ms);
+	return cudaSuccess;
 }
