@@ -40,13 +40,18 @@
 uint3 nmp_emu_thread_idx, nmp_emu_block_idx;
 dim3 nmp_emu_block_dim, nmp_emu_grid_dim;
 
+static void say(const char *fmt, va_list ap)
+{
+	fputs("nmp-emu: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+}
+
 void nmp_emu::fatal(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	fputs("nmp-emu: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
+	say(fmt, ap);
 	va_end(ap);
 	abort();
 }
@@ -112,9 +117,7 @@ cudaError_t complain(cudaError_t e, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	fputs("nmp-emu: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
+	say(fmt, ap);
 	va_end(ap);
 	return e;
 }
