@@ -189,6 +189,9 @@ int main(int argc, char **argv)
 		cudaFree(d_st), cudaFree(d_hist), cudaFree(d_scores);
 		free(host), free(mask), free(out), free(h_rows);
 	}
+	CK(cudaEventDestroy(e0));
+	CK(cudaEventDestroy(e1));
+	CK(cudaStreamDestroy(s));
 	be->close(ctx);
 	return 0;
 }
