@@ -39,18 +39,24 @@ def device(models):
     assert r.returncode == 0, r.stderr
 
 
+def prune_on_both(model, pattern, tmp_path):
+    """{device: (exit code, the output's bytes and its external data's, stderr)} for cpu and cuda."""
+    outs = {}
+    for dev in ("cpu", "cuda"):
+        (tmp_path / dev).mkdir(exist_ok=True)
+        out = tmp_path / dev / model.name  # same name: an external data file's location matches
+        r = run("prune", model, "-o", out, "--pattern", pattern, "--device", dev, "-q")
+        data = out.with_name(out.name + ".data")
+        outs[dev] = (r.returncode, (out.read_bytes() if out.exists() else b"") +
+                     (data.read_bytes() if data.exists() else b""), r.stderr)
+    return outs
+
+
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_cuda_writes_what_cpu_writes(models, device, pattern, tmp_path):
     compared = 0
     for m in models:
-        outs = {}
-        for dev in ("cpu", "cuda"):
-            (tmp_path / dev).mkdir(exist_ok=True)
-            out = tmp_path / dev / m.name  # same name: an external data file's location matches
-            r = run("prune", m, "-o", out, "--pattern", pattern, "--device", dev, "-q")
-            data = out.with_name(out.name + ".data")
-            outs[dev] = (r.returncode, (out.read_bytes() if out.exists() else b"") +
-                         (data.read_bytes() if data.exists() else b""), r.stderr)
+        outs = prune_on_both(m, pattern, tmp_path)
         assert outs["cpu"][0] == outs["cuda"][0], (m.name, outs["cpu"][2], outs["cuda"][2])
         if outs["cpu"][0] != 0:
             continue
@@ -66,13 +72,10 @@ def test_cuda_writes_what_cpu_writes_on_real_models(device, pattern, tmp_path):
     if not real:
         pytest.skip("real models not unpacked: run make deps")
     for m in real:
-        outs = {}
+        outs = prune_on_both(m, pattern, tmp_path)
         for dev in ("cpu", "cuda"):
-            out = tmp_path / f"{dev}.onnx"
-            r = run("prune", m, "-o", out, "--pattern", pattern, "--device", dev, "-q")
-            assert r.returncode == 0, (m.name, dev, r.stderr)
-            outs[dev] = out.read_bytes()
-        assert outs["cpu"] == outs["cuda"], f"{m.name} {pattern}: the files differ"
+            assert outs[dev][0] == 0, (m.name, dev, outs[dev][2])
+        assert outs["cpu"][1] == outs["cuda"][1], f"{m.name} {pattern}: the files differ"
 
 
 def _mlp(path, rng):

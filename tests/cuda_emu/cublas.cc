@@ -27,7 +27,7 @@ static bool operand(const cublasContext *h, const char *fn, const char *name, co
 	return false;
 }
 
-/* Elements spanned by a vector of n with increment inc, or a cols x rows column-major matrix with ld. */
+/* Elements spanned by a vector of n with increment inc, or a rows x cols column-major matrix with ld. */
 static uint64_t vector_span(int n, int inc)
 {
 	return n ? (uint64_t)(n - 1) * (uint64_t)(inc < 0 ? -inc : inc) + 1 : 0;

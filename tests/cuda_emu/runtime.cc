@@ -277,7 +277,6 @@ struct fiber {
 	void *sp;
 	char *stack; /* lowest usable byte, above the guard page */
 	fiber_state state;
-	unsigned warp_mask;
 	uint64_t slot[2]; /* a shuffle's value, in slot[parity] */
 	unsigned parity;  /* flips at each shuffle */
 	void *fake_stack;
@@ -431,11 +430,6 @@ void run_block(void)
 		       nmp_emu_block_idx.x, nmp_emu_block_idx.y, nmp_emu_block_idx.z, a, state_name(fibers[a].state));
 }
 
-unsigned threads_of(dim3 b)
-{
-	return b.x * b.y * b.z;
-}
-
 unsigned long long launches;
 
 } /* namespace */
@@ -517,15 +511,14 @@ void nmp_emu::launch(const char *name, dim3 grid, dim3 block, size_t shmem, cuda
 		return;
 	}
 	const bool desc = launches++ & 1;
-	auto run = [name, grid, block, fn, desc]() {
-		while (n_fibers < threads_of(block))
+	auto run = [name, grid, block, n = (unsigned)threads, fn, desc]() {
+		while (n_fibers < n)
 			make_fiber(fibers[n_fibers++]);
-		const std::function<void()> *saved_body = body;
 		body = &fn;
 		kernel_name = name;
 		nmp_emu_grid_dim = grid;
 		nmp_emu_block_dim = block;
-		n_threads = threads_of(block);
+		n_threads = n;
 		descending = desc;
 		const unsigned long long blocks = (unsigned long long)grid.x * grid.y * grid.z;
 		for (unsigned long long i = 0; i < blocks; i++) {
@@ -534,7 +527,6 @@ void nmp_emu::launch(const char *name, dim3 grid, dim3 block, size_t shmem, cuda
 						   (unsigned)(b / ((unsigned long long)grid.x * grid.y)) };
 			run_block();
 		}
-		body = saved_body;
 	};
 	if (!enqueue(stream, run))
 		last_error = complain(cudaErrorInvalidResourceHandle, "kernel %s: launch on an unknown stream", name);
