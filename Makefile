@@ -45,7 +45,6 @@ endif
 # tests/cuda_emu, a test build (make test-cuda-emu) that runs its host code and
 # kernels where there is no GPU.
 ifeq ($(CUDA),emu)
-  CXX      ?= g++
   EMU      := tests/cuda_emu
   CU_SRC   := $(wildcard kernels/*.cu)
   CU_OBJ   := $(patsubst %.cu,$(BUILD)/obj/%.o,$(CU_SRC)) $(BUILD)/obj/$(EMU)/runtime.o $(BUILD)/obj/$(EMU)/view.o
@@ -145,7 +144,7 @@ $(BUILD)/tests/cuda_backend: tests/cuda/test_cuda_backend.c $(BUILD)/libnmprune.
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $< $(BUILD)/libnmprune.a $(LDLIBS) -lcmocka
 
 ifeq ($(CUDA),emu)
-$(BUILD)/bench/cuda_bench: bench/cuda_bench.cu $(BUILD)/libnmprune.a $(EMU)/launches.sed
+$(BUILD)/bench/cuda_bench: bench/cuda_bench.cu $(BUILD)/libnmprune.a $(EMU)/launches.sed $(EMU_DEPS)
 	@mkdir -p $(dir $@) $(BUILD)/emu
 	$(call emu_rewrite,$<,$(BUILD)/emu/cuda_bench.cc)
 	$(CXX) $(EMU_CXXFLAGS) -I$(BUILD)/gen -o $@ $(BUILD)/emu/cuda_bench.cc $(BUILD)/libnmprune.a $(LDLIBS)
