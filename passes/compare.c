@@ -19,7 +19,8 @@ typedef struct side {
 	nmp_model_input *inputs;
 	size_t n_inputs;
 	nmp_ort_session *sess;
-	nmp_calib_data *data;
+	nmp_calib_data *data; /* NULL where shared */
+	bool shared;          /* runs on the other side's samples */
 } side;
 
 typedef struct acc {
@@ -126,11 +127,33 @@ double nmp_output_top1(const nmp_output_acc *x)
 	return x->rows ? (double)x->agree / (double)x->rows : NAN;
 }
 
-static nmp_status open_side(side *s, const nmp_compare_opts *o, const char *path, nmp_ort *ort, nmp_error *err)
+/* Do the two models take the same inputs (names, types, shapes, which are optional)? */
+static bool same_inputs(const side *a, const side *b)
+{
+	if (a->n_inputs != b->n_inputs)
+		return false;
+	for (size_t i = 0; i < a->n_inputs; i++) {
+		const nmp_model_input *x = &a->inputs[i], *y = &b->inputs[i];
+		if (strcmp(x->name, y->name) != 0 || x->dtype != y->dtype || x->rank != y->rank ||
+		    x->optional != y->optional)
+			return false;
+		for (int d = 0; d < x->rank; d++)
+			if (x->dims[d] != y->dims[d])
+				return false;
+	}
+	return true;
+}
+
+/* The pruned side reads the dense side's samples when the models take the same inputs (shared). */
+static nmp_status open_side(side *s, const nmp_compare_opts *o, const char *path, nmp_ort *ort, const side *shared,
+			    nmp_error *err)
 {
 	NMP_TRY(nmp_model_load(path, &s->m, err));
 	NMP_TRY(nmp_model_inputs(s->m, &s->inputs, &s->n_inputs, err));
-	NMP_TRY(nmp_calib_data_open(o->data, s->inputs, s->n_inputs, o->max_samples, &s->data, err));
+	if (shared && same_inputs(s, shared))
+		s->shared = true;
+	else
+		NMP_TRY(nmp_calib_data_open(o->data, s->inputs, s->n_inputs, o->max_samples, &s->data, err));
 	uint8_t *bytes;
 	size_t len;
 	NMP_TRY(nmp_model_serialize(s->m, NULL, NULL, 0, &bytes, &len, err));
@@ -147,14 +170,20 @@ static void close_side(side *s)
 	nmp_model_free(&s->m);
 }
 
-static nmp_status run_side(side *s, size_t k, size_t n_out, const char *const *names, nmp_ort_outputs *res,
-			   nmp_error *err)
+/* One sample's inputs, as nmp_calib_data_sample gives them. */
+typedef struct sample {
+	const char *const *names;
+	const nmp_host_tensor *t;
+	size_t n;
+} sample;
+
+/* Runs one side on sample k: its own read of it, or, where shared, the other side's in *in. */
+static nmp_status run_side(side *s, size_t k, sample *in, size_t n_out, const char *const *names,
+			   nmp_ort_outputs *res, nmp_error *err)
 {
-	const char *const *in_names;
-	const nmp_host_tensor *in;
-	size_t n_in;
-	NMP_TRY(nmp_calib_data_sample(s->data, k, &in_names, &in, &n_in, err));
-	return nmp_ort_run(s->sess, n_in, in_names, in, n_out, names, res, err);
+	if (!s->shared)
+		NMP_TRY(nmp_calib_data_sample(s->data, k, &in->names, &in->t, &in->n, err));
+	return nmp_ort_run(s->sess, in->n, in->names, in->t, n_out, names, res, err);
 }
 
 static nmp_status accumulate(const nmp_compare_opts *o, const char *name, const nmp_host_tensor *a,
@@ -191,10 +220,10 @@ nmp_status nmp_compare(const nmp_compare_opts *o, nmp_compare_result *r, nmp_err
 	if (s == NMP_OK)
 		s = nmp_ort_open(o->ort_library, &ort, err);
 	if (s == NMP_OK)
-		s = open_side(&d, o, o->dense, ort, err);
+		s = open_side(&d, o, o->dense, ort, NULL, err);
 	if (s == NMP_OK)
-		s = open_side(&p, o, o->pruned, ort, err);
-	if (s == NMP_OK && nmp_calib_data_count(d.data) != nmp_calib_data_count(p.data))
+		s = open_side(&p, o, o->pruned, ort, &d, err);
+	if (s == NMP_OK && !p.shared && nmp_calib_data_count(d.data) != nmp_calib_data_count(p.data))
 		s = nmp_error_set(err, NMP_ERR_USAGE, "%s: the two models take different samples", o->data);
 	const Onnx__GraphProto *g = s == NMP_OK ? d.m->proto->graph : NULL;
 	size_t n = g ? g->n_output : 0;
@@ -211,9 +240,10 @@ nmp_status nmp_compare(const nmp_compare_opts *o, nmp_compare_result *r, nmp_err
 	size_t samples = s == NMP_OK ? nmp_calib_data_count(d.data) : 0;
 	for (size_t k = 0; s == NMP_OK && k < samples; k++) {
 		nmp_ort_outputs ra = { 0 }, rb = { 0 };
-		s = run_side(&d, k, n, names, &ra, err);
+		sample in = { 0 };
+		s = run_side(&d, k, &in, n, names, &ra, err);
 		if (s == NMP_OK)
-			s = run_side(&p, k, n, names, &rb, err);
+			s = run_side(&p, k, &in, n, names, &rb, err);
 		for (size_t i = 0; s == NMP_OK && i < n; i++)
 			s = accumulate(o, names[i], &ra.t[i], &rb.t[i], &a[i], err);
 		if (s == NMP_OK && k == 0)

@@ -363,6 +363,31 @@ def test_compare_of_a_model_with_itself_is_exact(tmp_path, mlp_case):
     assert o["outputs"][0]["cosine"] == 1.0 and o["outputs"][0]["rel_l2"] == 0.0 and o["outputs"][0]["top1"] == 1.0
 
 
+def test_compare_gives_the_same_figures_whether_the_pruned_model_shares_the_dense_models_samples_or_not(tmp_path, mlp_case):
+    """A pruned model takes the dense model's inputs, and one read of a sample serves both runs; a model whose
+    inputs are declared otherwise (here: the batch axis fixed at the samples' 2) reads its own, and the figures
+    are the same."""
+    path, model, _, X = mlp_case
+    data = tmp_path / "data.safetensors"
+    out = tmp_path / "p.onnx"
+    nmprune("prune", path, "-o", out, "--align", "none", "-q", check=0)
+    fixed = onnx.load(str(out))
+    assert fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "b"
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = X.shape[1]
+    save(fixed, tmp_path / "fixed.onnx")
+    shared = json.loads(nmprune("compare", path, out, "--calibration", data, "--json", check=0).out)
+    own = json.loads(nmprune("compare", path, tmp_path / "fixed.onnx", "--calibration", data, "--json", check=0).out)
+    assert shared["samples"] == own["samples"] == 12
+    assert shared["outputs"] == own["outputs"]
+    assert shared["outputs"][0]["cosine"] < 1.0
+    # the pruned side's data are checked against its own inputs
+    bad = onnx.load(str(out))
+    bad.graph.input[0].type.tensor_type.shape.dim[-1].dim_value = 65
+    save(bad, tmp_path / "bad.onnx")
+    r = nmprune("compare", path, tmp_path / "bad.onnx", "--calibration", data, check=2)
+    assert r.err.count("\n") == 1 and "data.safetensors" in r.err and "'x'" in r.err
+
+
 def test_one_element_outputs_take_the_cosine_over_the_samples(tmp_path, rng):
     """A score per sample: its own cosine is only its sign, so compare and sensitivity pool the samples."""
     W = rng.standard_normal((64, 32)).astype(np.float32)
