@@ -15,6 +15,7 @@
  *    hold a fill pattern, not zeros;
  *  - launches: the configuration limits CUDA enforces, reported through
  *    cudaGetLastError;
+ *  - shared memory: it holds a fill pattern when a block starts;
  *  - blocks: threads are fibers; __syncthreads and warp shuffles wait for
  *    the threads they name, a shuffle naming an exited lane or a barrier
  *    that can never be passed stops the program; blocks and threads run in
@@ -47,8 +48,13 @@
 #define __host__
 #define __forceinline__ inline
 #define __constant__
-/* Blocks run one after another, so a function's static is its block's shared memory. */
-#define __shared__ static
+/*
+ * Blocks run one after another, so a function's static is its block's
+ * shared memory.  The statics lie in one section, which the runtime fills
+ * with a pattern before each block: a block reads only what it wrote, as
+ * on a GPU, not zeros or the block before's values.
+ */
+#define __shared__ static __attribute__((section("nmp_emu_shared")))
 
 enum cudaError {
 	cudaSuccess = 0,

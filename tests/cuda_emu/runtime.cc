@@ -58,6 +58,9 @@ void nmp_emu::fatal(const char *fmt, ...)
 
 /* ---- memory ----------------------------------------------------------------------------------- */
 
+/* What fresh device memory and a block's shared memory hold. */
+enum { FILL = 0xa5 };
+
 namespace {
 
 struct region {
@@ -132,7 +135,7 @@ cudaError_t allocate(void **ptr, size_t bytes, bool device)
 	void *p = malloc(bytes ? bytes : 1);
 	if (!p)
 		return cudaErrorMemoryAllocation;
-	memset(p, 0xa5, bytes); /* not zeros: a kernel that reads what nothing wrote should notice */
+	memset(p, FILL, bytes); /* not zeros: a kernel that reads what nothing wrote should notice */
 	regions[(uintptr_t)p] = region{ bytes ? bytes : 1, device };
 	if (device)
 		device_used += bytes ? bytes : 1;
@@ -401,8 +404,14 @@ void thread_exits(void)
 	release_sync();
 }
 
+/* The kernels' shared memory (__shared__ in cuda_runtime.h): the linker's bounds of its section, if any. */
+extern "C" char __start_nmp_emu_shared[] __attribute__((weak));
+extern "C" char __stop_nmp_emu_shared[] __attribute__((weak));
+
 void run_block(void)
 {
+	if (__start_nmp_emu_shared)
+		memset(__start_nmp_emu_shared, FILL, (size_t)(__stop_nmp_emu_shared - __start_nmp_emu_shared));
 	n_done = n_sync = 0;
 	q_head = q_len = 0;
 	memset(warp_count, 0, sizeof warp_count);

@@ -96,7 +96,7 @@ static void test_missing_barrier_shows(void **state)
 	unsigned *d;
 	unsigned h[256];
 	CHECK(cudaMalloc(&d, sizeof h));
-	unsigned base = 0; /* each launch's values differ from the last's, which shared memory still holds */
+	unsigned base = 0; /* each launch's values differ from the last's */
 	for (int barrier = 1; barrier >= 0; barrier--) {
 		int wrong = 0;
 		for (int launch = 0; launch < 2; launch++, base += 1000) {
@@ -112,6 +112,33 @@ static void test_missing_barrier_shows(void **state)
 			assert_int_equal(wrong, 0);
 		else
 			assert_true(wrong > 0);
+	}
+	CHECK(cudaFree(d));
+}
+
+/* Even threads write their cell of shared memory, odd ones leave theirs; every thread reports its cell. */
+static __global__ void half_written_kernel(unsigned *out)
+{
+	__shared__ unsigned s[64];
+	if (threadIdx.x % 2 == 0)
+		s[threadIdx.x] = blockIdx.x * 1000 + threadIdx.x;
+	__syncthreads();
+	out[blockIdx.x * blockDim.x + threadIdx.x] = s[threadIdx.x];
+}
+
+/* Invariant: a block's shared memory holds what it wrote and the fill pattern elsewhere, on every launch. */
+static void test_shared_memory_starts_filled(void **state)
+{
+	(void)state;
+	unsigned *d, h[3 * 64];
+	CHECK(cudaMalloc(&d, sizeof h));
+	for (int launch = 0; launch < 2; launch++) { /* ascending, then descending blocks */
+		half_written_kernel<<<3, 64>>>(d);
+		CHECK(cudaGetLastError());
+		CHECK(cudaMemcpy(h, d, sizeof h, cudaMemcpyDeviceToHost));
+		for (unsigned b = 0; b < 3; b++)
+			for (unsigned t = 0; t < 64; t++)
+				assert_int_equal(h[b * 64 + t], t % 2 ? 0xa5a5a5a5u : b * 1000 + t);
 	}
 	CHECK(cudaFree(d));
 }
@@ -295,6 +322,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_block_sum),
 		cmocka_unit_test(test_missing_barrier_shows),
+		cmocka_unit_test(test_shared_memory_starts_filled),
 		cmocka_unit_test(test_stream_order),
 		cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_cub),
