@@ -150,10 +150,16 @@ static nmp_status open_side(side *s, const nmp_compare_opts *o, const char *path
 {
 	NMP_TRY(nmp_model_load(path, &s->m, err));
 	NMP_TRY(nmp_model_inputs(s->m, &s->inputs, &s->n_inputs, err));
-	if (shared && same_inputs(s, shared))
+	if (shared && same_inputs(s, shared)) {
 		s->shared = true;
-	else
-		NMP_TRY(nmp_calib_data_open(o->data, s->inputs, s->n_inputs, o->max_samples, &s->data, err));
+	} else {
+		nmp_status st = nmp_calib_data_open(o->data, s->inputs, s->n_inputs, o->max_samples, &s->data, err);
+		if (st != NMP_OK) { /* the data's error speaks of "the model": say which of the two */
+			const size_t at = strlen(err->message);
+			snprintf(err->message + at, sizeof err->message - at, " (%s)", path);
+			return st;
+		}
+	}
 	uint8_t *bytes;
 	size_t len;
 	NMP_TRY(nmp_model_serialize(s->m, NULL, NULL, 0, &bytes, &len, err));

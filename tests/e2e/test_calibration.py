@@ -386,6 +386,7 @@ def test_compare_gives_the_same_figures_whether_the_pruned_model_shares_the_dens
     save(bad, tmp_path / "bad.onnx")
     r = nmprune("compare", path, tmp_path / "bad.onnx", "--calibration", data, check=2)
     assert r.err.count("\n") == 1 and "data.safetensors" in r.err and "'x'" in r.err
+    assert r.err.rstrip().endswith(f"the model takes 65 ({tmp_path / 'bad.onnx'})")
 
 
 def test_one_element_outputs_take_the_cosine_over_the_samples(tmp_path, rng):
