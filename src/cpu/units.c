@@ -96,6 +96,26 @@ NMP_CPU_SIMD_INLINE __m128 units_mag4(__m128i k, int kind, __m128i cut, __m256d 
 	return mg;
 }
 
+/*
+ * top_n_double for M of 4 or 8, without a branch: unit a's rank is the
+ * number of scores above its own, and of equal ones at a lower index, each
+ * counted from a comparison of all M at once.
+ */
+NMP_CPU_SIMD_INLINE void top_n_double8(const double *s, int m, int n, uint8_t *keep)
+{
+	const __m256d lo = _mm256_loadu_pd(s), hi = m == 8 ? _mm256_loadu_pd(s + 4) : lo;
+	for (int a = 0; a < m; a++) {
+		const __m256d v = _mm256_set1_pd(s[a]);
+		unsigned above = (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(lo, v, _CMP_GT_OQ));
+		unsigned equal = (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(lo, v, _CMP_EQ_OQ));
+		if (m == 8) {
+			above |= (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(hi, v, _CMP_GT_OQ)) << 4;
+			equal |= (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(hi, v, _CMP_EQ_OQ)) << 4;
+		}
+		keep[a] = __builtin_popcount(above | (equal & ((1u << a) - 1))) < n;
+	}
+}
+
 /* Are the unit's rows side by side in fours (a MatMul's B: rows are the contiguous axis)? */
 static inline bool units_rows_in_fours(const uint64_t *ro, unsigned ur)
 {
@@ -146,7 +166,7 @@ NMP_CPU_SIMD_INLINE double units8_positions(
 		uint8_t keep[8];
 		for (int x = 0; x < m; x++)
 			score[x] = sums[x][l];
-		top_n_double(score, m, n, keep);
+		top_n_double8(score, m, n, keep);
 		for (int x = 0; x < m; x++) {
 			kept += keep[x] ? score[x] : 0.0;
 			*count += keep[x];
@@ -163,6 +183,31 @@ NMP_CPU_SIMD_INLINE double units8_positions(
 				nmp_cpu_keep8(j->mask, j->zero, j->zero, ro[t] + c0 + ((uint64_t)x * uc + c) * inner, keep[x],
 					      kind);
 	return kept;
+}
+
+/*
+ * The mask bytes and zeroes of one (row block, group) whose group runs
+ * along a row's adjacent elements (inner 1: a Gemm's transposed B, a 1x1
+ * Conv): each row's m x uc cells are one run, written as a whole from one
+ * pattern, four elements to a zeroing store.
+ */
+NMP_CPU_SIMD_INLINE void units_write_rows(uint8_t *mask, uint8_t *zero, const uint64_t *ro, unsigned ur, uint64_t c0,
+					  const uint8_t *keep, int m, unsigned uc, int kind)
+{
+	const unsigned gcols = (unsigned)m * uc; /* a multiple of 4, at most 64 */
+	uint8_t row[64];
+	unsigned quad[16]; /* bit l: element 4 q + l is kept */
+	for (int x = 0; x < m; x++)
+		memset(row + (unsigned)x * uc, keep[x], uc);
+	for (unsigned q = 0; q < gcols / 4; q++)
+		quad[q] = row[4 * q] | row[4 * q + 1] << 1 | row[4 * q + 2] << 2 | (unsigned)row[4 * q + 3] << 3;
+	for (unsigned t = 0; t < ur; t++) {
+		const uint64_t at = ro[t] + c0;
+		if (mask)
+			memcpy(mask + at, row, gcols);
+		for (unsigned q = 0; zero && q < gcols / 4; q++)
+			nmp_cpu_zero4_unless(zero, at + 4 * q, quad[q], kind);
+	}
 }
 
 /*
@@ -198,10 +243,14 @@ NMP_CPU_SIMD_INLINE void units4_run(nmp_cpu_job *j, uint64_t b, uint64_t e, nmp_
 	uint64_t per;
 	const uint64_t positions = kind != NMP_CK_Q ? nmp_cpu_positions(j, ur, &per) : 0;
 	__m256d above8[2] = { _mm256_setzero_pd(), _mm256_setzero_pd() };
+	/* Item w's row block and group, stepped from item b's rather than divided out each time. */
+	uint64_t next_rb = rows_fast ? b % rblocks : b / groups, next_g = rows_fast ? b / rblocks : b % groups;
 	for (uint64_t w = b; w < e; w++) {
-		uint64_t rb = rows_fast ? w % rblocks : w / groups, g = rows_fast ? w / rblocks : w % groups, p = 0;
+		uint64_t rb = next_rb, g = next_g, p = 0;
 		if (positions)
 			p = nmp_cpu_item_at(w, positions, groups, per / ur, &rb, &g);
+		else if (rows_fast ? ++next_rb == rblocks : ++next_g == groups)
+			rows_fast ? (next_rb = 0, next_g++) : (next_g = 0, next_rb++);
 		const uint64_t *ro = row_off + rb * ur, c0 = g * gcols * inner;
 		if (positions && p + 8 <= positions && w + 8 <= e && nmp_cpu_side_by_side8(row_off, rb * ur, ur, per)) {
 			kept += units8_positions(j, ro, c0, m, kind, above8, &acc->cut, &count);
@@ -244,10 +293,14 @@ NMP_CPU_SIMD_INLINE void units4_run(nmp_cpu_job *j, uint64_t b, uint64_t e, nmp_
 		uint8_t keep[8];
 		_mm256_storeu_pd(score, s[0]);
 		_mm256_storeu_pd(score + 4, s[1]);
-		top_n_double(score, m, n, keep);
+		top_n_double8(score, m, n, keep);
 		for (int x = 0; x < m; x++) {
 			kept += keep[x] ? score[x] : 0.0;
 			count += keep[x];
+		}
+		if (!fours && inner == 1 && gcols <= 64) {
+			units_write_rows(mask, zero, ro, ur, c0, keep, m, uc, kind);
+			continue;
 		}
 		for (unsigned t = 0; mask && t < ur; t += fours ? 4 : 1)
 			for (int x = 0; x < m; x++) {
