@@ -436,8 +436,10 @@ static void test_nan_is_an_error(void **state)
 
 /* ---- vectors and blocks against a naive scorer ---------------------------------------------------- */
 
-static void naive_units(const tensor *t, int n, int m, int ur, int uc, uint8_t *want)
+/* The mask into want; returns the kept units' scores summed (the l1_kept statistic). */
+static double naive_units(const tensor *t, int n, int m, int ur, int uc, uint8_t *want)
 {
+	double l1_kept = 0;
 	uint64_t L = (uint64_t)t->dims[t->axis], rows = t->numel / L;
 	for (uint64_t r0 = 0; r0 < rows; r0 += (uint64_t)ur)
 		for (uint64_t c0 = 0; c0 < L; c0 += (uint64_t)(m * uc)) {
@@ -453,11 +455,20 @@ static void naive_units(const tensor *t, int n, int m, int ur, int uc, uint8_t *
 				int rank = 0;
 				for (int y = 0; y < m; y++)
 					rank += score[y] > score[x] || (score[y] == score[x] && y < x);
+				l1_kept += rank < n ? score[x] : 0;
 				for (int a = 0; a < ur; a++)
 					for (int b = 0; b < uc; b++)
 						want[flat_of(t, r0 + (uint64_t)a, c0 + (uint64_t)(x * uc + b))] = rank < n;
 			}
 		}
+	return l1_kept;
+}
+
+/* Sums in another order: equal, or within 1e-12 relative. */
+static void assert_sum_near(double got, double want)
+{
+	if (!(got == want || fabs(got - want) <= 1e-12 * fabs(want)))
+		fail_msg("sum %.17g, expected %.17g", got, want);
 }
 
 static void test_vector_and_block(void **state)
@@ -469,16 +480,20 @@ static void test_vector_and_block(void **state)
 	} cases[] = {
 		{ "2:4@v4", 2, 4, 4, 1 }, { "2:4@v32", 2, 4, 32, 1 }, { "1:4@v8", 1, 4, 8, 1 },
 		{ "2:4@b4x4", 2, 4, 4, 4 }, { "3:8@b2x2", 3, 8, 2, 2 }, { "2:4@b8x1", 2, 4, 8, 1 },
+		{ "1:2@v4", 1, 2, 4, 1 }, { "5:16@b2x2", 5, 16, 2, 2 }, /* M other than 4 and 8: the general path */
 	};
 	int64_t conv[4] = { 32, 64, 3, 3 }, mm[2] = { 64, 32 };
 	for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
 		for (int shape = 0; shape < 2; shape++) {
 			tensor t = shape ? make_f32(4, conv, 1, 0) : make_f32(2, mm, 0, 1);
-			uint8_t *mask = run(&t, cases[k].p, NMP_MASK_DRY, 2, NULL);
+			nmp_mask_stats st;
+			uint8_t *mask = run(&t, cases[k].p, NMP_MASK_DRY, 2, &st);
 			uint8_t *want = malloc(t.numel);
-			naive_units(&t, cases[k].n, cases[k].m, cases[k].ur, cases[k].uc, want);
+			const double l1 = naive_units(&t, cases[k].n, cases[k].m, cases[k].ur, cases[k].uc, want);
 			if (memcmp(mask, want, t.numel) != 0)
 				fail_msg("%s on shape %d differs from the naive scorer", cases[k].p, shape);
+			assert_int_equal(st.kept, t.numel * (uint64_t)cases[k].n / (uint64_t)cases[k].m);
+			assert_sum_near(st.l1_kept, l1);
 			free(want);
 			free(mask);
 			free(t.data);
@@ -936,7 +951,7 @@ static void test_units_adversarial(void **state)
 				nmp_mask_stats st;
 				uint8_t *mask = run(&t, cases[k].p, NMP_MASK_DRY, 2, &st);
 				uint8_t *want = malloc(t.numel);
-				naive_units(&t, cases[k].n, cases[k].m, cases[k].ur, cases[k].uc, want);
+				const double l1 = naive_units(&t, cases[k].n, cases[k].m, cases[k].ur, cases[k].uc, want);
 				uint64_t kept = 0;
 				for (uint64_t i = 0; i < t.numel; i++) {
 					kept += want[i];
@@ -945,6 +960,7 @@ static void test_units_adversarial(void **state)
 							 shape, (unsigned long long)i, mask[i]);
 				}
 				assert_int_equal(st.kept, kept);
+				assert_sum_near(st.l1_kept, l1);
 				free(want);
 				free(mask);
 				free(t.data);

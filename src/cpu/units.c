@@ -116,6 +116,20 @@ NMP_CPU_SIMD_INLINE void top_n_double8(const double *s, int m, int n, uint8_t *k
 	}
 }
 
+/* kept plus the kept scores, in index order (a pruned one adds +0, as the rule's sum does), without a branch. */
+NMP_CPU_SIMD_INLINE double kept_sum8(double kept, const double *score, const uint8_t *keep, int m)
+{
+	for (int x = 0; x < m; x++) {
+		uint64_t bits;
+		memcpy(&bits, &score[x], 8);
+		bits &= -(uint64_t)keep[x];
+		double v;
+		memcpy(&v, &bits, 8);
+		kept += v;
+	}
+	return kept;
+}
+
 /* Are the unit's rows side by side in fours (a MatMul's B: rows are the contiguous axis)? */
 static inline bool units_rows_in_fours(const uint64_t *ro, unsigned ur)
 {
@@ -167,8 +181,8 @@ NMP_CPU_SIMD_INLINE double units8_positions(
 		for (int x = 0; x < m; x++)
 			score[x] = sums[x][l];
 		top_n_double8(score, m, n, keep);
+		kept = kept_sum8(kept, score, keep, m);
 		for (int x = 0; x < m; x++) {
-			kept += keep[x] ? score[x] : 0.0;
 			*count += keep[x];
 			on[x] |= (unsigned)keep[x] << l;
 		}
@@ -294,10 +308,9 @@ NMP_CPU_SIMD_INLINE void units4_run(nmp_cpu_job *j, uint64_t b, uint64_t e, nmp_
 		_mm256_storeu_pd(score, s[0]);
 		_mm256_storeu_pd(score + 4, s[1]);
 		top_n_double8(score, m, n, keep);
-		for (int x = 0; x < m; x++) {
-			kept += keep[x] ? score[x] : 0.0;
+		kept = kept_sum8(kept, score, keep, m);
+		for (int x = 0; x < m; x++)
 			count += keep[x];
-		}
 		if (!fours && inner == 1 && gcols <= 64) {
 			units_write_rows(mask, zero, ro, ur, c0, keep, m, uc, kind);
 			continue;
