@@ -1276,6 +1276,115 @@ static void test_quantized_zero_point(void **state)
 	assert_int_equal(st.violations, 0);
 }
 
+/* ---- P% of vectors and blocks against a naive selection --------------------------------------------- */
+
+static const double *naive_scores;
+
+/* Pruned first: the smaller score, and of equal ones the higher unit index. */
+static int prune_order(const void *a, const void *b)
+{
+	const uint64_t u = *(const uint64_t *)a, v = *(const uint64_t *)b;
+	if (naive_scores[u] != naive_scores[v])
+		return naive_scores[u] < naive_scores[v] ? -1 : 1;
+	return u > v ? -1 : u < v;
+}
+
+/* P% of units of ur x uc: the mask into want, the kept count and magnitude into *kept, *l1. */
+static void naive_unstructured_units(const tensor *t, double sparsity, unsigned ur, unsigned uc, uint8_t *want,
+				     uint64_t *kept, double *l1)
+{
+	const uint64_t L = (uint64_t)t->dims[t->axis], rows = t->numel / L, cb = L / uc, units = rows / ur * cb;
+	double *score = malloc(units * sizeof *score);
+	uint64_t *order = malloc(units * sizeof *order);
+	uint8_t *keep = malloc(units);
+	for (uint64_t u = 0; u < units; u++) {
+		double sum = 0; /* rows, then columns */
+		for (unsigned a = 0; a < ur; a++)
+			for (unsigned b = 0; b < uc; b++)
+				sum += mag(t, flat_of(t, u / cb * ur + a, u % cb * uc + b));
+		score[u] = sum;
+		order[u] = u;
+		keep[u] = 1;
+	}
+	naive_scores = score;
+	qsort(order, units, sizeof *order, prune_order);
+	const uint64_t n_prune = (uint64_t)floor(sparsity * (double)units + 0.5);
+	for (uint64_t i = 0; i < n_prune; i++)
+		keep[order[i]] = 0;
+	*kept = 0;
+	*l1 = 0;
+	for (uint64_t u = 0; u < units; u++)
+		for (unsigned a = 0; a < ur; a++)
+			for (unsigned b = 0; b < uc; b++) {
+				const uint64_t i = flat_of(t, u / cb * ur + a, u % cb * uc + b);
+				want[i] = keep[u];
+				*kept += keep[u];
+				*l1 += keep[u] ? mag(t, i) : 0;
+			}
+	free(keep);
+	free(order);
+	free(score);
+}
+
+/*
+ * P% of vectors and blocks: the mask, the kept count and the kept magnitude
+ * of the naive selection, on random values, on values of five levels (unit
+ * scores tie often, and ties prune the higher unit index first) and on the
+ * adversarial tiles (infinities, zeros, subnormals), in the three layouts,
+ * on one thread and three, and APPLY zeroes what the mask prunes.
+ */
+static void test_unstructured_units(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *p;
+		unsigned ur, uc;
+	} cases[] = {
+		{ "30%@v4", 4, 1 }, { "50%@v8", 8, 1 }, { "25%@b2x4", 2, 4 }, { "62.5%@b4x2", 4, 2 },
+		{ "0%@b2x2", 2, 2 }, { "99.9%@v2", 2, 1 }, { "37.5%@b1x8", 1, 8 },
+	};
+	const int64_t conv[4] = { 16, 32, 3, 3 }, mm[2] = { 64, 48 };
+	for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
+		for (int data = 0; data < 3; data++)
+			for (int shape = 0; shape < 3; shape++) {
+				const int axis = shape == 0 ? 0 : 1, out = shape == 0 ? 1 : 0;
+				tensor t = data == 2 ? make_adversarial(NMP_DT_FLOAT, shape == 2 ? 4 : 2, shape == 2 ? conv : mm,
+									axis, out)
+						     : make_f32(shape == 2 ? 4 : 2, shape == 2 ? conv : mm, axis, out);
+				if (data == 1)
+					for (uint64_t i = 0; i < t.numel; i++)
+						((float *)t.data)[i] = (float)(rand() % 5) - 2.0f;
+				uint8_t *want = malloc(t.numel);
+				uint64_t kept;
+				double l1;
+				naive_unstructured_units(&t, pat(cases[k].p).sparsity, cases[k].ur, cases[k].uc, want, &kept,
+							 &l1);
+				for (int threads = 1; threads <= 3; threads += 2) {
+					nmp_mask_stats st;
+					uint8_t *mask = run(&t, cases[k].p, NMP_MASK_DRY, threads, &st);
+					for (uint64_t i = 0; i < t.numel; i++)
+						if (mask[i] != want[i])
+							fail_msg("%s, data %d, shape %d, %d threads: element %llu is %d", cases[k].p,
+								 data, shape, threads, (unsigned long long)i, mask[i]);
+					assert_int_equal(st.kept, kept);
+					assert_sum_near(st.l1_kept, l1);
+					free(mask);
+				}
+				float *before = malloc(t.numel * sizeof *before);
+				memcpy(before, t.data, t.numel * sizeof *before);
+				free(run(&t, cases[k].p, NMP_MASK_APPLY, 2, NULL));
+				for (uint64_t i = 0; i < t.numel; i++) {
+					const float v = ((float *)t.data)[i], w = want[i] ? before[i] : 0.0f;
+					if (memcmp(&v, &w, 4) != 0)
+						fail_msg("%s, data %d, shape %d: APPLY left element %llu at %g", cases[k].p, data,
+							 shape, (unsigned long long)i, (double)v);
+				}
+				free(before);
+				free(want);
+				free(t.data);
+			}
+}
+
 /* ---- check, threads ---------------------------------------------------------------------------------- */
 
 static void test_check_and_threads(void **state)
@@ -1326,6 +1435,7 @@ int main(void)
 		cmocka_unit_test(test_nm_exact_on_every_path),
 		cmocka_unit_test(test_unstructured),
 		cmocka_unit_test(test_quantized_zero_point),
+		cmocka_unit_test(test_unstructured_units),
 		cmocka_unit_test(test_check_and_threads),
 	};
 	return cmocka_run_group_tests_name("mask_cpu", tests, NULL, NULL);
