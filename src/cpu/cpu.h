@@ -400,6 +400,20 @@ static inline uint64_t nmp_cpu_at(const nmp_cpu_job *j, uint64_t r, uint64_t c)
 	return j->row_off[r] + c * j->inner;
 }
 
+/*
+ * mag where keep, else +0, without a branch (random masks mispredict half
+ * of them): what a kept sum adds, the same value and order as
+ * `if (keep) sum += mag`, since sum + 0 is sum for the non-negative sums.
+ */
+static inline double nmp_cpu_kept_mag(double mag, bool keep)
+{
+	uint64_t bits;
+	memcpy(&bits, &mag, 8);
+	bits &= -(uint64_t)keep;
+	memcpy(&mag, &bits, 8);
+	return mag;
+}
+
 /* Records a general-path choice: the mask byte, and the kept count and magnitude. */
 static inline void nmp_cpu_mark(const nmp_cpu_job *j, uint64_t i, bool keep, nmp_cpu_acc *acc)
 {

@@ -116,17 +116,11 @@ NMP_CPU_SIMD_INLINE void top_n_double8(const double *s, int m, int n, uint8_t *k
 	}
 }
 
-/* kept plus the kept scores, in index order (a pruned one adds +0, as the rule's sum does), without a branch. */
+/* kept plus the kept scores, in index order. */
 NMP_CPU_SIMD_INLINE double kept_sum8(double kept, const double *score, const uint8_t *keep, int m)
 {
-	for (int x = 0; x < m; x++) {
-		uint64_t bits;
-		memcpy(&bits, &score[x], 8);
-		bits &= -(uint64_t)keep[x];
-		double v;
-		memcpy(&v, &bits, 8);
-		kept += v;
-	}
+	for (int x = 0; x < m; x++)
+		kept += nmp_cpu_kept_mag(score[x], keep[x]);
 	return kept;
 }
 

@@ -99,7 +99,43 @@ static inline __attribute__((always_inline)) void mark_elements(nmp_cpu_job *j, 
 			keep = later++ >= x->tie_prune;
 		j->mask[u] = keep;
 		kept += keep;
-		kept_l1 += keep ? nmp_key_mag(kk, sc) : 0.0;
+		kept_l1 += nmp_cpu_kept_mag(nmp_key_mag(kk, sc), keep);
+	}
+	acc->l1_kept = kept_l1;
+	acc->kept = kept;
+}
+
+/*
+ * Marks vectors or blocks [b, e) as mark_elements marks elements, each
+ * unit's cells together; the kept magnitude is summed cell by cell in the
+ * marking's order (units from the end, each unit's rows then columns).
+ */
+static inline __attribute__((always_inline)) void mark_units(nmp_cpu_job *j, const unstr_ctx *x, uint64_t b,
+							     uint64_t e, uint64_t later, nmp_cpu_acc *acc,
+							     nmp_key_kind kk)
+{
+	const unsigned ur = x->ur, uc = x->uc;
+	const uint64_t inner = j->inner;
+	double kept_l1 = acc->l1_kept;
+	uint64_t kept = acc->kept;
+	uint64_t rb = e > b ? (e - 1) / x->cb : 0, cu = e > b ? (e - 1) % x->cb : 0; /* of unit u, stepped down */
+	for (uint64_t u = e; u-- > b;) {
+		const uint64_t sc = x->score[u];
+		bool keep = !x->prune_any || sc > x->thr;
+		if (x->prune_any && sc == x->thr)
+			keep = later++ >= x->tie_prune;
+		const uint64_t *ro = j->row_off + rb * ur, c0 = cu * uc * inner;
+		for (unsigned t = 0; t < ur; t++)
+			for (unsigned c = 0; c < uc; c++) {
+				const uint64_t i = ro[t] + c0 + c * inner;
+				j->mask[i] = keep;
+				kept_l1 += nmp_cpu_kept_mag(nmp_key_mag(kk, nmp_cpu_key_kk(j, i, kk)), keep);
+			}
+		kept += keep ? (uint64_t)ur * uc : 0;
+		if (cu-- == 0) {
+			cu = x->cb - 1;
+			rb--;
+		}
 	}
 	acc->l1_kept = kept_l1;
 	acc->kept = kept;
@@ -122,34 +158,45 @@ static void mark_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
 		default: mark_elements(j, x, b, e, later, acc, NMP_KK_F64); return;
 		}
 	}
-	for (uint64_t u = e; u-- > b;) {
-		bool keep;
-		if (!x->prune_any || x->score[u] > x->thr)
-			keep = true;
-		else if (x->score[u] < x->thr)
-			keep = false;
-		else
-			keep = later++ >= x->tie_prune;
-		const uint64_t r0 = (u / x->cb) * x->ur, c0 = (u % x->cb) * x->uc;
-		for (unsigned t = 0; t < x->ur; t++)
-			for (unsigned c = 0; c < x->uc; c++)
-				nmp_cpu_mark(j, nmp_cpu_at(j, r0 + t, c0 + c), keep, acc);
+	switch (j->kk) {
+	case NMP_KK_F32: mark_units(j, x, b, e, later, acc, NMP_KK_F32); return;
+	case NMP_KK_F16: mark_units(j, x, b, e, later, acc, NMP_KK_F16); return;
+	case NMP_KK_BF16: mark_units(j, x, b, e, later, acc, NMP_KK_BF16); return;
+	default: mark_units(j, x, b, e, later, acc, NMP_KK_F64); return;
 	}
 }
 
 /* Vector and block scores: sums of magnitudes in double, rows then columns. */
+static inline __attribute__((always_inline)) void scores_run(nmp_cpu_job *j, const unstr_ctx *x, uint64_t b,
+							     uint64_t e, nmp_key_kind kk)
+{
+	uint64_t *score = (uint64_t *)x->score;
+	const unsigned ur = x->ur, uc = x->uc;
+	const uint64_t inner = j->inner;
+	uint64_t rb = b / x->cb, cu = b % x->cb; /* unit u's row block and column block, stepped */
+	for (uint64_t u = b; u < e; u++) {
+		const uint64_t *ro = j->row_off + rb * ur, c0 = cu * uc * inner;
+		double s = 0;
+		for (unsigned t = 0; t < ur; t++)
+			for (unsigned c = 0; c < uc; c++)
+				s += nmp_key_mag(kk, j->key[ro[t] + c0 + c * inner]);
+		memcpy(&score[u], &s, 8); /* a non-negative double's bits order like it */
+		if (++cu == x->cb) {
+			cu = 0;
+			rb++;
+		}
+	}
+}
+
 static void scores_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
 {
 	const unstr_ctx *x = j->part_ctx;
-	uint64_t *score = (uint64_t *)x->score;
 	(void)accp;
-	for (uint64_t u = b; u < e; u++) {
-		uint64_t r0 = (u / x->cb) * x->ur, c0 = (u % x->cb) * x->uc;
-		double s = 0;
-		for (unsigned t = 0; t < x->ur; t++)
-			for (unsigned c = 0; c < x->uc; c++)
-				s += nmp_key_mag(j->kk, j->key[nmp_cpu_at(j, r0 + t, c0 + c)]);
-		memcpy(&score[u], &s, 8); /* a non-negative double's bits order like it */
+	switch (j->kk) {
+	case NMP_KK_F32: scores_run(j, x, b, e, NMP_KK_F32); break;
+	case NMP_KK_F16: scores_run(j, x, b, e, NMP_KK_F16); break;
+	case NMP_KK_BF16: scores_run(j, x, b, e, NMP_KK_BF16); break;
+	default: scores_run(j, x, b, e, NMP_KK_F64); break;
 	}
 }
 
