@@ -18,6 +18,17 @@ static void top_n_double(const double *s, int m, int n, uint8_t *keep)
 	}
 }
 
+/* The same for a few scores, counted without a branch (random scores mispredict half of the branches). */
+static inline __attribute__((always_inline)) void top_n_counted(const double *s, int m, int n, uint8_t *keep)
+{
+	for (int a = 0; a < m; a++) {
+		int rank = 0;
+		for (int b = 0; b < m; b++)
+			rank += (s[b] > s[a]) | ((s[b] == s[a]) & (b < a));
+		keep[a] = rank < n;
+	}
+}
+
 /*
  * Vector-wise and block-wise N:M: one work item per (row block, group).
  * Written once and specialized per key kind and, for the common M, per M
@@ -38,9 +49,11 @@ static inline __attribute__((always_inline)) void units_run(nmp_cpu_job *j, uint
 	uint8_t keep[NMP_PATTERN_MAX_M];
 	double kept = acc->l1_kept;
 	uint64_t count = 0;
+	uint64_t rb = rows_fast ? b % rblocks : b / groups, g = rows_fast ? b / rblocks : b % groups; /* stepped */
 	for (uint64_t w = b; w < e; w++) {
-		const uint64_t rb = rows_fast ? w % rblocks : w / groups, g = rows_fast ? w / rblocks : w % groups;
 		const uint64_t r0 = rb * ur, c0 = g * gcols;
+		if (rows_fast ? ++rb == rblocks : ++g == groups)
+			rows_fast ? (rb = 0, g++) : (g = 0, rb++);
 		for (int x = 0; x < m; x++)
 			score[x] = 0;
 		for (unsigned t = 0; t < ur; t++) {
@@ -49,9 +62,12 @@ static inline __attribute__((always_inline)) void units_run(nmp_cpu_job *j, uint
 				for (int x = 0; x < m; x++)
 					score[x] += nmp_key_mag(kk, nmp_cpu_key_kk(j, row + (uint64_t)x * unit_step + c * inner, kk));
 		}
-		top_n_double(score, m, n, keep);
+		if (m <= 8)
+			top_n_counted(score, m, n, keep);
+		else
+			top_n_double(score, m, n, keep);
 		for (int x = 0; x < m; x++) {
-			kept += keep[x] ? score[x] : 0.0;
+			kept += nmp_cpu_kept_mag(score[x], keep[x]);
 			count += keep[x];
 		}
 		for (unsigned t = 0; t < ur; t++) {
@@ -65,10 +81,22 @@ static inline __attribute__((always_inline)) void units_run(nmp_cpu_job *j, uint
 	acc->kept += count * ur * uc;
 }
 
+/* M of 2, in a function of its own: inlined beside the general M, it slowed that copy by a sixth. */
+static __attribute__((noinline)) void units_pairs(nmp_cpu_job *j, uint64_t b, uint64_t e, nmp_cpu_acc *acc)
+{
+	switch (j->kk) {
+	case NMP_KK_F32: units_run(j, b, e, acc, NMP_KK_F32, 2); break;
+	case NMP_KK_F16: units_run(j, b, e, acc, NMP_KK_F16, 2); break;
+	case NMP_KK_BF16: units_run(j, b, e, acc, NMP_KK_BF16, 2); break;
+	default: units_run(j, b, e, acc, NMP_KK_F64, 2); break;
+	}
+}
+
 static inline __attribute__((always_inline)) void units_kind(nmp_cpu_job *j, uint64_t b, uint64_t e,
 							     nmp_cpu_acc *acc, nmp_key_kind kk)
 {
 	switch (j->p->m) {
+	case 2: units_pairs(j, b, e, acc); break;
 	case 4: units_run(j, b, e, acc, kk, 4); break;
 	case 8: units_run(j, b, e, acc, kk, 8); break;
 	default: units_run(j, b, e, acc, kk, (int)j->p->m); break;
