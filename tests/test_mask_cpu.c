@@ -245,7 +245,8 @@ static void test_unstructured_reference_statistic(void **state)
 static void test_reference_statistic_every_family(void **state)
 {
 	(void)state;
-	static const char *patterns[] = { "2:4", "2:4@v4", "2:4@b4x4", "2:4@t", "1:4@t", "64:128", "30%" };
+	static const char *patterns[] = { "2:4", "2:4@v4", "2:4@b4x4", "2:4@t", "1:4@t", "64:128", "30%", "30%@v4",
+					  "25%@b2x4", "1:2@v4", "8:16@b2x2" };
 	int64_t dims[2] = { 512, 320 };
 	tensor t = make_f32(2, dims, 0, 1);
 	double *v = malloc(t.numel * sizeof *v);

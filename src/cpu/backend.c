@@ -57,8 +57,8 @@ static bool family_in_pass(const nmp_cpu_job *j)
 /*
  * The general path: the pattern family, then the reference statistic and
  * the zeroing.  bins (32-bit keys) are the scan's counts per reference bin;
- * NULL for fp64 and for vector and block P%, which select among 64-bit keys
- * (j->key) by radix passes.
+ * NULL for fp64, whose keys (j->key) P% selects among by radix passes.
+ * Vector and block P% select among their units' scores the same way.
  */
 static nmp_status run_general(nmp_cpu_job *j, const uint64_t *bins, nmp_mask_stats *st)
 {
@@ -67,7 +67,8 @@ static nmp_status run_general(nmp_cpu_job *j, const uint64_t *bins, nmp_mask_sta
 	nmp_cpu_acc total = { 0 };
 	nmp_status s = NMP_OK;
 	const bool inline_ref = bins && family_in_pass(j);
-	if (!p->structured && bins) {
+	const bool elementwise = ur == 1 && gc == 1;
+	if (!p->structured && elementwise && bins) {
 		s = nmp_cpu_unstructured32(j, bins, st->l1_dense, &total);
 	} else if (!p->structured) {
 		s = nmp_cpu_unstructured(j, &total);
@@ -105,7 +106,7 @@ static nmp_status run_general(nmp_cpu_job *j, const uint64_t *bins, nmp_mask_sta
 	if (s != NMP_OK)
 		return s;
 	/* Nothing is zeroed yet: the keys, in j->key or in the weight, are the original magnitudes. */
-	if (!p->structured && bins)
+	if (!p->structured && elementwise && bins)
 		st->l1_unstructured = st->l1_kept; /* element-wise P% is unstructured pruning */
 	else if (bins && !inline_ref)
 		s = nmp_cpu_reference32(j, bins, st->kept, &st->l1_unstructured);
@@ -169,7 +170,7 @@ nmp_status nmp_cpu_run(const nmp_mask_tensor *t, const nmp_pattern *p, nmp_mask_
 	}
 	bool elementwise_unstructured = !p->structured && ur == 1 && gc == 1;
 	/* 32-bit keys are read from the weight and counted in reference bins; the rest go through j->key. */
-	bool keys32 = mode != NMP_MASK_CHECK && j.kk != NMP_KK_F64 && (p->structured || elementwise_unstructured);
+	bool keys32 = mode != NMP_MASK_CHECK && j.kk != NMP_KK_F64;
 	if (mode != NMP_MASK_CHECK && !p->structured && !keys32) {
 		j.key = malloc(j.numel * sizeof *j.key);
 		if (!j.key) {

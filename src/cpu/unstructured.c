@@ -179,7 +179,7 @@ static inline __attribute__((always_inline)) void scores_run(nmp_cpu_job *j, con
 		double s = 0;
 		for (unsigned t = 0; t < ur; t++)
 			for (unsigned c = 0; c < uc; c++)
-				s += nmp_key_mag(kk, j->key[ro[t] + c0 + c * inner]);
+				s += nmp_key_mag(kk, nmp_cpu_key_kk(j, ro[t] + c0 + c * inner, kk));
 		memcpy(&score[u], &s, 8); /* a non-negative double's bits order like it */
 		if (++cu == x->cb) {
 			cu = 0;
