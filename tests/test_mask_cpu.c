@@ -1344,14 +1344,16 @@ static void test_unstructured_units(void **state)
 		{ "30%@v4", 4, 1 }, { "50%@v8", 8, 1 }, { "25%@b2x4", 2, 4 }, { "62.5%@b4x2", 4, 2 },
 		{ "0%@b2x2", 2, 2 }, { "99.9%@v2", 2, 1 }, { "37.5%@b1x8", 1, 8 },
 	};
-	const int64_t conv[4] = { 16, 32, 3, 3 }, mm[2] = { 64, 48 };
+	/* shape 3: a MatMul's B with more column blocks than a tile of the passes over it (unit_run) */
+	const int64_t conv[4] = { 16, 32, 3, 3 }, mm[2] = { 64, 48 }, tall[2] = { 320, 24 };
 	for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
 		for (int data = 0; data < 3; data++)
-			for (int shape = 0; shape < 3; shape++) {
-				const int axis = shape == 0 ? 0 : 1, out = shape == 0 ? 1 : 0;
-				tensor t = data == 2 ? make_adversarial(NMP_DT_FLOAT, shape == 2 ? 4 : 2, shape == 2 ? conv : mm,
-									axis, out)
-						     : make_f32(shape == 2 ? 4 : 2, shape == 2 ? conv : mm, axis, out);
+			for (int shape = 0; shape < 4; shape++) {
+				const int axis = shape == 0 || shape == 3 ? 0 : 1, out = 1 - axis;
+				const int64_t *dims = shape == 2 ? conv : shape == 3 ? tall : mm;
+				const int rank = shape == 2 ? 4 : 2;
+				tensor t = data == 2 ? make_adversarial(NMP_DT_FLOAT, rank, dims, axis, out)
+						     : make_f32(rank, dims, axis, out);
 				if (data == 1)
 					for (uint64_t i = 0; i < t.numel; i++)
 						((float *)t.data)[i] = (float)(rand() % 5) - 2.0f;

@@ -21,6 +21,7 @@ typedef struct unstr_ctx {
 	int parts;
 	unsigned ur, uc;
 	uint64_t cb;
+	uint64_t tile;              /* units: column blocks to a tile (unit_run) */
 } unstr_ctx;
 
 typedef struct digit_hist {
@@ -106,37 +107,63 @@ static inline __attribute__((always_inline)) void mark_elements(nmp_cpu_job *j, 
 }
 
 /*
- * Marks vectors or blocks [b, e) as mark_elements marks elements, each
- * unit's cells together; the kept magnitude is summed cell by cell in the
- * marking's order (units from the end, each unit's rows then columns).
+ * Where neighbouring rows are neighbouring elements (a MatMul's B), units in
+ * index order step down a column, a page apart: the unit passes over such a
+ * layout (unstr_ctx.tile) go by tiles of UNIT_TILE column blocks, row block
+ * after row block, so that a tile's pages and lines are reused while they
+ * are at hand; elsewhere the tile is every column block, index order.
+ * unit_run gives the column blocks [*lo, *hi) of row block rb that lie both
+ * in units [b, e) and in the tile from t0.
+ */
+enum { UNIT_TILE = 64 };
+
+static inline void unit_run(const unstr_ctx *x, uint64_t b, uint64_t e, uint64_t rb, uint64_t t0, uint64_t *lo,
+			    uint64_t *hi)
+{
+	const uint64_t first = rb == b / x->cb ? b % x->cb : 0, last = rb == (e - 1) / x->cb ? (e - 1) % x->cb + 1 : x->cb;
+	*lo = first > t0 ? first : t0;
+	*hi = t0 + x->tile < last ? t0 + x->tile : last;
+}
+
+/*
+ * Marks vectors or blocks [b, e): first each unit's choice, as
+ * mark_elements makes it (from the end, ties by the count of later ties),
+ * written over its score; then every unit's cells, tile by tile
+ * (unit_run), with the kept count and magnitude.
  */
 static inline __attribute__((always_inline)) void mark_units(nmp_cpu_job *j, const unstr_ctx *x, uint64_t b,
 							     uint64_t e, uint64_t later, nmp_cpu_acc *acc,
 							     nmp_key_kind kk)
 {
+	uint64_t *keep_of = (uint64_t *)x->score; /* this part's scores, then its choices */
+	for (uint64_t u = e; u-- > b;) {
+		const uint64_t sc = keep_of[u];
+		bool keep = !x->prune_any || sc > x->thr;
+		if (x->prune_any && sc == x->thr)
+			keep = later++ >= x->tie_prune;
+		keep_of[u] = keep;
+	}
 	const unsigned ur = x->ur, uc = x->uc;
 	const uint64_t inner = j->inner;
 	double kept_l1 = acc->l1_kept;
 	uint64_t kept = acc->kept;
-	uint64_t rb = e > b ? (e - 1) / x->cb : 0, cu = e > b ? (e - 1) % x->cb : 0; /* of unit u, stepped down */
-	for (uint64_t u = e; u-- > b;) {
-		const uint64_t sc = x->score[u];
-		bool keep = !x->prune_any || sc > x->thr;
-		if (x->prune_any && sc == x->thr)
-			keep = later++ >= x->tie_prune;
-		const uint64_t *ro = j->row_off + rb * ur, c0 = cu * uc * inner;
-		for (unsigned t = 0; t < ur; t++)
-			for (unsigned c = 0; c < uc; c++) {
-				const uint64_t i = ro[t] + c0 + c * inner;
-				j->mask[i] = keep;
-				kept_l1 += nmp_cpu_kept_mag(nmp_key_mag(kk, nmp_cpu_key_kk(j, i, kk)), keep);
+	for (uint64_t t0 = 0; b < e && t0 < x->cb; t0 += x->tile)
+		for (uint64_t rb = b / x->cb; rb <= (e - 1) / x->cb; rb++) {
+			uint64_t lo, hi;
+			unit_run(x, b, e, rb, t0, &lo, &hi);
+			const uint64_t *ro = j->row_off + rb * ur;
+			for (uint64_t cu = lo; cu < hi; cu++) {
+				const bool keep = keep_of[rb * x->cb + cu];
+				const uint64_t c0 = cu * uc * inner;
+				for (unsigned t = 0; t < ur; t++)
+					for (unsigned c = 0; c < uc; c++) {
+						const uint64_t i = ro[t] + c0 + c * inner;
+						j->mask[i] = keep;
+						kept_l1 += nmp_cpu_kept_mag(nmp_key_mag(kk, nmp_cpu_key_kk(j, i, kk)), keep);
+					}
+				kept += keep ? (uint64_t)ur * uc : 0;
 			}
-		kept += keep ? (uint64_t)ur * uc : 0;
-		if (cu-- == 0) {
-			cu = x->cb - 1;
-			rb--;
 		}
-	}
 	acc->l1_kept = kept_l1;
 	acc->kept = kept;
 }
@@ -173,19 +200,20 @@ static inline __attribute__((always_inline)) void scores_run(nmp_cpu_job *j, con
 	uint64_t *score = (uint64_t *)x->score;
 	const unsigned ur = x->ur, uc = x->uc;
 	const uint64_t inner = j->inner;
-	uint64_t rb = b / x->cb, cu = b % x->cb; /* unit u's row block and column block, stepped */
-	for (uint64_t u = b; u < e; u++) {
-		const uint64_t *ro = j->row_off + rb * ur, c0 = cu * uc * inner;
-		double s = 0;
-		for (unsigned t = 0; t < ur; t++)
-			for (unsigned c = 0; c < uc; c++)
-				s += nmp_key_mag(kk, nmp_cpu_key_kk(j, ro[t] + c0 + c * inner, kk));
-		memcpy(&score[u], &s, 8); /* a non-negative double's bits order like it */
-		if (++cu == x->cb) {
-			cu = 0;
-			rb++;
+	for (uint64_t t0 = 0; b < e && t0 < x->cb; t0 += x->tile)
+		for (uint64_t rb = b / x->cb; rb <= (e - 1) / x->cb; rb++) {
+			uint64_t lo, hi;
+			unit_run(x, b, e, rb, t0, &lo, &hi);
+			const uint64_t *ro = j->row_off + rb * ur;
+			for (uint64_t cu = lo; cu < hi; cu++) {
+				const uint64_t c0 = cu * uc * inner;
+				double sum = 0;
+				for (unsigned t = 0; t < ur; t++)
+					for (unsigned c = 0; c < uc; c++)
+						sum += nmp_key_mag(kk, nmp_cpu_key_kk(j, ro[t] + c0 + c * inner, kk));
+				memcpy(&score[rb * x->cb + cu], &sum, 8); /* a non-negative double's bits order like it */
+			}
 		}
-	}
 }
 
 static void scores_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
@@ -206,6 +234,7 @@ nmp_status nmp_cpu_unstructured(nmp_cpu_job *j, nmp_cpu_acc *total)
 	const uint64_t rb = j->rows / ur, cb = j->L / uc, units = rb * cb;
 	const bool per_element = ur == 1 && uc == 1;
 	unstr_ctx x = { .score = j->key, .units = units, .ur = ur, .uc = uc, .cb = cb };
+	x.tile = !per_element && nmp_cpu_rows_fast(j) ? UNIT_TILE : cb;
 	nmp_status s = NMP_OK;
 	int parts;
 	void *none;
