@@ -126,7 +126,7 @@ def section_engine():
     print(f"\n== CPU mask engine: GB/s of weight bytes, 64 MB tensor as a MatMul's B (groups strided), "
           f"a Gemm's transposed B (groups contiguous) and a 3x3 Conv's weight, best of 3 ==")
     sys.stdout.flush()
-    out = subprocess.run([exe, "64", "2:4", "16:32", "2:4@v4", "2:4@v32", "2:4@b4x4", "2:4@t", "50%"], check=True,
+    out = subprocess.run([exe, "64", "2:4", "16:32", "2:4@v4", "2:4@v32", "2:4@b4x4", "2:4@t", "50%", "50%@v4"], check=True,
                          capture_output=True, text=True).stdout
     print(out, end="")
     rates = {}
