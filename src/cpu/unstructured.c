@@ -128,44 +128,43 @@ static inline void unit_run(const unstr_ctx *x, uint64_t b, uint64_t e, uint64_t
 /*
  * Marks vectors or blocks [b, e): first each unit's choice, as
  * mark_elements makes it (from the end, ties by the count of later ties),
+ * with the kept count and magnitude (a unit's magnitude is its score),
  * written over its score; then every unit's cells, tile by tile
- * (unit_run), with the kept count and magnitude.
+ * (unit_run).
  */
-static inline __attribute__((always_inline)) void mark_units(nmp_cpu_job *j, const unstr_ctx *x, uint64_t b,
-							     uint64_t e, uint64_t later, nmp_cpu_acc *acc,
-							     nmp_key_kind kk)
+static void mark_units(nmp_cpu_job *j, const unstr_ctx *x, uint64_t b, uint64_t e, uint64_t later, nmp_cpu_acc *acc)
 {
 	uint64_t *keep_of = (uint64_t *)x->score; /* this part's scores, then its choices */
+	const unsigned ur = x->ur, uc = x->uc;
+	double kept_l1 = acc->l1_kept;
+	uint64_t kept = 0;
 	for (uint64_t u = e; u-- > b;) {
 		const uint64_t sc = keep_of[u];
 		bool keep = !x->prune_any || sc > x->thr;
 		if (x->prune_any && sc == x->thr)
 			keep = later++ >= x->tie_prune;
+		double score;
+		memcpy(&score, &sc, 8);
+		kept_l1 += nmp_cpu_kept_mag(score, keep);
+		kept += keep;
 		keep_of[u] = keep;
 	}
-	const unsigned ur = x->ur, uc = x->uc;
+	acc->l1_kept = kept_l1;
+	acc->kept += kept * ur * uc;
 	const uint64_t inner = j->inner;
-	double kept_l1 = acc->l1_kept;
-	uint64_t kept = acc->kept;
 	for (uint64_t t0 = 0; b < e && t0 < x->cb; t0 += x->tile)
 		for (uint64_t rb = b / x->cb; rb <= (e - 1) / x->cb; rb++) {
 			uint64_t lo, hi;
 			unit_run(x, b, e, rb, t0, &lo, &hi);
 			const uint64_t *ro = j->row_off + rb * ur;
 			for (uint64_t cu = lo; cu < hi; cu++) {
-				const bool keep = keep_of[rb * x->cb + cu];
+				const uint8_t keep = (uint8_t)keep_of[rb * x->cb + cu];
 				const uint64_t c0 = cu * uc * inner;
 				for (unsigned t = 0; t < ur; t++)
-					for (unsigned c = 0; c < uc; c++) {
-						const uint64_t i = ro[t] + c0 + c * inner;
-						j->mask[i] = keep;
-						kept_l1 += nmp_cpu_kept_mag(nmp_key_mag(kk, nmp_cpu_key_kk(j, i, kk)), keep);
-					}
-				kept += keep ? (uint64_t)ur * uc : 0;
+					for (unsigned c = 0; c < uc; c++)
+						j->mask[ro[t] + c0 + c * inner] = keep;
 			}
 		}
-	acc->l1_kept = kept_l1;
-	acc->kept = kept;
 }
 
 static void mark_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
@@ -185,12 +184,7 @@ static void mark_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
 		default: mark_elements(j, x, b, e, later, acc, NMP_KK_F64); return;
 		}
 	}
-	switch (j->kk) {
-	case NMP_KK_F32: mark_units(j, x, b, e, later, acc, NMP_KK_F32); return;
-	case NMP_KK_F16: mark_units(j, x, b, e, later, acc, NMP_KK_F16); return;
-	case NMP_KK_BF16: mark_units(j, x, b, e, later, acc, NMP_KK_BF16); return;
-	default: mark_units(j, x, b, e, later, acc, NMP_KK_F64); return;
-	}
+	mark_units(j, x, b, e, later, acc);
 }
 
 /* Vector and block scores: sums of magnitudes in double, rows then columns. */
