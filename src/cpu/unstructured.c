@@ -40,17 +40,24 @@ static void hist_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
 /*
  * The k-th smallest (0-based) of the scores, by 16-bit radix passes whose
  * histograms are counted in parallel; *below receives how many are smaller.
+ * Once the digits chosen so far leave few candidates (an eighth or less),
+ * they are gathered, and the later passes read only them.
  */
 static nmp_status kth_smallest(nmp_cpu_job *j, unstr_ctx *x, uint64_t k, int bits, uint64_t *thr, uint64_t *below)
 {
+	const uint64_t *all = x->score, n_all = x->units;
+	uint64_t *few = NULL;
+	nmp_status s = NMP_OK;
 	x->prefix = x->pmask = 0;
 	*below = 0;
 	for (int shift = bits - 16; shift >= 0; shift -= 16) {
 		int parts;
 		x->shift = shift;
 		digit_hist *h = nmp_cpu_parallel_for(j, x->units, 1u << 20, sizeof(digit_hist), &parts, hist_part);
-		if (!h)
-			return nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
+		if (!h) {
+			s = nmp_error_set(j->err, NMP_ERR_NOMEM, "tensor '%s': out of memory", j->t->name);
+			break;
+		}
 		for (int p = 1; p < parts; p++)
 			for (int d = 0; d < 65536; d++)
 				h[0].count[d] += h[p].count[d];
@@ -60,12 +67,24 @@ static nmp_status kth_smallest(nmp_cpu_job *j, unstr_ctx *x, uint64_t k, int bit
 			*below += h[0].count[d];
 			d++;
 		}
+		const uint64_t candidates = h[0].count[d];
 		free(h);
 		x->prefix |= d << shift;
 		x->pmask |= (uint64_t)0xffff << shift;
+		if (!few && shift > 0 && candidates <= x->units / 8 && (few = malloc(candidates * sizeof *few))) {
+			uint64_t m = 0;
+			for (uint64_t i = 0; i < x->units; i++)
+				if ((x->score[i] & x->pmask) == x->prefix)
+					few[m++] = x->score[i];
+			x->score = few;
+			x->units = m;
+		}
 	}
+	x->score = all;
+	x->units = n_all;
+	free(few);
 	*thr = x->prefix;
-	return NMP_OK;
+	return s;
 }
 
 typedef struct tie_acc {
