@@ -1388,6 +1388,38 @@ static void test_unstructured_units(void **state)
 			}
 }
 
+/*
+ * The same on a MatMul's B large enough for the scoring and the marking to
+ * split into parts, whose bounds fall inside a row block and a tile.
+ */
+static void test_unstructured_units_in_parts(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *p;
+		unsigned ur;
+	} cases[] = { { "30%@v4", 4 }, { "40%@v2", 2 } };
+	const int64_t dims[2] = { 999, 604 }; /* 151 row blocks of 4 by 999 columns: 150849 units */
+	tensor t = make_f32(2, dims, 0, 1);
+	uint8_t *want = malloc(t.numel);
+	for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+		uint64_t kept;
+		double l1;
+		naive_unstructured_units(&t, pat(cases[k].p).sparsity, cases[k].ur, 1, want, &kept, &l1);
+		for (int threads = 2; threads <= 3; threads++) {
+			nmp_mask_stats st;
+			uint8_t *mask = run(&t, cases[k].p, NMP_MASK_DRY, threads, &st);
+			if (memcmp(mask, want, t.numel) != 0)
+				fail_msg("%s on %d threads differs from the naive selection", cases[k].p, threads);
+			assert_int_equal(st.kept, kept);
+			assert_sum_near(st.l1_kept, l1);
+			free(mask);
+		}
+	}
+	free(want);
+	free(t.data);
+}
+
 /* ---- check, threads ---------------------------------------------------------------------------------- */
 
 static void test_check_and_threads(void **state)
@@ -1439,6 +1471,7 @@ int main(void)
 		cmocka_unit_test(test_unstructured),
 		cmocka_unit_test(test_quantized_zero_point),
 		cmocka_unit_test(test_unstructured_units),
+		cmocka_unit_test(test_unstructured_units_in_parts),
 		cmocka_unit_test(test_check_and_threads),
 	};
 	return cmocka_run_group_tests_name("mask_cpu", tests, NULL, NULL);

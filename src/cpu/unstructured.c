@@ -21,7 +21,7 @@ typedef struct unstr_ctx {
 	int parts;
 	unsigned ur, uc;
 	uint64_t cb;
-	uint64_t tile;              /* units: column blocks to a tile (unit_run) */
+	uint64_t tile;              /* units: column blocks to a tile (unit_walk_next) */
 } unstr_ctx;
 
 typedef struct digit_hist {
@@ -131,17 +131,37 @@ static inline __attribute__((always_inline)) void mark_elements(nmp_cpu_job *j, 
  * layout (unstr_ctx.tile) go by tiles of UNIT_TILE column blocks, row block
  * after row block, so that a tile's pages and lines are reused while they
  * are at hand; elsewhere the tile is every column block, index order.
- * unit_run gives the column blocks [*lo, *hi) of row block rb that lie both
- * in units [b, e) and in the tile from t0.
+ * unit_walk_next gives the next run: the column blocks [*lo, *hi) of row
+ * block *rb that lie both in units [b, e) and in the tile under way.
  */
 enum { UNIT_TILE = 64 };
 
-static inline void unit_run(const unstr_ctx *x, uint64_t b, uint64_t e, uint64_t rb, uint64_t t0, uint64_t *lo,
-			    uint64_t *hi)
+typedef struct unit_walk {
+	uint64_t t0, rb; /* the tile's first column block; the next row block */
+} unit_walk;
+
+static inline unit_walk unit_walk_start(const unstr_ctx *x, uint64_t b)
 {
-	const uint64_t first = rb == b / x->cb ? b % x->cb : 0, last = rb == (e - 1) / x->cb ? (e - 1) % x->cb + 1 : x->cb;
-	*lo = first > t0 ? first : t0;
-	*hi = t0 + x->tile < last ? t0 + x->tile : last;
+	return (unit_walk){ 0, b / x->cb };
+}
+
+static inline bool unit_walk_next(const unstr_ctx *x, uint64_t b, uint64_t e, unit_walk *w, uint64_t *rb,
+				  uint64_t *lo, uint64_t *hi)
+{
+	if (b >= e)
+		return false;
+	const uint64_t rb_first = b / x->cb, rb_last = (e - 1) / x->cb;
+	if (w->rb > rb_last) {
+		w->t0 += x->tile;
+		w->rb = rb_first;
+	}
+	if (w->t0 >= x->cb)
+		return false;
+	*rb = w->rb++;
+	const uint64_t first = *rb == rb_first ? b % x->cb : 0, last = *rb == rb_last ? (e - 1) % x->cb + 1 : x->cb;
+	*lo = first > w->t0 ? first : w->t0;
+	*hi = w->t0 + x->tile < last ? w->t0 + x->tile : last;
+	return true;
 }
 
 /*
@@ -149,7 +169,7 @@ static inline void unit_run(const unstr_ctx *x, uint64_t b, uint64_t e, uint64_t
  * mark_elements makes it (from the end, ties by the count of later ties),
  * with the kept count and magnitude (a unit's magnitude is its score),
  * written over its score; then every unit's cells, tile by tile
- * (unit_run).
+ * (unit_walk_next).
  */
 static void mark_units(nmp_cpu_job *j, const unstr_ctx *x, uint64_t b, uint64_t e, uint64_t later, nmp_cpu_acc *acc)
 {
@@ -171,19 +191,18 @@ static void mark_units(nmp_cpu_job *j, const unstr_ctx *x, uint64_t b, uint64_t 
 	acc->l1_kept = kept_l1;
 	acc->kept += kept * ur * uc;
 	const uint64_t inner = j->inner;
-	for (uint64_t t0 = 0; b < e && t0 < x->cb; t0 += x->tile)
-		for (uint64_t rb = b / x->cb; rb <= (e - 1) / x->cb; rb++) {
-			uint64_t lo, hi;
-			unit_run(x, b, e, rb, t0, &lo, &hi);
-			const uint64_t *ro = j->row_off + rb * ur;
-			for (uint64_t cu = lo; cu < hi; cu++) {
-				const uint8_t keep = (uint8_t)keep_of[rb * x->cb + cu];
-				const uint64_t c0 = cu * uc * inner;
-				for (unsigned t = 0; t < ur; t++)
-					for (unsigned c = 0; c < uc; c++)
-						j->mask[ro[t] + c0 + c * inner] = keep;
-			}
+	unit_walk w = unit_walk_start(x, b);
+	uint64_t rb, lo, hi;
+	while (unit_walk_next(x, b, e, &w, &rb, &lo, &hi)) {
+		const uint64_t *ro = j->row_off + rb * ur;
+		for (uint64_t cu = lo; cu < hi; cu++) {
+			const uint8_t keep = (uint8_t)keep_of[rb * x->cb + cu];
+			const uint64_t c0 = cu * uc * inner;
+			for (unsigned t = 0; t < ur; t++)
+				for (unsigned c = 0; c < uc; c++)
+					j->mask[ro[t] + c0 + c * inner] = keep;
 		}
+	}
 }
 
 static void mark_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
@@ -213,20 +232,19 @@ static inline __attribute__((always_inline)) void scores_run(nmp_cpu_job *j, con
 	uint64_t *score = (uint64_t *)x->score;
 	const unsigned ur = x->ur, uc = x->uc;
 	const uint64_t inner = j->inner;
-	for (uint64_t t0 = 0; b < e && t0 < x->cb; t0 += x->tile)
-		for (uint64_t rb = b / x->cb; rb <= (e - 1) / x->cb; rb++) {
-			uint64_t lo, hi;
-			unit_run(x, b, e, rb, t0, &lo, &hi);
-			const uint64_t *ro = j->row_off + rb * ur;
-			for (uint64_t cu = lo; cu < hi; cu++) {
-				const uint64_t c0 = cu * uc * inner;
-				double sum = 0;
-				for (unsigned t = 0; t < ur; t++)
-					for (unsigned c = 0; c < uc; c++)
-						sum += nmp_key_mag(kk, nmp_cpu_key_kk(j, ro[t] + c0 + c * inner, kk));
-				memcpy(&score[rb * x->cb + cu], &sum, 8); /* a non-negative double's bits order like it */
-			}
+	unit_walk w = unit_walk_start(x, b);
+	uint64_t rb, lo, hi;
+	while (unit_walk_next(x, b, e, &w, &rb, &lo, &hi)) {
+		const uint64_t *ro = j->row_off + rb * ur;
+		for (uint64_t cu = lo; cu < hi; cu++) {
+			const uint64_t c0 = cu * uc * inner;
+			double sum = 0;
+			for (unsigned t = 0; t < ur; t++)
+				for (unsigned c = 0; c < uc; c++)
+					sum += nmp_key_mag(kk, nmp_cpu_key_kk(j, ro[t] + c0 + c * inner, kk));
+			memcpy(&score[rb * x->cb + cu], &sum, 8); /* a non-negative double's bits order like it */
 		}
+	}
 }
 
 static void scores_part(nmp_cpu_job *j, uint64_t b, uint64_t e, void *accp)
