@@ -153,12 +153,10 @@ static nmp_status open_side(side *s, const nmp_compare_opts *o, const char *path
 	if (shared && same_inputs(s, shared)) {
 		s->shared = true;
 	} else {
-		nmp_status st = nmp_calib_data_open(o->data, s->inputs, s->n_inputs, o->max_samples, &s->data, err);
-		if (st != NMP_OK) { /* the data's error speaks of "the model": say which of the two */
-			const size_t at = strlen(err->message);
-			snprintf(err->message + at, sizeof err->message - at, " (%s)", path);
-			return st;
-		}
+		nmp_error data_err = { 0 };
+		nmp_status st = nmp_calib_data_open(o->data, s->inputs, s->n_inputs, o->max_samples, &s->data, &data_err);
+		if (st != NMP_OK) /* the data's error speaks of "the model": say which of the two */
+			return nmp_error_set(err, st, "%s (%s)", data_err.message, path);
 	}
 	uint8_t *bytes;
 	size_t len;
